@@ -1,0 +1,32 @@
+"""The ``newsletter`` command: editors' and operators' entry point.
+
+Sub-commands live in one module per group (``db``, ``edition``, ``send``, ``demo``, …) and are
+registered here. Modules that import dramatiq are imported only inside the commands that need
+them, so that ``newsletter demo`` can choose its broker first.
+"""
+
+from __future__ import annotations
+
+import click
+
+from worker.cli.core import db, scheduler, send, web
+from worker.cli.demo import demo
+
+
+@click.group()
+def main() -> None:
+    """Newsletter dispatch worker: signups, weekly editions, feedback."""
+
+
+main.add_command(db)
+main.add_command(send)
+main.add_command(scheduler)
+main.add_command(web)
+main.add_command(demo)
+
+try:
+    from worker.cli.edition import edition
+
+    main.add_command(edition)
+except ImportError:  # pragma: no cover - the edition commands are optional during development
+    pass

@@ -1,0 +1,103 @@
+"""``newsletter edition …``: check and preview an edition folder (see docs/editions.md).
+
+Both commands work without a database, a broker or a network: they read the folder, render it
+and report. ``load`` and ``test-send`` need the database and SMTP and are added to this group by
+the modules that own them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from worker.editions import EditionInvalid, EditionProblem, EditionSource, check_edition, read_edition
+from worker.rendering import RenderedMessage, TemplateProblem, check_templates, render_edition
+
+_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.group()
+def edition() -> None:
+    """Editions: check, preview (load and send live with the database commands)."""
+
+
+def render_source(source: EditionSource, public_url: str) -> dict[str, RenderedMessage]:
+    """Render every language of ``source`` and every transactional message.
+
+    Raises :class:`EditionInvalid` with one problem per language that does not render.
+    """
+    problems: list[EditionProblem] = []
+    renditions: dict[str, RenderedMessage] = {}
+    for language, content in source.contents.items():
+        try:
+            renditions[language] = render_edition(
+                source.newsletter, content, public_url=public_url
+            )
+        except TemplateProblem as error:
+            problems.append(EditionProblem(f"{language}.yaml", "", f"does not render: {error}"))
+    try:
+        check_templates(source.newsletter, public_url)
+    except TemplateProblem as error:
+        problems.append(EditionProblem("newsletter.yaml", "", f"templates: {error}"))
+    if problems:
+        raise EditionInvalid(problems)
+    return renditions
+
+
+def _public_url() -> str:
+    from worker.settings import Settings
+
+    return Settings.from_env().public_url
+
+
+@edition.command("check")
+@click.argument("path", type=_FOLDER)
+def check(path: Path) -> None:
+    """Report every problem of the edition in PATH (file, line, field, reason); exit 1 if any."""
+    problems = check_edition(path)
+    if not problems:
+        try:
+            renditions = render_source(read_edition(path), _public_url())
+        except EditionInvalid as error:
+            problems = error.problems
+    if problems:
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise click.ClickException(f"{len(problems)} {noun} in {path}")
+    for language, rendered in renditions.items():
+        size = len(rendered.html.encode("utf-8")) / 1024
+        click.echo(f"{language}: {rendered.subject!r} ({size:.0f} KB HTML)")
+        for warning in rendered.warnings:
+            click.echo(f"{language}: warning: {warning}", err=True)
+    click.echo(f"ok: {path}")
+
+
+@edition.command("preview")
+@click.argument("path", type=_FOLDER)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for <lang>.html, <lang>.txt, <lang>-desktop.png, <lang>-mobile.png.",
+)
+@click.option("--public-url", default=None, help="Base URL of the web app (default: settings).")
+@click.option(
+    "--offline", is_flag=True, help="Do not let Chromium load remote images (stable output)."
+)
+def preview(path: Path, out: Path, public_url: str | None, offline: bool) -> None:
+    """Write each language's HTML, text and 600/375 px screenshots of the edition in PATH."""
+    from worker.preview import PreviewError, write_preview
+
+    try:
+        written = write_preview(path, out, public_url or _public_url(), offline=offline)
+    except EditionInvalid as error:
+        for problem in error.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(error.problems)} problems in {path}") from error
+    except (TemplateProblem, PreviewError) as error:
+        raise click.ClickException(str(error)) from error
+    for file in written:
+        click.echo(str(file))

@@ -1,0 +1,313 @@
+"""The storage model: SQLAlchemy 2 typed tables for the newsletter and its ledger.
+
+The database is the source of truth; queue messages only carry ids. Status values are plain strings
+(checked by the code, not by database enums) so that SQLite and PostgreSQL store them alike and a new
+state needs no migration of an enum type.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use an aware UTC datetime")
+        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+    }
+
+
+class SubscriberStatus(StrEnum):
+    PENDING = "pending"  # signed up, confirmation mail sent, not yet confirmed
+    CONFIRMED = "confirmed"  # double opt-in completed: receives editions
+    UNSUBSCRIBED = "unsubscribed"  # asked to stop; a new signup starts double opt-in again
+    SUPPRESSED = "suppressed"  # must not be mailed (hard bounce, complaint, erasure)
+
+
+class SendStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    PLANNING = "planning"
+    SENDING = "sending"
+    PAUSED = "paused"  # batches return without sending; resume re-enqueues them
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+
+
+class DeliveryState(StrEnum):
+    QUEUED = "queued"  # planned, not yet attempted (or released after a throttle)
+    SENDING = "sending"  # claimed by a worker, with a lease, SMTP transaction under way
+    SENT = "sent"  # the relay accepted it (2xx after DATA): submitted, not necessarily delivered
+    DEFERRED = "deferred"  # 4xx: retried with backoff after next_attempt_at
+    FAILED = "failed"  # 5xx or an address the relay cannot take; never retried
+    EXPIRED = "expired"  # still deferred when the maximum retry age ran out (a soft outcome)
+    SKIPPED = "skipped"  # no longer eligible when its turn came (unsubscribed, suppressed)
+    UNKNOWN = "unknown"  # the lease ran out with the outcome unknown: resent only by an operator
+
+
+UNFINISHED_STATES = (DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.DEFERRED)
+
+
+class Newsletter(Base):
+    """A list people subscribe to; its profile (names, sender) comes from newsletter.yaml."""
+
+    __tablename__ = "newsletter"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(100), unique=True)
+    default_language: Mapped[str] = mapped_column(String(16))
+    profile: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class Subscriber(Base):
+    """One normalised address with a language and a status."""
+
+    __tablename__ = "subscriber"
+    __table_args__ = (
+        UniqueConstraint("newsletter_id", "email_key", name="uq_subscriber_newsletter_email_key"),
+        Index("ix_subscriber_newsletter_status_id", "newsletter_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id"))
+    email: Mapped[str] = mapped_column(String(320))  # normalised, domain in Unicode
+    email_key: Mapped[str] = mapped_column(String(320))  # case-folded: the de-duplication key
+    ascii_email: Mapped[str | None] = mapped_column(String(320))  # A-label form; None needs SMTPUTF8
+    domain: Mapped[str] = mapped_column(String(255))  # ASCII (A-label) domain, for throttling
+    language: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=SubscriberStatus.PENDING)
+    confirm_nonce: Mapped[str | None] = mapped_column(String(64))  # single-use confirmation token
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+    confirmation_sent_at: Mapped[datetime | None]
+
+    consents: Mapped[list[Consent]] = relationship(back_populates="subscriber")
+
+
+class Consent(Base):
+    """The evidence of one signup and its confirmation (GDPR Art. 7(1): demonstrate consent)."""
+
+    __tablename__ = "consent"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(100), unique=True)
+    signed_up_at: Mapped[datetime]
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    source: Mapped[str | None] = mapped_column(String(200))
+    consent_version: Mapped[str | None] = mapped_column(String(100))
+    language: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(32), default="double_opt_in")
+    confirmed_at: Mapped[datetime | None]
+    confirm_ip: Mapped[str | None] = mapped_column(String(64))
+    confirm_user_agent: Mapped[str | None] = mapped_column(String(512))
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="consents")
+
+
+class SignupRefusal(Base):
+    """A signup event that was refused, with its reason: refused events are recorded, never lost."""
+
+    __tablename__ = "signup_refusal"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    event_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    received_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the event as received, truncated to 8 KB
+
+
+class Edition(Base):
+    """One issue of the newsletter (e.g. 2024-W28), with content per language."""
+
+    __tablename__ = "edition"
+    __table_args__ = (UniqueConstraint("newsletter_id", "key", name="uq_edition_newsletter_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    period_start: Mapped[date | None] = mapped_column(Date)
+    period_end: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    contents: Mapped[list[EditionContentRow]] = relationship(back_populates="edition")
+
+
+class EditionContentRow(Base):
+    """An edition's source content in one language (the parsed YAML, as JSON)."""
+
+    __tablename__ = "edition_content"
+    __table_args__ = (UniqueConstraint("edition_id", "language", name="uq_edition_content_lang"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("edition.id", ondelete="CASCADE"))
+    language: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    edition: Mapped[Edition] = relationship(back_populates="contents")
+
+
+class Rendition(Base):
+    """An edition rendered for one language within a send: frozen when the send is planned."""
+
+    __tablename__ = "rendition"
+    __table_args__ = (UniqueConstraint("send_id", "language", name="uq_rendition_send_lang"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("send.id", ondelete="CASCADE"))
+    language: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text)
+    preheader: Mapped[str] = mapped_column(Text)
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    rendered_at: Mapped[datetime]
+
+
+class Send(Base):
+    """One dispatch run of an edition."""
+
+    __tablename__ = "send"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("edition.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=SendStatus.SCHEDULED)
+    batch_size: Mapped[int] = mapped_column(Integer, default=100)
+    planned_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """One recipient's copy of one edition within a send, and what became of it (the ledger row)."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("send_id", "subscriber_id", name="uq_delivery_send_subscriber"),
+        Index("ix_delivery_send_state", "send_id", "state"),
+        Index("ix_delivery_state_lease", "state", "lease_until"),
+        Index("ix_delivery_subscriber", "subscriber_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("send.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    language: Mapped[str] = mapped_column(String(16))
+    domain: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    first_attempt_at: Mapped[datetime | None]
+    reply_code: Mapped[int | None] = mapped_column(Integer)
+    reply_text: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+
+
+class FeedbackEvent(Base):
+    """Anything that came back about a delivery or a subscriber, recorded once per source event."""
+
+    __tablename__ = "feedback_event"
+    __table_args__ = (Index("ix_feedback_subscriber_kind", "subscriber_id", "kind", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source_event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # worker.classification.FeedbackKind
+    source: Mapped[str] = mapped_column(String(32))  # smtp, dsn, arf, webhook:ses, one_click, page, mailto
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="SET NULL"), index=True
+    )
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id", ondelete="SET NULL"))
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    status_code: Mapped[str | None] = mapped_column(String(16))  # RFC 3463 enhanced status code
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+
+
+class Suppression(Base):
+    """An address we must not mail, with a reason and the event that caused it.
+
+    ``email_hash`` is a keyed hash of the de-duplication key, so an erased person stays suppressed
+    without their address being kept. ``removed_at`` set means an operator lifted it (kept for audit).
+    """
+
+    __tablename__ = "suppression"
+    __table_args__ = (Index("ix_suppression_hash_active", "email_hash", "removed_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(320))  # None after erasure or a hashed import
+    reason: Mapped[str] = mapped_column(String(32))
+    source_event_id: Mapped[int | None] = mapped_column(
+        ForeignKey("feedback_event.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+    removed_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class InboundMessage(Base):
+    """A raw message received at the bounce address, stored before it is parsed."""
+
+    __tablename__ = "inbound_message"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    received_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(32))  # smtp, imap
+    envelope_from: Mapped[str | None] = mapped_column(String(320))
+    envelope_to: Mapped[str | None] = mapped_column(Text)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    parsed_at: Mapped[datetime | None]
+    parse_error: Mapped[str | None] = mapped_column(Text)

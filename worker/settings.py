@@ -1,0 +1,123 @@
+"""Configuration: environment variables with the prefix ``NEWSLETTER_``, read once into a typed object.
+
+Every setting has a default that works on one machine with nothing installed but Python (an SQLite
+file, no Redis, an SMTP server on localhost). Secrets are never part of ``repr()``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PREFIX = "NEWSLETTER_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _resource_dir(name: str) -> Path:
+    """A top-level project folder (templates, migrations, examples), in a checkout or a wheel."""
+    in_checkout = PROJECT_ROOT / name
+    if in_checkout.is_dir():
+        return in_checkout
+    return Path(__file__).resolve().parent / f"_{name}"
+
+
+TEMPLATES_DIR = _resource_dir("templates")
+MIGRATIONS_DIR = _resource_dir("migrations")
+EXAMPLES_DIR = _resource_dir("examples")
+
+
+def _parse_domain_rates(text: str) -> dict[str, float]:
+    """``"gmail.com=20,mail.ru=5"`` -> ``{"gmail.com": 20.0, "mail.ru": 5.0}`` (messages per second)."""
+    rates: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        domain, _, rate = part.partition("=")
+        rates[domain.strip().lower()] = float(rate)
+    return rates
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings. Field ``x`` is read from the environment variable ``NEWSLETTER_X``.
+
+    Units: ``*_seconds`` in seconds, ``*_rate`` in messages per second (0 = unlimited),
+    ``*_hours``/``*_days`` as named.
+    """
+
+    database_url: str = "sqlite:///newsletter.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    smtp_url: str = "smtp://127.0.0.1:1025"
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str = field(default="", repr=False)
+    bounce_domain: str = "news.example.org"
+    message_id_domain: str = ""
+    newsletter_path: str = ""
+    send_batch_size: int = 100
+    global_rate: float = 0.0
+    domain_rates: str = ""
+    max_smtp_connections: int = 10
+    smtp_timeout_seconds: float = 60.0
+    claim_lease_seconds: float = 600.0
+    retry_max_age_seconds: float = 3 * 24 * 3600.0
+    confirmation_expiry_hours: float = 72.0
+    smtputf8_relay: bool = True
+    check_deliverability: bool = False
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_private_key_path: str = field(default="", repr=False)
+    queue_namespace: str = "dramatiq"
+    log_json: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``env`` (default ``os.environ``); ``overrides`` win.
+
+        Raises ``ValueError`` naming the variable when a value has the wrong type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        if not settings.secret_key:
+            # A per-process random key keeps the demo and tests working; links then die with the
+            # process, which is why production must set NEWSLETTER_SECRET_KEY.
+            settings = replace(settings, secret_key=secrets.token_urlsafe(32))
+        return settings
+
+    @property
+    def rates_by_domain(self) -> dict[str, float]:
+        """Per-recipient-domain rates in messages per second, from ``domain_rates``."""
+        return _parse_domain_rates(self.domain_rates)
+
+    @property
+    def sending_domain(self) -> str:
+        """Domain used on the right-hand side of Message-IDs."""
+        return self.message_id_domain or self.bounce_domain
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            if raw.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None
+    return raw

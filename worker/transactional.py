@@ -1,0 +1,51 @@
+"""Transactional mail (confirmation, welcome): rendered per message, sent at once.
+
+Not bulk mail: no List-Unsubscribe, and a newsletter unsubscribe does not block it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from worker.editions import NewsletterProfile
+from worker.mime import build_template, personalise
+from worker.models import Subscriber
+from worker.ports import Mailer, SmtpOutcome
+from worker.rendering import render_message
+
+
+def send_transactional(
+    mailer: Mailer,
+    *,
+    name: str,
+    subscriber: Subscriber,
+    profile: NewsletterProfile,
+    context: dict[str, Any],
+    public_url: str,
+    bounce_address: str,
+    message_id_domain: str,
+    now: datetime,
+) -> SmtpOutcome:
+    """Render message ``name`` in the subscriber's language and send it; returns the relay's outcome."""
+    rendered = render_message(name, subscriber.language, context, profile=profile, public_url=public_url)
+    template = build_template(
+        subject=rendered.subject,
+        from_name=profile.from_name.get(rendered.lang, ""),
+        from_address=profile.from_address,
+        reply_to=profile.reply_to,
+        html=rendered.html,
+        text=rendered.text,
+        language=rendered.lang,
+    )
+    message = personalise(
+        template,
+        to=subscriber.ascii_email or subscriber.email,
+        message_id=f"<{name}.{uuid.uuid4().hex}@{message_id_domain}>",
+        date=now,
+        list_unsubscribe=[],
+        substitutions={},
+    )
+    recipient = subscriber.ascii_email or subscriber.email
+    return mailer.send(bounce_address, recipient, message, smtputf8=subscriber.ascii_email is None)
