@@ -25,8 +25,9 @@ MAINTENANCE_CHANCE = 100_000
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
-    """A broker for ``settings``: Redis if ``redis_url`` is set, else the in-process stub."""
-    if not settings.redis_url:
+    """A broker for ``settings``: Redis, or the in-process stub when ``broker`` is ``stub`` or no
+    Redis URL is set."""
+    if settings.broker == "stub" or not settings.redis_url:
         broker: dramatiq.Broker = StubBroker()
         broker.emit_after("process_boot")
         return broker

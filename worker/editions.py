@@ -206,12 +206,23 @@ def _parent(path: str) -> str:
     return path[:cut] if cut > 0 else ""
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that leaves timestamps as text: PyYAML raises a bare ValueError on
+    ``2024-07-32``, and the checker wants to report it with its field instead."""
+
+
+_Loader.add_constructor(
+    "tag:yaml.org,2002:timestamp",
+    lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
+)
+
+
 def _load_located(text: str) -> _Located:
     """Parse one YAML document with PyYAML's safe constructor, remembering node lines.
 
     Raises ``yaml.YAMLError`` (with ``problem_mark``) on syntax errors.
     """
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -272,7 +283,8 @@ class _Checker:
             return None
         for key in required:
             if key not in value:
-                self.problem(path, f"missing field '{key}'")
+                child = f"{path}.{key}" if path else key
+                self.problem(child, f"missing field '{key}'", self.located.line(path))
         known = set(required) | set(optional)
         for key in value:
             if key not in known:

@@ -51,6 +51,7 @@ class Settings:
 
     database_url: str = "sqlite:///newsletter.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    broker: str = "redis"  # "redis", or "stub" for dramatiq's in-process StubBroker
     smtp_url: str = "smtp://127.0.0.1:1025"
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str = field(default="", repr=False)

@@ -1,0 +1,147 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, real Redis, a real SMTP server.
+
+Every test that takes ``settings`` runs twice, on SQLite and on PostgreSQL (the service on
+127.0.0.1:5432; a database is created for the test run and dropped after). Actor tests use
+dramatiq's StubBroker with an in-process worker (``NEWSLETTER_BROKER=stub`` below); tests that
+need the real broker start ``dramatiq`` worker processes with ``NEWSLETTER_BROKER=redis``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ["NEWSLETTER_BROKER"] = "stub"  # before worker.broker is imported anywhere
+os.environ.setdefault("NEWSLETTER_SECRET_KEY", "test-secret-key-0123456789")
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+
+from worker.db import dispose_engines, make_engine
+from worker.models import Base
+from worker.outbox import OutboxServer
+from worker.runtime import Runtime
+from worker.settings import EXAMPLES_DIR, Settings
+
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+CASES = Path(__file__).parent / "cases"
+SAMPLE_EDITION = EXAMPLES_DIR / "editions" / "2024-W28"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database for this test run, with the schema; dropped afterwards."""
+    name = f"newsletter_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    yield url
+    dispose_engines()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database with the schema: a new SQLite file, or the run's PostgreSQL database
+    with every table truncated."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        yield url
+        return
+    url = request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """An SQLite database with the schema (for tests that need only one database)."""
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """Redis database 15 on the local server, emptied before and after the test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[OutboxServer]:
+    """A real SMTP server (aiosmtpd) on a free port that keeps every message it accepts."""
+    with OutboxServer(tmp_path / "outbox") as server:
+        yield server
+
+
+@pytest.fixture
+def settings(db_url: str, smtp: OutboxServer, redis_url: str) -> Settings:
+    return Settings.from_env(
+        {},
+        database_url=db_url,
+        redis_url=redis_url,
+        broker="stub",
+        smtp_url=smtp.url,
+        secret_key="test-secret-key-0123456789",
+        public_url="http://testserver",
+        bounce_domain="news.example.org",
+        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
+        send_batch_size=10,
+    )
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    """A runtime on the test's database, SMTP server and Redis; installed for the actors too."""
+    from worker import actors
+
+    runtime = Runtime(settings)
+    actors.use_runtime(runtime)
+    yield runtime
+    actors.use_runtime(None)
+    dispose_engines()
+
+
+@pytest.fixture
+def stub_worker(rt: Runtime) -> Iterator[object]:
+    """An in-process dramatiq worker on the StubBroker; ``stub_worker.join()`` waits for all queues."""
+    import dramatiq
+
+    from worker.broker import QUEUES, broker
+
+    broker.flush_all()
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+
+    class Handle:
+        def join(self) -> None:
+            for _ in range(3):  # actors enqueue follow-ups on other queues
+                for queue in QUEUES:
+                    broker.join(queue, fail_fast=True)
+                worker.join()
+
+    yield Handle()
+    worker.stop()
+    broker.flush_all()

@@ -1,0 +1,209 @@
+"""Edition sources: the sample edition reads; a broken one reports every problem at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from worker.editions import (
+    EditionContent,
+    EditionInvalid,
+    EditionProblem,
+    check_edition,
+    read_edition,
+    read_newsletter_profile,
+)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
+
+
+def copy_sample(tmp_path: Path) -> Path:
+    """A writable copy of the sample edition (the originals are read-only)."""
+    folder = tmp_path / "edition"
+    folder.mkdir()
+    for file in SAMPLE.iterdir():
+        shutil.copyfile(file, folder / file.name)
+    return folder
+
+
+def edit(folder: Path, name: str, old: str, new: str) -> None:
+    path = folder / name
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {name}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_sample_edition_reads_in_three_languages() -> None:
+    source = read_edition(SAMPLE)
+
+    assert check_edition(SAMPLE) == []
+    assert source.newsletter.languages == ("en", "be", "ru")
+    assert source.newsletter.default_language == "en"
+    assert source.newsletter.from_address == "weekly@example.org"
+    assert source.newsletter.from_name["be"] == "Штотыднёвы аналіз"
+    assert source.newsletter.reply_to == "editors@example.org"
+    assert source.key == "2024-W28"
+    ru = source.contents["ru"]
+    assert (ru.period_start, ru.period_end) == (date(2024, 7, 8), date(2024, 7, 14))
+    assert ru.subject.startswith("Китай не поддержал эскалацию")
+    [item] = ru.items
+    assert item.section == "Безопасность"
+    assert item.image is not None and item.image.alt == "Военные на пограничном посту"
+    assert item.image.credit == "фото: elements.envato.com"
+    assert item.url == "https://example.org/ru/2024/07/china-did-not-back-escalation"
+    assert item.body.count("\n\n") == 5  # six Markdown paragraphs
+    assert not item.lead.endswith("\n")
+
+
+def test_content_survives_a_json_round_trip() -> None:
+    content = read_edition(SAMPLE).contents["be"]
+
+    stored = json.loads(json.dumps(content.to_json(), ensure_ascii=False))
+
+    assert stored["period_start"] == "2024-07-08"
+    assert EditionContent.from_json(stored) == content
+
+
+def test_profile_reads_alone() -> None:
+    profile = read_newsletter_profile(SAMPLE / "newsletter.yaml")
+
+    assert profile.name["ru"] == "Еженедельный анализ: Беларусь"
+    assert profile.site == "https://example.org"
+
+
+def problems_as_tuples(problems: list[EditionProblem]) -> set[tuple[str, str, int | None]]:
+    return {(problem.file, problem.location, problem.line) for problem in problems}
+
+
+def test_broken_edition_reports_every_problem_with_location(tmp_path: Path) -> None:
+    # Given an edition with one mistake of each kind, spread over the files
+    folder = copy_sample(tmp_path)
+    edit(folder, "en.yaml", "end: 2024-07-14", "end: 2024-07-01")
+    edit(folder, "en.yaml", "url: https://example.org/en/2024", "url: example.org/en/2024")
+    edit(folder, "en.yaml", '      alt: "Soldiers at a border post"\n', "")
+    edit(folder, "en.yaml", "    standfirst:", "    colour: red\n    standfirst:")
+    edit(folder, "be.yaml", "preheader:", "preheadr:")
+    edit(folder, "ru.yaml", '      alt: "Военные на пограничном посту"', '      alt: "  "')
+    edit(folder, "ru.yaml", "  - section: Безопасность", "  - section: Безопасность\n    section: x")
+    with (folder / "ru.yaml").open("a", encoding="utf-8") as handle:
+        handle.write('  - title: "Second"\n    url: https://example.org/2\n    lead: L\n')
+
+    # When it is checked
+    problems = check_edition(folder)
+
+    # Then every problem is there, with file, field path and line
+    reasons = {(p.file, p.location): p.reason for p in problems}
+    assert problems_as_tuples(problems) == {
+        ("en.yaml", "period.end", 6),
+        ("en.yaml", "items[0].colour", 12),
+        ("en.yaml", "items[0].url", 14),
+        ("en.yaml", "items[0].image", 15),
+        ("be.yaml", "preheader", 2),
+        ("be.yaml", "preheadr", 6),
+        ("ru.yaml", "items[0].section", 9),
+        ("ru.yaml", "items[0].image.alt", 15),
+        ("ru.yaml", "items[1].body", 48),
+        ("ru.yaml", "items", 7),
+        ("be.yaml", "period", 4),
+        ("ru.yaml", "period", 4),
+    }
+    assert reasons[("en.yaml", "period.end")] == (
+        "period ends (2024-07-01) before it starts (2024-07-08)"
+    )
+    assert reasons[("en.yaml", "items[0].url")] == (
+        "bad URL 'example.org/en/2024/07/china-did-not-back-escalation': "
+        "must start with https:// (or http://)"
+    )
+    assert reasons[("en.yaml", "items[0].image")] == "image without alt text"
+    assert reasons[("ru.yaml", "items[0].image.alt")] == "image without alt text"
+    assert reasons[("en.yaml", "items[0].colour")].startswith("unknown key 'colour'")
+    assert reasons[("be.yaml", "preheader")] == "missing field 'preheader'"
+    assert reasons[("ru.yaml", "items[0].section")] == "key appears twice (the last one would win)"
+    assert reasons[("ru.yaml", "items[1].body")] == "missing field 'body'"
+    assert reasons[("ru.yaml", "items")] == "number of items 2 differs from en.yaml: 1"
+    # And read_edition refuses it with the same list
+    with pytest.raises(EditionInvalid) as raised:
+        read_edition(folder)
+    assert raised.value.problems == problems
+    assert str(raised.value).count("\n") == len(problems) - 1
+    assert "en.yaml:14: items[0].url: bad URL" in str(raised.value)
+
+
+def test_missing_language_file_and_stray_file(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    (folder / "be.yaml").rename(folder / "de.yaml")
+
+    problems = check_edition(folder)
+
+    assert [(p.file, p.reason) for p in problems] == [
+        ("be.yaml", "file is missing"),
+        ("de.yaml", "unknown file: its language is not in newsletter.yaml 'languages' "
+         "(be, en, ru)"),
+    ]
+
+
+def test_language_field_must_match_file_name(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    edit(folder, "be.yaml", "language: be", "language: ru")
+
+    [problem] = check_edition(folder)
+
+    assert (problem.file, problem.location, problem.line) == ("be.yaml", "language", 3)
+    assert problem.reason == "says 'ru' but the file is for 'be'"
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    edit(folder, "ru.yaml", "  - section: Безопасность", "  - section: [Безопасность")
+
+    [problem] = check_edition(folder)
+
+    assert problem.file == "ru.yaml"
+    assert problem.location == f"line {problem.line}"
+    assert problem.line in (9, 10)
+    assert problem.reason.startswith("YAML syntax:")
+
+
+def test_profile_problems_are_all_reported(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    edit(folder, "newsletter.yaml", "default_language: en", "default_language: de")
+    edit(folder, "newsletter.yaml", '  ru: "Еженедельный анализ: Беларусь"\n', "")
+    edit(folder, "newsletter.yaml", "site: https://example.org", "site: https://example org")
+    edit(folder, "newsletter.yaml", 'reply_to: "editors@example.org"', 'reply_to: "editors"')
+
+    problems = check_edition(folder)
+
+    assert {(p.file, p.location, p.reason) for p in problems} == {
+        ("newsletter.yaml", "default_language", "'de' is not in 'languages'"),
+        ("newsletter.yaml", "name", "missing language 'ru'"),
+        ("newsletter.yaml", "site", "bad URL 'https://example org': contains whitespace"),
+        ("newsletter.yaml", "reply_to", "bad address 'editors'"),
+    }
+
+
+def test_subject_must_be_one_line_and_dates_real(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    edit(folder, "en.yaml", 'subject: "China', 'subject: |\n  Two\n  lines\nx: "China')
+    edit(folder, "be.yaml", "start: 2024-07-08", "start: 2024-07-32")
+
+    problems = {(p.file, p.location): p.reason for p in check_edition(folder)}
+
+    assert problems[("en.yaml", "subject")] == "must be one line"
+    assert problems[("en.yaml", "x")].startswith("unknown key 'x'")
+    assert problems[("be.yaml", "period.start")] == (
+        "expected a date like 2024-07-08, got '2024-07-32'"
+    )
+
+
+def test_empty_file_and_not_a_folder(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    (folder / "ru.yaml").write_text("# nothing yet\n", encoding="utf-8")
+
+    assert [(p.file, p.reason) for p in check_edition(folder)] == [
+        ("ru.yaml", "expected a mapping of keys, got nothing"),
+    ]
+    assert check_edition(tmp_path / "missing")[0].reason == "not a folder"

@@ -1,0 +1,144 @@
+"""The weekly send end to end on real services: signup → confirmation → send → inbox."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from tests.conftest import SAMPLE_EDITION
+from worker import actors
+from worker.editions import read_edition
+from worker.models import Delivery, Send, SignupRefusal, Subscriber
+from worker.newsletters import save_edition
+from worker.outbox import OutboxServer
+from worker.runtime import Runtime
+from worker.sends import create_send
+from worker.web import create_app
+
+READERS = [
+    ("anna@example.org", "en"),
+    ("Ivan.Petrov@Example.ORG", "en"),
+    ("chytach@ПРЫКЛАД.БЕЛ", "be"),
+    ("ales@example.net", "be"),
+    ("olga@example.com", "ru"),
+    ("pending.only@example.com", "ru"),
+]
+
+
+def signup(n: int, address: Any, language: Any, **extra: Any) -> dict[str, Any]:
+    return {"version": 1, "event_id": f"e{n}", "email": address, "language": language, **extra}
+
+
+def confirm_links(smtp: OutboxServer) -> dict[str, str]:
+    links = {}
+    for received in smtp.handler.received:
+        message = email.message_from_bytes(received.data, policy=email.policy.default)
+        text = message.get_body(("plain",)).get_content()
+        match = re.search(r"http://testserver(/confirm/\S+)", text)
+        if match:
+            links[received.recipients[0]] = match.group(1)
+    return links
+
+
+def test_signup_confirm_send_gives_one_message_per_confirmed_subscriber(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
+    # Given six signups and one invalid one, and the sample edition loaded
+    with rt.session() as session:
+        save_edition(session, read_edition(SAMPLE_EDITION), rt.clock.now())
+    for n, (address, language) in enumerate(READERS):
+        actors.handle_signup.send(signup(n, address, language))
+    actors.handle_signup.send(signup(99, "broken@", "en"))
+    stub_worker.join()
+    links = confirm_links(smtp)
+    assert len(links) == 6  # one confirmation mail per valid signup
+    assert "chytach@xn--80aiqesg1f.xn--90ais" in links  # IDN domain sent as A-labels
+
+    # When five of them confirm through the page (GET shows a button, POST confirms)
+    client = TestClient(create_app(rt))
+    for recipient, path in links.items():
+        if recipient.startswith("pending.only"):
+            continue
+        page = client.get(path)
+        assert page.status_code == 200 and 'method="post"' in page.text
+        assert client.post(path, data={"confirm": "1"}).status_code == 200
+    smtp.handler.received.clear()
+    with rt.session() as session:
+        edition = read_edition(SAMPLE_EDITION)
+        send_id = create_send(session, save_edition(session, edition, rt.clock.now()), rt.clock.now(), 2).id
+    actors.plan_send.send(send_id)
+    stub_worker.join()
+
+    # Then each confirmed subscriber got exactly one edition, in their language
+    got = sorted((r.recipients[0], r.data) for r in smtp.handler.received)
+    assert [rcpt for rcpt, _ in got] == sorted(
+        ["anna@example.org", "Ivan.Petrov@example.org", "chytach@xn--80aiqesg1f.xn--90ais",
+         "ales@example.net", "olga@example.com"]
+    )
+    subjects = {rcpt: email.message_from_bytes(data, policy=email.policy.default)["Subject"] for rcpt, data in got}
+    assert subjects["olga@example.com"] == edition.contents["ru"].subject
+    assert subjects["ales@example.net"] == edition.contents["be"].subject
+    assert subjects["anna@example.org"] == edition.contents["en"].subject
+    with rt.session() as session:
+        assert session.get(Send, send_id).status == "finished"
+        states = dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all())
+        assert states == {"sent": 5}
+        refusal = session.scalars(select(SignupRefusal)).one()
+        assert refusal.reason == "invalid_address"
+
+    # And running the same send again sends nothing more
+    actors.plan_send.send(send_id)
+    stub_worker.join()
+    assert len(smtp.handler.received) == 5
+
+
+def test_unsubscribe_get_changes_nothing_post_and_one_click_unsubscribe(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
+    with rt.session() as session:
+        save_edition(session, read_edition(SAMPLE_EDITION), rt.clock.now())
+    for n, address in enumerate(["a@example.org", "b@example.org"]):
+        actors.handle_signup.send(signup(n, address, "en"))
+    stub_worker.join()
+    client = TestClient(create_app(rt))
+    for path in confirm_links(smtp).values():
+        client.post(path, data={"confirm": "1"})
+    smtp.handler.received.clear()
+    with rt.session() as session:
+        edition = session.scalar(select(Send.edition_id))  # none yet
+        assert edition is None
+        from worker.newsletters import find_edition
+
+        send_id = create_send(session, find_edition(session, "2024-W28"), rt.clock.now()).id
+    actors.plan_send.send(send_id)
+    stub_worker.join()
+    urls = {}
+    for received in smtp.handler.received:
+        message = email.message_from_bytes(received.data, policy=email.policy.default)
+        header = str(message["List-Unsubscribe"])
+        https = re.match(r"<http://testserver(/u/[^>]+)>", header).group(1)
+        assert https in message.get_body(("html",)).get_content()  # visible link in HTML
+        assert https in message.get_body(("plain",)).get_content()  # and in text
+        urls[received.recipients[0]] = https
+    a, b = urls["a@example.org"], urls["b@example.org"]
+
+    page = client.get(a)
+    assert page.status_code == 200 and 'method="post"' in page.text
+    with rt.session() as session:
+        assert {s.email: s.status for s in session.scalars(select(Subscriber))} == {
+            "a@example.org": "confirmed", "b@example.org": "confirmed"}
+
+    one_click = client.post(a, content=b"List-Unsubscribe=One-Click",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"},
+                            follow_redirects=False)
+    assert one_click.status_code == 200 and "set-cookie" not in one_click.headers
+    button = client.post(b, data={"unsubscribe": "1"})
+    assert button.status_code == 200
+    with rt.session() as session:
+        assert {s.email: s.status for s in session.scalars(select(Subscriber))} == {
+            "a@example.org": "unsubscribed", "b@example.org": "unsubscribed"}
