@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
+
+import idna
 
 from email_validator import EmailNotValidError, EmailSyntaxError, EmailUndeliverableError
 from email_validator import validate_email
@@ -69,7 +72,9 @@ def parse_address(
     except EmailUndeliverableError as exc:
         raise AddressError("undeliverable", str(exc)) from None
     except EmailSyntaxError as exc:
-        raise AddressError(_syntax_code(text, str(exc), allow_smtputf8), str(exc)) from None
+        code = _syntax_code(text, str(exc), allow_smtputf8)
+        message = SMTPUTF8_REFUSED if code == "smtputf8_unsupported" else str(exc)
+        raise AddressError(code, message) from None
     except EmailNotValidError as exc:
         raise AddressError("invalid", str(exc)) from None
     domain = result.domain.lower()
@@ -82,6 +87,34 @@ def parse_address(
         dedupe_key=result.normalized.casefold(),
         ascii_domain=result.ascii_domain.lower(),
     )
+
+
+SMTPUTF8_REFUSED = (
+    "this address has non-ASCII characters before the @-sign; it can only be delivered with "
+    "SMTPUTF8 (RFC 6531), which our mail relay does not offer"
+)
+
+
+def load_blocked_domains(path: str | Path) -> frozenset[str]:
+    """Domains from a file, one a line (``#`` starts a comment), lowercased and in both forms
+    (Unicode and IDNA A-labels) so either spelling in the file matches. ``""`` gives none.
+
+    Raises ``OSError`` if the file cannot be read.
+    """
+    if not path:
+        return frozenset()
+    domains: set[str] = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        domain = line.split("#", 1)[0].strip().lower().rstrip(".")
+        if not domain:
+            continue
+        domains.add(domain)
+        try:
+            domains.add(idna.encode(domain, uts46=True).decode("ascii"))
+            domains.add(idna.decode(domain))
+        except idna.IDNAError:
+            pass  # not a valid IDN: kept as written
+    return frozenset(domains)
 
 
 def _syntax_code(text: str, message: str, allow_smtputf8: bool) -> str:

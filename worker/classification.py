@@ -397,3 +397,25 @@ def _hard(reason: Reason) -> Classification:
 
 def _soft(reason: Reason) -> Classification:
     return Classification(FeedbackKind.SOFT_BOUNCE, reason, False)
+
+
+_FEEDBACK_TYPES: dict[str, Classification] = {
+    "abuse": Classification(FeedbackKind.COMPLAINT, Reason.ABUSE, False),
+    "fraud": Classification(FeedbackKind.COMPLAINT, Reason.FRAUD, False),
+    "auth-failure": Classification(FeedbackKind.DMARC_REPORT, Reason.AUTH_FAILURE, False),
+    "not-spam": Classification(FeedbackKind.UNKNOWN, Reason.NOT_SPAM, False),
+}
+
+
+def classify_feedback_type(feedback_type: str | None, *, missing_means_abuse: bool = False) -> Classification:
+    """Classify an ARF Feedback-Type (RFC 5965 §7.3, RFC 6591).
+
+    ``abuse`` and ``fraud`` are complaints; ``auth-failure`` is a DMARC report (it concerns a
+    message sent in our name, often a spoof, and must never unsubscribe anyone); ``not-spam``,
+    ``virus``, ``other`` and unknown types are UNKNOWN. A missing type is UNKNOWN unless
+    ``missing_means_abuse`` (providers such as SES report complaints without one).
+    """
+    value = (feedback_type or "").strip().lower()
+    if not value and missing_means_abuse:
+        value = "abuse"
+    return _FEEDBACK_TYPES.get(value, Classification(FeedbackKind.UNKNOWN, Reason.OTHER_FEEDBACK, False))

@@ -33,29 +33,84 @@ def _check_value(name: str, value: str) -> str:
     return value
 
 
+def _check_name(name: str) -> str:
+    """A header field name: printable ASCII without ``:`` or space (RFC 5322 §2.2)."""
+    if not name or not all(33 <= ord(ch) <= 126 and ch != ":" for ch in name):
+        raise HeaderInjection(f"not a header field name: {name!r}")
+    return name
+
+
+MAX_LINE = 78  # octets, without CRLF (RFC 5322 §2.1.1)
+
+
+def _is_plain(name: str, value: str) -> bool:
+    """Whether ``value`` can go out as plain folded text and parse back unchanged: ASCII, no text
+    a reader would decode as an encoded-word (RFC 2047 §5), no leading or trailing whitespace
+    (unfolding eats it), and no word too long to fit on a folded line."""
+    return (
+        value.isascii()
+        and "=?" not in value
+        and value == value.strip()
+        and all(len(word) + len(name) + 2 <= MAX_LINE for word in value.split())
+    )
+
+
+def _encoded_words(name: str, value: str) -> str:
+    """``value`` as UTF-8 RFC 2047 encoded-words, each at most 75 characters holding whole
+    characters, on lines of at most 78 octets. Spaces stay inside the words (RFC 2047 §6.2), so
+    a one-letter word after a fold keeps its space (python/cpython#92081)."""
+    return Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+
+
 def encode_unstructured(name: str, value: str) -> str:
-    """``Name: value`` folded to at most 78 octets a line (RFC 5322 §2.1.1), without CRLF at the end.
+    """``Name: value`` folded to at most 78 octets a line (RFC 5322 §2.1.1), no CRLF at the end.
 
-    Non-ASCII text becomes RFC 2047 encoded-words; each keeps its spaces inside, so a decoder that
-    joins adjacent encoded-words gets the original text back exactly (RFC 2047 §6.2).
+    Plain ASCII is folded at whitespace; anything else (non-ASCII, ``=?`` that a reader would
+    decode, leading/trailing spaces, a word longer than a line) becomes RFC 2047 encoded-words,
+    so every reader decodes exactly ``value``. Raises ``HeaderInjection`` for CR/LF.
     """
+    _check_name(name)
     _check_value(name, value)
-    charset = "us-ascii" if value.isascii() else "utf-8"
-    encoded = Header(value, charset, header_name=name).encode(linesep=CRLF)
-    return f"{name}: {encoded}"
+    if _is_plain(name, value):
+        return f"{name}: {Header(value, 'us-ascii', header_name=name).encode(linesep=CRLF)}"
+    return f"{name}: {_encoded_words(name, value)}"
 
 
-def format_mailbox(display_name: str, addr_spec: str) -> str:
-    """One mailbox for From/Reply-To/To: quoted or encoded so that it parses back as one address.
+def _phrase(header_name: str, display_name: str) -> str:
+    """A display name as an RFC 5322 phrase: atoms as they are, specials (``,`` ``"`` ``<``…) in
+    a quoted-string (§3.2.4), non-ASCII as encoded-words (RFC 2047 §5(3), whose ``Q`` alphabet
+    for phrases ``Header`` respects)."""
+    if display_name.isascii() and "=?" not in display_name and display_name == display_name.strip():
+        quoted = formataddr((display_name, "x@x"))  # quotes and escapes only when needed
+        return quoted[: quoted.rindex(" <")]
+    return _encoded_words(header_name, display_name)
+
+
+def _with_addr(header_name: str, phrase: str, angle_addr: str) -> str:
+    """``phrase <addr>``, with the address on its own continuation line if the last line of the
+    phrase would pass 78 octets (``Name: `` included)."""
+    last = phrase.rsplit(CRLF, 1)[-1]
+    offset = len(header_name) + 2 if CRLF not in phrase else 0
+    if offset + len(last.encode()) + 1 + len(angle_addr) <= MAX_LINE:
+        return f"{phrase} {angle_addr}"
+    return f"{phrase}{CRLF} {angle_addr}"
+
+
+def format_mailbox(display_name: str, addr_spec: str, header_name: str = "From") -> str:
+    """One mailbox for From/Reply-To/To, the value after ``Name: ``: quoted or encoded so that it
+    parses back as exactly one address with the same display name (RFC 5322 §3.4).
 
     A display name with a comma (``Example News, Inc.``) is quoted (RFC 5322 §3.2.4); a non-ASCII
-    one is an RFC 2047 encoded-word.
+    one becomes RFC 2047 encoded-words. Raises ``HeaderInjection`` for control characters, or an
+    address with whitespace, ``<``, ``>`` or ``,``.
     """
     _check_value("display name", display_name)
     _check_value("address", addr_spec)
+    if not addr_spec or any(ch in addr_spec for ch in " <>,\t"):
+        raise HeaderInjection(f"not a single address: {addr_spec!r}")
     if not display_name:
         return addr_spec
-    return formataddr((display_name, addr_spec), charset="utf-8")
+    return _with_addr(header_name, _phrase(header_name, display_name), f"<{addr_spec}>")
 
 
 def format_list_unsubscribe(uris: Sequence[str]) -> str:
@@ -71,20 +126,19 @@ def format_list_unsubscribe(uris: Sequence[str]) -> str:
 
 
 def format_list_id(name: str, list_id: str) -> str:
-    """``List-Id: Name <list.id>`` (RFC 2919 §3): only the phrase may be an encoded-word."""
+    """``List-Id: Name <list.id>`` (RFC 2919 §3): the description is a phrase (quoted or
+    encoded-words), the identifier plain ASCII."""
     _check_value("List-Id", list_id)
-    if not list_id.isascii() or any(ch in list_id for ch in " <>"):
+    _check_value("List-Id", name)
+    if not list_id.isascii() or any(ch in list_id for ch in " <>,"):
         raise HeaderInjection(f"List-Id: not a plain list identifier: {list_id!r}")
     if not name:
         return f"List-Id: <{list_id}>"
-    phrase = encode_unstructured("List-Id", name)
-    return f"{phrase} <{list_id}>" if len(phrase.rsplit(CRLF, 1)[-1]) + len(list_id) < 76 else (
-        f"{phrase}{CRLF} <{list_id}>"
-    )
+    return "List-Id: " + _with_addr("List-Id", _phrase("List-Id", name), f"<{list_id}>")
 
 
 def quoted_printable(text: str) -> bytes:
-    """UTF-8 ``text`` as quoted-printable with CRLF line ends, lines at most 76 octets (RFC 2045)."""
+    """UTF-8 ``text`` as quoted-printable, CRLF line ends, lines of at most 76 octets (RFC 2045)."""
     data = text.replace("\r\n", "\n").encode("utf-8")
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(b"\n", b"\r\n")
 
@@ -117,7 +171,8 @@ def build_template(
 
     ``list_id`` is the List-Id identifier (``weekly.news.example.org``, RFC 2919) and
     ``list_id_name`` its description; ``feedback_id`` the
-    Feedback-ID (Gmail's ``a:b:c:SenderId`` form). Raises ``HeaderInjection`` for CR/LF in any value.
+    Feedback-ID (Gmail's ``a:b:c:SenderId`` form). Raises ``HeaderInjection`` for CR/LF in any
+    value.
     """
     lines = [
         "From: " + format_mailbox(from_name, from_address),
@@ -133,14 +188,14 @@ def build_template(
     if feedback_id:
         lines.append("Feedback-ID: " + _check_value("Feedback-ID", feedback_id))
     for name, value in (extra_headers or {}).items():
-        lines.append(encode_unstructured(_check_value("header name", name), value))
+        lines.append(encode_unstructured(name, value))
     boundary = "=_" + hashlib.sha256((subject + html).encode()).hexdigest()[:32]
     headers = "".join(line + CRLF for line in lines).encode("utf-8")
     return MessageTemplate(shared_headers=headers, html=html, text=text, boundary=boundary)
 
 
 def substitute(body: str, substitutions: Mapping[str, str]) -> str:
-    """Replace each placeholder key in ``body`` by its value (plain ``str.replace``: no templating)."""
+    """Replace each placeholder key in ``body`` by its value (``str.replace``: no templating)."""
     for key, value in substitutions.items():
         body = body.replace(key, value)
     return body
@@ -163,14 +218,17 @@ def personalise(
     for SMTPUTF8 delivery, RFC 6532). ``message_id`` includes its angle brackets.
     ``html_substitutions`` default to ``substitutions`` (pass HTML-escaped values when they differ).
     """
-    _check_value("To", to)
     _check_value("Message-ID", message_id)
-    lines = ["To: " + to, "Date: " + format_datetime(date), "Message-ID: " + message_id]
+    lines = [
+        "To: " + format_mailbox("", to, "To"),
+        "Date: " + format_datetime(date),
+        "Message-ID: " + message_id,
+    ]
     if list_unsubscribe:  # bulk mail only; a confirmation mail has nothing to unsubscribe from
         lines.append(format_list_unsubscribe(list_unsubscribe))
         lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     for name, value in (headers or {}).items():
-        lines.append(f"{_check_value('header name', name)}: {_check_value(name, value)}")
+        lines.append(encode_unstructured(name, value))
     lines.append(f'Content-Type: multipart/alternative; boundary="{template.boundary}"')
     head = "".join(line + CRLF for line in lines).encode("utf-8")
     text = quoted_printable(substitute(template.text, substitutions))

@@ -78,6 +78,7 @@ class SendStatus(StrEnum):
 class DeliveryState(StrEnum):
     QUEUED = "queued"  # planned, not yet attempted (or released after a throttle)
     SENDING = "sending"  # claimed by a worker, with a lease, SMTP transaction under way
+    SUBMITTING = "submitting"  # recipient accepted, DATA under way: a lost outcome here is unknown
     SENT = "sent"  # the relay accepted it (2xx after DATA): submitted, not necessarily delivered
     DEFERRED = "deferred"  # 4xx: retried with backoff after next_attempt_at
     FAILED = "failed"  # 5xx or an address the relay cannot take; never retried
@@ -86,7 +87,9 @@ class DeliveryState(StrEnum):
     UNKNOWN = "unknown"  # the lease ran out with the outcome unknown: resent only by an operator
 
 
-UNFINISHED_STATES = (DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.DEFERRED)
+UNFINISHED_STATES = (
+    DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.DEFERRED
+)
 
 
 class Newsletter(Base):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -23,6 +24,7 @@ class SmtpOutcome:
     code: int
     text: str
     uncertain: bool = False
+    local: bool = False  # refused by us, not by the relay (e.g. no SMTPUTF8): not recipient feedback
 
     @property
     def accepted(self) -> bool:
@@ -40,9 +42,19 @@ class SmtpOutcome:
 class Mailer(Protocol):
     """Hands messages to an SMTP relay, reusing its connection between calls."""
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, *, smtputf8: bool) -> SmtpOutcome:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
         """Send ``message`` (bytes with CRLF line ends) to one ``recipient``; never raises for SMTP
-        or network errors, which come back as an outcome."""
+        or network errors, which come back as an outcome. ``before_data`` runs after the relay
+        accepted the recipient and before DATA; if it returns False the transaction is reset and
+        nothing is sent (the outcome then has ``local=True``)."""
         ...
 
     def close(self) -> None: ...
@@ -67,6 +79,13 @@ class Throttle(Protocol):
     def slow_down(self, domain: str) -> None:
         """The domain answered 421/451: lower its rate for a while."""
         ...
+
+    def acquire_connection(self, holder: str, ttl: float) -> bool:
+        """Take one of the shared SMTP connection slots for ``holder`` for ``ttl`` seconds (call
+        again to extend); False when all are taken."""
+        ...
+
+    def release_connection(self, holder: str) -> None: ...
 
 
 class Clock(Protocol):

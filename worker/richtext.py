@@ -62,7 +62,12 @@ def markdown_to_html(source: str) -> str:
     parser = _parser()
     tokens = parser.parse(source)
     _demote_headings(tokens)
-    html = parser.renderer.render(tokens, parser.options, {})
+    return clean_html(parser.renderer.render(tokens, parser.options, {}))
+
+
+def clean_html(html: str) -> str:
+    """``html`` reduced to :data:`ALLOWED_TAGS` and :data:`ALLOWED_ATTRIBUTES` by nh3, with our
+    inline styles added. The second line of defence: markdown-it already escapes raw HTML."""
     return nh3.clean(
         html,
         tags=set(ALLOWED_TAGS),
@@ -112,9 +117,8 @@ def _text_token(token: Token, state: _TextState, width: int) -> None:
     elif kind == "list_item_open":
         state.pending_marker = _next_marker(state)
     elif kind == "inline" and state.heading:
-        text = " ".join(_inline_text(token.children or []).split())
-        rule = "=" if state.heading == "h1" else "-"
-        state.blocks.append(f"{text}\n{rule * min(len(text), width)}")
+        text = _inline_text(token.children or [])
+        state.blocks.append(heading(text, "=" if state.heading == "h1" else "-", width))
     elif kind == "inline":
         _text_inline(token, state, width)
     elif kind == "heading_open":
@@ -184,3 +188,33 @@ def _inline_text(children: Sequence[Token]) -> str:
             elif href.startswith("mailto:") and label != href[7:]:
                 out.append(f" ({href[7:]})")
     return "".join(out)
+
+
+def wrap(text: str, width: int = TEXT_WIDTH) -> str:
+    """``text`` as paragraphs wrapped at ``width`` characters; existing line breaks are kept,
+    words and URLs are never split."""
+    return "\n".join(
+        textwrap.fill(line, width=width, break_long_words=False, break_on_hyphens=False)
+        if line.strip()
+        else ""
+        for line in str(text).splitlines()
+    )
+
+
+def heading(text: str, rule: str = "=", width: int = TEXT_WIDTH) -> str:
+    """``text`` wrapped at ``width`` and underlined with ``rule`` as long as its longest line
+    (the setext heading style readers of plain-text mail know)."""
+    wrapped = wrap(" ".join(str(text).split()), width)
+    return f"{wrapped}\n{rule * max(len(line) for line in wrapped.splitlines())}"
+
+
+def tidy_text(text: str) -> str:
+    """Strip trailing spaces (except the "-- " signature separator of RFC 3676 section 4.3),
+    collapse runs of blank lines into one, end with exactly one newline."""
+    lines = [line if line == "-- " else line.rstrip() for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    return "\n".join(out).strip("\n") + "\n"

@@ -65,9 +65,22 @@ class Settings:
     smtp_timeout_seconds: float = 60.0
     claim_lease_seconds: float = 600.0
     retry_max_age_seconds: float = 3 * 24 * 3600.0
+    retry_base_seconds: float = 60.0  # first retry after a 4xx; doubles per attempt, plus jitter
+    retry_cap_seconds: float = 3600.0  # longest wait between two attempts
+    max_throttle_wait: float = 2.0  # a batch sleeps up to this for a send slot, else re-enqueues
+    throttle_recover_seconds: float = 60.0  # after a 421/451 halving, the rate doubles back per period
+    batch_grace_seconds: float = 120.0  # a batch message silent this long is re-enqueued
     confirmation_expiry_hours: float = 72.0
     smtputf8_relay: bool = True
     check_deliverability: bool = False
+    dns_timeout_seconds: float = 5.0  # deliverability (MX) look-up timeout
+    blocked_domains_path: str = ""  # a file of refused (e.g. disposable) domains, one a line
+    confirmations_per_address_per_day: int = 3  # 0 = unlimited (abuse limits: worker/abuse.py)
+    signups_per_ip_per_hour: int = 20
+    confirmations_per_domain_per_minute: int = 60
+    confirmation_resend_minutes: float = 10.0  # a pending address gets at most one mail per window
+    purge_unconfirmed_days: float = 14.0  # pending subscribers older than this are purged
+    welcome_mail: bool = False  # send a welcome mail after confirmation
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_private_key_path: str = field(default="", repr=False)

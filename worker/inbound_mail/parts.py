@@ -22,12 +22,17 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 MAX_PARSE_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
 MAX_PART_DELIMITERS = 400
 MAX_CONTAINERS = 32
+MAX_BLANK_LINES = 1000
+MAX_HEADER_CHARS = 8 * 1024
 MAX_PARTS = 200
 MAX_TEXT_BYTES = 64 * 1024
 MAX_ADDRESSES = 50
 
+_DELIMITER = re.compile(rb"\n--")
+_BLANK = re.compile(rb"\r?\n\r?\n")
 _CONTAINER_HEADER = re.compile(rb"^content-type:[ \t]*(?:multipart|message)/", re.IGNORECASE | re.MULTILINE)
 # Parts whose payload is header blocks, not a message to descend into.
 _FIELD_PARTS = frozenset(
@@ -54,10 +59,22 @@ class Part:
 
 
 def bounded(raw: bytes) -> bytes:
-    """``raw`` cut to what the parser may see (see the module docstring for the three limits)."""
-    raw = raw[:MAX_PARSE_BYTES]
-    raw = _cut_at_nth(raw, re.compile(rb"\n--"), MAX_PART_DELIMITERS)
+    """``raw`` cut to what the parser may see (see the module docstring for the limits)."""
+    raw = _short_header(raw[:MAX_PARSE_BYTES])
+    raw = _cut_at_nth(raw, _DELIMITER, MAX_PART_DELIMITERS)
+    # Every blank line in a delivery-status part starts a header block (a Message object).
+    raw = _cut_at_nth(raw, _BLANK, MAX_BLANK_LINES)
     return _cut_at_nth(raw, _CONTAINER_HEADER, MAX_CONTAINERS)
+
+
+def _short_header(raw: bytes) -> bytes:
+    """Drop header lines beyond ``MAX_HEADER_BYTES``: each lookup scans every header."""
+    end = _BLANK.search(raw)
+    header_end = end.start() if end else len(raw)
+    if header_end <= MAX_HEADER_BYTES:
+        return raw
+    keep = raw.rfind(b"\n", 0, MAX_HEADER_BYTES) + 1
+    return raw[:keep] + raw[header_end:]
 
 
 def _cut_at_nth(raw: bytes, pattern: re.Pattern[bytes], limit: int) -> bytes:
@@ -167,6 +184,8 @@ def header_texts(message: Message, name: str, *, limit: int = MAX_ADDRESSES) -> 
 
 
 def _decode_header_value(value: object) -> str:
+    if isinstance(value, str) and len(value) > MAX_HEADER_CHARS:
+        value = value[:MAX_HEADER_CHARS]  # decoding and address parsing are superlinear
     try:
         chunks = decode_header(value)  # type: ignore[arg-type]  # str or email.header.Header
     except Exception:  # malformed encoded-word: keep the raw text

@@ -1,0 +1,134 @@
+"""End-to-end throughput of a weekly send against the C limit of the SMTP hand-off on this machine.
+
+The sample edition (examples/editions/2024-W28, en/be/ru) goes to N confirmed subscribers on a
+fresh PostgreSQL database, through ``python -m dramatiq worker.actors -p 2`` (Redis broker,
+throttling off) into Postfix's ``smtp-sink`` on loopback. In the same run ``smtp-source`` sends N
+messages of the same size over the same number of connections (processes × threads, each kept
+open) into the same sink. Prints messages per second for both and their ratio.
+
+    .venv/bin/python bench/e2e_throughput.py --subscribers 10000
+    .venv/bin/python bench/e2e_throughput.py --subscribers 100000
+
+Prints figures only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def message_sizes(env: dict[str, str], send_id: int) -> dict[str, int]:
+    """Size in bytes of one composed message per language (as the workers build them)."""
+    from worker.models import Subscriber
+    from worker.runtime import Runtime
+    from worker.settings import Settings
+
+    rt = Runtime(Settings.from_env(env))
+    with rt.session() as session:
+        composer = rt.composer(session, send_id)
+        sizes = {}
+        for language in composer.templates:
+            reader = Subscriber(id=1, email="reader1@d1.example.net", ascii_email="reader1@d1.example.net",
+                                language=language)
+            sizes[language] = len(composer.compose(1, reader, language)[1])
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8, help="dramatiq threads per process (its default: 8)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--dkim", action="store_true", help="sign in the app (NEWSLETTER_DKIM_*; needs worker/dkim.py)")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+
+    print(f"machine: {common.machine()}")
+    common.flush_redis()
+    sink = common.start_sink()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    try:
+        with common.database() as db_url:
+            t = time.perf_counter()
+            common.load_edition_and_subscribers(db_url, args.subscribers)
+            print(f"{args.subscribers} confirmed subscribers inserted (COPY) in {time.perf_counter() - t:.1f} s")
+            send_id = common.create_send(db_url, args.batch_size)
+            extra = dkim_env(workdir) if args.dkim else {}
+            env = common.settings_env(db_url, sink.url, batch_size=args.batch_size, extra=extra)
+            os.environ.update(env)  # before worker.broker is imported: the bench enqueues on Redis
+            from worker import actors
+
+            workers = common.start_workers(env, processes=args.processes, threads=args.threads,
+                                           log=workdir / "dramatiq.log")
+            try:
+                workers.wait_ready(args.processes)
+                cpu0 = workers.cpu_seconds()
+                t0 = time.perf_counter()
+                actors.plan_send.send(send_id)
+                status = None
+                deadline = time.monotonic() + args.timeout
+                while time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    workers.sample_rss()
+                    status = common.ledger(db_url, send_id)["status"]
+                    if status in ("finished", "cancelled"):
+                        break
+                wall = time.perf_counter() - t0
+                cpu = workers.cpu_seconds() - cpu0
+            finally:
+                workers.stop()
+            book = common.ledger(db_url, send_id)
+            sizes = message_sizes(env, send_id)
+        size = int(statistics.mean(sizes.values()))
+        connections = args.processes * args.threads
+        c_rate = common.smtp_source(sink.port, messages=args.subscribers, sessions=connections, size=size)
+    finally:
+        sink.stop()
+    counts = book["counts"]
+    sent = int(counts.get("sent", 0))  # type: ignore[union-attr]
+    window = (book["last"] - book["first"]).total_seconds()  # type: ignore[operator]
+    planning = (book["first"] - book["started"]).total_seconds()  # type: ignore[operator]
+    app_rate = sent / window
+    peak = max((sum(s.values()) for _, s in workers.samples), default=0)
+    print(f"send {send_id}: status {status}, ledger {dict(counts)}")  # type: ignore[arg-type]
+    print(f"message size per language (bytes): {sizes}")
+    print(f"planning (render + ledger insert, until the first claim): {planning:.1f} s")
+    print(f"sending window (first claim to last outcome): {window:.1f} s; wall from enqueue: {wall:.1f} s")
+    print(f"worker CPU: {cpu:.1f} s user+sys, {1000 * cpu / max(sent, 1):.2f} ms per message; "
+          f"peak RSS of the {args.processes} worker processes together: {peak / 1024:.0f} MiB")
+    print(f"app: {app_rate:.0f} messages/s over {connections} connections "
+          f"({args.processes} processes x {args.threads} threads){' with in-app DKIM' if args.dkim else ''}")
+    print(f"smtp-source: {c_rate:.0f} messages/s ({common.smtp_source_command('PORT', messages=args.subscribers, sessions=connections, size=size)})")
+    print(f"ratio app / smtp-source: {app_rate / c_rate:.3f}")
+
+
+def dkim_env(workdir: Path) -> dict[str, str]:
+    """A fresh 2048-bit RSA key and the NEWSLETTER_DKIM_* settings that make the app sign."""
+    if not (common.ROOT / "worker" / "dkim.py").exists():
+        sys.exit("worker/dkim.py is not there yet: in-app DKIM signing is pending")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = workdir / "dkim.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    return {"NEWSLETTER_DKIM_SELECTOR": "bench", "NEWSLETTER_DKIM_DOMAIN": "example.org",
+            "NEWSLETTER_DKIM_PRIVATE_KEY_PATH": str(path)}
+
+
+if __name__ == "__main__":
+    started = datetime.now(UTC)
+    main()
+    print(f"run took {(datetime.now(UTC) - started).total_seconds():.0f} s")
