@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -177,16 +178,21 @@ def start_sink(backlog: int = 256) -> Sink:
     raise RuntimeError("smtp-sink did not start: " + process.stderr.read().decode() if process.stderr else "")
 
 
-def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> float:
+def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> tuple[float, float]:
     """Send ``messages`` of ``size`` body bytes over ``sessions`` parallel connections, each kept
-    open for the next message (``-d``), into the sink; returns messages per second."""
+    open for the next message (``-d``), into the sink; returns (messages per second, CPU seconds
+    of smtp-source)."""
     command = [
         which("smtp-source"), "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
         "-f", "bounces@news.example.org", "-t", "reader@d1.example.net", f"127.0.0.1:{port}",
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return messages / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return messages / elapsed, cpu
 
 
 def smtp_source_command(port: int | str, *, messages: int, sessions: int, size: int) -> str:
@@ -227,15 +233,7 @@ class Workers:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the worker processes so far (from /proc/<pid>/stat)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for pid in self.children():
-            try:
-                fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields_[11]) + int(fields_[12])) / tick
-        return total
+        return sum(cpu_of(pid) for pid in self.children())
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -245,6 +243,24 @@ class Workers:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(db_url: str) -> float:
+    """CPU seconds of the PostgreSQL backends connected to this database (same host)."""
+    name = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))]
+    return sum(cpu_of(pid) for pid in pids)
 
 
 def rss_kib(pid: int) -> int:
@@ -257,10 +273,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start_workers(env: dict[str, str], *, processes: int, threads: int, log: Path) -> Workers:
-    command = [sys.executable, "-m", "dramatiq", "worker.actors", "-p", str(processes), "-t", str(threads)]
+def start_workers(
+    env: dict[str, str], *, processes: int, threads: int, log: Path, module: str = "worker.actors"
+) -> Workers:
+    command = [sys.executable, "-m", "dramatiq", module, "-p", str(processes), "-t", str(threads)]
     handle = log.open("wb")
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}  # this checkout's worker package, not another
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     return Workers(process, log)
 
 

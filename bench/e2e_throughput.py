@@ -52,9 +52,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--dkim", action="store_true", help="sign in the app (NEWSLETTER_DKIM_*; needs worker/dkim.py)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--actors", default="worker.actors",
+                        help="actor module (bench.batched_actors: the chunked-ledger prototype)")
     args = parser.parse_args()
 
-    print(f"machine: {common.machine()}")
+    print(f"machine: {common.machine()}; load average {os.getloadavg()[0]:.2f}")
     common.flush_redis()
     sink = common.start_sink()
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
@@ -70,10 +72,11 @@ def main() -> None:
             from worker import actors
 
             workers = common.start_workers(env, processes=args.processes, threads=args.threads,
-                                           log=workdir / "dramatiq.log")
+                                           log=workdir / "dramatiq.log", module=args.actors)
             try:
                 workers.wait_ready(args.processes)
                 cpu0 = workers.cpu_seconds()
+                sink0 = common.cpu_of(sink.process.pid)
                 t0 = time.perf_counter()
                 actors.plan_send.send(send_id)
                 status = None
@@ -86,13 +89,17 @@ def main() -> None:
                         break
                 wall = time.perf_counter() - t0
                 cpu = workers.cpu_seconds() - cpu0
+                sink_cpu = common.cpu_of(sink.process.pid) - sink0
+                pg_cpu = common.postgres_cpu(db_url)
             finally:
                 workers.stop()
             book = common.ledger(db_url, send_id)
             sizes = message_sizes(env, send_id)
         size = int(statistics.mean(sizes.values()))
         connections = args.processes * args.threads
-        c_rate = common.smtp_source(sink.port, messages=args.subscribers, sessions=connections, size=size)
+        sink0 = common.cpu_of(sink.process.pid)
+        c_rate, source_cpu = common.smtp_source(sink.port, messages=args.subscribers, sessions=connections, size=size)
+        c_sink_cpu = common.cpu_of(sink.process.pid) - sink0
     finally:
         sink.stop()
     counts = book["counts"]
@@ -105,8 +112,15 @@ def main() -> None:
     print(f"message size per language (bytes): {sizes}")
     print(f"planning (render + ledger insert, until the first claim): {planning:.1f} s")
     print(f"sending window (first claim to last outcome): {window:.1f} s; wall from enqueue: {wall:.1f} s")
-    print(f"worker CPU: {cpu:.1f} s user+sys, {1000 * cpu / max(sent, 1):.2f} ms per message; "
-          f"peak RSS of the {args.processes} worker processes together: {peak / 1024:.0f} MiB")
+    n = max(sent, 1)
+    print(f"CPU per message, app path: workers {1000 * cpu / n:.2f} ms, PostgreSQL backends "
+          f"{1000 * pg_cpu / n:.2f} ms, smtp-sink {1000 * sink_cpu / n:.2f} ms "
+          f"(total {1000 * (cpu + pg_cpu + sink_cpu) / n:.2f} ms; Redis not counted)")
+    print(f"CPU per message, C path: smtp-source {1000 * source_cpu / args.subscribers:.2f} ms, "
+          f"smtp-sink {1000 * c_sink_cpu / args.subscribers:.2f} ms "
+          f"(total {1000 * (source_cpu + c_sink_cpu) / args.subscribers:.2f} ms)")
+    print(f"peak RSS of the {args.processes} worker processes together: {peak / 1024:.0f} MiB")
+    print(f"actors: {args.actors}")
     print(f"app: {app_rate:.0f} messages/s over {connections} connections "
           f"({args.processes} processes x {args.threads} threads){' with in-app DKIM' if args.dkim else ''}")
     print(f"smtp-source: {c_rate:.0f} messages/s ({common.smtp_source_command('PORT', messages=args.subscribers, sessions=connections, size=size)})")

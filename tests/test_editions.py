@@ -88,7 +88,7 @@ def test_broken_edition_reports_every_problem_with_location(tmp_path: Path) -> N
     edit(folder, "en.yaml", "    standfirst:", "    colour: red\n    standfirst:")
     edit(folder, "be.yaml", "preheader:", "preheadr:")
     edit(folder, "ru.yaml", '      alt: "Военные на пограничном посту"', '      alt: "  "')
-    edit(folder, "ru.yaml", "  - section: Безопасность", "  - section: Безопасность\n    section: x")
+    edit(folder, "ru.yaml", "  - section: Безопасность", "  - section: Бяспека\n    section: x")
     with (folder / "ru.yaml").open("a", encoding="utf-8") as handle:
         handle.write('  - title: "Second"\n    url: https://example.org/2\n    lead: L\n')
 
@@ -108,8 +108,6 @@ def test_broken_edition_reports_every_problem_with_location(tmp_path: Path) -> N
         ("ru.yaml", "items[0].image.alt", 15),
         ("ru.yaml", "items[1].body", 48),
         ("ru.yaml", "items", 7),
-        ("be.yaml", "period", 4),
-        ("ru.yaml", "period", 4),
     }
     assert reasons[("en.yaml", "period.end")] == (
         "period ends (2024-07-01) before it starts (2024-07-08)"
@@ -133,6 +131,24 @@ def test_broken_edition_reports_every_problem_with_location(tmp_path: Path) -> N
     assert "en.yaml:14: items[0].url: bad URL" in str(raised.value)
 
 
+def test_languages_must_agree_on_key_and_period(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    edit(folder, "ru.yaml", "start: 2024-07-08", "start: 2024-07-07")
+    edit(folder, "be.yaml", "edition: 2024-W28", "edition: 2024-W29")
+
+    problems = [(p.file, p.location, p.line, p.reason) for p in check_edition(folder)]
+
+    assert problems == [
+        ("be.yaml", "edition", 2, "edition key 2024-W29 differs from en.yaml: 2024-W28"),
+        (
+            "ru.yaml",
+            "period",
+            4,
+            "period 2024-07-07 to 2024-07-14 differs from en.yaml: 2024-07-08 to 2024-07-14",
+        ),
+    ]
+
+
 def test_missing_language_file_and_stray_file(tmp_path: Path) -> None:
     folder = copy_sample(tmp_path)
     (folder / "be.yaml").rename(folder / "de.yaml")
@@ -141,8 +157,10 @@ def test_missing_language_file_and_stray_file(tmp_path: Path) -> None:
 
     assert [(p.file, p.reason) for p in problems] == [
         ("be.yaml", "file is missing"),
-        ("de.yaml", "unknown file: its language is not in newsletter.yaml 'languages' "
-         "(be, en, ru)"),
+        (
+            "de.yaml",
+            "unknown file: its language is not in newsletter.yaml 'languages' (be, en, ru)",
+        ),
     ]
 
 
@@ -181,7 +199,11 @@ def test_profile_problems_are_all_reported(tmp_path: Path) -> None:
         ("newsletter.yaml", "default_language", "'de' is not in 'languages'"),
         ("newsletter.yaml", "name", "missing language 'ru'"),
         ("newsletter.yaml", "site", "bad URL 'https://example org': contains whitespace"),
-        ("newsletter.yaml", "reply_to", "bad address 'editors'"),
+        (
+            "newsletter.yaml",
+            "reply_to",
+            "bad address 'editors': An email address must have an @-sign.",
+        ),
     }
 
 
@@ -207,3 +229,35 @@ def test_empty_file_and_not_a_folder(tmp_path: Path) -> None:
         ("ru.yaml", "expected a mapping of keys, got nothing"),
     ]
     assert check_edition(tmp_path / "missing")[0].reason == "not a folder"
+
+
+def test_cli_check_accepts_the_sample() -> None:
+    from click.testing import CliRunner
+
+    from worker.cli.edition import edition
+
+    result = CliRunner().invoke(edition, ["check", str(SAMPLE)])
+
+    assert result.exit_code == 0, result.output
+    assert "be: 'Кітай не падтрымаў эскалацыю, і Мінск адвёў войскі ад украінскай мяжы'" in (
+        result.output
+    )
+    assert result.output.rstrip().endswith(f"ok: {SAMPLE}")
+
+
+def test_cli_check_prints_every_problem_and_fails(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from worker.cli.edition import edition
+
+    folder = copy_sample(tmp_path)
+    edit(folder, "en.yaml", "end: 2024-07-14", "end: 2024-07-01")
+    edit(folder, "ru.yaml", '      alt: "Военные на пограничном посту"\n', "")
+
+    result = CliRunner().invoke(edition, ["check", str(folder)])
+
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert "en.yaml:6: period.end: period ends (2024-07-01) before it starts (2024-07-08)" in lines
+    assert "ru.yaml:12: items[0].image: image without alt text" in lines
+    assert lines[-1] == f"Error: 2 problems in {folder}"

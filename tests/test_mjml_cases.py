@@ -9,9 +9,9 @@ from typing import Any
 
 import jinja2
 import mjml
+import mjml_reference
 import pytest
 
-import mjml_reference
 from worker.editions import read_edition
 from worker.rendering import (
     TRANSACTIONAL,
@@ -94,7 +94,10 @@ def every_template_document() -> dict[str, str]:
     for name in TRANSACTIONAL:
         for language in profile.languages:
             documents[f"{name}/{language}"] = message_mjml(
-                name, language, sample_context(name), profile=profile,
+                name,
+                language,
+                sample_context(name),
+                profile=profile,
                 public_url="https://x.example",
             )
     return documents

@@ -177,7 +177,7 @@ def test_markdown_text_shows_structure_and_urls() -> None:
     assert text == (
         "Heading\n-------\n\n"
         "Para with a link (https://e.org/a?b=1&c=2) and <tag>.\n\n"
-        "- one\n\n- two\n\n1. first\n\n2. second\n\n> quoted\n\n"
+        "- one\n- two\n\n1. first\n2. second\n\n> quoted\n\n"
         "https://e.org"
     )
 
@@ -207,8 +207,9 @@ def test_confirmation_message_in_three_languages() -> None:
 
     en = render_message("confirmation", "en", context, profile=PROFILE, public_url=PUBLIC)
     be = render_message("confirmation", "be", context, profile=PROFILE, public_url=PUBLIC)
-    ru = render_message("confirmation", "ru", {**context, "expires_hours": 1},
-                        profile=PROFILE, public_url=PUBLIC)
+    ru = render_message(
+        "confirmation", "ru", {**context, "expires_hours": 1}, profile=PROFILE, public_url=PUBLIC
+    )
 
     assert en.subject == "Confirm your subscription to Belarus Weekly Analysis"
     assert be.subject == "Пацвердзіце падпіску на «Штотыднёвы аналіз: Беларусь»"
@@ -237,8 +238,9 @@ def test_every_transactional_message_renders(name: str, language: str) -> None:
 
 def test_unknown_language_falls_back() -> None:
     default = render_message("welcome", "de", {}, profile=PROFILE, public_url=PUBLIC)
-    chosen = render_message("welcome", "uk", {}, profile=PROFILE, public_url=PUBLIC,
-                            fallbacks=("ru",))
+    chosen = render_message(
+        "welcome", "uk", {}, profile=PROFILE, public_url=PUBLIC, fallbacks=("ru",)
+    )
 
     assert default.lang == "en" and default.subject == "Welcome to Belarus Weekly Analysis"
     assert chosen.lang == "ru" and chosen.subject.startswith("Добро пожаловать")
@@ -246,8 +248,9 @@ def test_unknown_language_falls_back() -> None:
 
 def test_missing_value_or_message_is_a_template_problem() -> None:
     with pytest.raises(TemplateProblem, match="confirm_url"):
-        render_message("confirmation", "en", {"expires_hours": 48}, profile=PROFILE,
-                       public_url=PUBLIC)
+        render_message(
+            "confirmation", "en", {"expires_hours": 48}, profile=PROFILE, public_url=PUBLIC
+        )
     with pytest.raises(TemplateProblem, match="unknown message"):
         render_message("newsletter", "en", {}, profile=PROFILE, public_url=PUBLIC)
     with pytest.raises(TemplateProblem, match="MJML"):

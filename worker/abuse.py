@@ -93,13 +93,17 @@ class _Window:
 class _WindowedLimiter:
     """The key naming shared by both implementations; subclasses implement ``_take``."""
 
-    def __init__(self, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse") -> None:
+    def __init__(
+        self, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse"
+    ) -> None:
         self.limits = limits
         self._hash_key = hash_key.encode()
         self._prefix = prefix
 
     def _hashed(self, kind: str, value: str) -> str:
-        digest = hmac.new(self._hash_key, value.casefold().encode(), hashlib.sha256).hexdigest()[:32]
+        digest = hmac.new(self._hash_key, value.casefold().encode(), hashlib.sha256).hexdigest()[
+            :32
+        ]
         return f"{self._prefix}:{kind}:{digest}"
 
     def allow_signup(self, ip: str) -> Verdict:
@@ -110,7 +114,12 @@ class _WindowedLimiter:
         resend = self.limits.resend_window_seconds
         return self._take(
             [
-                _Window(self._hashed("resend", address_key), 1 if resend > 0 else 0, resend, "resend_window"),
+                _Window(
+                    self._hashed("resend", address_key),
+                    1 if resend > 0 else 0,
+                    resend,
+                    "resend_window",
+                ),
                 _Window(
                     self._hashed("address", address_key),
                     self.limits.confirmations_per_address_per_day,
@@ -122,7 +131,9 @@ class _WindowedLimiter:
 
     def allow_domain(self, domain: str) -> Verdict:
         limit = self.limits.confirmations_per_domain_per_minute
-        return self._take([_Window(f"{self._prefix}:domain:{domain.lower()}", limit, MINUTE, "domain_limit")])
+        return self._take(
+            [_Window(f"{self._prefix}:domain:{domain.lower()}", limit, MINUTE, "domain_limit")]
+        )
 
     def _take(self, windows: Sequence[_Window]) -> Verdict:
         raise NotImplementedError
@@ -158,7 +169,9 @@ return {0, 0}
 class RedisSignupLimiter(_WindowedLimiter):
     """The limits in Redis, shared by every worker and web process (one script call each)."""
 
-    def __init__(self, client: Any, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse") -> None:
+    def __init__(
+        self, client: Any, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse"
+    ) -> None:
         super().__init__(limits, hash_key, prefix)
         self._script: Callable[..., Any] = client.register_script(_TAKE)
 
@@ -202,7 +215,7 @@ class MemorySignupLimiter(_WindowedLimiter):
 
 
 def signup_limiter(settings: Any) -> SignupLimiter:
-    """The limiter for ``worker.settings.Settings``: Redis when ``redis_url`` is set, else memory."""
+    """The limiter for ``worker.settings.Settings``: Redis if ``redis_url`` is set, else memory."""
     limits = AbuseLimits.from_settings(settings)
     if not settings.redis_url:
         return MemorySignupLimiter(limits, settings.secret_key)

@@ -10,22 +10,24 @@ import logging
 from typing import Any
 
 import dramatiq
+from sqlalchemy import select
 
-from worker.broker import broker  # noqa: F401  (configures the broker before any actor exists)
-from worker.dispatch import expire_leases, pending_batches
+from worker import metrics
+from worker.abuse import SignupLimiter, signup_limiter
+from worker.broker import (
+    BatchHints,
+    batch_name,
+    broker,  # noqa: F401  (configures the broker before any actor exists)
+    make_hints,
+)
+from worker.dispatch import expire_leases, finish_send_if_done, pending_batches
 from worker.dispatch import send_batch as send_batch_domain
 from worker.models import Send, SendStatus, Subscriber, SubscriberStatus
 from worker.newsletters import profile_of
 from worker.runtime import Runtime
 from worker.sends import plan_send as plan_send_domain
 from worker.settings import Settings
-from worker.signups import (
-    SignupRefused,
-    confirmation_token,
-    parse_signup_event,
-    record_refusal,
-    sign_up,
-)
+from worker.signups import AddressRules, confirmation_token, process_signup, unsubscribe_token
 from worker.transactional import send_transactional
 
 log = logging.getLogger(__name__)
@@ -48,38 +50,58 @@ def use_runtime(rt: Runtime | None) -> None:
 
 @dramatiq.actor(queue_name="signups", max_retries=10)
 def handle_signup(event: Any) -> None:
-    """A signup event from the website (see docs/signup-event.md). Never raises for bad input."""
+    """A signup event from the website (see docs/signup-event.md): any JSON value. Never raises
+    for bad input: refusals and limited signups are recorded in ``signup_refusal``."""
     rt = runtime()
     with rt.session() as session:
-        now = rt.clock.now()
-        try:
-            parsed = parse_signup_event(event)
-            newsletter = rt.newsletter(session)
-            outcome = sign_up(
-                session,
-                parsed,
-                newsletter_id=newsletter.id,
-                profile=profile_of(newsletter),
-                now=now,
-                allow_smtputf8=rt.settings.smtputf8_relay,
-                check_deliverability=rt.settings.check_deliverability,
-                hash_key=rt.settings.secret_key,
-            )
-        except SignupRefused as refusal:
-            record_refusal(session, refusal, event, now)
-            log.info("signup refused: %s", refusal.reason)
-            return
+        newsletter = rt.newsletter(session)
+        outcome = process_signup(
+            session,
+            event,
+            newsletter=newsletter,
+            profile=profile_of(newsletter),
+            rules=AddressRules.from_settings(rt.settings),
+            limiter=_limiter(rt),
+            hash_key=rt.settings.secret_key,
+            now=rt.clock.now(),
+        )
+    metrics.signup_handled(outcome.status, outcome.reason)
+    if outcome.reason:
+        log.info("signup %s: %s", outcome.status, outcome.reason)
     if outcome.send_confirmation and outcome.subscriber_id is not None:
         send_confirmation.send(outcome.subscriber_id)
 
 
+_limiters: dict[int, SignupLimiter] = {}
+
+
+def _limiter(rt: Runtime) -> SignupLimiter:
+    """The abuse limiter of ``rt`` (one Redis connection pool per runtime)."""
+    limiter = _limiters.get(id(rt))
+    if limiter is None:
+        limiter = _limiters[id(rt)] = signup_limiter(rt.settings)
+    return limiter
+
+
+# Confirmation mails wait for a recipient-domain slot at most this long per hop.
+MAX_DOMAIN_WAIT_MS = 60_000
+
+
 @dramatiq.actor(queue_name="transactional", max_retries=10)
 def send_confirmation(subscriber_id: int) -> None:
-    """Send the double opt-in confirmation mail to a pending subscriber (nothing otherwise)."""
+    """Send the double opt-in confirmation mail to a pending subscriber (nothing otherwise).
+
+    Paced by the per-recipient-domain limit: without a slot the message re-enqueues itself with
+    a delay (which does not use up dramatiq's retries)."""
     rt = runtime()
     with rt.session() as session:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None or subscriber.status != SubscriberStatus.PENDING:
+            return
+        verdict = _limiter(rt).allow_domain(subscriber.domain)
+        if not verdict.allowed:
+            delay = min(MAX_DOMAIN_WAIT_MS, int(verdict.retry_after * 1000) + 10)
+            send_confirmation.send_with_options(args=(subscriber_id,), delay=delay)
             return
         token = confirmation_token(rt.tokens, subscriber)
         now = rt.clock.now()
@@ -97,23 +119,72 @@ def send_confirmation(subscriber_id: int) -> None:
             message_id_domain=rt.settings.sending_domain,
             now=now,
         )
+        metrics.confirmation_mail(outcome)
         if outcome.accepted:
             subscriber.confirmation_sent_at = now
         elif not outcome.permanent:
-            raise RuntimeError(f"confirmation mail deferred: {outcome.code} {outcome.text}")  # retried
+            # A 4xx: raising makes dramatiq retry with backoff.
+            raise RuntimeError(f"confirmation mail deferred: {outcome.code} {outcome.text}")
+
+
+@dramatiq.actor(queue_name="transactional", max_retries=10)
+def send_welcome(subscriber_id: int) -> None:
+    """The optional welcome mail (setting ``welcome_mail``) to a confirmed subscriber."""
+    rt = runtime()
+    with rt.session() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None or subscriber.status != SubscriberStatus.CONFIRMED:
+            return
+        sid, tokens = subscriber.id, rt.tokens
+        outcome = send_transactional(
+            rt.mailer,
+            name="welcome",
+            subscriber=subscriber,
+            profile=profile_of(rt.newsletter(session)),
+            context={"unsubscribe_url": f"{rt.links.public_url}/u/{unsubscribe_token(tokens, sid)}"},
+            public_url=rt.links.public_url,
+            bounce_address=f"bounces@{rt.settings.bounce_domain}",
+            message_id_domain=rt.settings.sending_domain,
+            now=rt.clock.now(),
+        )
+        if not outcome.accepted and not outcome.permanent:
+            raise RuntimeError(f"welcome mail deferred: {outcome.code} {outcome.text}")  # retried
+
+
+_hints: tuple[Runtime, BatchHints] | None = None
+
+
+def hints() -> BatchHints:
+    """This runtime's batch hints (see ``worker.broker.BatchHints``)."""
+    global _hints
+    rt = runtime()
+    if _hints is None or _hints[0] is not rt:
+        _hints = (rt, make_hints(rt.settings))
+    return _hints[1]
+
+
+def enqueue_batch(send_id: int, first_id: int, last_id: int, delay: float = 0.0) -> None:
+    """Enqueue one batch message (``delay`` in seconds) and record that it is alive."""
+    grace = runtime().settings.batch_grace_seconds
+    hints().alive(batch_name(send_id, first_id, last_id), delay + grace)
+    send_batch.send_with_options(args=(send_id, first_id, last_id), delay=int(delay * 1000) + 1)
 
 
 @dramatiq.actor(queue_name="sends", max_retries=10)
 def plan_send(send_id: int) -> None:
     """Render and plan a send, then enqueue its batches."""
     rt = runtime()
+    name = f"plan:{send_id}"
+    hints().alive(name, rt.settings.batch_grace_seconds + 3600)  # planning 1M takes minutes
     with rt.session() as session:
         send = plan_send_domain(session, send_id, rt.links.public_url, rt.clock.now())
         if send.status != SendStatus.SENDING:
+            hints().forget(name)
             return
         batches = pending_batches(session, send_id, send.batch_size, rt.clock.now())
-    for first, last, delay in batches:
-        send_batch.send_with_options(args=(send_id, first, last), delay=int(delay * 1000))
+    for first, last in batches:
+        enqueue_batch(send_id, first, last)
+    hints().forget(name)
 
 
 @dramatiq.actor(queue_name="deliveries", max_retries=20, time_limit=3_600_000)
@@ -121,6 +192,8 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
     """Send one batch of a send. Throttled or deferred deliveries re-enqueue the batch with a
     delay instead of raising (a raised rate-limit error would use up dramatiq's retries)."""
     rt = runtime()
+    name = batch_name(send_id, first_id, last_id)
+    grace = rt.settings.batch_grace_seconds
     with rt.session() as session:
         report = send_batch_domain(
             session,
@@ -132,26 +205,43 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
             throttle=rt.throttle,
             clock=rt.clock,
             policy=rt.policy,
+            heartbeat=lambda: hints().alive(name, grace),
         )
     if report.retry_after is not None and report.stopped is None:
-        send_batch.send_with_options(
-            args=(send_id, first_id, last_id), delay=int(report.retry_after * 1000) + 1
-        )
+        enqueue_batch(send_id, first_id, last_id, report.retry_after)
+    else:
+        hints().forget(name)
 
 
 def reconcile(rt: Runtime) -> int:
-    """Re-enqueue what the ledger says is unfinished (Redis may have restarted empty) and turn
-    expired leases into ``unknown``. Returns the number of batch messages enqueued."""
+    """Re-enqueue what the ledger says is unfinished and no live message covers (Redis may have
+    restarted empty; a killed worker's message returns only after dramatiq's heartbeat timeout).
+
+    Settles expired claims first (``expire_leases``), then enqueues each due batch whose hint is
+    missing or past its deadline, and finishes sends with nothing left. Returns the number of
+    messages enqueued.
+    """
     enqueued = 0
     with rt.session() as session:
-        expire_leases(session, rt.clock.now())
-        sends = session.query(Send).filter(Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING])).all()
+        now = rt.clock.now()
+        expire_leases(session, now)
+        sends = session.scalars(
+            select(Send).where(Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING]))
+        ).all()
+        work: list[tuple[int, int, int]] = []
         for send in sends:
             if send.status == SendStatus.PLANNING:
-                plan_send.send(send.id)
-                enqueued += 1
+                if hints().stalled([f"plan:{send.id}"]):
+                    plan_send.send(send.id)
+                    hints().alive(f"plan:{send.id}", rt.settings.batch_grace_seconds)
+                    enqueued += 1
                 continue
-            for first, last, delay in pending_batches(session, send.id, send.batch_size, rt.clock.now()):
-                send_batch.send_with_options(args=(send.id, first, last), delay=int(delay * 1000))
-                enqueued += 1
+            due = pending_batches(session, send.id, send.batch_size, now)
+            names = {batch_name(send.id, f, last): (send.id, f, last) for f, last in due}
+            work += [names[name] for name in hints().stalled(list(names))]
+            if not due:
+                finish_send_if_done(session, send.id, now)
+    for send_id, first, last in work:
+        enqueue_batch(send_id, first, last)
+        enqueued += 1
     return enqueued

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import idna
-
-from email_validator import EmailNotValidError, EmailSyntaxError, EmailUndeliverableError
-from email_validator import validate_email
+from email_validator import (
+    EmailNotValidError,
+    EmailSyntaxError,
+    EmailUndeliverableError,
+    validate_email,
+)
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,9 @@ class Address:
     """A valid, normalised address."""
 
     normalized: str  # "Ivan.Petrov@example.org", "chytach@прыклад.бел", "читатель@пример.рф"
-    ascii_email: str | None  # "chytach@xn--80aiqesg1f.xn--90ais"; None when only SMTPUTF8 can carry it
+    ascii_email: (
+        str | None
+    )  # "chytach@xn--80aiqesg1f.xn--90ais"; None when only SMTPUTF8 can carry it
     smtputf8: bool  # True when the local part is not ASCII (RFC 6531)
     dedupe_key: str  # case-folded normalised form: one subscriber per key
     ascii_domain: str  # A-label domain, used for per-domain throttling
@@ -67,7 +72,7 @@ def parse_address(
             text,
             check_deliverability=check_deliverability,
             allow_smtputf8=allow_smtputf8,
-            timeout=int(dns_timeout) if check_deliverability else None,
+            timeout=max(1, int(dns_timeout)) if check_deliverability else None,
         )
     except EmailUndeliverableError as exc:
         raise AddressError("undeliverable", str(exc)) from None

@@ -14,8 +14,12 @@ measured at 29 minutes on a quiet queue. ``heartbeat_timeout=30 s`` and ``mainte
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware.prometheus import Prometheus
 
 from worker.settings import Settings
 
@@ -44,8 +48,66 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
 def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     """Create the broker from the environment and make it dramatiq's global broker."""
     broker = make_broker(settings or Settings.from_env())
+    if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
+        broker.add_middleware(Prometheus())
     dramatiq.set_broker(broker)
     return broker
 
 
 broker = setup_broker()
+
+
+class BatchHints:
+    """Which queue messages are believed alive, so the reconciler re-enqueues only stalled work.
+
+    Each batch (or plan) has a deadline (Unix seconds) in the Redis sorted set ``key``: set when its
+    message is enqueued (delay + grace) and pushed forward while it runs (grace). Past its deadline,
+    or missing (Redis restarted empty, losing the message with it), the work counts as stalled.
+    The hints live in the broker's Redis on purpose: they vanish exactly when the messages do.
+    Without a Redis client (the stub broker) they are kept in memory.
+    """
+
+    def __init__(self, client: Any | None, key: str = "newsletter:hints") -> None:
+        self.client = client
+        self.key = key
+        self._local: dict[str, float] = {}
+
+    def alive(self, name: str, seconds: float) -> None:
+        """``name`` has a live message for at least ``seconds`` more (never shortens a deadline)."""
+        deadline = time.time() + seconds
+        if self.client is None:
+            self._local[name] = max(self._local.get(name, 0.0), deadline)
+        else:
+            self.client.zadd(self.key, {name: deadline}, gt=True)
+
+    def forget(self, name: str) -> None:
+        """``name`` has no message any more (done, paused or cancelled)."""
+        if self.client is None:
+            self._local.pop(name, None)
+        else:
+            self.client.zrem(self.key, name)
+
+    def stalled(self, names: list[str]) -> list[str]:
+        """Those of ``names`` with no live message."""
+        if not names:
+            return []
+        now = time.time()
+        if self.client is None:
+            scores: list[float | None] = [self._local.get(n) for n in names]
+        else:
+            scores = self.client.zmscore(self.key, names)
+        return [n for n, score in zip(names, scores, strict=True) if score is None or score < now]
+
+
+def batch_name(send_id: int, first_id: int, last_id: int) -> str:
+    """The hint name of one batch message."""
+    return f"batch:{send_id}:{first_id}:{last_id}"
+
+
+def make_hints(settings: Settings) -> BatchHints:
+    """Hints in the broker's Redis, or in memory for the stub broker."""
+    if settings.broker == "stub" or not settings.redis_url:
+        return BatchHints(None)
+    import redis
+
+    return BatchHints(redis.Redis.from_url(settings.redis_url))

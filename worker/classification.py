@@ -25,12 +25,18 @@ class FeedbackKind(StrEnum):
 
     HARD_BOUNCE = "hard_bounce"  # the address is invalid: suppress at once
     SOFT_BOUNCE = "soft_bounce"  # temporary condition on the reader's side: count, suppress after N
-    POLICY_BLOCK = "policy_block"  # refused because of us (IP, content, auth): alert, never suppress
-    COMPLAINT = "complaint"  # reader marked the mail as spam (ARF abuse/fraud): unsubscribe + suppress
+    POLICY_BLOCK = (
+        "policy_block"  # refused because of us (IP, content, auth): alert, never suppress
+    )
+    COMPLAINT = (
+        "complaint"  # reader marked the mail as spam (ARF abuse/fraud): unsubscribe + suppress
+    )
     AUTO_REPLY = "auto_reply"  # vacation or other RFC 3834 response: a person, not a failure
     DELAYED = "delayed"  # the MTA is still trying (Action: delayed, 4xx): not a bounce
     UNSUBSCRIBE = "unsubscribe"  # explicit request to leave the newsletter
-    DMARC_REPORT = "dmarc_report"  # auth-failure report: about the domain, says nothing of the reader
+    DMARC_REPORT = (
+        "dmarc_report"  # auth-failure report: about the domain, says nothing of the reader
+    )
     UNKNOWN = "unknown"  # nothing we can act on (human mail, success notices, unreadable input)
 
 
@@ -89,7 +95,9 @@ class Classification:
         return self.kind in _BOUNCE_KINDS
 
 
-_BOUNCE_KINDS = frozenset({FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.POLICY_BLOCK})
+_BOUNCE_KINDS = frozenset(
+    {FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.POLICY_BLOCK}
+)
 
 _HARD_REASONS = frozenset(
     {
@@ -174,8 +182,9 @@ _PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
     for reason, pattern in (
         (
             Reason.MAILBOX_FULL,
-            r"mailbox (?:is )?full|full mailbox|over ?quota|quota (?:exceeded|exceed)|exceeded (?:the )?"
-            r"(?:storage|quota)|out of storage|insufficient (?:storage|disk)|mailbox size limit|"
+            r"mailbox (?:is )?full|full mailbox|over ?quota|quota (?:exceeded|exceed)|"
+            r"exceeded (?:the )?(?:storage|quota)|out of storage|insufficient (?:storage|disk)|"
+            r"mailbox size limit|"
             r"storage space|no space left|переполнен|превыш\w* (?:квот|лимит|размер)|"
             r"недостаточно места|нет свободного места|квота",
         ),
@@ -192,7 +201,8 @@ _PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
         ),
         (
             Reason.CONTENT_REJECTED,
-            r"spam|virus|malware|content (?:rejected|policy)|message content|phishing|спам|вирус",
+            r"spam|virus|malware|content (?:rejected|policy|restriction|filter)|message content|"
+            r"phishing|спам|вирус",
         ),
         (Reason.MESSAGE_TOO_LARGE, r"message (?:size|too (?:big|large))|too large|слишком больш"),
         (Reason.GREYLISTED, r"gr[ea]y ?list"),
@@ -203,7 +213,8 @@ _PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
         ),
         (
             Reason.BAD_DOMAIN,
-            r"host (?:or domain name )?not found|domain (?:not found|does not exist|name not found)|"
+            r"host (?:or domain name )?not found|"
+            r"domain (?:not found|does not exist|name not found)|"
             r"no mx|null mx|name service error|unrouteable mail domain|no such domain|"
             r"домен\w* не (?:найден|существует)",
         ),
@@ -217,14 +228,18 @@ _PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
             Reason.USER_UNKNOWN,
             r"user unknown|unknown (?:user|recipient|local.?part|mailbox)|no such (?:user|mailbox|"
             r"recipient|address)|(?:user|recipient|mailbox|address|account) (?:\w+ )?(?:not found|"
-            r"does ?n[o']t exist|unknown)|does not exist|doesn't exist|not exist|invalid (?:recipient|"
-            r"mailbox|address)|recipientnotfound|no mailbox|unrouteable address|not our customer|"
+            r"does ?n[o']t exist|unknown)|does not exist|doesn't exist|not exist|"
+            r"invalid (?:recipient|mailbox|address)|recipientnotfound|no mailbox|"
+            r"unrouteable address|not our customer|"
             r"mailbox unavailable or not local|"
             r"пользовател\w* не (?:найден|существует)|нет такого (?:пользователя|адресата|ящика)|"
             r"(?:адресат|получател\w*|ящик\w*|адрес\w*) не (?:найден|существует)|"
             r"не существует|неизвестн\w* (?:пользовател|адресат|получател)",
         ),
-        (Reason.RELAY_DENIED, r"relay(?:ing)? (?:access )?(?:denied|not permitted)|not permitted to relay"),
+        (
+            Reason.RELAY_DENIED,
+            r"relay(?:ing)? (?:access )?(?:denied|not permitted)|not permitted to relay",
+        ),
         (Reason.MAILBOX_UNAVAILABLE, r"mailbox unavailable|mailbox not available|ящик недоступ"),
         (
             Reason.DELIVERY_EXPIRED,
@@ -233,7 +248,8 @@ _PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
         ),
         (
             Reason.NETWORK_ERROR,
-            r"connection (?:timed out|refused|reset)|timed out|no route to host|network is unreachable",
+            r"connection (?:timed out|refused|reset)|timed out|no route to host|"
+            r"network is unreachable",
         ),
     )
 )
@@ -407,7 +423,9 @@ _FEEDBACK_TYPES: dict[str, Classification] = {
 }
 
 
-def classify_feedback_type(feedback_type: str | None, *, missing_means_abuse: bool = False) -> Classification:
+def classify_feedback_type(
+    feedback_type: str | None, *, missing_means_abuse: bool = False
+) -> Classification:
     """Classify an ARF Feedback-Type (RFC 5965 §7.3, RFC 6591).
 
     ``abuse`` and ``fraud`` are complaints; ``auth-failure`` is a DMARC report (it concerns a
@@ -418,4 +436,6 @@ def classify_feedback_type(feedback_type: str | None, *, missing_means_abuse: bo
     value = (feedback_type or "").strip().lower()
     if not value and missing_means_abuse:
         value = "abuse"
-    return _FEEDBACK_TYPES.get(value, Classification(FeedbackKind.UNKNOWN, Reason.OTHER_FEEDBACK, False))
+    return _FEEDBACK_TYPES.get(
+        value, Classification(FeedbackKind.UNKNOWN, Reason.OTHER_FEEDBACK, False)
+    )

@@ -1,10 +1,15 @@
 """The weekly send: planning deliveries, sending batches, recording every outcome in the ledger.
 
-Exactly-once rests on the ledger, not on the queue (dramatiq delivers at least once): a delivery is
-claimed (state ``sending`` with a lease, committed) before its SMTP transaction and its outcome is
-committed right after. A redelivered batch skips what is no longer ``queued``/``deferred``; a claim
-whose lease ran out with no outcome becomes ``unknown`` and is resent only by an operator.
-Queue messages are hints: ``reconcile`` re-creates them from the ledger.
+Exactly-once rests on the ledger, not on the queue (dramatiq delivers at least once). A delivery is
+claimed before its SMTP transaction (``sending``, with a lease and a new attempt number, committed);
+once the relay has accepted the recipient and just before DATA it is fenced to ``submitting``
+(committed, only if the claim is still ours); its outcome is committed right after the reply.
+If the process dies, the reconciler turns an expired ``sending`` claim back into ``queued`` (the
+relay cannot have the message: DATA never started) and an expired ``submitting`` claim into
+``unknown`` (the relay may have it): counted, listed, resent only by ``retry_unknown``.
+A slow worker whose claim was taken back finds the fence closed and resets the SMTP transaction, so
+a message is never handed over twice. Queue messages are hints: ``pending_batches`` re-creates
+them from the ledger.
 """
 
 from __future__ import annotations
@@ -12,15 +17,17 @@ from __future__ import annotations
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, literal, or_, select, update
+from sqlalchemy import case, exists, func, literal, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from worker import metrics
 from worker.classification import FeedbackKind, classify_smtp_reply
 from worker.composer import Composer
 from worker.models import (
@@ -37,6 +44,7 @@ from worker.ports import Clock, Mailer, SmtpOutcome, Throttle
 from worker.suppressions import suppress
 
 RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
+CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -44,11 +52,15 @@ class SendPolicy:
     """How a batch behaves. Units: seconds."""
 
     lease_seconds: float = 600.0  # longer than one SMTP transaction can take (socket timeout 60 s)
-    retry_base_seconds: float = 60.0  # first retry after a 4xx; doubles each attempt (+0–25 % jitter)
+    retry_base_seconds: float = (
+        60.0  # first retry after a 4xx; doubles each attempt (+0–25 % jitter)
+    )
     retry_cap_seconds: float = 3600.0
     max_age_seconds: float = 3 * 24 * 3600.0  # then a deferred delivery expires
-    max_throttle_wait: float = 2.0  # wait in-process up to this long for a send slot, else re-enqueue
-    status_check_every: int = 20  # re-read pause/cancel every N messages
+    max_throttle_wait: float = (
+        2.0  # wait in-process up to this long for a send slot, else re-enqueue
+    )
+    connection_ttl_seconds: float = 130.0  # a dead process's SMTP connection slot frees after this
     hash_key: str = ""  # for suppressions (see worker.suppressions)
 
 
@@ -88,7 +100,10 @@ def plan_deliveries(
     Commits after each page; returns the number of deliveries the send has.
     """
     lang_expr = (
-        case((Subscriber.language.in_(languages), Subscriber.language), else_=literal(default_language))
+        case(
+            (Subscriber.language.in_(languages), Subscriber.language),
+            else_=literal(default_language),
+        )
         if languages
         else literal(default_language)
     )
@@ -117,7 +132,9 @@ def plan_deliveries(
         session.execute(stmt.on_conflict_do_nothing())
         session.commit()
         after = last
-    total = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.send_id == send.id))
+    total = session.scalar(
+        select(func.count()).select_from(Delivery).where(Delivery.send_id == send.id)
+    )
     return int(total or 0)
 
 
@@ -137,7 +154,20 @@ def batch_ranges(session: Session, send_id: int, size: int) -> Iterator[tuple[in
         after = ids[-1]
 
 
-# --- sending ---------------------------------------------------------------------------------------
+# --- sending -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """The ports and policy one batch runs with."""
+
+    composer: Composer
+    mailer: Mailer
+    throttle: Throttle
+    clock: Clock
+    policy: SendPolicy
+    sleep: Callable[[float], None] = time.sleep
+    heartbeat: Callable[[], None] = lambda: None  # called per delivery: "this batch is alive"
 
 
 def send_batch(
@@ -152,19 +182,49 @@ def send_batch(
     clock: Clock,
     policy: SendPolicy,
     sleep: Callable[[float], None] = time.sleep,
+    heartbeat: Callable[[], None] = lambda: None,
 ) -> BatchReport:
     """Send the due deliveries of ``send_id`` with ids in [first_id, last_id]; commits as it goes.
 
-    Safe to run twice or concurrently for the same range: each delivery is claimed atomically.
+    Safe to run twice or concurrently for the same range: each delivery is claimed atomically, and
+    only while the send is ``sending`` (a pause or cancel stops the batch at its next delivery).
+    Holds one shared SMTP connection slot while it runs and closes the connection at the end.
     Returns a ``BatchReport``; never raises for SMTP errors (they are outcomes).
     """
+    ctx = BatchContext(composer, mailer, throttle, clock, policy, sleep, heartbeat)
     report = BatchReport()
     status = _send_status(session, send_id)
     if status != SendStatus.SENDING:
         report.stopped = status
         return report
+    rows = _due_rows(session, send_id, first_id, last_id, clock.now(), report)
+    if rows:
+        holder = uuid.uuid4().hex
+        if not _take_connection(ctx, holder):
+            report.later(0.5 + random.random())  # every slot busy: try again soon
+            return report
+        try:
+            _send_rows(session, send_id, rows, ctx, holder, report)
+        finally:
+            throttle.release_connection(holder)
+            mailer.close()
+    if report.stopped is None:
+        _schedule_deferred(session, send_id, first_id, last_id, clock.now(), report)
+        finish_send_if_done(session, send_id, clock.now())
+    return report
+
+
+def _due_rows(
+    session: Session, send_id: int, first_id: int, last_id: int, now: datetime, report: BatchReport
+) -> list[tuple[int, int, str, str]]:
     rows = session.execute(
-        select(Delivery.id, Delivery.subscriber_id, Delivery.language, Delivery.domain, Delivery.next_attempt_at)
+        select(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.language,
+            Delivery.domain,
+            Delivery.next_attempt_at,
+        )
         .where(
             Delivery.send_id == send_id,
             Delivery.id.between(first_id, last_id),
@@ -173,41 +233,109 @@ def send_batch(
         .order_by(Delivery.id)
     ).all()
     session.commit()
-    for index, (delivery_id, subscriber_id, language, domain, next_attempt_at) in enumerate(rows):
-        now = clock.now()
+    due = []
+    for delivery_id, subscriber_id, language, domain, next_attempt_at in rows:
         if next_attempt_at is not None and next_attempt_at > now:
             report.later((next_attempt_at - now).total_seconds())
+        else:
+            due.append((delivery_id, subscriber_id, language, domain))
+    return due
+
+
+def _take_connection(ctx: BatchContext, holder: str) -> bool:
+    """Wait up to ``max_throttle_wait`` for a shared SMTP connection slot."""
+    deadline = time.monotonic() + ctx.policy.max_throttle_wait
+    while not ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds):
+        if time.monotonic() >= deadline:
+            return False
+        ctx.sleep(0.05 + random.random() * 0.1)
+    return True
+
+
+def _send_rows(
+    session: Session,
+    send_id: int,
+    rows: list[tuple[int, int, str, str]],
+    ctx: BatchContext,
+    holder: str,
+    report: BatchReport,
+) -> None:
+    for delivery_id, subscriber_id, language, domain in rows:
+        ctx.heartbeat()
+        subscriber = session.get(Subscriber, subscriber_id, populate_existing=True)
+        if subscriber is None or subscriber.status != SubscriberStatus.CONFIRMED:
+            _finish(
+                session, delivery_id, DeliveryState.SKIPPED, ctx.clock.now(), from_states=RETRYABLE
+            )
+            report.add(DeliveryState.SKIPPED)
+            metrics.delivery_recorded(DeliveryState.SKIPPED)
             continue
-        if index and index % policy.status_check_every == 0:
+        wait = _reserve(ctx, domain)
+        if wait is not None:
+            report.later(wait)  # the batch comes back when the slot is near
+            return
+        ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds)  # extend
+        attempt = _claim(session, send_id, delivery_id, ctx.clock.now(), ctx.policy.lease_seconds)
+        if attempt is None:
             status = _send_status(session, send_id)
             if status != SendStatus.SENDING:
                 report.stopped = status
-                return report
-        subscriber = session.get(Subscriber, subscriber_id, populate_existing=True)
-        if subscriber is None or subscriber.status != SubscriberStatus.CONFIRMED:
-            _finish(session, delivery_id, DeliveryState.SKIPPED, clock.now(), from_states=RETRYABLE)
-            report.add(DeliveryState.SKIPPED)
-            continue
-        reservation = throttle.reserve(domain, policy.max_throttle_wait)
-        if not reservation.granted:
-            report.later(reservation.wait)
-            break
-        if reservation.wait > 0:
-            sleep(reservation.wait)
-        if not _claim(session, delivery_id, clock.now(), policy.lease_seconds):
-            continue
-        envelope_from, message = composer.compose(delivery_id, subscriber, language)
-        recipient = subscriber.ascii_email or subscriber.email
-        outcome = mailer.send(envelope_from, recipient, message, smtputf8=subscriber.ascii_email is None)
-        state = record_outcome(session, delivery_id, subscriber, outcome, clock.now(), policy)
-        report.add(state)
-        if state == DeliveryState.DEFERRED:
-            report.later(_backoff(1, policy))
-            if outcome.code in (421, 451):
-                throttle.slow_down(domain)
-    _schedule_deferred(session, send_id, first_id, last_id, clock.now(), report)
-    finish_send_if_done(session, send_id, clock.now())
-    return report
+                return
+            continue  # another worker has it
+        state = _deliver(session, delivery_id, attempt, subscriber, language, ctx)
+        if state is not None:
+            report.add(state)
+
+
+def _reserve(ctx: BatchContext, domain: str) -> float | None:
+    """Take a send slot for ``domain``, sleeping up to ``max_throttle_wait`` in all; None when
+    taken (and its time has come), else the seconds after which to try again."""
+    deadline = time.monotonic() + ctx.policy.max_throttle_wait
+    while True:
+        left = deadline - time.monotonic()
+        reservation = ctx.throttle.reserve(domain, max(left, 0.0))
+        if reservation.granted:
+            ctx.sleep(reservation.wait)
+            return None
+        if reservation.wait > left:
+            return reservation.wait
+        ctx.sleep(reservation.wait)
+
+
+def _deliver(
+    session: Session,
+    delivery_id: int,
+    attempt: int,
+    subscriber: Subscriber,
+    language: str,
+    ctx: BatchContext,
+) -> str | None:
+    """One SMTP transaction for a claimed delivery; the new state, or None if the claim was lost."""
+    envelope_from, message = ctx.composer.compose(delivery_id, subscriber, language)
+    fence: list[bool] = []
+
+    def before_data() -> bool:
+        fence.append(
+            _submit(session, delivery_id, attempt, ctx.clock.now(), ctx.policy.lease_seconds)
+        )
+        return fence[-1]
+
+    recipient = subscriber.ascii_email or subscriber.email
+    outcome = ctx.mailer.send(
+        envelope_from,
+        recipient,
+        message,
+        smtputf8=subscriber.ascii_email is None,
+        before_data=before_data,
+    )
+    if fence and not fence[-1]:
+        return None  # the reconciler took the claim back; whoever holds it now sends
+    state = record_outcome(
+        session, delivery_id, subscriber, outcome, ctx.clock.now(), ctx.policy, attempt
+    )
+    if state == DeliveryState.DEFERRED and outcome.code in (421, 451):
+        ctx.throttle.slow_down(subscriber.domain)
+    return state
 
 
 def _send_status(session: Session, send_id: int) -> str | None:
@@ -216,20 +344,48 @@ def _send_status(session: Session, send_id: int) -> str | None:
     return status
 
 
-def _claim(session: Session, delivery_id: int, now: datetime, lease_seconds: float) -> bool:
-    """Atomically move a due delivery to ``sending`` with a lease; False if another worker has it."""
-    result = session.execute(
+def _claim(
+    session: Session, send_id: int, delivery_id: int, now: datetime, lease_seconds: float
+) -> int | None:
+    """Atomically move a due delivery to ``sending`` with a lease, only while its send is
+    ``sending``. Returns the new attempt number (the claim's fencing token), None if not claimed."""
+    sending = exists().where(Send.id == send_id, Send.status == SendStatus.SENDING)
+    attempt = session.scalar(
         update(Delivery)
         .where(
             Delivery.id == delivery_id,
             Delivery.state.in_(RETRYABLE),
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            sending,
         )
         .values(
             state=DeliveryState.SENDING,
             lease_until=now + timedelta(seconds=lease_seconds),
             attempts=Delivery.attempts + 1,
             first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
+            updated_at=now,
+        )
+        .returning(Delivery.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return None if attempt is None else int(attempt)
+
+
+def _submit(
+    session: Session, delivery_id: int, attempt: int, now: datetime, lease_seconds: float
+) -> bool:
+    """The fence before DATA: ``sending`` → ``submitting`` if claim ``attempt`` is still ours."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.state == DeliveryState.SENDING,
+            Delivery.attempts == attempt,
+        )
+        .values(
+            state=DeliveryState.SUBMITTING,
+            lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
@@ -250,9 +406,38 @@ def _finish(
     session.commit()
 
 
-def _backoff(attempts: int, policy: SendPolicy) -> float:
+def backoff_seconds(attempts: int, policy: SendPolicy) -> float:
+    """Seconds before attempt ``attempts + 1``: ``retry_base × 2^(attempts−1)``, capped at
+    ``retry_cap``, plus 0–25 % jitter so the retries of a greylisting domain spread out."""
     base = min(policy.retry_base_seconds * 2 ** max(attempts - 1, 0), policy.retry_cap_seconds)
-    return base * (1 + random.random() * 0.25)  # jitter spreads retries of a greylisting domain
+    return base * (1 + random.random() * 0.25)
+
+
+def _outcome_values(
+    outcome: SmtpOutcome,
+    first_attempt_at: datetime | None,
+    attempts: int,
+    now: datetime,
+    policy: SendPolicy,
+) -> dict[str, object]:
+    values: dict[str, object] = {
+        "reply_code": outcome.code or None,
+        "reply_text": outcome.text[:1000],
+        "lease_until": None,
+        "updated_at": now,
+    }
+    if outcome.accepted:
+        values.update(state=DeliveryState.SENT, sent_at=now)
+    elif outcome.uncertain:
+        values["state"] = DeliveryState.UNKNOWN
+    elif outcome.permanent:
+        values["state"] = DeliveryState.FAILED
+    elif (now - (first_attempt_at or now)).total_seconds() >= policy.max_age_seconds:
+        values["state"] = DeliveryState.EXPIRED
+    else:
+        values["state"] = DeliveryState.DEFERRED
+        values["next_attempt_at"] = now + timedelta(seconds=backoff_seconds(attempts, policy))
+    return values
 
 
 def record_outcome(
@@ -262,36 +447,39 @@ def record_outcome(
     outcome: SmtpOutcome,
     now: datetime,
     policy: SendPolicy,
+    attempt: int | None = None,
 ) -> str:
     """Write a claimed delivery's outcome to the ledger (and commit); returns the new state.
 
     2xx → sent; dropped after the end of DATA → unknown; 4xx or no reply → deferred with
-    exponential backoff, or expired past ``max_age_seconds``; 5xx → failed, plus a feedback event
-    classified by its RFC 3463 status (a 550 5.1.1 is a hard bounce and suppresses the address).
+    exponential backoff (``backoff_seconds``), or expired past ``max_age_seconds``; 5xx → failed,
+    plus a feedback event classified by its RFC 3463 status (a 550 5.1.1 is a hard bounce and
+    suppresses the address) unless the refusal was local (``outcome.local``). With ``attempt``,
+    the outcome is written only if that claim still holds the delivery (else its current state
+    is returned and nothing changes).
     """
     delivery = session.get(Delivery, delivery_id, populate_existing=True)
     assert delivery is not None
-    delivery.reply_code = outcome.code or None
-    delivery.reply_text = outcome.text[:1000]
-    delivery.lease_until = None
-    delivery.updated_at = now
-    if outcome.accepted:
-        delivery.state = DeliveryState.SENT
-        delivery.sent_at = now
-    elif outcome.uncertain:
-        delivery.state = DeliveryState.UNKNOWN
-    elif outcome.permanent:
-        delivery.state = DeliveryState.FAILED
+    if attempt is not None and (delivery.attempts != attempt or delivery.state not in CLAIMED):
+        state = delivery.state
+        session.commit()
+        return state
+    values = _outcome_values(outcome, delivery.first_attempt_at, delivery.attempts, now, policy)
+    conditions = [Delivery.id == delivery_id]
+    if attempt is not None:
+        conditions += [Delivery.attempts == attempt, Delivery.state.in_(CLAIMED)]
+    result = session.execute(
+        update(Delivery)
+        .where(*conditions)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1 and values["state"] == DeliveryState.FAILED and not outcome.local:  # type: ignore[attr-defined]
         _record_smtp_feedback(session, delivery, subscriber, outcome, now, policy)
-    else:
-        first = delivery.first_attempt_at or now
-        if (now - first).total_seconds() >= policy.max_age_seconds:
-            delivery.state = DeliveryState.EXPIRED
-        else:
-            delivery.state = DeliveryState.DEFERRED
-            delivery.next_attempt_at = now + timedelta(seconds=_backoff(delivery.attempts, policy))
     session.commit()
-    return delivery.state
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        metrics.delivery_recorded(str(values["state"]))
+    return str(values["state"])
 
 
 def _record_smtp_feedback(
@@ -350,7 +538,8 @@ def _schedule_deferred(
 
 
 def finish_send_if_done(session: Session, send_id: int, now: datetime) -> bool:
-    """Mark the send finished when no delivery is queued, sending or deferred. Returns True if so."""
+    """Mark the send finished when no delivery is unfinished (queued, claimed, deferred).
+    Returns True if it changed the status."""
     unfinished = session.scalar(
         select(Delivery.id)
         .where(Delivery.send_id == send_id, Delivery.state.in_(UNFINISHED_STATES))
@@ -368,36 +557,75 @@ def finish_send_if_done(session: Session, send_id: int, now: datetime) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-# --- recovery --------------------------------------------------------------------------------------
+# --- recovery ------------------------------------------------------------------------------------
 
 
-def expire_leases(session: Session, now: datetime) -> int:
-    """Claims whose lease ran out with no outcome become ``unknown``; returns how many."""
-    result = session.execute(
+@dataclass(frozen=True)
+class LeaseSweep:
+    """What ``expire_leases`` did: claims given back to the queue, and claims now ``unknown``."""
+
+    released: int
+    unknown: int
+
+
+def expire_leases(session: Session, now: datetime) -> LeaseSweep:
+    """Settle claims whose lease ran out (their process died or hung); commits.
+
+    ``sending`` → ``queued``: DATA had not started, so the relay cannot have the message.
+    ``submitting`` → ``unknown``: the relay may have accepted it; resent only by ``retry_unknown``.
+    """
+    released = session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.SENDING, Delivery.lease_until < now)
+        .values(state=DeliveryState.QUEUED, lease_until=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    unknown = session.execute(
+        update(Delivery)
+        .where(Delivery.state == DeliveryState.SUBMITTING, Delivery.lease_until < now)
         .values(state=DeliveryState.UNKNOWN, lease_until=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return LeaseSweep(int(released.rowcount or 0), int(unknown.rowcount or 0))  # type: ignore[attr-defined]
 
 
-def pending_batches(session: Session, send_id: int, size: int, now: datetime) -> list[tuple[int, int, float]]:
-    """Batches of a sending send that still have due or deferred deliveries: (first, last, delay s)."""
-    out: list[tuple[int, int, float]] = []
-    for first, last in batch_ranges(session, send_id, size):
-        due = session.scalar(
-            select(func.min(func.coalesce(Delivery.next_attempt_at, now))).where(
-                Delivery.send_id == send_id,
-                Delivery.id.between(first, last),
-                Delivery.state.in_(RETRYABLE),
-            )
+def pending_batches(
+    session: Session, send_id: int, size: int, now: datetime
+) -> list[tuple[int, int]]:
+    """The batches of ``send_id`` that have deliveries due now, as (first id, last id), in order.
+
+    Batches are fixed id ranges of ``size`` counted from the send's first delivery, so the same
+    batch always has the same identity (the reconciler tracks its queue message by it). One
+    ``GROUP BY`` query; deliveries deferred to a later time are left to their own batch message.
+    """
+    base = session.scalar(select(func.min(Delivery.id)).where(Delivery.send_id == send_id))
+    if base is None:
+        session.commit()
+        return []
+    bucket = (Delivery.id - literal_column(str(int(base)))) // literal_column(str(int(size)))
+    rows = session.execute(
+        select(bucket)
+        .where(
+            Delivery.send_id == send_id,
+            Delivery.state.in_(RETRYABLE),
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
         )
-        if due is not None:
-            out.append((first, last, max((due - now).total_seconds(), 0.0)))
+        .group_by(bucket)
+        .order_by(bucket)
+    ).all()
     session.commit()
-    return out
+    return [(base + k * size, base + (k + 1) * size - 1) for (k,) in rows]
+
+
+def progress(session: Session, send_id: int, since: datetime) -> tuple[dict[str, int], int]:
+    """(deliveries per state, deliveries sent at or after ``since``): for the status display."""
+    recent = session.scalar(
+        select(func.count()).where(Delivery.send_id == send_id, Delivery.sent_at >= since)
+    )
+    counts = delivery_counts(session, send_id)
+    session.commit()
+    return counts, int(recent or 0)
 
 
 def retry_unknown(session: Session, send_id: int, now: datetime) -> int:
@@ -420,20 +648,25 @@ def retry_unknown(session: Session, send_id: int, now: datetime) -> int:
 def delivery_counts(session: Session, send_id: int) -> dict[str, int]:
     """Number of deliveries of ``send_id`` per state."""
     rows = session.execute(
-        select(Delivery.state, func.count()).where(Delivery.send_id == send_id).group_by(Delivery.state)
+        select(Delivery.state, func.count())
+        .where(Delivery.send_id == send_id)
+        .group_by(Delivery.state)
     ).all()
     return {state: int(count) for state, count in rows}
 
 
 __all__ = [
     "BatchReport",
+    "LeaseSweep",
     "SendPolicy",
+    "backoff_seconds",
     "batch_ranges",
     "delivery_counts",
     "expire_leases",
     "finish_send_if_done",
     "pending_batches",
     "plan_deliveries",
+    "progress",
     "record_outcome",
     "retry_unknown",
     "send_batch",

@@ -26,13 +26,13 @@ METADATA_SUBSCRIBER_KEY = "subscriber_id"
 class FeedbackReport:
     """What came back about one recipient of one message, normalised.
 
-    ``kind`` equals ``classification.kind``. ``status`` is the RFC 3463 code as found, ``verp_local``
-    what follows ``bounces+`` in our envelope sender, ``feedback_type`` the ARF Feedback-Type
-    (RFC 5965 §3.1), ``source_event_id`` a stable id that is the same when the same report
-    arrives twice (recording is idempotent on it). ``subscriber_ref``/``delivery_ref`` are the
-    values of X-Newsletter-Subscriber/X-Newsletter-Delivery (or provider metadata) if present;
-    ``unsubscribe_token`` is set for mailto unsubscribes; ``source`` names where it came from
-    (dsn, bounce_text, arf, auto_reply, mailto, mail, webhook:ses, …).
+    ``kind`` equals ``classification.kind``. ``status`` is the RFC 3463 code as found,
+    ``verp_local`` what follows ``bounces+`` in our envelope sender, ``feedback_type`` the ARF
+    Feedback-Type (RFC 5965 §3.1), ``source_event_id`` a stable id, the same when the same
+    report arrives twice (recording is idempotent on it). ``subscriber_ref``/``delivery_ref``
+    are the values of X-Newsletter-Subscriber/X-Newsletter-Delivery (or provider metadata) if
+    present; ``unsubscribe_token`` is set for mailto unsubscribes; ``source`` names where it
+    came from (dsn, bounce_text, arf, auto_reply, mailto, dmarc, mail, webhook:ses, …).
     """
 
     kind: FeedbackKind
@@ -53,7 +53,9 @@ class FeedbackReport:
 
     def __post_init__(self) -> None:
         if self.kind != self.classification.kind:
-            raise ValueError(f"kind {self.kind} differs from classification {self.classification.kind}")
+            raise ValueError(
+                f"kind {self.kind} differs from classification {self.classification.kind}"
+            )
         if not self.source_event_id or len(self.source_event_id) > MAX_EVENT_ID_LENGTH:
             raise ValueError("source_event_id must be 1-200 characters")
 

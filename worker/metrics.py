@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -37,12 +38,13 @@ from worker.ports import Mailer, SmtpOutcome
 
 SIGNUPS = Counter(
     "newsletter_signups_total",
-    "Signup events handled, by outcome (accepted or refused).",
+    "Signup events handled, by outcome (pending, already_confirmed, suppressed, duplicate_event, "
+    "refused, limited).",
     ["outcome"],
 )
 SIGNUP_REFUSALS = Counter(
     "newsletter_signup_refusals_total",
-    "Signup events refused, by reason (worker.signups.SignupRefused.reason).",
+    "Signup events refused or limited, by reason.",
     ["reason"],
 )
 CONFIRMATIONS = Counter(
@@ -92,6 +94,9 @@ SUPPRESSIONS = Counter(
 _FEEDBACK_SOURCES = frozenset(
     {"smtp", "dsn", "arf", "one_click", "page", "mailto", "imap", "inbound", "manual"}
 )
+_SIGNUP_OUTCOMES = frozenset(
+    {"pending", "already_confirmed", "suppressed", "duplicate_event", "refused", "limited"}
+)
 _DELIVERY_STATES = frozenset({"sent", "deferred", "failed", "expired", "unknown", "skipped"})
 
 
@@ -104,15 +109,13 @@ def _bounded(value: str | None, allowed: frozenset[str] | None = None, limit: in
     return value
 
 
-def signup_accepted() -> None:
-    """Count one accepted signup event."""
-    SIGNUPS.labels(outcome="accepted").inc()
-
-
-def signup_refused(reason: str) -> None:
-    """Count one refused signup event with its refusal reason (a short code, never the address)."""
-    SIGNUPS.labels(outcome="refused").inc()
-    SIGNUP_REFUSALS.labels(reason=_bounded(reason)).inc()
+def signup_handled(status: str, reason: str | None = None) -> None:
+    """Count one handled signup event by its outcome (``worker.signups.SignupOutcome.status``:
+    pending, already_confirmed, suppressed, duplicate_event, refused, limited) and, for refused
+    and limited ones, its reason (a short code, never the address)."""
+    SIGNUPS.labels(outcome=_bounded(status, _SIGNUP_OUTCOMES)).inc()
+    if status in ("refused", "limited"):
+        SIGNUP_REFUSALS.labels(reason=_bounded(reason)).inc()
 
 
 def confirmation_mail(outcome: SmtpOutcome) -> None:
@@ -147,10 +150,20 @@ class MeteredMailer:
     def __init__(self, inner: Mailer) -> None:
         self.inner = inner
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, *, smtputf8: bool) -> SmtpOutcome:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
         """See ``worker.ports.Mailer.send``; never raises for SMTP errors."""
         started = time.perf_counter()
-        outcome = self.inner.send(envelope_from, recipient, message, smtputf8=smtputf8)
+        outcome = self.inner.send(
+            envelope_from, recipient, message, smtputf8=smtputf8, before_data=before_data
+        )
         SMTP_DURATION.observe(time.perf_counter() - started)
         SMTP_REPLIES.labels(reply_class=reply_class(outcome)).inc()
         return outcome
@@ -162,7 +175,7 @@ class MeteredMailer:
         return getattr(self.inner, name)
 
 
-# --- counting rows as they are committed -----------------------------------------------------------
+# --- counting rows as they are committed ---
 
 _PENDING = "worker.metrics.pending"
 
@@ -200,7 +213,7 @@ def install_session_hooks() -> None:
 install_session_hooks()
 
 
-# --- exposition ------------------------------------------------------------------------------------
+# --- exposition ---
 
 
 def exposition(extra: list[Any] | None = None) -> tuple[bytes, str]:
@@ -219,7 +232,7 @@ def exposition(extra: list[Any] | None = None) -> tuple[bytes, str]:
         registry.register(_DefaultRegistryView())
     for collector in extra or []:
         registry.register(collector)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
 
 
 class _DefaultRegistryView:
@@ -247,6 +260,5 @@ __all__ = [
     "install_session_hooks",
     "render_observed",
     "reply_class",
-    "signup_accepted",
-    "signup_refused",
+    "signup_handled",
 ]

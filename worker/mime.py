@@ -3,17 +3,22 @@
 Why not ``EmailMessage`` per recipient: building and serialising one costs 7–13 ms for a 76 KB
 newsletter, it RFC 2047-encodes a long ``List-Unsubscribe`` (providers then ignore it), and on
 CPython 3.11 it can drop the space before one-letter Cyrillic words when folding a subject
-(python/cpython#92081). Here the headers that are the same for every recipient are encoded once
-with ``email.header.Header`` (which keeps the spaces inside the encoded words) and
-``email.utils.formataddr``; per recipient only the ASCII headers and the two bodies change.
+(python/cpython#92081). Here the headers that are the same for every recipient are encoded once,
+as RFC 2047 encoded-words that keep the spaces inside them, or quoted-strings for display names;
+per recipient only the ASCII headers and the two bodies change.
 Bodies are quoted-printable: MJML output has lines over 40,000 characters (RFC 5322 §2.1.1 allows
-998), so 8bit is never safe.
+998), so 8bit is never safe. Each body is encoded once per rendition, in pieces around its
+``%%PLACEHOLDER%%`` markers; per recipient only the substituted values are encoded and the pieces
+joined with soft line breaks (RFC 2045 §6.7 rule 5), which decoders remove: the decoded text is
+exactly what substituting first and encoding the whole body would give, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,11 +60,44 @@ def _is_plain(name: str, value: str) -> bool:
     )
 
 
-def _encoded_words(name: str, value: str) -> str:
-    """``value`` as UTF-8 RFC 2047 encoded-words, each at most 75 characters holding whole
-    characters, on lines of at most 78 octets. Spaces stay inside the words (RFC 2047 §6.2), so
-    a one-letter word after a fold keeps its space (python/cpython#92081)."""
-    return Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+MAX_ENCODED_WORD = 75  # characters (RFC 2047 §2)
+
+
+def _encode_word(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "?="
+
+
+def _fits(text: str, room: int) -> bool:
+    return 12 + 4 * -(-len(text.encode("utf-8")) // 3) <= room  # len(_encode_word(text))
+
+
+def _encoded_words(value: str, first_room: int) -> str:
+    """``value`` as UTF-8 B-encoded words of at most 75 characters, whole characters each
+    (RFC 2047 §2, §5), joined by folding whitespace; the first word fits in ``first_room``.
+
+    Words are cut before a space, the space going inside the next word: a decoder drops the
+    folding whitespace between adjacent encoded-words (§6.2) and gets ``value`` back exactly, so
+    the space before a one-letter word (``падзеі ў``) survives (python/cpython#92081). A word
+    longer than an encoded-word is cut between characters.
+    """
+    words: list[str] = []
+    chunk, room = "", min(first_room, MAX_ENCODED_WORD)
+    for token in re.findall(r"\s*\S+|\s+", value):
+        if _fits(chunk + token, room):
+            chunk += token
+            continue
+        if chunk and _fits(token, MAX_ENCODED_WORD):
+            words.append(chunk)
+            chunk, room = token, MAX_ENCODED_WORD
+            continue
+        for char in token:  # too long for one encoded-word: cut between characters
+            if chunk and not _fits(chunk + char, room):
+                words.append(chunk)
+                chunk, room = "", MAX_ENCODED_WORD
+            chunk += char
+    if chunk:
+        words.append(chunk)
+    return (CRLF + " ").join(_encode_word(word) for word in words)
 
 
 def encode_unstructured(name: str, value: str) -> str:
@@ -73,25 +111,27 @@ def encode_unstructured(name: str, value: str) -> str:
     _check_value(name, value)
     if _is_plain(name, value):
         return f"{name}: {Header(value, 'us-ascii', header_name=name).encode(linesep=CRLF)}"
-    return f"{name}: {_encoded_words(name, value)}"
+    return f"{name}: {_encoded_words(value, MAX_LINE - len(name) - 2)}"
 
 
-def _phrase(header_name: str, display_name: str) -> str:
+def _phrase(display_name: str) -> str:
     """A display name as an RFC 5322 phrase: atoms as they are, specials (``,`` ``"`` ``<``…) in
-    a quoted-string (§3.2.4), non-ASCII as encoded-words (RFC 2047 §5(3), whose ``Q`` alphabet
-    for phrases ``Header`` respects)."""
+    a quoted-string (§3.2.4), anything else as ONE encoded-word (RFC 2047 §5(3)).
+
+    One word, even past 75 characters for a long name: CPython's address parser keeps the
+    whitespace between adjacent encoded-words in a phrase, RFC 2047 §6.2 decoders drop it, so a
+    split name cannot read the same in both.
+    """
     if display_name.isascii() and "=?" not in display_name and display_name == display_name.strip():
         quoted = formataddr((display_name, "x@x"))  # quotes and escapes only when needed
         return quoted[: quoted.rindex(" <")]
-    return _encoded_words(header_name, display_name)
+    return _encode_word(display_name)
 
 
 def _with_addr(header_name: str, phrase: str, angle_addr: str) -> str:
-    """``phrase <addr>``, with the address on its own continuation line if the last line of the
-    phrase would pass 78 octets (``Name: `` included)."""
-    last = phrase.rsplit(CRLF, 1)[-1]
-    offset = len(header_name) + 2 if CRLF not in phrase else 0
-    if offset + len(last.encode()) + 1 + len(angle_addr) <= MAX_LINE:
+    """``phrase <addr>``, with the address on a continuation line if the line would pass 78
+    octets (``Name: `` included)."""
+    if len(header_name) + 2 + len(phrase) + 1 + len(angle_addr) <= MAX_LINE:
         return f"{phrase} {angle_addr}"
     return f"{phrase}{CRLF} {angle_addr}"
 
@@ -110,7 +150,7 @@ def format_mailbox(display_name: str, addr_spec: str, header_name: str = "From")
         raise HeaderInjection(f"not a single address: {addr_spec!r}")
     if not display_name:
         return addr_spec
-    return _with_addr(header_name, _phrase(header_name, display_name), f"<{addr_spec}>")
+    return _with_addr(header_name, _phrase(display_name), f"<{addr_spec}>")
 
 
 def format_list_unsubscribe(uris: Sequence[str]) -> str:
@@ -120,6 +160,7 @@ def format_list_unsubscribe(uris: Sequence[str]) -> str:
     because receivers keep whitespace in a URI and RFC 2047 encoding hides the header.
     """
     for uri in uris:
+        _check_value("List-Unsubscribe", uri)
         if not uri.isascii() or any(ch in uri for ch in " <>\r\n\t,") or not uri:
             raise HeaderInjection(f"List-Unsubscribe: not a plain ASCII URI: {uri!r}")
     return "List-Unsubscribe: " + ("," + CRLF + " ").join(f"<{uri}>" for uri in uris)
@@ -134,13 +175,80 @@ def format_list_id(name: str, list_id: str) -> str:
         raise HeaderInjection(f"List-Id: not a plain list identifier: {list_id!r}")
     if not name:
         return f"List-Id: <{list_id}>"
-    return "List-Id: " + _with_addr("List-Id", _phrase("List-Id", name), f"<{list_id}>")
+    return "List-Id: " + _with_addr("List-Id", _phrase(name), f"<{list_id}>")
 
 
 def quoted_printable(text: str) -> bytes:
     """UTF-8 ``text`` as quoted-printable, CRLF line ends, lines of at most 76 octets (RFC 2045)."""
     data = text.replace("\r\n", "\n").encode("utf-8")
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(b"\n", b"\r\n")
+
+
+PLACEHOLDER = re.compile(r"(%%[A-Za-z0-9_]+%%)")
+_SOFT_BREAK = b"=\r\n"
+
+
+def _open_ended(encoded: bytes) -> bytes:
+    """``encoded`` (quoted-printable) made ready for more text on a new line: a soft line break
+    after its last line, which is first shortened so that with the ``=`` it stays within 76
+    octets (RFC 2045 §6.7 rule 5). A piece ending in a hard line break is returned unchanged."""
+    if not encoded or encoded.endswith(b"\r\n"):
+        return encoded
+    start = encoded.rfind(b"\r\n") + 2 if b"\r\n" in encoded else 0
+    if len(encoded) - start > 75:
+        cut = start + 73
+        if encoded[cut - 1 : cut] == b"=":  # never split an =XX escape
+            cut -= 1
+        elif encoded[cut - 2 : cut - 1] == b"=":
+            cut -= 2
+        encoded = encoded[:cut] + _SOFT_BREAK + encoded[cut:]
+    return encoded + _SOFT_BREAK
+
+
+@dataclass(frozen=True)
+class EncodedBody:
+    """A body as quoted-printable pieces around its placeholders, encoded once.
+
+    ``pieces`` alternates encoded static text (bytes, already open-ended where more follows) and
+    placeholder names (str). ``None`` when the body cannot be split safely (a stray ``%%``).
+    """
+
+    pieces: tuple[bytes | str, ...]
+
+    @classmethod
+    def of(cls, body: str) -> EncodedBody | None:
+        parts = PLACEHOLDER.split(body.replace("\r\n", "\n"))
+        if any("%%" in part for part in parts[0::2]):
+            return None
+        pieces: list[bytes | str] = []
+        for index, part in enumerate(parts):
+            if index % 2:
+                pieces.append(part)
+            elif part:
+                encoded = quoted_printable(part)
+                pieces.append(encoded if index == len(parts) - 1 else _open_ended(encoded))
+        return cls(tuple(pieces))
+
+    def fill(self, values: Mapping[str, str]) -> bytes:
+        """The encoded body with each placeholder replaced by its value (unknown ones stay)."""
+        out: list[bytes] = []
+        last = len(self.pieces) - 1
+        for index, piece in enumerate(self.pieces):
+            if isinstance(piece, bytes):
+                out.append(piece)
+                continue
+            encoded = quoted_printable(values.get(piece, piece))
+            out.append(encoded if index == last else _open_ended(encoded))
+        return b"".join(out)
+
+
+def _fast_path(substitutions: Mapping[str, str]) -> bool:
+    """Whether the pre-encoded pieces give the same text as ``substitute``: every key is a
+    whole placeholder and no value could form or split one (or change line ends)."""
+    return all(
+        PLACEHOLDER.fullmatch(key) and "%%" not in value and "\r" not in value and "\n" not in value
+        for key, value in substitutions.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +259,8 @@ class MessageTemplate:
     html: str  # may contain placeholders such as %%UNSUBSCRIBE_URL%%
     text: str
     boundary: str
+    encoded_html: EncodedBody | None = None
+    encoded_text: EncodedBody | None = None
 
 
 def build_template(
@@ -191,7 +301,10 @@ def build_template(
         lines.append(encode_unstructured(name, value))
     boundary = "=_" + hashlib.sha256((subject + html).encode()).hexdigest()[:32]
     headers = "".join(line + CRLF for line in lines).encode("utf-8")
-    return MessageTemplate(shared_headers=headers, html=html, text=text, boundary=boundary)
+    return MessageTemplate(
+        shared_headers=headers, html=html, text=text, boundary=boundary,
+        encoded_html=EncodedBody.of(html), encoded_text=EncodedBody.of(text),
+    )
 
 
 def substitute(body: str, substitutions: Mapping[str, str]) -> str:
@@ -229,11 +342,11 @@ def personalise(
         lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     for name, value in (headers or {}).items():
         lines.append(encode_unstructured(name, value))
-    lines.append(f'Content-Type: multipart/alternative; boundary="{template.boundary}"')
+    lines.append(f'Content-Type: multipart/alternative;{CRLF} boundary="{template.boundary}"')
     head = "".join(line + CRLF for line in lines).encode("utf-8")
-    text = quoted_printable(substitute(template.text, substitutions))
     html_subs = substitutions if html_substitutions is None else html_substitutions
-    html = quoted_printable(substitute(template.html, html_subs))
+    text = _encode_body(template.text, template.encoded_text, substitutions)
+    html = _encode_body(template.html, template.encoded_html, html_subs)
     b = template.boundary.encode()
     part_head = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
     return b"".join(
@@ -247,3 +360,9 @@ def personalise(
             b"\r\n--" + b + b"--\r\n",
         ]
     )
+
+
+def _encode_body(body: str, encoded: EncodedBody | None, substitutions: Mapping[str, str]) -> bytes:
+    if encoded is not None and _fast_path(substitutions):
+        return encoded.fill(substitutions)
+    return quoted_printable(substitute(body, substitutions))

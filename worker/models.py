@@ -135,6 +135,7 @@ class Consent(Base):
     """The evidence of one signup and its confirmation (GDPR Art. 7(1): demonstrate consent)."""
 
     __tablename__ = "consent"
+    __table_args__ = (Index("ix_consent_signed_up_at", "signed_up_at"),)  # dashboard: per day
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"), index=True)
@@ -237,6 +238,8 @@ class Delivery(Base):
         Index("ix_delivery_send_state", "send_id", "state"),
         Index("ix_delivery_state_lease", "state", "lease_until"),
         Index("ix_delivery_subscriber", "subscriber_id"),
+        Index("ix_delivery_send_funnel", "send_id", "language", "domain", "state"),  # dashboard
+        Index("ix_delivery_send_state_sent_at", "send_id", "state", "sent_at"),  # dashboard: rate
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -259,7 +262,11 @@ class FeedbackEvent(Base):
     """Anything that came back about a delivery or a subscriber, recorded once per source event."""
 
     __tablename__ = "feedback_event"
-    __table_args__ = (Index("ix_feedback_subscriber_kind", "subscriber_id", "kind", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_feedback_subscriber_kind", "subscriber_id", "kind", "occurred_at"),
+        Index("ix_feedback_kind_occurred", "kind", "occurred_at"),  # dashboard: windows by kind
+        Index("ix_feedback_delivery", "delivery_id"),  # dashboard: a send's feedback
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     source_event_id: Mapped[str] = mapped_column(String(200), unique=True)

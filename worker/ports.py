@@ -6,9 +6,9 @@ implement them, and tests may pass their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from collections.abc import Callable
 from typing import Protocol
 
 
@@ -24,7 +24,7 @@ class SmtpOutcome:
     code: int
     text: str
     uncertain: bool = False
-    local: bool = False  # refused by us, not by the relay (e.g. no SMTPUTF8): not recipient feedback
+    local: bool = False  # refused by us, not the relay (e.g. no SMTPUTF8): no recipient feedback
 
     @property
     def accepted(self) -> bool:

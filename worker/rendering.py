@@ -172,7 +172,9 @@ def _render(name: str, language: str, context: Mapping[str, Any]) -> RenderedMes
     )
 
 
-def _newsletter_context(profile: NewsletterProfile, language: str, public_url: str) -> dict[str, Any]:
+def _newsletter_context(
+    profile: NewsletterProfile, language: str, public_url: str
+) -> dict[str, Any]:
     return {
         "newsletter": {
             "name": profile.name[language],

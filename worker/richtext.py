@@ -17,10 +17,12 @@ import nh3
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-ALLOWED_TAGS = frozenset(
-    {"p", "a", "em", "strong", "ul", "ol", "li", "blockquote", "h3", "h4", "br", "hr", "code",
-     "pre", "img"}
-)
+# fmt: off
+ALLOWED_TAGS = frozenset({
+    "p", "br", "hr", "h3", "h4", "blockquote", "ul", "ol", "li",
+    "a", "em", "strong", "code", "pre", "img",
+})
+# fmt: on
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height"}}
 URL_SCHEMES = frozenset({"http", "https", "mailto"})
 
@@ -84,8 +86,11 @@ class _TextState:
     blocks: list[str] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)  # "> " for quotes, list markers
     counters: list[int | None] = field(default_factory=list)  # None = bullet list
+    items: list[int] = field(default_factory=list)  # items seen so far in each open list
     pending_marker: str | None = None
     heading: str | None = None  # tag of the heading being read
+    tight: bool = False  # the paragraph being read belongs to a tight list (no blank lines)
+    continues_list: bool = False  # ... and is not the list's first item
 
 
 def markdown_to_text(source: str, width: int = TEXT_WIDTH) -> str:
@@ -108,14 +113,18 @@ def _text_token(token: Token, state: _TextState, width: int) -> None:
         state.prefixes.pop()
         if kind != "blockquote_close":
             state.counters.pop()
-    elif kind == "bullet_list_open":
-        state.counters.append(None)
-        state.prefixes.append("  ")
-    elif kind == "ordered_list_open":
-        state.counters.append(int(token.attrGet("start") or 1))
-        state.prefixes.append("   ")
+            state.items.pop()
+    elif kind in ("bullet_list_open", "ordered_list_open"):
+        ordered = kind == "ordered_list_open"
+        state.counters.append(int(token.attrGet("start") or 1) if ordered else None)
+        state.prefixes.append("   " if ordered else "  ")
+        state.items.append(0)
     elif kind == "list_item_open":
         state.pending_marker = _next_marker(state)
+        state.items[-1] += 1
+        state.continues_list = state.items[-1] > 1
+    elif kind == "paragraph_open":
+        state.tight = token.hidden  # markdown-it hides paragraphs of tight lists
     elif kind == "inline" and state.heading:
         text = _inline_text(token.children or [])
         state.blocks.append(heading(text, "=" if state.heading == "h1" else "-", width))
@@ -147,9 +156,6 @@ def _text_inline(token: Token, state: _TextState, width: int) -> None:
     own = state.prefixes[-1] if state.prefixes else ""
     first = indent + (marker if marker is not None else own)
     rest = indent + (" " * len(marker) if marker is not None else own)
-    quote = "> " if "> " in state.prefixes else ""
-    if quote and not first.startswith(quote):
-        first, rest = quote + first, quote + rest
     lines = []
     for number, line in enumerate(text.split("\n")):
         lines.append(
@@ -162,7 +168,12 @@ def _text_inline(token: Token, state: _TextState, width: int) -> None:
                 break_on_hyphens=False,
             )
         )
-    state.blocks.append("\n".join(lines))
+    block = "\n".join(lines)
+    if state.tight and state.continues_list and state.blocks:
+        state.blocks[-1] += "\n" + block  # items of a tight list stay on consecutive lines
+    else:
+        state.blocks.append(block)
+    state.continues_list = False
 
 
 def _inline_text(children: Sequence[Token]) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from worker.composer import Composer, Links
 from worker.db import session_scope
 from worker.dispatch import SendPolicy
+from worker.metrics import MeteredMailer
 from worker.models import Edition, Newsletter, Send
 from worker.newsletters import get_newsletter, profile_of
 from worker.ports import Clock, Mailer, SystemClock, Throttle
@@ -60,11 +61,17 @@ class Runtime:
             return self.throttle_override
         s = self.settings
         if not s.redis_url:
-            return LocalThrottle(s.global_rate, s.rates_by_domain)
+            return LocalThrottle(s.global_rate, s.rates_by_domain, s.max_smtp_connections)
         import redis
 
         client = redis.Redis.from_url(s.redis_url)
-        return RedisThrottle(client, global_rate=s.global_rate, domain_rates=s.rates_by_domain)
+        return RedisThrottle(
+            client,
+            global_rate=s.global_rate,
+            domain_rates=s.rates_by_domain,
+            max_connections=s.max_smtp_connections,
+            recover_seconds=s.throttle_recover_seconds,
+        )
 
     @property
     def mailer(self) -> Mailer:
@@ -75,6 +82,7 @@ class Runtime:
                 mailer = self.mailer_factory()
             else:
                 mailer = SmtpMailer(self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds)
+            mailer = MeteredMailer(mailer)  # SMTP reply classes and latency (worker.metrics)
             self._local.mailer = mailer
         return mailer
 
@@ -84,6 +92,10 @@ class Runtime:
         return SendPolicy(
             lease_seconds=s.claim_lease_seconds,
             max_age_seconds=s.retry_max_age_seconds,
+            retry_base_seconds=s.retry_base_seconds,
+            retry_cap_seconds=s.retry_cap_seconds,
+            max_throttle_wait=s.max_throttle_wait,
+            connection_ttl_seconds=2 * s.smtp_timeout_seconds + 10,
             hash_key=s.secret_key,
         )
 

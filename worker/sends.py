@@ -3,11 +3,13 @@ and the operator's status changes (pause, resume, cancel)."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from worker import metrics
 from worker.composer import RenditionText
 from worker.dispatch import plan_deliveries
 from worker.models import Edition, Newsletter, Rendition, Send, SendStatus
@@ -41,7 +43,9 @@ def render_send(session: Session, send: Send, public_url: str, now: datetime) ->
     for language, content in edition_contents(session, edition).items():
         if language in existing:
             continue
+        started = time.perf_counter()
         rendered = render_edition(profile, content, public_url=public_url)
+        metrics.render_observed(time.perf_counter() - started)
         existing[language] = Rendition(
             send_id=send.id,
             language=language,

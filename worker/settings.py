@@ -86,6 +86,7 @@ class Settings:
     dkim_private_key_path: str = field(default="", repr=False)
     queue_namespace: str = "dramatiq"
     log_json: bool = False
+    operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

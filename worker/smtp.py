@@ -9,8 +9,8 @@ re-opened after any error that may have left it in an unknown state.
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -40,7 +40,9 @@ class SmtpTarget:
         elif scheme == "smtps":
             tls, port = "implicit", parts.port or 465
         else:
-            raise ValueError(f"unknown SMTP URL scheme {parts.scheme!r} (smtp, smtp+starttls, smtps)")
+            raise ValueError(
+                f"unknown SMTP URL scheme {parts.scheme!r} (smtp, smtp+starttls, smtps)"
+            )
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=port,
@@ -77,81 +79,175 @@ class _TrackingSMTPSSL(smtplib.SMTP_SSL, _TrackingSMTP):
     pass
 
 
-class SmtpMailer:
-    """A ``Mailer`` (see ``worker.ports``) with one reused connection; not thread-safe."""
+class _StaleConnection(Exception):
+    """A reused connection turned out to be closed before anything of this message was sent."""
 
-    def __init__(self, url: str, *, timeout: float = 60.0, local_hostname: str | None = None) -> None:
+
+class SmtpMailer:
+    """A ``Mailer`` (see ``worker.ports``) with one reused connection; not thread-safe.
+
+    One SMTP transaction per recipient (MAIL, RCPT, DATA, RFC 5321 §3.3) so that every reply is
+    that recipient's. ``ssl_context`` verifies the relay's certificate (default: the system CAs,
+    or the ``cafile`` URL parameter).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 60.0,
+        local_hostname: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.target = SmtpTarget.from_url(url)
         self.timeout = timeout
         self.local_hostname = local_hostname
+        cafile = parse_qs(urlsplit(url).query).get("cafile", [None])[0]
+        self.ssl_context = ssl_context or ssl.create_default_context(cafile=cafile)
         self._conn: _TrackingSMTP | None = None
+        self._reused = False
+        self.connections_opened = 0
 
     def _connect(self) -> _TrackingSMTP:
         t = self.target
         conn: _TrackingSMTP
         if t.tls == "implicit":
             conn = _TrackingSMTPSSL(
-                t.host, t.port, timeout=self.timeout, local_hostname=self.local_hostname,
-                context=ssl.create_default_context(),
+                t.host,
+                t.port,
+                timeout=self.timeout,
+                local_hostname=self.local_hostname,
+                context=self.ssl_context,
             )
         else:
-            conn = _TrackingSMTP(t.host, t.port, timeout=self.timeout, local_hostname=self.local_hostname)
-        conn.ehlo_or_helo_if_needed()
-        if t.tls == "starttls" or (t.tls == "opportunistic" and conn.has_extn("starttls")):
-            conn.starttls(context=ssl.create_default_context())
-            conn.ehlo()
-        if t.username:
-            conn.login(t.username, t.password or "")
+            conn = _TrackingSMTP(
+                t.host, t.port, timeout=self.timeout, local_hostname=self.local_hostname
+            )
+        try:
+            conn.ehlo_or_helo_if_needed()
+            if t.tls == "starttls" or (t.tls == "opportunistic" and conn.has_extn("starttls")):
+                conn.starttls(context=self.ssl_context)
+                conn.ehlo()
+            if t.username:
+                conn.login(t.username, t.password or "")
+        except BaseException:
+            conn.close()
+            raise
+        self.connections_opened += 1
         return conn
 
     def supports_smtputf8(self) -> bool:
-        """Whether the relay offers SMTPUTF8 (RFC 6531); connects if needed. False if unreachable."""
+        """Whether the relay offers SMTPUTF8 (RFC 6531), False if unreachable."""
         try:
             if self._conn is None:
                 self._conn = self._connect()
+                self._reused = False
             return bool(self._conn.has_extn("smtputf8"))
         except (smtplib.SMTPException, OSError):
             self.close()
             return False
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, *, smtputf8: bool) -> SmtpOutcome:
-        """See ``worker.ports.Mailer.send``."""
-        try:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        """See ``worker.ports.Mailer.send``. A reused connection found closed is re-opened once."""
+        for _ in range(2):
             if self._conn is None:
-                self._conn = self._connect()
-        except smtplib.SMTPResponseException as exc:
-            self.close()
-            return SmtpOutcome(exc.smtp_code, _text(exc.smtp_error))
-        except (smtplib.SMTPException, OSError) as exc:
-            self.close()
-            return SmtpOutcome(0, f"connection failed: {exc}")
-        conn = self._conn
+                try:
+                    self._conn = self._connect()
+                    self._reused = False
+                except smtplib.SMTPResponseException as exc:  # e.g. 421 greeting, 535 auth
+                    self.close()
+                    # A refused session is the relay's or our configuration's problem, never the
+                    # recipient's: only a 4xx code is kept, anything else is "no reply" (retried).
+                    code = exc.smtp_code if 400 <= exc.smtp_code < 500 else 0
+                    return SmtpOutcome(
+                        code, f"session refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+                    )
+                except (smtplib.SMTPException, OSError) as exc:
+                    self.close()
+                    return SmtpOutcome(0, f"connection failed: {exc}")
+            try:
+                outcome = self._transaction(
+                    self._conn, envelope_from, recipient, message, smtputf8, before_data
+                )
+            except _StaleConnection:
+                self.close()
+                continue
+            self._reused = self._conn is not None
+            return outcome
+        return SmtpOutcome(0, "connection lost before MAIL")
+
+    def _transaction(
+        self,
+        conn: _TrackingSMTP,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None,
+    ) -> SmtpOutcome:
         options: list[str] = []
         if smtputf8:
             if not conn.has_extn("smtputf8"):
-                return SmtpOutcome(553, "5.6.7 the relay does not offer SMTPUTF8 (RFC 6531 §3.7.5)")
+                return SmtpOutcome(
+                    553,
+                    "5.6.7 the relay does not offer SMTPUTF8, needed for this address "
+                    "(RFC 6531 §3.5)",
+                    local=True,
+                )
             options.append("SMTPUTF8")
+            if conn.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
         conn.data_sent = False
         try:
-            conn.sendmail(envelope_from, [recipient], message, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            if code == 421:
-                self.close()
-            return SmtpOutcome(code, _text(text))
-        except smtplib.SMTPResponseException as exc:  # sender refused, data error, 421 anywhere
-            if exc.smtp_code == 421 or exc.smtp_code < 0:
-                self.close()
-            return SmtpOutcome(exc.smtp_code, _text(exc.smtp_error))
-        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
-            uncertain = conn.data_sent
+            code, reply = conn.mail(envelope_from, options)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if self._reused:
+                raise _StaleConnection from exc
+            self.close()
+            return SmtpOutcome(0, f"connection lost before MAIL: {exc}")
+        if code != 250:
+            return self._refused(code, reply)
+        try:
+            code, reply = conn.rcpt(recipient)
+            if code not in (250, 251):
+                return self._refused(code, reply)
+            if before_data is not None and not before_data():
+                conn.rset()
+                return SmtpOutcome(0, "not sent: the claim was taken back before DATA", local=True)
+            code, reply = conn.data(message)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+            return self._refused(exc.smtp_code, exc.smtp_error)
+        except (smtplib.SMTPException, OSError) as exc:
+            uncertain = conn.data_sent  # the final dot went out: the relay may have the message
             self.close()
             return SmtpOutcome(0, f"connection lost: {exc}", uncertain=uncertain)
-        code, text = conn.last_data_reply
-        return SmtpOutcome(code, _text(text))
+        if code == 421:
+            self.close()
+        return SmtpOutcome(code, _text(reply))
+
+    def _refused(self, code: int, reply: bytes | str) -> SmtpOutcome:
+        """A refusal before the message was handed over: reset the transaction (or drop the
+        connection after a 421, RFC 5321 §3.8) and report it."""
+        if code == 421 or code < 0 or self._conn is None:
+            self.close()
+        else:
+            try:
+                self._conn.rset()
+            except (smtplib.SMTPException, OSError):
+                self.close()
+        return SmtpOutcome(code, _text(reply))
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._reused = False
         if conn is None:
             return
         try:

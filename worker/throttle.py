@@ -1,14 +1,23 @@
-"""Sending rate limits shared by every worker process: one atomic Redis script per message.
+"""Sending limits shared by every worker process: one atomic Redis script per message.
 
 dramatiq's bucket and window limiters were measured letting 175–180 messages through in a sliding
 second for a limit of 100. Here a Lua script reserves the next free send slot instead: it reads the
 server's clock (``TIME``), takes the later of "now" and the next free time of the global and the
 recipient domain's schedules, and moves both schedules one interval past that slot. Slots are
-therefore spaced exactly ``1/rate`` apart across all processes and machines.
+therefore spaced exactly ``1/rate`` apart across all processes and machines. When the domain is
+the bottleneck nothing is reserved and the caller is told when to ask again: holding a global slot
+far ahead would stall every other domain behind it.
 
-Rates live in the Redis hash ``<prefix>:rates`` (fields ``global`` and one per domain, messages per
-second; 0 = unlimited) so that ``newsletter throttle set`` changes a running send. Defaults come
-from the settings. A 421/451 from a domain halves its rate for ``penalty_seconds``.
+Rates live in the Redis hash ``<prefix>:rates`` (fields ``global``, ``domain:<name>`` in messages
+per second, 0 = unlimited, and ``connections``) so that ``newsletter throttle set`` changes a
+running send. Defaults come from the settings.
+
+Adaptive slowing: a 421/451 from a domain doubles its penalty factor (the rate is divided by it, at
+most by 16); each ``recover_seconds`` without a new 421/451 halves the factor again, so the rate
+climbs back step by step. A domain with no rate of its own is slowed from the global rate.
+
+Concurrent SMTP connections are capped by a sorted set of holders scored by their expiry (a
+semaphore that frees the slot of a killed process after its ttl).
 """
 
 from __future__ import annotations
@@ -27,40 +36,77 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rates = KEYS[1]
 local grate = tonumber(redis.call('HGET', rates, 'global') or ARGV[1])
 local drate = tonumber(redis.call('HGET', rates, 'domain:' .. ARGV[3]) or ARGV[2])
-local penalty = tonumber(redis.call('GET', KEYS[4]) or '1')
-drate = drate / penalty
+local pen = redis.call('HMGET', KEYS[4], 'factor', 'since')
+local factor = tonumber(pen[1] or '1')
+if factor > 1 then
+  local steps = math.floor((now - tonumber(pen[2])) / tonumber(ARGV[5]))
+  factor = math.max(1, factor / (2 ^ steps))
+  if drate <= 0 then drate = grate end
+  drate = drate / factor
+end
 local maxwait = tonumber(ARGV[4])
 local slot = now
-local g = 0
-local d = 0
 if grate > 0 then
-  g = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local g = tonumber(redis.call('GET', KEYS[2]) or '0')
   if g > slot then slot = g end
 end
 if drate > 0 then
-  d = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if d > slot then slot = d end
+  local d = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if d > slot then
+    -- the domain is the bottleneck: reserve nothing (holding a far global slot would stall
+    -- every other domain); the caller asks again when the domain is free
+    return {0, math.ceil(d - now)}
+  end
 end
 if slot - now > maxwait then
-  return {0, slot - now}
+  return {0, math.ceil(slot - now)}
 end
 if grate > 0 then
-  local nxt = slot + math.floor(1000 / grate + 0.5)
-  redis.call('SET', KEYS[2], nxt, 'PX', nxt - now + 60000)
+  local nxt = slot + 1000 / grate
+  redis.call('SET', KEYS[2], tostring(nxt), 'PX', math.floor(nxt - now) + 60000)
 end
 if drate > 0 then
-  local nxt = slot + math.floor(1000 / drate + 0.5)
-  redis.call('SET', KEYS[3], nxt, 'PX', nxt - now + 60000)
+  local nxt = slot + 1000 / drate
+  redis.call('SET', KEYS[3], tostring(nxt), 'PX', math.floor(nxt - now) + 60000)
 end
-return {1, slot - now}
+return {1, math.floor(slot - now + 0.5)}
+"""
+
+_SLOW_DOWN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pen = redis.call('HMGET', KEYS[1], 'factor', 'since')
+local factor = tonumber(pen[1] or '1')
+if factor > 1 then
+  local steps = math.floor((now - tonumber(pen[2])) / tonumber(ARGV[1]))
+  factor = math.max(1, factor / (2 ^ steps))
+end
+factor = math.min(factor * 2, 16)
+redis.call('HSET', KEYS[1], 'factor', factor, 'since', now)
+redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[1]) * 5))
+return tostring(factor)
+"""
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(redis.call('HGET', KEYS[2], 'connections') or ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if limit > 0 and not held and redis.call('ZCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+return 1
 """
 
 
 class RedisThrottle:
     """A ``Throttle`` (see ``worker.ports``) held in Redis.
 
-    ``global_rate`` and ``domain_rates`` are messages per second (0 = unlimited) used when the
-    Redis hash has no value. Millisecond slot resolution: rates above 1000/s are unlimited in effect.
+    ``global_rate`` and ``domain_rates`` are messages per second (0 = unlimited) and
+    ``max_connections`` the cap on concurrent SMTP connections (0 = none), used when the Redis hash
+    has no value. Slots have sub-millisecond arithmetic; waits are rounded to milliseconds.
     """
 
     def __init__(
@@ -69,15 +115,19 @@ class RedisThrottle:
         *,
         global_rate: float = 0.0,
         domain_rates: Mapping[str, float] | None = None,
+        max_connections: int = 0,
         prefix: str = "newsletter:throttle",
-        penalty_seconds: float = 300.0,
+        recover_seconds: float = 60.0,
     ) -> None:
         self.client = client
         self.global_rate = global_rate
-        self.domain_rates = dict(domain_rates or {})
+        self.domain_rates = {k.lower(): v for k, v in (domain_rates or {}).items()}
+        self.max_connections = max_connections
         self.prefix = prefix
-        self.penalty_seconds = penalty_seconds
-        self._script = client.register_script(_RESERVE)
+        self.recover_ms = max(int(recover_seconds * 1000), 1)
+        self._reserve = client.register_script(_RESERVE)
+        self._slow_down = client.register_script(_SLOW_DOWN)
+        self._acquire = client.register_script(_ACQUIRE)
 
     def reserve(self, domain: str, max_wait: float) -> Reservation:
         """See ``worker.ports.Throttle.reserve``. Raises ``redis.RedisError`` if Redis is down."""
@@ -88,36 +138,84 @@ class RedisThrottle:
             f"{self.prefix}:next:domain:{domain}",
             f"{self.prefix}:penalty:{domain}",
         ]
-        args = [self.global_rate, self.domain_rates.get(domain, 0.0), domain, int(max_wait * 1000)]
-        granted, wait_ms = self._script(keys=keys, args=args)
+        args = [
+            self.global_rate,
+            self.domain_rates.get(domain, 0.0),
+            domain,
+            int(max_wait * 1000),
+            self.recover_ms,
+        ]
+        granted, wait_ms = self._reserve(keys=keys, args=args)
         return Reservation(granted=bool(granted), wait=int(wait_ms) / 1000.0)
 
     def slow_down(self, domain: str) -> None:
-        """Halve ``domain``'s rate (again on each call, down to 1/16) for ``penalty_seconds``."""
-        key = f"{self.prefix}:penalty:{domain.lower()}"
-        current = float(self.client.get(key) or 1)
-        self.client.set(key, min(current * 2, 16), ex=int(self.penalty_seconds))
+        """Halve ``domain``'s rate (again on each call, down to 1/16); it recovers step by step."""
+        self._slow_down(keys=[f"{self.prefix}:penalty:{domain.lower()}"], args=[self.recover_ms])
+
+    def penalty(self, domain: str) -> float:
+        """The factor ``domain``'s rate is divided by right now (1 = full rate)."""
+        factor, since = self.client.hmget(
+            f"{self.prefix}:penalty:{domain.lower()}", ["factor", "since"]
+        )
+        if factor is None or since is None:
+            return 1.0
+        seconds, micros = self.client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        steps = (now_ms - int(since)) // self.recover_ms
+        return max(1.0, float(factor) / 2**steps)
 
     def set_rate(self, rate: float, domain: str | None = None) -> None:
         """Change a rate for every process at once (messages per second; 0 = unlimited)."""
         field = "global" if domain is None else f"domain:{domain.lower()}"
         self.client.hset(f"{self.prefix}:rates", field, rate)
 
+    def set_max_connections(self, limit: int) -> None:
+        """Change the cap on concurrent SMTP connections for every process (0 = none)."""
+        self.client.hset(f"{self.prefix}:rates", "connections", limit)
+
+    def rates(self) -> dict[str, float]:
+        """The live overrides in the Redis hash (field → value)."""
+        raw = self.client.hgetall(f"{self.prefix}:rates")
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def acquire_connection(self, holder: str, ttl: float) -> bool:
+        """See ``worker.ports.Throttle.acquire_connection``."""
+        keys = [f"{self.prefix}:connections", f"{self.prefix}:rates"]
+        return bool(self._acquire(keys=keys, args=[self.max_connections, holder, int(ttl * 1000)]))
+
+    def release_connection(self, holder: str) -> None:
+        self.client.zrem(f"{self.prefix}:connections", holder)
+
 
 class LocalThrottle:
     """A ``Throttle`` for one process (the demo without Redis): same slot arithmetic, in memory."""
 
-    def __init__(self, global_rate: float = 0.0, domain_rates: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        global_rate: float = 0.0,
+        domain_rates: Mapping[str, float] | None = None,
+        max_connections: int = 0,
+    ) -> None:
         self.global_rate = global_rate
         self.domain_rates = dict(domain_rates or {})
+        self.max_connections = max_connections
         self._next: dict[str, float] = {}
+        self._holders: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def reserve(self, domain: str, max_wait: float) -> Reservation:
         now = time.monotonic()
-        plan = [("global", self.global_rate), ("domain:" + domain, self.domain_rates.get(domain, 0.0))]
+        plan = [
+            ("global", self.global_rate),
+            ("domain:" + domain, self.domain_rates.get(domain, 0.0)),
+        ]
         with self._lock:
-            slot = max([now] + [self._next.get(k, 0.0) for k, rate in plan if rate > 0])
+            slot = max(now, self._next.get("global", 0.0) if self.global_rate > 0 else now)
+            domain_free = self._next.get(plan[1][0], 0.0) if plan[1][1] > 0 else now
+            if (
+                domain_free > slot
+            ):  # the domain is the bottleneck: ask again then (see RedisThrottle)
+                return Reservation(False, domain_free - now)
             if slot - now > max_wait:
                 return Reservation(False, slot - now)
             for key, rate in plan:
@@ -128,3 +226,17 @@ class LocalThrottle:
     def slow_down(self, domain: str) -> None:
         if domain in self.domain_rates:
             self.domain_rates[domain] = max(self.domain_rates[domain] / 2, 0.01)
+
+    def acquire_connection(self, holder: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            self._holders = {h: t for h, t in self._holders.items() if t > now}
+            full = 0 < self.max_connections <= len(self._holders)
+            if full and holder not in self._holders:
+                return False
+            self._holders[holder] = now + ttl
+            return True
+
+    def release_connection(self, holder: str) -> None:
+        with self._lock:
+            self._holders.pop(holder, None)

@@ -15,20 +15,26 @@ import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
+from worker import metrics
+from worker.abuse import SignupLimiter, signup_limiter
 from worker.localisation import translations
-from worker.models import Newsletter, Subscriber
+from worker.models import Newsletter, Subscriber, SubscriberStatus
 from worker.newsletters import profile_of
 from worker.runtime import Runtime
 from worker.settings import TEMPLATES_DIR, Settings
 from worker.signups import (
+    AddressRules,
     SignupRefused,
     check_confirmation,
     confirm,
-    parse_signup_event,
     record_refusal,
+    resend_target,
+    subscriber_of_link,
     unsubscribe,
+    validate_signup,
 )
 from worker.tokens import Purpose, TokenError
+from worker.web_operator import operator_router
 
 ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
 
@@ -66,6 +72,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="Newsletter", docs_url=None, redoc_url=None)
     pages = Pages()
     app.state.runtime = runtime
+    app.include_router(operator_router(runtime))  # /metrics, /readyz, /dashboard
 
     def newsletter_context(subscriber: Subscriber | None, session: Any) -> tuple[str, dict[str, Any]]:
         newsletter = session.get(Newsletter, subscriber.newsletter_id) if subscriber else None
@@ -75,10 +82,28 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         lang = subscriber.language if subscriber and subscriber.language in profile.languages else profile.default_language
         return lang, {"newsletter_name": profile.name.get(lang, ""), "site": profile.site}
 
-    def link_error(session: Any, error: TokenError, lang_hint: str | None = None) -> HTMLResponse:
-        lang, ctx = newsletter_context(None, session)
+    def link_error(
+        session: Any, error: TokenError, subscriber: Subscriber | None = None, resend: str = ""
+    ) -> HTMLResponse:
+        """410 for an expired or used link (in the subscriber's language when the link names
+        one, with a form that asks for a new mail when ``resend`` is given), 404 otherwise."""
+        lang, ctx = newsletter_context(subscriber, session)
         status = 410 if error.code in ("expired", "used") else 404
-        return pages.render("link_error", lang_hint or lang, status=status, code=error.code, **ctx)
+        code = error.code
+        return pages.render("link_error", lang, status=status, code=code, resend=resend, **ctx)
+
+    def confirm_link_error(session: Any, error: TokenError, token: str) -> HTMLResponse:
+        subscriber = subscriber_of_link(session, runtime.tokens, token)
+        pending = subscriber is not None and subscriber.status == SubscriberStatus.PENDING
+        resend = f"/confirm/{token}/resend" if error.code == "expired" and pending else ""
+        return link_error(session, error, subscriber, resend)
+
+    limiter: list[SignupLimiter] = []
+
+    def signup_limits() -> SignupLimiter:
+        if not limiter:
+            limiter.append(signup_limiter(runtime.settings))
+        return limiter[0]
 
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:
@@ -93,9 +118,10 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
                     session, runtime.tokens, token, runtime.settings.confirmation_expiry_hours * 3600
                 )
             except TokenError as error:
-                return link_error(session, error)
+                return confirm_link_error(session, error, token)
             lang, ctx = newsletter_context(subscriber, session)
-            return pages.render("confirm", lang, address=subscriber.email, action=f"/confirm/{token}", **ctx)
+            action = f"/confirm/{token}"
+            return pages.render("confirm", lang, address=subscriber.email, action=action, **ctx)
 
     @app.post("/confirm/{token}", response_class=HTMLResponse)
     def confirm_post(token: str, request: Request) -> Response:
@@ -112,9 +138,39 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
                     user_agent=request.headers.get("user-agent"),
                 )
             except TokenError as error:
-                return link_error(session, error)
+                return confirm_link_error(session, error, token)
+            metrics.CONFIRMATIONS.inc()
             lang, ctx = newsletter_context(subscriber, session)
-            return pages.render("confirmed", lang, address=subscriber.email, **ctx)
+            subscriber_id = subscriber.id
+            page = pages.render("confirmed", lang, address=subscriber.email, **ctx)
+        if runtime.settings.welcome_mail:
+            from worker.actors import send_welcome
+
+            send_welcome.send(subscriber_id)
+        return page
+
+    @app.post("/confirm/{token}/resend", response_class=HTMLResponse)
+    def confirm_resend(token: str, request: Request) -> Response:
+        """The "send me a new mail" button of an expired link's page. The same page whatever
+        happened (no enumeration); limited like signups (per IP, per address, resend window)."""
+        from worker.actors import send_confirmation
+
+        due: int | None = None
+        with runtime.session() as session:
+            subscriber = resend_target(session, runtime.tokens, token)
+            ip = request.client.host if request.client else ""
+            limits = signup_limits()
+            if (
+                subscriber is not None
+                and limits.allow_signup(ip).allowed
+                and limits.allow_confirmation(subscriber.email_key).allowed
+            ):
+                due = subscriber.id
+            lang, ctx = newsletter_context(subscriber, session)
+            page = pages.render("resent", lang, **ctx)
+        if due is not None:
+            send_confirmation.send(due)
+        return page
 
     @app.get("/u/{token}", response_class=HTMLResponse)
     def unsubscribe_page(token: str) -> Response:
@@ -154,28 +210,75 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             lang, ctx = newsletter_context(subscriber, session)
             return pages.render("unsubscribed", lang, address=subscriber.email, **ctx)
 
+    @app.get("/archive/{key}/{lang}", response_class=HTMLResponse)
+    def archive(key: str, lang: str) -> Response:
+        """The public "view in browser" copy of an edition in one language (no personal links)."""
+        from worker.newsletters import edition_contents, find_edition
+        from worker.rendering import UNSUBSCRIBE_URL, render_edition
+
+        with runtime.session() as session:
+            edition = find_edition(session, key)
+            contents = edition_contents(session, edition) if edition is not None else {}
+            if lang not in contents or edition is None:
+                return PlainTextResponse("no such edition", status_code=404)
+            newsletter = session.get(Newsletter, edition.newsletter_id)
+            assert newsletter is not None
+            profile = profile_of(newsletter)
+        rendered = render_edition(profile, contents[lang], public_url=runtime.links.public_url)
+        return HTMLResponse(rendered.html.replace(UNSUBSCRIBE_URL, profile.site))
+
     @app.post("/signup", status_code=202)
     async def signup(request: Request) -> Response:
         """Enqueue a signup event (the same JSON as the queue message, docs/signup-event.md).
 
-        202 with the same body whatever the address's state (no enumeration); 400 with the
-        reasons for a malformed event, which is also recorded.
+        202 with the same body whatever the address's state (no enumeration: the database is
+        not even read here); 400 with the reason for an event the schema or the address check
+        refuses, which is also recorded. Without ``ip``/``user_agent`` in the event, the
+        request's own are recorded (a browser posting the form directly).
         """
         from worker.actors import handle_signup
 
         raw = await request.body()
         try:
-            data = json.loads(raw[:65536])
-            event = parse_signup_event(data)
-        except (ValueError, SignupRefused) as exc:
-            refusal = exc if isinstance(exc, SignupRefused) else SignupRefused("malformed", f"body: not JSON ({exc})")
+            data = _signup_json(raw)
+            if isinstance(data, dict):
+                data = _with_request_evidence(data, request)
+            rules = AddressRules.from_settings(runtime.settings)
+            valid = validate_signup(data, rules)
+        except SignupRefused as refusal:
             with runtime.session() as session:
-                record_refusal(session, refusal, raw[:8192].decode("utf-8", "replace"), runtime.clock.now())
-            return JSONResponse({"status": "refused", "reason": refusal.reason, "detail": refusal.detail}, 400)
-        handle_signup.send(event.model_dump(mode="json"))
+                payload = raw[:8192].decode("utf-8", "replace")
+                record_refusal(session, refusal, payload, runtime.clock.now())
+            body = {"status": "refused", "reason": refusal.reason, "detail": refusal.detail}
+            return JSONResponse(body, 400)
+        handle_signup.send(valid.event.model_dump(mode="json", exclude_none=True))
         return JSONResponse({"status": "accepted"}, status_code=202)
 
     return app
+
+
+MAX_SIGNUP_BYTES = 65_536
+
+
+def _signup_json(raw: bytes) -> Any:
+    """The decoded body of ``POST /signup``; raises ``SignupRefused`` (``malformed``)."""
+    if len(raw) > MAX_SIGNUP_BYTES:
+        raise SignupRefused("malformed", f"body: longer than {MAX_SIGNUP_BYTES} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise SignupRefused("malformed", f"body: not JSON ({exc})") from None
+
+
+def _with_request_evidence(data: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The event with the request's IP and User-Agent where the event has none."""
+    filled = dict(data)
+    if "ip" not in filled and request.client is not None:
+        filled["ip"] = request.client.host
+    agent = request.headers.get("user-agent")
+    if "user_agent" not in filled and agent:
+        filled["user_agent"] = agent[:512]
+    return filled
 
 
 def _is_one_click(body: bytes, content_type: str) -> bool:

@@ -11,6 +11,7 @@ import click
 
 from worker.cli.core import db, scheduler, send, web
 from worker.cli.demo import demo
+from worker.cli.subscribers import subscribers
 
 
 @click.group()
@@ -23,10 +24,14 @@ main.add_command(send)
 main.add_command(scheduler)
 main.add_command(web)
 main.add_command(demo)
+main.add_command(subscribers)
 
 try:
     from worker.cli.edition import edition
+    from worker.cli.edition_live import load, test_send
 
+    edition.add_command(load)
+    edition.add_command(test_send)
     main.add_command(edition)
 except ImportError:  # pragma: no cover - the edition commands are optional during development
     pass

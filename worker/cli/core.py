@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -136,9 +137,21 @@ def scheduler(interval: float, once: bool) -> None:
     while True:
         enqueued = reconcile(rt)
         click.echo(f"reconciled: {enqueued} batch messages enqueued")
+        click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")
         if once:
             return
         time.sleep(interval)
+
+
+def _purge_unconfirmed(rt: Any) -> int:
+    """Forget signups unconfirmed for ``purge_unconfirmed_days`` (worker.signups)."""
+    from datetime import timedelta
+
+    from worker.signups import purge_unconfirmed
+
+    days = timedelta(days=rt.settings.purge_unconfirmed_days)
+    with rt.session() as session:
+        return purge_unconfirmed(session, now=rt.clock.now(), older_than=days)
 
 
 @click.command()

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -43,7 +44,7 @@ READERS = [
 ]
 UNCONFIRMED = 4
 
-INVALID = [
+INVALID: list[tuple[dict[str, Any], str]] = [
     ({"email": "not-an-address", "language": "en"}, "no @-sign"),
     ({"email": "trailing.dot@example.org.", "language": "en"}, "domain ends with a dot"),
     ({"email": "someone@example.org", "language": "de"}, "language not offered"),
@@ -54,9 +55,15 @@ INVALID = [
 
 
 @click.command()
-@click.option("--redis", "redis_url", default="", help="Use this Redis (and dramatiq worker processes).")
-@click.option("--smtp", "smtp_url", default="", help="Send through this SMTP server instead of outbox/.")
-@click.option("--outbox", type=click.Path(path_type=Path), default=Path("outbox"), show_default=True)
+@click.option(
+    "--redis", "redis_url", default="", help="Use this Redis (and dramatiq worker processes)."
+)
+@click.option(
+    "--smtp", "smtp_url", default="", help="Send through this SMTP server instead of outbox/."
+)
+@click.option(
+    "--outbox", type=click.Path(path_type=Path), default=Path("outbox"), show_default=True
+)
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("var"), show_default=True)
 def demo(redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> None:
     """Sign up 30 readers in en/be/ru, confirm 26 through their links, send the sample edition."""
@@ -75,12 +82,18 @@ def _env(redis_url: str, smtp_url: str, workdir: Path, web_port: int) -> dict[st
     return {
         "NEWSLETTER_DATABASE_URL": f"sqlite:///{db.resolve()}",
         "NEWSLETTER_REDIS_URL": redis_url,
+        "NEWSLETTER_BROKER": "redis" if redis_url else "stub",  # whatever the caller's env says
         "NEWSLETTER_SMTP_URL": smtp_url,
         "NEWSLETTER_PUBLIC_URL": f"http://127.0.0.1:{web_port}",
-        "NEWSLETTER_SECRET_KEY": os.environ.get("NEWSLETTER_SECRET_KEY") or secrets.token_urlsafe(32),
+        "NEWSLETTER_SECRET_KEY": (
+            os.environ.get("NEWSLETTER_SECRET_KEY") or secrets.token_urlsafe(32)
+        ),
         "NEWSLETTER_NEWSLETTER_PATH": str(EDITION / "newsletter.yaml"),
         "NEWSLETTER_BOUNCE_DOMAIN": "news.example.org",
         "NEWSLETTER_SEND_BATCH_SIZE": "10",
+        # queues of their own: workers of a real deployment on the same Redis never see the
+        # demo's messages, and a crashed earlier demo leaves nothing for this one's workers
+        "NEWSLETTER_QUEUE_NAMESPACE": f"newsletter-demo-{secrets.token_hex(4)}",
     }
 
 
@@ -99,13 +112,21 @@ def run_demo(*, redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> d
     env = _env(redis_url, smtp_url, workdir, web_port)
     os.environ.update(env)  # before worker.broker is imported: it picks the broker from here
     try:
-        return _run(env, redis_url, outbox, web_port, local_smtp=server is not None)
+        return _run(env, redis_url, outbox, workdir, web_port, local_smtp=server is not None)
     finally:
         if server is not None:
             server.__exit__(None, None, None)
 
 
-def _run(env: dict[str, str], redis_url: str, outbox: Path, web_port: int, *, local_smtp: bool) -> dict[str, Any]:
+def _run(
+    env: dict[str, str],
+    redis_url: str,
+    outbox: Path,
+    workdir: Path,
+    web_port: int,
+    *,
+    local_smtp: bool,
+) -> dict[str, Any]:
     from worker.migrate import upgrade
 
     upgrade(env["NEWSLETTER_DATABASE_URL"])
@@ -115,13 +136,14 @@ def _run(env: dict[str, str], redis_url: str, outbox: Path, web_port: int, *, lo
 
     rt = actors.runtime()
     web = _start_web(web_port)
-    workers = _start_workers(redis_url, env)
+    workers = _Workers()
     try:
+        workers = _start_workers(redis_url, env, workdir)
         with rt.session() as session:
             save_edition(session, read_edition(EDITION), rt.clock.now())
         click.echo(f"edition 2024-W28 loaded from {EDITION}")
         _sign_up(actors)
-        _wait(workers, ["signups", "transactional"], lambda: _pending_without_mail(rt) == 0)
+        _wait(workers, ["signups", "transactional"], lambda: _signups_done(rt))
         confirmed = _confirm(rt, outbox, env["NEWSLETTER_PUBLIC_URL"], local_smtp)
         click.echo(f"{confirmed} readers confirmed through their links; {UNCONFIRMED} left pending")
         t0 = time.monotonic()
@@ -134,47 +156,79 @@ def _run(env: dict[str, str], redis_url: str, outbox: Path, web_port: int, *, lo
         return summary
     finally:
         workers.stop()
-        web.should_exit = True
+        web.stop()
+        if redis_url:
+            _forget_queues(redis_url, env["NEWSLETTER_QUEUE_NAMESPACE"])
 
 
-def _start_web(port: int) -> Any:
-    import uvicorn
+class _Web:
+    """uvicorn serving the web app in a thread of this process (the links in the mails)."""
 
-    from worker.web import create_app
+    def __init__(self, port: int) -> None:
+        import uvicorn
 
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    return server
+        from worker.web import create_app
+
+        config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> _Web:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.stop()
+                raise click.ClickException("the web app did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _start_web(port: int) -> _Web:
+    return _Web(port).start()
 
 
 class _Workers:
+    """The in-process dramatiq worker (StubBroker), or the ``dramatiq`` CLI's worker processes."""
+
     def __init__(self, worker: Any = None, process: subprocess.Popen[bytes] | None = None) -> None:
         self.worker = worker
         self.process = process
 
     def join(self, queues: list[str]) -> None:
         if self.worker is not None:
+            from dramatiq.brokers.stub import StubBroker
+
             from worker.broker import broker
 
+            assert isinstance(broker, StubBroker)
             for queue in queues:
                 broker.join(queue, fail_fast=True)
             self.worker.join()
 
+    def check(self) -> None:
+        """Raise if the worker processes have died (instead of waiting for a timeout)."""
+        if self.process is not None and self.process.poll() is not None:
+            code = self.process.returncode
+            raise click.ClickException(f"the dramatiq workers exited with {code}")
+
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(30)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # dramatiq stops its worker processes on SIGTERM
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
 
 
-def _start_workers(redis_url: str, env: dict[str, str]) -> _Workers:
+def _start_workers(redis_url: str, env: dict[str, str], logdir: Path) -> _Workers:
     if not redis_url:
         import dramatiq
 
@@ -183,15 +237,36 @@ def _start_workers(redis_url: str, env: dict[str, str]) -> _Workers:
         worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
         worker.start()
         return _Workers(worker=worker)
-    command = [sys.executable, "-m", "dramatiq", "worker.actors", "--processes", "2", "--threads", "4"]
-    process = subprocess.Popen(command, env={**os.environ, **env})
+    command = [sys.executable, "-m", "dramatiq", "worker.actors", "--processes", "2",
+               "--threads", "4"]
+    log = logdir / "workers.log"
+    click.echo(f"dramatiq worker processes started; their log: {log}")
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as one if it hangs
+        )
     return _Workers(process=process)
+
+
+def _forget_queues(redis_url: str, namespace: str) -> None:
+    """Delete the demo's queue keys (its namespace is unique to this run)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def _wait(workers: _Workers, queues: list[str], done: Any, timeout: float = 300) -> None:
     workers.join(queues)
     deadline = time.monotonic() + timeout
     while not done():
+        workers.check()
         if time.monotonic() > deadline:
             raise click.ClickException(f"timed out waiting for {', '.join(queues)}")
         time.sleep(0.2)
@@ -206,7 +281,7 @@ def _sign_up(actors: Any) -> None:
                 "email": address,
                 "language": language,
                 "source": "demo",
-                "ip": "192.0.2.10",
+                "ip": f"192.0.2.{10 + n}",  # one reader, one IP: the per-IP abuse limit holds
                 "user_agent": "newsletter-demo",
                 "consent_version": "2024-07",
             }
@@ -216,20 +291,23 @@ def _sign_up(actors: Any) -> None:
         click.echo(f"invalid signup sent ({why})")
 
 
-def _pending_without_mail(rt: Any) -> int:
+def _signups_done(rt: Any) -> bool:
+    """Every signup event is accounted for (a subscriber or a refusal) and every pending
+    subscriber got its confirmation mail. Read from the database, because worker processes
+    leave nothing in this process to join."""
     from sqlalchemy import func, select
 
-    from worker.models import Subscriber
+    from worker.models import SignupRefusal, Subscriber
 
     with rt.session() as session:
-        return int(
-            session.scalar(
-                select(func.count()).select_from(Subscriber).where(
-                    Subscriber.status == "pending", Subscriber.confirmation_sent_at.is_(None)
-                )
+        subscribers = session.scalar(select(func.count()).select_from(Subscriber)) or 0
+        refusals = session.scalar(select(func.count()).select_from(SignupRefusal)) or 0
+        unmailed = session.scalar(
+            select(func.count()).select_from(Subscriber).where(
+                Subscriber.status == "pending", Subscriber.confirmation_sent_at.is_(None)
             )
-            or 0
         )
+    return subscribers + refusals >= len(READERS) + len(INVALID) and unmailed == 0
 
 
 def _confirmation_links(rt: Any, outbox: Path, public_url: str, local_smtp: bool) -> dict[str, str]:
@@ -253,7 +331,8 @@ def _confirmation_links(rt: Any, outbox: Path, public_url: str, local_smtp: bool
     with rt.session() as session:
         for subscriber in session.scalars(select(Subscriber).where(Subscriber.status == "pending")):
             token = confirmation_token(rt.tokens, subscriber)
-            links[(subscriber.ascii_email or subscriber.email).lower()] = f"{public_url}/confirm/{token}"
+            address = (subscriber.ascii_email or subscriber.email).lower()
+            links[address] = f"{public_url}/confirm/{token}"
     return links
 
 
@@ -283,6 +362,8 @@ def _start_send(rt: Any, actors: Any) -> int:
 
     with rt.session() as session:
         edition = find_edition(session, "2024-W28")
+        if edition is None:
+            raise click.ClickException("edition 2024-W28 was not loaded")
         send = create_send(session, edition, rt.clock.now(), rt.settings.send_batch_size)
         send_id = int(send.id)
     actors.plan_send.send(send_id)
@@ -306,7 +387,9 @@ def _summary(rt: Any, send_id: int, outbox: Path | None) -> dict[str, Any]:
     languages: dict[str, dict[str, int]] = {}
     with rt.session() as session:
         for lang, status, count in session.execute(
-            select(Subscriber.language, Subscriber.status, func.count()).group_by(Subscriber.language, Subscriber.status)
+            select(Subscriber.language, Subscriber.status, func.count()).group_by(
+                Subscriber.language, Subscriber.status
+            )
         ):
             languages.setdefault(lang, Counter())[status] += count
         sent = session.execute(
@@ -321,7 +404,8 @@ def _summary(rt: Any, send_id: int, outbox: Path | None) -> dict[str, Any]:
         rows[lang] = {"confirmed": counts.get("confirmed", 0), "pending": counts.get("pending", 0),
                       "sent": 0, "failed": 0, "files": files.get(lang, 0)}
     for lang, state, count in sent:
-        row = rows.setdefault(lang, {"confirmed": 0, "pending": 0, "sent": 0, "failed": 0, "files": 0})
+        empty = {"confirmed": 0, "pending": 0, "sent": 0, "failed": 0, "files": 0}
+        row = rows.setdefault(lang, empty)
         row["sent" if state == "sent" else "failed"] += count
     return {"send_id": send_id, "languages": rows, "refusals": refusals}
 
@@ -331,7 +415,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for reason, detail in summary["refusals"]:
         click.echo(f"  {reason}: {detail}")
     click.echo(f"\nsend {summary['send_id']}, per language:")
-    click.echo(f"  {'lang':4} {'confirmed':>9} {'pending':>7} {'sent':>5} {'failed':>6} {'.eml':>5}")
+    click.echo(
+        f"  {'lang':4} {'confirmed':>9} {'pending':>7} {'sent':>5} {'failed':>6} {'.eml':>5}"
+    )
     for lang, row in summary["languages"].items():
         click.echo(f"  {lang:4} {row['confirmed']:>9} {row['pending']:>7} {row['sent']:>5} "
                    f"{row['failed']:>6} {row['files']:>5}")

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import click
 
-from worker.editions import EditionInvalid, EditionProblem, EditionSource, check_edition, read_edition
+from worker.editions import (
+    EditionInvalid,
+    EditionProblem,
+    EditionSource,
+    check_edition,
+    read_edition,
+)
 from worker.rendering import RenderedMessage, TemplateProblem, check_templates, render_edition
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -31,9 +37,7 @@ def render_source(source: EditionSource, public_url: str) -> dict[str, RenderedM
     renditions: dict[str, RenderedMessage] = {}
     for language, content in source.contents.items():
         try:
-            renditions[language] = render_edition(
-                source.newsletter, content, public_url=public_url
-            )
+            renditions[language] = render_edition(source.newsletter, content, public_url=public_url)
         except TemplateProblem as error:
             problems.append(EditionProblem(f"{language}.yaml", "", f"does not render: {error}"))
     try:

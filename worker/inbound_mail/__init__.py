@@ -61,7 +61,9 @@ def parse_inbound(
     if not raw or not raw.strip():
         return []
     try:
-        mail = InboundMail.parse(raw, verp_prefix=verp_prefix, envelope_recipient=envelope_recipient)
+        mail = InboundMail.parse(
+            raw, verp_prefix=verp_prefix, envelope_recipient=envelope_recipient
+        )
         for reader in _readers(unsubscribe_prefix):
             reports = reader(mail)
             if reports:

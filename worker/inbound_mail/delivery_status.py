@@ -17,7 +17,13 @@ from worker.classification import Reason, classify_status, enhanced_status
 from worker.feedback_report import FeedbackReport
 from worker.inbound_mail.mail import InboundMail, parse_date
 from worker.inbound_mail.original_message import first_verp
-from worker.inbound_mail.parts import addresses, header_text, part_text
+from worker.inbound_mail.parts import (
+    MAX_TEXT_BYTES,
+    addresses,
+    decode_bytes,
+    header_text,
+    part_text,
+)
 
 MAX_RECIPIENT_BLOCKS = 100
 _MAX_BLOCKS_READ = 1000
@@ -51,7 +57,9 @@ def read(mail: InboundMail) -> list[FeedbackReport]:
     return reports or [mail.unknown(Reason.DELIVERED, source="dsn")]
 
 
-def _recipient_report(mail: InboundMail, block: Message, per_message: Message | None) -> FeedbackReport | None:
+def _recipient_report(
+    mail: InboundMail, block: Message, per_message: Message | None
+) -> FeedbackReport | None:
     action = (header_text(block, "Action") or "").lower() or None
     status_field = header_text(block, "Status")
     diagnostic = diagnostic_text(header_text(block, "Diagnostic-Code"))
@@ -81,17 +89,31 @@ def _verp_hint(mail: InboundMail, fields: Message) -> str | None:
 
 def _blocks(part: Message) -> list[Message]:
     payload = part.get_payload()
-    if isinstance(payload, list):
-        return [block for block in payload[:_MAX_BLOCKS_READ] if isinstance(block, Message)]
-    # global-delivery-status (and hand-made parts) arrive as text: split on blank lines.
-    text = part_text(part)
+    if not isinstance(payload, list):
+        return _split_blocks(part_text(part))  # a hand-made part with a text payload
+    blocks: list[Message] = []
+    for block in payload[:_MAX_BLOCKS_READ]:
+        if isinstance(block, Message):
+            blocks.append(block)
+            # CPython parses message/global-delivery-status like message/rfc822: the first
+            # block becomes the headers and the recipient blocks its body.
+            rest = block.get_payload(decode=True)  # bytes: 8-bit UTF-8 must not be replaced
+            if isinstance(rest, bytes) and rest.strip():
+                blocks.extend(_split_blocks(decode_bytes(rest[:MAX_TEXT_BYTES], "utf-8")))
+    return blocks
+
+
+def _split_blocks(text: str) -> list[Message]:
     parser = HeaderParser(policy=compat32)
     chunks = _BLANK_LINE.split(text, maxsplit=_MAX_BLOCKS_READ)
     return [parser.parsestr(chunk.strip("\r\n")) for chunk in chunks if chunk.strip()]
 
 
 def diagnostic_text(value: str | None) -> str | None:
-    """A Diagnostic-Code without its type (``smtp; 550 …`` → ``550 …``), unfolded (RFC 3464 §2.3.6)."""
+    """A Diagnostic-Code without its type (``smtp; 550 …`` → ``550 …``), unfolded.
+
+    RFC 3464 §2.3.6: ``diagnostic-type ; *text``.
+    """
     if not value:
         return None
     kind, sep, rest = value.partition(";")
@@ -100,7 +122,7 @@ def diagnostic_text(value: str | None) -> str | None:
 
 
 def recipient_of(block: Message) -> str | None:
-    """The recipient address of a block: Original-Recipient, else Final-Recipient (RFC 3464 §2.3)."""
+    """A block's recipient: Original-Recipient, else Final-Recipient (RFC 3464 §2.3.1-2)."""
     for name in _RECIPIENT_FIELDS:
         address = _typed_value(header_text(block, name))
         if address:

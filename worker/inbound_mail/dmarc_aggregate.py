@@ -1,4 +1,4 @@
-"""DMARC aggregate reports (RFC 7489 §7.2) that land in the bounce mailbox: recorded, never acted on.
+"""DMARC aggregate reports (RFC 7489 §7.2) in the bounce mailbox: recorded, never acted on.
 
 They arrive as a zipped or gzipped XML attachment named ``receiver!domain!begin!end[!id].xml.gz``
 with a subject ``Report Domain: … Submitter: … Report-ID: …`` (RFC 7489 §7.2.1.1).

@@ -49,7 +49,7 @@ class InboundMail:
 
     @cached_property
     def identity(self) -> str:
-        """The Message-ID, or the digest of the raw bytes: the same report arriving twice keeps it."""
+        """The Message-ID, else the raw bytes' digest: a report arriving twice keeps it."""
         return original_message.message_id(self.header("Message-ID")) or self.raw_digest
 
     @cached_property
@@ -143,7 +143,9 @@ class InboundMail:
             source=source,
         )
 
-    def unknown(self, reason: Reason = Reason.UNCLASSIFIED, *, source: str = "mail") -> FeedbackReport:
+    def unknown(
+        self, reason: Reason = Reason.UNCLASSIFIED, *, source: str = "mail"
+    ) -> FeedbackReport:
         """A report that says "nothing to act on", kept for the record."""
         classification = Classification(FeedbackKind.UNKNOWN, reason, False)
         return self.report(classification, source=source, recipient=self.sender)

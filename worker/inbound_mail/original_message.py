@@ -25,7 +25,7 @@ SUBSCRIBER_HEADER = "X-Newsletter-Subscriber"
 DELIVERY_HEADER = "X-Newsletter-Delivery"
 
 _HEADER_ONLY_PARTS = frozenset({"text/rfc822-headers", "text/global-headers"})
-_RETURNED_PARTS = frozenset({"message/rfc822", "message/global"})
+_RETURNED_PARTS = frozenset({"message/rfc822", "message/global", "message/global-headers"})
 # The start of a pasted header block: a line that opens with one of the headers every sent
 # message has. Human text before it ("RCPT TO:<...>") never starts a line this way.
 _PASTED_HEADERS = re.compile(r"^(?:Return-Path|Received|Message-ID|DKIM-Signature):", re.I | re.M)
@@ -45,7 +45,9 @@ class OriginalReferences:
 
 
 def verp_local(address: str | None, prefix: str) -> str | None:
-    """What follows ``<prefix>+`` in the local part of ``address`` (``bounces+4711-ab…@d`` → ``4711-ab…``).
+    """What follows ``<prefix>+`` in the local part of ``address``.
+
+    ``bounces+4711-ab…@d`` → ``4711-ab…``.
 
     The prefix matches case-insensitively; the rest is returned as found (tokens are
     case-sensitive). None when ``address`` is not a VERP address with that prefix.
@@ -70,7 +72,7 @@ def first_verp(candidates: Iterable[str | None], prefix: str) -> str | None:
 
 
 def message_id(value: str | None) -> str | None:
-    """The first ``<id@host>`` in a Message-ID-like header value, angle brackets kept (RFC 5322 §3.6.4)."""
+    """The first ``<id@host>`` in a Message-ID-like value, brackets kept (RFC 5322 §3.6.4)."""
     if not value:
         return None
     match = _MESSAGE_ID.search(value)
@@ -81,7 +83,7 @@ def message_id(value: str | None) -> str | None:
 
 
 def returned_headers(parts: list[Part], human_text: str) -> Message | None:
-    """The headers of the returned original: from a returned part, else pasted into ``human_text``."""
+    """The returned original's headers: from a returned part, else pasted in ``human_text``."""
     for part in parts:
         kind = part.content_type
         if kind in _RETURNED_PARTS:
@@ -106,7 +108,7 @@ def _parse_headers(text: str) -> Message:
 
 
 def references(headers: Message | None, prefix: str) -> OriginalReferences:
-    """VERP token (Return-Path), Message-ID, To and our X-Newsletter-* values of returned headers."""
+    """VERP token (Return-Path), Message-ID, To and X-Newsletter-* values of returned headers."""
     if headers is None:
         return OriginalReferences()
     recipients = addresses(header_text(headers, "To"))

@@ -33,12 +33,14 @@ MAX_ADDRESSES = 50
 
 _DELIMITER = re.compile(rb"\n--")
 _BLANK = re.compile(rb"\r?\n\r?\n")
-_CONTAINER_HEADER = re.compile(rb"^content-type:[ \t]*(?:multipart|message)/", re.IGNORECASE | re.MULTILINE)
+_CONTAINER_HEADER = re.compile(
+    rb"^content-type:[ \t]*(?:multipart|message)/", re.IGNORECASE | re.MULTILINE
+)
 # Parts whose payload is header blocks, not a message to descend into.
 _FIELD_PARTS = frozenset(
     {"message/delivery-status", "message/global-delivery-status", "message/feedback-report"}
 )
-_RETURNED_PARTS = frozenset({"message/rfc822", "message/global"})
+_RETURNED_PARTS = frozenset({"message/rfc822", "message/global", "message/global-headers"})
 # The most frequent lowercase Russian letters: right decoding of Cyrillic text is full of them,
 # the wrong single-byte code page turns them into capitals and box-drawing characters.
 _RUSSIAN_COMMON = frozenset("оеаинтсрвлкмдпуяыьгзбчй")
@@ -110,7 +112,9 @@ def walk(message: Message) -> Iterator[Part]:
         if kind in _FIELD_PARTS or not isinstance(payload, list):
             continue
         returned = part.returned or kind in _RETURNED_PARTS
-        children = [Part(child, part.depth + 1, returned) for child in payload if isinstance(child, Message)]
+        children = [
+            Part(child, part.depth + 1, returned) for child in payload if isinstance(child, Message)
+        ]
         stack.extend(reversed(children))
 
 
@@ -153,7 +157,7 @@ def _guess_single_byte(data: bytes) -> str:
 
 
 def part_text(message: Message, limit: int = MAX_TEXT_BYTES) -> str:
-    """The decoded text of a leaf part (transfer encoding and charset undone), at most ``limit`` bytes."""
+    """A leaf part's text (transfer encoding and charset undone), at most ``limit`` bytes."""
     try:
         payload = message.get_payload(decode=True)
     except Exception:  # a transfer encoding the library cannot undo

@@ -48,13 +48,16 @@ def read(mail: InboundMail) -> list[FeedbackReport]:
     if not detected and not _from_mailer_daemon(mail):
         return []
     text = mail.human_text
-    guessed = [] if detected else [a for a in [mail.original.recipient or _address_in(mail, text)] if a]
+    recipients: list[str | None] = list(detected[:MAX_RECIPIENTS])
+    if not recipients:
+        recipients = [mail.original.recipient or _address_in(mail, text)]
     reports = []
-    for recipient in (detected or guessed)[:MAX_RECIPIENTS] or [None]:
+    for recipient in recipients:
         diagnostic = diagnostic_near(text, recipient)
         if not detected and diagnostic is None:
             return [mail.unknown(source="bounce_text")]
-        action = "delayed" if recipient in temporary and recipient not in permanent else "failed"
+        delayed = recipient in temporary and recipient not in permanent
+        action = "delayed" if delayed else "failed"
         status = enhanced_status(diagnostic)
         reports.append(
             mail.report(
@@ -85,14 +88,30 @@ def _detected(mail: InboundMail) -> tuple[set[str], set[str]]:
     """flufl.bounce's (temporary, permanent) addresses as text; empty on huge or hostile input."""
     if len(mail.parts) > _MAX_PARTS_FOR_DETECTORS or len(mail.parts) >= MAX_PARTS:
         return set(), set()
-    if not mail.sender:
-        return set(), set()  # flufl's Yale detector raises (and logs a traceback) without From
+    if not mail.sender or not _plain_headers(mail):
+        return set(), set()  # flufl's detectors raise on these; see _quiet_detector_errors
     try:
         temporary, permanent = all_failures(mail.message)
     except Exception:  # a detector tripping on malformed input must not lose the message
         log.debug("flufl.bounce failed on %s", mail.identity, exc_info=True)
         return set(), set()
     return _decoded(temporary), _decoded(permanent)
+
+
+def _plain_headers(mail: InboundMail) -> bool:
+    """True when no part has a header with raw 8-bit bytes (compat32 returns a Header object)."""
+    return all(isinstance(value, str) for part in mail.parts for value in part.message.values())
+
+
+class _QuietDetectorErrors(logging.Filter):
+    """flufl.bounce logs a traceback at ERROR for each detector that trips on malformed input,
+    then re-raises; we catch that and record the message as unknown, so the log line is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Exception in detector")
+
+
+logging.getLogger("flufl.bounce").addFilter(_QuietDetectorErrors())
 
 
 def _decoded(found: frozenset[bytes]) -> set[str]:

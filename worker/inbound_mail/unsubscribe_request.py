@@ -16,8 +16,10 @@ _UNSUBSCRIBE = Classification(FeedbackKind.UNSUBSCRIBE, Reason.LIST_UNSUBSCRIBE,
 
 
 def read(mail: InboundMail, *, prefix: str) -> list[FeedbackReport]:
-    """An UNSUBSCRIBE report carrying the token if ``mail`` went to ``<prefix>+<token>@…``; else []."""
+    """An UNSUBSCRIBE report with the token if ``mail`` went to ``<prefix>+<token>@…``; else []."""
     token = first_verp(mail.recipients, prefix)
     if not token:
         return []
-    return [mail.report(_UNSUBSCRIBE, source="mailto", recipient=mail.sender, unsubscribe_token=token)]
+    return [
+        mail.report(_UNSUBSCRIBE, source="mailto", recipient=mail.sender, unsubscribe_token=token)
+    ]

@@ -34,7 +34,7 @@ WebhookEvent = tuple[str, FeedbackReport]
 
 
 class WebhookRejected(Exception):
-    """A webhook request that must not be processed; ``reason`` says why (safe to log and return)."""
+    """A webhook request that must not be processed; ``reason`` says why (safe to log)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -51,14 +51,14 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def require_fresh(timestamp: datetime, *, now: datetime | None, tolerance: timedelta) -> None:
-    """Raise :class:`WebhookRejected` if ``timestamp`` is more than ``tolerance`` from ``now`` (UTC)."""
+    """Raise :class:`WebhookRejected` if ``timestamp`` is over ``tolerance`` from ``now`` (UTC)."""
     current = now or datetime.now(UTC)
     if abs(current - timestamp) > tolerance:
         raise WebhookRejected(f"stale timestamp {timestamp.isoformat()} (tolerance {tolerance})")
 
 
 def unix_time(value: str | int | float | None) -> datetime:
-    """A Unix timestamp (seconds) as an aware UTC datetime; :class:`WebhookRejected` if unreadable."""
+    """Unix seconds as an aware UTC datetime; :class:`WebhookRejected` if unreadable."""
     try:
         return datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError, OSError):
@@ -74,7 +74,7 @@ def json_body(body: bytes) -> Any:
 
 
 def iso_time(value: object) -> datetime | None:
-    """An ISO 8601 timestamp (``2016-01-27T14:59:38.237Z``) as an aware datetime; None if unreadable."""
+    """An ISO 8601 time (``2016-01-27T14:59:38.237Z``) as an aware datetime; None if unreadable."""
     if not isinstance(value, str) or not value:
         return None
     try:

@@ -1,0 +1,192 @@
+"""The operators' dashboard: derived numbers after a real send, the login, and the page in headless
+Chromium (screenshot in docs/images/dashboard.png)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.operator_scenario import run_send
+from worker.chromium import HeadlessChromium, find_chromium
+from worker.dashboard import overview, rate_bucket
+from worker.models import Delivery, FeedbackEvent, Subscriber
+from worker.outbox import free_port
+from worker.runtime import Runtime
+from worker.suppressions import suppress
+from worker.web import create_app
+
+PASSWORD = "correct horse battery staple"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "dashboard.png"
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"operator:{PASSWORD}".encode()).decode()}
+
+
+@pytest.fixture
+def operator_rt(rt: Runtime) -> Iterator[Runtime]:
+    from worker import actors
+
+    runtime = Runtime(replace(rt.settings, operator_password=PASSWORD))
+    actors.use_runtime(runtime)
+    yield runtime
+    actors.use_runtime(rt)
+
+
+def add_feedback(rt: Runtime, send_id: int) -> None:
+    """What comes back after the send, as the feedback readers record it: an ARF complaint from
+    olga's provider, a DSN (mailbox full) for ivan after the relay accepted the message, and a
+    mailto unsubscribe from ales that waited 50 hours in the mailbox before it was processed."""
+    now = rt.clock.now()
+    with rt.session() as session:
+        deliveries = {
+            s.email: d
+            for d, s in session.execute(
+                select(Delivery, Subscriber)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.send_id == send_id)
+            )
+        }
+        olga, ivan, ales = (deliveries[a] for a in ("olga@example.com", "ivan@example.org", "ales@example.net"))
+        complaint = FeedbackEvent(
+            source_event_id="arf:1", kind="complaint", source="arf", subscriber_id=olga.subscriber_id,
+            delivery_id=olga.id, reason="abuse", occurred_at=now, recorded_at=now,
+        )  # fmt: skip
+        session.add(complaint)
+        session.flush()
+        suppress(session, dedupe_key="olga@example.com", hash_key=rt.settings.secret_key,
+                 reason="complaint", now=now, source_event_id=complaint.id)  # fmt: skip
+        session.add(FeedbackEvent(
+            source_event_id="dsn:1", kind="soft_bounce", source="dsn", subscriber_id=ivan.subscriber_id,
+            delivery_id=ivan.id, status_code="4.2.2", reason="mailbox_full",
+            occurred_at=now, recorded_at=now,
+        ))  # fmt: skip
+        session.add(FeedbackEvent(
+            source_event_id="mailto:1", kind="unsubscribe", source="mailto",
+            subscriber_id=ales.subscriber_id, occurred_at=now - timedelta(hours=50), recorded_at=now,
+        ))  # fmt: skip
+        subscriber = session.get(Subscriber, ales.subscriber_id)
+        assert subscriber is not None
+        subscriber.status, subscriber.unsubscribed_at = "unsubscribed", now
+
+
+def test_dashboard_numbers_after_a_real_send(operator_rt: Runtime, smtp: Any, stub_worker: Any) -> None:
+    rt = operator_rt
+    app = create_app(rt)
+    scenario = run_send(rt, smtp, stub_worker, app)
+    one_click = scenario.client.post(
+        scenario.unsubscribe_paths["anna@example.org"], content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    assert one_click.status_code == 200
+    add_feedback(rt, scenario.send_id)
+
+    with rt.session() as session:
+        data = overview(session, rt.clock.now())
+    report = data.selected
+    assert report is not None and report.summary.id == scenario.send_id
+    assert report.summary.status == "finished"
+    languages = {lang: f.counts for lang, f in report.by_language}
+    assert languages["en"] == {
+        "planned": 3, "queued": 0, "sent": 2, "deferred": 0, "failed": 1, "unknown": 0,
+        "skipped": 0, "bounced": 1, "complained": 0, "unsubscribed": 1,
+    }  # fmt: skip  (anna one-click, ivan DSN, nobody 550 at RCPT)
+    assert languages["ru"]["complained"] == 1 and languages["ru"]["sent"] == 1
+    assert languages["be"]["unsubscribed"] == 0  # ales asked 50 h ago: before this send
+    domains = dict(report.by_domain)
+    assert domains["example.org"]["planned"] == 3 and domains["example.org"]["failed"] == 1
+    assert report.total["sent"] == 4 and report.total["complained"] == 1
+    assert report.total.complaint_rate == 0.25
+    assert data.complaints.complaints == 1 and data.complaints.sent == 4
+    assert data.complaints.level == "bad"
+    assert sum(n for _, n in report.rate) == 4
+    assert ("soft_bounce", "mailbox_full", 1) in report.bounce_reasons
+    assert ("hard_bounce", "user_unknown", 1) in report.bounce_reasons
+    assert data.unsubscribes.requests == 2 and data.unsubscribes.late == 1
+    assert data.unsubscribes.percentile(0.5) == 0.0
+    today = data.signups[-1]
+    assert (today.signups, today.confirmed) == (6, 5)
+
+    # No login, a wrong password: 401 with a Basic challenge. The right one: the page.
+    client = TestClient(app)
+    assert client.get("/dashboard").status_code == 401
+    assert client.get("/dashboard").headers["www-authenticate"].startswith("Basic ")
+    assert client.get("/dashboard", auth=("operator", "wrong")).status_code == 401
+    page = client.get("/dashboard", auth=("operator", PASSWORD))
+    assert page.status_code == 200
+    assert "25.000 %" in page.text and "<svg" in page.text
+    assert not re.search(r'(src|href)="(https?:)?//', page.text) and "<script" not in page.text
+
+
+def test_no_operator_password_means_no_dashboard(rt: Runtime) -> None:
+    client = TestClient(create_app(rt))
+    assert client.get("/dashboard", auth=("operator", "")).status_code == 401
+
+
+def test_rate_bucket_keeps_at_most_sixty_bars() -> None:
+    assert rate_bucket(3) == 1
+    assert rate_bucket(600) == 10
+    assert rate_bucket(3 * 3600) == 300
+    assert rate_bucket(30 * 86400) == 86400
+
+
+@pytest.fixture
+def server(operator_rt: Runtime) -> Iterator[tuple[str, Any]]:
+    app = create_app(operator_rt)
+    port = free_port()
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_dashboard_in_headless_chromium(
+    request: pytest.FixtureRequest, operator_rt: Runtime, smtp: Any, stub_worker: Any,
+    server: tuple[str, Any],
+) -> None:  # fmt: skip
+    if request.node.callspec.params.get("db_url") != "postgresql":
+        pytest.skip("one screenshot is enough: taken on PostgreSQL")
+    try:
+        find_chromium()
+    except RuntimeError:
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    base, app = server
+    scenario = run_send(operator_rt, smtp, stub_worker, app, extra=48)
+    scenario.client.post(
+        scenario.unsubscribe_paths["anna@example.org"], content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    add_feedback(operator_rt, scenario.send_id)
+
+    with HeadlessChromium(offline=False) as browser:
+        browser.call("Network.enable", session=True)
+        browser.call("Network.setExtraHTTPHeaders", {"headers": AUTH}, session=True)  # the login
+        png = browser.screenshot(f"{base}/dashboard", 1280)
+        text = browser.call(
+            "Runtime.evaluate", {"expression": "document.body.innerText", "returnByValue": True},
+            session=True,
+        )["result"]["value"]  # fmt: skip
+        charts = browser.call(
+            "Runtime.evaluate", {"expression": "document.querySelectorAll('svg rect').length",
+                                 "returnByValue": True}, session=True,
+        )["result"]["value"]  # fmt: skip
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.write_bytes(png)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert "Newsletter operations" in text and "gmail.com" in text and "yandex.ru" in text
+    assert "1.923 %" in text  # 1 complaint / 52 sent (53 planned, one refused with 550)
+    assert charts > 20

@@ -1,0 +1,261 @@
+"""The ledger and its claims on SQLite and PostgreSQL, against a real (scripted) SMTP server."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.sendkit import run_batch, seed, start_send, states
+from tests.smtp_script import ScriptServer
+from worker import actors
+from worker.broker import batch_name, broker
+from worker.dispatch import (
+    _claim,
+    _submit,
+    delivery_counts,
+    expire_leases,
+    pending_batches,
+    plan_deliveries,
+    retry_unknown,
+)
+from worker.models import Delivery, FeedbackEvent, Send, Suppression
+from worker.ports import SmtpOutcome
+from worker.runtime import Runtime
+from worker.sends import set_status
+from worker.settings import Settings
+from worker.throttle import LocalThrottle
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptServer]:
+    with ScriptServer() as running:
+        yield running
+
+
+@pytest.fixture
+def srt(settings: Settings, server: ScriptServer) -> Iterator[Runtime]:
+    """A runtime whose relay is the scripted server, with second-scale retries."""
+    changed = dataclasses.replace(
+        settings, smtp_url=server.url(), retry_base_seconds=1.0, retry_max_age_seconds=30.0
+    )
+    runtime = Runtime(changed)
+    actors.use_runtime(runtime)
+    yield runtime
+    actors.use_runtime(None)
+
+
+def ids(rt: Runtime, send_id: int) -> list[int]:
+    with rt.session() as session:
+        return list(session.scalars(select(Delivery.id).where(Delivery.send_id == send_id).order_by(Delivery.id)))
+
+
+class Wrapped:
+    """A mailer that calls ``hook(n, recipient, before_data)`` before each send (fault injection)."""
+
+    def __init__(self, inner: Any, hook: Any) -> None:
+        self.inner, self.hook, self.n = inner, hook, 0
+
+    def send(self, envelope_from: str, recipient: str, message: bytes, **kw: Any) -> SmtpOutcome:
+        self.n += 1
+        kw["before_data"] = self.hook(self.n, recipient, kw.get("before_data"))
+        return self.inner.send(envelope_from, recipient, message, **kw)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_claim_lost_before_smtp_is_released_not_unknown(srt: Runtime, server: ScriptServer) -> None:
+    seed(srt, ["a@example.org", "b@example.org", "c@example.org"])
+    send_id = start_send(srt)
+    first = ids(srt, send_id)[0]
+    now = srt.clock.now()
+    with srt.session() as session:  # a worker claimed a delivery, then died before any SMTP
+        assert _claim(session, send_id, first, now, 600) == 1
+        sweep = expire_leases(session, now + timedelta(seconds=601))
+    assert (sweep.released, sweep.unknown) == (1, 0)
+    report = run_batch(srt, send_id)
+    assert report.counts == {"sent": 3}
+    assert dict(server.handler.accepted) == {"a@example.org": 1, "b@example.org": 1, "c@example.org": 1}
+    with srt.session() as session:
+        assert session.get(Send, send_id).status == "finished"
+        assert session.get(Delivery, first).attempts == 2
+
+
+def test_claim_lost_during_data_is_unknown_and_retry_unknown_resends_same_message_id(
+    srt: Runtime, server: ScriptServer
+) -> None:
+    seed(srt, ["a@example.org", "b@example.org"])
+    send_id = start_send(srt)
+    first = ids(srt, send_id)[0]
+    now = srt.clock.now()
+    with srt.session() as session:  # died after the fence, before the outcome was written
+        assert _claim(session, send_id, first, now, 600) == 1
+        assert _submit(session, first, 1, now, 600)
+        assert not _submit(session, first, 1, now, 600)  # a fence passes once
+        sweep = expire_leases(session, now + timedelta(seconds=601))
+    assert (sweep.released, sweep.unknown) == (0, 1)
+    run_batch(srt, send_id)
+    with srt.session() as session:
+        assert delivery_counts(session, send_id) == {"sent": 1, "unknown": 1}
+        assert session.get(Send, send_id).status == "finished"  # unknown is an end state
+        assert retry_unknown(session, send_id, srt.clock.now()) == 1
+        assert session.get(Send, send_id).status == "sending"
+    run_batch(srt, send_id)
+    message = email.message_from_bytes(server.handler.messages["a@example.org"][0])
+    assert message["Message-ID"].startswith(f"<d{first}.2024-W28@")
+    assert dict(server.handler.accepted) == {"a@example.org": 1, "b@example.org": 1}
+    assert states(srt, send_id) == {"a@example.org": "sent", "b@example.org": "sent"}
+
+
+def test_a_slow_worker_whose_claim_was_taken_back_sends_nothing(srt: Runtime, server: ScriptServer) -> None:
+    seed(srt, ["slow@example.org"])
+    send_id = start_send(srt)
+
+    def reconciler_runs_first(n: int, recipient: str, fence: Any) -> Any:
+        def late_fence() -> bool:
+            with srt.session() as other:
+                expire_leases(other, srt.clock.now() + timedelta(hours=1))
+            return bool(fence())
+
+        return late_fence
+
+    report = run_batch(srt, send_id, mailer=Wrapped(srt.mailer, reconciler_runs_first))
+    assert report.counts == {}
+    assert server.handler.accepted["slow@example.org"] == 0
+    assert states(srt, send_id) == {"slow@example.org": "queued"}
+    run_batch(srt, send_id)
+    assert server.handler.accepted["slow@example.org"] == 1
+
+
+@pytest.mark.parametrize("target", ["paused", "cancelled"])
+def test_pause_and_cancel_stop_a_running_batch(srt: Runtime, server: ScriptServer, target: str) -> None:
+    seed(srt, [f"r{n:02d}@example.org" for n in range(10)])
+    send_id = start_send(srt)
+
+    def stop_after_three(n: int, recipient: str, fence: Any) -> Any:
+        if n == 3:
+            with srt.session() as other:
+                set_status(other, send_id, target, srt.clock.now())
+        return fence
+
+    report = run_batch(srt, send_id, mailer=Wrapped(srt.mailer, stop_after_three))
+    assert (report.stopped, report.counts) == (target, {"sent": 3})
+    assert sum(server.handler.accepted.values()) == 3
+    if target == "paused":
+        with srt.session() as session:
+            set_status(session, send_id, "sending", srt.clock.now())
+        run_batch(srt, send_id)
+        assert sorted(server.handler.accepted.values()) == [1] * 10
+    else:
+        assert run_batch(srt, send_id).stopped == "cancelled"
+        with srt.session() as session:
+            assert delivery_counts(session, send_id) == {"sent": 3, "queued": 7}
+
+
+def test_replies_become_ledger_states_and_feedback(srt: Runtime, server: ScriptServer) -> None:
+    server.handler.script.update(
+        {
+            "grey@example.com": ["RCPT 451 4.7.1 Greylisted", "RCPT 250 2.1.5 Ok"],
+            "gone@example.com": ["RCPT 550 5.1.1 <gone@example.com>: no such user"],
+            "full@example.com": ["RCPT 452 4.2.2 Mailbox full"],
+        }
+    )
+    seed(srt, ["grey@example.com", "gone@example.com", "full@example.com", "fine@example.com"])
+    send_id = start_send(srt)
+    throttle = LocalThrottle(domain_rates={"example.com": 100.0})
+    started = srt.clock.now()
+    report = run_batch(srt, send_id, throttle=throttle)
+    assert report.counts == {"deferred": 2, "failed": 1, "sent": 1}
+    # the first retry comes 1 s (+ up to 25 % jitter) after the reply, minus the rest of the batch
+    assert report.retry_after is not None and 0.3 <= report.retry_after <= 1.25
+    assert throttle.domain_rates["example.com"] == 50.0  # halved after the 451
+    with srt.session() as session:
+        deferred = session.scalars(select(Delivery).where(Delivery.state == "deferred")).all()
+        assert all(d.next_attempt_at >= started + timedelta(seconds=1) for d in deferred)
+        event = session.scalars(select(FeedbackEvent)).one()
+        assert (event.kind, event.status_code, event.source) == ("hard_bounce", "5.1.1", "smtp")
+        assert session.scalar(select(func.count()).select_from(Suppression)) == 1
+    time.sleep(1.4)
+    run_batch(srt, send_id)
+    assert states(srt, send_id) == {
+        "grey@example.com": "sent", "gone@example.com": "failed",
+        "full@example.com": "deferred", "fine@example.com": "sent",
+    }
+    assert dict(server.handler.accepted) == {"grey@example.com": 1, "fine@example.com": 1}
+
+
+def test_deferred_past_max_age_expires(srt: Runtime, server: ScriptServer) -> None:
+    server.handler.script["busy@example.com"] = ["RCPT 421 4.7.0 Try again later"]
+    seed(srt, ["busy@example.com"])
+    send_id = start_send(srt)
+    policy = dataclasses.replace(srt.policy, max_age_seconds=0.5)
+    assert run_batch(srt, send_id, policy=policy).counts == {"deferred": 1}
+    time.sleep(1.3)
+    assert run_batch(srt, send_id, policy=policy).counts == {"expired": 1}
+    with srt.session() as session:
+        assert session.get(Send, send_id).status == "finished"
+        assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0  # not a bounce
+
+
+def test_relay_without_smtputf8_fails_that_delivery_only(settings: Settings) -> None:
+    with ScriptServer(smtputf8=False) as server:
+        runtime = Runtime(dataclasses.replace(settings, smtp_url=server.url()))
+        seed(runtime, ["читатель@пример.рф", "ascii@example.org"])
+        send_id = start_send(runtime)
+        assert run_batch(runtime, send_id).counts == {"failed": 1, "sent": 1}
+        with runtime.session() as session:
+            failed = session.scalars(select(Delivery).where(Delivery.state == "failed")).one()
+            assert failed.reply_code == 553 and "SMTPUTF8" in (failed.reply_text or "")
+            assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0
+        assert dict(server.handler.accepted) == {"ascii@example.org": 1}
+
+
+def test_planning_is_keyset_paged_and_planning_twice_is_a_no_op(srt: Runtime) -> None:
+    postgres = srt.settings.database_url.startswith("postgresql")
+    count = 20_000 if postgres else 3_000
+    newsletter_id = seed(srt, [f"s{n:05d}@example.org" for n in range(count)])
+    seed_extra = [f"p{n}@example.org" for n in range(5)]
+    seed(srt, seed_extra, status="pending")
+    started = time.perf_counter()
+    send_id = start_send(srt, batch_size=100)
+    planned = time.perf_counter() - started
+    with srt.session() as session:
+        send = session.get(Send, send_id)
+        assert send.planned_count == count
+        again = plan_deliveries(
+            session, send, newsletter_id=newsletter_id, languages=("en",), default_language="en", page_size=700
+        )
+        assert again == count
+        assert session.scalar(select(func.count()).select_from(Delivery)) == count
+        batches = pending_batches(session, send_id, 100, srt.clock.now())
+    assert len(batches) == count // 100
+    assert all(last - first == 99 for first, last in batches)
+    assert planned < 20  # seconds; measured about 1 s for 20,000 on PostgreSQL
+
+
+def test_reconcile_enqueues_only_due_and_stalled_batches(srt: Runtime) -> None:
+    seed(srt, [f"r{n:02d}@example.org" for n in range(30)])
+    send_id = start_send(srt, batch_size=10)
+    broker.flush_all()
+    assert actors.reconcile(srt) == 3  # nothing alive: every due batch
+    assert actors.reconcile(srt) == 0  # their messages are alive now
+    with srt.session() as session:
+        (a, _), (b, b_last), _ = pending_batches(session, send_id, 10, srt.clock.now())
+        later = srt.clock.now() + timedelta(hours=1)
+        session.execute(
+            Delivery.__table__.update()
+            .where(Delivery.send_id == send_id, Delivery.id <= a + 9)
+            .values(state="deferred", next_attempt_at=later)
+        )
+        session.commit()
+    actors.hints().forget(batch_name(send_id, a, a + 9))  # deferred an hour: not due
+    actors.hints().forget(batch_name(send_id, b, b_last))  # its message was lost
+    assert actors.reconcile(srt) == 1
+    broker.flush_all()

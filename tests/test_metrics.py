@@ -1,0 +1,135 @@
+"""Prometheus metrics: a real send counted on ``/metrics``, multiprocess aggregation, readiness."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.operator_scenario import run_send
+from worker.outbox import OutboxServer
+from worker.runtime import Runtime
+from worker.web import create_app
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    out: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_a_real_send_is_counted_on_metrics(rt: Runtime, smtp: OutboxServer, stub_worker: Any) -> None:
+    app = create_app(rt)
+    client = TestClient(app)
+    before = scrape(client)
+
+    scenario = run_send(rt, smtp, stub_worker, app)
+    one_click = scenario.unsubscribe_paths["anna@example.org"]
+    response = client.post(
+        one_click,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    after = scrape(client)
+
+    d = lambda name, **labels: delta(before, after, name, **labels)  # noqa: E731
+    assert d("newsletter_signups_total", outcome="pending") == 6
+    assert d("newsletter_signups_total", outcome="refused") == 1
+    assert d("newsletter_signup_refusals_total", reason="invalid_address") == 1
+    assert d("newsletter_confirmation_mails_total", result="sent") == 6
+    assert d("newsletter_confirmations_total") == 5
+    # five confirmed readers: four accepted by the relay, one refused with 550 5.1.1
+    assert d("newsletter_deliveries_total", state="sent") == 4
+    assert d("newsletter_deliveries_total", state="failed") == 1
+    assert d("newsletter_smtp_replies_total", reply_class="2xx") == 6 + 4
+    assert d("newsletter_smtp_replies_total", reply_class="5xx") == 1
+    assert d("newsletter_smtp_transaction_duration_seconds_count") == 11
+    assert d("newsletter_feedback_events_total", kind="hard_bounce", source="smtp") == 1
+    assert d("newsletter_feedback_events_total", kind="unsubscribe", source="one_click") == 1
+    assert d("newsletter_suppressions_total", reason="hard_bounce") == 1
+    assert d("newsletter_rendition_render_duration_seconds_count") == 3  # en, be, ru
+    # the ledger gauges: the send is finished, so no active send remains
+    assert after[("newsletter_active_sends", ())] == 0
+    text = client.get("/metrics").text
+    assert "@" not in text  # never an address in a label
+
+
+def test_metric_names_and_labels_follow_prometheus_conventions(rt: Runtime) -> None:
+    from worker import metrics
+
+    for metric in (metrics.SIGNUPS, metrics.CONFIRMATIONS, metrics.DELIVERIES, metrics.SMTP_REPLIES,
+                   metrics.FEEDBACK_EVENTS, metrics.SUPPRESSIONS, metrics.CONFIRMATION_MAILS,
+                   metrics.SIGNUP_REFUSALS):  # fmt: skip
+        (family,) = metric.describe()
+        assert family.type == "counter" and family.name.startswith("newsletter_")
+        assert not set(metric._labelnames) & {"email", "address", "recipient", "domain", "send_id"}
+    for histogram in (metrics.SMTP_DURATION, metrics.RENDER_DURATION):
+        (family,) = histogram.describe()
+        assert family.name.endswith("_seconds")
+
+
+INCREMENT = """
+from worker import metrics
+from worker.ports import SmtpOutcome
+metrics.delivery_recorded("sent")
+metrics.delivery_recorded("sent")
+metrics.SMTP_REPLIES.labels(reply_class="2xx").inc()
+"""
+
+
+def test_metrics_of_several_processes_are_summed(tmp_path: Path, rt: Runtime, monkeypatch: Any) -> None:
+    # Given two worker processes that counted into the same multiprocess directory
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", INCREMENT], env=env, check=True, timeout=60)
+    assert len(list(directory.glob("counter_*.db"))) == 2
+    # When the web app serves /metrics with the same directory
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    samples = scrape(TestClient(create_app(rt)))
+    # Then it shows their sum
+    assert samples[("newsletter_deliveries_total", (("state", "sent"),))] == 4
+    assert samples[("newsletter_smtp_replies_total", (("reply_class", "2xx"),))] == 2
+
+
+def test_readiness_checks_database_and_redis(rt: Runtime) -> None:
+    ready = TestClient(create_app(rt)).get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"database": "ok", "redis": "ok"}
+    assert TestClient(create_app(rt)).get("/healthz").status_code == 200
+
+    broken = Runtime(replace(rt.settings, redis_url="redis://127.0.0.1:1/0"))
+    not_ready = TestClient(create_app(broken)).get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["database"] == "ok"
+    assert not_ready.json()["redis"].startswith("error: ")
+
+
+@pytest.mark.parametrize("outcome,expected", [((250, "ok", False), "2xx"), ((451, "x", False), "4xx"),
+                                              ((0, "lost", True), "uncertain"), ((0, "refused", False), "none")])  # fmt: skip
+def test_reply_class(outcome: tuple[int, str, bool], expected: str) -> None:
+    from worker.metrics import reply_class
+    from worker.ports import SmtpOutcome
+
+    assert reply_class(SmtpOutcome(*outcome)) == expected

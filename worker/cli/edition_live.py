@@ -1,0 +1,90 @@
+"""``newsletter edition load`` and ``edition test-send``: the edition commands that need the
+database or the SMTP relay (added to the ``edition`` group of ``worker.cli.edition``)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import click
+
+from worker.editions import EditionInvalid
+from worker.settings import Settings
+
+_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _read_checked(path: Path):  # type: ignore[no-untyped-def]
+    """The edition in ``path``, rendered once to surface template errors before anything is stored."""
+    from worker.cli.edition import render_source
+    from worker.editions import read_edition
+
+    try:
+        source = read_edition(path)
+        renditions = render_source(source, Settings.from_env().public_url)
+    except EditionInvalid as error:
+        for problem in error.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(error.problems)} problems in {path}; nothing stored") from None
+    return source, renditions
+
+
+@click.command("load")
+@click.argument("path", type=_FOLDER)
+def load(path: Path) -> None:
+    """Check and store the edition in PATH; loading it again updates it until it is sent."""
+    from worker.newsletters import EditionLocked, save_edition
+    from worker.runtime import Runtime
+
+    source, _ = _read_checked(path)
+    rt = Runtime(Settings.from_env())
+    with rt.session() as session:
+        try:
+            edition = save_edition(session, source, rt.clock.now())
+        except EditionLocked as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"edition {edition.key} stored ({', '.join(sorted(source.contents))})")
+
+
+@click.command("test-send")
+@click.argument("path", type=_FOLDER)
+@click.option("--to", "to", required=True, help="Address that gets the test copy.")
+@click.option("--lang", "language", default=None, help="Language (default: the newsletter's default).")
+def test_send(path: Path, to: str, language: str | None) -> None:
+    """Send one copy of the edition in PATH to --to, exactly as readers would get it."""
+    from datetime import UTC, datetime
+
+    from worker.addresses import AddressError, parse_address
+    from worker.mime import build_template, personalise
+    from worker.rendering import UNSUBSCRIBE_URL
+    from worker.smtp import SmtpMailer
+
+    source, renditions = _read_checked(path)
+    settings = Settings.from_env()
+    language = language or source.newsletter.default_language
+    if language not in renditions:
+        raise click.ClickException(f"no {language} in this edition ({', '.join(sorted(renditions))})")
+    try:
+        address = parse_address(to)
+    except AddressError as error:
+        raise click.ClickException(f"--to: {error.message}") from None
+    rendered = renditions[language]
+    template = build_template(
+        subject=rendered.subject, from_name=source.newsletter.from_name.get(language, ""),
+        from_address=source.newsletter.from_address, reply_to=source.newsletter.reply_to,
+        html=rendered.html, text=rendered.text, language=language,
+        extra_headers={"X-Newsletter-Edition": source.key},
+    )
+    unsubscribe = f"{settings.public_url.rstrip('/')}/u/test-copy"
+    message = personalise(
+        template, to=address.ascii_email or address.normalized,
+        message_id=f"<test.{uuid.uuid4().hex}.{source.key}@{settings.sending_domain}>",
+        date=datetime.now(UTC), list_unsubscribe=[unsubscribe], substitutions={UNSUBSCRIBE_URL: unsubscribe},
+    )
+    mailer = SmtpMailer(settings.smtp_url, timeout=settings.smtp_timeout_seconds)
+    outcome = mailer.send(f"bounces@{settings.bounce_domain}", address.ascii_email or address.normalized,
+                          message, smtputf8=address.ascii_email is None)
+    mailer.close()
+    if not outcome.accepted:
+        raise click.ClickException(f"the relay refused the test copy: {outcome.code} {outcome.text}")
+    click.echo(f"test copy ({language}) sent to {to}: {outcome.code} {outcome.text}")
