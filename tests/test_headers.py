@@ -15,6 +15,8 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from mjml import mjml2html
 
 from tests.conftest import CASES
@@ -225,6 +227,29 @@ DISPLAY_NAMES_OF_THE_SAME_KIND = [
 @pytest.mark.parametrize("name", DISPLAY_NAMES_OF_THE_SAME_KIND, ids=str)
 def test_any_display_name_is_one_mailbox(name: str) -> None:
     assert_one_mailbox(build(from_name=name), name, "news@news.example.org")
+
+
+CHARACTERS = list("abcXYZ019 ,.;:\"'()<>@\\=?_-ўіёЁщЪ€📰\t«»")  # specials, Cyrillic, astral
+HEADER_TEXT = st.text(st.sampled_from(CHARACTERS), min_size=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(HEADER_TEXT.filter(lambda s: len(s) <= 200))
+def test_property_any_subject_round_trips(subject: str) -> None:
+    data = build(subject=subject)
+    lines = raw_fields(data)["subject"]
+    assert parse(data)["Subject"] == subject
+    assert max(len(line.encode()) for line in lines) <= 78
+    assert_encoded_words_well_formed(lines)
+
+
+@settings(max_examples=200, deadline=None)
+@given(HEADER_TEXT.filter(lambda s: len(s) <= 40))
+def test_property_any_display_name_is_one_mailbox(name: str) -> None:
+    assume(name.strip())
+    (address,) = parse(build(from_name=name))["From"].addresses
+    assert address.display_name == " ".join(name.split())  # whitespace runs become one space
+    assert address.addr_spec == "news@news.example.org"
 
 
 def test_list_id_with_comma_and_cyrillic_description() -> None:

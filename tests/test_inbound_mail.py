@@ -287,6 +287,21 @@ def test_mailto_unsubscribe_carries_the_token() -> None:
     assert report.source == "mailto"
 
 
+def test_mailto_unsubscribe_marked_auto_submitted_still_counts() -> None:
+    raw = (SAMPLES / "mailto_unsubscribe.eml").read_bytes()
+    raw = raw.replace(
+        b"Subject: unsubscribe\n", b"Subject: unsubscribe\nAuto-Submitted: auto-generated\n"
+    )
+    [report] = parse_inbound(raw)
+    assert (report.kind, report.unsubscribe_token) == (FeedbackKind.UNSUBSCRIBE, "tU2iO5pA8sDf")
+
+
+def test_unsubscribe_prefix_is_configurable() -> None:
+    raw = (SAMPLES / "mailto_unsubscribe.eml").read_bytes().replace(b"unsubscribe+", b"leave+")
+    [report] = parse_inbound(raw, unsubscribe_prefix="leave")
+    assert report.unsubscribe_token == "tU2iO5pA8sDf"
+
+
 def test_vendor_autoreply_header_beats_everything_else() -> None:
     [report] = _sample("yandex_autoreply_headers.eml")
     assert (report.kind, report.classification.reason) == (

@@ -68,7 +68,8 @@ INVALID: list[tuple[Any, str]] = [
      "unsupported_language"),
     ({"version": 1, "event_id": "bad-3", "language": "en"}, "malformed"),  # no email
     ({"version": 1, "event_id": "bad-4", "email": 42, "language": "en"}, "malformed"),
-    ({"version": 1, "event_id": "bad-5", "email": "y@example.org", "language": ["en"]}, "malformed"),
+    ({"version": 1, "event_id": "bad-5", "email": "y@example.org", "language": ["en"]},
+     "malformed"),
     ("not an object", "malformed"),
     ([1, 2, 3], "malformed"),
 ]
@@ -285,6 +286,8 @@ def test_signup_confirm_send_through_redis_and_worker_processes(
     wait("the late signup's confirmation", lambda: "late@example.org" in confirmation_links(smtp))
     wait("queues to drain", website.idle)
     with runtime.session() as session:
-        late = session.scalars(select(Subscriber).where(Subscriber.email == "late@example.org")).one()
+        late = session.scalars(
+            select(Subscriber).where(Subscriber.email == "late@example.org")
+        ).one()
         assert (late.status, late.language) == ("pending", "ru")
     assert len(smtp.handler.received) == 1  # handled once: the raw message was acknowledged

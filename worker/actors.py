@@ -72,14 +72,12 @@ def handle_signup(event: Any) -> None:
         send_confirmation.send(outcome.subscriber_id)
 
 
-_limiters: dict[int, SignupLimiter] = {}
-
-
 def _limiter(rt: Runtime) -> SignupLimiter:
-    """The abuse limiter of ``rt`` (one Redis connection pool per runtime)."""
-    limiter = _limiters.get(id(rt))
+    """The abuse limiter of ``rt``, kept on it (one Redis connection pool per runtime)."""
+    limiter: SignupLimiter | None = getattr(rt, "_signup_limiter", None)
     if limiter is None:
-        limiter = _limiters[id(rt)] = signup_limiter(rt.settings)
+        limiter = signup_limiter(rt.settings)
+        setattr(rt, "_signup_limiter", limiter)  # noqa: B010  (Runtime is not ours to extend)
     return limiter
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from worker.dkim import DkimSigner
 from worker.editions import NewsletterProfile
 from worker.mime import MessageTemplate, build_template, personalise
 from worker.models import Subscriber
@@ -58,8 +59,10 @@ class Composer:
         slug: str,
         verp_key: str,
         clock: Clock,
+        signer: DkimSigner | None = None,
     ) -> None:
         self.profile = profile
+        self.signer = signer  # None when the relay signs
         self.tokens = tokens
         self.links = links
         self.edition_key = edition_key
@@ -94,8 +97,9 @@ class Composer:
     def compose(
         self, delivery_id: int, subscriber: Subscriber, language: str, now: datetime | None = None
     ) -> tuple[str, bytes]:
-        """(envelope sender, message bytes) for one delivery. Raises ``KeyError`` for a language
-        the send has no rendition for (the planner never assigns one)."""
+        """(envelope sender, message bytes) for one delivery, DKIM-signed when a signer is set.
+        Raises ``KeyError`` for a language the send has no rendition for (the planner never
+        assigns one)."""
         template = self.templates[language]
         token = unsubscribe_token(self.tokens, subscriber.id)
         unsubscribe_url = self.links.unsubscribe_url(token)
@@ -108,5 +112,8 @@ class Composer:
             substitutions={UNSUBSCRIBE_URL: unsubscribe_url},
             headers={"X-Newsletter-Delivery": str(delivery_id)},
         )
-        envelope_from = verp_address(delivery_id, key=self.verp_key, domain=self.links.bounce_domain)
+        if self.signer is not None:
+            message = self.signer.sign(message)
+        bounce_domain = self.links.bounce_domain
+        envelope_from = verp_address(delivery_id, key=self.verp_key, domain=bounce_domain)
         return envelope_from, message

@@ -288,18 +288,20 @@ def _send_rows(
 
 
 def _reserve(ctx: BatchContext, domain: str) -> float | None:
-    """Take a send slot for ``domain``, sleeping up to ``max_throttle_wait`` in all; None when
-    taken (and its time has come), else the seconds after which to try again."""
-    deadline = time.monotonic() + ctx.policy.max_throttle_wait
+    """Take a send slot for ``domain`` at most ``max_throttle_wait`` ahead and sleep until it;
+    while the slot is further away, wait (up to ``max_throttle_wait`` in all) for it to come in
+    reach. Returns None once the slot has come, else the seconds after which to try again."""
+    horizon = ctx.policy.max_throttle_wait
+    deadline = time.monotonic() + horizon
     while True:
-        left = deadline - time.monotonic()
-        reservation = ctx.throttle.reserve(domain, max(left, 0.0))
+        reservation = ctx.throttle.reserve(domain, horizon)
         if reservation.granted:
             ctx.sleep(reservation.wait)
             return None
-        if reservation.wait > left:
-            return reservation.wait
-        ctx.sleep(reservation.wait)
+        in_reach = reservation.wait - horizon  # seconds until the slot is within the horizon
+        if in_reach > deadline - time.monotonic():
+            return max(in_reach, 0.01)
+        ctx.sleep(max(in_reach, 0.005))
 
 
 def _deliver(

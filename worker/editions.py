@@ -285,7 +285,7 @@ class _Checker:
             self.problem(path, f"expected a mapping of keys, got {_kind(value)}")
             return None
         for key in required:
-            if key not in value:
+            if value.get(key) is None:  # absent, or present with no value (`subject:`)
                 child = f"{path}.{key}" if path else key
                 self.problem(child, f"missing field '{key}'", self.located.line(path))
         known = set(required) | set(optional)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 
 CRLF = "\r\n"
 
@@ -122,10 +122,15 @@ def _phrase(display_name: str) -> str:
     whitespace between adjacent encoded-words in a phrase, RFC 2047 §6.2 decoders drop it, so a
     split name cannot read the same in both.
     """
-    if display_name.isascii() and "=?" not in display_name and display_name == display_name.strip():
-        quoted = formataddr((display_name, "x@x"))  # quotes and escapes only when needed
-        return quoted[: quoted.rindex(" <")]
-    return _encode_word(display_name)
+    if not display_name.isascii() or "=?" in display_name:
+        return _encode_word(display_name)
+    if _ATOMS.fullmatch(display_name):
+        return display_name
+    # a quoted-string keeps specials and runs of spaces, which between atoms fold to one
+    return '"' + display_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_ATOMS = re.compile(r"[\w!#$%&'*+/=?^`{|}~-]+( [\w!#$%&'*+/=?^`{|}~-]+)*", re.ASCII)
 
 
 def _with_addr(header_name: str, phrase: str, angle_addr: str) -> str:
@@ -141,13 +146,16 @@ def format_mailbox(display_name: str, addr_spec: str, header_name: str = "From")
     parses back as exactly one address with the same display name (RFC 5322 §3.4).
 
     A display name with a comma (``Example News, Inc.``) is quoted (RFC 5322 §3.2.4); a non-ASCII
-    one becomes RFC 2047 encoded-words. Raises ``HeaderInjection`` for control characters, or an
+    one becomes one RFC 2047 encoded-word. Runs of whitespace in it become one space and a blank
+    name none (readers do the same). Raises ``HeaderInjection`` for control characters, or an
     address with whitespace, ``<``, ``>`` or ``,``.
     """
     _check_value("display name", display_name)
     _check_value("address", addr_spec)
     if not addr_spec or any(ch in addr_spec for ch in " <>,\t"):
         raise HeaderInjection(f"not a single address: {addr_spec!r}")
+    # readers collapse whitespace in a phrase (CPython's even inside an encoded-word): say so
+    display_name = " ".join(display_name.split())
     if not display_name:
         return addr_spec
     return _with_addr(header_name, _phrase(display_name), f"<{addr_spec}>")

@@ -282,6 +282,13 @@ class FeedbackEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime]
     recorded_at: Mapped[datetime]
+    inbound_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_message.id", ondelete="SET NULL"), index=True
+    )
+    # What the policy did (suppressed, unsubscribed_and_suppressed, soft_counted, policy_alerted, none, …)
+    effect: Mapped[str | None] = mapped_column(String(32))
+    # How the delivery was found: verp, provider, message_id, delivery_header, recipient, none
+    attribution: Mapped[str | None] = mapped_column(String(16))
 
 
 class Suppression(Base):
@@ -316,6 +323,7 @@ class InboundMessage(Base):
     source: Mapped[str] = mapped_column(String(32))  # smtp, imap
     envelope_from: Mapped[str | None] = mapped_column(String(320))
     envelope_to: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the raw bytes
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from worker.composer import Composer, Links
 from worker.db import session_scope
 from worker.dispatch import SendPolicy
+from worker.dkim import DkimSigner
 from worker.metrics import MeteredMailer
 from worker.models import Edition, Newsletter, Send
 from worker.newsletters import get_newsletter, profile_of
@@ -87,6 +88,15 @@ class Runtime:
         return mailer
 
     @cached_property
+    def dkim_signer(self) -> DkimSigner | None:
+        """In-app DKIM signing when ``dkim_private_key_path`` is set (else the relay signs)."""
+        s = self.settings
+        if not s.dkim_private_key_path:
+            return None
+        domain = s.dkim_domain or s.sending_domain
+        return DkimSigner.from_file(s.dkim_private_key_path, domain=domain, selector=s.dkim_selector)
+
+    @cached_property
     def policy(self) -> SendPolicy:
         s = self.settings
         return SendPolicy(
@@ -121,6 +131,7 @@ class Runtime:
                 slug=newsletter.slug,
                 verp_key=self.settings.secret_key,
                 clock=self.clock,
+                signer=self.dkim_signer,
             )
             self._composers[send_id] = composer
         return composer

@@ -84,6 +84,13 @@ class Settings:
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_private_key_path: str = field(default="", repr=False)
+    soft_bounce_limit: int = 3
+    soft_bounce_window_days: int = 30
+    inbound_max_bytes: int = 25 * 1024 * 1024
+    ses_topic_arns: str = ""
+    postmark_webhook_credentials: str = field(default="", repr=False)
+    sendgrid_verification_key: str = field(default="", repr=False)
+    mailgun_signing_key: str = field(default="", repr=False)
     queue_namespace: str = "dramatiq"
     log_json: bool = False
     operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access

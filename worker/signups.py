@@ -30,6 +30,8 @@ from pydantic import (
     field_validator,
 )
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker.abuse import SignupLimiter
@@ -336,8 +338,7 @@ def sign_up(
         )
     )
     if subscriber is None:
-        subscriber = _new_subscriber(newsletter_id, address, event.language, now)
-        session.add(subscriber)
+        subscriber = _insert_subscriber(session, newsletter_id, address, event.language, now)
     if subscriber.status == SubscriberStatus.SUPPRESSED:
         return SignupOutcome(subscriber.id, False, "suppressed")
     subscriber.language = event.language  # a new signup changes the language
@@ -351,6 +352,27 @@ def sign_up(
         subscriber.confirm_nonce = secrets.token_urlsafe(9)
     session.flush()
     return SignupOutcome(subscriber.id, True, "pending")
+
+
+def _insert_subscriber(
+    session: Session, newsletter_id: int, address: Address, language: str, now: datetime
+) -> Subscriber:
+    """Insert the subscriber unless a concurrent signup of the same address just did; either
+    way return the row. ON CONFLICT DO NOTHING instead of catching IntegrityError: no
+    rollback, no retried message, and the abuse limits are asked once per event."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = _new_subscriber(newsletter_id, address, language, now)
+    columns = {c.key: getattr(values, c.key) for c in Subscriber.__table__.columns if c.key != "id"}
+    session.execute(
+        insert(Subscriber)
+        .values(**columns)
+        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
+    )
+    return session.scalars(
+        select(Subscriber).where(
+            Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
+        )
+    ).one()
 
 
 def _new_subscriber(

@@ -1,12 +1,20 @@
 """Sending limits shared by every worker process: one atomic Redis script per message.
 
 dramatiq's bucket and window limiters were measured letting 175–180 messages through in a sliding
-second for a limit of 100. Here a Lua script reserves the next free send slot instead: it reads the
-server's clock (``TIME``), takes the later of "now" and the next free time of the global and the
-recipient domain's schedules, and moves both schedules one interval past that slot. Slots are
-therefore spaced exactly ``1/rate`` apart across all processes and machines. When the domain is
-the bottleneck nothing is reserved and the caller is told when to ask again: holding a global slot
-far ahead would stall every other domain behind it.
+second for a limit of 100. Here one Lua script reserves a send
+slot instead, reading the server's clock (``TIME``):
+
+- the global rate is a calendar of slots ``1/rate`` apart (a sorted set of booked slot numbers):
+  a message takes the first free slot not earlier than its domain allows, so booking a far slot
+  for a slow domain never blocks an earlier free slot for another domain;
+- each recipient domain keeps the time of its next free slot, moved ``1/rate`` past the slot just
+  granted, so its messages are spaced exactly ``1/rate`` apart in sending time;
+- nothing is booked beyond ``max_wait`` seconds: the caller is told how far the slot is and comes
+  back later (a batch re-enqueues itself).
+
+All processes on all machines share the same calendar, so any one-second window holds at most
+``rate`` (+1 at the edge) messages. A rate change starts a new calendar at once (the old one's
+bookings, at most ``max_wait`` ahead, still go out).
 
 Rates live in the Redis hash ``<prefix>:rates`` (fields ``global``, ``domain:<name>`` in messages
 per second, 0 = unlimited, and ``connections``) so that ``newsletter throttle set`` changes a
@@ -32,10 +40,9 @@ from worker.ports import Reservation
 
 _RESERVE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rates = KEYS[1]
-local grate = tonumber(redis.call('HGET', rates, 'global') or ARGV[1])
-local drate = tonumber(redis.call('HGET', rates, 'domain:' .. ARGV[3]) or ARGV[2])
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local grate = tonumber(redis.call('HGET', KEYS[1], 'global') or ARGV[1])
+local drate = tonumber(redis.call('HGET', KEYS[1], 'domain:' .. ARGV[3]) or ARGV[2])
 local pen = redis.call('HMGET', KEYS[4], 'factor', 'since')
 local factor = tonumber(pen[1] or '1')
 if factor > 1 then
@@ -46,30 +53,37 @@ if factor > 1 then
 end
 local maxwait = tonumber(ARGV[4])
 local slot = now
-if grate > 0 then
-  local g = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if g > slot then slot = g end
-end
 if drate > 0 then
-  local d = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if d > slot then
-    -- the domain is the bottleneck: reserve nothing (holding a far global slot would stall
-    -- every other domain); the caller asks again when the domain is free
-    return {0, math.ceil(d - now)}
-  end
+  slot = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
 end
 if slot - now > maxwait then
   return {0, math.ceil(slot - now)}
 end
 if grate > 0 then
-  local nxt = slot + 1000 / grate
-  redis.call('SET', KEYS[2], tostring(nxt), 'PX', math.floor(nxt - now) + 60000)
+  -- the global calendar: slot k is at k * interval; take the first free one not before the
+  -- domain allows. Booking ahead never blocks an earlier free slot of another domain.
+  local gi = 1000 / grate
+  local cal = KEYS[2] .. ':' .. tostring(grate)
+  local k = math.ceil(slot / gi)
+  local kmax = math.floor((now + maxwait) / gi)
+  local taken = redis.call('ZRANGEBYSCORE', cal, k, kmax + 1)
+  for _, member in ipairs(taken) do
+    local v = tonumber(member)
+    if v == k then k = k + 1 elseif v > k then break end
+  end
+  if k > kmax then
+    return {0, math.ceil(k * gi - now)}
+  end
+  redis.call('ZADD', cal, k, string.format('%d', k))
+  redis.call('ZREMRANGEBYSCORE', cal, '-inf', math.floor(now / gi) - 2)
+  redis.call('PEXPIRE', cal, math.floor(maxwait) + 60000)
+  slot = k * gi
 end
 if drate > 0 then
   local nxt = slot + 1000 / drate
-  redis.call('SET', KEYS[3], tostring(nxt), 'PX', math.floor(nxt - now) + 60000)
+  redis.call('SET', KEYS[3], string.format('%.3f', nxt), 'PX', math.floor(nxt - now) + 60000)
 end
-return {1, math.floor(slot - now + 0.5)}
+return {1, math.floor(slot - now + 0.5), string.format('%.3f', slot)}
 """
 
 _SLOW_DOWN = """
@@ -128,6 +142,7 @@ class RedisThrottle:
         self._reserve = client.register_script(_RESERVE)
         self._slow_down = client.register_script(_SLOW_DOWN)
         self._acquire = client.register_script(_ACQUIRE)
+        self.last_slot: float | None = None  # Unix time of the last slot granted (benchmarks)
 
     def reserve(self, domain: str, max_wait: float) -> Reservation:
         """See ``worker.ports.Throttle.reserve``. Raises ``redis.RedisError`` if Redis is down."""
@@ -145,8 +160,9 @@ class RedisThrottle:
             int(max_wait * 1000),
             self.recover_ms,
         ]
-        granted, wait_ms = self._reserve(keys=keys, args=args)
-        return Reservation(granted=bool(granted), wait=int(wait_ms) / 1000.0)
+        reply = self._reserve(keys=keys, args=args)
+        self.last_slot = float(reply[2]) / 1000.0 if len(reply) > 2 else None
+        return Reservation(granted=bool(reply[0]), wait=int(reply[1]) / 1000.0)
 
     def slow_down(self, domain: str) -> None:
         """Halve ``domain``'s rate (again on each call, down to 1/16); it recovers step by step."""
@@ -210,17 +226,17 @@ class LocalThrottle:
             ("domain:" + domain, self.domain_rates.get(domain, 0.0)),
         ]
         with self._lock:
-            slot = max(now, self._next.get("global", 0.0) if self.global_rate > 0 else now)
-            domain_free = self._next.get(plan[1][0], 0.0) if plan[1][1] > 0 else now
-            if (
-                domain_free > slot
-            ):  # the domain is the bottleneck: ask again then (see RedisThrottle)
-                return Reservation(False, domain_free - now)
+            slot = max(now, self._next.get("global", 0.0)) if self.global_rate > 0 else now
+            domain_key, domain_rate = plan[1]
+            free = max(now, self._next.get(domain_key, 0.0)) if domain_rate > 0 else now
+            if free > slot:  # the domain is the bottleneck: ask again then (see RedisThrottle)
+                return Reservation(False, free - now)
             if slot - now > max_wait:
                 return Reservation(False, slot - now)
-            for key, rate in plan:
-                if rate > 0:
-                    self._next[key] = slot + 1.0 / rate
+            if self.global_rate > 0:
+                self._next["global"] = slot + 1.0 / self.global_rate
+            if domain_rate > 0:
+                self._next[domain_key] = free + 1.0 / domain_rate
         return Reservation(True, slot - now)
 
     def slow_down(self, domain: str) -> None:

@@ -25,12 +25,14 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column("envelope_from", sa.String(length=320), nullable=True),
         sa.Column("envelope_to", sa.Text(), nullable=True),
+        sa.Column("digest", sa.String(length=64), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("truncated", sa.Boolean(), nullable=False),
         sa.Column("parsed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("parse_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("digest"),
     )
     op.create_table(
         "newsletter",
@@ -127,6 +129,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("event_id"),
     )
     with op.batch_alter_table("consent", schema=None) as batch_op:
+        batch_op.create_index("ix_consent_signed_up_at", ["signed_up_at"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_consent_subscriber_id"), ["subscriber_id"], unique=False
         )
@@ -188,7 +191,13 @@ def upgrade() -> None:
         sa.UniqueConstraint("send_id", "subscriber_id", name="uq_delivery_send_subscriber"),
     )
     with op.batch_alter_table("delivery", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_delivery_send_funnel", ["send_id", "language", "domain", "state"], unique=False
+        )
         batch_op.create_index("ix_delivery_send_state", ["send_id", "state"], unique=False)
+        batch_op.create_index(
+            "ix_delivery_send_state_sent_at", ["send_id", "state", "sent_at"], unique=False
+        )
         batch_op.create_index("ix_delivery_state_lease", ["state", "lease_until"], unique=False)
         batch_op.create_index("ix_delivery_subscriber", ["subscriber_id"], unique=False)
 
@@ -224,15 +233,30 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text(), nullable=True),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "inbound_message_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=True,
+        ),
+        sa.Column("effect", sa.String(length=32), nullable=True),
+        sa.Column("attribution", sa.String(length=16), nullable=True),
         sa.ForeignKeyConstraint(["delivery_id"], ["delivery.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["inbound_message_id"], ["inbound_message.id"], ondelete="SET NULL"
+        ),
         sa.ForeignKeyConstraint(["subscriber_id"], ["subscriber.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("source_event_id"),
     )
     with op.batch_alter_table("feedback_event", schema=None) as batch_op:
+        batch_op.create_index("ix_feedback_delivery", ["delivery_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_feedback_event_inbound_message_id"), ["inbound_message_id"], unique=False
+        )
         batch_op.create_index(
             batch_op.f("ix_feedback_event_subscriber_id"), ["subscriber_id"], unique=False
         )
+        batch_op.create_index("ix_feedback_kind_occurred", ["kind", "occurred_at"], unique=False)
         batch_op.create_index(
             "ix_feedback_subscriber_kind", ["subscriber_id", "kind", "occurred_at"], unique=False
         )
@@ -265,14 +289,19 @@ def downgrade() -> None:
     op.drop_table("suppression")
     with op.batch_alter_table("feedback_event", schema=None) as batch_op:
         batch_op.drop_index("ix_feedback_subscriber_kind")
+        batch_op.drop_index("ix_feedback_kind_occurred")
         batch_op.drop_index(batch_op.f("ix_feedback_event_subscriber_id"))
+        batch_op.drop_index(batch_op.f("ix_feedback_event_inbound_message_id"))
+        batch_op.drop_index("ix_feedback_delivery")
 
     op.drop_table("feedback_event")
     op.drop_table("rendition")
     with op.batch_alter_table("delivery", schema=None) as batch_op:
         batch_op.drop_index("ix_delivery_subscriber")
         batch_op.drop_index("ix_delivery_state_lease")
+        batch_op.drop_index("ix_delivery_send_state_sent_at")
         batch_op.drop_index("ix_delivery_send_state")
+        batch_op.drop_index("ix_delivery_send_funnel")
 
     op.drop_table("delivery")
     with op.batch_alter_table("send", schema=None) as batch_op:
@@ -282,6 +311,7 @@ def downgrade() -> None:
     op.drop_table("edition_content")
     with op.batch_alter_table("consent", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_consent_subscriber_id"))
+        batch_op.drop_index("ix_consent_signed_up_at")
 
     op.drop_table("consent")
     with op.batch_alter_table("subscriber", schema=None) as batch_op:

@@ -9,10 +9,11 @@ Readers run in order of authority; the first that recognises the message decides
 1. ARF feedback reports (RFC 5965; complaints, DMARC failure reports),
 2. RFC 3464 DSNs, one report per recipient block,
 3. DMARC aggregate reports (RFC 7489),
-4. auto-replies with vendor headers or subjects ("Автоответ:"),
-5. non-standard bounces (flufl.bounce plus the text next to each address),
-6. anything else with ``Auto-Submitted`` (RFC 3834),
-7. mail to ``unsubscribe+<token>@`` (RFC 2369 mailto unsubscribe),
+4. mail to ``unsubscribe+<token>@`` (RFC 2369 mailto unsubscribe): nothing automatic is ever
+   addressed there, so even a client that marks its unsubscribe mail Auto-Submitted counts,
+5. auto-replies with vendor headers or subjects ("Автоответ:"),
+6. non-standard bounces (flufl.bounce plus the text next to each address),
+7. anything else with ``Auto-Submitted`` (RFC 3834),
 8. otherwise one UNKNOWN report (human mail, spam): recorded, never acted on.
 """
 
@@ -79,10 +80,10 @@ def _readers(unsubscribe_prefix: str) -> tuple[_Reader, ...]:
         abuse_report.read,
         delivery_status.read,
         dmarc_aggregate.read,
+        lambda mail: unsubscribe_request.read(mail, prefix=unsubscribe_prefix),
         auto_reply.read_strong,
         plain_bounce.read,
         auto_reply.read_weak,
-        lambda mail: unsubscribe_request.read(mail, prefix=unsubscribe_prefix),
     )
 
 

@@ -38,6 +38,7 @@ def read(mail: InboundMail) -> list[FeedbackReport]:
         if "@" in address
     ] or [None]
     auth_failure = header_text(fields, "Auth-Failure")
+    verp_hint = first_verp([header_text(fields, "Original-Mail-From")], mail.verp_prefix)
     return [
         mail.report(
             classification,
@@ -45,7 +46,7 @@ def read(mail: InboundMail) -> list[FeedbackReport]:
             recipient=recipient,
             feedback_type=feedback_type,
             diagnostic=f"Auth-Failure: {auth_failure}" if auth_failure else None,
-            verp_hint=first_verp([header_text(fields, "Original-Mail-From")], mail.verp_prefix),
+            verp_hint=verp_hint,
             occurred_at=parse_date(header_text(fields, "Arrival-Date")),
         )
         for recipient in recipients[:MAX_COMPLAINT_RECIPIENTS]

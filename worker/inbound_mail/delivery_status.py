@@ -77,7 +77,7 @@ def _recipient_report(
         status=enhanced_status(status_field) or enhanced_status(diagnostic),
         diagnostic=diagnostic,
         action=action,
-        verp_hint=_verp_hint(mail, fields),
+        verp_hint=None if mail.own_verp or mail.original.verp_local else _verp_hint(mail, fields),
         message_id_hint=header_text(fields, "X-Original-Message-ID"),
         occurred_at=occurred,
     )

@@ -63,8 +63,11 @@ def verp_local(address: str | None, prefix: str) -> str | None:
 
 def first_verp(candidates: Iterable[str | None], prefix: str) -> str | None:
     """The VERP token of the first candidate address (or address header value) that has one."""
+    marker = f"{prefix.lower()}+"
     for candidate in candidates:
-        for address in addresses(candidate) or ([candidate] if candidate else []):
+        if not candidate or marker not in candidate.lower():
+            continue  # cheap test first: address parsing is pure Python and slow
+        for address in addresses(candidate) or [candidate]:
             token = verp_local(address, prefix)
             if token:
                 return token

@@ -2,11 +2,14 @@
 
 Bounce mailboxes receive whatever anyone sends. Every step here has a cap so that a 20 MB
 message, ten thousand nested multiparts or a body in an undeclared charset costs milliseconds and
-never raises: the parse sees at most ``MAX_PARSE_BYTES`` (a DSN's report part comes before the
-returned message, RFC 6522 §3, so the cut never hides what we need), and the input is cut before
-the ``MAX_PART_DELIMITERS``-th boundary line and the ``MAX_CONTAINERS``-th multipart/message
-header, because CPython's feedparser checks every open boundary on every line (quadratic in
-nesting) and recurses once per level.
+never raises. Before parsing, the input is cut to ``MAX_PARSE_BYTES`` (a DSN's report part comes
+before the returned message, RFC 6522 §3, so the cut never hides what we need), its header block
+to ``MAX_HEADER_BYTES`` (every header lookup scans all headers), and it is cut before the
+``MAX_PART_DELIMITERS``-th boundary line, the ``MAX_BLANK_LINES``-th blank line (each one opens
+a header block in a delivery-status part) and the ``MAX_CONTAINERS``-th multipart/message
+header (CPython's feedparser checks every open boundary on every line, quadratic in nesting, and
+recurses once per level). Walking stops after ``MAX_PARTS`` parts; text is decoded from at most
+``MAX_TEXT_BYTES`` a part and header values from at most ``MAX_HEADER_CHARS``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ MAX_PARTS = 200
 MAX_TEXT_BYTES = 64 * 1024
 MAX_ADDRESSES = 50
 
+_BARE_ADDRESS = re.compile(r"^\s*<?([^\s<>@,;:\"()\[\]\\]+@[^\s<>@,;:\"()\[\]\\]+)>?\s*$")
 _DELIMITER = re.compile(rb"\n--")
 _BLANK = re.compile(rb"\r?\n\r?\n")
 _CONTAINER_HEADER = re.compile(
@@ -49,15 +53,16 @@ _CYRILLIC_CODECS = ("cp1251", "koi8_r", "cp866")
 
 @dataclass(frozen=True)
 class Part:
-    """One MIME part met while walking: its depth and whether it lies inside a returned message."""
+    """One MIME part met while walking: type, depth, and whether it is inside a returned message."""
 
     message: Message
     depth: int
     returned: bool
+    content_type: str  # computed once: every reader looks at every part's type
 
-    @property
-    def content_type(self) -> str:
-        return content_type(self.message)
+    @classmethod
+    def of(cls, message: Message, depth: int, returned: bool) -> Part:
+        return cls(message, depth, returned, content_type(message))
 
 
 def bounded(raw: bytes) -> bytes:
@@ -101,7 +106,7 @@ def content_type(message: Message) -> str:
 
 def walk(message: Message) -> Iterator[Part]:
     """Every part, depth first, at most ``MAX_PARTS``; iterative, so nesting cannot recurse."""
-    stack: list[Part] = [Part(message, 0, False)]
+    stack: list[Part] = [Part.of(message, 0, False)]
     seen = 0
     while stack and seen < MAX_PARTS:
         part = stack.pop()
@@ -113,7 +118,9 @@ def walk(message: Message) -> Iterator[Part]:
             continue
         returned = part.returned or kind in _RETURNED_PARTS
         children = [
-            Part(child, part.depth + 1, returned) for child in payload if isinstance(child, Message)
+            Part.of(child, part.depth + 1, returned)
+            for child in payload
+            if isinstance(child, Message)
         ]
         stack.extend(reversed(children))
 
@@ -208,6 +215,9 @@ def addresses(value: str | None) -> list[str]:
     """The addr-specs in an address header value (display names and angle brackets removed)."""
     if not value:
         return []
+    bare = _BARE_ADDRESS.match(value)
+    if bare:  # the common case, without the (slow, pure-Python) RFC 5322 address parser
+        return [bare.group(1)]
     try:
         pairs = getaddresses([value])
     except Exception:

@@ -16,7 +16,7 @@ from flufl.bounce import all_failures
 from worker.classification import classify_status, enhanced_status, reason_from_text
 from worker.feedback_report import FeedbackReport
 from worker.inbound_mail.mail import InboundMail
-from worker.inbound_mail.parts import MAX_PARTS, addresses, header_texts
+from worker.inbound_mail.parts import addresses, header_texts
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ def _address_in(mail: InboundMail, text: str) -> str | None:
 
 def _detected(mail: InboundMail) -> tuple[set[str], set[str]]:
     """flufl.bounce's (temporary, permanent) addresses as text; empty on huge or hostile input."""
-    if len(mail.parts) > _MAX_PARTS_FOR_DETECTORS or len(mail.parts) >= MAX_PARTS:
+    if len(mail.parts) > _MAX_PARTS_FOR_DETECTORS:
         return set(), set()
     if not mail.sender or not _plain_headers(mail):
-        return set(), set()  # flufl's detectors raise on these; see _quiet_detector_errors
+        return set(), set()  # flufl's detectors raise on these; see _QuietDetectorErrors
     try:
         temporary, permanent = all_failures(mail.message)
     except Exception:  # a detector tripping on malformed input must not lose the message
