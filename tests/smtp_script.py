@@ -39,12 +39,19 @@ class ScriptHandler:
         chooser: Callable[[str, int], str | None] | None = None,
         on_accept: Callable[[str, bytes], None] | None = None,
         data_delay: float = 0.0,
+        rcpt_delay: dict[str, float] | None = None,
+        max_sessions: int = 0,
+        max_per_second: int = 0,
     ) -> None:
         self.script = script or {}
         self.connect_replies = list(connect_replies or [])
         self.chooser = chooser
         self.on_accept = on_accept
         self.data_delay = data_delay
+        self.rcpt_delay = dict(rcpt_delay or {})  # recipient → seconds before answering RCPT
+        self.session_limit = max_sessions  # a provider's limits: beyond them it answers 421/451
+        self.per_second_limit = max_per_second
+        self.limit_replies = 0
         self.lock = threading.Lock()
         self.accepted: collections.Counter[str] = collections.Counter()
         self.attempts: dict[str, list[float]] = collections.defaultdict(list)
@@ -71,6 +78,15 @@ class ScriptHandler:
         with self.lock:
             attempt = len(self.attempts[address])
             self.attempts[address].append(time.monotonic())
+            now = time.monotonic()
+            recent = sum(1 for t in self.accept_times[-self.per_second_limit - 1 :] if t > now - 1.0)
+            if self.per_second_limit and recent >= self.per_second_limit:
+                self.limit_replies += 1
+                return "451 4.7.0 Rate limit exceeded, slow down"
+        if address in self.rcpt_delay:
+            import asyncio
+
+            await asyncio.sleep(self.rcpt_delay.pop(address))
         step = self.step(address, attempt)
         envelope.step = step  # type: ignore[attr-defined]
         if step.startswith("RCPT "):
@@ -109,6 +125,9 @@ class ScriptHandler:
             self.connections += 1
             self.sessions += 1
             self.max_sessions = max(self.max_sessions, self.sessions)
+            if self.session_limit and self.sessions > self.session_limit:
+                self.limit_replies += 1
+                return "CONNECT 421 4.7.0 Too many concurrent sessions"
             return self.connect_replies.pop(0) if self.connect_replies else None
 
     def session_ended(self) -> None:
@@ -117,6 +136,13 @@ class ScriptHandler:
 
 
 class _ScriptSMTP(SMTP):
+    _ended = False
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.event_handler.session_ended()
+
     async def _handle_client(self) -> None:
         handler: ScriptHandler = self.event_handler
         reply = handler.session_started()
@@ -128,7 +154,11 @@ class _ScriptSMTP(SMTP):
                 return
             await super()._handle_client()
         finally:
-            handler.session_ended()
+            self._end()
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self._end()  # the session is over for the client once it sent QUIT
+        await super().smtp_QUIT(arg)
 
 
 class _ScriptController(Controller):

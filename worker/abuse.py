@@ -71,9 +71,10 @@ class SignupLimiter(Protocol):
         """One signup from ``ip``; refused with reason ``ip_limit``."""
         ...
 
-    def allow_confirmation(self, address_key: str) -> Verdict:
+    def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
         """One confirmation mail to the address with de-duplication key ``address_key``;
-        refused with reason ``resend_window`` or ``address_limit``."""
+        refused with reason ``resend_window`` (only when ``repeat``: the address was already
+        waiting for a confirmation) or ``address_limit``."""
         ...
 
     def allow_domain(self, domain: str) -> Verdict:
@@ -110,13 +111,15 @@ class _WindowedLimiter:
         limit = self.limits.signups_per_ip_per_hour
         return self._take([_Window(self._hashed("ip", ip), limit, HOUR, "ip_limit")])
 
-    def allow_confirmation(self, address_key: str) -> Verdict:
+    def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
         resend = self.limits.resend_window_seconds
+        # A first mail is not checked against the resend window but starts it (limit -1).
+        resend_limit = (1 if repeat else -1) if resend > 0 else 0
         return self._take(
             [
                 _Window(
                     self._hashed("resend", address_key),
-                    1 if resend > 0 else 0,
+                    resend_limit,
                     resend,
                     "resend_window",
                 ),
@@ -140,7 +143,8 @@ class _WindowedLimiter:
 
 
 # Sliding log per key: drop entries older than the window, refuse if any key is full (with the
-# wait until its oldest entry leaves), otherwise add one entry to every key. Server time, so
+# wait until its oldest entry leaves), otherwise add one entry to every key. A limit of 0 means
+# no limit (nothing stored), -1 "record only" (stored, not checked). Server time, so
 # that processes on different hosts agree.
 _TAKE = """
 local t = redis.call('TIME')
@@ -157,7 +161,7 @@ for i = 1, #KEYS do
   end
 end
 for i = 1, #KEYS do
-  if tonumber(ARGV[2 * i]) > 0 then
+  if tonumber(ARGV[2 * i]) ~= 0 then
     redis.call('ZADD', KEYS[i], now, ARGV[1])
     redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
   end
@@ -209,8 +213,8 @@ class MemorySignupLimiter(_WindowedLimiter):
                 if len(log) >= window.limit:
                     return Verdict(False, window.reason, log[0] + window.seconds - now)
             for window in windows:
-                if window.limit > 0:
-                    self._logs[window.key].append(now)
+                if window.limit != 0:
+                    self._logs.setdefault(window.key, deque()).append(now)
             return ALLOWED
 
 

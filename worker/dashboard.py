@@ -88,7 +88,424 @@ class Funnel:
             self.add(column, n)
 
     @property
-    def complaint_rate(
+    def complaint_rate(self) -> float | None:
+        """Complaints per message accepted by the relay; None before anything was sent."""
+        sent = self["sent"]
+        return self["complained"] / sent if sent else None
+
+
+@dataclass
+class SendSummary:
+    """One send with its deliveries per state (the send list and ``newsletter status``)."""
+
+    id: int
+    edition_key: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    states: dict[str, int]
+
+    @property
+    def planned(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def done(self) -> int:
+        """Deliveries with a final outcome (not queued, sending or deferred)."""
+        return self.planned - sum(self.states.get(s, 0) for s in ("queued", "sending", "deferred"))
+
+
+@dataclass
+class SendReport:
+    """The detail of one send: funnels, send rate, bounce reasons."""
+
+    summary: SendSummary
+    total: Funnel
+    by_language: list[tuple[str, Funnel]]
+    by_domain: list[tuple[str, Funnel]]  # the top domains by planned, then "other"
+    rate_bucket_seconds: int
+    rate: list[tuple[datetime, int]]  # (bucket start, messages accepted by the relay)
+    bounce_reasons: list[tuple[str, str, int]]  # (kind, reason, deliveries)
+
+
+@dataclass
+class ComplaintRate:
+    complaints: int
+    sent: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.complaints / self.sent if self.sent else None
+
+    @property
+    def level(self) -> str:
+        """``ok`` below 0.1 %, ``warn`` from 0.1 %, ``bad`` from 0.3 %; ``none`` if nothing sent."""
+        rate = self.rate
+        if rate is None:
+            return "none"
+        return "bad" if rate >= COMPLAINT_LIMIT else "warn" if rate >= COMPLAINT_WARN else "ok"
+
+
+@dataclass
+class UnsubscribeLatency:
+    """Time from unsubscribe requests to their effect, in seconds, over a window."""
+
+    requests: int
+    honoured: list[float]
+    open_ages: list[float]  # requests not (yet) honoured: their age
+
+    def percentile(self, p: float) -> float | None:
+        """The ``p`` quantile (0–1, nearest rank) of the honoured requests' delays, in seconds."""
+        if not self.honoured:
+            return None
+        ordered = sorted(self.honoured)
+        return ordered[min(len(ordered) - 1, max(math.ceil(p * len(ordered)) - 1, 0))]
+
+    @property
+    def late(self) -> int:
+        """Requests honoured after, or still open beyond, the 48-hour deadline."""
+        limit = UNSUBSCRIBE_DEADLINE.total_seconds()
+        late = sum(1 for s in self.honoured if s > limit)
+        return late + sum(1 for s in self.open_ages if s > limit)
+
+
+@dataclass
+class SignupDay:
+    day: date
+    signups: int
+    confirmed: int
+
+    @property
+    def confirmation_rate(self) -> float | None:
+        return self.confirmed / self.signups if self.signups else None
+
+
+@dataclass
+class Overview:
+    """Everything the dashboard page shows."""
+
+    now: datetime
+    window_days: int
+    sends: list[SendSummary]
+    selected: SendReport | None
+    complaints: ComplaintRate
+    unsubscribes: UnsubscribeLatency
+    signups: list[SignupDay]
+    bounce_reasons: list[tuple[str, str, int]]
+
+
+# --- remembering what cannot change ---
+
+FINAL_STATUSES = (SendStatus.FINISHED, SendStatus.CANCELLED)
+SETTLE = timedelta(seconds=120)  # a ledger row is committed within this long after its timestamp
+
+_FeedbackRow = tuple[int, str, str, str, str, "str | None", datetime]
+
+
+class _SendCache:
+    """Per-process memory of what the ledger can no longer change, so that a 1M-delivery send
+    is aggregated once, not on every page view: the delivery counts of sends in a final status
+    (finished, cancelled), the per-second sent counts of seconds older than ``SETTLE``, and the
+    attributed feedback recorded more than ``SETTLE`` ago.
+
+    Keys carry the database URL, and for final sends their status and ``finished_at``: a send
+    that changes (``retry-unknown`` reopens a finished send) gets a new key. Bounded: the oldest
+    entries go first.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.funnels: dict[tuple[Any, ...], list[tuple[str, str, str, int]]] = {}
+        self.states: dict[tuple[Any, ...], dict[str, int]] = {}
+        self.rates: dict[tuple[Any, ...], tuple[datetime, dict[int, int]]] = {}
+        self.feedback: dict[tuple[Any, ...], tuple[datetime, list[_FeedbackRow]]] = {}
+
+    def put(self, table: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
+        table.pop(key, None)
+        table[key] = value
+        while len(table) > self.size:
+            del table[next(iter(table))]
+
+    def clear(self) -> None:
+        for table in (self.funnels, self.states, self.rates, self.feedback):
+            table.clear()
+
+
+_cache = _SendCache()
+
+
+def _final_key(session: Session, send: Send | SendSummary) -> tuple[Any, ...] | None:
+    if send.status not in FINAL_STATUSES:
+        return None
+    return (str(session.get_bind().engine.url), send.id, send.status, send.finished_at)
+
+
+# --- queries ---
+
+
+def recent_sends(session: Session, limit: int = 10, skip: int | None = None) -> list[SendSummary]:
+    """The ``limit`` newest sends with their deliveries per state (newest first); the states of
+    send ``skip`` are left empty when it is not final (the caller derives them otherwise)."""
+    rows = session.execute(
+        select(Send, Edition.key)
+        .join(Edition, Edition.id == Send.edition_id)
+        .order_by(Send.id.desc())
+        .limit(limit)
+    ).all()
+    states: dict[int, dict[str, int]] = {}
+    for send, _ in rows:
+        key = _final_key(session, send)
+        if key is not None and key in _cache.states:
+            states[send.id] = _cache.states[key]
+    missing = [
+        send.id
+        for send, _ in rows
+        if send.id not in states and (send.id != skip or send.status in FINAL_STATUSES)
+    ]
+    if missing:
+        for send_id, state, count in session.execute(
+            select(Delivery.send_id, Delivery.state, func.count())
+            .where(Delivery.send_id.in_(missing))
+            .group_by(Delivery.send_id, Delivery.state)
+        ):
+            states.setdefault(send_id, {})[state] = int(count)
+    out = []
+    for send, edition_key in rows:
+        key = _final_key(session, send)
+        if key is not None:
+            _cache.put(_cache.states, key, states.get(send.id, {}))
+        out.append(
+            SendSummary(
+                send.id, edition_key, send.status, send.created_at, send.started_at,
+                send.finished_at, dict(states.get(send.id, {})),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _funnel_rows(session: Session, summary: SendSummary) -> list[tuple[str, str, str, int]]:
+    """(language, domain, state, deliveries) of one send: one index-only scan of
+    ``ix_delivery_send_funnel``; remembered once the send is final."""
+    key = _final_key(session, summary)
+    if key is not None and key in _cache.funnels:
+        return _cache.funnels[key]
+    rows = [
+        (language, domain, state, int(count))
+        for language, domain, state, count in session.execute(
+            select(Delivery.language, Delivery.domain, Delivery.state, func.count())
+            .where(Delivery.send_id == summary.id)
+            .group_by(Delivery.language, Delivery.domain, Delivery.state)
+        )
+    ]
+    if key is not None:
+        _cache.put(_cache.funnels, key, rows)
+    return rows
+
+
+def send_report(
+    session: Session,
+    summary: SendSummary,
+    now: datetime,
+    funnel_rows: list[tuple[str, str, str, int]] | None = None,
+) -> SendReport:
+    """Funnels, rate and bounce reasons of one send (see the module docstring for attribution).
+    ``funnel_rows``: the send's (language, domain, state, count), if the caller has them."""
+    by_language: dict[str, Funnel] = defaultdict(Funnel)
+    by_domain: dict[str, Funnel] = defaultdict(Funnel)
+    if funnel_rows is None:
+        funnel_rows = _funnel_rows(session, summary)
+    for language, domain, state, count in funnel_rows:
+        for funnel in (by_language[language], by_domain[domain]):
+            funnel.add("planned", count)
+            funnel.add(_STATE_COLUMN.get(state, "queued"), count)
+    reasons: dict[tuple[str, str], int] = defaultdict(int)
+    counted: set[tuple[int, str | None]] = set()
+    for delivery_id, language, domain, column, kind, reason in _attributed_feedback(
+        session, summary, now
+    ):
+        if column is not None and (delivery_id, column) not in counted:
+            counted.add((delivery_id, column))
+            by_language[language].add(column)
+            by_domain[domain].add(column)
+        if kind in BOUNCE_KINDS:
+            reasons[(kind, reason or "unclassified")] += 1
+    total = Funnel()
+    for funnel in by_language.values():
+        total.merge(funnel)
+    bucket, rate = _send_rate(session, summary, now)
+    ranked = sorted(((k, r, n) for (k, r), n in reasons.items()), key=lambda x: -x[2])
+    return SendReport(
+        summary=summary,
+        total=total,
+        by_language=sorted(by_language.items(), key=lambda item: -item[1]["planned"]),
+        by_domain=_top_domains(by_domain),
+        rate_bucket_seconds=bucket,
+        rate=rate,
+        bounce_reasons=ranked[:10],
+    )
+
+
+def _attributed_feedback(
+    session: Session, summary: SendSummary, now: datetime
+) -> Iterable[tuple[int, str, str, str | None, str, str | None]]:
+    """(delivery id, language, domain, funnel column or None, kind, reason) once per delivery
+    and kind. Events recorded more than ``SETTLE`` ago are remembered per send, so a page view
+    reads only the feedback that arrived since the previous one."""
+    key = (str(session.get_bind().engine.url), summary.id, summary.created_at)
+    settled, remembered = _cache.feedback.get(key, (None, []))
+    fresh = _feedback_rows(session, summary, settled)
+    boundary = (now - SETTLE).replace(microsecond=0)
+    keep = remembered + [row for row in fresh if row[6] < boundary]
+    _cache.put(_cache.feedback, key, (boundary, keep))
+    seen: set[tuple[int, str]] = set()
+    for delivery_id, language, domain, kind, source, reason, _ in [*remembered, *fresh]:
+        if (delivery_id, kind) in seen:
+            continue
+        seen.add((delivery_id, kind))
+        yield delivery_id, language, domain, _feedback_column(kind, source), kind, reason
+
+
+def _feedback_rows(
+    session: Session, summary: SendSummary, recorded_since: datetime | None
+) -> list[_FeedbackRow]:
+    """Feedback about the send's deliveries: linked by delivery id, or (complaints and
+    unsubscribes that name only the subscriber) by the last delivery sent before the event."""
+    since = summary.started_at or summary.created_at
+    columns = (
+        Delivery.id, Delivery.language, Delivery.domain, FeedbackEvent.kind,
+        FeedbackEvent.source, FeedbackEvent.reason, FeedbackEvent.recorded_at,
+    )  # fmt: skip
+    recent = (FeedbackEvent.recorded_at >= recorded_since,) if recorded_since is not None else ()
+    direct = session.execute(
+        select(*columns)
+        .join(Delivery, Delivery.id == FeedbackEvent.delivery_id)
+        .where(
+            FeedbackEvent.kind.in_(FUNNEL_KINDS),
+            FeedbackEvent.occurred_at >= since,
+            Delivery.send_id == summary.id,
+            *recent,
+        )
+    ).all()
+    later = aliased(Delivery)
+    newer_delivery = (
+        select(later.id)
+        .where(
+            later.subscriber_id == Delivery.subscriber_id,
+            later.sent_at > Delivery.sent_at,
+            later.sent_at <= FeedbackEvent.occurred_at,
+        )
+        .exists()
+    )
+    by_subscriber = session.execute(
+        select(*columns)
+        .join(
+            Delivery,
+            and_(
+                Delivery.subscriber_id == FeedbackEvent.subscriber_id,
+                Delivery.send_id == summary.id,
+            ),
+        )
+        .where(
+            FeedbackEvent.kind.in_(("complaint", "unsubscribe")),
+            FeedbackEvent.delivery_id.is_(None),
+            FeedbackEvent.occurred_at >= since,
+            Delivery.sent_at <= FeedbackEvent.occurred_at,
+            ~newer_delivery,
+            *recent,
+        )
+    ).all()
+    return [tuple(row) for row in [*direct, *by_subscriber]]  # type: ignore[misc]
+
+
+def _feedback_column(kind: str, source: str) -> str | None:
+    if kind == "complaint":
+        return "complained"
+    if kind == "unsubscribe":
+        return "unsubscribed"
+    if kind in BOUNCE_KINDS and source != "smtp":
+        return "bounced"
+    return None
+
+
+def _top_domains(by_domain: dict[str, Funnel]) -> list[tuple[str, Funnel]]:
+    ranked = sorted(by_domain.items(), key=lambda item: (-item[1]["planned"], item[0]))
+    top = ranked[:TOP_DOMAINS]
+    if len(ranked) > TOP_DOMAINS:
+        other = Funnel()
+        for _, funnel in ranked[TOP_DOMAINS:]:
+            other.merge(funnel)
+        top.append((f"{len(ranked) - TOP_DOMAINS} other domains", other))
+    return top
+
+
+_NICE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
+
+
+def rate_bucket(seconds: float, max_buckets: int = 60) -> int:
+    """The smallest round bucket width (s) that shows ``seconds`` in at most ``max_buckets``."""
+    for width in _NICE_BUCKETS:
+        if seconds / width <= max_buckets:
+            return width
+    return _NICE_BUCKETS[-1]
+
+
+def _send_rate(
+    session: Session, summary: SendSummary, now: datetime
+) -> tuple[int, list[tuple[datetime, int]]]:
+    start = summary.started_at or summary.created_at
+    width = rate_bucket(((summary.finished_at or now) - start).total_seconds())
+    buckets: dict[int, int] = defaultdict(int)
+    for second, count in _sent_per_second(session, summary, now).items():
+        buckets[second // width * width] += count
+    return width, [(datetime.fromtimestamp(b, tz=UTC), n) for b, n in sorted(buckets.items())]
+
+
+def _sent_per_second(session: Session, summary: SendSummary, now: datetime) -> dict[int, int]:
+    """Messages accepted per second (Unix time), reading only the seconds not yet remembered:
+    a range scan of ``ix_delivery_send_state_sent_at`` from the last settled second."""
+    key = (str(session.get_bind().engine.url), summary.id, summary.created_at)
+    settled, counts = _cache.rates.get(key, (None, {}))
+    finished = summary.finished_at
+    if settled is not None and finished is not None and settled > finished + SETTLE:
+        return counts  # finished long enough ago: nothing can arrive any more
+    second = _second(session, Delivery.sent_at)
+    query = select(second, func.count()).where(
+        Delivery.send_id == summary.id, Delivery.state == "sent"
+    )
+    if settled is not None:
+        query = query.where(Delivery.sent_at >= settled)
+    fresh: dict[int, int] = {}
+    for value, count in session.execute(query.group_by(second)):
+        if value is not None:
+            fresh[_epoch(value)] = int(count)
+    boundary = int(settled.timestamp()) if settled is not None else None
+    merged = {s: n for s, n in counts.items() if boundary is None or s < boundary} | fresh
+    _cache.put(_cache.rates, key, ((now - SETTLE).replace(microsecond=0), merged))
+    return merged
+
+
+def _second(session: Session, column: Any) -> ColumnElement[Any]:
+    """``column`` truncated to the second, in SQL (cheaper than epoch arithmetic on PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.date_trunc("second", column)
+    return func.strftime("%Y-%m-%d %H:%M:%S", column)
+
+
+def _epoch(value: Any) -> int:
+    if isinstance(value, str):  # SQLite: UTC without a zone
+        value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+def _day(session: Session, column: Any) -> ColumnElement[Any]:
+    """The UTC calendar day of ``column``, in SQL."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.date(func.timezone("UTC", column))
+    return func.date(column)
+
+
+def complaint_rate(
     session: Session, sends: list[SendSummary], now: datetime, days: int
 ) -> ComplaintRate:
     """Complaints received in the last ``days`` days over messages accepted by the sends (of
@@ -177,15 +594,16 @@ def overview(
     summary = next((s for s in sends if s.id == send_id), None)
     if summary is None and send_id is not None:
         summary = _one_send(session, send_id)
+    rows = _funnel_rows(session, summary) if summary is not None else []
     if summary is not None and not summary.states:
         # one scan for both: the funnel rows add up to the send's states
-        for _, _, state, count in _funnel_rows(session, summary):
+        for _, _, state, count in rows:
             summary.states[state] = summary.states.get(state, 0) + count
     return Overview(
         now=now,
         window_days=days,
         sends=sends,
-        selected=send_report(session, summary, now) if summary else None,
+        selected=send_report(session, summary, now, rows) if summary else None,
         complaints=complaint_rate(session, sends, now, days),
         unsubscribes=unsubscribe_latency(session, now, days),
         signups=signups_per_day(session, now, days),

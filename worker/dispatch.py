@@ -15,7 +15,6 @@ them from the ledger.
 from __future__ import annotations
 
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,20 +27,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker import metrics
-from worker.classification import FeedbackKind, classify_smtp_reply
 from worker.composer import Composer
+from worker.feedback import Attribution, FeedbackPolicy, record_feedback, smtp_reply_report
 from worker.models import (
     UNFINISHED_STATES,
     Delivery,
     DeliveryState,
-    FeedbackEvent,
     Send,
     SendStatus,
     Subscriber,
     SubscriberStatus,
 )
 from worker.ports import Clock, Mailer, SmtpOutcome, Throttle
-from worker.suppressions import suppress
 
 RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
 CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
@@ -206,8 +203,8 @@ def send_batch(
         try:
             _send_rows(session, send_id, rows, ctx, holder, report)
         finally:
+            mailer.close()  # QUIT first: the slot is free only once the session is over
             throttle.release_connection(holder)
-            mailer.close()
     if report.stopped is None:
         _schedule_deferred(session, send_id, first_id, last_id, clock.now(), report)
         finish_send_if_done(session, send_id, clock.now())
@@ -492,36 +489,17 @@ def _record_smtp_feedback(
     now: datetime,
     policy: SendPolicy,
 ) -> None:
-    classification = classify_smtp_reply(outcome.code, outcome.text)
-    event = FeedbackEvent(
-        source_event_id=f"smtp:{delivery.id}:{delivery.attempts}",
-        kind=classification.kind.value,
-        source="smtp",
-        subscriber_id=subscriber.id,
-        delivery_id=delivery.id,
-        recipient=subscriber.email,
-        status_code=_status_of(outcome.text),
-        reason=classification.reason,
-        detail=f"{outcome.code} {outcome.text}"[:2000],
-        occurred_at=now,
-        recorded_at=now,
+    # The SMTP session itself names the delivery: first-hand, so trusted (worker.feedback).
+    report = smtp_reply_report(
+        delivery.id, delivery.attempts, subscriber.email, outcome.code, outcome.text
     )
-    session.add(event)
-    session.flush()
-    if classification.kind == FeedbackKind.HARD_BOUNCE and policy.hash_key:
-        suppress(
-            session,
-            dedupe_key=subscriber.email_key,
-            hash_key=policy.hash_key,
-            reason="hard_bounce",
-            now=now,
-            source_event_id=event.id,
-        )
-
-
-def _status_of(text: str) -> str | None:
-    match = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", text)
-    return match.group(1) if match else None
+    record_feedback(
+        session,
+        report,
+        policy=FeedbackPolicy(hash_key=policy.hash_key),
+        now=now,
+        attribution=Attribution("smtp", True, delivery, subscriber),
+    )
 
 
 def _schedule_deferred(

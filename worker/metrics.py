@@ -226,7 +226,7 @@ def exposition(extra: list[Any] | None = None) -> tuple[bytes, str]:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=path)
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     else:
         registry = CollectorRegistry()
         registry.register(_DefaultRegistryView())

@@ -255,6 +255,7 @@ class SignupOutcome:
     send_confirmation: bool
     status: str
     reason: str | None = None
+    repeat: bool = False  # the address was already waiting for a confirmation
 
 
 def process_signup(
@@ -293,7 +294,7 @@ def process_signup(
         return SignupOutcome(None, False, "refused", refusal.reason)
     if not outcome.send_confirmation:
         return outcome
-    verdict = limiter.allow_confirmation(valid.address.dedupe_key)
+    verdict = limiter.allow_confirmation(valid.address.dedupe_key, repeat=outcome.repeat)
     if verdict.allowed:
         return outcome
     detail = (
@@ -337,8 +338,12 @@ def sign_up(
             Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
         )
     )
+    inserted = False
     if subscriber is None:
-        subscriber = _insert_subscriber(session, newsletter_id, address, event.language, now)
+        subscriber, inserted = _insert_subscriber(
+            session, newsletter_id, address, event.language, now
+        )
+    repeat = subscriber.status == SubscriberStatus.PENDING and not inserted
     if subscriber.status == SubscriberStatus.SUPPRESSED:
         return SignupOutcome(subscriber.id, False, "suppressed")
     subscriber.language = event.language  # a new signup changes the language
@@ -351,28 +356,29 @@ def sign_up(
     if subscriber.confirm_nonce is None:
         subscriber.confirm_nonce = secrets.token_urlsafe(9)
     session.flush()
-    return SignupOutcome(subscriber.id, True, "pending")
+    return SignupOutcome(subscriber.id, True, "pending", repeat=repeat)
 
 
 def _insert_subscriber(
     session: Session, newsletter_id: int, address: Address, language: str, now: datetime
-) -> Subscriber:
-    """Insert the subscriber unless a concurrent signup of the same address just did; either
-    way return the row. ON CONFLICT DO NOTHING instead of catching IntegrityError: no
-    rollback, no retried message, and the abuse limits are asked once per event."""
+) -> tuple[Subscriber, bool]:
+    """Insert the subscriber unless a concurrent signup of the same address just did; return
+    the row and whether this call inserted it. ON CONFLICT DO NOTHING rather than catching
+    IntegrityError: no rollback, no retried message, the abuse limits asked once per event."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     values = _new_subscriber(newsletter_id, address, language, now)
     columns = {c.key: getattr(values, c.key) for c in Subscriber.__table__.columns if c.key != "id"}
-    session.execute(
+    result = session.execute(
         insert(Subscriber)
         .values(**columns)
         .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
     )
-    return session.scalars(
+    row = session.scalars(
         select(Subscriber).where(
             Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
         )
     ).one()
+    return row, result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _new_subscriber(

@@ -11,6 +11,7 @@ import click
 
 from worker.cli.core import db, scheduler, send, web
 from worker.cli.demo import demo
+from worker.cli.status import status
 from worker.cli.subscribers import subscribers
 
 
@@ -25,6 +26,7 @@ main.add_command(scheduler)
 main.add_command(web)
 main.add_command(demo)
 main.add_command(subscribers)
+main.add_command(status)
 
 try:
     from worker.cli.edition import edition

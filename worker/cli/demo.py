@@ -31,7 +31,7 @@ from worker.settings import EXAMPLES_DIR
 
 EDITION = EXAMPLES_DIR / "editions" / "2024-W28"
 
-# (address, language): 30 readers; the last four never confirm.
+# (address, language): 31 readers; the last four never confirm.
 READERS = [
     *[(f"reader{n:02d}@example.org", "en") for n in range(1, 9)],
     ("Ivan.Petrov@Example.ORG", "en"),
@@ -66,7 +66,8 @@ INVALID: list[tuple[dict[str, Any], str]] = [
 )
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("var"), show_default=True)
 def demo(redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> None:
-    """Sign up 30 readers in en/be/ru, confirm 26 through their links, send the sample edition."""
+    """Sign up 31 readers in en/be/ru and 6 invalid signups, confirm 27 readers through their
+    links, send the sample edition."""
     started = time.monotonic()
     summary = run_demo(redis_url=redis_url, smtp_url=smtp_url, outbox=outbox, workdir=workdir)
     elapsed = time.monotonic() - started

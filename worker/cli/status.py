@@ -1,0 +1,84 @@
+"""``newsletter status``: recent sends and their live progress in the terminal (rich)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.dashboard import SendSummary
+
+LIVE = ("planning", "sending", "paused")
+STATE_STYLE = {"sending": "bold green", "paused": "yellow", "planning": "cyan", "cancelled": "dim"}
+
+
+def sends_table(sends: list[SendSummary], width: int = 30) -> Table:
+    """A rich table of ``worker.dashboard.SendSummary`` rows with a progress bar each."""
+    table = Table(title="Recent sends", title_justify="left", header_style="bold")
+    for name in ("send", "edition", "status", "started", "planned", "sent", "deferred",
+                 "failed", "unknown", "skipped"):  # fmt: skip
+        table.add_column(name, justify="left" if name in ("edition", "status") else "right")
+    table.add_column("progress", min_width=width + 6)
+    for send in sends:
+        states, planned, done, started = send.states, send.planned, send.done, send.started_at
+        bar = ProgressBar(total=max(planned, 1), completed=done, width=width)
+        share = f" {done / planned:4.0%}" if planned else "   –"
+        table.add_row(
+            str(send.id),
+            send.edition_key,
+            Text(send.status, style=STATE_STYLE.get(send.status, "")),
+            started.strftime("%Y-%m-%d %H:%M") if started else "–",
+            f"{planned:,}",
+            f"{states.get('sent', 0):,}",
+            f"{states.get('deferred', 0):,}",
+            f"{states.get('failed', 0) + states.get('expired', 0):,}",
+            f"{states.get('unknown', 0):,}",
+            f"{states.get('skipped', 0):,}",
+            _bar_with_share(bar, share),
+        )
+    return table
+
+
+def _bar_with_share(bar: ProgressBar, share: str) -> Table:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(bar, share)
+    return grid
+
+
+@click.command()
+@click.option("--limit", type=int, default=10, show_default=True, help="How many sends.")
+@click.option("--watch", is_flag=True, help="Refresh until no send is planning, sending or paused.")
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes."
+)
+def status(limit: int, watch: bool, interval: float) -> None:
+    """Recent sends: deliveries per state and progress (``--watch`` follows live sends)."""
+    from worker.dashboard import recent_sends
+    from worker.runtime import Runtime
+
+    rt = Runtime(Settings.from_env())
+    console = Console()
+
+    def render() -> tuple[Table, bool]:
+        with rt.session() as session:
+            sends = recent_sends(session, limit)
+        return sends_table(sends), any(s.status in LIVE for s in sends)
+
+    table, live = render()
+    if not watch or not live:
+        console.print(table)
+        return
+    with Live(table, console=console, refresh_per_second=4) as screen:
+        while live:
+            time.sleep(interval)
+            table, live = render()
+            screen.update(table)
