@@ -127,6 +127,23 @@ def test_dashboard_numbers_after_a_real_send(operator_rt: Runtime, smtp: Any, st
     assert not re.search(r'(src|href)="(https?:)?//', page.text) and "<script" not in page.text
 
 
+def test_status_command_shows_the_send(rt: Runtime, smtp: Any, stub_worker: Any) -> None:
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    scenario = run_send(rt, smtp, stub_worker, create_app(rt))
+    result = CliRunner().invoke(
+        main, ["status"], env={"NEWSLETTER_DATABASE_URL": rt.settings.database_url, "COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "2024-W28" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells[:3] == [str(scenario.send_id), "2024-W28", "finished"]
+    assert cells[4:10] == ["5", "4", "0", "1", "0", "0"]  # planned, sent, deferred, failed, …
+    assert "100%" in row
+
+
 def test_no_operator_password_means_no_dashboard(rt: Runtime) -> None:
     client = TestClient(create_app(rt))
     assert client.get("/dashboard", auth=("operator", "")).status_code == 401

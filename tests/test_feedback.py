@@ -298,7 +298,7 @@ def test_message_id_is_trusted_only_when_its_delivery_went_to_the_recipient(
     assert (forged.effect, forged.attribution) == (Effect.NOT_TRUSTED, "message_id")
     assert subscriber_row(rt, world.subscriber["s41807"]).status == "confirmed"
 
-    [(_, genuine)] = record_mail(rt, own.replace(b"Diagnostic-Code", b"Diagnostic-code"), policy)
+    [(_, genuine)] = record_mail(rt, own.replace(b"5D1E2A0C44@relay", b"5D1E2A0C45@relay"), policy)
     assert (genuine.effect, genuine.attribution) == (Effect.SUPPRESSED, "message_id")
     assert subscriber_row(rt, world.subscriber["s41809"]).status == "suppressed"
 

@@ -22,6 +22,7 @@ from worker.broker import (
 )
 from worker.dispatch import expire_leases, finish_send_if_done, pending_batches
 from worker.dispatch import send_batch as send_batch_domain
+from worker.logging import log_context
 from worker.models import Send, SendStatus, Subscriber, SubscriberStatus
 from worker.newsletters import profile_of
 from worker.runtime import Runtime
@@ -92,7 +93,7 @@ def send_confirmation(subscriber_id: int) -> None:
     Paced by the per-recipient-domain limit: without a slot the message re-enqueues itself with
     a delay (which does not use up dramatiq's retries)."""
     rt = runtime()
-    with rt.session() as session:
+    with rt.session() as session, log_context(subscriber_id=subscriber_id):
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None or subscriber.status != SubscriberStatus.PENDING:
             return
@@ -174,7 +175,7 @@ def plan_send(send_id: int) -> None:
     rt = runtime()
     name = f"plan:{send_id}"
     hints().alive(name, rt.settings.batch_grace_seconds + 3600)  # planning 1M takes minutes
-    with rt.session() as session:
+    with rt.session() as session, log_context(send_id=send_id):
         send = plan_send_domain(session, send_id, rt.links.public_url, rt.clock.now())
         if send.status != SendStatus.SENDING:
             hints().forget(name)
@@ -192,7 +193,7 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
     rt = runtime()
     name = batch_name(send_id, first_id, last_id)
     grace = rt.settings.batch_grace_seconds
-    with rt.session() as session:
+    with rt.session() as session, log_context(send_id=send_id):
         report = send_batch_domain(
             session,
             send_id,

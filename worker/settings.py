@@ -91,6 +91,7 @@ class Settings:
     postmark_webhook_credentials: str = field(default="", repr=False)
     sendgrid_verification_key: str = field(default="", repr=False)
     mailgun_signing_key: str = field(default="", repr=False)
+    language_fallbacks: str = ""  # e.g. "be=ru,ru=en": where a language without a text falls back
     queue_namespace: str = "dramatiq"
     log_json: bool = False
     operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access
@@ -120,6 +121,16 @@ class Settings:
     def rates_by_domain(self) -> dict[str, float]:
         """Per-recipient-domain rates in messages per second, from ``domain_rates``."""
         return _parse_domain_rates(self.domain_rates)
+
+    def fallbacks_for(self, language: str) -> tuple[str, ...]:
+        """Fallback languages for ``language`` from ``language_fallbacks`` ("be=ru,ru=en"), in order."""
+        pairs = dict(p.split("=", 1) for p in self.language_fallbacks.split(",") if "=" in p)
+        chain: list[str] = []
+        current = language
+        while current in pairs and pairs[current] not in chain and len(chain) < 8:
+            current = pairs[current].strip()
+            chain.append(current)
+        return tuple(chain)
 
     @property
     def sending_domain(self) -> str:

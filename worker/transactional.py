@@ -13,7 +13,7 @@ from worker.editions import NewsletterProfile
 from worker.mime import build_template, personalise
 from worker.models import Subscriber
 from worker.ports import Mailer, SmtpOutcome
-from worker.rendering import render_message
+from worker.rendering import UNSUBSCRIBE_URL, render_message
 
 
 def send_transactional(
@@ -27,9 +27,17 @@ def send_transactional(
     bounce_address: str,
     message_id_domain: str,
     now: datetime,
+    fallbacks: tuple[str, ...] = (),
 ) -> SmtpOutcome:
-    """Render message ``name`` in the subscriber's language and send it; returns the relay's outcome."""
-    rendered = render_message(name, subscriber.language, context, profile=profile, public_url=public_url)
+    """Render message ``name`` in the subscriber's language and send it; returns the relay's outcome.
+
+    ``context["unsubscribe_url"]``, when given, replaces the unsubscribe placeholder and becomes
+    the List-Unsubscribe header.
+    """
+    unsubscribe_url = str(context.get("unsubscribe_url") or "")
+    rendered = render_message(
+        name, subscriber.language, context, profile=profile, public_url=public_url, fallbacks=fallbacks
+    )
     template = build_template(
         subject=rendered.subject,
         from_name=profile.from_name.get(rendered.lang, ""),
@@ -44,8 +52,9 @@ def send_transactional(
         to=subscriber.ascii_email or subscriber.email,
         message_id=f"<{name}.{uuid.uuid4().hex}@{message_id_domain}>",
         date=now,
-        list_unsubscribe=[],
-        substitutions={},
+        # A welcome mail goes to a subscriber: it carries the same unsubscribe link as an edition.
+        list_unsubscribe=[unsubscribe_url] if unsubscribe_url else [],
+        substitutions={UNSUBSCRIBE_URL: unsubscribe_url} if unsubscribe_url else {},
     )
     recipient = subscriber.ascii_email or subscriber.email
     return mailer.send(bounce_address, recipient, message, smtputf8=subscriber.ascii_email is None)
