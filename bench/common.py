@@ -90,6 +90,7 @@ def settings_env(db_url: str, smtp_url: str, *, batch_size: int = 100, extra: di
         "NEWSLETTER_NEWSLETTER_PATH": str(EDITION / "newsletter.yaml"),
         "NEWSLETTER_SEND_BATCH_SIZE": str(batch_size),
         "NEWSLETTER_GLOBAL_RATE": "0",
+        "NEWSLETTER_MAX_SMTP_CONNECTIONS": "0",  # no cap: every worker thread keeps its connection
         "NEWSLETTER_QUEUE_NAMESPACE": f"bench-{uuid.uuid4().hex[:6]}",
         **(extra or {}),
     }

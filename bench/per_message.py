@@ -76,7 +76,12 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
     from worker.sends import plan_send
 
     if prototype:
+        import smtplib
+
+        from bench.batched_dispatch import quote_periods
         from bench.batched_dispatch import send_batch  # type: ignore[no-redef]
+
+        smtplib._quote_periods = quote_periods  # type: ignore[attr-defined]
 
     with rt.session() as session:
         plan_send(session, send_id, rt.links.public_url, rt.clock.now())

@@ -45,7 +45,7 @@ def refusing(smtp: OutboxServer) -> set[str]:
     hooks up once per connection."""
     refused: set[str] = set()
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
+    async def handle_RCPT(  # aiosmtpd hook name
         server: SMTP, session: Session, envelope: Envelope, rcpt: str, options: list[str]
     ) -> str:
         if rcpt.lower() in refused:
@@ -61,7 +61,10 @@ def more_readers(count: int) -> list[tuple[str, str]]:
     """``count`` more readers spread over a few domains and the three languages."""
     domains = ("gmail.com", "yandex.ru", "mail.ru", "outlook.com", "tut.by", "example.org")
     languages = ("be", "ru", "en", "ru")
-    return [(f"reader{n}@{domains[n % len(domains)]}", languages[n % len(languages)]) for n in range(count)]
+    return [
+        (f"reader{n}@{domains[n % len(domains)]}", languages[n % len(languages)])
+        for n in range(count)
+    ]
 
 
 def run_send(
@@ -76,7 +79,9 @@ def run_send(
         actors.handle_signup.send(
             {"version": 1, "event_id": f"e{n}", "email": address, "language": language}
         )
-    actors.handle_signup.send({"version": 1, "event_id": "bad", "email": "broken@", "language": "en"})
+    actors.handle_signup.send(
+        {"version": 1, "event_id": "bad", "email": "broken@", "language": "en"}
+    )
     stub_worker.join()
     client = TestClient(app)
     for recipient, path in _links(smtp, r"http://testserver(/confirm/\S+)").items():
@@ -88,14 +93,20 @@ def run_send(
         send_id = create_send(session, edition, rt.clock.now(), 2).id
     actors.plan_send.send(send_id)
     stub_worker.join()
-    return SentScenario(send_id, client, _links(smtp, r"<http://testserver(/u/[^>]+)>", header=True))
+    return SentScenario(
+        send_id, client, _links(smtp, r"<http://testserver(/u/[^>]+)>", header=True)
+    )
 
 
 def _links(smtp: OutboxServer, pattern: str, header: bool = False) -> dict[str, str]:
     links = {}
     for received in smtp.handler.received:
         message = email.message_from_bytes(received.data, policy=email.policy.default)
-        text = str(message["List-Unsubscribe"]) if header else message.get_body(("plain",)).get_content()
+        text = (
+            str(message["List-Unsubscribe"])
+            if header
+            else message.get_body(("plain",)).get_content()
+        )
         match = re.search(pattern, text)
         if match:
             links[received.recipients[0]] = match.group(1)

@@ -86,8 +86,9 @@ class Fleet:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.folder / f"{name}-{uuid.uuid4().hex[:6]}.log").open("wb")
         self.logs.append(log)
+        env = {**self.env, "dramatiq_prom_port": str(free_port())}  # one exposition port each
         self.groups[name] = subprocess.Popen(
-            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def start_workers(self, name: str, processes: int = 1, threads: int = 1) -> None:

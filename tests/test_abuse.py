@@ -209,6 +209,8 @@ def test_suppressed_address_gets_nothing(
     assert smtp.handler.received == []
     with limited_rt.session() as session:
         assert session.scalars(select(Subscriber)).all() == []
+        refusal = session.scalars(select(SignupRefusal)).one()
+        assert (refusal.event_id, refusal.reason, refusal.payload) == ("abuse-1", "suppressed", "{}")
 
 
 def test_domain_limit_paces_confirmation_mails(settings: Settings, smtp: OutboxServer) -> None:
@@ -225,6 +227,7 @@ def test_domain_limit_paces_confirmation_mails(settings: Settings, smtp: OutboxS
         queued = broker.queues["transactional"]
         while not queued.empty():
             message = dramatiq.Message.decode(queued.get_nowait())
+            queued.task_done()  # or the broker's join() waits for it forever
             actors.send_confirmation(*message.args)
 
         # Then three went to gmail.com (the per-minute limit) and one to mail.ru at once

@@ -36,7 +36,8 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(f"operator:{PASSWORD}".enco
 def operator_rt(rt: Runtime) -> Iterator[Runtime]:
     from worker import actors
 
-    runtime = Runtime(replace(rt.settings, operator_password=PASSWORD))
+    # 15 messages/s: the test send spreads over a few seconds, as a real one does over hours
+    runtime = Runtime(replace(rt.settings, operator_password=PASSWORD, global_rate=15.0))
     actors.use_runtime(runtime)
     yield runtime
     actors.use_runtime(rt)
@@ -56,37 +57,68 @@ def add_feedback(rt: Runtime, send_id: int) -> None:
                 .where(Delivery.send_id == send_id)
             )
         }
-        olga, ivan, ales = (deliveries[a] for a in ("olga@example.com", "ivan@example.org", "ales@example.net"))
+        olga, ivan, ales = (
+            deliveries[a] for a in ("olga@example.com", "ivan@example.org", "ales@example.net")
+        )
         complaint = FeedbackEvent(
-            source_event_id="arf:1", kind="complaint", source="arf", subscriber_id=olga.subscriber_id,
-            delivery_id=olga.id, reason="abuse", occurred_at=now, recorded_at=now,
-        )  # fmt: skip
+            source_event_id="arf:1",
+            kind="complaint",
+            source="arf",
+            subscriber_id=olga.subscriber_id,
+            delivery_id=olga.id,
+            reason="abuse",
+            occurred_at=now,
+            recorded_at=now,
+        )
         session.add(complaint)
         session.flush()
-        suppress(session, dedupe_key="olga@example.com", hash_key=rt.settings.secret_key,
-                 reason="complaint", now=now, source_event_id=complaint.id)  # fmt: skip
-        session.add(FeedbackEvent(
-            source_event_id="dsn:1", kind="soft_bounce", source="dsn", subscriber_id=ivan.subscriber_id,
-            delivery_id=ivan.id, status_code="4.2.2", reason="mailbox_full",
-            occurred_at=now, recorded_at=now,
-        ))  # fmt: skip
-        session.add(FeedbackEvent(
-            source_event_id="mailto:1", kind="unsubscribe", source="mailto",
-            subscriber_id=ales.subscriber_id, occurred_at=now - timedelta(hours=50), recorded_at=now,
-        ))  # fmt: skip
+        suppress(
+            session,
+            dedupe_key="olga@example.com",
+            hash_key=rt.settings.secret_key,
+            reason="complaint",
+            now=now,
+            source_event_id=complaint.id,
+        )
+        session.add(
+            FeedbackEvent(
+                source_event_id="dsn:1",
+                kind="soft_bounce",
+                source="dsn",
+                subscriber_id=ivan.subscriber_id,
+                delivery_id=ivan.id,
+                status_code="4.2.2",
+                reason="mailbox_full",
+                occurred_at=now,
+                recorded_at=now,
+            )
+        )
+        session.add(
+            FeedbackEvent(
+                source_event_id="mailto:1",
+                kind="unsubscribe",
+                source="mailto",
+                subscriber_id=ales.subscriber_id,
+                occurred_at=now - timedelta(hours=50),
+                recorded_at=now,
+            )
+        )
         subscriber = session.get(Subscriber, ales.subscriber_id)
         assert subscriber is not None
         subscriber.status, subscriber.unsubscribed_at = "unsubscribed", now
 
 
-def test_dashboard_numbers_after_a_real_send(operator_rt: Runtime, smtp: Any, stub_worker: Any) -> None:
+def test_dashboard_numbers_after_a_real_send(
+    operator_rt: Runtime, smtp: Any, stub_worker: Any
+) -> None:
     rt = operator_rt
     app = create_app(rt)
     scenario = run_send(rt, smtp, stub_worker, app)
     one_click = scenario.client.post(
-        scenario.unsubscribe_paths["anna@example.org"], content=b"List-Unsubscribe=One-Click",
+        scenario.unsubscribe_paths["anna@example.org"],
+        content=b"List-Unsubscribe=One-Click",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )  # fmt: skip
+    )
     assert one_click.status_code == 200
     add_feedback(rt, scenario.send_id)
 
@@ -97,9 +129,17 @@ def test_dashboard_numbers_after_a_real_send(operator_rt: Runtime, smtp: Any, st
     assert report.summary.status == "finished"
     languages = {lang: f.counts for lang, f in report.by_language}
     assert languages["en"] == {
-        "planned": 3, "queued": 0, "sent": 2, "deferred": 0, "failed": 1, "unknown": 0,
-        "skipped": 0, "bounced": 1, "complained": 0, "unsubscribed": 1,
-    }  # fmt: skip  (anna one-click, ivan DSN, nobody 550 at RCPT)
+        "planned": 3,
+        "queued": 0,
+        "sent": 2,
+        "deferred": 0,
+        "failed": 1,
+        "unknown": 0,
+        "skipped": 0,
+        "bounced": 1,
+        "complained": 0,
+        "unsubscribed": 1,
+    }  # anna one-click, ivan DSN, nobody 550
     assert languages["ru"]["complained"] == 1 and languages["ru"]["sent"] == 1
     assert languages["be"]["unsubscribed"] == 0  # ales asked 50 h ago: before this send
     domains = dict(report.by_domain)
@@ -134,7 +174,9 @@ def test_status_command_shows_the_send(rt: Runtime, smtp: Any, stub_worker: Any)
 
     scenario = run_send(rt, smtp, stub_worker, create_app(rt))
     result = CliRunner().invoke(
-        main, ["status"], env={"NEWSLETTER_DATABASE_URL": rt.settings.database_url, "COLUMNS": "160"}
+        main,
+        ["status"],
+        env={"NEWSLETTER_DATABASE_URL": rt.settings.database_url, "COLUMNS": "160"},
     )
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "2024-W28" in line)
@@ -172,9 +214,12 @@ def server(operator_rt: Runtime) -> Iterator[tuple[str, Any]]:
 
 
 def test_dashboard_in_headless_chromium(
-    request: pytest.FixtureRequest, operator_rt: Runtime, smtp: Any, stub_worker: Any,
+    request: pytest.FixtureRequest,
+    operator_rt: Runtime,
+    smtp: Any,
+    stub_worker: Any,
     server: tuple[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     if request.node.callspec.params.get("db_url") != "postgresql":
         pytest.skip("one screenshot is enough: taken on PostgreSQL")
     try:
@@ -184,23 +229,28 @@ def test_dashboard_in_headless_chromium(
     base, app = server
     scenario = run_send(operator_rt, smtp, stub_worker, app, extra=48)
     scenario.client.post(
-        scenario.unsubscribe_paths["anna@example.org"], content=b"List-Unsubscribe=One-Click",
+        scenario.unsubscribe_paths["anna@example.org"],
+        content=b"List-Unsubscribe=One-Click",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )  # fmt: skip
+    )
     add_feedback(operator_rt, scenario.send_id)
 
+    with operator_rt.session() as session:
+        assert len(overview(session, operator_rt.clock.now()).selected.rate) >= 3  # type: ignore[union-attr]
     with HeadlessChromium(offline=False) as browser:
         browser.call("Network.enable", session=True)
         browser.call("Network.setExtraHTTPHeaders", {"headers": AUTH}, session=True)  # the login
         png = browser.screenshot(f"{base}/dashboard", 1280)
         text = browser.call(
-            "Runtime.evaluate", {"expression": "document.body.innerText", "returnByValue": True},
+            "Runtime.evaluate",
+            {"expression": "document.body.innerText", "returnByValue": True},
             session=True,
-        )["result"]["value"]  # fmt: skip
+        )["result"]["value"]
         charts = browser.call(
-            "Runtime.evaluate", {"expression": "document.querySelectorAll('svg rect').length",
-                                 "returnByValue": True}, session=True,
-        )["result"]["value"]  # fmt: skip
+            "Runtime.evaluate",
+            {"expression": "document.querySelectorAll('svg rect').length", "returnByValue": True},
+            session=True,
+        )["result"]["value"]
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.write_bytes(png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000

@@ -230,7 +230,9 @@ def test_case_end_to_end(
             assert (event.attribution, event.delivery_id) == ("verp", world.delivery[fixture_id])
         for suppression in session.scalars(select(Suppression)):  # the audit trail
             assert suppression.source_event_id == event.id
-    alerts = [r for r in caplog.records if r.levelno == logging.WARNING and "policy block" in r.message]
+    alerts = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "policy block" in r.message
+    ]
     assert len(alerts) == (1 if effect == Effect.POLICY_ALERTED else 0)
     if case["id"] == "c01":
         assert subscriber_row(rt, world.subscriber[fixture_id]).unsubscribed_at is not None
@@ -289,7 +291,9 @@ def test_message_id_is_trusted_only_when_its_delivery_went_to_the_recipient(
     with rt.session() as session:
         world = load_world(session)
     raw = (CASES / "bounces" / "b01_postfix_5_1_1_headers_only.eml").read_bytes()
-    own = raw.replace(b"<ed-2026w48-en.s41809@", f"<d{world.delivery['s41809']}.2026w48-en@".encode())
+    own = raw.replace(
+        b"<ed-2026w48-en.s41809@", f"<d{world.delivery['s41809']}.2026w48-en@".encode()
+    )
     other = raw.replace(
         b"<ed-2026w48-en.s41809@", f"<d{world.delivery['s41807']}.2026w48-en@".encode()
     )
@@ -343,7 +347,9 @@ def _extra_delivery(rt: Runtime, subscriber_id: int, sent_at: datetime) -> int:
         return int(delivery.id)
 
 
-def test_third_soft_bounce_within_thirty_days_suppresses(rt: Runtime, policy: FeedbackPolicy) -> None:
+def test_third_soft_bounce_within_thirty_days_suppresses(
+    rt: Runtime, policy: FeedbackPolicy
+) -> None:
     with rt.session() as session:
         world = load_world(session)
     subscriber_id = world.subscriber["s41808"]
@@ -353,7 +359,10 @@ def test_third_soft_bounce_within_thirty_days_suppresses(rt: Runtime, policy: Fe
         delivery = _extra_delivery(rt, subscriber_id, at - timedelta(minutes=5))
         with rt.session() as session:
             outcome = record_feedback(
-                session, _soft(delivery, "full.box@example.com", n), policy=policy, now=at,
+                session,
+                _soft(delivery, "full.box@example.com", n),
+                policy=policy,
+                now=at,
                 verified_provider=True,
             )
             effects.append(outcome.effect)
@@ -371,12 +380,18 @@ def test_soft_bounces_outside_the_window_do_not_add_up(rt: Runtime, policy: Feed
         delivery = _extra_delivery(rt, subscriber_id, at - timedelta(minutes=5))
         with rt.session() as session:
             outcome = record_feedback(
-                session, _soft(delivery, "full.box@example.com", n), policy=policy, now=at,
+                session,
+                _soft(delivery, "full.box@example.com", n),
+                policy=policy,
+                now=at,
                 verified_provider=True,
             )
         assert outcome.effect == Effect.SOFT_COUNTED
     with rt.session() as session:
-        assert soft_bounce_count(session, subscriber_id, policy=policy, now=NOW + timedelta(days=62)) == 1
+        assert (
+            soft_bounce_count(session, subscriber_id, policy=policy, now=NOW + timedelta(days=62))
+            == 1
+        )
 
 
 def test_a_settled_delivery_without_bounce_resets_the_count(
@@ -390,20 +405,32 @@ def test_a_settled_delivery_without_bounce_resets_the_count(
         delivery = _extra_delivery(rt, subscriber_id, at - timedelta(minutes=5))
         with rt.session() as session:
             record_feedback(
-                session, _soft(delivery, "full.box@example.com", n), policy=policy, now=at,
+                session,
+                _soft(delivery, "full.box@example.com", n),
+                policy=policy,
+                now=at,
                 verified_provider=True,
             )
     clean = NOW + timedelta(days=3)
     _extra_delivery(rt, subscriber_id, clean)  # accepted, and no bounce came back
     with rt.session() as session:
         # Not yet settled two days later: a DSN may still come, the count stands.
-        assert soft_bounce_count(session, subscriber_id, policy=policy, now=clean + timedelta(days=2)) == 2
-        assert soft_bounce_count(session, subscriber_id, policy=policy, now=clean + timedelta(days=4)) == 0
+        assert (
+            soft_bounce_count(session, subscriber_id, policy=policy, now=clean + timedelta(days=2))
+            == 2
+        )
+        assert (
+            soft_bounce_count(session, subscriber_id, policy=policy, now=clean + timedelta(days=4))
+            == 0
+        )
     later = clean + timedelta(days=5)
     delivery = _extra_delivery(rt, subscriber_id, later - timedelta(minutes=5))
     with rt.session() as session:
         outcome = record_feedback(
-            session, _soft(delivery, "full.box@example.com", 9), policy=policy, now=later,
+            session,
+            _soft(delivery, "full.box@example.com", 9),
+            policy=policy,
+            now=later,
             verified_provider=True,
         )
     assert outcome.effect == Effect.SOFT_COUNTED
@@ -459,7 +486,9 @@ def test_send_time_5xx_goes_through_the_policy(rt: Runtime, smtp: OutboxServer) 
     }
 
     class Relay:
-        def send(self, envelope_from: str, recipient: str, message: bytes, **kw: Any) -> SmtpOutcome:
+        def send(
+            self, envelope_from: str, recipient: str, message: bytes, **kw: Any
+        ) -> SmtpOutcome:
             return replies.get(recipient) or SmtpOutcome(250, "2.0.0 ok")
 
         def close(self) -> None:
@@ -504,11 +533,20 @@ def test_unsubscribe_takes_effect_within_the_running_send(rt: Runtime, smtp: Out
         record_feedback(
             session,
             FeedbackReport(
-                kind=complaint.kind, classification=complaint, recipient="reader16@example.com",
-                status=None, diagnostic=None, original_message_id=None, verp_local=None,
-                feedback_type="abuse", source_event_id="webhook:test:c16", source="webhook:test",
+                kind=complaint.kind,
+                classification=complaint,
+                recipient="reader16@example.com",
+                status=None,
+                diagnostic=None,
+                original_message_id=None,
+                verp_local=None,
+                feedback_type="abuse",
+                source_event_id="webhook:test:c16",
+                source="webhook:test",
             ),
-            policy=policy, now=rt.clock.now(), verified_provider=True,
+            policy=policy,
+            now=rt.clock.now(),
+            verified_provider=True,
         )
     run_batch(rt, send_id)
 

@@ -22,13 +22,56 @@ DASHBOARD = MONITORING / "grafana" / "dashboards" / "newsletter.json"
 
 # PromQL words that look like metric names: functions, aggregations, keywords.
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "and", "or", "unless", "offset", "bool", "rate", "irate", "increase", "delta", "idelta",
-    "histogram_quantile", "clamp_min", "clamp_max", "clamp", "abs", "ceil", "floor", "round",
-    "label_replace", "label_join", "vector", "scalar", "time", "absent", "sum_over_time",
-    "avg_over_time", "max_over_time", "min_over_time", "le", "inf", "nan",
-}  # fmt: skip
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "histogram_quantile",
+    "clamp_min",
+    "clamp_max",
+    "clamp",
+    "abs",
+    "ceil",
+    "floor",
+    "round",
+    "label_replace",
+    "label_join",
+    "vector",
+    "scalar",
+    "time",
+    "absent",
+    "sum_over_time",
+    "avg_over_time",
+    "max_over_time",
+    "min_over_time",
+    "le",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -56,7 +99,9 @@ def exported_names(sqlite_url: str) -> set[str]:
     # its source rather than booting it (that would switch this process to multiprocess mode).
     source = Path(dramatiq_prometheus.__file__).read_text()
     for name, kind in re.findall(r'prom\.(\w+)\(\s*"(dramatiq_\w+)"', source):
-        names |= {kind + s for s in ("_bucket", "_sum", "_count")} if name == "Histogram" else {kind}
+        names |= (
+            {kind + s for s in ("_bucket", "_sum", "_count")} if name == "Histogram" else {kind}
+        )
     return names
 
 
@@ -75,7 +120,10 @@ def alert_queries() -> list[tuple[str, str]]:
 
 
 def test_metric_name_extraction() -> None:
-    expr = 'histogram_quantile(0.95, sum by (le) (rate(x_seconds_bucket{job="a"}[5m]))) / clamp_min(y_total, 1)'
+    expr = (
+        'histogram_quantile(0.95, sum by (le) (rate(x_seconds_bucket{job="a"}[5m])))'
+        " / clamp_min(y_total, 1)"
+    )
     assert metric_names(expr) == {"x_seconds_bucket", "y_total"}
 
 

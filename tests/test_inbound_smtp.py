@@ -120,18 +120,22 @@ def test_other_domains_are_refused(receiver: InboundServer) -> None:
 def test_storage_failure_answers_451_and_never_250(settings: Settings, tmp_path: Path) -> None:
     # A database without the schema: every INSERT fails, as with a full disk or a lost server.
     broken = dataclasses.replace(settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")
-    with InboundServer(broken, port=free_port()) as server:
-        with pytest.raises(smtplib.SMTPDataError) as refused:
-            deliver(server, b"Subject: x\r\n\r\nbody\r\n")
+    with (
+        InboundServer(broken, port=free_port()) as server,
+        pytest.raises(smtplib.SMTPDataError) as refused,
+    ):
+        deliver(server, b"Subject: x\r\n\r\nbody\r\n")
     assert refused.value.smtp_code == 451
     assert b"4.3.0" in refused.value.smtp_error
 
 
 def test_over_the_size_cap_is_refused_with_552(settings: Settings) -> None:
     small = dataclasses.replace(settings, inbound_max_bytes=10_000)
-    with InboundServer(small, port=free_port()) as server:
-        with pytest.raises(smtplib.SMTPException) as refused:
-            deliver(server, b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * 200)
+    with (
+        InboundServer(small, port=free_port()) as server,
+        pytest.raises(smtplib.SMTPException) as refused,
+    ):
+        deliver(server, b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * 200)
     assert "552" in str(refused.value)
 
 
@@ -159,6 +163,7 @@ def _recipient_blocks(count: int) -> bytes:
     )
 
 
+KOI8R_BOUNCE = "Subject: Недоставлено\n\n550 Пользователь не найден: x@example.com\n"
 HOSTILE = {
     "twenty_megabytes": (CASES / "bounces" / "b02_gmail_552_5_2_2_over_quota.eml").read_bytes()[
         :-30
@@ -166,9 +171,7 @@ HOSTILE = {
     + (b"A" * 76 + b"\n") * (20 * 1024 * 1024 // 77),
     "broken_mime": b"Content-Type: multipart/report; boundary=\nMIME-Version: 1.0\n\n--\x00\xff\n"
     b"Content-Type: message/delivery-status\n\nStatus: 5.\nFinal-Recipient: ;;;\n",
-    "undeclared_koi8r": "Subject: Недоставлено\n\n550 Пользователь не найден: x@example.com\n".encode(
-        "koi8-r"
-    ),
+    "undeclared_koi8r": KOI8R_BOUNCE.encode("koi8-r"),
     "deeply_nested": _nested(500),
     "recipient_blocks": _recipient_blocks(5000),
     "long_line": b"Subject: x\n\n" + b"z" * 500_000 + b"\n",

@@ -21,7 +21,10 @@ def stream() -> Iterator[io.StringIO]:
     saved = (list(root.handlers), root.level)
     out = io.StringIO()
     settings = Settings.from_env(
-        {}, secret_key=SECRET, log_json=True, smtp_url="smtps://mailer:relay-pass-99@smtp.example.net"
+        {},
+        secret_key=SECRET,
+        log_json=True,
+        smtp_url="smtps://mailer:relay-pass-99@smtp.example.net",
     )
     configure_logging(settings, out, level=logging.DEBUG)
     yield out
@@ -35,12 +38,18 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.StringIO) -> None:
     log = logging.getLogger("worker.dispatch")
     with log_context(send_id=7):
-        log.info("refused %s by %s", "Anna.K@example.org", "smtps://mailer:relay-pass-99@smtp.example.net")
+        log.info(
+            "refused %s by %s",
+            "Anna.K@example.org",
+            "smtps://mailer:relay-pass-99@smtp.example.net",
+        )
         log.warning("key %s", SECRET, extra={"delivery_id": 42})
         log.debug("debug keeps %s", "anna@example.org")
     log.info("outside")
     first, second, third, fourth = lines(stream)
-    assert first["send_id"] == 7 and first["level"] == "info" and first["logger"] == "worker.dispatch"
+    assert (
+        first["send_id"] == 7 and first["level"] == "info" and first["logger"] == "worker.dispatch"
+    )
     assert first["message"] == "refused A***@example.org by smtps://mailer:***@smtp.example.net"
     assert second == {**second, "send_id": 7, "delivery_id": 42, "message": "key ***"}
     assert third["message"] == "debug keeps anna@example.org"

@@ -37,7 +37,9 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-def test_a_real_send_is_counted_on_metrics(rt: Runtime, smtp: OutboxServer, stub_worker: Any) -> None:
+def test_a_real_send_is_counted_on_metrics(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
     app = create_app(rt)
     client = TestClient(app)
     before = scrape(client)
@@ -77,9 +79,16 @@ def test_a_real_send_is_counted_on_metrics(rt: Runtime, smtp: OutboxServer, stub
 def test_metric_names_and_labels_follow_prometheus_conventions(rt: Runtime) -> None:
     from worker import metrics
 
-    for metric in (metrics.SIGNUPS, metrics.CONFIRMATIONS, metrics.DELIVERIES, metrics.SMTP_REPLIES,
-                   metrics.FEEDBACK_EVENTS, metrics.SUPPRESSIONS, metrics.CONFIRMATION_MAILS,
-                   metrics.SIGNUP_REFUSALS):  # fmt: skip
+    for metric in (
+        metrics.SIGNUPS,
+        metrics.CONFIRMATIONS,
+        metrics.DELIVERIES,
+        metrics.SMTP_REPLIES,
+        metrics.FEEDBACK_EVENTS,
+        metrics.SUPPRESSIONS,
+        metrics.CONFIRMATION_MAILS,
+        metrics.SIGNUP_REFUSALS,
+    ):
         (family,) = metric.describe()
         assert family.type == "counter" and family.name.startswith("newsletter_")
         assert not set(metric._labelnames) & {"email", "address", "recipient", "domain", "send_id"}
@@ -97,7 +106,9 @@ metrics.SMTP_REPLIES.labels(reply_class="2xx").inc()
 """
 
 
-def test_metrics_of_several_processes_are_summed(tmp_path: Path, rt: Runtime, monkeypatch: Any) -> None:
+def test_metrics_of_several_processes_are_summed(
+    tmp_path: Path, rt: Runtime, monkeypatch: Any
+) -> None:
     # Given two worker processes that counted into the same multiprocess directory
     directory = tmp_path / "prometheus"
     directory.mkdir()
@@ -126,10 +137,68 @@ def test_readiness_checks_database_and_redis(rt: Runtime) -> None:
     assert not_ready.json()["redis"].startswith("error: ")
 
 
-@pytest.mark.parametrize("outcome,expected", [((250, "ok", False), "2xx"), ((451, "x", False), "4xx"),
-                                              ((0, "lost", True), "uncertain"), ((0, "refused", False), "none")])  # fmt: skip
+@pytest.mark.parametrize(
+    "outcome,expected",
+    [
+        ((250, "ok", False), "2xx"),
+        ((451, "x", False), "4xx"),
+        ((0, "lost", True), "uncertain"),
+        ((0, "refused", False), "none"),
+    ],
+)
 def test_reply_class(outcome: tuple[int, str, bool], expected: str) -> None:
     from worker.metrics import reply_class
     from worker.ports import SmtpOutcome
 
     assert reply_class(SmtpOutcome(*outcome)) == expected
+
+
+def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import IntegrityError
+
+    from worker import metrics
+    from worker.db import session_scope
+    from worker.models import FeedbackEvent
+    from worker.settings import Settings
+
+    now = datetime.now(UTC)
+    counter = metrics.FEEDBACK_EVENTS.labels(kind="complaint", source="arf")
+
+    def event(n: str) -> FeedbackEvent:
+        return FeedbackEvent(
+            source_event_id=n, kind="complaint", source="arf", occurred_at=now, recorded_at=now
+        )
+
+    before = counter._value.get()
+    with session_scope(Settings.from_env({}, database_url=db_url)) as session:
+        session.add(event("arf:1"))
+        session.flush()
+        try:
+            with session.begin_nested():  # a duplicate report: its savepoint rolls back
+                session.add(event("arf:1"))
+        except IntegrityError:
+            pass
+        assert counter._value.get() == before  # flushed, not yet committed
+    assert counter._value.get() == before + 1
+    try:
+        with session_scope(Settings.from_env({}, database_url=db_url)) as session:
+            session.add(event("arf:2"))
+            session.flush()
+            raise RuntimeError("the transaction fails after the flush")
+    except RuntimeError:
+        pass
+    assert counter._value.get() == before + 1
+
+
+def test_metrics_survive_a_database_outage(rt: Runtime) -> None:
+    down = Runtime(replace(rt.settings, database_url="postgresql+psycopg://postgres@127.0.0.1:1/x"))
+    client = TestClient(create_app(down))
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz").json()["database"].startswith("error: ")
+    samples = scrape(client)
+    assert samples[("newsletter_ledger_up", ())] == 0
+    assert ("newsletter_deliveries_total", (("state", "sent"),)) in samples or any(
+        name == "newsletter_smtp_transaction_duration_seconds_count" for name, _ in samples
+    )

@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from worker.models import (
@@ -633,7 +634,9 @@ def _one_send(session: Session, send_id: int) -> SendSummary | None:
 
 class LedgerCollector:
     """A Prometheus collector for ``/metrics``: deliveries per state of the active sends (planning,
-    sending, paused), read from the ledger at scrape time. Gauges, since they go down too."""
+    sending, paused), read from the ledger at scrape time (gauges, since they go down too), and
+    ``newsletter_ledger_up`` (0 when the database did not answer: the other metrics of the scrape
+    are still served)."""
 
     def __init__(self, session_factory: Any) -> None:
         self.session_factory = session_factory
@@ -642,16 +645,21 @@ class LedgerCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         active = (SendStatus.PLANNING, SendStatus.SENDING, SendStatus.PAUSED)
-        with self.session_factory() as session:
-            sends = session.scalar(
-                select(func.count()).select_from(Send).where(Send.status.in_(active))
-            )
-            rows = session.execute(
-                select(Delivery.state, func.count())
-                .join(Send, Send.id == Delivery.send_id)
-                .where(Send.status.in_(active))
-                .group_by(Delivery.state)
-            ).all()
+        try:
+            with self.session_factory() as session:
+                sends = session.scalar(
+                    select(func.count()).select_from(Send).where(Send.status.in_(active))
+                )
+                rows = session.execute(
+                    select(Delivery.state, func.count())
+                    .join(Send, Send.id == Delivery.send_id)
+                    .where(Send.status.in_(active))
+                    .group_by(Delivery.state)
+                ).all()
+        except SQLAlchemyError:
+            yield GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger was read.", value=0)
+            return
+        yield GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger was read.", value=1)
         yield GaugeMetricFamily(
             "newsletter_active_sends", "Sends planning, sending or paused.", value=sends or 0
         )

@@ -267,10 +267,6 @@ def _send_rows(
             report.add(DeliveryState.SKIPPED)
             metrics.delivery_recorded(DeliveryState.SKIPPED)
             continue
-        wait = _reserve(ctx, domain)
-        if wait is not None:
-            report.later(wait)  # the batch comes back when the slot is near
-            return
         ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds)  # extend
         attempt = _claim(session, send_id, delivery_id, ctx.clock.now(), ctx.policy.lease_seconds)
         if attempt is None:
@@ -279,7 +275,15 @@ def _send_rows(
                 report.stopped = status
                 return
             continue  # another worker has it
-        state = _deliver(session, delivery_id, attempt, subscriber, language, ctx)
+        envelope_from, message = ctx.composer.compose(delivery_id, subscriber, language)
+        # The send slot is taken last, right before the SMTP transaction: whatever ran before
+        # (claim, composing) must not shift the message past its slot into the next one.
+        wait = _reserve(ctx, domain)
+        if wait is not None:
+            _release(session, delivery_id, attempt, ctx.clock.now())
+            report.later(wait)  # the batch comes back when the slot is near
+            return
+        state = _deliver(session, delivery_id, attempt, subscriber, (envelope_from, message), ctx)
         if state is not None:
             report.add(state)
 
@@ -301,16 +305,31 @@ def _reserve(ctx: BatchContext, domain: str) -> float | None:
         ctx.sleep(max(in_reach, 0.005))
 
 
+def _release(session: Session, delivery_id: int, attempt: int, now: datetime) -> None:
+    """Give back an unused claim (throttled before any SMTP): ``sending`` → ``queued``."""
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.state == DeliveryState.SENDING,
+            Delivery.attempts == attempt,
+        )
+        .values(state=DeliveryState.QUEUED, lease_until=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def _deliver(
     session: Session,
     delivery_id: int,
     attempt: int,
     subscriber: Subscriber,
-    language: str,
+    composed: tuple[str, bytes],
     ctx: BatchContext,
 ) -> str | None:
     """One SMTP transaction for a claimed delivery; the new state, or None if the claim was lost."""
-    envelope_from, message = ctx.composer.compose(delivery_id, subscriber, language)
+    envelope_from, message = composed
     fence: list[bool] = []
 
     def before_data() -> bool:

@@ -42,6 +42,7 @@ from worker.classification import FeedbackKind, classify_smtp_reply, enhanced_st
 from worker.feedback_report import FeedbackReport
 from worker.models import Delivery, DeliveryState, FeedbackEvent, Subscriber, SubscriberStatus
 from worker.people import dedupe_key_of
+from worker.settings import Settings
 from worker.suppressions import suppress
 from worker.tokens import TokenError, Tokens
 from worker.verp import parse_verp
@@ -85,14 +86,13 @@ class FeedbackPolicy:
     verp_prefix: str = "bounces"
 
     @classmethod
-    def from_settings(cls, settings: object) -> FeedbackPolicy:
-        """The policy of a :class:`worker.settings.Settings`."""
-        s = settings
+    def from_settings(cls, settings: Settings) -> FeedbackPolicy:
+        """The policy of the configured settings (``NEWSLETTER_SOFT_BOUNCE_*``, secret key)."""
         return cls(
-            hash_key=s.secret_key,  # type: ignore[attr-defined]
-            soft_bounce_limit=s.soft_bounce_limit,  # type: ignore[attr-defined]
-            soft_bounce_window=timedelta(days=s.soft_bounce_window_days),  # type: ignore[attr-defined]
-            message_id_domain=s.sending_domain,  # type: ignore[attr-defined]
+            hash_key=settings.secret_key,
+            soft_bounce_limit=settings.soft_bounce_limit,
+            soft_bounce_window=timedelta(days=settings.soft_bounce_window_days),
+            message_id_domain=settings.sending_domain,
         )
 
 
@@ -391,8 +391,8 @@ def _new_event(
         source=report.source[:32],
         subscriber_id=subscriber.id if subscriber is not None else None,
         delivery_id=found.delivery.id if found.delivery is not None else None,
-        recipient=(report.recipient or None) and report.recipient[:320],  # type: ignore[index]
-        status_code=(report.status or None) and report.status[:16],  # type: ignore[index]
+        recipient=report.recipient[:320] if report.recipient else None,
+        status_code=report.status[:16] if report.status else None,
         reason=report.classification.reason,
         detail=_detail(report),
         occurred_at=report.occurred_at or now,

@@ -45,10 +45,12 @@ def store_inbound(
     max_bytes: int,
     envelope_from: str | None = None,
     envelope_to: list[str] | None = None,
+    total_size: int | None = None,
 ) -> InboundMessage:
     """Store ``raw`` (RFC 5322 bytes) and flush; returns the new row, or the row already holding
     the same bytes. Over ``max_bytes`` the first ``max_bytes`` are kept and ``truncated`` is set
-    (the SMTP receiver refuses such messages before this; IMAP cannot refuse). ``source``:
+    (the SMTP receiver refuses such messages before this; IMAP cannot refuse); ``total_size``
+    is the size of the whole message when ``raw`` is already a fetched prefix. ``source``:
     ``smtp`` or ``imap``. Database errors propagate: the caller must not acknowledge then."""
     digest = hashlib.sha256(raw).hexdigest()
     existing = session.scalar(select(InboundMessage).where(InboundMessage.digest == digest))
@@ -57,12 +59,12 @@ def store_inbound(
     message = InboundMessage(
         received_at=now,
         source=source[:32],
-        envelope_from=(envelope_from or None) and envelope_from[:320],  # type: ignore[index]
+        envelope_from=envelope_from[:320] if envelope_from else None,
         envelope_to=", ".join(envelope_to or []) or None,
         digest=digest,
         raw=raw[:max_bytes],
-        size=len(raw),
-        truncated=len(raw) > max_bytes,
+        size=max(len(raw), total_size or 0),
+        truncated=max(len(raw), total_size or 0) > max_bytes,
     )
     session.add(message)
     session.flush()

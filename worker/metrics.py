@@ -197,8 +197,8 @@ def _after_commit(session: Session) -> None:
             metric.labels(**labels).inc()
 
 
-def _after_rollback(session: Session) -> None:
-    if not session.in_transaction():
+def _after_rollback(session: Session, _previous: Any) -> None:
+    if not session.in_transaction():  # the outer transaction: nothing of it was committed
         session.info.pop(_PENDING, None)
 
 

@@ -112,8 +112,8 @@ class SignupRefused(ValueError):
     """A refused signup event: ``reason`` is a stable code, ``detail`` says what is wrong where.
 
     Reasons: ``malformed``, ``invalid_address``, ``unsupported_language``, ``unknown_newsletter``,
-    ``ip_limit``; for a recorded signup that got no confirmation mail: ``resend_window``,
-    ``address_limit``.
+    ``ip_limit``, ``suppressed``; for a recorded signup that got no confirmation mail:
+    ``resend_window``, ``address_limit``.
     """
 
     def __init__(self, reason: str, detail: str, event_id: str | None = None) -> None:
@@ -292,6 +292,11 @@ def process_signup(
     except SignupRefused as refusal:
         record_refusal(session, refusal, data, now)
         return SignupOutcome(None, False, "refused", refusal.reason)
+    if outcome.status == "suppressed":
+        # Recorded without the payload: it would hold the address of an erased person again.
+        detail = "the address is on the suppression list (by keyed hash); nothing stored or sent"
+        record_refusal(session, SignupRefused("suppressed", detail, event.event_id), {}, now)
+        return replace(outcome, reason="suppressed")
     if not outcome.send_confirmation:
         return outcome
     verdict = limiter.allow_confirmation(valid.address.dedupe_key, repeat=outcome.repeat)

@@ -64,7 +64,8 @@ if grate > 0 then
   -- domain allows. Booking ahead never blocks an earlier free slot of another domain.
   local gi = 1000 / grate
   local cal = KEYS[2] .. ':' .. tostring(grate)
-  local k = math.ceil(slot / gi)
+  local k = math.floor(slot / gi)  -- the current cell counts: a message may go at once
+  if (k + 1) * gi <= slot then k = k + 1 end  -- float rounding at a cell boundary
   local kmax = math.floor((now + maxwait) / gi)
   local taken = redis.call('ZRANGEBYSCORE', cal, k, kmax + 1)
   for _, member in ipairs(taken) do
@@ -77,7 +78,7 @@ if grate > 0 then
   redis.call('ZADD', cal, k, string.format('%d', k))
   redis.call('ZREMRANGEBYSCORE', cal, '-inf', math.floor(now / gi) - 2)
   redis.call('PEXPIRE', cal, math.floor(maxwait) + 60000)
-  slot = k * gi
+  slot = math.max(k * gi, slot)
 end
 if drate > 0 then
   local nxt = slot + 1000 / drate
@@ -142,10 +143,13 @@ class RedisThrottle:
         self._reserve = client.register_script(_RESERVE)
         self._slow_down = client.register_script(_SLOW_DOWN)
         self._acquire = client.register_script(_ACQUIRE)
-        self.last_slot: float | None = None  # Unix time of the last slot granted (benchmarks)
 
     def reserve(self, domain: str, max_wait: float) -> Reservation:
         """See ``worker.ports.Throttle.reserve``. Raises ``redis.RedisError`` if Redis is down."""
+        return self.reserve_at(domain, max_wait)[0]
+
+    def reserve_at(self, domain: str, max_wait: float) -> tuple[Reservation, float | None]:
+        """``reserve``, plus the granted slot as Unix time on Redis's clock (for benchmarks)."""
         domain = domain.lower()
         keys = [
             f"{self.prefix}:rates",
@@ -161,8 +165,8 @@ class RedisThrottle:
             self.recover_ms,
         ]
         reply = self._reserve(keys=keys, args=args)
-        self.last_slot = float(reply[2]) / 1000.0 if len(reply) > 2 else None
-        return Reservation(granted=bool(reply[0]), wait=int(reply[1]) / 1000.0)
+        at = float(reply[2]) / 1000.0 if len(reply) > 2 else None
+        return Reservation(granted=bool(reply[0]), wait=int(reply[1]) / 1000.0), at
 
     def slow_down(self, domain: str) -> None:
         """Halve ``domain``'s rate (again on each call, down to 1/16); it recovers step by step."""

@@ -35,6 +35,8 @@ def send_transactional(
     the List-Unsubscribe header.
     """
     unsubscribe_url = str(context.get("unsubscribe_url") or "")
+    # The template gets the placeholder (rendering checks it is there); personalise() fills it in.
+    context = {k: v for k, v in context.items() if k != "unsubscribe_url"}
     rendered = render_message(
         name, subscriber.language, context, profile=profile, public_url=public_url, fallbacks=fallbacks
     )

@@ -8,6 +8,7 @@ because mail security gateways fetch every link in a mail within seconds of deli
 from __future__ import annotations
 
 import json
+from ipaddress import ip_address
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -35,6 +36,7 @@ from worker.signups import (
 )
 from worker.tokens import Purpose, TokenError
 from worker.web_operator import operator_router
+from worker.web_webhooks import webhook_router
 
 ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
 
@@ -73,6 +75,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
     pages = Pages()
     app.state.runtime = runtime
     app.include_router(operator_router(runtime))  # /metrics, /readyz, /dashboard
+    app.include_router(webhook_router(runtime))  # /webhooks/{ses,postmark,sendgrid,mailgun}
 
     def newsletter_context(subscriber: Subscriber | None, session: Any) -> tuple[str, dict[str, Any]]:
         newsletter = session.get(Newsletter, subscriber.newsletter_id) if subscriber else None
@@ -97,6 +100,15 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         pending = subscriber is not None and subscriber.status == SubscriberStatus.PENDING
         resend = f"/confirm/{token}/resend" if error.code == "expired" and pending else ""
         return link_error(session, error, subscriber, resend)
+
+    languages: list[tuple[str, ...]] = []
+
+    def signup_languages() -> tuple[str, ...]:
+        """The newsletter's languages, read once (the same database read for every signup)."""
+        if not languages:
+            with runtime.session() as session:
+                languages.append(profile_of(runtime.newsletter(session)).languages)
+        return languages[0]
 
     limiter: list[SignupLimiter] = []
 
@@ -244,7 +256,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             if isinstance(data, dict):
                 data = _with_request_evidence(data, request)
             rules = AddressRules.from_settings(runtime.settings)
-            valid = validate_signup(data, rules)
+            valid = validate_signup(data, rules, signup_languages())
         except SignupRefused as refusal:
             with runtime.session() as session:
                 payload = raw[:8192].decode("utf-8", "replace")
@@ -273,12 +285,20 @@ def _signup_json(raw: bytes) -> Any:
 def _with_request_evidence(data: dict[str, Any], request: Request) -> dict[str, Any]:
     """The event with the request's IP and User-Agent where the event has none."""
     filled = dict(data)
-    if "ip" not in filled and request.client is not None:
+    if "ip" not in filled and request.client is not None and _is_ip(request.client.host):
         filled["ip"] = request.client.host
     agent = request.headers.get("user-agent")
     if "user_agent" not in filled and agent:
         filled["user_agent"] = agent[:512]
     return filled
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_one_click(body: bytes, content_type: str) -> bool:

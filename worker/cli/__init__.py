@@ -11,8 +11,10 @@ import click
 
 from worker.cli.core import db, scheduler, send, web
 from worker.cli.demo import demo
+from worker.cli.inbound import inbound
 from worker.cli.status import status
 from worker.cli.subscribers import subscribers
+from worker.cli.suppressions import suppressions
 
 
 @click.group()
@@ -26,6 +28,8 @@ main.add_command(scheduler)
 main.add_command(web)
 main.add_command(demo)
 main.add_command(subscribers)
+main.add_command(inbound)
+main.add_command(suppressions)
 main.add_command(status)
 
 try:

@@ -1,0 +1,94 @@
+"""``newsletter inbound smtp|imap|reprocess``: bounces, complaints and mailto unsubscribes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import click
+
+from worker.settings import Settings
+
+
+@click.group()
+def inbound() -> None:
+    """Mail coming back to the bounce domain: SMTP receiver or IMAP poller."""
+
+
+@inbound.command("smtp")
+@click.option("--listen", default="0.0.0.0:2525", show_default=True, help="HOST:PORT to listen on.")
+def inbound_smtp(listen: str) -> None:
+    """Serve the VERP bounce, unsubscribe and FBL addresses of NEWSLETTER_BOUNCE_DOMAIN over
+    SMTP: each message is stored before 250 (451 if it cannot be), then parsed and recorded."""
+    from worker.inbound_smtp import InboundServer, parse_listen
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+    settings = Settings.from_env()
+    server = InboundServer(settings, host=host, port=port)
+    server.start()
+    click.echo(f"inbound SMTP for @{settings.bounce_domain} on {host}:{port}; Ctrl-C stops")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@inbound.command("imap")
+@click.argument("url")
+@click.option(
+    "--interval", type=float, default=60.0, show_default=True, help="Seconds between polls."
+)
+@click.option("--once", is_flag=True, help="Poll once and exit.")
+def inbound_imap(url: str, interval: float, once: bool) -> None:
+    """Poll URL (imaps://user:password@host[:port]/FOLDER[?done=FOLDER]): store, parse and
+    record each message, then move it to the done folder (or flag it deleted). A message that
+    could not be stored or processed is left in place."""
+    from worker.inbound_imap import ImapMailbox, ImapPoller
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        mailbox = ImapMailbox.from_url(url)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="URL") from None
+    poller = ImapPoller(Settings.from_env(), mailbox)
+    if once:
+        result = poller.poll_once()
+        click.echo(f"{result.seen} seen, {result.done} done, {result.kept} kept")
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        poller.run(interval)
+
+
+@inbound.command("reprocess")
+def inbound_reprocess() -> None:
+    """Parse and record stored messages that were not processed (after a crash or an error)."""
+    from worker.db import session_scope
+    from worker.feedback import FeedbackPolicy
+    from worker.inbound import InboundContext, pending_ids, process_inbound
+    from worker.models import InboundMessage
+    from worker.ports import SystemClock
+    from worker.tokens import Tokens
+
+    settings = Settings.from_env()
+    ctx = InboundContext(FeedbackPolicy.from_settings(settings), Tokens(settings.secret_key))
+    with session_scope(settings) as session:
+        ids = pending_ids(session)
+    done = 0
+    for message_id in ids:
+        with session_scope(settings) as session:
+            message = session.get(InboundMessage, message_id)
+            if message is not None and message.parsed_at is None:
+                process_inbound(session, message, ctx, now=SystemClock().now())
+                done += 1
+    click.echo(f"processed {done} stored message(s)")
