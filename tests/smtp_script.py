@@ -39,6 +39,7 @@ class ScriptHandler:
         chooser: Callable[[str, int], str | None] | None = None,
         on_accept: Callable[[str, bytes], None] | None = None,
         data_delay: float = 0.0,
+        keep_data: bool = True,
         rcpt_delay: dict[str, float] | None = None,
         max_sessions: int = 0,
         max_per_second: int = 0,
@@ -48,6 +49,7 @@ class ScriptHandler:
         self.chooser = chooser
         self.on_accept = on_accept
         self.data_delay = data_delay
+        self.keep_data = keep_data  # False: count messages without keeping them (big runs)
         self.rcpt_delay = dict(rcpt_delay or {})  # recipient → seconds before answering RCPT
         self.session_limit = max_sessions  # a provider's limits: beyond them it answers 421/451
         self.per_second_limit = max_per_second
@@ -115,7 +117,8 @@ class ScriptHandler:
         with self.lock:
             self.accepted[recipient] += 1
             self.accept_times.append(time.monotonic())
-            self.messages[recipient].append(data)
+            if self.keep_data:
+                self.messages[recipient].append(data)
         if self.on_accept is not None:
             self.on_accept(recipient, data)
         return "250 2.0.0 Ok: queued"

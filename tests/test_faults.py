@@ -28,7 +28,7 @@ import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from tests.conftest import PG_ADMIN, SAMPLE_EDITION
+from tests.conftest import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
 from worker import actors
 from worker.db import dispose_engines, make_engine
@@ -69,8 +69,19 @@ class RedisServer:
     def start(self) -> RedisServer:
         assert REDIS_SERVER is not None
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: _pings(client), 10, "redis-server up")
@@ -101,9 +112,16 @@ def pg_settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
     yield Settings.from_env(
-        {}, database_url=pg_url, redis_url="", broker="stub", smtp_url="smtp://127.0.0.1:1",
-        secret_key=SECRET, public_url="http://testserver", bounce_domain="news.example.org",
-        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"), send_batch_size=10,
+        {},
+        database_url=pg_url,
+        redis_url="",
+        broker="stub",
+        smtp_url="smtp://127.0.0.1:1",
+        secret_key=SECRET,
+        public_url="http://testserver",
+        bounce_domain="news.example.org",
+        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
+        send_batch_size=10,
     )
     dispose_engines()
 
@@ -111,20 +129,33 @@ def pg_settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
 def worker_env(settings: Settings, redis_url: str, smtp_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(
-        PYTHONPATH=str(ROOT), NEWSLETTER_BROKER="redis", NEWSLETTER_REDIS_URL=redis_url,
-        NEWSLETTER_DATABASE_URL=settings.database_url, NEWSLETTER_SMTP_URL=smtp_url,
-        NEWSLETTER_SECRET_KEY=SECRET, NEWSLETTER_PUBLIC_URL="http://testserver",
+        PYTHONPATH=str(ROOT),
+        NEWSLETTER_BROKER="redis",
+        NEWSLETTER_REDIS_URL=redis_url,
+        NEWSLETTER_DATABASE_URL=settings.database_url,
+        NEWSLETTER_SMTP_URL=smtp_url,
+        NEWSLETTER_SECRET_KEY=SECRET,
+        NEWSLETTER_PUBLIC_URL="http://testserver",
         NEWSLETTER_BOUNCE_DOMAIN="news.example.org",
         NEWSLETTER_NEWSLETTER_PATH=str(SAMPLE_EDITION / "newsletter.yaml"),
-        NEWSLETTER_QUEUE_NAMESPACE="faults", **extra,
+        NEWSLETTER_QUEUE_NAMESPACE="faults",
+        **extra,
     )
     return env
 
 
-def newsletter(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def newsletter(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the ``newsletter`` command (this checkout's) in a new process."""
-    return subprocess.run([sys.executable, "-c", "from worker.cli import main; main()", *args],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "from worker.cli import main; main()", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def received_per_recipient(smtp: OutboxServer) -> Counter[str]:
@@ -135,7 +166,9 @@ def received_per_recipient(smtp: OutboxServer) -> Counter[str]:
 def ledger(rt: Runtime, send_id: int) -> dict[str, int]:
     with rt.session() as session:
         rows = session.execute(
-            select(Delivery.state, func.count()).where(Delivery.send_id == send_id).group_by(Delivery.state)
+            select(Delivery.state, func.count())
+            .where(Delivery.send_id == send_id)
+            .group_by(Delivery.state)
         ).all()
     return {str(state): int(count) for state, count in rows}
 
@@ -152,9 +185,12 @@ def addresses(n: int) -> list[str]:
 # --- Redis ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead: with Redis unreachable, "
-                   "`newsletter send start` dies with an 80-line redis.exceptions.ConnectionError "
-                   "traceback instead of one line naming the Redis URL")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug reported to the lead: with Redis unreachable, "
+    "`newsletter send start` dies with an 80-line redis.exceptions.ConnectionError "
+    "traceback instead of one line naming the Redis URL",
+)
 def test_redis_unavailable_at_start_gives_a_clear_error(pg_settings: Settings) -> None:
     with Runtime(pg_settings).session() as session:
         from worker.editions import read_edition
@@ -162,7 +198,9 @@ def test_redis_unavailable_at_start_gives_a_clear_error(pg_settings: Settings) -
 
         save_edition(session, read_edition(SAMPLE_EDITION), Runtime(pg_settings).clock.now())
     closed = f"redis://127.0.0.1:{free_port()}/0"
-    result = newsletter(worker_env(pg_settings, closed, "smtp://127.0.0.1:1"), "send", "start", "2024-W28")
+    result = newsletter(
+        worker_env(pg_settings, closed, "smtp://127.0.0.1:1"), "send", "start", "2024-W28"
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "127.0.0.1" in result.stderr and "Redis" in result.stderr
@@ -180,16 +218,27 @@ def test_worker_started_without_redis_waits_and_works_once_redis_is_up(
         send_id = start_send(Runtime(pg_settings), batch_size=5)
         env = worker_env(pg_settings, server.url, smtp.url)
         log = (tmp_path / "worker.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "worker.actors", "-p", "1", "-t", "2"],
-                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "worker.actors", "-p", "1", "-t", "2"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             time.sleep(2)
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
             server.start()
-            result = newsletter(env, "scheduler", "--once")  # re-enqueues the planned send's batches
+            result = newsletter(
+                env, "scheduler", "--once"
+            )  # re-enqueues the planned send's batches
             assert result.returncode == 0, result.stderr[-2000:]
             rt = Runtime(pg_settings)
-            wait_for(lambda: send_status(rt, send_id) == "finished", 30, "send finished after Redis came up")
+            wait_for(
+                lambda: send_status(rt, send_id) == "finished",
+                30,
+                "send finished after Redis came up",
+            )
             assert received_per_recipient(smtp) == Counter({a: 1 for a in addresses(5)})
         finally:
             worker.terminate()
@@ -210,11 +259,22 @@ def test_redis_killed_and_restarted_empty_mid_send_loses_nobody_and_mails_nobody
     with OutboxServer() as smtp:
         seed(Runtime(pg_settings), recipients)
         send_id = start_send(Runtime(pg_settings), batch_size=20)
-        env = worker_env(pg_settings, server.url, smtp.url, NEWSLETTER_GLOBAL_RATE="40",
-                         NEWSLETTER_BATCH_GRACE_SECONDS="5", NEWSLETTER_CLAIM_LEASE_SECONDS="5")
+        env = worker_env(
+            pg_settings,
+            server.url,
+            smtp.url,
+            NEWSLETTER_GLOBAL_RATE="40",
+            NEWSLETTER_BATCH_GRACE_SECONDS="5",
+            NEWSLETTER_CLAIM_LEASE_SECONDS="5",
+        )
         log = (tmp_path / "worker.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "worker.actors", "-p", "1", "-t", "3"],
-                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "worker.actors", "-p", "1", "-t", "3"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         scheduler = None
         rt = Runtime(pg_settings)
         try:
@@ -226,9 +286,22 @@ def test_redis_killed_and_restarted_empty_mid_send_loses_nobody_and_mails_nobody
             stranded = ledger(rt, send_id).get("sending", 0)
             server.start()  # empty: every queued batch message is gone
             scheduler = subprocess.Popen(
-                [sys.executable, "-c", "from worker.cli import main; main()", "scheduler", "--interval", "1"],
-                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "scheduler.log").open("wb"))
-            recovery = wait_for(lambda: send_status(rt, send_id) == "finished", 45, "send finished", step=0.5)
+                [
+                    sys.executable,
+                    "-c",
+                    "from worker.cli import main; main()",
+                    "scheduler",
+                    "--interval",
+                    "1",
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / "scheduler.log").open("wb"),
+            )
+            recovery = wait_for(
+                lambda: send_status(rt, send_id) == "finished", 45, "send finished", step=0.5
+            )
         finally:
             for process in (scheduler, worker):
                 if process is not None:
@@ -236,8 +309,10 @@ def test_redis_killed_and_restarted_empty_mid_send_loses_nobody_and_mails_nobody
                     process.wait(20)
             server.kill()
         got = received_per_recipient(smtp)
-    print(f"\nredis killed after {sent_at_kill}/200 sent; {stranded} claims left `sending`; "
-          f"send finished {recovery:.1f} s after the restart")
+    print(
+        f"\nredis killed after {sent_at_kill}/200 sent; {stranded} claims left `sending`; "
+        f"send finished {recovery:.1f} s after the restart"
+    )
     assert 70 <= sent_at_kill < 200
     assert got == Counter({a: 1 for a in recipients}), {a: c for a, c in got.items() if c != 1}
     assert ledger(rt, send_id) == {"sent": 200}
@@ -258,10 +333,18 @@ class KillingMailer:
         self.inner, self.url, self.after, self.accepted = inner, url, after, 0
         self.killed: list[int] = []
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, *, smtputf8: bool,
-             before_data: Callable[[], bool] | None = None) -> SmtpOutcome:
-        outcome: SmtpOutcome = self.inner.send(envelope_from, recipient, message, smtputf8=smtputf8,
-                                               before_data=before_data)
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        outcome: SmtpOutcome = self.inner.send(
+            envelope_from, recipient, message, smtputf8=smtputf8, before_data=before_data
+        )
         if outcome.accepted:
             self.accepted += 1
             if self.accepted == self.after:
@@ -272,8 +355,10 @@ class KillingMailer:
 
     def _kill_blocked(self, locker: psycopg.Connection[Any]) -> None:
         with psycopg.connect(self.url, autocommit=True) as admin:
-            query = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                     "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+            query = (
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
             deadline = time.monotonic() + 10
             while not self.killed and time.monotonic() < deadline:
                 self.killed = [row[0] for row in admin.execute(query)]
@@ -291,11 +376,14 @@ def kill_idle_connections(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as admin:
         rows = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
     return len(rows)
 
 
-def test_database_connections_killed_mid_batch_lose_nothing_and_double_nothing(pg_settings: Settings) -> None:
+def test_database_connections_killed_mid_batch_lose_nothing_and_double_nothing(
+    pg_settings: Settings,
+) -> None:
     """The batch fails with the database error; the retry (as dramatiq would run it) sends the
     rest; the one message whose outcome was lost with the connection becomes ``unknown`` once
     its lease runs out, and is not sent again."""
@@ -339,9 +427,12 @@ class DownThrottle:
     def release_connection(self, holder: str) -> None: ...
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead: worker/dispatch.py claims a delivery "
-                   "before reserving its send slot in Redis; a Redis error there leaves the claim "
-                   "`sending` for the whole lease (default 10 min) instead of giving it back")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug reported to the lead: worker/dispatch.py claims a delivery "
+    "before reserving its send slot in Redis; a Redis error there leaves the claim "
+    "`sending` for the whole lease (default 10 min) instead of giving it back",
+)
 def test_redis_error_after_the_claim_gives_the_claim_back(pg_settings: Settings) -> None:
     rt = Runtime(pg_settings)
     seed(rt, addresses(3))
@@ -377,13 +468,20 @@ class InProcessWorker:
         actors.use_runtime(None)
 
 
-def test_smtp_relay_down_for_twenty_seconds_defers_then_delivers_each_once(pg_settings: Settings) -> None:
+def test_smtp_relay_down_for_twenty_seconds_defers_then_delivers_each_once(
+    pg_settings: Settings,
+) -> None:
     """Nothing listens on the relay's port for 20 s (retry base 2 s, cap 4 s): deliveries are
     deferred, batches come back with a delay, and once the relay is up every recipient gets
     the edition exactly once."""
     port = free_port()
-    settings = replace(pg_settings, smtp_url=f"smtp://127.0.0.1:{port}", retry_base_seconds=2.0,
-                       retry_cap_seconds=4.0, smtp_timeout_seconds=5.0)
+    settings = replace(
+        pg_settings,
+        smtp_url=f"smtp://127.0.0.1:{port}",
+        retry_base_seconds=2.0,
+        retry_cap_seconds=4.0,
+        smtp_timeout_seconds=5.0,
+    )
     rt = Runtime(settings)
     recipients = addresses(40)
     seed(rt, recipients)
@@ -404,12 +502,18 @@ def test_smtp_relay_down_for_twenty_seconds_defers_then_delivers_each_once(pg_se
         assert ledger(rt, send_id).get("sent", 0) == 0
         assert max(deferred_seen) > 0
         with OutboxServer(port=port) as smtp:
-            wait_for(lambda: send_status(rt, send_id) == "finished", 30, "send finished after the relay came back")
+            wait_for(
+                lambda: send_status(rt, send_id) == "finished",
+                30,
+                "send finished after the relay came back",
+            )
             got = received_per_recipient(smtp)
     assert got == Counter({a: 1 for a in recipients})
     assert ledger(rt, send_id) == {"sent": 40}
     with rt.session() as session:
-        attempts = session.scalars(select(Delivery.attempts).where(Delivery.send_id == send_id)).all()
+        attempts = session.scalars(
+            select(Delivery.attempts).where(Delivery.send_id == send_id)
+        ).all()
     assert max(attempts) >= 2  # each was tried during the outage, then again
 
 
@@ -429,9 +533,15 @@ def test_inbound_storage_full_answers_451_and_loses_nothing(sqlite_url: str) -> 
     from worker.inbound_smtp import InboundServer
     from worker.models import InboundMessage
 
-    settings = Settings.from_env({}, database_url=sqlite_url, redis_url="", broker="stub",
-                                 secret_key=SECRET, bounce_domain="news.example.org",
-                                 newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"))
+    settings = Settings.from_env(
+        {},
+        database_url=sqlite_url,
+        redis_url="",
+        broker="stub",
+        secret_key=SECRET,
+        bounce_domain="news.example.org",
+        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
+    )
     engine = engine_for(settings)
     with engine.connect() as conn:
         used = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
@@ -443,15 +553,21 @@ def test_inbound_storage_full_answers_451_and_loses_nothing(sqlite_url: str) -> 
 
     engine.dispose()
     messages = [
-        (f"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+d{n}-x@news.example.org\r\n"
-         f"Subject: Undelivered Mail {n}\r\nMessage-ID: <b{n}@mx.example.net>\r\n\r\n" + f"line {n}\r\n" * 2500).encode()
+        (
+            f"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+d{n}-x@news.example.org\r\n"
+            f"Subject: Undelivered Mail {n}\r\nMessage-ID: <b{n}@mx.example.net>\r\n\r\n"
+            + f"line {n}\r\n"
+            * 2500
+        ).encode()
         for n in range(12)
     ]
 
     def deliver(server: InboundServer, raw: bytes) -> int:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
             try:
-                client.sendmail("MAILER-DAEMON@mx.example.net", ["bounces+d1-x@news.example.org"], raw)
+                client.sendmail(
+                    "MAILER-DAEMON@mx.example.net", ["bounces+d1-x@news.example.org"], raw
+                )
             except smtplib.SMTPDataError as refused:
                 assert b"4.3.0" in refused.smtp_error
                 return refused.smtp_code
@@ -466,10 +582,14 @@ def test_inbound_storage_full_answers_451_and_loses_nothing(sqlite_url: str) -> 
         assert stored == first.count(250)
         limit[0] = 1_000_000  # space freed
         engine.dispose()
-        retried = [deliver(server, raw) for raw, code in zip(messages, first, strict=True) if code == 451]
+        retried = [
+            deliver(server, raw) for raw, code in zip(messages, first, strict=True) if code == 451
+        ]
         assert set(retried) == {250}
         with Session(engine) as session:
             digests = session.scalars(select(InboundMessage.digest)).all()
     assert len(digests) == len(set(digests)) == len(messages)
-    print(f"\ninbound storage full: {first.count(451)} of {len(messages)} messages answered 451, "
-          f"stored after the retry")
+    print(
+        f"\ninbound storage full: {first.count(451)} of {len(messages)} messages answered 451, "
+        f"stored after the retry"
+    )

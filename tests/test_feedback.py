@@ -556,3 +556,22 @@ def test_unsubscribe_takes_effect_within_the_running_send(rt: Runtime, smtp: Out
     assert sum(1 for s in result.values() if s == DeliveryState.SENT) == 18
     received = {r for m in smtp.handler.received for r in m.recipients}
     assert "reader15@example.com" not in received and "reader16@example.com" not in received
+
+
+def test_delivery_header_attributes_when_it_names_the_recipients_delivery(
+    rt: Runtime, policy: FeedbackPolicy
+) -> None:
+    with rt.session() as session:
+        world = load_world(session)
+    raw = (CASES / "bounces" / "b08_mailru_style_russian_user_unknown.eml").read_bytes()
+    raw = raw.replace(
+        b"X-Newsletter-Edition:",
+        f"X-Newsletter-Delivery: {world.delivery['s41814']}\nX-Newsletter-Edition:".encode(),
+    )
+
+    [(report, outcome)] = record_mail(rt, raw, policy)
+
+    assert report.delivery_ref == str(world.delivery["s41814"])
+    assert (outcome.effect, outcome.attribution) == (Effect.SUPPRESSED, "delivery_header")
+    assert outcome.delivery_id == world.delivery["s41814"]
+    assert subscriber_row(rt, world.subscriber["s41814"]).status == "suppressed"

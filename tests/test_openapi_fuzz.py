@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
-from hypothesis.errors import Unsatisfiable
 from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.conftest import SAMPLE_EDITION
@@ -52,8 +52,14 @@ def _with_raw_bodies(document: dict[str, Any]) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SignupEvent"}}},
     }
     paths["/u/{token}"]["post"]["requestBody"] = {
-        "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}}}},
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
+                }
+            }
+        },
     }
     for provider in ("ses", "postmark", "sendgrid", "mailgun"):
         route = paths.get(f"/webhooks/{provider}", {}).get("post")
@@ -65,11 +71,19 @@ def _with_raw_bodies(document: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def web_schema(sqlite_url: str, tmp_path: Path) -> Iterator[Any]:
     settings = Settings.from_env(
-        {}, database_url=sqlite_url, redis_url="", broker="stub", smtp_url="smtp://127.0.0.1:1",
-        secret_key="openapi-fuzz-secret-0123456789", public_url="http://testserver",
-        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"), operator_password=OPERATOR[1],
-        postmark_webhook_credentials="user:webhook-secret", mailgun_signing_key="key-webhook-secret",
-        sendgrid_verification_key=SG_KEY, ses_topic_arns="arn:aws:sns:eu-west-1:123456789012:bounces",
+        {},
+        database_url=sqlite_url,
+        redis_url="",
+        broker="stub",
+        smtp_url="smtp://127.0.0.1:1",
+        secret_key="openapi-fuzz-secret-0123456789",
+        public_url="http://testserver",
+        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
+        operator_password=OPERATOR[1],
+        postmark_webhook_credentials="user:webhook-secret",
+        mailgun_signing_key="key-webhook-secret",
+        sendgrid_verification_key=SG_KEY,
+        ses_topic_arns="arn:aws:sns:eu-west-1:123456789012:bounces",
     )
     rt = Runtime(replace(settings))
     actors.use_runtime(rt)
@@ -94,16 +108,25 @@ def test_no_generated_request_gets_a_server_error(web_schema: Any) -> None:
     """Every operation, positive and negative cases; the figures are printed (-s)."""
     seen: dict[str, int] = {}
     operations = [result.ok() for result in web_schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/signup", "/confirm/{token}", "/u/{token}", "/dashboard"}
+    assert {op.path for op in operations} >= {
+        "/signup",
+        "/confirm/{token}",
+        "/u/{token}",
+        "/dashboard",
+    }
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
                 strategy = operation.as_strategy(generation_mode=mode)
-            except Exception:  # noqa: BLE001 - no negative cases for an operation without inputs
+            except Exception:
                 continue
 
-            @hypothesis_settings(max_examples=CASES_PER_MODE, deadline=None, database=None,
-                                 suppress_health_check=list(HealthCheck))
+            @hypothesis_settings(
+                max_examples=CASES_PER_MODE,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=strategy)
             def run(case: Any) -> None:
                 if case.path == "/dashboard" and len(seen) % 2 == 0:
@@ -112,7 +135,12 @@ def test_no_generated_request_gets_a_server_error(web_schema: Any) -> None:
                 response = case.call()
                 key = f"{case.method} {case.path}"
                 seen[key] = seen.get(key, 0) + 1
-                assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:500])
+                assert response.status_code < 500, (
+                    case.method,
+                    case.formatted_path,
+                    case.body,
+                    response.text[:500],
+                )
 
             try:
                 run()

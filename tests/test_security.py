@@ -78,7 +78,9 @@ def confirm_path(smtp: OutboxServer, recipient: str) -> str:
     raise AssertionError(f"no confirmation mail to {recipient}")
 
 
-def pending(rt: Runtime, smtp: OutboxServer, stub_worker: Any, address: str, n: int = 1) -> tuple[int, str]:
+def pending(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any, address: str, n: int = 1
+) -> tuple[int, str]:
     """Sign ``address`` up through the actor; (subscriber id, confirmation path)."""
     actors.handle_signup.send(signup_event(n, address))
     stub_worker.join()
@@ -136,7 +138,9 @@ def test_forged_confirmation_links_are_refused_and_change_nothing(
 def _swap_payload(token: str, payload: list[Any]) -> str:
     """``token`` with its payload replaced and its signature kept (a classic tampering)."""
     _, stamp, signature = token.rsplit(".", 2)
-    body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).rstrip(
+        b"="
+    )
     return f"{body.decode()}.{stamp}.{signature}"
 
 
@@ -179,8 +183,10 @@ def test_links_of_one_purpose_do_nothing_for_the_other(
     client = TestClient(create_app(rt))
     assert client.post(f"/confirm/{unsubscribe_token}").status_code == 404
     assert client.get(f"/confirm/{unsubscribe_token}").status_code == 404
-    one_click = {"content": b"List-Unsubscribe=One-Click",
-                 "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+    one_click = {
+        "content": b"List-Unsubscribe=One-Click",
+        "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+    }
     assert client.post(f"/u/{confirm_token}", **one_click).status_code == 404
     assert client.post(f"/u/{confirm_token}").status_code == 404
     assert client.get(f"/u/{confirm_token}").status_code == 404
@@ -192,10 +198,15 @@ def test_forged_unsubscribe_links_unsubscribe_nobody(rt: Runtime) -> None:
     with rt.session() as session:
         sid = session.scalars(select(Subscriber.id)).one()
     client = TestClient(create_app(rt))
-    one_click = {"content": b"List-Unsubscribe=One-Click",
-                 "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
-    for bad in ("x", Tokens("another-secret-key-000000").issue(Purpose.UNSUBSCRIBE, sid),
-                _swap_payload(rt.tokens.issue(Purpose.UNSUBSCRIBE, sid + 1), [sid])):
+    one_click = {
+        "content": b"List-Unsubscribe=One-Click",
+        "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+    }
+    for bad in (
+        "x",
+        Tokens("another-secret-key-000000").issue(Purpose.UNSUBSCRIBE, sid),
+        _swap_payload(rt.tokens.issue(Purpose.UNSUBSCRIBE, sid + 1), [sid]),
+    ):
         assert client.post(f"/u/{bad}", **one_click).status_code == 404
         assert client.post(f"/u/{bad}").status_code == 404
     assert status_of(rt, sid) == "confirmed"
@@ -203,7 +214,9 @@ def test_forged_unsubscribe_links_unsubscribe_nobody(rt: Runtime) -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -231,15 +244,22 @@ def test_correctly_signed_tokens_with_odd_payloads_never_cause_a_server_error(rt
 INJECTIONS = ["x\r\nBcc: victim@example.net", "x\nBcc: victim@example.net", "x\rBcc: v@example.net"]
 
 
-@pytest.mark.parametrize("field", ["email", "source", "user_agent", "consent_version", "event_id", "language"])
+@pytest.mark.parametrize(
+    "field", ["email", "source", "user_agent", "consent_version", "event_id", "language"]
+)
 def test_signup_with_cr_lf_in_any_field_is_refused_and_recorded(rt: Runtime, field: str) -> None:
     client = TestClient(create_app(rt))
     for n, bad in enumerate(INJECTIONS):
-        event = signup_event(n, "ok@example.org", source="form", user_agent="UA", consent_version="v1")
+        event = signup_event(
+            n, "ok@example.org", source="form", user_agent="UA", consent_version="v1"
+        )
         event[field] = bad if field != "email" else f"ok@example.org{bad[1:]}"
         response = client.post("/signup", content=json.dumps(event))
         assert response.status_code == 400, (field, bad)
-        assert response.json()["reason"] == "malformed" or response.json()["reason"] == "invalid_address"
+        assert (
+            response.json()["reason"] == "malformed"
+            or response.json()["reason"] == "invalid_address"
+        )
     with rt.session() as session:
         assert session.scalars(select(Subscriber)).all() == []
         assert len(session.scalars(select(SignupRefusal)).all()) == len(INJECTIONS)
@@ -261,22 +281,35 @@ EDITION_HEADER_FIELDS = {
     "subject": ("en.yaml", lambda d, v: d.__setitem__("subject", v)),
     "preheader": ("en.yaml", lambda d, v: d.__setitem__("preheader", v)),
     "from.name": ("newsletter.yaml", lambda d, v: d["from"]["name"].__setitem__("en", v)),
-    "from.address": ("newsletter.yaml", lambda d, v: d["from"].__setitem__("address", "weekly@example.org" + v[1:])),
-    "reply_to": ("newsletter.yaml", lambda d, v: d.__setitem__("reply_to", "editors@example.org" + v[1:])),
+    "from.address": (
+        "newsletter.yaml",
+        lambda d, v: d["from"].__setitem__("address", "weekly@example.org" + v[1:]),
+    ),
+    "reply_to": (
+        "newsletter.yaml",
+        lambda d, v: d.__setitem__("reply_to", "editors@example.org" + v[1:]),
+    ),
     "name": ("newsletter.yaml", lambda d, v: d["name"].__setitem__("en", v)),  # List-Id phrase
 }
 
 
 CHECK_MISSES_IT = pytest.mark.xfail(
-    strict=True, reason="bug reported to the lead: `newsletter edition check` accepts CR/LF in the "
-    "from name and the newsletter name (worker.mime still refuses them at send time, see below)")
+    strict=True,
+    reason="bug reported to the lead: `newsletter edition check` accepts CR/LF in the "
+    "from name and the newsletter name (worker.mime still refuses them at send time, see below)",
+)
 
 
 @pytest.mark.parametrize(
     "field",
-    [pytest.param(f, marks=CHECK_MISSES_IT) if f in ("from.name", "name") else f for f in sorted(EDITION_HEADER_FIELDS)],
+    [
+        pytest.param(f, marks=CHECK_MISSES_IT) if f in ("from.name", "name") else f
+        for f in sorted(EDITION_HEADER_FIELDS)
+    ],
 )
-def test_edition_fields_with_cr_lf_are_refused_by_newsletter_edition_check(tmp_path: Path, field: str) -> None:
+def test_edition_fields_with_cr_lf_are_refused_by_newsletter_edition_check(
+    tmp_path: Path, field: str
+) -> None:
     """Every edition or newsletter field that becomes a header: ``newsletter edition check``
     exits 1 naming the field, and reading the edition for a send fails the same way."""
     file, change = EDITION_HEADER_FIELDS[field]
@@ -291,19 +324,29 @@ def test_edition_fields_with_cr_lf_are_refused_by_newsletter_edition_check(tmp_p
 
 
 @pytest.mark.parametrize("bad", INJECTIONS)
-def test_header_fields_the_checker_lets_through_are_refused_when_the_message_is_built(bad: str) -> None:
+def test_header_fields_the_checker_lets_through_are_refused_when_the_message_is_built(
+    bad: str,
+) -> None:
     """The second line of defence for the from name and the List-Id phrase."""
     from worker.mime import build_template
 
-    common = {"subject": "s", "from_address": "weekly@example.org", "html": "<p>x</p>", "text": "x",
-              "language": "en", "list_id": "weekly.news.example.org"}
+    common = {
+        "subject": "s",
+        "from_address": "weekly@example.org",
+        "html": "<p>x</p>",
+        "text": "x",
+        "language": "en",
+        "list_id": "weekly.news.example.org",
+    }
     with pytest.raises(HeaderInjection):
         build_template(**common, from_name=bad)
     with pytest.raises(HeaderInjection):
         build_template(**common, from_name="Weekly", list_id_name=bad)
 
 
-def test_subscriber_address_with_cr_lf_in_the_database_injects_nothing(rt: Runtime, smtp: OutboxServer) -> None:
+def test_subscriber_address_with_cr_lf_in_the_database_injects_nothing(
+    rt: Runtime, smtp: OutboxServer
+) -> None:
     """Defence in depth: an address that slipped past validation (an import, a manual UPDATE)
     never adds a header or a recipient; the MIME layer refuses it."""
     seed(rt, ["good@example.org", "bad@example.org\r\nBcc: victim@example.net"])
@@ -317,8 +360,13 @@ def test_subscriber_address_with_cr_lf_in_the_database_injects_nothing(rt: Runti
         head = received.data.split(b"\r\n\r\n", 1)[0]
         assert b"\r\nBcc:" not in head and b"victim@" not in head
     with rt.session() as session:
-        states = dict(session.execute(
-            select(Subscriber.email, Delivery.state).join(Delivery, Delivery.subscriber_id == Subscriber.id)).all())
+        states = dict(
+            session.execute(
+                select(Subscriber.email, Delivery.state).join(
+                    Delivery, Delivery.subscriber_id == Subscriber.id
+                )
+            ).all()
+        )
     assert states["bad@example.org\r\nBcc: victim@example.net"] != "sent"
 
 
@@ -386,15 +434,26 @@ def test_edition_markdown_and_text_fields_cannot_inject_script(tmp_path: Path) -
     folder = _hostile_edition(tmp_path)
     assert check_edition(folder) == []  # markup is allowed in; it is neutralised on the way out
     profile = read_newsletter_profile(folder / "newsletter.yaml")
-    rendered = render_edition(profile, read_edition(folder).contents["en"], public_url="https://news.example.org")
+    rendered = render_edition(
+        profile, read_edition(folder).contents["en"], public_url="https://news.example.org"
+    )
     assert_no_active_content(rendered.html)
     assert "&lt;script&gt;" in rendered.html  # shown as text, not dropped silently from titles
 
 
-@pytest.mark.parametrize("url", ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x", "vbscript:x"])
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x", "vbscript:x"]
+)
 def test_item_and_image_urls_must_be_http(tmp_path: Path, url: str) -> None:
     folder = _edition_copy(tmp_path)
-    _edit(folder, "en.yaml", lambda d: (d["items"][0].__setitem__("url", url), d["items"][0]["image"].__setitem__("url", url)))
+    _edit(
+        folder,
+        "en.yaml",
+        lambda d: (
+            d["items"][0].__setitem__("url", url),
+            d["items"][0]["image"].__setitem__("url", url),
+        ),
+    )
     problems = {p.location for p in check_edition(folder)}
     assert {"items[0].url", "items[0].image.url"} <= problems
 
@@ -442,28 +501,60 @@ def test_webhook_endpoints_refuse_unsigned_and_forged_requests(settings: Setting
     signature is a 4xx (401/403), never a 2xx or a 5xx, and records nothing."""
     from worker.models import FeedbackEvent
 
-    configured = replace(settings, postmark_webhook_credentials="user:webhook-secret",
-                         mailgun_signing_key="key-webhook-secret", sendgrid_verification_key=SG_KEY,
-                         ses_topic_arns=TOPIC)
+    configured = replace(
+        settings,
+        postmark_webhook_credentials="user:webhook-secret",
+        mailgun_signing_key="key-webhook-secret",
+        sendgrid_verification_key=SG_KEY,
+        ses_topic_arns=TOPIC,
+    )
     rt = Runtime(configured)
     client = TestClient(create_app(rt), raise_server_exceptions=False)
     routes = _webhook_routes(rt)
     assert len(routes) >= 4, routes
     now = str(int(time.time()))
     bodies = {
-        "ses": {"Type": "Notification", "MessageId": "m1", "TopicArn": TOPIC, "Message": "{}",
-                "Timestamp": datetime.now(UTC).isoformat(), "SignatureVersion": "1", "Signature": "AAAA",
-                "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-x.pem"},
-        "postmark": {"RecordType": "Bounce", "Type": "HardBounce", "Email": "a@example.org", "ID": 1},
-        "sendgrid": [{"event": "bounce", "email": "a@example.org", "sg_event_id": "e1", "timestamp": int(now)}],
-        "mailgun": {"signature": {"timestamp": now, "token": "t" * 50, "signature": "0" * 64},
-                    "event-data": {"event": "failed", "severity": "permanent", "recipient": "a@example.org", "id": "x"}},
+        "ses": {
+            "Type": "Notification",
+            "MessageId": "m1",
+            "TopicArn": TOPIC,
+            "Message": "{}",
+            "Timestamp": datetime.now(UTC).isoformat(),
+            "SignatureVersion": "1",
+            "Signature": "AAAA",
+            "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-x.pem",
+        },
+        "postmark": {
+            "RecordType": "Bounce",
+            "Type": "HardBounce",
+            "Email": "a@example.org",
+            "ID": 1,
+        },
+        "sendgrid": [
+            {
+                "event": "bounce",
+                "email": "a@example.org",
+                "sg_event_id": "e1",
+                "timestamp": int(now),
+            }
+        ],
+        "mailgun": {
+            "signature": {"timestamp": now, "token": "t" * 50, "signature": "0" * 64},
+            "event-data": {
+                "event": "failed",
+                "severity": "permanent",
+                "recipient": "a@example.org",
+                "id": "x",
+            },
+        },
     }
     forged_headers = [
         {},
         {"Authorization": "Basic " + base64.b64encode(b"user:guess").decode()},
-        {"X-Twilio-Email-Event-Webhook-Signature": "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=",
-         "X-Twilio-Email-Event-Webhook-Timestamp": now},
+        {
+            "X-Twilio-Email-Event-Webhook-Signature": "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=",
+            "X-Twilio-Email-Event-Webhook-Timestamp": now,
+        },
         {"x-amz-sns-message-type": "Notification"},
     ]
     fetched: list[str] = []
@@ -475,8 +566,15 @@ def test_webhook_endpoints_refuse_unsigned_and_forged_requests(settings: Setting
         for path in routes:
             provider = path.rsplit("/", 1)[1]
             for headers in forged_headers:
-                response = client.post(path, content=json.dumps(bodies.get(provider, {})), headers=headers)
-                assert response.status_code in (401, 403), (path, headers, response.status_code, response.text)
+                response = client.post(
+                    path, content=json.dumps(bodies.get(provider, {})), headers=headers
+                )
+                assert response.status_code in (401, 403), (
+                    path,
+                    headers,
+                    response.status_code,
+                    response.text,
+                )
     finally:
         ses_module.fetch_signing_certificate = original  # type: ignore[assignment]
     with rt.session() as session:
@@ -495,8 +593,13 @@ def test_dashboard_needs_the_operator_password(operator_rt: Runtime) -> None:
     client = TestClient(create_app(operator_rt))
     assert client.get("/dashboard").status_code == 401
     assert "WWW-Authenticate" in client.get("/dashboard").headers
-    for user, password in [("admin", "admin"), ("", ""), ("operator", "correct horse battery stapl"),
-                           ("operator", "correct horse battery staple "), ("operator", "CORRECT HORSE BATTERY STAPLE")]:
+    for user, password in [
+        ("admin", "admin"),
+        ("", ""),
+        ("operator", "correct horse battery stapl"),
+        ("operator", "correct horse battery staple "),
+        ("operator", "CORRECT HORSE BATTERY STAPLE"),
+    ]:
         assert client.get("/dashboard", auth=(user, password)).status_code == 401, password
     assert client.get("/dashboard", headers={"Authorization": "Basic !!!"}).status_code == 401
     assert client.get("/dashboard", headers={"Authorization": "Bearer x"}).status_code == 401
@@ -518,28 +621,52 @@ class _AuthOutbox:
         self.handler = OutboxHandler()
         self.port = free_port()
 
-        def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-            ok = isinstance(data, LoginPassword) and data.login == SMTP_USER.encode() and data.password == SMTP_PASSWORD.encode()
+        def authenticator(
+            server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> AuthResult:
+            ok = (
+                isinstance(data, LoginPassword)
+                and data.login == SMTP_USER.encode()
+                and data.password == SMTP_PASSWORD.encode()
+            )
             return AuthResult(success=ok)
 
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, authenticator=authenticator,
-                                     auth_required=True, auth_require_tls=False, enable_SMTPUTF8=True)
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=authenticator,
+            auth_required=True,
+            auth_require_tls=False,
+            enable_SMTPUTF8=True,
+        )
 
     @property
     def url(self) -> str:
         return f"smtp://{SMTP_USER}:{quote(SMTP_PASSWORD, safe='')}@127.0.0.1:{self.port}"
 
 
-def test_secrets_never_appear_in_logs(settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_never_appear_in_logs(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Signup, confirmation, dashboard logins (right and wrong) and a send, with every logger at
     DEBUG: neither the secret key, the SMTP password (plain or URL-quoted), the DKIM private key
     nor the operator password shows up in any log record or traceback."""
     relay = _AuthOutbox()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     (tmp_path / "dkim.pem").write_bytes(pem)
-    configured = replace(settings, smtp_url=relay.url, secret_key=SECRET_KEY, operator_password=OPERATOR_PASSWORD,
-                         dkim_selector="s1", dkim_domain="example.org", dkim_private_key_path=str(tmp_path / "dkim.pem"))
+    configured = replace(
+        settings,
+        smtp_url=relay.url,
+        secret_key=SECRET_KEY,
+        operator_password=OPERATOR_PASSWORD,
+        dkim_selector="s1",
+        dkim_domain="example.org",
+        dkim_private_key_path=str(tmp_path / "dkim.pem"),
+    )
     runtime = Runtime(configured)
     actors.use_runtime(runtime)
     import dramatiq
@@ -553,12 +680,20 @@ def test_secrets_never_appear_in_logs(settings: Settings, tmp_path: Path, caplog
     worker.start()
     try:
         client = TestClient(create_app(runtime))
-        assert client.post("/signup", content=json.dumps(signup_event(1, "reader@example.org", ip="192.0.2.1"))).status_code == 202
+        assert (
+            client.post(
+                "/signup", content=json.dumps(signup_event(1, "reader@example.org", ip="192.0.2.1"))
+            ).status_code
+            == 202
+        )
         client.post("/signup", content=json.dumps(signup_event(2, "broken@")))
         for queue in QUEUES:
             broker.join(queue)
         worker.join()
-        path = re.search(rb"http://testserver(/confirm/[^\s]+)", relay.handler.received[0].data.replace(b"=\r\n", b""))
+        path = re.search(
+            rb"http://testserver(/confirm/[^\s]+)",
+            relay.handler.received[0].data.replace(b"=\r\n", b""),
+        )
         assert path is not None
         assert client.post(path.group(1).decode()).status_code == 200
         assert client.get("/dashboard", auth=("x", "wrong")).status_code == 401
@@ -586,19 +721,30 @@ def test_secrets_never_appear_in_logs(settings: Settings, tmp_path: Path, caplog
         "operator password": OPERATOR_PASSWORD,
         "DKIM key": pem.decode().splitlines()[5],
     }
-    texts = [caplog.text] + [r.exc_text or "" for r in caplog.records] + [repr(r.args) for r in caplog.records]
+    texts = (
+        [caplog.text]
+        + [r.exc_text or "" for r in caplog.records]
+        + [repr(r.args) for r in caplog.records]
+    )
     assert len(caplog.records) > 5  # something was logged at all
     for name, secret in secrets.items():
         for text in texts:
             assert secret not in text, f"{name} in the logs"
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead: Settings.smtp_url (and database_url, "
-                   "redis_url) keep a password in repr(); the docstring says secrets are never part of it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug reported to the lead: Settings.smtp_url (and database_url, "
+    "redis_url) keep a password in repr(); the docstring says secrets are never part of it",
+)
 def test_settings_repr_hides_passwords_in_urls() -> None:
-    configured = Settings.from_env({}, smtp_url=f"smtp://u:{SMTP_PASSWORD}@relay.example.org:587",
-                                   database_url="postgresql+psycopg://app:db-pass-123@db/news",
-                                   redis_url="redis://:redis-pass-456@cache:6379/0", secret_key=SECRET_KEY)
+    configured = Settings.from_env(
+        {},
+        smtp_url=f"smtp://u:{SMTP_PASSWORD}@relay.example.org:587",
+        database_url="postgresql+psycopg://app:db-pass-123@db/news",
+        redis_url="redis://:redis-pass-456@cache:6379/0",
+        secret_key=SECRET_KEY,
+    )
     shown = repr(configured)
     for secret in (SMTP_PASSWORD, "db-pass-123", "redis-pass-456", SECRET_KEY):
         assert secret not in shown
@@ -627,24 +773,35 @@ def test_signup_response_and_timing_do_not_tell_the_address_state(
     TestClient(create_app(rt)).post(path)
     pending(rt, smtp, stub_worker, "pending@example.org", n=2)
     with rt.session() as session:
-        suppress(session, dedupe_key="suppressed@example.org", hash_key=rt.settings.secret_key,
-                 reason="complaint", now=datetime.now(UTC))
-    addresses = {"new": "new@example.org", "pending": "pending@example.org",
-                 "confirmed": "confirmed@example.org", "suppressed": "suppressed@example.org"}
+        suppress(
+            session,
+            dedupe_key="suppressed@example.org",
+            hash_key=rt.settings.secret_key,
+            reason="complaint",
+            now=datetime.now(UTC),
+        )
+    addresses = {
+        "new": "new@example.org",
+        "pending": "pending@example.org",
+        "confirmed": "confirmed@example.org",
+        "suppressed": "suppressed@example.org",
+    }
     client = TestClient(create_app(rt))
     from worker.broker import broker
 
     times: dict[str, list[float]] = {state: [] for state in addresses}
     answers: dict[str, set[tuple[int, bytes, str]]] = {state: set() for state in addresses}
     for n in range(TIMING_REQUESTS + 20):
-        for state, address in (list(addresses.items())[n % 4:] + list(addresses.items())[: n % 4]):
+        for state, address in list(addresses.items())[n % 4 :] + list(addresses.items())[: n % 4]:
             body = json.dumps(signup_event(10_000 + n, address, ip="192.0.2.7"))
             started = time.perf_counter()
             response = client.post("/signup", content=body)
             elapsed = time.perf_counter() - started
             if n >= 20:  # warm-up
                 times[state].append(elapsed)
-            answers[state].add((response.status_code, response.content, response.headers["content-type"]))
+            answers[state].add(
+                (response.status_code, response.content, response.headers["content-type"])
+            )
         if n % 50 == 0:
             broker.flush_all()  # the stub queue is not processed here; keep it small
     broker.flush_all()
@@ -655,8 +812,10 @@ def test_signup_response_and_timing_do_not_tell_the_address_state(
     spread = max(medians.values()) - min(medians.values())
     bound = max(lookup / 2, 0.0003)
     figures = {s: f"{m * 1000:.3f} ms" for s, m in medians.items()}
-    print(f"\nsignup medians {figures}; spread {spread * 1000:.3f} ms; "
-          f"one subscriber look-up {lookup * 1000:.3f} ms; bound {bound * 1000:.3f} ms")
+    print(
+        f"\nsignup medians {figures}; spread {spread * 1000:.3f} ms; "
+        f"one subscriber look-up {lookup * 1000:.3f} ms; bound {bound * 1000:.3f} ms"
+    )
     assert spread < bound, (figures, spread, bound)
 
 
@@ -667,18 +826,24 @@ def _lookup_cost(rt: Runtime) -> float:
     with rt.session() as session:
         for n in range(200):
             started = time.perf_counter()
-            session.scalar(select(Subscriber.id).where(Subscriber.email_key == f"probe{n % 4}@example.org"))
+            session.scalar(
+                select(Subscriber.id).where(Subscriber.email_key == f"probe{n % 4}@example.org")
+            )
             samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
 
-def test_confirmation_resend_page_is_the_same_for_every_link(rt: Runtime, smtp: OutboxServer, stub_worker: Any) -> None:
+def test_confirmation_resend_page_is_the_same_for_every_link(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
     """The "send me a new mail" form answers the same for a forged, a used and a valid link."""
     sid, path = pending(rt, smtp, stub_worker, "resend@example.org")
     used_sid, used_path = pending(rt, smtp, stub_worker, "used@example.org", n=2)
     client = TestClient(create_app(rt))
     client.post(used_path)
     bodies = {client.post(f"{p}/resend").text for p in (path, used_path, "/confirm/forged")}
-    statuses = {client.post(f"{p}/resend").status_code for p in (path, used_path, "/confirm/forged")}
+    statuses = {
+        client.post(f"{p}/resend").status_code for p in (path, used_path, "/confirm/forged")
+    }
     assert len(bodies) == 1 and statuses == {200}
     assert zlib.crc32(next(iter(bodies)).encode())  # a page, not empty

@@ -278,7 +278,11 @@ def _send_rows(
         envelope_from, message = ctx.composer.compose(delivery_id, subscriber, language)
         # The send slot is taken last, right before the SMTP transaction: whatever ran before
         # (claim, composing) must not shift the message past its slot into the next one.
-        wait = _reserve(ctx, domain)
+        try:
+            wait = _reserve(ctx, domain)
+        except Exception:
+            _release(session, delivery_id, attempt, ctx.clock.now())  # e.g. Redis restarting
+            raise
         if wait is not None:
             _release(session, delivery_id, attempt, ctx.clock.now())
             report.later(wait)  # the batch comes back when the slot is near

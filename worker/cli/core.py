@@ -135,9 +135,14 @@ def scheduler(interval: float, once: bool) -> None:
 
     rt = runtime()
     while True:
-        enqueued = reconcile(rt)
-        click.echo(f"reconciled: {enqueued} batch messages enqueued")
-        click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")
+        try:
+            enqueued = reconcile(rt)
+            click.echo(f"reconciled: {enqueued} batch messages enqueued")
+            click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")
+        except Exception as exc:  # Redis or the database restarting: try again next round
+            if once:
+                raise
+            click.echo(f"reconcile failed, retrying in {interval} s: {exc!r}", err=True)
         if once:
             return
         time.sleep(interval)
