@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
+import redis
 
-from worker.settings import _parse_domain_rates  # noqa: E402
-from worker.throttle import RedisThrottle  # noqa: E402
+from worker.settings import _parse_domain_rates
+from worker.throttle import RedisThrottle
 
 MIX = [("gmail.com", 0.3), ("mail.ru", 0.1), ("example.org", 0.3), ("yandex.ru", 0.3)]
 

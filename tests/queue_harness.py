@@ -3,6 +3,7 @@ started by the dramatiq CLI, and the reconciler (``newsletter scheduler``), all 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,9 +51,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
         for _ in range(100):
@@ -93,19 +106,37 @@ class Fleet:
 
     def start_workers(self, name: str, processes: int = 1, threads: int = 1) -> None:
         """``python -m dramatiq worker.actors -p N -t M`` as process group ``name``."""
-        self._spawn(name, [sys.executable, "-m", "dramatiq", "worker.actors",
-                           "-p", str(processes), "-t", str(threads)])
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "worker.actors",
+                "-p",
+                str(processes),
+                "-t",
+                str(threads),
+            ],
+        )
 
     def start_scheduler(self, interval: float = 1.0) -> None:
-        self._spawn("scheduler", [sys.executable, "-c", "from worker.cli import main; main()",
-                                  "scheduler", "--interval", str(interval)])
+        self._spawn(
+            "scheduler",
+            [
+                sys.executable,
+                "-c",
+                "from worker.cli import main; main()",
+                "scheduler",
+                "--interval",
+                str(interval),
+            ],
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.groups.pop(name)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
@@ -144,7 +175,9 @@ def worker_env(db_url: str, redis_url: str, smtp_url: str, **settings: Any) -> d
 def enqueue(redis_url: str, queue: str, actor: str, *args: Any) -> None:
     """Enqueue one dramatiq message the way ``newsletter send start`` does."""
     broker = RedisBroker(url=redis_url)
-    broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={}))
+    broker.enqueue(
+        dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+    )
     broker.close()
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import insert, select
 
@@ -20,7 +20,9 @@ from worker.throttle import LocalThrottle
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
 
-def seed(rt: Runtime, addresses: Iterable[str], language: str = "en", status: str = "confirmed") -> int:
+def seed(
+    rt: Runtime, addresses: Iterable[str], language: str = "en", status: str = "confirmed"
+) -> int:
     """Store the sample edition and one subscriber per ASCII address; returns the newsletter id."""
     now = rt.clock.now()
     with rt.session() as session:
@@ -71,7 +73,9 @@ def states(rt: Runtime, send_id: int) -> dict[str, str]:
     return {email: state for email, state in rows}
 
 
-def run_batch(rt: Runtime, send_id: int, first: int = 0, last: int = 10**12, **ports: Any) -> BatchReport:
+def run_batch(
+    rt: Runtime, send_id: int, first: int = 0, last: int = 10**12, **ports: Any
+) -> BatchReport:
     """Run ``send_batch`` in this process with the runtime's ports (``ports`` replace some)."""
     with rt.session() as session:
         parts: dict[str, Any] = {

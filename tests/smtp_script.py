@@ -81,7 +81,9 @@ class ScriptHandler:
             attempt = len(self.attempts[address])
             self.attempts[address].append(time.monotonic())
             now = time.monotonic()
-            recent = sum(1 for t in self.accept_times[-self.per_second_limit - 1 :] if t > now - 1.0)
+            recent = sum(
+                1 for t in self.accept_times[-self.per_second_limit - 1 :] if t > now - 1.0
+            )
             if self.per_second_limit and recent >= self.per_second_limit:
                 self.limit_replies += 1
                 return "451 4.7.0 Rate limit exceeded, slow down"
@@ -202,7 +204,9 @@ class ScriptServer:
             kwargs.update(ssl_context=context, auth_require_tls=False)
         if users is not None:
             kwargs.update(authenticator=self._authenticate, auth_required=True)
-        self.controller = _ScriptController(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = _ScriptController(
+            self.handler, hostname="127.0.0.1", port=self.port, **kwargs
+        )
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -214,7 +218,9 @@ class ScriptServer:
         )
         return AuthResult(success=ok)
 
-    def url(self, user: str | None = None, password: str | None = None, cafile: Path | None = None) -> str:
+    def url(
+        self, user: str | None = None, password: str | None = None, cafile: Path | None = None
+    ) -> str:
         scheme = {"none": "smtp", "starttls": "smtp+starttls", "implicit": "smtps"}[self.tls]
         auth = f"{user}:{password}@" if user else ""
         query = f"?cafile={cafile}" if cafile else ""

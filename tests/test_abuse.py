@@ -210,7 +210,11 @@ def test_suppressed_address_gets_nothing(
     with limited_rt.session() as session:
         assert session.scalars(select(Subscriber)).all() == []
         refusal = session.scalars(select(SignupRefusal)).one()
-        assert (refusal.event_id, refusal.reason, refusal.payload) == ("abuse-1", "suppressed", "{}")
+        assert (refusal.event_id, refusal.reason, refusal.payload) == (
+            "abuse-1",
+            "suppressed",
+            "{}",
+        )
 
 
 def test_domain_limit_paces_confirmation_mails(settings: Settings, smtp: OutboxServer) -> None:

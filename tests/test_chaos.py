@@ -43,7 +43,7 @@ SETTINGS = {
 }
 
 
-def chooser(drop_rate: float, rng: random.Random):  # noqa: ANN201
+def chooser(drop_rate: float, rng: random.Random):
     """10 % of recipients (fixed by a hash) get 451 on their first attempt; 2 % of all
     transactions are dropped after the message arrived, without a reply."""
 
@@ -57,13 +57,17 @@ def chooser(drop_rate: float, rng: random.Random):  # noqa: ANN201
     return choose
 
 
-def small_rendition(rt, send_id: int) -> None:  # noqa: ANN001
+def small_rendition(rt, send_id: int) -> None:
     with rt.session() as session:
         session.add(
             Rendition(
-                send_id=send_id, language="en", subject="Chaos weekly", preheader="",
-                html="<p>Hello</p><p><a href=\"%%UNSUBSCRIBE_URL%%\">unsubscribe</a></p>",
-                text="Hello\n\nUnsubscribe: %%UNSUBSCRIBE_URL%%\n", rendered_at=rt.clock.now(),
+                send_id=send_id,
+                language="en",
+                subject="Chaos weekly",
+                preheader="",
+                html='<p>Hello</p><p><a href="%%UNSUBSCRIBE_URL%%">unsubscribe</a></p>',
+                text="Hello\n\nUnsubscribe: %%UNSUBSCRIBE_URL%%\n",
+                rendered_at=rt.clock.now(),
             )
         )
         session.commit()
@@ -79,9 +83,12 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
     kills: list[tuple[float, str]] = []
     started = time.monotonic()
     try:
-        with ScriptServer(handler) as smtp, running(
-            tmp_path, worker_env(pg_url, redis_server.url, smtp.url(), **SETTINGS)
-        ) as fleet:
+        with (
+            ScriptServer(handler) as smtp,
+            running(
+                tmp_path, worker_env(pg_url, redis_server.url, smtp.url(), **SETTINGS)
+            ) as fleet,
+        ):
             rt = local_runtime(pg_url)
             seed(rt, recipients)
             send_id = create(rt, SETTINGS["send_batch_size"])
@@ -111,7 +118,10 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
                 time.sleep(1.0)
             stop.set()
             monkey.join(15)
-            assert finished(rt, send_id), fleet.log_tail()
+            if not finished(rt, send_id):
+                with rt.session() as session:
+                    counts = delivery_counts(session, send_id)
+                raise AssertionError(f"not finished: {counts}, kills {kills}\n{fleet.log_tail(1500)}")
             elapsed = time.monotonic() - started
     finally:
         redis_server.stop()

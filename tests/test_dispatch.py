@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import func, select
 
 from tests.sendkit import run_batch, seed, start_send, states
@@ -53,11 +54,15 @@ def srt(settings: Settings, server: ScriptServer) -> Iterator[Runtime]:
 
 def ids(rt: Runtime, send_id: int) -> list[int]:
     with rt.session() as session:
-        return list(session.scalars(select(Delivery.id).where(Delivery.send_id == send_id).order_by(Delivery.id)))
+        return list(
+            session.scalars(
+                select(Delivery.id).where(Delivery.send_id == send_id).order_by(Delivery.id)
+            )
+        )
 
 
 class Wrapped:
-    """A mailer that calls ``hook(n, recipient, before_data)`` before each send (fault injection)."""
+    """A mailer calling ``hook(n, recipient, before_data)`` before each send (fault injection)."""
 
     def __init__(self, inner: Any, hook: Any) -> None:
         self.inner, self.hook, self.n = inner, hook, 0
@@ -82,7 +87,11 @@ def test_claim_lost_before_smtp_is_released_not_unknown(srt: Runtime, server: Sc
     assert (sweep.released, sweep.unknown) == (1, 0)
     report = run_batch(srt, send_id)
     assert report.counts == {"sent": 3}
-    assert dict(server.handler.accepted) == {"a@example.org": 1, "b@example.org": 1, "c@example.org": 1}
+    assert dict(server.handler.accepted) == {
+        "a@example.org": 1,
+        "b@example.org": 1,
+        "c@example.org": 1,
+    }
     with srt.session() as session:
         assert session.get(Send, send_id).status == "finished"
         assert session.get(Delivery, first).attempts == 2
@@ -114,7 +123,9 @@ def test_claim_lost_during_data_is_unknown_and_retry_unknown_resends_same_messag
     assert states(srt, send_id) == {"a@example.org": "sent", "b@example.org": "sent"}
 
 
-def test_a_slow_worker_whose_claim_was_taken_back_sends_nothing(srt: Runtime, server: ScriptServer) -> None:
+def test_a_slow_worker_whose_claim_was_taken_back_sends_nothing(
+    srt: Runtime, server: ScriptServer
+) -> None:
     seed(srt, ["slow@example.org"])
     send_id = start_send(srt)
 
@@ -135,7 +146,9 @@ def test_a_slow_worker_whose_claim_was_taken_back_sends_nothing(srt: Runtime, se
 
 
 @pytest.mark.parametrize("target", ["paused", "cancelled"])
-def test_pause_and_cancel_stop_a_running_batch(srt: Runtime, server: ScriptServer, target: str) -> None:
+def test_pause_and_cancel_stop_a_running_batch(
+    srt: Runtime, server: ScriptServer, target: str
+) -> None:
     seed(srt, [f"r{n:02d}@example.org" for n in range(10)])
     send_id = start_send(srt)
 
@@ -185,8 +198,10 @@ def test_replies_become_ledger_states_and_feedback(srt: Runtime, server: ScriptS
     time.sleep(1.4)
     run_batch(srt, send_id)
     assert states(srt, send_id) == {
-        "grey@example.com": "sent", "gone@example.com": "failed",
-        "full@example.com": "deferred", "fine@example.com": "sent",
+        "grey@example.com": "sent",
+        "gone@example.com": "failed",
+        "full@example.com": "deferred",
+        "fine@example.com": "sent",
     }
     assert dict(server.handler.accepted) == {"grey@example.com": 1, "fine@example.com": 1}
 
@@ -230,7 +245,12 @@ def test_planning_is_keyset_paged_and_planning_twice_is_a_no_op(srt: Runtime) ->
         send = session.get(Send, send_id)
         assert send.planned_count == count
         again = plan_deliveries(
-            session, send, newsletter_id=newsletter_id, languages=("en",), default_language="en", page_size=700
+            session,
+            send,
+            newsletter_id=newsletter_id,
+            languages=("en",),
+            default_language="en",
+            page_size=700,
         )
         assert again == count
         assert session.scalar(select(func.count()).select_from(Delivery)) == count
@@ -259,3 +279,25 @@ def test_reconcile_enqueues_only_due_and_stalled_batches(srt: Runtime) -> None:
     actors.hints().forget(batch_name(send_id, b, b_last))  # its message was lost
     assert actors.reconcile(srt) == 1
     broker.flush_all()
+
+
+def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
+    srt: Runtime, server: ScriptServer, redis_url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from worker.cli import main
+    from worker.throttle import RedisThrottle
+
+    seed(srt, [f"r{n}@example.org" for n in range(4)])
+    send_id = start_send(srt)
+    run_batch(srt, send_id, last=ids(srt, send_id)[1])  # two of four sent
+    env = {"NEWSLETTER_DATABASE_URL": srt.settings.database_url, "NEWSLETTER_REDIS_URL": redis_url}
+    result = CliRunner().invoke(main, ["send", "status", str(send_id), "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"send {send_id}: sending  2/4 done" in result.output
+    assert "planned 4  sent 2  deferred 0  failed 0  unknown 0  queued 2" in result.output
+    assert "rate 0.0/s  ETA 00:01:00" in result.output  # 2 in the last minute: 2 left take 60 s
+    result = CliRunner().invoke(main, ["throttle", "set", "20", "--domain", "Gmail.com"], env=env)
+    assert result.exit_code == 0 and "gmail.com rate is now 20/s" in result.output.lower()
+    assert RedisThrottle(redis.Redis.from_url(redis_url)).rates() == {"domain:gmail.com": 20.0}

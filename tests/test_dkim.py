@@ -17,7 +17,7 @@ from tests.conftest import CASES
 from worker.dkim import DkimSigner
 from worker.mime import build_template, personalise
 
-HTML = "<p>Hello  reader,</p>\n<p><a href=\"%%UNSUBSCRIBE_URL%%\">unsubscribe</a></p>\n" * 400
+HTML = '<p>Hello  reader,</p>\n<p><a href="%%UNSUBSCRIBE_URL%%">unsubscribe</a></p>\n' * 400
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,9 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("dkim") / "news.pem"
     path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
     return path
@@ -37,7 +39,7 @@ def signer(key_file: Path) -> DkimSigner:
     return DkimSigner.from_file(key_file, domain="news.example.org", selector="nl2026")
 
 
-def dns_for(signer: DkimSigner):  # noqa: ANN201
+def dns_for(signer: DkimSigner):
     def lookup(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"nl2026._domainkey.news.example.org."
         return signer.public_record().encode()
@@ -70,31 +72,52 @@ def h02_message() -> bytes:
     )
 
 
-def test_signature_verifies_with_dkimpy_and_covers_the_one_click_headers(signer: DkimSigner) -> None:
+def test_signature_verifies_with_dkimpy_and_covers_the_one_click_headers(
+    signer: DkimSigner,
+) -> None:
     signed = signer.sign(h02_message())
     assert dkim.verify(signed, dnsfunc=dns_for(signer))
     header = signed.split(b"\r\n\r\n", 1)[0].decode()
     tags = dict(
         part.strip().split("=", 1)
-        for part in re.sub(r"\r\n\s+", "", header.split("DKIM-Signature:", 1)[1].split("\r\nFrom:")[0]).split(";")
+        for part in re.sub(
+            r"\r\n\s+", "", header.split("DKIM-Signature:", 1)[1].split("\r\nFrom:")[0]
+        ).split(";")
         if "=" in part
     )
     signed_names = tags["h"].split(":")
-    for name in ("from", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post"):
+    for name in (
+        "from",
+        "subject",
+        "date",
+        "message-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    ):
         assert name in signed_names
     assert signed_names.count("list-unsubscribe") == 2  # over-signed: a second one breaks it
-    assert (tags["d"], tags["s"], tags["a"], tags["c"]) == ("news.example.org", "nl2026", "rsa-sha256", "relaxed/simple")
+    assert (tags["d"], tags["s"], tags["a"], tags["c"]) == (
+        "news.example.org",
+        "nl2026",
+        "rsa-sha256",
+        "relaxed/simple",
+    )
 
 
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        (b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: List-Unsubscribe=Two"),
+        (
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            b"List-Unsubscribe-Post: List-Unsubscribe=Two",
+        ),
         (b"Message-ID: <d41807.", b"Message-ID: <d41808."),
         (b"unsubscribe</a>", b"unsubscribe!</a>"),
     ],
 )
-def test_a_changed_header_or_body_fails_verification(signer: DkimSigner, old: bytes, new: bytes) -> None:
+def test_a_changed_header_or_body_fails_verification(
+    signer: DkimSigner, old: bytes, new: bytes
+) -> None:
     signed = signer.sign(h02_message())
     assert old in signed
     assert not dkim.verify(signed.replace(old, new, 1), dnsfunc=dns_for(signer))
@@ -124,6 +147,9 @@ def test_openssl_signing_is_much_faster_than_dkimpy(signer: DkimSigner, key_file
     for _ in range(5):
         dkim.sign(message, b"nl2026", b"news.example.org", key_file.read_bytes())
     theirs = (time.perf_counter() - started) / 5
-    print(f"DKIM sign, {len(message)} bytes: OpenSSL {ours * 1000:.2f} ms, dkimpy {theirs * 1000:.2f} ms")
+    print(
+        f"DKIM sign, {len(message)} bytes: "
+        f"OpenSSL {ours * 1000:.2f} ms, dkimpy {theirs * 1000:.2f} ms"
+    )
     assert ours < 0.005  # measured about 1 ms
     assert ours * 3 < theirs

@@ -397,7 +397,7 @@ def test_database_connections_killed_mid_batch_lose_nothing_and_double_nothing(
         seed(rt, recipients)
         send_id = start_send(rt, batch_size=30)
         killer = KillingMailer(SmtpMailer(smtp.url, timeout=10), url, after=7)
-        with pytest.raises(Exception, match="terminat|closed|connection"):
+        with pytest.raises(Exception, match=r"terminat|closed|connection"):
             run_batch(rt, send_id, mailer=killer)
         assert len(killer.killed) == 1
         assert sum(received_per_recipient(smtp).values()) == 7

@@ -3,7 +3,8 @@
 The app (``worker.web:create_app``) is called in process through ASGI. Its schema is the one
 FastAPI builds, with the two bodies the handlers read raw made explicit so that schemathesis
 generates them too: the signup event (its JSON Schema from ``worker.signups.SignupEvent``) and
-the RFC 8058 one-click form, and the webhooks' JSON. Both positive (schema-valid) and negative (schema-violating) cases
+the RFC 8058 one-click form, and the webhooks' JSON. Both positive (schema-valid) and negative
+(schema-violating) cases
 are generated; every answer must be below 500. The dashboard is called with the operator's
 credentials half of the time, so its query parameters are reached as well; the webhook routes
 are configured (secrets set) and get arbitrary JSON, so the verification code is reached.

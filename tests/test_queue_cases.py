@@ -8,6 +8,7 @@ seconds through the settings (lease, retry schedule, maximum age), as noted per 
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from bisect import bisect_right
@@ -19,7 +20,16 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import CASES
-from tests.queue_harness import SECRET, RedisServer, dead_letters, enqueue, running, truncate, wait_for, worker_env
+from tests.queue_harness import (
+    SECRET,
+    RedisServer,
+    dead_letters,
+    enqueue,
+    running,
+    truncate,
+    wait_for,
+    worker_env,
+)
 from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
 from worker.models import Delivery, FeedbackEvent, Send, Subscriber, Suppression
@@ -60,9 +70,16 @@ def local_runtime(pg: str) -> Runtime:
     """The test's own view of the database (seeding and checking), with no broker."""
     return Runtime(
         Settings.from_env(
-            {}, database_url=pg, broker="stub", redis_url="", secret_key=SECRET,
-            public_url="http://testserver", bounce_domain="news.example.org",
-            newsletter_path=str(CASES.parent.parent / "examples" / "editions" / "2024-W28" / "newsletter.yaml"),
+            {},
+            database_url=pg,
+            broker="stub",
+            redis_url="",
+            secret_key=SECRET,
+            public_url="http://testserver",
+            bounce_domain="news.example.org",
+            newsletter_path=str(
+                CASES.parent.parent / "examples" / "editions" / "2024-W28" / "newsletter.yaml"
+            ),
         )
     )
 
@@ -81,13 +98,19 @@ def finished(rt: Runtime, send_id: int) -> bool:
         return session.scalar(select(Send.status).where(Send.id == send_id)) == "finished"
 
 
-def test_q01_worker_killed_after_250_resends_nobody(pg: str, redis_server: RedisServer, tmp_path: Path) -> None:
+def test_q01_worker_killed_after_250_resends_nobody(
+    pg: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
     """Killed after the relay accepted q002 (and the ledger recorded it), while q003's SMTP
     transaction was under way (its RCPT answer delayed): q003's claim comes back, nobody twice."""
     given = case("q01_worker_killed_after_250_before_ack.json")["given"]
     recipients = given["recipients"]
     handler = ScriptHandler(rcpt_delay={"q003@example.com": 3.0})
-    with ScriptServer(handler) as smtp, running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **FAST)) as fleet:
+    with (
+        ScriptServer(handler) as smtp,
+        running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **FAST)) as fleet,
+    ):
+
         def kill_soon(recipient: str, data: bytes) -> None:
             if recipient == "q002@example.com":  # 0.3 s later: q002 recorded, q003 at RCPT
                 threading.Timer(0.3, fleet.kill, args=("w1",)).start()
@@ -117,7 +140,11 @@ def test_q01_worker_killed_before_it_read_the_250_reports_unknown(
     ``unknown``, not resent; everyone else is sent exactly once."""
     recipients = case("q01_worker_killed_after_250_before_ack.json")["given"]["recipients"]
     handler = ScriptHandler()
-    with ScriptServer(handler) as smtp, running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **FAST)) as fleet:
+    with (
+        ScriptServer(handler) as smtp,
+        running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **FAST)) as fleet,
+    ):
+
         def kill_now(recipient: str, data: bytes) -> None:
             if recipient == "q002@example.com":
                 fleet.kill("w1")
@@ -133,7 +160,9 @@ def test_q01_worker_killed_before_it_read_the_250_reports_unknown(
         fleet.start_scheduler(1.0)
         wait_for(lambda: finished(rt, send_id), 60, fleet, "the send to finish")
     assert sorted(handler.accepted.values()) == [1] * 5
-    assert states(rt, send_id) == {r: ("unknown" if r == "q002@example.com" else "sent") for r in recipients}
+    assert states(rt, send_id) == {
+        r: ("unknown" if r == "q002@example.com" else "sent") for r in recipients
+    }
 
 
 def case_expected(case_id: str) -> dict[str, Any]:
@@ -158,11 +187,21 @@ def test_q04_rate_and_connections_held_across_worker_processes(
     recipients = given["recipients"][:300]
     limits = given["provider_limits"]
     handler = ScriptHandler(
-        max_sessions=limits["max_concurrent_connections"], max_per_second=limits["messages_per_second"]
+        max_sessions=limits["max_concurrent_connections"],
+        max_per_second=limits["messages_per_second"],
     )
-    settings = {**FAST, "global_rate": 9, "max_smtp_connections": limits["max_concurrent_connections"],
-                "send_batch_size": 10, "claim_lease_seconds": 60, "batch_grace_seconds": 60}
-    with ScriptServer(handler) as smtp, running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **settings)) as fleet:
+    settings = {
+        **FAST,
+        "global_rate": 9,
+        "max_smtp_connections": limits["max_concurrent_connections"],
+        "send_batch_size": 10,
+        "claim_lease_seconds": 60,
+        "batch_grace_seconds": 60,
+    }
+    with (
+        ScriptServer(handler) as smtp,
+        running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **settings)) as fleet,
+    ):
         rt = local_runtime(pg)
         seed(rt, recipients)
         send_id = create(rt, 10)
@@ -180,7 +219,9 @@ def test_q04_rate_and_connections_held_across_worker_processes(
     assert dead_letters(redis_server.url) == 0
 
 
-def test_q05_transient_and_permanent_replies(pg: str, redis_server: RedisServer, tmp_path: Path) -> None:
+def test_q05_transient_and_permanent_replies(
+    pg: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
     """The retry schedule 60 s, 300 s, 1800 s … and the give-up after a day, scaled to 1 s,
     2 s, 4 s … and 6 s."""
     spec = case("q05_smtp_transient_vs_permanent_replies.json")
@@ -196,9 +237,14 @@ def test_q05_transient_and_permanent_replies(pg: str, redis_server: RedisServer,
                 script.setdefault(recipient, []).append(f"RCPT {reply}")
     script["busy@example.net"] = ["RCPT 250 2.1.5 Ok"]  # its 421 comes at connect
     handler = ScriptHandler(script=script)
-    order = ["busy@example.net"] + [r for r in spec["given"]["recipients"] if r != "busy@example.net"]
+    order = ["busy@example.net"] + [
+        r for r in spec["given"]["recipients"] if r != "busy@example.net"
+    ]
     settings = {**FAST, "retry_base_seconds": 1, "retry_max_age_seconds": 6}
-    with ScriptServer(handler) as smtp, running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **settings)) as fleet:
+    with (
+        ScriptServer(handler) as smtp,
+        running(tmp_path, worker_env(pg, redis_server.url, smtp.url(), **settings)) as fleet,
+    ):
         handler.connect_replies.extend(connect_replies)  # the first connection, busy's, gets 421
         rt = local_runtime(pg)
         seed(rt, order)
@@ -209,17 +255,23 @@ def test_q05_transient_and_permanent_replies(pg: str, redis_server: RedisServer,
         wait_for(lambda: finished(rt, send_id), 45, fleet, "the send to finish")
     expected = case_expected("q05")
     ours = {"sent": "sent", "failed": "bounced_hard", "expired": "expired_soft"}
-    assert {r: ours.get(s, s) for r, s in states(rt, send_id).items()} == expected["final_state_per_recipient"]
+    assert {r: ours.get(s, s) for r, s in states(rt, send_id).items()} == expected[
+        "final_state_per_recipient"
+    ]
     assert {r: handler.accepted[r] for r in order} == expected["accepted_data_per_recipient"]
     for recipient, attempts in expected["rcpt_attempts"].items():
         assert len(handler.attempts[recipient]) == attempts
-    gaps = [b - a for times in handler.attempts.values() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [
+        b - a for times in handler.attempts.values() for a, b in itertools.pairwise(times)
+    ]
     assert min(gaps) >= expected["min_seconds_between_attempts_for_same_recipient"] / 60 * 0.99
     assert len(handler.attempts["deferred@example.com"]) >= 3  # retried until the maximum age
     with rt.session() as session:
         bounced = {
-            email for (email,) in session.execute(
-                select(Subscriber.email).join(FeedbackEvent, FeedbackEvent.subscriber_id == Subscriber.id)
+            email
+            for (email,) in session.execute(
+                select(Subscriber.email)
+                .join(FeedbackEvent, FeedbackEvent.subscriber_id == Subscriber.id)
                 .where(FeedbackEvent.kind == "hard_bounce")
             )
         }

@@ -161,7 +161,7 @@ def send_queued_confirmations() -> None:
 
 
 @settings(
-    max_examples=300,
+    max_examples=250,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
@@ -170,7 +170,7 @@ def send_queued_confirmations() -> None:
     ],
     database=None,
 )
-@given(events=st.lists(signup_events(), min_size=1, max_size=12))
+@given(events=st.lists(signup_events(), min_size=4, max_size=10))
 def test_generated_signup_events(fuzz_rt: tuple[Runtime, OutboxServer], events: list[Any]) -> None:
     rt, smtp = fuzz_rt
     ids, before, fresh = known_event_ids(rt), recorded(rt), 0
@@ -183,7 +183,9 @@ def test_generated_signup_events(fuzz_rt: tuple[Runtime, OutboxServer], events: 
             fresh += 1  # not a repeat of an accepted event: it must leave a consent or a refusal
         if isinstance(event_id, str):
             ids.add(event_id)
-    assert recorded(rt) - before >= fresh, f"an event was neither recorded nor refused: {events!r:.500}"
+    assert recorded(rt) - before >= fresh, (
+        f"an event was neither recorded nor refused: {events!r:.500}"
+    )
     send_queued_confirmations()
 
     with rt.session() as session:
@@ -221,4 +223,4 @@ def test_the_run_saw_every_kind_of_outcome(fuzz_rt: tuple[Runtime, OutboxServer]
         reasons = set(session.scalars(select(SignupRefusal.reason)))
     assert {"malformed", "invalid_address", "ip_limit", "resend_window"} <= reasons, reasons
     assert len(smtp.handler.received) >= 5
-    assert COUNT[0] >= 1200, COUNT  # thousands of events
+    assert COUNT[0] >= 1000, COUNT  # thousands of events (about 1,700)

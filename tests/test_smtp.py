@@ -35,7 +35,9 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -58,7 +60,9 @@ def server() -> Iterator[ScriptServer]:
 
 
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
-def test_tls_and_auth_deliver_and_wrong_password_is_not_a_bounce(tls: str, cert: tuple[Path, Path]) -> None:
+def test_tls_and_auth_deliver_and_wrong_password_is_not_a_bounce(
+    tls: str, cert: tuple[Path, Path]
+) -> None:
     with ScriptServer(tls=tls, cert=cert, users={"news": "s3cret"}) as server:
         mailer = SmtpMailer(server.url("news", "s3cret", cafile=cert[0]), timeout=5)
         outcome = mailer.send("b@example.org", "reader@example.com", MESSAGE, smtputf8=False)
@@ -80,7 +84,9 @@ def test_certificate_is_verified(cert: tuple[Path, Path]) -> None:
         assert server.handler.accepted["reader@example.com"] == 0
 
 
-def test_one_connection_is_reused_and_reopened_when_the_server_closed_it(server: ScriptServer) -> None:
+def test_one_connection_is_reused_and_reopened_when_the_server_closed_it(
+    server: ScriptServer,
+) -> None:
     before = server.handler.connections  # the controller's own readiness probe
     mailer = SmtpMailer(server.url(), timeout=5)
     for n in range(3):
@@ -106,7 +112,13 @@ def test_replies_per_recipient_and_the_batch_goes_on(server: ScriptServer) -> No
     mailer = SmtpMailer(server.url(), timeout=5)
     got = {
         r: mailer.send("b@example.org", r, MESSAGE, smtputf8=False)
-        for r in ["grey@example.com", "gone@example.com", "many@example.org", "late@example.com", "ok@example.com"]
+        for r in [
+            "grey@example.com",
+            "gone@example.com",
+            "many@example.org",
+            "late@example.com",
+            "ok@example.com",
+        ]
     }
     assert (got["grey@example.com"].code, got["grey@example.com"].transient) == (451, True)
     assert (got["gone@example.com"].code, got["gone@example.com"].permanent) == (550, True)
@@ -132,16 +144,23 @@ def test_drop_after_the_final_dot_is_uncertain(server: ScriptServer) -> None:
     mailer = SmtpMailer(server.url(), timeout=5)
     outcome = mailer.send("b@example.org", "drop@example.com", MESSAGE, smtputf8=False)
     assert outcome.uncertain and outcome.code == 0 and not outcome.transient
-    assert server.handler.accepted["drop@example.com"] == 0 and server.handler.dropped["drop@example.com"] == 1
+    assert (
+        server.handler.accepted["drop@example.com"] == 0
+        and server.handler.dropped["drop@example.com"] == 1
+    )
     assert mailer.send("b@example.org", "next@example.com", MESSAGE, smtputf8=False).accepted
 
 
 def test_fence_refused_before_data_sends_nothing(server: ScriptServer) -> None:
     mailer = SmtpMailer(server.url(), timeout=5)
-    outcome = mailer.send("b@example.org", "x@example.com", MESSAGE, smtputf8=False, before_data=lambda: False)
+    outcome = mailer.send(
+        "b@example.org", "x@example.com", MESSAGE, smtputf8=False, before_data=lambda: False
+    )
     assert outcome.local and outcome.code == 0
     assert server.handler.accepted["x@example.com"] == 0
-    assert mailer.send("b@example.org", "x@example.com", MESSAGE, smtputf8=False, before_data=lambda: True).accepted
+    assert mailer.send(
+        "b@example.org", "x@example.com", MESSAGE, smtputf8=False, before_data=lambda: True
+    ).accepted
     assert mailer.connections_opened == 1
 
 

@@ -4,6 +4,7 @@ the connection cap, and several processes holding the configured rates."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -38,18 +39,22 @@ def reserve_times(throttle: RedisThrottle, domain: str, n: int) -> list[float]:
     return out
 
 
-def test_slots_are_spaced_by_the_rate_and_a_rate_change_applies_at_once(client: redis.Redis) -> None:
+def test_slots_are_spaced_by_the_rate_and_a_rate_change_applies_at_once(
+    client: redis.Redis,
+) -> None:
     throttle = RedisThrottle(client, global_rate=50.0)
     times = reserve_times(throttle, "example.org", 11)
     # slots are 20 ms calendar cells; the first one may be the current, partly elapsed cell
     assert 0.18 <= times[-1] - times[0] <= 0.21
-    assert all(b - a >= 0.0195 for a, b in zip(times[1:], times[2:], strict=False))
-    other_process = RedisThrottle(redis.Redis(connection_pool=client.connection_pool), global_rate=50.0)
+    assert all(b - a >= 0.0195 for a, b in itertools.pairwise(times[1:]))
+    other_process = RedisThrottle(
+        redis.Redis(connection_pool=client.connection_pool), global_rate=50.0
+    )
     other_process.set_rate(10.0)  # `newsletter throttle set 10`
     time.sleep(0.25)
     times = reserve_times(throttle, "example.org", 6)
     assert 0.4 <= times[-1] - times[0] <= 0.51
-    assert all(b - a >= 0.099 for a, b in zip(times[1:], times[2:], strict=False))
+    assert all(b - a >= 0.099 for a, b in itertools.pairwise(times[1:]))
     assert throttle.rates() == {"global": 10.0}
 
 
@@ -75,7 +80,11 @@ def test_421_halves_a_domain_rate_which_then_recovers(client: redis.Redis) -> No
     assert throttle.penalty("gmail.com") == 4
     for _ in range(2):  # each recovery period (0.6 s) doubles the rate back
         time.sleep(0.65)
-        low, penalty, high = time.monotonic() - after, throttle.penalty("gmail.com"), time.monotonic() - before
+        low, penalty, high = (
+            time.monotonic() - after,
+            throttle.penalty("gmail.com"),
+            time.monotonic() - before,
+        )
         assert penalty in {max(1, 4 / 2 ** int(elapsed / 0.6)) for elapsed in (low, high)}
     assert throttle.penalty("gmail.com") < 4
 
@@ -94,7 +103,9 @@ def test_connection_slots_are_shared_capped_and_expire(client: redis.Redis) -> N
     assert b.acquire_connection("p5", 10)
 
 
-def test_a_throttled_batch_returns_for_later_instead_of_raising(rt: Runtime, redis_url: str) -> None:
+def test_a_throttled_batch_returns_for_later_instead_of_raising(
+    rt: Runtime, redis_url: str
+) -> None:
     seed(rt, [f"r{n}@example.org" for n in range(6)])
     send_id = start_send(rt)
     throttle = RedisThrottle(redis.Redis.from_url(redis_url), global_rate=1.0)
@@ -111,10 +122,25 @@ def test_a_throttled_batch_returns_for_later_instead_of_raising(rt: Runtime, red
 def test_three_processes_hold_the_configured_rates() -> None:
     """The benchmark (bench/throttle_rate.py), shortened to 8 s with a looser bound."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "throttle_rate.py"), "--processes", "3", "--seconds", "8",
-         "--global-rate", "60", "--domain-rates", "gmail.com=15,mail.ru=4", "--json",
-         "--redis-url", "redis://127.0.0.1:6379/12"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "throttle_rate.py"),
+            "--processes",
+            "3",
+            "--seconds",
+            "8",
+            "--global-rate",
+            "60",
+            "--domain-rates",
+            "gmail.com=15,mail.ru=4",
+            "--json",
+            "--redis-url",
+            "redis://127.0.0.1:6379/12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     result = json.loads(out.stdout)
     for name in ("global", "gmail.com", "mail.ru"):

@@ -151,6 +151,7 @@ def send_welcome(subscriber_id: int) -> None:
 
 
 _hints: tuple[Runtime, BatchHints] | None = None
+QUEUE_PATIENCE = 15  # × batch_grace_seconds: how long an enqueued batch may wait unstarted
 
 
 def hints() -> BatchHints:
@@ -164,8 +165,9 @@ def hints() -> BatchHints:
 
 def enqueue_batch(send_id: int, first_id: int, last_id: int, delay: float = 0.0) -> None:
     """Enqueue one batch message (``delay`` in seconds) and record that it is alive."""
-    grace = runtime().settings.batch_grace_seconds
-    hints().alive(batch_name(send_id, first_id, last_id), delay + grace)
+    # a queued message may wait behind many others: patience, not the running batch's grace
+    patience = QUEUE_PATIENCE * runtime().settings.batch_grace_seconds
+    hints().alive(batch_name(send_id, first_id, last_id), delay + patience)
     send_batch.send_with_options(args=(send_id, first_id, last_id), delay=int(delay * 1000) + 1)
 
 
@@ -204,7 +206,7 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
             throttle=rt.throttle,
             clock=rt.clock,
             policy=rt.policy,
-            heartbeat=lambda: hints().alive(name, grace),
+            heartbeat=lambda: hints().alive(name, grace, extend_only=False),
         )
     if report.retry_after is not None and report.stopped is None:
         enqueue_batch(send_id, first_id, last_id, report.retry_after)

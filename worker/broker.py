@@ -37,7 +37,7 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
         return broker
     from dramatiq.brokers.redis import RedisBroker
 
-    return RedisBroker(
+    return RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
         namespace=settings.queue_namespace,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
@@ -45,11 +45,22 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
     )
 
 
+class ProcessLogging(dramatiq.Middleware):
+    """Installs the product's log handler (JSON on request, secrets and addresses redacted) in
+    each worker process when it boots; dramatiq's CLI would otherwise keep its plain format."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        from worker.logging import configure_logging
+
+        configure_logging(Settings.from_env())
+
+
 def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     """Create the broker from the environment and make it dramatiq's global broker."""
     broker = make_broker(settings or Settings.from_env())
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
         broker.add_middleware(Prometheus())
+        broker.add_middleware(ProcessLogging())
     dramatiq.set_broker(broker)
     return broker
 
@@ -61,8 +72,10 @@ class BatchHints:
     """Which queue messages are believed alive, so the reconciler re-enqueues only stalled work.
 
     Each batch (or plan) has a deadline (Unix seconds) in the Redis sorted set ``key``: set when its
-    message is enqueued (delay + grace) and pushed forward while it runs (grace). Past its deadline,
-    or missing (Redis restarted empty, losing the message with it), the work counts as stalled.
+    message is enqueued (delay + a long patience: it may wait behind many others in the queue),
+    then set to "now + grace" by each heartbeat while it runs, so that a killed worker's batch is
+    stalled soon after. Past its deadline, or missing (Redis restarted empty, losing the message
+    with it), the work counts as stalled.
     The hints live in the broker's Redis on purpose: they vanish exactly when the messages do.
     Without a Redis client (the stub broker) they are kept in memory.
     """
@@ -72,13 +85,15 @@ class BatchHints:
         self.key = key
         self._local: dict[str, float] = {}
 
-    def alive(self, name: str, seconds: float) -> None:
-        """``name`` has a live message for at least ``seconds`` more (never shortens a deadline)."""
+    def alive(self, name: str, seconds: float, *, extend_only: bool = True) -> None:
+        """``name`` has a live message for ``seconds`` more. ``extend_only`` (enqueueing) never
+        shortens a deadline; a heartbeat (``extend_only=False``) sets it."""
         deadline = time.time() + seconds
         if self.client is None:
-            self._local[name] = max(self._local.get(name, 0.0), deadline)
+            old = self._local.get(name, 0.0)
+            self._local[name] = max(old, deadline) if extend_only else deadline
         else:
-            self.client.zadd(self.key, {name: deadline}, gt=True)
+            self.client.zadd(self.key, {name: deadline}, gt=extend_only)
 
     def forget(self, name: str) -> None:
         """``name`` has no message any more (done, paused or cancelled)."""

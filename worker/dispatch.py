@@ -431,8 +431,8 @@ def _finish(
 def backoff_seconds(attempts: int, policy: SendPolicy) -> float:
     """Seconds before attempt ``attempts + 1``: ``retry_base × 2^(attempts−1)``, capped at
     ``retry_cap``, plus 0–25 % jitter so the retries of a greylisting domain spread out."""
-    base = min(policy.retry_base_seconds * 2 ** max(attempts - 1, 0), policy.retry_cap_seconds)
-    return base * (1 + random.random() * 0.25)
+    base = min(policy.retry_base_seconds * 2.0 ** max(attempts - 1, 0), policy.retry_cap_seconds)
+    return float(base * (1 + random.random() * 0.25))
 
 
 def _outcome_values(

@@ -133,8 +133,8 @@ class DkimSigner:
         for name, value in fields:
             remaining.setdefault(name.strip().lower().decode(), []).append((name, value))
         out = []
-        for name in names:
-            instances = remaining.get(name)
+        for wanted in names:
+            instances = remaining.get(wanted)
             if instances:
                 raw_name, value = instances.pop()
                 out.append(canonical_header(raw_name, value))

@@ -168,7 +168,7 @@ def erase(session: Session, address: str, *, hash_key: str, now: datetime) -> Er
             update(FeedbackEvent)
             .where(FeedbackEvent.subscriber_id == subscriber.id)
             .values(recipient=None, detail=None)
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]
         session.execute(  # a personal domain identifies the person too
             update(Delivery)
             .where(Delivery.subscriber_id == subscriber.id)

@@ -157,7 +157,7 @@ class RedisThrottle:
             f"{self.prefix}:next:domain:{domain}",
             f"{self.prefix}:penalty:{domain}",
         ]
-        args = [
+        args: list[float | int | str] = [
             self.global_rate,
             self.domain_rates.get(domain, 0.0),
             domain,
@@ -182,7 +182,7 @@ class RedisThrottle:
         seconds, micros = self.client.time()
         now_ms = seconds * 1000 + micros // 1000
         steps = (now_ms - int(since)) // self.recover_ms
-        return max(1.0, float(factor) / 2**steps)
+        return max(1.0, float(factor) / float(2**steps))
 
     def set_rate(self, rate: float, domain: str | None = None) -> None:
         """Change a rate for every process at once (messages per second; 0 = unlimited)."""
@@ -196,7 +196,7 @@ class RedisThrottle:
     def rates(self) -> dict[str, float]:
         """The live overrides in the Redis hash (field → value)."""
         raw = self.client.hgetall(f"{self.prefix}:rates")
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
 
     def acquire_connection(self, holder: str, ttl: float) -> bool:
         """See ``worker.ports.Throttle.acquire_connection``."""

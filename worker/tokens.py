@@ -50,7 +50,9 @@ class Tokens:
         payload: list[object] = [subscriber_id] if nonce is None else [subscriber_id, nonce]
         return self._serializer(purpose).dumps(payload)
 
-    def check(self, purpose: Purpose, token: str, max_age_seconds: float | None = None) -> TokenClaims:
+    def check(
+        self, purpose: Purpose, token: str, max_age_seconds: float | None = None
+    ) -> TokenClaims:
         """The claims in ``token``; raises ``TokenError`` (``forged`` or ``expired``).
 
         ``max_age_seconds`` None means the token never expires.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli.core import db, scheduler, send, web
+from worker.cli.core import db, scheduler, send, throttle, web
 from worker.cli.demo import demo
 from worker.cli.inbound import inbound
 from worker.cli.status import status
@@ -25,6 +25,7 @@ def main() -> None:
 main.add_command(db)
 main.add_command(send)
 main.add_command(scheduler)
+main.add_command(throttle)
 main.add_command(web)
 main.add_command(demo)
 main.add_command(subscribers)

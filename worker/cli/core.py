@@ -50,29 +50,112 @@ def send_start(edition_key: str, batch_size: int | None) -> None:
     with rt.session() as session:
         edition = find_edition(session, edition_key)
         if edition is None:
-            raise click.ClickException(f"no edition {edition_key}: load it with `newsletter edition load PATH`")
-        new = create_send(session, edition, rt.clock.now(), batch_size or rt.settings.send_batch_size)
+            raise click.ClickException(
+                f"no edition {edition_key}: load it with `newsletter edition load PATH`"
+            )
+        new = create_send(
+            session, edition, rt.clock.now(), batch_size or rt.settings.send_batch_size
+        )
         send_id = new.id
     plan_send.send(send_id)
     click.echo(f"send {send_id} of edition {edition_key} enqueued")
 
 
+FINAL_STATES = ("sent", "failed", "expired", "skipped", "unknown")
+RATE_WINDOW_SECONDS = 60.0
+
+
+def status_snapshot(session: Any, send_id: int, now: Any) -> dict[str, Any]:
+    """A send's progress: status, planned, counts per state, rate (messages per second over the
+    last minute) and ETA (seconds, None when nothing moves). Raises ``click.ClickException`` for
+    an unknown send."""
+    from datetime import timedelta
+
+    from worker.dispatch import progress
+    from worker.models import Send
+
+    row = session.get(Send, send_id, populate_existing=True)
+    if row is None:
+        raise click.ClickException(f"no send {send_id}")
+    counts, recent = progress(session, send_id, now - timedelta(seconds=RATE_WINDOW_SECONDS))
+    planned = max(row.planned_count or 0, sum(counts.values()))
+    done = sum(counts.get(state, 0) for state in FINAL_STATES)
+    rate = recent / RATE_WINDOW_SECONDS
+    eta = (planned - done) / rate if rate > 0 and planned > done else None
+    return {
+        "status": row.status,
+        "planned": planned,
+        "done": done,
+        "counts": counts,
+        "rate": rate,
+        "eta": eta,
+    }
+
+
+def status_view(send_id: int, snap: dict[str, Any]) -> Any:
+    """The rich renderable of ``status_snapshot``: a progress bar and one line of figures."""
+    from rich.console import Group
+    from rich.text import Text
+
+    counts = snap["counts"]
+    figures = "  ".join(
+        f"{state} {counts.get(state, 0)}"
+        for state in (
+            "sent",
+            "deferred",
+            "failed",
+            "unknown",
+            "queued",
+            "sending",
+            "expired",
+            "skipped",
+        )
+        if counts.get(state) or state in ("sent", "deferred", "failed", "unknown")
+    )
+    eta = "—" if snap["eta"] is None else time.strftime("%H:%M:%S", time.gmtime(snap["eta"]))
+    head = Text(f"send {send_id}: {snap['status']}  {snap['done']}/{snap['planned']} done")
+    line = Text(f"planned {snap['planned']}  {figures}")
+    speed = Text(f"rate {snap['rate']:.1f}/s  ETA {eta}")
+    filled = round(40 * snap["done"] / max(snap["planned"], 1))
+    bar = Text("━" * filled, style="green") + Text("━" * (40 - filled), style="grey37")
+    bar.append(f" {100 * snap['done'] / max(snap['planned'], 1):.0f} %")
+    return Group(head, bar, line, speed)
+
+
 @send.command("status")
 @click.argument("send_id", type=int)
-def send_status(send_id: int) -> None:
-    """Deliveries of SEND_ID per state."""
-    from worker.dispatch import delivery_counts
-    from worker.models import Send
+@click.option(
+    "--watch/--once",
+    default=None,
+    help="Keep the progress bar live until the send ends (default: when on a terminal).",
+)
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between updates."
+)
+def send_status(send_id: int, watch: bool | None, interval: float) -> None:
+    """Progress of SEND_ID: planned, sent, deferred, failed, unknown, current rate and ETA."""
+    from rich.console import Console
+    from rich.live import Live
+
     from worker.runtime import Runtime
 
     rt = Runtime(Settings.from_env())
-    with rt.session() as session:
-        row = session.get(Send, send_id)
-        if row is None:
-            raise click.ClickException(f"no send {send_id}")
-        click.echo(f"send {send_id}: {row.status}")
-        for state, count in sorted(delivery_counts(session, send_id).items()):
-            click.echo(f"  {state:10} {count}")
+    console = Console()
+    watch = console.is_terminal if watch is None else watch
+
+    def snapshot() -> dict[str, Any]:
+        with rt.session() as session:
+            return status_snapshot(session, send_id, rt.clock.now())
+
+    snap = snapshot()
+    if not watch:
+        console.print(status_view(send_id, snap))
+        return
+    with Live(status_view(send_id, snap), console=console, refresh_per_second=4) as live:
+        while snap["status"] not in ("finished", "cancelled"):
+            time.sleep(interval)
+            snap = snapshot()
+            live.update(status_view(send_id, snap))
 
 
 def _change(send_id: int, target: str) -> None:
@@ -127,7 +210,9 @@ def send_retry_unknown(send_id: int) -> None:
 
 
 @click.command()
-@click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds between runs.")
+@click.option(
+    "--interval", type=float, default=60.0, show_default=True, help="Seconds between runs."
+)
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
 def scheduler(interval: float, once: bool) -> None:
     """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims."""
@@ -166,4 +251,52 @@ def web(host: str, port: int) -> None:
     """Serve the web app (links in mails, signup endpoint, archive) with uvicorn."""
     import uvicorn
 
-    uvicorn.run("worker.web:create_app", factory=True, host=host, port=port, proxy_headers=True)
+    from worker.logging import configure_logging
+
+    configure_logging(Settings.from_env())  # uvicorn's own log config is switched off below
+    uvicorn.run(
+        "worker.web:create_app", factory=True, host=host, port=port, proxy_headers=True, log_config=None
+    )
+
+
+@click.group()
+def throttle() -> None:
+    """Sending rates shared by every worker process (live: a running send follows at once)."""
+
+
+def _redis_throttle() -> Any:
+    import redis
+
+    from worker.throttle import RedisThrottle
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise click.ClickException("NEWSLETTER_REDIS_URL is empty: rates live in Redis")
+    return RedisThrottle(redis.Redis.from_url(settings.redis_url))
+
+
+@throttle.command("set")
+@click.argument("rate", type=float)
+@click.option("--domain", default=None, help="A recipient domain (e.g. gmail.com); default global.")
+def throttle_set(rate: float, domain: str | None) -> None:
+    """Set RATE (messages per second, 0 = unlimited), globally or for one recipient domain."""
+    _redis_throttle().set_rate(rate, domain)
+    click.echo(f"{domain or 'global'} rate is now {rate:g}/s")
+
+
+@throttle.command("connections")
+@click.argument("limit", type=int)
+def throttle_connections(limit: int) -> None:
+    """Cap concurrent SMTP connections across all workers at LIMIT (0 = no cap)."""
+    _redis_throttle().set_max_connections(limit)
+    click.echo(f"at most {limit} SMTP connections" if limit else "no cap on SMTP connections")
+
+
+@throttle.command("show")
+def throttle_show() -> None:
+    """The live overrides in Redis (settings apply where none is set)."""
+    rates = _redis_throttle().rates()
+    for field, value in sorted(rates.items()):
+        click.echo(f"{field:30} {value:g}")
+    if not rates:
+        click.echo("no overrides: NEWSLETTER_GLOBAL_RATE and NEWSLETTER_DOMAIN_RATES apply")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
-def _runtime():  # type: ignore[no-untyped-def]
+
+def _runtime() -> Runtime:
     from worker.runtime import Runtime
 
     return Runtime(Settings.from_env())
