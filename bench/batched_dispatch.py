@@ -62,9 +62,19 @@ def _reserve_many(throttle: Throttle, domains: list[str], max_wait: float) -> li
     pipe = t.client.pipeline(transaction=False)
     for domain in domains:
         domain = domain.lower()
-        keys = [f"{t.prefix}:rates", f"{t.prefix}:next:global", f"{t.prefix}:next:domain:{domain}",
-                f"{t.prefix}:penalty:{domain}"]
-        args = [t.global_rate, t.domain_rates.get(domain, 0.0), domain, int(max_wait * 1000), t.recover_ms]
+        keys = [
+            f"{t.prefix}:rates",
+            f"{t.prefix}:next:global",
+            f"{t.prefix}:next:domain:{domain}",
+            f"{t.prefix}:penalty:{domain}",
+        ]
+        args = [
+            t.global_rate,
+            t.domain_rates.get(domain, 0.0),
+            domain,
+            int(max_wait * 1000),
+            t.recover_ms,
+        ]
         t._reserve(keys=keys, args=args, client=pipe)
     return [Reservation(granted=bool(r[0]), wait=int(r[1]) / 1000.0) for r in pipe.execute()]
 
@@ -89,10 +99,15 @@ def send_batch(
         report.stopped = status
         return report
     rows = session.execute(
-        select(Delivery.id, Delivery.language, Delivery.domain, Delivery.next_attempt_at, Subscriber)
+        select(
+            Delivery.id, Delivery.language, Delivery.domain, Delivery.next_attempt_at, Subscriber
+        )
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.send_id == send_id, Delivery.id.between(first_id, last_id),
-               Delivery.state.in_(RETRYABLE))
+        .where(
+            Delivery.send_id == send_id,
+            Delivery.id.between(first_id, last_id),
+            Delivery.state.in_(RETRYABLE),
+        )
         .order_by(Delivery.id)
     ).all()
     session.commit()
@@ -107,7 +122,8 @@ def send_batch(
             due.append((delivery_id, language, domain, subscriber))
     if skipped:
         session.execute(
-            update(Delivery).where(Delivery.id.in_(skipped), Delivery.state.in_(RETRYABLE))
+            update(Delivery)
+            .where(Delivery.id.in_(skipped), Delivery.state.in_(RETRYABLE))
             .values(state=DeliveryState.SKIPPED, lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -123,8 +139,20 @@ def send_batch(
         report.later(0.5)
         return report
     try:
-        _send_chunks(session, send_id, due, composer, mailer, throttle, clock, policy, sleep, heartbeat,
-                     holder, report)
+        _send_chunks(
+            session,
+            send_id,
+            due,
+            composer,
+            mailer,
+            throttle,
+            clock,
+            policy,
+            sleep,
+            heartbeat,
+            holder,
+            report,
+        )
     finally:
         mailer.close()
         throttle.release_connection(holder)
@@ -134,13 +162,26 @@ def send_batch(
     return report
 
 
-def _send_chunks(session: Session, send_id: int, due: list[Any], composer: Composer, mailer: Mailer,
-                 throttle: Throttle, clock: Clock, policy: SendPolicy, sleep: Callable[[float], None],
-                 heartbeat: Callable[[], None], holder: str, report: BatchReport) -> None:
+def _send_chunks(
+    session: Session,
+    send_id: int,
+    due: list[Any],
+    composer: Composer,
+    mailer: Mailer,
+    throttle: Throttle,
+    clock: Clock,
+    policy: SendPolicy,
+    sleep: Callable[[float], None],
+    heartbeat: Callable[[], None],
+    holder: str,
+    report: BatchReport,
+) -> None:
     for start in range(0, len(due), CHUNK):
         heartbeat()
         chunk = due[start : start + CHUNK]
-        reservations = _reserve_many(throttle, [d for _, _, d, _ in chunk], policy.max_throttle_wait)
+        reservations = _reserve_many(
+            throttle, [d for _, _, d, _ in chunk], policy.max_throttle_wait
+        )
         granted = []
         for item, reservation in zip(chunk, reservations, strict=True):
             if not reservation.granted:
@@ -152,16 +193,28 @@ def _send_chunks(session: Session, send_id: int, due: list[Any], composer: Compo
         throttle.acquire_connection(holder, policy.connection_ttl_seconds)  # extend
         now = clock.now()
         sending = exists().where(Send.id == send_id, Send.status == SendStatus.SENDING)
-        claimed = dict(session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_([item[0] for item, _ in granted]), Delivery.state.in_(RETRYABLE),
-                   or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now), sending)
-            .values(state=DeliveryState.SUBMITTING, lease_until=now + timedelta(seconds=policy.lease_seconds),
-                    attempts=Delivery.attempts + 1, first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
-                    updated_at=now)
-            .returning(Delivery.id, Delivery.attempts)
-            .execution_options(synchronize_session=False)
-        ).tuples().all())
+        claimed = dict(
+            session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_([item[0] for item, _ in granted]),
+                    Delivery.state.in_(RETRYABLE),
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                    sending,
+                )
+                .values(
+                    state=DeliveryState.SUBMITTING,
+                    lease_until=now + timedelta(seconds=policy.lease_seconds),
+                    attempts=Delivery.attempts + 1,
+                    first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
+                    updated_at=now,
+                )
+                .returning(Delivery.id, Delivery.attempts)
+                .execution_options(synchronize_session=False)
+            )
+            .tuples()
+            .all()
+        )
         session.commit()
         if not claimed and _send_status(session, send_id) != SendStatus.SENDING:
             report.stopped = _send_status(session, send_id)
@@ -176,13 +229,23 @@ def _send_chunks(session: Session, send_id: int, due: list[Any], composer: Compo
                 sleep(delay)  # the reserved slot's time
             envelope_from, message = composer.compose(delivery_id, subscriber, language)
             recipient = subscriber.ascii_email or subscriber.email
-            outcome = mailer.send(envelope_from, recipient, message, smtputf8=subscriber.ascii_email is None)
+            outcome = mailer.send(
+                envelope_from, recipient, message, smtputf8=subscriber.ascii_email is None
+            )
             if outcome.accepted:
-                accepted.append({"d_id": delivery_id, "attempt": claimed[delivery_id], "code": outcome.code or None,
-                                 "text": outcome.text[:1000], "now": clock.now()})
+                accepted.append(
+                    {
+                        "d_id": delivery_id,
+                        "attempt": claimed[delivery_id],
+                        "code": outcome.code or None,
+                        "text": outcome.text[:1000],
+                        "now": clock.now(),
+                    }
+                )
                 continue
-            state = record_outcome(session, delivery_id, subscriber, outcome, clock.now(), policy,
-                                   claimed[delivery_id])
+            state = record_outcome(
+                session, delivery_id, subscriber, outcome, clock.now(), policy, claimed[delivery_id]
+            )
             report.add(state)
             if state == DeliveryState.DEFERRED:
                 report.later(backoff_seconds(1, policy))
@@ -192,10 +255,19 @@ def _send_chunks(session: Session, send_id: int, due: list[Any], composer: Compo
             table = Delivery.__table__
             result = session.connection().execute(
                 update(table)
-                .where(table.c.id == bindparam("d_id"), table.c.attempts == bindparam("attempt"),
-                       or_(*(table.c.state == state for state in CLAIMED)))  # no IN: executemany
-                .values(state=DeliveryState.SENT, sent_at=bindparam("now"), updated_at=bindparam("now"),
-                        reply_code=bindparam("code"), reply_text=bindparam("text"), lease_until=None),
+                .where(
+                    table.c.id == bindparam("d_id"),
+                    table.c.attempts == bindparam("attempt"),
+                    or_(*(table.c.state == state for state in CLAIMED)),
+                )  # no IN: executemany
+                .values(
+                    state=DeliveryState.SENT,
+                    sent_at=bindparam("now"),
+                    updated_at=bindparam("now"),
+                    reply_code=bindparam("code"),
+                    reply_text=bindparam("text"),
+                    lease_until=None,
+                ),
                 accepted,
             )
             session.commit()

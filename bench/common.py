@@ -37,7 +37,9 @@ DOMAINS = 50  # recipients spread over this many domains (per-domain throttle ke
 
 
 def which(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
     if path is None:
         sys.exit(f"{name} not found: apt-get install postfix (the daemon need not run)")
     return path
@@ -77,7 +79,9 @@ def plain_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-def settings_env(db_url: str, smtp_url: str, *, batch_size: int = 100, extra: dict[str, str] | None = None) -> dict[str, str]:
+def settings_env(
+    db_url: str, smtp_url: str, *, batch_size: int = 100, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The NEWSLETTER_* environment of the bench's worker processes (throttling off)."""
     return {
         "NEWSLETTER_BROKER": "redis",
@@ -110,14 +114,18 @@ def load_edition_and_subscribers(db_url: str, count: int) -> None:
         newsletter_id = edition.newsletter_id
     stamp = now.isoformat()
     with psycopg.connect(plain_url(db_url)) as conn, conn.cursor() as cur:
-        columns = "newsletter_id, email, email_key, ascii_email, domain, language, status, created_at, updated_at, confirmed_at"
+        columns = (
+            "newsletter_id, email, email_key, ascii_email, domain, language, status,"
+            " created_at, updated_at, confirmed_at"
+        )
         with cur.copy(f"COPY subscriber ({columns}) FROM STDIN") as copy:
             chunk = io.StringIO()
             for n in range(count):
                 domain = f"d{n % DOMAINS}.example.net"
                 address = f"reader{n}@{domain}"
                 chunk.write(
-                    f"{newsletter_id}\t{address}\t{address}\t{address}\t{domain}\t{LANGUAGES[n % 3]}\t"
+                    f"{newsletter_id}\t{address}\t{address}\t{address}\t{domain}\t"
+                    f"{LANGUAGES[n % 3]}\t"
                     f"confirmed\t{stamp}\t{stamp}\t{stamp}\n"
                 )
                 if n % 50_000 == 49_999:
@@ -141,11 +149,15 @@ def create_send(db_url: str, batch_size: int) -> int:
         return int(create(session, edition, datetime.now(UTC), batch_size).id)
 
 
-def flush_redis() -> None:
+def flush_redis(namespace: str | None = None) -> None:
+    """Delete this run's queues (keys under ``namespace``) and throttle state; never the whole
+    database, which another benchmark may be using at the same time."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+    for pattern in ([f"{namespace}*"] if namespace else []) + ["newsletter:throttle*"]:
+        for key in client.scan_iter(pattern, count=1000):
+            client.delete(key)
     client.close()
 
 
@@ -176,7 +188,9 @@ def start_sink(backlog: int = 256) -> Sink:
             return Sink(port, process)
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("smtp-sink did not start: " + process.stderr.read().decode() if process.stderr else "")
+    raise RuntimeError(
+        "smtp-sink did not start: " + process.stderr.read().decode() if process.stderr else ""
+    )
 
 
 def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> tuple[float, float]:
@@ -184,8 +198,19 @@ def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> tuple[
     open for the next message (``-d``), into the sink; returns (messages per second, CPU seconds
     of smtp-source)."""
     command = [
-        which("smtp-source"), "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-        "-f", "bounces@news.example.org", "-t", "reader@d1.example.net", f"127.0.0.1:{port}",
+        which("smtp-source"),
+        "-d",
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(size),
+        "-f",
+        "bounces@news.example.org",
+        "-t",
+        "reader@d1.example.net",
+        f"127.0.0.1:{port}",
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -197,8 +222,10 @@ def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> tuple[
 
 
 def smtp_source_command(port: int | str, *, messages: int, sessions: int, size: int) -> str:
-    return (f"smtp-source -d -s {sessions} -m {messages} -l {size} -f bounces@news.example.org "
-            f"-t reader@d1.example.net 127.0.0.1:{port}")
+    return (
+        f"smtp-source -d -s {sessions} -m {messages} -l {size} -f bounces@news.example.org "
+        f"-t reader@d1.example.net 127.0.0.1:{port}"
+    )
 
 
 @dataclass
@@ -215,9 +242,13 @@ class Workers:
             if self.log.read_text(errors="replace").count("ready for action") >= processes:
                 return
             if self.process.poll() is not None:
-                raise RuntimeError("dramatiq exited:\n" + self.log.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    "dramatiq exited:\n" + self.log.read_text(errors="replace")[-3000:]
+                )
             time.sleep(0.1)
-        raise RuntimeError("dramatiq workers not ready:\n" + self.log.read_text(errors="replace")[-3000:])
+        raise RuntimeError(
+            "dramatiq workers not ready:\n" + self.log.read_text(errors="replace")[-3000:]
+        )
 
     def children(self) -> list[int]:
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
@@ -259,8 +290,13 @@ def postgres_cpu(db_url: str) -> float:
     """CPU seconds of the PostgreSQL backends connected to this database (same host)."""
     name = db_url.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        pids = [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))]
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+        ]
     return sum(cpu_of(pid) for pid in pids)
 
 
@@ -279,7 +315,11 @@ def start_workers(
 ) -> Workers:
     command = [sys.executable, "-m", "dramatiq", module, "-p", str(processes), "-t", str(threads)]
     handle = log.open("wb")
-    env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}  # this checkout's worker package, not another
+    env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": str(ROOT),
+    }  # this checkout's worker package, not another
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     return Workers(process, log)
 
@@ -287,21 +327,40 @@ def start_workers(
 def ledger(db_url: str, send_id: int) -> dict[str, object]:
     """Counts per state and the sending window (first claim to last outcome) from the ledger."""
     with psycopg.connect(plain_url(db_url)) as conn:
-        counts = dict(conn.execute(
-            "SELECT state, count(*) FROM delivery WHERE send_id = %s GROUP BY state", (send_id,)
-        ).fetchall())
+        counts = dict(
+            conn.execute(
+                "SELECT state, count(*) FROM delivery WHERE send_id = %s GROUP BY state", (send_id,)
+            ).fetchall()
+        )
         first, last = conn.execute(
-            "SELECT min(first_attempt_at), max(updated_at) FROM delivery WHERE send_id = %s", (send_id,)
+            "SELECT min(first_attempt_at), max(updated_at) FROM delivery WHERE send_id = %s",
+            (send_id,),
         ).fetchone()
         status, started, finished = conn.execute(
             "SELECT status, started_at, finished_at FROM send WHERE id = %s", (send_id,)
         ).fetchone()
-    return {"counts": counts, "first": first, "last": last, "status": status, "started": started,
-            "finished": finished}
+    return {
+        "counts": counts,
+        "first": first,
+        "last": last,
+        "status": status,
+        "started": started,
+        "finished": finished,
+    }
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    mem = (
+        subprocess.run(["free", "-h"], capture_output=True, text=True)
+        .stdout.splitlines()[1]
+        .split()[1]
+    )
     return f"{os.cpu_count()} CPUs ({cpu}), {mem} RAM, Python {sys.version.split()[0]}"

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def message_sizes(env: dict[str, str], send_id: int) -> dict[str, int]:
@@ -38,41 +38,63 @@ def message_sizes(env: dict[str, str], send_id: int) -> dict[str, int]:
         composer = rt.composer(session, send_id)
         sizes = {}
         for language in composer.templates:
-            reader = Subscriber(id=1, email="reader1@d1.example.net", ascii_email="reader1@d1.example.net",
-                                language=language)
+            reader = Subscriber(
+                id=1,
+                email="reader1@d1.example.net",
+                ascii_email="reader1@d1.example.net",
+                language=language,
+            )
             sizes[language] = len(composer.compose(1, reader, language)[1])
     return sizes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8, help="dramatiq threads per process (its default: 8)")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="dramatiq threads per process (its default: 8)"
+    )
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--dkim", action="store_true", help="sign in the app (NEWSLETTER_DKIM_*; needs worker/dkim.py)")
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="sign in the app (NEWSLETTER_DKIM_*; needs worker/dkim.py)",
+    )
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--actors", default="worker.actors",
-                        help="actor module (bench.batched_actors: the chunked-ledger prototype)")
+    parser.add_argument(
+        "--actors",
+        default="worker.actors",
+        help="actor module (bench.batched_actors: the chunked-ledger prototype)",
+    )
     args = parser.parse_args()
 
     print(f"machine: {common.machine()}; load average {os.getloadavg()[0]:.2f}")
-    common.flush_redis()
     sink = common.start_sink()
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     try:
         with common.database() as db_url:
             t = time.perf_counter()
             common.load_edition_and_subscribers(db_url, args.subscribers)
-            print(f"{args.subscribers} confirmed subscribers inserted (COPY) in {time.perf_counter() - t:.1f} s")
+            print(
+                f"{args.subscribers} confirmed subscribers inserted (COPY) "
+                f"in {time.perf_counter() - t:.1f} s"
+            )
             send_id = common.create_send(db_url, args.batch_size)
             extra = dkim_env(workdir) if args.dkim else {}
             env = common.settings_env(db_url, sink.url, batch_size=args.batch_size, extra=extra)
             os.environ.update(env)  # before worker.broker is imported: the bench enqueues on Redis
             from worker import actors
 
-            workers = common.start_workers(env, processes=args.processes, threads=args.threads,
-                                           log=workdir / "dramatiq.log", module=args.actors)
+            workers = common.start_workers(
+                env,
+                processes=args.processes,
+                threads=args.threads,
+                log=workdir / "dramatiq.log",
+                module=args.actors,
+            )
             try:
                 workers.wait_ready(args.processes)
                 cpu0 = workers.cpu_seconds()
@@ -98,10 +120,13 @@ def main() -> None:
         size = int(statistics.mean(sizes.values()))
         connections = args.processes * args.threads
         sink0 = common.cpu_of(sink.process.pid)
-        c_rate, source_cpu = common.smtp_source(sink.port, messages=args.subscribers, sessions=connections, size=size)
+        c_rate, source_cpu = common.smtp_source(
+            sink.port, messages=args.subscribers, sessions=connections, size=size
+        )
         c_sink_cpu = common.cpu_of(sink.process.pid) - sink0
     finally:
         sink.stop()
+        common.flush_redis(os.environ.get("NEWSLETTER_QUEUE_NAMESPACE"))
     counts = book["counts"]
     sent = int(counts.get("sent", 0))  # type: ignore[union-attr]
     window = (book["last"] - book["first"]).total_seconds()  # type: ignore[operator]
@@ -111,19 +136,32 @@ def main() -> None:
     print(f"send {send_id}: status {status}, ledger {dict(counts)}")  # type: ignore[arg-type]
     print(f"message size per language (bytes): {sizes}")
     print(f"planning (render + ledger insert, until the first claim): {planning:.1f} s")
-    print(f"sending window (first claim to last outcome): {window:.1f} s; wall from enqueue: {wall:.1f} s")
+    print(
+        f"sending window (first claim to last outcome): {window:.1f} s; "
+        f"wall from enqueue: {wall:.1f} s"
+    )
     n = max(sent, 1)
-    print(f"CPU per message, app path: workers {1000 * cpu / n:.2f} ms, PostgreSQL backends "
-          f"{1000 * pg_cpu / n:.2f} ms, smtp-sink {1000 * sink_cpu / n:.2f} ms "
-          f"(total {1000 * (cpu + pg_cpu + sink_cpu) / n:.2f} ms; Redis not counted)")
-    print(f"CPU per message, C path: smtp-source {1000 * source_cpu / args.subscribers:.2f} ms, "
-          f"smtp-sink {1000 * c_sink_cpu / args.subscribers:.2f} ms "
-          f"(total {1000 * (source_cpu + c_sink_cpu) / args.subscribers:.2f} ms)")
+    print(
+        f"CPU per message, app path: workers {1000 * cpu / n:.2f} ms, PostgreSQL backends "
+        f"{1000 * pg_cpu / n:.2f} ms, smtp-sink {1000 * sink_cpu / n:.2f} ms "
+        f"(total {1000 * (cpu + pg_cpu + sink_cpu) / n:.2f} ms; Redis not counted)"
+    )
+    print(
+        f"CPU per message, C path: smtp-source {1000 * source_cpu / args.subscribers:.2f} ms, "
+        f"smtp-sink {1000 * c_sink_cpu / args.subscribers:.2f} ms "
+        f"(total {1000 * (source_cpu + c_sink_cpu) / args.subscribers:.2f} ms)"
+    )
     print(f"peak RSS of the {args.processes} worker processes together: {peak / 1024:.0f} MiB")
     print(f"actors: {args.actors}")
-    print(f"app: {app_rate:.0f} messages/s over {connections} connections "
-          f"({args.processes} processes x {args.threads} threads){' with in-app DKIM' if args.dkim else ''}")
-    print(f"smtp-source: {c_rate:.0f} messages/s ({common.smtp_source_command('PORT', messages=args.subscribers, sessions=connections, size=size)})")
+    print(
+        f"app: {app_rate:.0f} messages/s over {connections} connections "
+        f"({args.processes} processes x {args.threads} threads)"
+        f"{' with in-app DKIM' if args.dkim else ''}"
+    )
+    source = common.smtp_source_command(
+        "PORT", messages=args.subscribers, sessions=connections, size=size
+    )
+    print(f"smtp-source: {c_rate:.0f} messages/s ({source})")
     print(f"ratio app / smtp-source: {app_rate / c_rate:.3f}")
 
 
@@ -136,10 +174,18 @@ def dkim_env(workdir: Path) -> dict[str, str]:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = workdir / "dkim.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    return {"NEWSLETTER_DKIM_SELECTOR": "bench", "NEWSLETTER_DKIM_DOMAIN": "example.org",
-            "NEWSLETTER_DKIM_PRIVATE_KEY_PATH": str(path)}
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return {
+        "NEWSLETTER_DKIM_SELECTOR": "bench",
+        "NEWSLETTER_DKIM_DOMAIN": "example.org",
+        "NEWSLETTER_DKIM_PRIVATE_KEY_PATH": str(path),
+    }
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def mib(kib: int) -> str:
@@ -33,7 +33,9 @@ def mib(kib: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--send-seconds", type=float, default=180, help="then cancel the send")
     parser.add_argument("--processes", type=int, default=2)
@@ -41,21 +43,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
     print(f"machine: {common.machine()}; load average {os.getloadavg()[0]:.2f}")
-    common.flush_redis()
     sink = common.start_sink()
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
         with common.database() as db_url:
             t = time.perf_counter()
             common.load_edition_and_subscribers(db_url, args.subscribers)
-            print(f"{args.subscribers} confirmed subscribers inserted (COPY) in {time.perf_counter() - t:.1f} s")
+            print(
+                f"{args.subscribers} confirmed subscribers inserted (COPY) "
+                f"in {time.perf_counter() - t:.1f} s"
+            )
             send_id = common.create_send(db_url, args.batch_size)
             env = common.settings_env(db_url, sink.url, batch_size=args.batch_size)
             os.environ.update(env)
             from worker import actors
 
-            workers = common.start_workers(env, processes=args.processes, threads=args.threads,
-                                           log=workdir / "dramatiq.log")
+            workers = common.start_workers(
+                env, processes=args.processes, threads=args.threads, log=workdir / "dramatiq.log"
+            )
             try:
                 workers.wait_ready(args.processes)
                 run(workers, db_url, send_id, args, actors)
@@ -63,10 +68,12 @@ def main() -> None:
                 workers.stop()
     finally:
         sink.stop()
-        common.flush_redis()
+        common.flush_redis(os.environ.get("NEWSLETTER_QUEUE_NAMESPACE"))
 
 
-def run(workers: common.Workers, db_url: str, send_id: int, args: argparse.Namespace, actors: object) -> None:
+def run(
+    workers: common.Workers, db_url: str, send_id: int, args: argparse.Namespace, actors: object
+) -> None:
     idle = workers.sample_rss()
     print(f"idle workers, RSS MiB: {[mib(v) for v in idle.values()]}")
     conn = psycopg.connect(common.plain_url(db_url), autocommit=True)
@@ -80,10 +87,13 @@ def run(workers: common.Workers, db_url: str, send_id: int, args: argparse.Names
         time.sleep(1.0)
         rss = workers.sample_rss()
         now = time.monotonic() - t0
-        status, planned = conn.execute("SELECT status, planned_count FROM send WHERE id = %s", (send_id,)).fetchone()
+        status, planned = conn.execute(
+            "SELECT status, planned_count FROM send WHERE id = %s", (send_id,)
+        ).fetchone()
         if sending_since is None:
             first = conn.execute(
-                "SELECT 1 FROM delivery WHERE send_id = %s AND state <> 'queued' LIMIT 1", (send_id,)
+                "SELECT 1 FROM delivery WHERE send_id = %s AND state <> 'queued' LIMIT 1",
+                (send_id,),
             ).fetchone()
             if status == "sending" and planned_at is None:
                 planned_at = now
@@ -92,19 +102,29 @@ def run(workers: common.Workers, db_url: str, send_id: int, args: argparse.Names
                     plan_peak[pid] = max(plan_peak.get(pid, 0), value)
                 continue
             sending_since = now
-            print(f"planning: ledger of {planned} deliveries written by {planned_at or now:.1f} s, "
-                  f"first claim at {now:.1f} s after enqueue; peak RSS per worker during planning (MiB): "
-                  f"{[mib(v) for v in plan_peak.values()]}")
-        sent = conn.execute("SELECT count(*) FROM delivery WHERE send_id = %s AND state = 'sent'", (send_id,)).fetchone()[0]
+            print(
+                f"planning: ledger of {planned} deliveries written by {planned_at or now:.1f} s, "
+                f"first claim at {now:.1f} s after enqueue; "
+                "peak RSS per worker during planning (MiB): "
+                f"{[mib(v) for v in plan_peak.values()]}"
+            )
+        sent = conn.execute(
+            "SELECT count(*) FROM delivery WHERE send_id = %s AND state = 'sent'", (send_id,)
+        ).fetchone()[0]
         send_series.append((now - sending_since, rss, sent))
         if now - last_print >= 10:
             last_print = now
-            print(f"  t={now - sending_since:6.1f} s sent={sent:8d}  RSS MiB per worker: {[mib(v) for v in rss.values()]}")
+            print(
+                f"  t={now - sending_since:6.1f} s sent={sent:8d}  "
+                f"RSS MiB per worker: {[mib(v) for v in rss.values()]}"
+            )
         if status == "finished":
             break
         if now - sending_since >= args.send_seconds:
             conn.execute("UPDATE send SET status = 'cancelled' WHERE id = %s", (send_id,))
-            print(f"cancelled after {args.send_seconds:.0f} s of sending ({sent} of {planned} sent)")
+            print(
+                f"cancelled after {args.send_seconds:.0f} s of sending ({sent} of {planned} sent)"
+            )
             break
     summarise(send_series, planned)
     conn.close()
@@ -119,9 +139,12 @@ def summarise(series: list[tuple[float, dict[int, int], int]], planned: int) -> 
     late = max(v for _, v, _ in totals[-third:])
     peak = max(max(rss.values()) for _, rss, _ in series)
     t_end, _, sent_end = totals[-1]
-    print(f"send of {planned}: {sent_end} sent in {t_end:.0f} s; RSS of the workers together, max over the "
-          f"first third of the sending window {mib(early)} MiB, over the last third {mib(late)} MiB "
-          f"(growth {mib(late - early)} MiB); peak of one worker {mib(peak)} MiB")
+    print(
+        f"send of {planned}: {sent_end} sent in {t_end:.0f} s; "
+        "RSS of the workers together, max over the "
+        f"first third of the sending window {mib(early)} MiB, over the last third {mib(late)} MiB "
+        f"(growth {mib(late - early)} MiB); peak of one worker {mib(peak)} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ Profiler overhead inflates Python-heavy stages; the plain run gives the true tot
 from __future__ import annotations
 
 import argparse
-import os
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import sys
@@ -35,23 +35,33 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import common  # noqa: E402
+import common
 
 STAGES: dict[str, list[tuple[str, str]]] = {
     # (file suffix, function name) whose cumulative time makes the stage
-    "personalisation": [("worker/signups.py", "unsubscribe_token"), ("worker/verp.py", "verp_address"),
-                        ("worker/mime.py", "substitute"), ("worker/mime.py", "fill")],
+    "personalisation": [
+        ("worker/signups.py", "unsubscribe_token"),
+        ("worker/verp.py", "verp_address"),
+        ("worker/mime.py", "substitute"),
+        ("worker/mime.py", "fill"),
+    ],
     "mime": [("worker/mime.py", "personalise")],
     "dkim": [("worker/dkim.py", "sign"), ("worker/dkim.py", "sign_message")],
     "smtp": [("worker/smtp.py", "send")],
     "throttle": [("worker/throttle.py", "reserve"), ("bench/batched_dispatch.py", "_reserve_many")],
-    "send_batch": [("worker/dispatch.py", "send_batch"), ("bench/batched_dispatch.py", "send_batch")],
+    "send_batch": [
+        ("worker/dispatch.py", "send_batch"),
+        ("bench/batched_dispatch.py", "send_batch"),
+    ],
     "compose": [("worker/composer.py", "compose")],
 }
 DETAIL = [
-    ("worker/dispatch.py", "_claim"), ("worker/dispatch.py", "record_outcome"),
-    ("worker/dispatch.py", "_send_status"), ("sqlalchemy/orm/session.py", "get"),
-    ("sqlalchemy/orm/session.py", "commit"), ("sqlalchemy/engine/base.py", "_execute_context"),
+    ("worker/dispatch.py", "_claim"),
+    ("worker/dispatch.py", "record_outcome"),
+    ("worker/dispatch.py", "_send_status"),
+    ("sqlalchemy/orm/session.py", "get"),
+    ("sqlalchemy/orm/session.py", "commit"),
+    ("sqlalchemy/engine/base.py", "_execute_context"),
     ("worker/tokens.py", "issue"),
 ]
 
@@ -71,15 +81,17 @@ def calls(stats: pstats.Stats, suffix: str, fn: str) -> int:
 
 
 def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) -> int:
-    """Plan ``send_id`` and send every batch in this thread, as the actors would. Returns the count."""
+    """Plan ``send_id`` and send every batch in this thread, as the actors would; the count sent."""
     from worker.dispatch import batch_ranges, send_batch
     from worker.sends import plan_send
 
     if prototype:
         import smtplib
 
-        from bench.batched_dispatch import quote_periods
-        from bench.batched_dispatch import send_batch  # type: ignore[no-redef]
+        from bench.batched_dispatch import (
+            quote_periods,
+            send_batch,  # type: ignore[no-redef]
+        )
 
         smtplib._quote_periods = quote_periods  # type: ignore[attr-defined]
 
@@ -89,8 +101,17 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
     sent = 0
     for first, last in ranges:
         with rt.session() as session:
-            report = send_batch(session, send_id, first, last, composer=rt.composer(session, send_id),
-                                mailer=rt.mailer, throttle=rt.throttle, clock=rt.clock, policy=rt.policy)
+            report = send_batch(
+                session,
+                send_id,
+                first,
+                last,
+                composer=rt.composer(session, send_id),
+                mailer=rt.mailer,
+                throttle=rt.throttle,
+                clock=rt.clock,
+                policy=rt.policy,
+            )
         sent += report.counts.get("sent", 0)
     return sent
 
@@ -103,7 +124,9 @@ def render_times(repeat: int = 20) -> dict[str, float]:
     source = read_edition(common.EDITION)
     out = {}
     for language, content in source.contents.items():
-        render_edition(source.newsletter, content, public_url="https://news.example.org")  # compile templates
+        render_edition(
+            source.newsletter, content, public_url="https://news.example.org"
+        )  # compile templates
         samples = []
         for _ in range(repeat):
             t = time.perf_counter()
@@ -121,8 +144,12 @@ def compose_times(rt: Any, send_id: int, repeat: int = 500) -> dict[str, float]:
         composer = rt.composer(session, send_id)
     out = {}
     for language in composer.templates:
-        reader = Subscriber(id=1, email="reader1@d1.example.net", ascii_email="reader1@d1.example.net",
-                            language=language)
+        reader = Subscriber(
+            id=1,
+            email="reader1@d1.example.net",
+            ascii_email="reader1@d1.example.net",
+            language=language,
+        )
         t = time.process_time()
         for n in range(repeat):
             reader.id = n + 1
@@ -132,17 +159,21 @@ def compose_times(rt: Any, send_id: int, repeat: int = 500) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--subscribers", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--top", type=int, default=25, help="functions to list by own time")
-    parser.add_argument("--prototype", action="store_true",
-                        help="send with the chunked-ledger prototype (bench/batched_dispatch.py)")
+    parser.add_argument(
+        "--prototype",
+        action="store_true",
+        help="send with the chunked-ledger prototype (bench/batched_dispatch.py)",
+    )
     args = parser.parse_args()
     print(f"machine: {common.machine()}; load average {os.getloadavg()[0]:.2f}")
     print("render per language, median ms:", {k: round(v, 2) for k, v in render_times().items()})
 
-    common.flush_redis()
     sink = common.start_sink()
     try:
         with common.database() as db_url:
@@ -156,9 +187,15 @@ def main() -> None:
             wall, cpu = time.perf_counter(), time.process_time()
             sent = run_send(rt, plain_id, args.batch_size, args.prototype)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            print(f"plain run: {sent} sent, {1000 * wall / sent:.2f} ms wall and {1000 * cpu / sent:.2f} ms CPU "
-                  f"of this process per message (planning included), {sent / wall:.0f} messages/s in one thread")
-            print("compose only, ms CPU per message:", {k: round(v, 3) for k, v in compose_times(rt, plain_id).items()})
+            print(
+                f"plain run: {sent} sent, {1000 * wall / sent:.2f} ms wall and "
+                f"{1000 * cpu / sent:.2f} ms CPU of this process per message (planning included), "
+                f"{sent / wall:.0f} messages/s in one thread"
+            )
+            print(
+                "compose only, ms CPU per message:",
+                {k: round(v, 3) for k, v in compose_times(rt, plain_id).items()},
+            )
 
             profiled_id = common.create_send(db_url, args.batch_size)
             profiler = cProfile.Profile()
@@ -170,17 +207,33 @@ def main() -> None:
     stats = pstats.Stats(profiler)
     per = {name: 1000 * cumulative(stats, fns) / sent for name, fns in STAGES.items()}
     personalisation = per["personalisation"]
-    mime = per["mime"] - cumulative(stats, [("worker/mime.py", "substitute"), ("worker/mime.py", "fill")]) * 1000 / sent
+    mime = (
+        per["mime"]
+        - cumulative(stats, [("worker/mime.py", "substitute"), ("worker/mime.py", "fill")])
+        * 1000
+        / sent
+    )
     ledger = per["send_batch"] - per["compose"] - per["smtp"] - per["throttle"]
     print(f"\nprofiled run: {sent} messages; ms per message (cProfile, cumulative):")
-    rows = [("personalisation", personalisation), ("MIME building", mime), ("DKIM signing", per["dkim"]),
-            ("SMTP hand-off", per["smtp"]), ("throttle (Redis)", per["throttle"]), ("ledger (DB)", ledger),
-            ("send_batch total", per["send_batch"])]
+    rows = [
+        ("personalisation", personalisation),
+        ("MIME building", mime),
+        ("DKIM signing", per["dkim"]),
+        ("SMTP hand-off", per["smtp"]),
+        ("throttle (Redis)", per["throttle"]),
+        ("ledger (DB)", ledger),
+        ("send_batch total", per["send_batch"]),
+    ]
     for label, value in rows:
         print(f"  {label:18} {value:7.3f}")
-    print("  detail: " + ", ".join(
-        f"{fn} {1000 * cumulative(stats, [(sfx, fn)]) / sent:.3f} ms ({calls(stats, sfx, fn) / sent:.1f} calls)"
-        for sfx, fn in DETAIL))
+    print(
+        "  detail: "
+        + ", ".join(
+            f"{fn} {1000 * cumulative(stats, [(sfx, fn)]) / sent:.3f} ms "
+            f"({calls(stats, sfx, fn) / sent:.1f} calls)"
+            for sfx, fn in DETAIL
+        )
+    )
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[-6000:])

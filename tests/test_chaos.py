@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 RECIPIENTS = 5_000
 GROUPS = ("w1", "w2", "w3")
 THREADS = 4  # per worker process: at most this many messages in flight when one is killed
-DEADLINE = 210.0  # seconds for the whole send
+DEADLINE = 225.0  # seconds for the whole send
+CHAOS_SECONDS = 150.0  # kills stop then, so that a loaded machine can finish in time
 SETTINGS = {
     "claim_lease_seconds": 6,
     "smtp_timeout_seconds": 4,
@@ -101,7 +102,9 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
 
             def chaos() -> None:
                 redis_restarted = False
-                while not stop.wait(rng.uniform(3.0, 7.0)):
+                while not stop.wait(rng.uniform(4.0, 9.0)):
+                    if time.monotonic() - started > CHAOS_SECONDS:
+                        return
                     name = rng.choice(GROUPS)
                     fleet.kill(name)  # SIGKILL: no graceful shutdown, nothing acked
                     kills.append((time.monotonic() - started, name))

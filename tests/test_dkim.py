@@ -151,5 +151,5 @@ def test_openssl_signing_is_much_faster_than_dkimpy(signer: DkimSigner, key_file
         f"DKIM sign, {len(message)} bytes: "
         f"OpenSSL {ours * 1000:.2f} ms, dkimpy {theirs * 1000:.2f} ms"
     )
-    assert ours < 0.005  # measured about 1 ms
+    assert ours < 0.05  # measured 0.98 ms on an idle core; the bound allows a loaded machine
     assert ours * 3 < theirs

@@ -227,10 +227,10 @@ def test_same_answer_for_new_pending_confirmed_and_suppressed_addresses(
         "suppressed": "suppressed@example.org",
     }
 
-    # When each state is signed up 100 times (interleaved, so drift affects all alike)
+    # When each state is signed up 50 times (interleaved, so drift affects all alike)
     answers: dict[str, set[tuple[int, bytes, str]]] = {s: set() for s in states}
     timings: dict[str, list[float]] = {s: [] for s in states}
-    for n in range(100):
+    for n in range(50):
         for state, address in states.items():
             started = time.perf_counter()
             response = client.post("/signup", json=event(f"{state}-{n}", address.format(n)))
@@ -239,7 +239,7 @@ def test_same_answer_for_new_pending_confirmed_and_suppressed_addresses(
                 (response.status_code, response.content, response.headers["content-type"])
             )
     try:
-        assert drain("signups") == 400
+        assert drain("signups") == 200
         drain("transactional")
     finally:
         broker.flush_all()
@@ -258,7 +258,7 @@ def test_same_answer_for_new_pending_confirmed_and_suppressed_addresses(
     # And behind the same answer: each new address got one mail; the pending one none (its
     # first mail, enqueued before, holds the resend window); the confirmed and suppressed none
     recipients = [r.recipients[0] for r in smtp.handler.received]
-    assert len(recipients) == 100 and all(r.startswith("new") for r in recipients)
+    assert len(recipients) == 50 and all(r.startswith("new") for r in recipients)
 
 
 def test_a_new_signup_changes_the_language_of_a_confirmed_subscriber(

@@ -82,7 +82,9 @@ class Runtime:
             if self.mailer_factory is not None:
                 mailer = self.mailer_factory()
             else:
-                mailer = SmtpMailer(self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds)
+                mailer = SmtpMailer(
+                    self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds
+                )
             mailer = MeteredMailer(mailer)  # SMTP reply classes and latency (worker.metrics)
             self._local.mailer = mailer
         return mailer
@@ -94,7 +96,9 @@ class Runtime:
         if not s.dkim_private_key_path:
             return None
         domain = s.dkim_domain or s.sending_domain
-        return DkimSigner.from_file(s.dkim_private_key_path, domain=domain, selector=s.dkim_selector)
+        return DkimSigner.from_file(
+            s.dkim_private_key_path, domain=domain, selector=s.dkim_selector
+        )
 
     @cached_property
     def policy(self) -> SendPolicy:
