@@ -49,7 +49,12 @@ def use_runtime(rt: Runtime | None) -> None:
     _runtime = rt
 
 
-@dramatiq.actor(queue_name="signups", max_retries=10)
+# Ahead of bulk work in a worker that consumes every queue: dramatiq orders the messages a
+# process has fetched by priority, lowest first (default 0).
+TRANSACTIONAL_PRIORITY = -10
+
+
+@dramatiq.actor(queue_name="signups", max_retries=10, priority=TRANSACTIONAL_PRIORITY)
 def handle_signup(event: Any) -> None:
     """A signup event from the website (see docs/signup-event.md): any JSON value. Never raises
     for bad input: refusals and limited signups are recorded in ``signup_refusal``."""
@@ -86,7 +91,7 @@ def _limiter(rt: Runtime) -> SignupLimiter:
 MAX_DOMAIN_WAIT_MS = 60_000
 
 
-@dramatiq.actor(queue_name="transactional", max_retries=10)
+@dramatiq.actor(queue_name="transactional", max_retries=10, priority=TRANSACTIONAL_PRIORITY)
 def send_confirmation(subscriber_id: int) -> None:
     """Send the double opt-in confirmation mail to a pending subscriber (nothing otherwise).
 
@@ -134,13 +139,13 @@ def send_welcome(subscriber_id: int) -> None:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None or subscriber.status != SubscriberStatus.CONFIRMED:
             return
-        sid, tokens = subscriber.id, rt.tokens
+        url = f"{rt.links.public_url}/u/{unsubscribe_token(rt.tokens, subscriber.id)}"
         outcome = send_transactional(
             rt.mailer,
             name="welcome",
             subscriber=subscriber,
             profile=profile_of(rt.newsletter(session)),
-            context={"unsubscribe_url": f"{rt.links.public_url}/u/{unsubscribe_token(tokens, sid)}"},
+            context={"unsubscribe_url": url},
             public_url=rt.links.public_url,
             bounce_address=f"bounces@{rt.settings.bounce_domain}",
             message_id_domain=rt.settings.sending_domain,
