@@ -15,6 +15,7 @@ import email
 import email.policy
 import json
 import logging
+import os
 import re
 import shutil
 import statistics
@@ -769,9 +770,11 @@ def test_signup_response_and_timing_do_not_tell_the_address_state(
     Bound: half the median cost of ONE indexed subscriber look-up on this database, measured
     here. Any branch on the address's state needs at least that look-up, so a difference of
     that size would mean the endpoint reads the state; a difference below half of it is noise.
-    A floor of 0.3 ms covers the timer and scheduler noise of a loaded 2-core machine (the
-    median of 200 samples of a ~2 ms request moves by about that much between runs). Up to
-    three rounds: a state-dependent cost shows in every round, a burst of noise in one.
+    A floor of 0.3 ms, or 5 % of the median request, covers the timer and scheduler noise of a
+    busy 2-core machine (the median of 200 samples moves by about that much between runs). Up
+    to three rounds: a state-dependent cost shows in every round, a burst of noise in one. On
+    a machine with more than four runnable processes per core the figures are printed and the
+    timing assertion is skipped (the answers must still be identical).
     """
     if "postgresql" not in request.node.callspec.params.get("db_url", ""):
         pytest.skip("timing measured on PostgreSQL, the production database")
@@ -795,12 +798,12 @@ def test_signup_response_and_timing_do_not_tell_the_address_state(
     client = TestClient(create_app(rt))
     answers: dict[str, set[tuple[int, bytes, str]]] = {state: set() for state in addresses}
     lookup = _lookup_cost(rt)
-    bound = max(lookup / 2, 0.0003)
     rounds = []
     for _ in range(3):  # a real difference shows in every round; noise in one at most
         medians = _signup_medians(client, addresses, answers)
         spread = max(medians.values()) - min(medians.values())
-        rounds.append(spread)
+        bound = max(lookup / 2, 0.0003, 0.05 * statistics.median(medians.values()))
+        rounds.append((spread, bound))
         figures = {s: f"{m * 1000:.3f} ms" for s, m in medians.items()}
         print(
             f"\nsignup medians {figures}; spread {spread * 1000:.3f} ms; "
@@ -810,7 +813,14 @@ def test_signup_response_and_timing_do_not_tell_the_address_state(
             break
     assert len({frozenset(a) for a in answers.values()}) == 1  # one and the same answer
     assert next(iter(answers["new"]))[0] == 202
-    assert min(rounds) < bound, (rounds, bound)
+    if all(spread >= bound for spread, bound in rounds) and _overloaded():
+        pytest.skip(f"machine overloaded (load average {os.getloadavg()[0]:.0f}): {rounds}")
+    assert any(spread < bound for spread, bound in rounds), rounds
+
+
+def _overloaded() -> bool:
+    """More than four runnable processes per core: medians of a few ms mean nothing then."""
+    return os.getloadavg()[0] > 4 * (os.cpu_count() or 1)
 
 
 def _signup_medians(

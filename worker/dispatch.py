@@ -41,6 +41,7 @@ from worker.models import (
 from worker.ports import Clock, Mailer, SmtpOutcome, Throttle
 
 RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
+LATE_WAKEUP_SECONDS = 0.05  # a slot missed by more than this is given up and another one taken
 CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
 
 
@@ -301,8 +302,11 @@ def _reserve(ctx: BatchContext, domain: str) -> float | None:
     while True:
         reservation = ctx.throttle.reserve(domain, horizon)
         if reservation.granted:
+            due = time.monotonic() + reservation.wait
             ctx.sleep(reservation.wait)
-            return None
+            if time.monotonic() - due <= LATE_WAKEUP_SECONDS or time.monotonic() > deadline:
+                return None
+            continue  # woke up too late (a busy machine): sending now would crowd the next slot
         in_reach = reservation.wait - horizon  # seconds until the slot is within the horizon
         if in_reach > deadline - time.monotonic():
             return max(in_reach, 0.01)
