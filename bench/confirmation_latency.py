@@ -157,7 +157,9 @@ def run(layout: str, args: argparse.Namespace) -> dict[str, Any]:
     latencies = sorted(at.timestamp() - probes[email] for email, at in done)
     # Where the time goes: enqueue -> signup processed, signup processed -> mail accepted
     to_signup = statistics.median(signed.timestamp() - probes[email] for email, signed, _ in hops)
-    to_mail = statistics.median(mailed.timestamp() - signed.timestamp() for _, signed, mailed in hops if mailed)
+    to_mail = statistics.median(
+        mailed.timestamp() - signed.timestamp() for _, signed, mailed in hops if mailed
+    )
     finished = status[1].timestamp() if status[1] else time.time()
     return {
         "layout": layout,

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import CASES
+from worker.abuse import ALLOWED, Verdict
 from worker.addresses import AddressError, load_blocked_domains, parse_address
 from worker.models import SignupRefusal, Subscriber
 from worker.runtime import Runtime
@@ -21,7 +22,7 @@ ERROR_CODES = {"domain_ends_with_dot": "domain_ends_with_dot", "smtputf8": "smtp
 
 
 def case_input(case: dict[str, Any]) -> str:
-    return (CASES / "addresses" / case["file"]).read_bytes().decode("utf-8")
+    return str((CASES / "addresses" / case["file"]).read_bytes().decode("utf-8"))
 
 
 @pytest.mark.parametrize("case", ADDRESS_CASES, ids=[c["id"] for c in ADDRESS_CASES])
@@ -115,12 +116,16 @@ def signup(n: int, address: str, language: str = "en") -> dict[str, Any]:
 
 
 class NoLimits:
-    def allow_signup(self, key: str, **_: Any) -> Any:
-        from worker.abuse import ALLOWED
+    """The limiter port with no limits (these tests are about addresses)."""
 
+    def allow_signup(self, ip: str) -> Verdict:
         return ALLOWED
 
-    allow_confirmation = allow_domain = allow_signup
+    def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
+        return ALLOWED
+
+    def allow_domain(self, domain: str) -> Verdict:
+        return ALLOWED
 
 
 def run(rt: Runtime, event: dict[str, Any], rules: AddressRules | None = None) -> str:

@@ -41,7 +41,7 @@ from worker.web import create_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def event(n: int | str, address: str, language: str = "en", **extra: Any) -> dict[str, Any]:
+def event(n: int | str, address: Any, language: str = "en", **extra: Any) -> dict[str, Any]:
     return {"version": 1, "event_id": f"s-{n}", "email": address, "language": language, **extra}
 
 

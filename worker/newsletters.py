@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from worker.editions import EditionContent, EditionSource, NewsletterProfile, read_newsletter_profile
@@ -61,7 +62,15 @@ def get_newsletter(
         return newsletter
     if not profile_path:
         raise LookupError(f"no newsletter {slug!r}: load an edition or set NEWSLETTER_NEWSLETTER_PATH")
-    return save_newsletter(session, read_newsletter_profile(Path(profile_path)), now, slug)
+    profile = read_newsletter_profile(Path(profile_path))
+    try:
+        with session.begin_nested():  # two workers may create it at once: the loser reads it
+            return save_newsletter(session, profile, now, slug)
+    except IntegrityError:
+        newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+        if newsletter is None:
+            raise
+        return newsletter
 
 
 def save_edition(
