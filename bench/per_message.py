@@ -6,6 +6,7 @@ edition goes to ``--subscribers`` readers twice: once plain (CPU and wall per me
 under cProfile (the split by stage, and the functions with the most own time).
 
     .venv/bin/python bench/per_message.py --subscribers 3000
+    .venv/bin/python bench/per_message.py --micro-only      # compose, DKIM, SMTP per call
 
 Stages (cumulative profiler time of these functions, per message):
   personalisation  unsubscribe token (worker.signups.unsubscribe_token), VERP address, placeholder
@@ -158,6 +159,46 @@ def compose_times(rt: Any, send_id: int, repeat: int = 500) -> dict[str, float]:
     return out
 
 
+def micro_times(rt: Any, send_id: int, sink_url: str, repeat: int = 300) -> dict[str, float]:
+    """CPU milliseconds per call of the parts one message needs, on the ``ru`` message (43 KB):
+    DKIM signing (2048-bit RSA, ``worker.dkim``), ``SmtpMailer.send`` into the sink, and
+    smtplib's dot-stuffing alone against the ``bytes.replace`` proposed for ``worker.smtp``."""
+    import smtplib
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from bench.batched_dispatch import quote_periods
+    from worker.dkim import DkimSigner
+    from worker.models import Subscriber
+    from worker.smtp import SmtpMailer
+
+    with rt.session() as session:
+        composer = rt.composer(session, send_id)
+    address = "r@d1.example.net"
+    reader = Subscriber(id=1, email=address, ascii_email=address, language="ru")
+    _, message = composer.compose(1, reader, "ru")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    signer = DkimSigner(domain="example.org", selector="bench", key=key)
+    mailer = SmtpMailer(sink_url)
+    mailer.send("bounces@news.example.org", "r@d1.example.net", message, smtputf8=False)
+    calls: dict[str, Any] = {
+        "dkim_sign": lambda: signer.sign(message),
+        "smtp_send": lambda: mailer.send(
+            "bounces@news.example.org", "r@d1.example.net", message, smtputf8=False
+        ),
+        "smtplib_quote_periods": lambda: smtplib._quote_periods(message),  # type: ignore[attr-defined]
+        "bytes_replace_quote_periods": lambda: quote_periods(message),
+    }
+    out = {}
+    for name, call in calls.items():
+        t = time.process_time()
+        for _ in range(repeat):
+            call()
+        out[name] = 1000 * (time.process_time() - t) / repeat
+    mailer.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,6 +210,11 @@ def main() -> None:
         "--prototype",
         action="store_true",
         help="send with the chunked-ledger prototype (bench/batched_dispatch.py)",
+    )
+    parser.add_argument(
+        "--micro-only",
+        action="store_true",
+        help="only render, compose, DKIM and SMTP micro-figures (no send)",
     )
     args = parser.parse_args()
     print(f"machine: {common.machine()}; load average {os.getloadavg()[0]:.2f}")
@@ -183,6 +229,23 @@ def main() -> None:
 
             env = common.settings_env(db_url, sink.url, batch_size=args.batch_size)
             rt = Runtime(Settings.from_env(env))
+            if args.micro_only:
+                micro_id = common.create_send(db_url, args.batch_size)
+                from worker.models import Send
+                from worker.sends import render_send
+
+                with rt.session() as session:
+                    send = session.get(Send, micro_id)
+                    render_send(session, send, rt.links.public_url, rt.clock.now())
+                print(
+                    "compose only, ms CPU per message:",
+                    {k: round(v, 3) for k, v in compose_times(rt, micro_id).items()},
+                )
+                print(
+                    "ms CPU per call (ru message):",
+                    {k: round(v, 3) for k, v in micro_times(rt, micro_id, sink.url).items()},
+                )
+                return
             plain_id = common.create_send(db_url, args.batch_size)
             wall, cpu = time.perf_counter(), time.process_time()
             sent = run_send(rt, plain_id, args.batch_size, args.prototype)

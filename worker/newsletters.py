@@ -96,14 +96,18 @@ def save_edition(
     first = next(iter(source.contents.values()))
     edition.period_start, edition.period_end = first.period_start, first.period_end
     edition.updated_at = now
-    existing = {row.language: row for row in edition.contents}
+    existing = {
+        row.language: row
+        for row in session.scalars(select(EditionContentRow).where(EditionContentRow.edition_id == edition.id))
+    }
     for language, content in source.contents.items():
         row = existing.pop(language, None)
         if row is None:
-            session.add(EditionContentRow(edition_id=edition.id, language=language, data=content.to_json()))
+            edition.contents.append(EditionContentRow(language=language, data=content.to_json()))
         else:
             row.data = content.to_json()
     for stale in existing.values():
+        edition.contents.remove(stale)
         session.delete(stale)
     session.flush()
     return edition
