@@ -124,7 +124,8 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
             if not finished(rt, send_id):
                 with rt.session() as session:
                     counts = delivery_counts(session, send_id)
-                raise AssertionError(f"not finished: {counts}, kills {kills}\n{fleet.log_tail(1500)}")
+                log = fleet.log_tail(1500)
+                raise AssertionError(f"not finished: {counts}, kills {kills}\n{log}")
             elapsed = time.monotonic() - started
     finally:
         redis_server.stop()
