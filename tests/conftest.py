@@ -126,7 +126,7 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 
 @pytest.fixture
 def stub_worker(rt: Runtime) -> Iterator[object]:
-    """An in-process dramatiq worker on the StubBroker; ``stub_worker.join()`` waits for all queues."""
+    """An in-process dramatiq worker on the StubBroker; ``.join()`` waits for every queue."""
     import dramatiq
 
     from worker.broker import QUEUES, broker

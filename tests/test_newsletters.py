@@ -24,7 +24,9 @@ def test_a_second_process_creating_the_newsletter_at_the_same_moment_reads_the_f
     engine = make_engine(pg_url)
     profile_path = str(SAMPLE_EDITION / "newsletter.yaml")
     first = Session(engine)
-    created = save_newsletter(first, read_newsletter_profile(SAMPLE_EDITION / "newsletter.yaml"), NOW, "race")
+    created = save_newsletter(
+        first, read_newsletter_profile(SAMPLE_EDITION / "newsletter.yaml"), NOW, "race"
+    )
     result: dict[str, int] = {}
 
     def second() -> None:

@@ -70,23 +70,35 @@ def test_signup_confirm_send_gives_one_message_per_confirmed_subscriber(
     smtp.handler.received.clear()
     with rt.session() as session:
         edition = read_edition(SAMPLE_EDITION)
-        send_id = create_send(session, save_edition(session, edition, rt.clock.now()), rt.clock.now(), 2).id
+        send_id = create_send(
+            session, save_edition(session, edition, rt.clock.now()), rt.clock.now(), 2
+        ).id
     actors.plan_send.send(send_id)
     stub_worker.join()
 
     # Then each confirmed subscriber got exactly one edition, in their language
     got = sorted((r.recipients[0], r.data) for r in smtp.handler.received)
     assert [rcpt for rcpt, _ in got] == sorted(
-        ["anna@example.org", "Ivan.Petrov@example.org", "chytach@xn--80aiqesg1f.xn--90ais",
-         "ales@example.net", "olga@example.com"]
+        [
+            "anna@example.org",
+            "Ivan.Petrov@example.org",
+            "chytach@xn--80aiqesg1f.xn--90ais",
+            "ales@example.net",
+            "olga@example.com",
+        ]
     )
-    subjects = {rcpt: email.message_from_bytes(data, policy=email.policy.default)["Subject"] for rcpt, data in got}
+    subjects = {
+        rcpt: email.message_from_bytes(data, policy=email.policy.default)["Subject"]
+        for rcpt, data in got
+    }
     assert subjects["olga@example.com"] == edition.contents["ru"].subject
     assert subjects["ales@example.net"] == edition.contents["be"].subject
     assert subjects["anna@example.org"] == edition.contents["en"].subject
     with rt.session() as session:
         assert session.get(Send, send_id).status == "finished"
-        states = dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all())
+        states = dict(
+            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+        )
         assert states == {"sent": 5}
         refusal = session.scalars(select(SignupRefusal)).one()
         assert refusal.reason == "invalid_address"
@@ -131,14 +143,21 @@ def test_unsubscribe_get_changes_nothing_post_and_one_click_unsubscribe(
     assert page.status_code == 200 and 'method="post"' in page.text
     with rt.session() as session:
         assert {s.email: s.status for s in session.scalars(select(Subscriber))} == {
-            "a@example.org": "confirmed", "b@example.org": "confirmed"}
+            "a@example.org": "confirmed",
+            "b@example.org": "confirmed",
+        }
 
-    one_click = client.post(a, content=b"List-Unsubscribe=One-Click",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"},
-                            follow_redirects=False)
+    one_click = client.post(
+        a,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
     assert one_click.status_code == 200 and "set-cookie" not in one_click.headers
     button = client.post(b, data={"unsubscribe": "1"})
     assert button.status_code == 200
     with rt.session() as session:
         assert {s.email: s.status for s in session.scalars(select(Subscriber))} == {
-            "a@example.org": "unsubscribed", "b@example.org": "unsubscribed"}
+            "a@example.org": "unsubscribed",
+            "b@example.org": "unsubscribed",
+        }

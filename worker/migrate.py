@@ -1,4 +1,5 @@
-"""Schema migrations with Alembic: one history in ``migrations/``, applied by ``newsletter db upgrade``."""
+"""Schema migrations with Alembic: one history in ``migrations/``, run by ``newsletter db upgrade``.
+"""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """The storage model: SQLAlchemy 2 typed tables for the newsletter and its ledger.
 
 The database is the source of truth; queue messages only carry ids. Status values are plain strings
-(checked by the code, not by database enums) so that SQLite and PostgreSQL store them alike and a new
-state needs no migration of an enum type.
+(checked by the code, not by database enums) so that SQLite and PostgreSQL store them alike and a
+new state needs no migration of an enum type.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -44,7 +44,11 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the database; use an aware UTC datetime")
-        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
+        return (
+            value.astimezone(UTC)
+            if dialect.name != "sqlite"
+            else value.astimezone(UTC).replace(tzinfo=None)
+        )
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -53,7 +57,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
         dict[str, Any]: JSON,
     }
@@ -88,7 +92,10 @@ class DeliveryState(StrEnum):
 
 
 UNFINISHED_STATES = (
-    DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.DEFERRED
+    DeliveryState.QUEUED,
+    DeliveryState.SENDING,
+    DeliveryState.SUBMITTING,
+    DeliveryState.DEFERRED,
 )
 
 
@@ -117,7 +124,9 @@ class Subscriber(Base):
     newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id"))
     email: Mapped[str] = mapped_column(String(320))  # normalised, domain in Unicode
     email_key: Mapped[str] = mapped_column(String(320))  # case-folded: the de-duplication key
-    ascii_email: Mapped[str | None] = mapped_column(String(320))  # A-label form; None needs SMTPUTF8
+    ascii_email: Mapped[str | None] = mapped_column(
+        String(320)
+    )  # A-label form; None needs SMTPUTF8
     domain: Mapped[str] = mapped_column(String(255))  # ASCII (A-label) domain, for throttling
     language: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=SubscriberStatus.PENDING)
@@ -138,7 +147,9 @@ class Consent(Base):
     __table_args__ = (Index("ix_consent_signed_up_at", "signed_up_at"),)  # dashboard: per day
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"), index=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="CASCADE"), index=True
+    )
     event_id: Mapped[str] = mapped_column(String(100), unique=True)
     signed_up_at: Mapped[datetime]
     ip: Mapped[str | None] = mapped_column(String(64))
@@ -271,7 +282,9 @@ class FeedbackEvent(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     source_event_id: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(32))  # worker.classification.FeedbackKind
-    source: Mapped[str] = mapped_column(String(32))  # smtp, dsn, arf, webhook:ses, one_click, page, mailto
+    source: Mapped[str] = mapped_column(
+        String(32)
+    )  # smtp, dsn, arf, webhook:ses, one_click, page, mailto
     subscriber_id: Mapped[int | None] = mapped_column(
         ForeignKey("subscriber.id", ondelete="SET NULL"), index=True
     )
@@ -285,7 +298,7 @@ class FeedbackEvent(Base):
     inbound_message_id: Mapped[int | None] = mapped_column(
         ForeignKey("inbound_message.id", ondelete="SET NULL"), index=True
     )
-    # What the policy did (suppressed, unsubscribed_and_suppressed, soft_counted, policy_alerted, none, …)
+    # What the policy did: suppressed, unsubscribed_and_suppressed, soft_counted, policy_alerted, …
     effect: Mapped[str | None] = mapped_column(String(32))
     # How the delivery was found: verp, provider, message_id, delivery_header, recipient, none
     attribution: Mapped[str | None] = mapped_column(String(16))
@@ -295,7 +308,8 @@ class Suppression(Base):
     """An address we must not mail, with a reason and the event that caused it.
 
     ``email_hash`` is a keyed hash of the de-duplication key, so an erased person stays suppressed
-    without their address being kept. ``removed_at`` set means an operator lifted it (kept for audit).
+    without their address being kept. ``removed_at`` set means an operator lifted it (kept for
+    audit).
     """
 
     __tablename__ = "suppression"

@@ -11,7 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worker.editions import EditionContent, EditionSource, NewsletterProfile, read_newsletter_profile
+from worker.editions import (
+    EditionContent,
+    EditionSource,
+    NewsletterProfile,
+    read_newsletter_profile,
+)
 from worker.models import Edition, EditionContentRow, Newsletter, Send, SendStatus
 
 DEFAULT_SLUG = "weekly"
@@ -61,7 +66,9 @@ def get_newsletter(
     if newsletter is not None:
         return newsletter
     if not profile_path:
-        raise LookupError(f"no newsletter {slug!r}: load an edition or set NEWSLETTER_NEWSLETTER_PATH")
+        raise LookupError(
+            f"no newsletter {slug!r}: load an edition or set NEWSLETTER_NEWSLETTER_PATH"
+        )
     profile = read_newsletter_profile(Path(profile_path))
     try:
         with session.begin_nested():  # two workers may create it at once: the loser reads it
@@ -86,7 +93,9 @@ def save_edition(
         select(Edition).where(Edition.newsletter_id == newsletter.id, Edition.key == source.key)
     )
     if edition is None:
-        edition = Edition(newsletter_id=newsletter.id, key=source.key, created_at=now, updated_at=now)
+        edition = Edition(
+            newsletter_id=newsletter.id, key=source.key, created_at=now, updated_at=now
+        )
         session.add(edition)
         session.flush()
     elif session.scalar(
@@ -98,7 +107,9 @@ def save_edition(
     edition.updated_at = now
     existing = {
         row.language: row
-        for row in session.scalars(select(EditionContentRow).where(EditionContentRow.edition_id == edition.id))
+        for row in session.scalars(
+            select(EditionContentRow).where(EditionContentRow.edition_id == edition.id)
+        )
     }
     for language, content in source.contents.items():
         row = existing.pop(language, None)
@@ -115,7 +126,9 @@ def save_edition(
 
 def edition_contents(session: Session, edition: Edition) -> dict[str, EditionContent]:
     """The stored content of ``edition`` per language."""
-    rows = session.scalars(select(EditionContentRow).where(EditionContentRow.edition_id == edition.id))
+    rows = session.scalars(
+        select(EditionContentRow).where(EditionContentRow.edition_id == edition.id)
+    )
     return {row.language: EditionContent.from_json(row.data) for row in rows}
 
 

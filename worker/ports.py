@@ -73,7 +73,7 @@ class Throttle(Protocol):
     """The sending rate shared by every worker process (global and per recipient domain)."""
 
     def reserve(self, domain: str, max_wait: float) -> Reservation:
-        """Reserve the next slot for a message to ``domain`` if it comes within ``max_wait`` seconds."""
+        """Reserve the next slot for a message to ``domain`` if it comes within ``max_wait`` s."""
         ...
 
     def slow_down(self, domain: str) -> None:

@@ -23,18 +23,25 @@ class SendStateError(ValueError):
 
 def create_send(session: Session, edition: Edition, now: datetime, batch_size: int = 100) -> Send:
     """A new ``scheduled`` send of ``edition``."""
-    send = Send(edition_id=edition.id, status=SendStatus.SCHEDULED, batch_size=batch_size, created_at=now)
+    send = Send(
+        edition_id=edition.id, status=SendStatus.SCHEDULED, batch_size=batch_size, created_at=now
+    )
     session.add(send)
     session.flush()
     return send
 
 
-def render_send(session: Session, send: Send, public_url: str, now: datetime) -> dict[str, Rendition]:
+def render_send(
+    session: Session, send: Send, public_url: str, now: datetime
+) -> dict[str, Rendition]:
     """Render the edition once per language into the send's renditions (idempotent).
 
     Raises ``worker.rendering.TemplateProblem`` on a template error: before any delivery exists.
     """
-    existing = {r.language: r for r in session.scalars(select(Rendition).where(Rendition.send_id == send.id))}
+    existing = {
+        r.language: r
+        for r in session.scalars(select(Rendition).where(Rendition.send_id == send.id))
+    }
     edition = session.get(Edition, send.edition_id)
     assert edition is not None
     newsletter = session.get(Newsletter, edition.newsletter_id)
@@ -75,7 +82,11 @@ def plan_send(session: Session, send_id: int, public_url: str, now: datetime) ->
     assert edition is not None
     newsletter = session.get(Newsletter, edition.newsletter_id)
     assert newsletter is not None
-    default = newsletter.default_language if newsletter.default_language in renditions else next(iter(renditions))
+    default = (
+        newsletter.default_language
+        if newsletter.default_language in renditions
+        else next(iter(renditions))
+    )
     if send.status == SendStatus.SCHEDULED:
         send.status = SendStatus.PLANNING
         send.started_at = now
@@ -108,7 +119,12 @@ def set_status(session: Session, send_id: int, target: str, now: datetime) -> Se
     allowed = {
         SendStatus.PAUSED: (SendStatus.SENDING, SendStatus.PLANNING),
         SendStatus.SENDING: (SendStatus.PAUSED,),
-        SendStatus.CANCELLED: (SendStatus.SCHEDULED, SendStatus.PLANNING, SendStatus.SENDING, SendStatus.PAUSED),
+        SendStatus.CANCELLED: (
+            SendStatus.SCHEDULED,
+            SendStatus.PLANNING,
+            SendStatus.SENDING,
+            SendStatus.PAUSED,
+        ),
     }[SendStatus(target)]
     result = session.execute(
         update(Send).where(Send.id == send_id, Send.status.in_(allowed)).values(status=target)

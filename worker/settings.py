@@ -1,4 +1,4 @@
-"""Configuration: environment variables with the prefix ``NEWSLETTER_``, read once into a typed object.
+"""Configuration: environment variables prefixed ``NEWSLETTER_``, read once into a typed object.
 
 Every setting has a default that works on one machine with nothing installed but Python (an SQLite
 file, no Redis, an SMTP server on localhost). Secrets are never part of ``repr()``.
@@ -31,7 +31,7 @@ EXAMPLES_DIR = _resource_dir("examples")
 
 
 def _parse_domain_rates(text: str) -> dict[str, float]:
-    """``"gmail.com=20,mail.ru=5"`` -> ``{"gmail.com": 20.0, "mail.ru": 5.0}`` (messages per second)."""
+    """``"gmail.com=20,mail.ru=5"`` -> ``{"gmail.com": 20.0, "mail.ru": 5.0}`` (messages/s)."""
     rates: dict[str, float] = {}
     for part in text.split(","):
         if not part.strip():
@@ -68,7 +68,9 @@ class Settings:
     retry_base_seconds: float = 60.0  # first retry after a 4xx; doubles per attempt, plus jitter
     retry_cap_seconds: float = 3600.0  # longest wait between two attempts
     max_throttle_wait: float = 2.0  # a batch sleeps up to this for a send slot, else re-enqueues
-    throttle_recover_seconds: float = 60.0  # after a 421/451 halving, the rate doubles back per period
+    throttle_recover_seconds: float = (
+        60.0  # after a 421/451 halving, the rate doubles back per period
+    )
     batch_grace_seconds: float = 120.0  # a batch message silent this long is re-enqueued
     confirmation_expiry_hours: float = 72.0
     smtputf8_relay: bool = True
@@ -123,7 +125,7 @@ class Settings:
         return _parse_domain_rates(self.domain_rates)
 
     def fallbacks_for(self, language: str) -> tuple[str, ...]:
-        """Fallback languages for ``language`` from ``language_fallbacks`` ("be=ru,ru=en"), in order."""
+        """Fallback languages for ``language`` from ``language_fallbacks`` ("be=ru,ru=en")."""
         pairs = dict(p.split("=", 1) for p in self.language_fallbacks.split(",") if "=" in p)
         chain: list[str] = []
         current = language

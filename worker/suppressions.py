@@ -25,7 +25,9 @@ def is_suppressed(session: Session, hashed: str) -> bool:
     """Whether an active (not removed) suppression exists for the hashed address."""
     return (
         session.scalar(
-            select(Suppression.id).where(Suppression.email_hash == hashed, Suppression.removed_at.is_(None))
+            select(Suppression.id).where(
+                Suppression.email_hash == hashed, Suppression.removed_at.is_(None)
+            )
         )
         is not None
     )
@@ -43,11 +45,14 @@ def suppress(
 ) -> Suppression:
     """Add a suppression (or return the active one) and mark matching subscribers suppressed.
 
-    ``reason``: ``hard_bounce``, ``complaint``, ``soft_bounce_limit``, ``erasure``, ``manual``, ``import``.
+    ``reason``: ``hard_bounce``, ``complaint``, ``soft_bounce_limit``, ``erasure``, ``manual``,
+    ``import``.
     """
     hashed = email_hash(dedupe_key, hash_key)
     existing = session.scalar(
-        select(Suppression).where(Suppression.email_hash == hashed, Suppression.removed_at.is_(None))
+        select(Suppression).where(
+            Suppression.email_hash == hashed, Suppression.removed_at.is_(None)
+        )
     )
     if existing is None:
         existing = Suppression(

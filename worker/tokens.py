@@ -62,7 +62,7 @@ class Tokens:
             if max_age_seconds is None:
                 payload = serializer.loads(token)
             else:
-                payload = serializer.loads(token, max_age=max_age_seconds)
+                payload = serializer.loads(token, max_age=int(max_age_seconds))
         except SignatureExpired:
             raise TokenError("expired", "this link has expired") from None
         except BadSignature:

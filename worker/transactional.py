@@ -29,7 +29,7 @@ def send_transactional(
     now: datetime,
     fallbacks: tuple[str, ...] = (),
 ) -> SmtpOutcome:
-    """Render message ``name`` in the subscriber's language and send it; returns the relay's outcome.
+    """Render message ``name`` in the subscriber's language and send it; returns the outcome.
 
     ``context["unsubscribe_url"]``, when given, replaces the unsubscribe placeholder and becomes
     the List-Unsubscribe header.
@@ -38,7 +38,12 @@ def send_transactional(
     # The template gets the placeholder (rendering checks it is there); personalise() fills it in.
     context = {k: v for k, v in context.items() if k != "unsubscribe_url"}
     rendered = render_message(
-        name, subscriber.language, context, profile=profile, public_url=public_url, fallbacks=fallbacks
+        name,
+        subscriber.language,
+        context,
+        profile=profile,
+        public_url=public_url,
+        fallbacks=fallbacks,
     )
     template = build_template(
         subject=rendered.subject,

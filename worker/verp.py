@@ -11,7 +11,9 @@ import hashlib
 import hmac
 import re
 
-_LOCAL = re.compile(r"^(?P<prefix>[a-z0-9._-]+)\+(?P<id>\d{1,19})-(?P<tag>[0-9a-f]{10})$", re.IGNORECASE)
+_LOCAL = re.compile(
+    r"^(?P<prefix>[a-z0-9._-]+)\+(?P<id>\d{1,19})-(?P<tag>[0-9a-f]{10})$", re.IGNORECASE
+)
 
 
 def _tag(delivery_id: int, key: str) -> str:
@@ -24,10 +26,13 @@ def verp_address(delivery_id: int, *, key: str, domain: str, prefix: str = "boun
 
 
 def parse_verp(local_or_address: str, *, key: str) -> int | None:
-    """The delivery id in a VERP local part (``bounces+4711-…``) or address; None if absent or forged."""
+    """The delivery id in a VERP local part (``bounces+4711-…``) or address; None if absent or
+    forged."""
     local = local_or_address.rsplit("@", 1)[0].strip("<> ")
     match = _LOCAL.match(local)
     if match is None:
         return None
     delivery_id = int(match["id"])
-    return delivery_id if hmac.compare_digest(match["tag"].lower(), _tag(delivery_id, key)) else None
+    return (
+        delivery_id if hmac.compare_digest(match["tag"].lower(), _tag(delivery_id, key)) else None
+    )

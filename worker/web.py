@@ -77,12 +77,18 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
     app.include_router(operator_router(runtime))  # /metrics, /readyz, /dashboard
     app.include_router(webhook_router(runtime))  # /webhooks/{ses,postmark,sendgrid,mailgun}
 
-    def newsletter_context(subscriber: Subscriber | None, session: Any) -> tuple[str, dict[str, Any]]:
+    def newsletter_context(
+        subscriber: Subscriber | None, session: Any
+    ) -> tuple[str, dict[str, Any]]:
         newsletter = session.get(Newsletter, subscriber.newsletter_id) if subscriber else None
         if newsletter is None:
             newsletter = runtime.newsletter(session)
         profile = profile_of(newsletter)
-        lang = subscriber.language if subscriber and subscriber.language in profile.languages else profile.default_language
+        lang = (
+            subscriber.language
+            if subscriber and subscriber.language in profile.languages
+            else profile.default_language
+        )
         return lang, {"newsletter_name": profile.name.get(lang, ""), "site": profile.site}
 
     def link_error(
@@ -127,7 +133,10 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         with runtime.session() as session:
             try:
                 subscriber, _ = check_confirmation(
-                    session, runtime.tokens, token, runtime.settings.confirmation_expiry_hours * 3600
+                    session,
+                    runtime.tokens,
+                    token,
+                    runtime.settings.confirmation_expiry_hours * 3600,
                 )
             except TokenError as error:
                 return confirm_link_error(session, error, token)
@@ -196,7 +205,9 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             if subscriber is None:
                 return link_error(session, TokenError("forged", "unknown subscriber"))
             lang, ctx = newsletter_context(subscriber, session)
-            return pages.render("unsubscribe", lang, address=subscriber.email, action=f"/u/{token}", **ctx)
+            return pages.render(
+                "unsubscribe", lang, address=subscriber.email, action=f"/u/{token}", **ctx
+            )
 
     @app.post("/u/{token}")
     async def unsubscribe_post(token: str, request: Request) -> Response:

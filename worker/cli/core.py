@@ -255,7 +255,12 @@ def web(host: str, port: int) -> None:
 
     configure_logging(Settings.from_env())  # uvicorn's own log config is switched off below
     uvicorn.run(
-        "worker.web:create_app", factory=True, host=host, port=port, proxy_headers=True, log_config=None
+        "worker.web:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        log_config=None,
     )
 
 

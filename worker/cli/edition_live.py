@@ -15,7 +15,7 @@ _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _read_checked(path: Path):  # type: ignore[no-untyped-def]
-    """The edition in ``path``, rendered once to surface template errors before anything is stored."""
+    """The edition in ``path``, rendered once so that template errors surface before storing."""
     from worker.cli.edition import render_source
     from worker.editions import read_edition
 
@@ -25,7 +25,9 @@ def _read_checked(path: Path):  # type: ignore[no-untyped-def]
     except EditionInvalid as error:
         for problem in error.problems:
             click.echo(str(problem), err=True)
-        raise click.ClickException(f"{len(error.problems)} problems in {path}; nothing stored") from None
+        raise click.ClickException(
+            f"{len(error.problems)} problems in {path}; nothing stored"
+        ) from None
     return source, renditions
 
 
@@ -49,7 +51,9 @@ def load(path: Path) -> None:
 @click.command("test-send")
 @click.argument("path", type=_FOLDER)
 @click.option("--to", "to", required=True, help="Address that gets the test copy.")
-@click.option("--lang", "language", default=None, help="Language (default: the newsletter's default).")
+@click.option(
+    "--lang", "language", default=None, help="Language (default: the newsletter's default)."
+)
 def test_send(path: Path, to: str, language: str | None) -> None:
     """Send one copy of the edition in PATH to --to, exactly as readers would get it."""
     from datetime import UTC, datetime
@@ -63,28 +67,43 @@ def test_send(path: Path, to: str, language: str | None) -> None:
     settings = Settings.from_env()
     language = language or source.newsletter.default_language
     if language not in renditions:
-        raise click.ClickException(f"no {language} in this edition ({', '.join(sorted(renditions))})")
+        raise click.ClickException(
+            f"no {language} in this edition ({', '.join(sorted(renditions))})"
+        )
     try:
         address = parse_address(to)
     except AddressError as error:
         raise click.ClickException(f"--to: {error.message}") from None
     rendered = renditions[language]
     template = build_template(
-        subject=rendered.subject, from_name=source.newsletter.from_name.get(language, ""),
-        from_address=source.newsletter.from_address, reply_to=source.newsletter.reply_to,
-        html=rendered.html, text=rendered.text, language=language,
+        subject=rendered.subject,
+        from_name=source.newsletter.from_name.get(language, ""),
+        from_address=source.newsletter.from_address,
+        reply_to=source.newsletter.reply_to,
+        html=rendered.html,
+        text=rendered.text,
+        language=language,
         extra_headers={"X-Newsletter-Edition": source.key},
     )
     unsubscribe = f"{settings.public_url.rstrip('/')}/u/test-copy"
     message = personalise(
-        template, to=address.ascii_email or address.normalized,
+        template,
+        to=address.ascii_email or address.normalized,
         message_id=f"<test.{uuid.uuid4().hex}.{source.key}@{settings.sending_domain}>",
-        date=datetime.now(UTC), list_unsubscribe=[unsubscribe], substitutions={UNSUBSCRIBE_URL: unsubscribe},
+        date=datetime.now(UTC),
+        list_unsubscribe=[unsubscribe],
+        substitutions={UNSUBSCRIBE_URL: unsubscribe},
     )
     mailer = SmtpMailer(settings.smtp_url, timeout=settings.smtp_timeout_seconds)
-    outcome = mailer.send(f"bounces@{settings.bounce_domain}", address.ascii_email or address.normalized,
-                          message, smtputf8=address.ascii_email is None)
+    outcome = mailer.send(
+        f"bounces@{settings.bounce_domain}",
+        address.ascii_email or address.normalized,
+        message,
+        smtputf8=address.ascii_email is None,
+    )
     mailer.close()
     if not outcome.accepted:
-        raise click.ClickException(f"the relay refused the test copy: {outcome.code} {outcome.text}")
+        raise click.ClickException(
+            f"the relay refused the test copy: {outcome.code} {outcome.text}"
+        )
     click.echo(f"test copy ({language}) sent to {to}: {outcome.code} {outcome.text}")
