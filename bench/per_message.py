@@ -58,6 +58,9 @@ STAGES: dict[str, list[tuple[str, str]]] = {
 }
 DETAIL = [
     ("worker/dispatch.py", "_claim"),
+    ("worker/dispatch.py", "_claim_chunk"),
+    ("worker/dispatch.py", "_submit"),
+    ("worker/dispatch.py", "_record_accepted"),
     ("worker/dispatch.py", "record_outcome"),
     ("worker/dispatch.py", "_send_status"),
     ("sqlalchemy/orm/session.py", "get"),

@@ -34,7 +34,9 @@ def test_ten_thousand_signups_a_minute_for_five_minutes_while_a_send_runs() -> N
     assert figures["drained"], "the workers did not catch up within the drain timeout"
     assert figures["events_lost"] == 0, figures["lost_sample"]
     # limits held
-    assert max(figures["victim_mails"].values()) <= 1  # one per 10-minute resend window
+    # one per 10-minute resend window while the workers catch up, at most 3 a day
+    windows = 1 + int((300 + figures["drain_seconds_after_load"]) // 600)
+    assert max(figures["victim_mails"].values()) <= min(windows, 3)
     assert figures["abusive_ip_signups_accepted"] <= 20, ABUSIVE_IP  # signups per IP per hour
     assert figures["max_confirmations_per_domain_per_minute"] <= 60
     # every ordinary reader got exactly one confirmation mail

@@ -446,6 +446,9 @@ def _check_profile(located: _Located) -> tuple[NewsletterProfile | None, list[Ed
     name = check.per_language(data, "name", "", languages)
     about = check.per_language(data, "about", "", languages)
     from_address, from_name = _check_sender(check, data.get("from"), languages)
+    # Both become header phrases (From, List-Id): a line break would start a new header.
+    _one_line_each(check, name, "name")
+    _one_line_each(check, from_name, "from.name")
     if check.problems:
         return None, check.problems
     assert name and about and from_name and from_address and site and default
@@ -547,6 +550,12 @@ def _check_content(
         items=tuple(items),
     )
     return content, []
+
+
+def _one_line_each(check: _Checker, texts: Mapping[str, str] | None, where: str) -> None:
+    for language, text in (texts or {}).items():
+        if any(ord(ch) < 32 for ch in text):
+            check.problem(f"{where}.{language}", "must be one line without control characters")
 
 
 def _single_line(check: _Checker, data: Mapping[str, Any], key: str) -> str | None:

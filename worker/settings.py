@@ -7,6 +7,7 @@ file, no Redis, an SMTP server on localhost). Secrets are never part of ``repr()
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -41,7 +42,19 @@ def _parse_domain_rates(text: str) -> dict[str, float]:
     return rates
 
 
-@dataclass(frozen=True)
+def hide_password(url: str) -> str:
+    """``smtp://u:secret@host`` -> ``smtp://u:***@host`` (for repr and logs).
+
+    Everything between ``user:`` and the last ``@`` is masked, so an unencoded ``/`` or ``:`` in
+    the password does not leak part of it.
+    """
+    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*:).*@")
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Typed settings. Field ``x`` is read from the environment variable ``NEWSLETTER_X``.
 
@@ -97,6 +110,18 @@ class Settings:
     queue_namespace: str = "dramatiq"
     log_json: bool = False
     operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access
+
+    def __repr__(self) -> str:
+        """Every field, with secrets left out and passwords in URLs masked."""
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "://" in value:
+                value = hide_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -52,6 +52,18 @@ class SmtpTarget:
         )
 
 
+def quote_periods(data: bytes) -> bytes:
+    """Dot-stuffing (RFC 5321 §4.5.2): a line starting with "." gets another one.
+
+    Byte-identical to ``smtplib._quote_periods`` (the regex ``(?m)^\\.``, where a line starts at
+    the beginning and after every LF, so both CRLF and bare-LF lines) without the regex, which
+    took most of smtplib's CPU for a 40 KB message. ``bytes.replace`` never overlaps matches,
+    and neither does the regex: "\\n..x" becomes "\\n...x" both ways.
+    """
+    data = data.replace(b"\n.", b"\n..")
+    return b"." + data if data[:1] == b"." else data
+
+
 class _TrackingSMTP(smtplib.SMTP):
     """smtplib.SMTP that remembers whether the end of DATA reached the server."""
 
@@ -64,7 +76,7 @@ class _TrackingSMTP(smtplib.SMTP):
         code, repl = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, repl)
-        q = smtplib._quote_periods(msg)  # type: ignore[attr-defined]
+        q = quote_periods(msg)
         if q[-2:] != smtplib.bCRLF:
             q = q + smtplib.bCRLF
         q = q + b"." + smtplib.bCRLF

@@ -17,7 +17,27 @@ from worker.cli.subscribers import subscribers
 from worker.cli.suppressions import suppressions
 
 
-@click.group()
+class _Main(click.Group):
+    """Turns an unreachable Redis or database into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        import redis
+        from sqlalchemy.exc import OperationalError
+
+        from worker.settings import Settings, hide_password
+
+        try:
+            return super().invoke(ctx)
+        except redis.exceptions.ConnectionError as exc:
+            url = hide_password(Settings.from_env().redis_url)
+            raise click.ClickException(f"cannot reach Redis at {url}: {exc}") from None
+        except OperationalError as exc:
+            url = hide_password(Settings.from_env().database_url)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise click.ClickException(f"cannot use the database at {url}: {reason}") from None
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Newsletter dispatch worker: signups, weekly editions, feedback."""
 

@@ -71,6 +71,8 @@ def parse(body: bytes) -> list[WebhookEvent]:
     if not isinstance(record, dict):
         return []
     kind = record.get("RecordType")
+    if not isinstance(kind, str):  # a list or object here is not a Postmark record
+        return []
     if kind in {"Bounce", "SpamComplaint"}:
         return [_bounce(record)]
     if kind == "SubscriptionChange":

@@ -172,7 +172,7 @@ def _classify(event: dict[str, Any]) -> tuple[Classification | None, str | None]
         return _DROPPED.get(reason or ""), reason
     if name == "spamreport":
         return classify_feedback_type("abuse"), None
-    if name in {"unsubscribe", "group_unsubscribe"}:
+    if name in ("unsubscribe", "group_unsubscribe"):  # a tuple: an unhashable value just misses
         return _UNSUBSCRIBE, None
     return None, None
 

@@ -148,12 +148,13 @@ def verify(
     if not isinstance(document, dict):
         raise WebhookRejected("SNS body is not a JSON object")
     kind = document.get("Type")
-    if kind not in _SIGNED_FIELDS:
+    if not isinstance(kind, str) or kind not in _SIGNED_FIELDS:
         raise WebhookRejected(f"unknown SNS message type {kind!r}")
     declared = header(headers, "x-amz-sns-message-type")
     if declared is not None and declared != kind:
         raise WebhookRejected("x-amz-sns-message-type header does not match the body")
-    if document.get("TopicArn") not in set(trust.topic_arns):
+    topic = document.get("TopicArn")
+    if not isinstance(topic, str) or topic not in set(trust.topic_arns):
         raise WebhookRejected(f"topic {str(document.get('TopicArn'))[:200]!r} is not trusted")
     algorithm = _HASHES.get(str(document.get("SignatureVersion")))
     if algorithm is None:
