@@ -487,14 +487,6 @@ def _record_accepted(
     """Write an accepted outcome (``sent``) if claim ``attempt`` still holds the delivery, in one
     statement that also returns the send's status (so a pause needs no query of its own); one
     commit. An accepted outcome needs nothing from the row, so it is not read first."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        # No fsync wait for this commit (PostgreSQL's synchronous_commit, this transaction only).
-        # A worker killed after it changes nothing: the row is committed and visible at once.
-        # Only a PostgreSQL crash could lose it, leaving the row ``submitting`` (→ ``unknown``,
-        # never resent); and the next fence's synchronous commit flushes the WAL up to its own
-        # record, this one included, so at most the latest outcome per thread is ever exposed.
-        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
     params = {
         "d_id": delivery_id,
         "attempt": attempt,
@@ -503,7 +495,7 @@ def _record_accepted(
         "code": outcome.code or None,
         "text": outcome.text[:1000],
     }
-    written = connection.execute(_ACCEPTED, params).scalar()
+    written = session.connection().execute(_ACCEPTED, params).scalar()
     session.commit()
     if written is None:
         return _send_status(session, send_id)  # the claim was taken back meanwhile
