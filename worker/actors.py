@@ -1,4 +1,4 @@
-"""dramatiq actors: each passes ids and JSON scalars only, opens a session, calls the domain, commits.
+"""dramatiq actors: each passes ids and JSON scalars, opens a session, calls the domain, commits.
 
 Start workers with ``dramatiq worker.actors``. Actors are idempotent (messages are delivered at
 least once) and never raise for bad input: refusals are recorded in the database.
