@@ -1,9 +1,11 @@
-"""A PROTOTYPE of ``worker.dispatch.send_batch`` that writes the ledger per chunk, not per message,
+"""A PROTOTYPE of ``worker.sending.dispatch.send_batch`` that writes the ledger per chunk, not per
+message,
 to measure what batching would buy. Not used by the product: ``bench/batched_actors.py`` swaps it
 in for the benchmark's worker processes only (``e2e_throughput.py --actors bench.batched_actors``,
 ``per_message.py --prototype``).
 
-Same ledger states and fencing as ``worker.dispatch`` (claim with the attempt number as fencing
+Same ledger states and fencing as ``worker.sending.dispatch`` (claim with the attempt number as
+fencing
 token, only while the send is ``sending``; ``submitting`` before DATA; outcomes written only while
 the claim holds), but per chunk of ``CHUNK`` deliveries:
 - one SELECT of the deliveries joined with their subscribers (instead of one ``session.get`` each);
@@ -28,9 +30,10 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from worker import metrics
-from worker.composer import Composer
-from worker.dispatch import (
+from worker.models import Delivery, DeliveryState, Send, SendStatus, Subscriber, SubscriberStatus
+from worker.operators import metrics
+from worker.sending.composer import Composer
+from worker.sending.dispatch import (
     CLAIMED,
     RETRYABLE,
     BatchReport,
@@ -41,8 +44,7 @@ from worker.dispatch import (
     finish_send_if_done,
     record_outcome,
 )
-from worker.models import Delivery, DeliveryState, Send, SendStatus, Subscriber, SubscriberStatus
-from worker.ports import Clock, Mailer, Reservation, Throttle
+from worker.sending.ports import Clock, Mailer, Reservation, Throttle
 
 CHUNK = 50
 

@@ -104,8 +104,8 @@ def load_edition_and_subscribers(db_url: str, count: int) -> None:
     """Store the sample edition and ``count`` confirmed subscribers (COPY, in bulk), languages
     round-robin en/be/ru, spread over ``DOMAINS`` domains."""
     from worker.db import session_scope
-    from worker.editions import read_edition
-    from worker.newsletters import save_edition
+    from worker.editions.files import read_edition
+    from worker.editions.store import save_edition
     from worker.settings import Settings
 
     now = datetime.now(UTC)
@@ -139,8 +139,8 @@ def load_edition_and_subscribers(db_url: str, count: int) -> None:
 
 def create_send(db_url: str, batch_size: int) -> int:
     from worker.db import session_scope
-    from worker.newsletters import find_edition
-    from worker.sends import create_send as create
+    from worker.editions.store import find_edition
+    from worker.sending.sends import create_send as create
     from worker.settings import Settings
 
     with session_scope(Settings.from_env({}, database_url=db_url)) as session:

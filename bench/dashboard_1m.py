@@ -14,7 +14,7 @@ Then times, as the operator sees them (the FastAPI app in process, HTML rendered
 
 Each page is timed on its first view in a fresh process (nothing remembered: every aggregate is
 read from the ledger) and then on later views (what a final send or a settled second can no
-longer change is remembered by ``worker.dashboard``), for a finished and for a live send,
+longer change is remembered by ``worker.operators.dashboard``), for a finished and for a live send,
 
 first without the dashboard's indexes (``worker.models``: ``ix_delivery_send_funnel``,
 ``ix_delivery_send_state_sent_at``, ``ix_feedback_kind_occurred``, ``ix_feedback_delivery``,
@@ -129,11 +129,11 @@ def main() -> None:
 
     from fastapi.testclient import TestClient
 
-    from worker.dashboard import _cache
     from worker.db import engine_for
+    from worker.operators.dashboard import _cache
     from worker.runtime import Runtime
     from worker.settings import Settings
-    from worker.web import create_app
+    from worker.web.app import create_app
 
     with database() as url:
         settings = Settings.from_env(

@@ -1,4 +1,4 @@
-"""Inbound messages parsed per second by ``worker.inbound_mail.parse_inbound``, one process.
+"""Inbound messages parsed per second by ``worker.feedback.mail.parse_inbound``, one process.
 
 Usage: ``python bench/inbound_parse.py [--seconds 2]``
 
@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from worker.inbound_mail import parse_inbound
+from worker.feedback.mail import parse_inbound
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = [

@@ -2,7 +2,8 @@
 
 Usage: ``python bench/inbound_smtp.py [--db postgresql|sqlite] [--messages 2000] [--clients 4]``
 
-Starts :class:`worker.inbound_smtp.InboundServer` on loopback over a throw-away database holding
+Starts :class:`worker.feedback.smtp_receiver.InboundServer` on loopback over a throw-away database
+holding
 ``--subscribers`` confirmed subscribers with one sent delivery each, then ``--clients`` SMTP
 clients (persistent connections, smtplib) send ``--messages`` bounces built from the handed cases
 (hard, soft, policy block, delayed, auto-reply, complaint), each with its own delivery's VERP
@@ -42,8 +43,8 @@ from worker.models import (  # noqa: E402
     Send,
     Subscriber,
 )
+from worker.sending.identity import verp_address  # noqa: E402
 from worker.settings import Settings  # noqa: E402
-from worker.verp import verp_address  # noqa: E402
 
 CASES = ROOT / "tests" / "cases"
 TEMPLATES = [
@@ -150,9 +151,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=5000)
     args = parser.parse_args()
 
-    from worker.inbound_smtp import InboundServer
+    from worker.feedback.smtp_receiver import InboundServer
 
-    logging.getLogger("worker.feedback").setLevel(logging.ERROR)  # 1 in 8 is a policy-block alert
+    logging.getLogger("worker.feedback.policy").setLevel(
+        logging.ERROR
+    )  # 1 in 8 is a policy-block alert
 
     with ExitStack() as stack:
         if args.db == "postgresql":

@@ -9,13 +9,15 @@ under cProfile (the split by stage, and the functions with the most own time).
     .venv/bin/python bench/per_message.py --micro-only      # compose, DKIM, SMTP per call
 
 Stages (cumulative profiler time of these functions, per message):
-  personalisation  unsubscribe token (worker.signups.unsubscribe_token), VERP address, placeholder
-                   substitution (worker.mime.substitute / the pre-encoded body join)
-  MIME building    worker.mime.personalise minus the substitution above
-  DKIM signing     worker.dkim (when the app signs)
-  SMTP             worker.smtp.SmtpMailer.send
-  throttle         worker.throttle.RedisThrottle.reserve (one Redis EVALSHA)
-  ledger           the rest of worker.dispatch.send_batch: status reads, subscriber read, claim,
+  personalisation  unsubscribe token (worker.subscriptions.signups.unsubscribe_token), VERP
+  address, placeholder
+                   substitution (worker.sending.mime.substitute / the pre-encoded body join)
+  MIME building    worker.sending.mime.personalise minus the substitution above
+  DKIM signing     worker.sending.dkim (when the app signs)
+  SMTP             worker.sending.smtp.SmtpMailer.send
+  throttle         worker.sending.throttle.RedisThrottle.reserve (one Redis EVALSHA)
+  ledger           the rest of worker.sending.dispatch.send_batch: status reads, subscriber read,
+  claim,
                    outcome, commits
 Profiler overhead inflates Python-heavy stages; the plain run gives the true total.
 """
@@ -41,32 +43,35 @@ import common
 STAGES: dict[str, list[tuple[str, str]]] = {
     # (file suffix, function name) whose cumulative time makes the stage
     "personalisation": [
-        ("worker/signups.py", "unsubscribe_token"),
-        ("worker/verp.py", "verp_address"),
-        ("worker/mime.py", "substitute"),
-        ("worker/mime.py", "fill"),
+        ("worker/subscriptions/signups.py", "unsubscribe_token"),
+        ("worker/sending/identity.py", "verp_address"),
+        ("worker/sending/mime.py", "substitute"),
+        ("worker/sending/mime.py", "fill"),
     ],
-    "mime": [("worker/mime.py", "personalise")],
-    "dkim": [("worker/dkim.py", "sign"), ("worker/dkim.py", "sign_message")],
-    "smtp": [("worker/smtp.py", "send")],
-    "throttle": [("worker/throttle.py", "reserve"), ("bench/batched_dispatch.py", "_reserve_many")],
+    "mime": [("worker/sending/mime.py", "personalise")],
+    "dkim": [("worker/sending/dkim.py", "sign"), ("worker/sending/dkim.py", "sign_message")],
+    "smtp": [("worker/sending/smtp.py", "send")],
+    "throttle": [
+        ("worker/sending/throttle.py", "reserve"),
+        ("bench/batched_dispatch.py", "_reserve_many"),
+    ],
     "send_batch": [
-        ("worker/dispatch.py", "send_batch"),
+        ("worker/sending/dispatch.py", "send_batch"),
         ("bench/batched_dispatch.py", "send_batch"),
     ],
-    "compose": [("worker/composer.py", "compose")],
+    "compose": [("worker/sending/composer.py", "compose")],
 }
 DETAIL = [
-    ("worker/dispatch.py", "_claim"),
-    ("worker/dispatch.py", "_claim_chunk"),
-    ("worker/dispatch.py", "_submit"),
-    ("worker/dispatch.py", "_record_accepted"),
-    ("worker/dispatch.py", "record_outcome"),
-    ("worker/dispatch.py", "_send_status"),
+    ("worker/sending/dispatch.py", "_claim"),
+    ("worker/sending/dispatch.py", "_claim_chunk"),
+    ("worker/sending/dispatch.py", "_submit"),
+    ("worker/sending/dispatch.py", "_record_accepted"),
+    ("worker/sending/dispatch.py", "record_outcome"),
+    ("worker/sending/dispatch.py", "_send_status"),
     ("sqlalchemy/orm/session.py", "get"),
     ("sqlalchemy/orm/session.py", "commit"),
     ("sqlalchemy/engine/base.py", "_execute_context"),
-    ("worker/tokens.py", "issue"),
+    ("worker/subscriptions/tokens.py", "issue"),
 ]
 
 
@@ -86,8 +91,8 @@ def calls(stats: pstats.Stats, suffix: str, fn: str) -> int:
 
 def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) -> int:
     """Plan ``send_id`` and send every batch in this thread, as the actors would; the count sent."""
-    from worker.dispatch import batch_ranges, send_batch
-    from worker.sends import plan_send
+    from worker.sending.dispatch import batch_ranges, send_batch
+    from worker.sending.sends import plan_send
 
     if prototype:
         import smtplib
@@ -122,8 +127,8 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
 
 def render_times(repeat: int = 20) -> dict[str, float]:
     """Median milliseconds of ``render_edition`` per language (Jinja2 → MJML → HTML, and text)."""
-    from worker.editions import read_edition
-    from worker.rendering import render_edition
+    from worker.editions.files import read_edition
+    from worker.editions.rendering import render_edition
 
     source = read_edition(common.EDITION)
     out = {}
@@ -164,16 +169,17 @@ def compose_times(rt: Any, send_id: int, repeat: int = 500) -> dict[str, float]:
 
 def micro_times(rt: Any, send_id: int, sink_url: str, repeat: int = 300) -> dict[str, float]:
     """CPU milliseconds per call of the parts one message needs, on the ``ru`` message (43 KB):
-    DKIM signing (2048-bit RSA, ``worker.dkim``), ``SmtpMailer.send`` into the sink, and
-    smtplib's dot-stuffing alone against the ``bytes.replace`` proposed for ``worker.smtp``."""
+    DKIM signing (2048-bit RSA, ``worker.sending.dkim``), ``SmtpMailer.send`` into the sink, and
+    smtplib's dot-stuffing alone against the ``bytes.replace`` proposed for
+    ``worker.sending.smtp``."""
     import smtplib
 
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from bench.batched_dispatch import quote_periods
-    from worker.dkim import DkimSigner
     from worker.models import Subscriber
-    from worker.smtp import SmtpMailer
+    from worker.sending.dkim import DkimSigner
+    from worker.sending.smtp import SmtpMailer
 
     with rt.session() as session:
         composer = rt.composer(session, send_id)
@@ -235,7 +241,7 @@ def main() -> None:
             if args.micro_only:
                 micro_id = common.create_send(db_url, args.batch_size)
                 from worker.models import Send
-                from worker.sends import render_send
+                from worker.sending.sends import render_send
 
                 with rt.session() as session:
                     send = session.get(Send, micro_id)
@@ -275,7 +281,9 @@ def main() -> None:
     personalisation = per["personalisation"]
     mime = (
         per["mime"]
-        - cumulative(stats, [("worker/mime.py", "substitute"), ("worker/mime.py", "fill")])
+        - cumulative(
+            stats, [("worker/sending/mime.py", "substitute"), ("worker/sending/mime.py", "fill")]
+        )
         * 1000
         / sent
     )

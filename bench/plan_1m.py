@@ -1,7 +1,8 @@
 """Benchmark: plan a send to 1,000,000 subscribers on PostgreSQL without loading them into memory.
 
 Creates a scratch database, inserts the subscribers with one ``INSERT … SELECT generate_series``,
-then times ``worker.dispatch.plan_deliveries`` (keyset pages, one ``INSERT … SELECT … ON CONFLICT
+then times ``worker.sending.dispatch.plan_deliveries`` (keyset pages, one ``INSERT … SELECT … ON
+CONFLICT
 DO NOTHING`` each), planning again (a no-op), and ``pending_batches``; prints seconds and the
 process's peak RSS. The scratch database is dropped at the end. Example::
 
@@ -24,8 +25,8 @@ import psycopg
 from sqlalchemy import text
 
 from worker.db import dispose_engines, make_engine
-from worker.dispatch import pending_batches, plan_deliveries
 from worker.models import Base, Send
+from worker.sending.dispatch import pending_batches, plan_deliveries
 
 
 def peak_rss_mb() -> float:

@@ -11,8 +11,8 @@ import statistics
 import time
 from pathlib import Path
 
-from worker.editions import read_edition
-from worker.rendering import render_edition, render_message, sample_context
+from worker.editions.files import read_edition
+from worker.editions.rendering import render_edition, render_message, sample_context
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
+from worker.sending.throttle import RedisThrottle
 from worker.settings import _parse_domain_rates
-from worker.throttle import RedisThrottle
 
 MIX = [("gmail.com", 0.3), ("mail.ru", 0.1), ("example.org", 0.3), ("yandex.ru", 0.3)]
 
@@ -53,7 +53,7 @@ def _worker(
         rng = random.Random()
         domains, weights = zip(*MIX, strict=True)
         while time.time() < until:
-            # like worker.dispatch._reserve: a slot at most max_wait ahead, waiting up to
+            # like worker.sending.dispatch._reserve: a slot at most max_wait ahead, waiting up to
             # max_wait for one to come in reach, else the message is left for later
             domain = rng.choices(domains, weights)[0]
             deadline = time.monotonic() + args.max_wait

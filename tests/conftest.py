@@ -22,13 +22,13 @@ import redis
 from sqlalchemy import text
 
 from worker.db import dispose_engines, make_engine
+from worker.devtools.outbox import OutboxServer
 from worker.models import Base
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.settings import EXAMPLES_DIR, Settings
+from tests.services import PG_ADMIN, redis_url
 
-PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = redis_url(0)
 CASES = Path(__file__).parent / "cases"
 SAMPLE_EDITION = EXAMPLES_DIR / "editions" / "2024-W28"
 

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.outbox import free_port
+from worker.devtools.outbox import free_port
 
 
 @dataclass

@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SAMPLE_EDITION
 from worker import actors
-from worker.editions import read_edition
-from worker.newsletters import save_edition
-from worker.outbox import OutboxServer
+from worker.devtools.outbox import OutboxServer
+from worker.editions.files import read_edition
+from worker.editions.store import save_edition
 from worker.runtime import Runtime
-from worker.sends import create_send
+from worker.sending.sends import create_send
 
 READERS = [
     ("anna@example.org", "en"),

@@ -22,8 +22,8 @@ from sqlalchemy import text
 
 from tests.conftest import SAMPLE_EDITION
 from worker.db import make_engine
+from worker.devtools.outbox import free_port
 from worker.models import Base
-from worker.outbox import free_port
 
 SECRET = "queue-test-secret-0123456789"
 QUEUES = ("signups", "transactional", "sends", "deliveries")

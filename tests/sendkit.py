@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from tests.conftest import SAMPLE_EDITION
-from worker.dispatch import BatchReport, send_batch
-from worker.editions import read_edition
+from worker.editions.files import read_edition
+from worker.editions.store import save_edition
 from worker.models import Delivery, Subscriber, SubscriberStatus
-from worker.newsletters import save_edition
 from worker.runtime import Runtime
-from worker.sends import create_send, plan_send
-from worker.throttle import LocalThrottle
+from worker.sending.dispatch import BatchReport, send_batch
+from worker.sending.sends import create_send, plan_send
+from worker.sending.throttle import LocalThrottle
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
@@ -52,7 +52,7 @@ def seed(
 def start_send(rt: Runtime, batch_size: int = 10) -> int:
     """Create a send of the sample edition and plan it (status ``sending``); returns its id."""
     with rt.session() as session:
-        from worker.newsletters import find_edition
+        from worker.editions.store import find_edition
 
         edition = find_edition(session, "2024-W28")
         assert edition is not None

@@ -26,7 +26,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from worker.outbox import free_port
+from worker.devtools.outbox import free_port
 
 
 class ScriptHandler:

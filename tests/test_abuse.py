@@ -14,11 +14,11 @@ import redis
 from sqlalchemy import func, select
 
 from worker import actors
-from worker.abuse import AbuseLimits, MemorySignupLimiter, RedisSignupLimiter
+from worker.devtools.outbox import OutboxServer
 from worker.models import SignupRefusal, Subscriber
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.subscriptions.limits import AbuseLimits, MemorySignupLimiter, RedisSignupLimiter
 
 
 def limiter(redis_url: str, **limits: Any) -> RedisSignupLimiter:
@@ -193,7 +193,7 @@ def test_one_ip_signing_up_many_addresses_is_stopped_after_the_hourly_limit(
 def test_suppressed_address_gets_nothing(
     limited_rt: Runtime, smtp: OutboxServer, stub_worker: Any
 ) -> None:
-    from worker.suppressions import suppress
+    from worker.feedback.suppressions import suppress
 
     with limited_rt.session() as session:
         suppress(

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import CASES
-from worker.abuse import ALLOWED, Verdict
-from worker.addresses import AddressError, load_blocked_domains, parse_address
 from worker.models import SignupRefusal, Subscriber
 from worker.runtime import Runtime
-from worker.signups import AddressRules, process_signup
+from worker.subscriptions.addresses import AddressError, load_blocked_domains, parse_address
+from worker.subscriptions.limits import ALLOWED, Verdict
+from worker.subscriptions.signups import AddressRules, process_signup
 
 ADDRESS_CASES = json.loads((CASES / "addresses" / "cases.json").read_text(encoding="utf-8"))
 # The cases' error categories -> our AddressError codes.
@@ -129,7 +129,7 @@ class NoLimits:
 
 
 def run(rt: Runtime, event: dict[str, Any], rules: AddressRules | None = None) -> str:
-    from worker.newsletters import profile_of
+    from worker.editions.store import profile_of
 
     with rt.session() as session:
         newsletter = rt.newsletter(session)

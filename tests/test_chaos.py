@@ -25,8 +25,8 @@ from tests.queue_harness import RedisServer, dead_letters, enqueue, running, tru
 from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
 from tests.test_queue_cases import create, finished, local_runtime
-from worker.dispatch import delivery_counts
 from worker.models import Rendition
+from worker.sending.dispatch import delivery_counts
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.classification import (
+from worker.feedback.classification import (
     Classification,
     FeedbackKind,
     Reason,

@@ -15,14 +15,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from worker import actors
-from worker.localisation import translations
+from worker.devtools.outbox import OutboxServer
+from worker.editions.localisation import translations
 from worker.models import Consent, Subscriber
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.signups import confirmation_token, unsubscribe_token
-from worker.tokens import Purpose, TokenError, Tokens
-from worker.web import create_app
+from worker.subscriptions.signups import confirmation_token, unsubscribe_token
+from worker.subscriptions.tokens import Purpose, TokenError, Tokens
+from worker.web.app import create_app
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 

@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.operator_scenario import run_send
-from worker.chromium import HeadlessChromium, find_chromium
-from worker.dashboard import overview, rate_bucket
+from worker.devtools.chromium import HeadlessChromium, find_chromium
+from worker.devtools.outbox import free_port
+from worker.feedback.suppressions import suppress
 from worker.models import Delivery, FeedbackEvent, Subscriber
-from worker.outbox import free_port
+from worker.operators.dashboard import overview, rate_bucket
 from worker.runtime import Runtime
-from worker.suppressions import suppress
-from worker.web import create_app
+from worker.web.app import create_app
 
 PASSWORD = "correct horse battery staple"
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "dashboard.png"

@@ -24,15 +24,16 @@ from sqlalchemy import select
 from tests.conftest import SAMPLE_EDITION
 from worker.cli.demo import INVALID, READERS, UNCONFIRMED
 from worker.db import dispose_engines
-from worker.editions import EditionSource, read_edition
+from worker.devtools.outbox import OutboxServer
+from worker.editions.files import EditionSource, read_edition
 from worker.models import SignupRefusal, Subscriber
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.web import create_app
+from worker.web.app import create_app
+from tests.services import redis_url
 
 SECRET = "demo-test-secret-key-0123456789"
-DEMO_REDIS = "redis://127.0.0.1:6379/14"
+DEMO_REDIS = redis_url(1)
 TIMEOUT = 120  # seconds; the demo takes about 5 s embedded and 10 s with worker processes
 
 
@@ -68,8 +69,12 @@ def demo_processes(tmp: Path) -> list[int]:
 
 def run_demo(tmp: Path, *args: str) -> str:
     result = subprocess.run(
-        [*newsletter_command(), "demo", *args], cwd=tmp, env=clean_env(), capture_output=True,
-        text=True, timeout=TIMEOUT,
+        [*newsletter_command(), "demo", *args],
+        cwd=tmp,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert demo_processes(tmp) == []  # no worker process or server outlives the demo
@@ -82,8 +87,9 @@ def summary_rows(stdout: str) -> dict[str, dict[str, int]]:
     row = re.compile(r"^  (en|be|ru)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", re.M)
     for match in row.finditer(stdout):
         lang, *numbers = match.groups()
-        rows[lang] = dict(zip(["confirmed", "pending", "sent", "failed", "files"],
-                              map(int, numbers), strict=True))
+        rows[lang] = dict(
+            zip(["confirmed", "pending", "sent", "failed", "files"], map(int, numbers), strict=True)
+        )
     return rows
 
 
@@ -145,8 +151,14 @@ def check_deliveries(
     assert len(confirmed) == len(READERS) - UNCONFIRMED
     assert len(pending) == UNCONFIRMED and all(s.status == "pending" for s in pending)
     assert sorted(r.reason for r in refusals) == sorted(
-        ["invalid_address", "invalid_address", "unsupported_language", "malformed", "malformed",
-         "malformed"]
+        [
+            "invalid_address",
+            "invalid_address",
+            "unsupported_language",
+            "malformed",
+            "malformed",
+            "malformed",
+        ]
     )
     assert len(refusals) == len(INVALID)
 
@@ -169,8 +181,12 @@ def check_unsubscribe_links_work(tmp: Path, urls: dict[str, str]) -> None:
     """The demo's links against the web app on the demo's database: GET changes nothing, the
     RFC 8058 one-click POST unsubscribes."""
     settings = Settings.from_env(
-        {}, database_url=f"sqlite:///{tmp / 'var' / 'demo.db'}", broker="stub", redis_url="",
-        secret_key=SECRET, newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
+        {},
+        database_url=f"sqlite:///{tmp / 'var' / 'demo.db'}",
+        broker="stub",
+        redis_url="",
+        secret_key=SECRET,
+        newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
     )
     client = TestClient(create_app(Runtime(settings)))
     address, url = sorted(urls.items())[0]
@@ -179,8 +195,11 @@ def check_unsubscribe_links_work(tmp: Path, urls: dict[str, str]) -> None:
     assert page.status_code == 200 and 'method="post"' in page.text
     statuses = {recipient(s): s.status for s in demo_subscribers(tmp)[0]}
     assert statuses[address] == "confirmed"
-    one_click = client.post(f"/{path}", content=b"List-Unsubscribe=One-Click",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    one_click = client.post(
+        f"/{path}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert one_click.status_code == 200
     assert {recipient(s): s.status for s in demo_subscribers(tmp)[0]}[address] == "unsubscribed"
     dispose_engines()

@@ -17,7 +17,9 @@ from tests.sendkit import run_batch, seed, start_send, states
 from tests.smtp_script import ScriptServer
 from worker import actors
 from worker.broker import batch_name, broker
-from worker.dispatch import (
+from worker.models import Delivery, FeedbackEvent, Send, Suppression
+from worker.runtime import Runtime
+from worker.sending.dispatch import (
     _claim,
     _submit,
     delivery_counts,
@@ -26,12 +28,10 @@ from worker.dispatch import (
     plan_deliveries,
     retry_unknown,
 )
-from worker.models import Delivery, FeedbackEvent, Send, Suppression
-from worker.ports import SmtpOutcome
-from worker.runtime import Runtime
-from worker.sends import set_status
+from worker.sending.ports import SmtpOutcome
+from worker.sending.sends import set_status
+from worker.sending.throttle import LocalThrottle
 from worker.settings import Settings
-from worker.throttle import LocalThrottle
 
 
 @pytest.fixture
@@ -287,7 +287,7 @@ def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
     from click.testing import CliRunner
 
     from worker.cli import main
-    from worker.throttle import RedisThrottle
+    from worker.sending.throttle import RedisThrottle
 
     seed(srt, [f"r{n}@example.org" for n in range(4)])
     send_id = start_send(srt)

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import CASES
-from worker.dkim import DkimSigner
-from worker.mime import build_template, personalise
+from worker.sending.dkim import DkimSigner
+from worker.sending.mime import build_template, personalise
 
 HTML = '<p>Hello  reader,</p>\n<p><a href="%%UNSUBSCRIBE_URL%%">unsubscribe</a></p>\n' * 400
 

@@ -1,4 +1,5 @@
-"""``worker.smtp.quote_periods`` is smtplib's dot-stuffing (RFC 5321 §4.5.2), byte for byte."""
+"""``worker.sending.smtp.quote_periods`` is smtplib's dot-stuffing (RFC 5321 §4.5.2), byte for
+byte."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.smtp import quote_periods
+from worker.sending.smtp import quote_periods
 
 TRICKY = [
     b"",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.editions import (
+from worker.editions.files import (
     EditionContent,
     EditionInvalid,
     EditionProblem,

@@ -32,11 +32,11 @@ from tests.conftest import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
 from worker import actors
 from worker.db import dispose_engines, make_engine
-from worker.dispatch import expire_leases
+from worker.devtools.outbox import OutboxServer, free_port
 from worker.models import Base, Delivery, Send
-from worker.outbox import OutboxServer, free_port
-from worker.ports import SmtpOutcome
 from worker.runtime import Runtime
+from worker.sending.dispatch import expire_leases
+from worker.sending.ports import SmtpOutcome
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow  # worker processes, a Redis restart, a 20 s relay outage
@@ -187,8 +187,8 @@ def addresses(n: int) -> list[str]:
 
 def test_redis_unavailable_at_start_gives_a_clear_error(pg_settings: Settings) -> None:
     with Runtime(pg_settings).session() as session:
-        from worker.editions import read_edition
-        from worker.newsletters import save_edition
+        from worker.editions.files import read_edition
+        from worker.editions.store import save_edition
 
         save_edition(session, read_edition(SAMPLE_EDITION), Runtime(pg_settings).clock.now())
     closed = f"redis://127.0.0.1:{free_port()}/0"
@@ -381,7 +381,7 @@ def test_database_connections_killed_mid_batch_lose_nothing_and_double_nothing(
     """The batch fails with the database error; the retry (as dramatiq would run it) sends the
     rest; the one message whose outcome was lost with the connection becomes ``unknown`` once
     its lease runs out, and is not sent again."""
-    from worker.smtp import SmtpMailer
+    from worker.sending.smtp import SmtpMailer
 
     recipients = addresses(30)
     url = pg_settings.database_url.replace("postgresql+psycopg://", "postgresql://")
@@ -425,7 +425,7 @@ class DownThrottle:
 
 def test_redis_error_after_the_claim_gives_the_claim_back(pg_settings: Settings) -> None:
     """A Redis error between the claim and the send slot gives the claim back at once (it was
-    left `sending` for a whole lease before worker/dispatch.py was fixed during issue 9)."""
+    left `sending` for a whole lease before worker/sending/dispatch.py was fixed during issue 9)."""
     rt = Runtime(pg_settings)
     seed(rt, addresses(3))
     send_id = start_send(rt, batch_size=10)
@@ -478,8 +478,8 @@ def test_smtp_relay_down_for_twenty_seconds_defers_then_delivers_each_once(
     recipients = addresses(40)
     seed(rt, recipients)
     with rt.session() as session:
-        from worker.newsletters import find_edition
-        from worker.sends import create_send
+        from worker.editions.store import find_edition
+        from worker.sending.sends import create_send
 
         edition = find_edition(session, "2024-W28")
         assert edition is not None
@@ -522,7 +522,7 @@ def test_inbound_storage_full_answers_451_and_loses_nothing(sqlite_url: str) -> 
     from sqlalchemy import event
 
     from worker.db import engine_for
-    from worker.inbound_smtp import InboundServer
+    from worker.feedback.smtp_receiver import InboundServer
     from worker.models import InboundMessage
 
     settings = Settings.from_env(

@@ -21,15 +21,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.sendkit import run_batch, seed, start_send, states
-from worker.classification import FeedbackKind
-from worker.feedback import (
+from worker.devtools.outbox import OutboxServer
+from worker.feedback.classification import FeedbackKind
+from worker.feedback.mail import parse_inbound
+from worker.feedback.policy import (
     Effect,
     FeedbackPolicy,
     record_feedback,
     soft_bounce_count,
 )
-from worker.feedback_report import FeedbackReport
-from worker.inbound_mail import parse_inbound
+from worker.feedback.report import FeedbackReport
 from worker.models import (
     Delivery,
     DeliveryState,
@@ -40,10 +41,9 @@ from worker.models import (
     Subscriber,
     Suppression,
 )
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
-from worker.signups import unsubscribe_token
-from worker.verp import verp_address
+from worker.sending.identity import verp_address
+from worker.subscriptions.signups import unsubscribe_token
 
 CASES = Path(__file__).parent / "cases"
 FIXTURES = json.loads((CASES / "fixtures.json").read_text())
@@ -202,7 +202,7 @@ def test_case_end_to_end(
     raw = product_shape((CASES / folder / case["file"]).read_bytes(), world, policy.hash_key)
     fixture_id = expected.get("subscriber_id") or expected["subscriber_id_must_remain_subscribed"]
 
-    with caplog.at_level(logging.WARNING, logger="worker.feedback"):
+    with caplog.at_level(logging.WARNING, logger="worker.feedback.policy"):
         [(report, outcome)] = record_mail(rt, raw, policy)
 
     effect, status_after, suppression_reason = ACTION[expected["action"]]
@@ -308,7 +308,7 @@ def test_message_id_is_trusted_only_when_its_delivery_went_to_the_recipient(
 
 
 def _soft(delivery_id: int, recipient: str, n: int) -> FeedbackReport:
-    from worker.classification import Classification, Reason
+    from worker.feedback.classification import Classification, Reason
 
     classification = Classification(FeedbackKind.SOFT_BOUNCE, Reason.MAILBOX_FULL, False)
     return FeedbackReport(
@@ -473,7 +473,7 @@ def test_mailto_unsubscribe_with_a_forged_token_changes_nothing(
 
 
 def test_send_time_5xx_goes_through_the_policy(rt: Runtime, smtp: OutboxServer) -> None:
-    from worker.ports import SmtpOutcome
+    from worker.sending.ports import SmtpOutcome
 
     seed(rt, ["full@example.com", "gone@example.com", "blocked@example.com", "ok@example.com"])
     send_id = start_send(rt)
@@ -527,7 +527,7 @@ def test_unsubscribe_takes_effect_within_the_running_send(rt: Runtime, smtp: Out
     token = unsubscribe_token(rt.tokens, ids["reader15@example.com"])
     record_mail(rt, _mailto(token), policy)
     with rt.session() as session:
-        from worker.classification import classify_feedback_type
+        from worker.feedback.classification import classify_feedback_type
 
         complaint = classify_feedback_type("abuse")
         record_feedback(

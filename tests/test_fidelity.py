@@ -25,8 +25,8 @@ import pytest
 from PIL import Image, ImageChops
 from test_mjml_cases import CASES, every_template_document
 
-from worker.chromium import HeadlessChromium
-from worker.preview import WIDTHS
+from worker.devtools.chromium import HeadlessChromium
+from worker.editions.preview import WIDTHS
 
 MAX_DIFFERING_SHARE = 0.005
 MAGENTA = (255, 0, 255)  # pads the shorter image: extra height counts as different

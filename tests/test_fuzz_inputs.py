@@ -2,7 +2,7 @@
 
 The properties: nothing raises that the entry point does not document, every refusal carries a
 reason (and, for editions, a file and a location), and each input costs bounded time. The inbound
-parser has a last-resort ``except Exception`` (worker.inbound_mail.parse_inbound): the DSN and ARF
+parser has a last-resort ``except Exception`` (worker.feedback.mail.parse_inbound): the DSN and ARF
 properties also require that it is never reached, so a bug in a reader cannot hide behind it.
 Random bytes and mangled handed cases are tests/test_inbound_mail.py's; the signup events are
 tests/test_signups.py's.
@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SAMPLE_EDITION
-from worker.editions import check_edition
-from worker.feedback_report import FeedbackReport
-from worker.inbound_mail import parse_inbound
-from worker.webhooks import WebhookRejected, mailgun, postmark, sendgrid, ses
+from worker.editions.files import check_edition
+from worker.feedback.mail import parse_inbound
+from worker.feedback.report import FeedbackReport
+from worker.feedback.webhooks import WebhookRejected, mailgun, postmark, sendgrid, ses
 
 FILES = ("newsletter.yaml", "en.yaml", "be.yaml", "ru.yaml")
 SAMPLE = {name: yaml.safe_load((SAMPLE_EDITION / name).read_text()) for name in FILES}
@@ -150,7 +150,7 @@ def test_required_edition_field_with_no_value_is_a_problem_not_a_crash(
     tmp_path: Path, field: str
 ) -> None:
     """``subject:`` with nothing after it is YAML null: it used to trip an ``assert`` in
-    worker/editions.py (fixed there: a null required field counts as missing)."""
+    worker/editions/files.py (fixed there: a null required field counts as missing)."""
     for name in FILES:
         (tmp_path / name).write_text((SAMPLE_EDITION / name).read_text())
     document = dict(SAMPLE["en.yaml"], **{field: None})
@@ -324,7 +324,7 @@ def arf_reports(draw: st.DrawFn) -> bytes:
 def _read_within_bounds(raw: bytes, caplog: pytest.LogCaptureFixture) -> list[FeedbackReport]:
     caplog.clear()
     started = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="worker.inbound_mail"):
+    with caplog.at_level(logging.WARNING, logger="worker.feedback.mail"):
         reports = parse_inbound(raw, envelope_recipient="bounces+d12-abc@news.example.org")
     assert time.perf_counter() - started < PARSE_SECONDS
     fallbacks = [r for r in caplog.records if "could not be read" in r.getMessage()]

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from prometheus_client import Counter, Histogram
 
-from worker import metrics
-from worker.dashboard import LedgerCollector
 from worker.db import session_scope
+from worker.operators import metrics
+from worker.operators.dashboard import LedgerCollector
 from worker.settings import Settings
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"

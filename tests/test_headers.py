@@ -1,4 +1,5 @@
-"""Message headers and bodies built by ``worker.mime``: the handed cases in tests/cases/headers,
+"""Message headers and bodies built by ``worker.sending.mime``: the handed cases in
+tests/cases/headers,
 header injection, and bodies that parse back unchanged with Python's ``email`` package."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from mjml import mjml2html
 
 from tests.conftest import CASES
-from worker.mime import HeaderInjection, build_template, personalise
+from worker.sending.mime import HeaderInjection, build_template, personalise
 
 HEADER_CASES = CASES / "headers"
 ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -162,8 +163,11 @@ def test_h02_long_list_unsubscribe_stays_plain_and_folds_between_uris() -> None:
     assert max(len(line.encode()) for line in lines) <= expected["physical_line_max_octets"]
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
 
-    https = [uri for uri in re.findall(r"<([^>]+)>", str(parse(data)["List-Unsubscribe"]))
-             if uri.startswith("https://")]
+    https = [
+        uri
+        for uri in re.findall(r"<([^>]+)>", str(parse(data)["List-Unsubscribe"]))
+        if uri.startswith("https://")
+    ]
     assert https[0] == expected["one_click_target"]  # RFC 8058 §3.1: POST goes to the https URI
     post = raw_fields(data)["list-unsubscribe-post"]
     assert post == [f"List-Unsubscribe-Post: {expected['list_unsubscribe_post_header']}"]
@@ -171,8 +175,13 @@ def test_h02_long_list_unsubscribe_stays_plain_and_folds_between_uris() -> None:
 
 
 def test_list_unsubscribe_refuses_uris_that_would_need_encoding_or_quoting() -> None:
-    for uri in ["https://news.example.org/u/a b", "https://пример.рф/u/x", "https://x.org/u/>",
-                "https://x.org/u/a,b", ""]:
+    for uri in [
+        "https://news.example.org/u/a b",
+        "https://пример.рф/u/x",
+        "https://x.org/u/>",
+        "https://x.org/u/a,b",
+        "",
+    ]:
         with pytest.raises(HeaderInjection):
             build(list_unsubscribe=[uri])
 
@@ -190,8 +199,11 @@ def test_h03_display_name_with_comma_is_one_mailbox(mailbox: dict[str, str]) -> 
     expected = H03["expected"]["for_each_address"]
     data = build(from_name=mailbox["display_name"], from_address=mailbox["addr_spec"])
     assert_one_mailbox(data, mailbox["display_name"], mailbox["addr_spec"])
-    assert expected == {"parsed_mailbox_count": 1, "display_name_roundtrip_equal": True,
-                        "addr_spec_roundtrip_equal": True}
+    assert expected == {
+        "parsed_mailbox_count": 1,
+        "display_name_roundtrip_equal": True,
+        "addr_spec_roundtrip_equal": True,
+    }
 
 
 def assert_one_mailbox(data: bytes, display_name: str, addr_spec: str) -> None:
@@ -206,7 +218,8 @@ def assert_one_mailbox(data: bytes, display_name: str, addr_spec: str) -> None:
     ((phrase, addr),) = email.utils.getaddresses([raw_value])
     assert addr == addr_spec
     assert str(make_header(decode_header(phrase))) == display_name
-    # a display name is one encoded-word (see worker.mime._phrase): short ones fit RFC 2047's
+    # a display name is one encoded-word (see worker.sending.mime._phrase): short ones fit RFC
+    # 2047's
     # 75 characters and RFC 5322's 78-octet lines
     if len(display_name.encode()) <= 45:
         assert max(len(line.encode()) for line in lines) <= 78
@@ -267,15 +280,30 @@ def test_list_id_with_comma_and_cyrillic_description() -> None:
 # --- header injection ----------------------------------------------------------------------
 
 
-INJECTIONS = ["x\r\nBcc: victim@example.org", "x\nBcc: victim@example.org", "x\rBcc: v@example.org",
-              "x\x00y"]
+INJECTIONS = [
+    "x\r\nBcc: victim@example.org",
+    "x\nBcc: victim@example.org",
+    "x\rBcc: v@example.org",
+    "x\x00y",
+]
 
 
 @pytest.mark.parametrize("bad", INJECTIONS, ids=["crlf", "lf", "cr", "nul"])
 @pytest.mark.parametrize(
     "field",
-    ["subject", "from_name", "from_address", "to", "message_id", "language", "reply_to",
-     "list_id_name", "extra_value", "personal_value", "unsubscribe_uri"],
+    [
+        "subject",
+        "from_name",
+        "from_address",
+        "to",
+        "message_id",
+        "language",
+        "reply_to",
+        "list_id_name",
+        "extra_value",
+        "personal_value",
+        "unsubscribe_uri",
+    ],
 )
 def test_cr_lf_in_any_header_value_raises_header_injection(field: str, bad: str) -> None:
     overrides: dict[str, Any] = {
@@ -315,7 +343,7 @@ LONG_LINE = (
 def mjml_html() -> str:
     html = mjml2html(
         "<mjml><mj-body><mj-section><mj-column>"
-        "<mj-text>Навіны тыдня: падзеі ў Мінску &amp; «Гродне» &lt;2024&gt; \"quoted\"</mj-text>"
+        '<mj-text>Навіны тыдня: падзеі ў Мінску &amp; «Гродне» &lt;2024&gt; "quoted"</mj-text>'
         '<mj-button href="%%UNSUBSCRIBE_URL%%">Адпісацца</mj-button>'
         "</mj-column></mj-section></mj-body></mjml>"
     )
@@ -324,9 +352,12 @@ def mjml_html() -> str:
 
 def test_bodies_parse_back_into_text_and_html_parts_unchanged() -> None:
     html = mjml_html()
-    text = ("Навіны тыдня ў Мінску & <Гродне> \"quoted\" 'single'\n"
-            "Trailing spaces   \n.leading dot\nFrom the start\n\n" + "ы" * 40_000
-            + "\nАдпісацца: %%UNSUBSCRIBE_URL%%\n")
+    text = (
+        "Навіны тыдня ў Мінску & <Гродне> \"quoted\" 'single'\n"
+        "Trailing spaces   \n.leading dot\nFrom the start\n\n"
+        + "ы" * 40_000
+        + "\nАдпісацца: %%UNSUBSCRIBE_URL%%\n"
+    )
     assert max(len(line) for line in html.splitlines()) > 40_000
     url = "https://news.example.org/u/abc.DEF-123"
     data = build(html=html, text=text, substitutions={"%%UNSUBSCRIBE_URL%%": url})
@@ -347,17 +378,25 @@ def test_bodies_parse_back_into_text_and_html_parts_unchanged() -> None:
 
 
 def test_html_substitutions_can_differ_from_text_ones() -> None:
-    data = build(html="<a href='%%U%%'>x</a>", text="%%U%%",
-                 substitutions={"%%U%%": "https://x.org/u/a&b"},
-                 html_substitutions={"%%U%%": "https://x.org/u/a&amp;b"})
+    data = build(
+        html="<a href='%%U%%'>x</a>",
+        text="%%U%%",
+        substitutions={"%%U%%": "https://x.org/u/a&b"},
+        html_substitutions={"%%U%%": "https://x.org/u/a&amp;b"},
+    )
     text_part, html_part = parse(data).iter_parts()
     assert text_part.get_content() == "https://x.org/u/a&b"
     assert html_part.get_content() == "<a href='https://x.org/u/a&amp;b'>x</a>"
 
 
 def test_each_message_has_the_required_headers() -> None:
-    data = build(from_name="Навіны тыдня", subject="Навіны", language="be",
-                 feedback_id="a:b:c:news", reply_to="editor@news.example.org")
+    data = build(
+        from_name="Навіны тыдня",
+        subject="Навіны",
+        language="be",
+        feedback_id="a:b:c:news",
+        reply_to="editor@news.example.org",
+    )
     message = parse(data)
     assert message["Message-ID"] == "<d1.2024-W28@news.example.org>"
     assert email.utils.parsedate_to_datetime(message["Date"]) == DATE

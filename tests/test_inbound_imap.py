@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from tests.imap_server import ImapServer
 from tests.test_feedback import CASES, load_world, product_shape
 from worker.db import make_engine
-from worker.inbound_imap import ImapMailbox, ImapPoller
+from worker.feedback.imap_poller import ImapMailbox, ImapPoller
 from worker.models import Base, FeedbackEvent, InboundMessage, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.classification import FeedbackKind, Reason
-from worker.feedback_report import FeedbackReport
-from worker.inbound_mail import parse_inbound
+from worker.feedback.classification import FeedbackKind, Reason
+from worker.feedback.mail import parse_inbound
+from worker.feedback.report import FeedbackReport
 
 TESTS = Path(__file__).parent
 CASES = TESTS / "cases"
@@ -334,7 +334,7 @@ class _Records(logging.Handler):
 
 
 _RECORDS = _Records()
-for _name in ("worker.inbound_mail", "flufl.bounce"):
+for _name in ("worker.feedback.mail", "flufl.bounce"):
     logging.getLogger(_name).addHandler(_RECORDS)
 
 

@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.test_feedback import CASES, load_world, product_shape
-from worker.feedback import Effect
-from worker.inbound_smtp import InboundServer, parse_listen
+from worker.devtools.outbox import free_port
+from worker.feedback.policy import Effect
+from worker.feedback.smtp_receiver import InboundServer, parse_listen
 from worker.models import FeedbackEvent, InboundMessage, Subscriber
-from worker.outbox import free_port
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.signups import unsubscribe_token
+from worker.subscriptions.signups import unsubscribe_token
 
 BOUNCE_TO = "bounces+1-0000000000@news.example.org"
 

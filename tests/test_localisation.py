@@ -10,7 +10,7 @@ from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from worker.localisation import (
+from worker.editions.localisation import (
     LOCALE_DIR,
     TEMPLATE_ROOT,
     catalogue_languages,

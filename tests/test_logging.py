@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.logging import configure_logging, log_context, mask_address
+from worker.logs import configure_logging, log_context, mask_address
 from worker.settings import Settings
 
 SECRET = "s3cret-key-that-must-not-leak"
@@ -36,7 +36,7 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.StringIO) -> None:
-    log = logging.getLogger("worker.dispatch")
+    log = logging.getLogger("worker.sending.dispatch")
     with log_context(send_id=7):
         log.info(
             "refused %s by %s",
@@ -48,7 +48,9 @@ def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.Str
     log.info("outside")
     first, second, third, fourth = lines(stream)
     assert (
-        first["send_id"] == 7 and first["level"] == "info" and first["logger"] == "worker.dispatch"
+        first["send_id"] == 7
+        and first["level"] == "info"
+        and first["logger"] == "worker.sending.dispatch"
     )
     assert first["message"] == "refused A***@example.org by smtps://mailer:***@smtp.example.net"
     assert second == {**second, "send_id": 7, "delivery_id": 42, "message": "key ***"}

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator_scenario import run_send
-from worker.outbox import OutboxServer
+from worker.devtools.outbox import OutboxServer
 from worker.runtime import Runtime
-from worker.web import create_app
+from worker.web.app import create_app
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -77,7 +77,7 @@ def test_a_real_send_is_counted_on_metrics(
 
 
 def test_metric_names_and_labels_follow_prometheus_conventions(rt: Runtime) -> None:
-    from worker import metrics
+    from worker.operators import metrics
 
     for metric in (
         metrics.SIGNUPS,
@@ -98,8 +98,8 @@ def test_metric_names_and_labels_follow_prometheus_conventions(rt: Runtime) -> N
 
 
 INCREMENT = """
-from worker import metrics
-from worker.ports import SmtpOutcome
+from worker.operators import metrics
+from worker.sending.ports import SmtpOutcome
 metrics.delivery_recorded("sent")
 metrics.delivery_recorded("sent")
 metrics.SMTP_REPLIES.labels(reply_class="2xx").inc()
@@ -147,8 +147,8 @@ def test_readiness_checks_database_and_redis(rt: Runtime) -> None:
     ],
 )
 def test_reply_class(outcome: tuple[int, str, bool], expected: str) -> None:
-    from worker.metrics import reply_class
-    from worker.ports import SmtpOutcome
+    from worker.operators.metrics import reply_class
+    from worker.sending.ports import SmtpOutcome
 
     assert reply_class(SmtpOutcome(*outcome)) == expected
 
@@ -158,9 +158,9 @@ def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
 
     from sqlalchemy.exc import IntegrityError
 
-    from worker import metrics
     from worker.db import session_scope
     from worker.models import FeedbackEvent
+    from worker.operators import metrics
     from worker.settings import Settings
 
     now = datetime.now(UTC)

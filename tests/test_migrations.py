@@ -16,8 +16,7 @@ from sqlalchemy import inspect
 
 from tests.conftest import PG_ADMIN
 from worker.cli import main
-from worker.db import make_engine
-from worker.migrate import upgrade
+from worker.db import make_engine, upgrade
 from worker.models import Base
 
 

@@ -1,4 +1,5 @@
-"""Bodies pre-encoded around their placeholders (``worker.mime.EncodedBody``) decode to exactly
+"""Bodies pre-encoded around their placeholders (``worker.sending.mime.EncodedBody``) decode to
+exactly
 what substituting first and encoding the whole body gives, on lines of at most 76 octets."""
 
 from __future__ import annotations
@@ -8,11 +9,11 @@ import quopri
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.mime import EncodedBody, _encode_body, quoted_printable, substitute
+from worker.sending.mime import EncodedBody, _encode_body, quoted_printable, substitute
 
 PLACEHOLDERS = ["%%UNSUBSCRIBE_URL%%", "%%TOKEN%%"]
 text_piece = st.lists(
-    st.sampled_from([*"ab yў\t=.\n%&<>\"", "\r\n", "ы" * 30, "x" * 90]), max_size=40
+    st.sampled_from([*'ab yў\t=.\n%&<>"', "\r\n", "ы" * 30, "x" * 90]), max_size=40
 ).map("".join)
 value = st.text(alphabet=st.sampled_from(list("abc/:.-_=?&%é ")), max_size=120)
 

@@ -12,8 +12,8 @@ import mjml
 import mjml_reference
 import pytest
 
-from worker.editions import read_edition
-from worker.rendering import (
+from worker.editions.files import read_edition
+from worker.editions.rendering import (
     TRANSACTIONAL,
     _autoescape,
     edition_mjml,
@@ -42,7 +42,7 @@ def render_case_template(name: str, context: dict[str, Any], *, autoescape: Any)
 def test_m02_editorial_lt_and_amp_survive_with_our_autoescape() -> None:
     m02 = case("m02")
 
-    # When the case template is rendered the way worker.rendering renders MJML templates
+    # When the case template is rendered the way worker.editions.rendering renders MJML templates
     source = render_case_template(m02["file"], m02["context"], autoescape=_autoescape)
     html = mjml.mjml2html(source)
 

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from tests.conftest import SAMPLE_EDITION
 from worker.db import make_engine
-from worker.editions import read_edition, read_newsletter_profile
+from worker.editions.files import read_edition, read_newsletter_profile
+from worker.editions.store import EditionLocked, get_newsletter, save_edition, save_newsletter
 from worker.models import Send
-from worker.newsletters import EditionLocked, get_newsletter, save_edition, save_newsletter
 
 NOW = datetime(2024, 7, 15, 6, 0, tzinfo=UTC)
 

@@ -1,8 +1,9 @@
 """schemathesis against the web app's own OpenAPI schema: no generated request gets a 5xx.
 
-The app (``worker.web:create_app``) is called in process through ASGI. Its schema is the one
+The app (``worker.web.app:create_app``) is called in process through ASGI. Its schema is the one
 FastAPI builds, with the two bodies the handlers read raw made explicit so that schemathesis
-generates them too: the signup event (its JSON Schema from ``worker.signups.SignupEvent``) and
+generates them too: the signup event (its JSON Schema from
+``worker.subscriptions.signups.SignupEvent``) and
 the RFC 8058 one-click form, and the webhooks' JSON. Both positive (schema-valid) and negative
 (schema-violating) cases
 are generated; every answer must be below 500. The dashboard is called with the operator's
@@ -28,12 +29,12 @@ from schemathesis import GenerationMode
 from tests.conftest import SAMPLE_EDITION
 from worker import actors
 from worker.db import dispose_engines
-from worker.editions import read_edition
-from worker.newsletters import save_edition
+from worker.editions.files import read_edition
+from worker.editions.store import save_edition
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.signups import SignupEvent
-from worker.web import create_app
+from worker.subscriptions.signups import SignupEvent
+from worker.web.app import create_app
 
 OPERATOR = ("operator", "openapi-fuzz-password")
 SG_KEY = (  # SendGrid's published test key (tests/test_webhooks.py)

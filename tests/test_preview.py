@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from worker.cli.edition import edition
-from worker.preview import write_preview
+from worker.editions.preview import write_preview
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
 

@@ -32,10 +32,10 @@ from tests.queue_harness import (
 )
 from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
+from worker.editions.store import find_edition
 from worker.models import Delivery, FeedbackEvent, Send, Subscriber, Suppression
-from worker.newsletters import find_edition
 from worker.runtime import Runtime
-from worker.sends import create_send
+from worker.sending.sends import create_send
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow  # worker processes: 10–40 s per test

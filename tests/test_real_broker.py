@@ -30,18 +30,19 @@ from sqlalchemy import func, select
 
 from tests.conftest import SAMPLE_EDITION
 from worker.db import dispose_engines
-from worker.editions import read_edition
+from worker.devtools.outbox import OutboxServer
+from worker.editions.files import read_edition
+from worker.editions.store import find_edition, save_edition
 from worker.models import Delivery, Send, SignupRefusal, Subscriber
-from worker.newsletters import find_edition, save_edition
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
-from worker.sends import create_send
+from worker.sending.sends import create_send
 from worker.settings import Settings
-from worker.web import create_app
+from worker.web.app import create_app
+from tests.services import redis_url
 
 pytestmark = pytest.mark.slow  # two dramatiq worker processes per test: 10–30 s each
 
-BROKER_REDIS = "redis://127.0.0.1:6379/13"
+BROKER_REDIS = redis_url(2)
 SECRET = "real-broker-test-secret-0123456789"
 NAMESPACE = "dramatiq"  # the default of NEWSLETTER_QUEUE_NAMESPACE
 QUEUES = ("signups", "transactional", "sends", "deliveries")
@@ -64,20 +65,31 @@ CONFIRMED = {
 }
 INVALID: list[tuple[Any, str]] = [
     ({"version": 1, "event_id": "bad-1", "email": "broken@", "language": "en"}, "invalid_address"),
-    ({"version": 1, "event_id": "bad-2", "email": "x@example.org", "language": "xx"},
-     "unsupported_language"),
+    (
+        {"version": 1, "event_id": "bad-2", "email": "x@example.org", "language": "xx"},
+        "unsupported_language",
+    ),
     ({"version": 1, "event_id": "bad-3", "language": "en"}, "malformed"),  # no email
     ({"version": 1, "event_id": "bad-4", "email": 42, "language": "en"}, "malformed"),
-    ({"version": 1, "event_id": "bad-5", "email": "y@example.org", "language": ["en"]},
-     "malformed"),
+    (
+        {"version": 1, "event_id": "bad-5", "email": "y@example.org", "language": ["en"]},
+        "malformed",
+    ),
     ("not an object", "malformed"),
     ([1, 2, 3], "malformed"),
 ]
 
 
 def event(n: int, address: str, language: str) -> dict[str, Any]:
-    return {"version": 1, "event_id": f"rb-{n}", "email": address, "language": language,
-            "source": "test", "ip": f"192.0.2.{n + 1}", "consent_version": "2024-07"}
+    return {
+        "version": 1,
+        "event_id": f"rb-{n}",
+        "email": address,
+        "language": language,
+        "source": "test",
+        "ip": f"192.0.2.{n + 1}",
+        "consent_version": "2024-07",
+    }
 
 
 def worker_env(db_url: str, smtp_url: str) -> dict[str, str]:
@@ -104,15 +116,22 @@ class Website:
         self.broker = RedisBroker(url=BROKER_REDIS, namespace=NAMESPACE)
 
     def enqueue(self, queue: str, actor: str, *args: Any) -> None:
-        self.broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=args,
-                                             kwargs={}, options={}))
+        self.broker.enqueue(
+            dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+        )
 
     def enqueue_raw_signup(self, payload: Any) -> None:
         """The exact write a non-Python site makes (HSET before RPUSH, in one transaction)."""
         rid = str(uuid.uuid4())
-        message = {"queue_name": "signups", "actor_name": "handle_signup", "args": [payload],
-                   "kwargs": {}, "options": {"redis_message_id": rid}, "message_id": rid,
-                   "message_timestamp": int(time.time() * 1000)}
+        message = {
+            "queue_name": "signups",
+            "actor_name": "handle_signup",
+            "args": [payload],
+            "kwargs": {},
+            "options": {"redis_message_id": rid},
+            "message_id": rid,
+            "message_timestamp": int(time.time() * 1000),
+        }
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(f"{NAMESPACE}:signups.msgs", rid, json.dumps(message))
             pipe.rpush(f"{NAMESPACE}:signups", rid)
@@ -123,7 +142,8 @@ class Website:
         message in ``<queue>.msgs`` until its actor returned)."""
         return all(
             self.client.hlen(f"{NAMESPACE}:{q}{suffix}.msgs") == 0
-            for q in QUEUES for suffix in ("", ".DQ")
+            for q in QUEUES
+            for suffix in ("", ".DQ")
         )
 
     def dead_letters(self) -> int:
@@ -151,7 +171,9 @@ def workers(db_url: str, smtp: OutboxServer, website: Website, tmp_path: Path) -
     log = (tmp_path / "workers.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "worker.actors", "--processes", "2", "--threads", "2"],
-        env=worker_env(db_url, smtp.url), stdout=log, stderr=subprocess.STDOUT,
+        env=worker_env(db_url, smtp.url),
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the teardown kills every process in it
     )
     try:
@@ -172,8 +194,14 @@ def workers(db_url: str, smtp: OutboxServer, website: Website, tmp_path: Path) -
 def runtime(db_url: str, smtp: OutboxServer) -> Iterator[Runtime]:
     """The test's own view of the database (same secret key as the workers)."""
     settings = Settings.from_env(
-        {}, database_url=db_url, broker="stub", redis_url="", smtp_url=smtp.url,
-        secret_key=SECRET, public_url="http://testserver", bounce_domain="news.example.org",
+        {},
+        database_url=db_url,
+        broker="stub",
+        redis_url="",
+        smtp_url=smtp.url,
+        secret_key=SECRET,
+        public_url="http://testserver",
+        bounce_domain="news.example.org",
         newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
     )
     rt = Runtime(settings)
@@ -203,8 +231,9 @@ def confirmation_links(smtp: OutboxServer) -> dict[str, str]:
     links = {}
     for received in list(smtp.handler.received):
         message = email.message_from_bytes(received.data, policy=email.policy.default)
-        match = re.search(r"http://testserver(/confirm/\S+)",
-                          message.get_body(("plain",)).get_content())
+        match = re.search(
+            r"http://testserver(/confirm/\S+)", message.get_body(("plain",)).get_content()
+        )
         if match:
             links[received.recipients[0]] = match.group(1)
     return links
@@ -259,9 +288,13 @@ def test_signup_confirm_send_through_redis_and_worker_processes(
     for rcpt, message in mails:
         assert message["Subject"] == edition.contents[CONFIRMED[rcpt]].subject
     with runtime.session() as session:
-        states = dict(session.execute(
-            select(Delivery.state, func.count()).where(Delivery.send_id == send_id)
-            .group_by(Delivery.state)).all())
+        states = dict(
+            session.execute(
+                select(Delivery.state, func.count())
+                .where(Delivery.send_id == send_id)
+                .group_by(Delivery.state)
+            ).all()
+        )
     assert states == {"sent": len(CONFIRMED)}
 
     # the same send again: nothing more

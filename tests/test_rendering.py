@@ -9,8 +9,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from worker.editions import EditionContent, EditionImage, EditionItem, read_edition
-from worker.rendering import (
+from worker.editions.files import EditionContent, EditionImage, EditionItem, read_edition
+from worker.editions.rendering import (
     GMAIL_CLIP_BYTES,
     MESSAGES,
     PARTS,
@@ -26,7 +26,7 @@ from worker.rendering import (
     render_message,
     sample_context,
 )
-from worker.richtext import clean_html, markdown_to_html, markdown_to_text
+from worker.editions.richtext import clean_html, markdown_to_html, markdown_to_text
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
 PUBLIC = "https://news.example.org"

@@ -46,17 +46,17 @@ from tests.conftest import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
 from worker import actors
 from worker.cli import main as cli
-from worker.editions import check_edition, read_edition, read_newsletter_profile
-from worker.mime import HeaderInjection
+from worker.devtools.outbox import OutboxHandler, OutboxServer, free_port
+from worker.editions.files import check_edition, read_edition, read_newsletter_profile
+from worker.editions.rendering import render_edition
+from worker.editions.store import save_edition
+from worker.feedback.suppressions import suppress
 from worker.models import Delivery, SignupRefusal, Subscriber
-from worker.newsletters import save_edition
-from worker.outbox import OutboxHandler, OutboxServer, free_port
-from worker.rendering import render_edition
 from worker.runtime import Runtime
+from worker.sending.mime import HeaderInjection
 from worker.settings import Settings
-from worker.suppressions import suppress
-from worker.tokens import Purpose, Tokens
-from worker.web import create_app
+from worker.subscriptions.tokens import Purpose, Tokens
+from worker.web.app import create_app
 
 SECRET = "test-secret-key-0123456789"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:bounces"
@@ -324,7 +324,7 @@ def test_header_fields_the_checker_lets_through_are_refused_when_the_message_is_
     bad: str,
 ) -> None:
     """The second line of defence for the from name and the List-Id phrase."""
-    from worker.mime import build_template
+    from worker.sending.mime import build_template
 
     common = {
         "subject": "s",
@@ -554,7 +554,7 @@ def test_webhook_endpoints_refuse_unsigned_and_forged_requests(settings: Setting
         {"x-amz-sns-message-type": "Notification"},
     ]
     fetched: list[str] = []
-    import worker.webhooks.ses as ses_module
+    import worker.feedback.webhooks.ses as ses_module
 
     original = ses_module.fetch_signing_certificate
     ses_module.fetch_signing_certificate = lambda url: fetched.append(url) or b"not a certificate"  # type: ignore[assignment]
@@ -696,7 +696,7 @@ def test_secrets_never_appear_in_logs(
         assert client.get("/dashboard", auth=("x", OPERATOR_PASSWORD)).status_code == 200
         with runtime.session() as session:
             edition = save_edition(session, read_edition(SAMPLE_EDITION), runtime.clock.now())
-            from worker.sends import create_send
+            from worker.sending.sends import create_send
 
             send_id = create_send(session, edition, runtime.clock.now(), 10).id
         actors.plan_send.send(send_id)

@@ -20,8 +20,8 @@ from tests.conftest import SAMPLE_EDITION
 from worker import actors
 from worker.broker import broker
 from worker.db import dispose_engines
+from worker.devtools.outbox import OutboxServer
 from worker.models import Consent, SignupRefusal
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.settings import Settings
 

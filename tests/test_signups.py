@@ -24,19 +24,19 @@ from sqlalchemy import func, select
 from tests.conftest import SAMPLE_EDITION
 from worker import actors
 from worker.cli import main
+from worker.devtools.outbox import OutboxServer
+from worker.feedback.suppressions import email_hash, suppress
 from worker.models import Consent, SignupRefusal, Subscriber, Suppression
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.signups import (
+from worker.subscriptions.signups import (
     confirm,
     confirmation_token,
     purge_unconfirmed,
     unsubscribe,
     unsubscribe_token,
 )
-from worker.suppressions import email_hash, suppress
-from worker.web import create_app
+from worker.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -442,7 +442,7 @@ def test_settings_are_read_from_the_environment() -> None:
             "NEWSLETTER_SMTPUTF8_RELAY": "no",
         }
     )
-    from worker.abuse import AbuseLimits
+    from worker.subscriptions.limits import AbuseLimits
 
     assert AbuseLimits.from_settings(settings) == AbuseLimits(2, 7, 30, 900.0)
     assert (settings.purge_unconfirmed_days, settings.welcome_mail, settings.smtputf8_relay) == (

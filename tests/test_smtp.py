@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from tests.smtp_script import ScriptHandler, ScriptServer
-from worker.smtp import SmtpMailer
+from worker.sending.smtp import SmtpMailer
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -12,13 +12,13 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from tests.test_feedback import NOW, load_world
-from worker.classification import classify_feedback_type, classify_smtp_reply
 from worker.cli import main
-from worker.feedback import FeedbackPolicy, record_feedback
-from worker.feedback_report import FeedbackReport
+from worker.feedback.classification import classify_feedback_type, classify_smtp_reply
+from worker.feedback.policy import FeedbackPolicy, record_feedback
+from worker.feedback.report import FeedbackReport
+from worker.feedback.suppressions import email_hash
 from worker.models import Subscriber, Suppression
 from worker.runtime import Runtime
-from worker.suppressions import email_hash
 
 
 @pytest.fixture

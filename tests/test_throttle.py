@@ -16,7 +16,8 @@ import redis
 
 from tests.sendkit import run_batch, seed, start_send, states
 from worker.runtime import Runtime
-from worker.throttle import RedisThrottle
+from worker.sending.throttle import RedisThrottle
+from tests.services import redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,7 +136,7 @@ def test_three_processes_hold_the_configured_rates() -> None:
             "gmail.com=15,mail.ru=4",
             "--json",
             "--redis-url",
-            "redis://127.0.0.1:6379/12",
+            redis_url(3),
         ],
         capture_output=True,
         text=True,

@@ -13,11 +13,11 @@ from sqlalchemy import func, select
 
 from tests.conftest import CASES
 from worker import actors
-from worker.localisation import translations
+from worker.editions.localisation import translations
 from worker.models import Consent, FeedbackEvent, Subscriber
 from worker.runtime import Runtime
-from worker.signups import confirm, confirmation_token, unsubscribe_token
-from worker.web import create_app
+from worker.subscriptions.signups import confirm, confirmation_token, unsubscribe_token
+from worker.web.app import create_app
 
 FOLDER = CASES / "unsubscribe"
 CASE = {c["id"]: c for c in json.loads((FOLDER / "cases.json").read_text(encoding="utf-8"))}

@@ -28,12 +28,12 @@ from tests.test_webhooks import (
     _sg_public,
     _sg_sign,
 )
-from worker.feedback import Effect
+from worker.feedback.policy import Effect
 from worker.models import FeedbackEvent, Subscriber, Suppression
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.web import create_app
-from worker.web_webhooks import WebhookAdapters, webhook_router
+from worker.web.app import create_app
+from worker.web.webhooks import WebhookAdapters, webhook_router
 
 
 @dataclasses.dataclass

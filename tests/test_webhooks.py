@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from worker.classification import FeedbackKind, Reason
-from worker.webhooks import WebhookRejected, mailgun, postmark, sendgrid, ses
+from worker.feedback.classification import FeedbackKind, Reason
+from worker.feedback.webhooks import WebhookRejected, mailgun, postmark, sendgrid, ses
 
 PAYLOADS = Path(__file__).parent / "payloads"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-feedback"

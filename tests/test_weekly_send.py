@@ -12,13 +12,13 @@ from sqlalchemy import func, select
 
 from tests.conftest import SAMPLE_EDITION
 from worker import actors
-from worker.editions import read_edition
+from worker.devtools.outbox import OutboxServer
+from worker.editions.files import read_edition
+from worker.editions.store import save_edition
 from worker.models import Delivery, Send, SignupRefusal, Subscriber
-from worker.newsletters import save_edition
-from worker.outbox import OutboxServer
 from worker.runtime import Runtime
-from worker.sends import create_send
-from worker.web import create_app
+from worker.sending.sends import create_send
+from worker.web.app import create_app
 
 READERS = [
     ("anna@example.org", "en"),
@@ -124,7 +124,7 @@ def test_unsubscribe_get_changes_nothing_post_and_one_click_unsubscribe(
     with rt.session() as session:
         edition = session.scalar(select(Send.edition_id))  # none yet
         assert edition is None
-        from worker.newsletters import find_edition
+        from worker.editions.store import find_edition
 
         send_id = create_send(session, find_edition(session, "2024-W28"), rt.clock.now()).id
     actors.plan_send.send(send_id)

@@ -12,24 +12,29 @@ from typing import Any
 import dramatiq
 from sqlalchemy import select
 
-from worker import metrics
-from worker.abuse import SignupLimiter, signup_limiter
 from worker.broker import (
     BatchHints,
     batch_name,
     broker,  # noqa: F401  (configures the broker before any actor exists)
     make_hints,
 )
-from worker.dispatch import expire_leases, finish_send_if_done, pending_batches
-from worker.dispatch import send_batch as send_batch_domain
-from worker.logging import log_context
+from worker.editions.store import profile_of
+from worker.logs import log_context
 from worker.models import Send, SendStatus, Subscriber, SubscriberStatus
-from worker.newsletters import profile_of
+from worker.operators import metrics
 from worker.runtime import Runtime
-from worker.sends import plan_send as plan_send_domain
+from worker.sending.dispatch import expire_leases, finish_send_if_done, pending_batches
+from worker.sending.dispatch import send_batch as send_batch_domain
+from worker.sending.sends import plan_send as plan_send_domain
+from worker.sending.transactional import send_transactional
 from worker.settings import Settings
-from worker.signups import AddressRules, confirmation_token, process_signup, unsubscribe_token
-from worker.transactional import send_transactional
+from worker.subscriptions.limits import SignupLimiter, signup_limiter
+from worker.subscriptions.signups import (
+    AddressRules,
+    confirmation_token,
+    process_signup,
+    unsubscribe_token,
+)
 
 log = logging.getLogger(__name__)
 _runtime: Runtime | None = None

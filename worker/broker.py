@@ -50,7 +50,7 @@ class ProcessLogging(dramatiq.Middleware):
     each worker process when it boots; dramatiq's CLI would otherwise keep its plain format."""
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        from worker.logging import configure_logging
+        from worker.logs import configure_logging
 
         configure_logging(Settings.from_env())
 

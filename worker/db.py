@@ -1,15 +1,21 @@
-"""Database engine and sessions for SQLite (the embedded default) and PostgreSQL."""
+"""Database engine, sessions and schema for SQLite (the embedded default) and PostgreSQL.
+
+The schema has one Alembic history in ``migrations/``, run by ``newsletter db upgrade``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.settings import Settings
+from worker.settings import MIGRATIONS_DIR, Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 _engines: dict[str, Engine] = {}
 
@@ -62,3 +68,27 @@ def session_scope(settings: Settings) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic configuration for ``database_url`` using the project's migrations folder."""
+    from alembic.config import Config  # only the schema commands need Alembic
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Bring the database at ``database_url`` to ``revision`` (default: the newest)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def new_revision(database_url: str, message: str) -> None:
+    """Autogenerate a new migration from the difference between the models and the database."""
+    from alembic import command
+
+    command.revision(alembic_config(database_url), message=message, autogenerate=True)

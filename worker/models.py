@@ -281,7 +281,7 @@ class FeedbackEvent(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     source_event_id: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))  # worker.classification.FeedbackKind
+    kind: Mapped[str] = mapped_column(String(32))  # worker.feedback.classification.FeedbackKind
     source: Mapped[str] = mapped_column(
         String(32)
     )  # smtp, dsn, arf, webhook:ses, one_click, page, mailto

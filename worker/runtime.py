@@ -13,19 +13,19 @@ from functools import cached_property
 
 from sqlalchemy.orm import Session
 
-from worker.composer import Composer, Links
 from worker.db import session_scope
-from worker.dispatch import SendPolicy
-from worker.dkim import DkimSigner
-from worker.metrics import MeteredMailer
+from worker.editions.store import get_newsletter, profile_of
 from worker.models import Edition, Newsletter, Send
-from worker.newsletters import get_newsletter, profile_of
-from worker.ports import Clock, Mailer, SystemClock, Throttle
-from worker.sends import rendition_texts
+from worker.operators.metrics import MeteredMailer
+from worker.sending.composer import Composer, Links
+from worker.sending.dispatch import SendPolicy
+from worker.sending.dkim import DkimSigner
+from worker.sending.ports import Clock, Mailer, SystemClock, Throttle
+from worker.sending.sends import rendition_texts
+from worker.sending.smtp import SmtpMailer
+from worker.sending.throttle import LocalThrottle, RedisThrottle
 from worker.settings import Settings
-from worker.smtp import SmtpMailer
-from worker.throttle import LocalThrottle, RedisThrottle
-from worker.tokens import Tokens
+from worker.subscriptions.tokens import Tokens
 
 
 @dataclass
@@ -85,7 +85,9 @@ class Runtime:
                 mailer = SmtpMailer(
                     self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds
                 )
-            mailer = MeteredMailer(mailer)  # SMTP reply classes and latency (worker.metrics)
+            mailer = MeteredMailer(
+                mailer
+            )  # SMTP reply classes and latency (worker.operators.metrics)
             self._local.mailer = mailer
         return mailer
 

@@ -90,7 +90,9 @@ class Settings:
     check_deliverability: bool = False
     dns_timeout_seconds: float = 5.0  # deliverability (MX) look-up timeout
     blocked_domains_path: str = ""  # a file of refused (e.g. disposable) domains, one a line
-    confirmations_per_address_per_day: int = 3  # 0 = unlimited (abuse limits: worker/abuse.py)
+    confirmations_per_address_per_day: int = (
+        3  # 0 = unlimited (abuse limits: worker/subscriptions/limits.py)
+    )
     signups_per_ip_per_hour: int = 20
     confirmations_per_domain_per_minute: int = 60
     confirmation_resend_minutes: float = 10.0  # a pending address gets at most one mail per window

@@ -19,7 +19,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the migrations to NEWSLETTER_DATABASE_URL."""
-    from worker.migrate import upgrade
+    from worker.db import upgrade
 
     settings = Settings.from_env()
     upgrade(settings.database_url, revision)
@@ -44,8 +44,8 @@ def send_start(edition_key: str, batch_size: int | None) -> None:
     """Enqueue a send of the loaded edition EDITION_KEY (e.g. 2024-W28)."""
     from worker.actors import plan_send, runtime
     from worker.broker import broker
-    from worker.newsletters import find_edition
-    from worker.sends import create_send
+    from worker.editions.store import find_edition
+    from worker.sending.sends import create_send
 
     rt = runtime()
     client = getattr(broker, "client", None)
@@ -75,8 +75,8 @@ def status_snapshot(session: Any, send_id: int, now: Any) -> dict[str, Any]:
     an unknown send."""
     from datetime import timedelta
 
-    from worker.dispatch import progress
     from worker.models import Send
+    from worker.sending.dispatch import progress
 
     row = session.get(Send, send_id, populate_existing=True)
     if row is None:
@@ -164,7 +164,7 @@ def send_status(send_id: int, watch: bool | None, interval: float) -> None:
 
 def _change(send_id: int, target: str) -> None:
     from worker.runtime import Runtime
-    from worker.sends import SendStateError, set_status
+    from worker.sending.sends import SendStateError, set_status
 
     rt = Runtime(Settings.from_env())
     with rt.session() as session:
@@ -204,7 +204,7 @@ def send_cancel(send_id: int) -> None:
 def send_retry_unknown(send_id: int) -> None:
     """Resend the deliveries whose outcome is unknown (the reader may get the edition twice)."""
     from worker.actors import reconcile, runtime
-    from worker.dispatch import retry_unknown
+    from worker.sending.dispatch import retry_unknown
 
     rt = runtime()
     with rt.session() as session:
@@ -238,10 +238,10 @@ def scheduler(interval: float, once: bool) -> None:
 
 
 def _purge_unconfirmed(rt: Any) -> int:
-    """Forget signups unconfirmed for ``purge_unconfirmed_days`` (worker.signups)."""
+    """Forget signups unconfirmed for ``purge_unconfirmed_days`` (worker.subscriptions.signups)."""
     from datetime import timedelta
 
-    from worker.signups import purge_unconfirmed
+    from worker.subscriptions.signups import purge_unconfirmed
 
     days = timedelta(days=rt.settings.purge_unconfirmed_days)
     with rt.session() as session:
@@ -255,11 +255,11 @@ def web(host: str, port: int) -> None:
     """Serve the web app (links in mails, signup endpoint, archive) with uvicorn."""
     import uvicorn
 
-    from worker.logging import configure_logging
+    from worker.logs import configure_logging
 
     configure_logging(Settings.from_env())  # uvicorn's own log config is switched off below
     uvicorn.run(
-        "worker.web:create_app",
+        "worker.web.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -276,7 +276,7 @@ def throttle() -> None:
 def _redis_throttle() -> Any:
     import redis
 
-    from worker.throttle import RedisThrottle
+    from worker.sending.throttle import RedisThrottle
 
     settings = Settings.from_env()
     if not settings.redis_url:

@@ -72,8 +72,10 @@ def demo(redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> None:
     summary = run_demo(redis_url=redis_url, smtp_url=smtp_url, outbox=outbox, workdir=workdir)
     elapsed = time.monotonic() - started
     sent = sum(row["sent"] for row in summary["languages"].values())
-    click.echo(f"\nwall time {elapsed:.1f} s; edition send {summary['send_seconds']:.2f} s, "
-               f"{sent / max(summary['send_seconds'], 1e-9):.0f} messages per second")
+    click.echo(
+        f"\nwall time {elapsed:.1f} s; edition send {summary['send_seconds']:.2f} s, "
+        f"{sent / max(summary['send_seconds'], 1e-9):.0f} messages per second"
+    )
 
 
 def _env(redis_url: str, smtp_url: str, workdir: Path, web_port: int) -> dict[str, str]:
@@ -100,7 +102,7 @@ def _env(redis_url: str, smtp_url: str, workdir: Path, web_port: int) -> dict[st
 
 def run_demo(*, redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> dict[str, Any]:
     """Run the demo; returns the summary it prints (per language: confirmed, sent, files)."""
-    from worker.outbox import OutboxServer, free_port
+    from worker.devtools.outbox import OutboxServer, free_port
 
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(outbox, ignore_errors=True)
@@ -128,12 +130,12 @@ def _run(
     *,
     local_smtp: bool,
 ) -> dict[str, Any]:
-    from worker.migrate import upgrade
+    from worker.db import upgrade
 
     upgrade(env["NEWSLETTER_DATABASE_URL"])
     from worker import actors
-    from worker.editions import read_edition
-    from worker.newsletters import save_edition
+    from worker.editions.files import read_edition
+    from worker.editions.store import save_edition
 
     rt = actors.runtime()
     web = _start_web(web_port)
@@ -168,7 +170,7 @@ class _Web:
     def __init__(self, port: int) -> None:
         import uvicorn
 
-        from worker.web import create_app
+        from worker.web.app import create_app
 
         config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
@@ -238,13 +240,24 @@ def _start_workers(redis_url: str, env: dict[str, str], logdir: Path) -> _Worker
         worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
         worker.start()
         return _Workers(worker=worker)
-    command = [sys.executable, "-m", "dramatiq", "worker.actors", "--processes", "2",
-               "--threads", "4"]
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "worker.actors",
+        "--processes",
+        "2",
+        "--threads",
+        "4",
+    ]
     log = logdir / "workers.log"
     click.echo(f"dramatiq worker processes started; their log: {log}")
     with log.open("wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            command,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one if it hangs
         )
     return _Workers(process=process)
@@ -304,9 +317,9 @@ def _signups_done(rt: Any) -> bool:
         subscribers = session.scalar(select(func.count()).select_from(Subscriber)) or 0
         refusals = session.scalar(select(func.count()).select_from(SignupRefusal)) or 0
         unmailed = session.scalar(
-            select(func.count()).select_from(Subscriber).where(
-                Subscriber.status == "pending", Subscriber.confirmation_sent_at.is_(None)
-            )
+            select(func.count())
+            .select_from(Subscriber)
+            .where(Subscriber.status == "pending", Subscriber.confirmation_sent_at.is_(None))
         )
     return subscribers + refusals >= len(READERS) + len(INVALID) and unmailed == 0
 
@@ -327,7 +340,7 @@ def _confirmation_links(rt: Any, outbox: Path, public_url: str, local_smtp: bool
     from sqlalchemy import select
 
     from worker.models import Subscriber
-    from worker.signups import confirmation_token
+    from worker.subscriptions.signups import confirmation_token
 
     with rt.session() as session:
         for subscriber in session.scalars(select(Subscriber).where(Subscriber.status == "pending")):
@@ -338,7 +351,7 @@ def _confirmation_links(rt: Any, outbox: Path, public_url: str, local_smtp: bool
 
 
 def _confirm(rt: Any, outbox: Path, public_url: str, local_smtp: bool) -> int:
-    from worker.addresses import parse_address
+    from worker.subscriptions.addresses import parse_address
 
     links = _confirmation_links(rt, outbox, public_url, local_smtp)
     confirmed = 0
@@ -358,8 +371,8 @@ def _confirm(rt: Any, outbox: Path, public_url: str, local_smtp: bool) -> int:
 
 
 def _start_send(rt: Any, actors: Any) -> int:
-    from worker.newsletters import find_edition
-    from worker.sends import create_send
+    from worker.editions.store import find_edition
+    from worker.sending.sends import create_send
 
     with rt.session() as session:
         edition = find_edition(session, "2024-W28")
@@ -402,8 +415,13 @@ def _summary(rt: Any, send_id: int, outbox: Path | None) -> dict[str, Any]:
     files = Counter(p.name.split("-")[1] for p in outbox.glob("*.eml")) if outbox else Counter()
     rows: dict[str, dict[str, int]] = {}
     for lang, counts in sorted(languages.items()):
-        rows[lang] = {"confirmed": counts.get("confirmed", 0), "pending": counts.get("pending", 0),
-                      "sent": 0, "failed": 0, "files": files.get(lang, 0)}
+        rows[lang] = {
+            "confirmed": counts.get("confirmed", 0),
+            "pending": counts.get("pending", 0),
+            "sent": 0,
+            "failed": 0,
+            "files": files.get(lang, 0),
+        }
     for lang, state, count in sent:
         empty = {"confirmed": 0, "pending": 0, "sent": 0, "failed": 0, "files": 0}
         row = rows.setdefault(lang, empty)
@@ -420,5 +438,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  {'lang':4} {'confirmed':>9} {'pending':>7} {'sent':>5} {'failed':>6} {'.eml':>5}"
     )
     for lang, row in summary["languages"].items():
-        click.echo(f"  {lang:4} {row['confirmed']:>9} {row['pending']:>7} {row['sent']:>5} "
-                   f"{row['failed']:>6} {row['files']:>5}")
+        click.echo(
+            f"  {lang:4} {row['confirmed']:>9} {row['pending']:>7} {row['sent']:>5} "
+            f"{row['failed']:>6} {row['files']:>5}"
+        )

@@ -11,14 +11,19 @@ from pathlib import Path
 
 import click
 
-from worker.editions import (
+from worker.editions.files import (
     EditionInvalid,
     EditionProblem,
     EditionSource,
     check_edition,
     read_edition,
 )
-from worker.rendering import RenderedMessage, TemplateProblem, check_templates, render_edition
+from worker.editions.rendering import (
+    RenderedMessage,
+    TemplateProblem,
+    check_templates,
+    render_edition,
+)
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -93,7 +98,7 @@ def check(path: Path) -> None:
 )
 def preview(path: Path, out: Path, public_url: str | None, offline: bool) -> None:
     """Write each language's HTML, text and 600/375 px screenshots of the edition in PATH."""
-    from worker.preview import PreviewError, write_preview
+    from worker.editions.preview import PreviewError, write_preview
 
     try:
         written = write_preview(path, out, public_url or _public_url(), offline=offline)

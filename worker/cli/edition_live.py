@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from worker.editions import EditionInvalid
+from worker.editions.files import EditionInvalid
 from worker.settings import Settings
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -17,7 +17,7 @@ _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 def _read_checked(path: Path):  # type: ignore[no-untyped-def]
     """The edition in ``path``, rendered once so that template errors surface before storing."""
     from worker.cli.edition import render_source
-    from worker.editions import read_edition
+    from worker.editions.files import read_edition
 
     try:
         source = read_edition(path)
@@ -35,7 +35,7 @@ def _read_checked(path: Path):  # type: ignore[no-untyped-def]
 @click.argument("path", type=_FOLDER)
 def load(path: Path) -> None:
     """Check and store the edition in PATH; loading it again updates it until it is sent."""
-    from worker.newsletters import EditionLocked, save_edition
+    from worker.editions.store import EditionLocked, save_edition
     from worker.runtime import Runtime
 
     source, _ = _read_checked(path)
@@ -58,10 +58,10 @@ def test_send(path: Path, to: str, language: str | None) -> None:
     """Send one copy of the edition in PATH to --to, exactly as readers would get it."""
     from datetime import UTC, datetime
 
-    from worker.addresses import AddressError, parse_address
-    from worker.mime import build_template, personalise
-    from worker.rendering import UNSUBSCRIBE_URL
-    from worker.smtp import SmtpMailer
+    from worker.editions.rendering import UNSUBSCRIBE_URL
+    from worker.sending.mime import build_template, personalise
+    from worker.sending.smtp import SmtpMailer
+    from worker.subscriptions.addresses import AddressError, parse_address
 
     source, renditions = _read_checked(path)
     settings = Settings.from_env()

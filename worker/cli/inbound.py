@@ -21,7 +21,7 @@ def inbound() -> None:
 def inbound_smtp(listen: str) -> None:
     """Serve the VERP bounce, unsubscribe and FBL addresses of NEWSLETTER_BOUNCE_DOMAIN over
     SMTP: each message is stored before 250 (451 if it cannot be), then parsed and recorded."""
-    from worker.inbound_smtp import InboundServer, parse_listen
+    from worker.feedback.smtp_receiver import InboundServer, parse_listen
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -52,7 +52,7 @@ def inbound_imap(url: str, interval: float, once: bool) -> None:
     """Poll URL (imaps://user:password@host[:port]/FOLDER[?done=FOLDER]): store, parse and
     record each message, then move it to the done folder (or flag it deleted). A message that
     could not be stored or processed is left in place."""
-    from worker.inbound_imap import ImapMailbox, ImapPoller
+    from worker.feedback.imap_poller import ImapMailbox, ImapPoller
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -74,11 +74,11 @@ def inbound_imap(url: str, interval: float, once: bool) -> None:
 def inbound_reprocess() -> None:
     """Parse and record stored messages that were not processed (after a crash or an error)."""
     from worker.db import session_scope
-    from worker.feedback import FeedbackPolicy
-    from worker.inbound import InboundContext, pending_ids, process_inbound
+    from worker.feedback.inbound import InboundContext, pending_ids, process_inbound
+    from worker.feedback.policy import FeedbackPolicy
     from worker.models import InboundMessage
-    from worker.ports import SystemClock
-    from worker.tokens import Tokens
+    from worker.sending.ports import SystemClock
+    from worker.subscriptions.tokens import Tokens
 
     settings = Settings.from_env()
     ctx = InboundContext(FeedbackPolicy.from_settings(settings), Tokens(settings.secret_key))

@@ -15,14 +15,14 @@ from rich.text import Text
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.dashboard import SendSummary
+    from worker.operators.dashboard import SendSummary
 
 LIVE = ("planning", "sending", "paused")
 STATE_STYLE = {"sending": "bold green", "paused": "yellow", "planning": "cyan", "cancelled": "dim"}
 
 
 def sends_table(sends: list[SendSummary], width: int = 30) -> Table:
-    """A rich table of ``worker.dashboard.SendSummary`` rows with a progress bar each."""
+    """A rich table of ``worker.operators.dashboard.SendSummary`` rows with a progress bar each."""
     table = Table(title="Recent sends", title_justify="left", header_style="bold")
     for name in ("send", "edition", "status", "started", "planned", "sent", "deferred",
                  "failed", "unknown", "skipped"):  # fmt: skip
@@ -62,7 +62,7 @@ def _bar_with_share(bar: ProgressBar, share: str) -> Table:
 )
 def status(limit: int, watch: bool, interval: float) -> None:
     """Recent sends: deliveries per state and progress (``--watch`` follows live sends)."""
-    from worker.dashboard import recent_sends
+    from worker.operators.dashboard import recent_sends
     from worker.runtime import Runtime
 
     rt = Runtime(Settings.from_env())

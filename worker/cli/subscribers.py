@@ -28,7 +28,7 @@ def subscribers() -> None:
 @click.argument("address")
 def subscribers_show(address: str) -> None:
     """Status, language and consent evidence of ADDRESS in every newsletter."""
-    from worker.people import person_record
+    from worker.subscriptions.people import person_record
 
     rt = _runtime()
     with rt.session() as session:
@@ -61,7 +61,7 @@ def subscribers_show(address: str) -> None:
 @click.argument("address")
 def subscribers_export(address: str) -> None:
     """Everything held about ADDRESS, as JSON on standard output."""
-    from worker.people import person_record
+    from worker.subscriptions.people import person_record
 
     rt = _runtime()
     with rt.session() as session:
@@ -74,7 +74,7 @@ def subscribers_export(address: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def subscribers_erase(address: str, yes: bool) -> None:
     """Remove ADDRESS's personal data; keep a keyed hash so it cannot be added again."""
-    from worker.people import erase
+    from worker.subscriptions.people import erase
 
     if not yes:
         click.confirm(f"Erase everything held about {address}?", abort=True)

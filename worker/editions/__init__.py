@@ -1,0 +1,1 @@
+"""Editions: the folder an editor writes, checked and stored, and its renditions per language."""

@@ -1,0 +1,343 @@
+"""Renditions: an edition or a transactional message rendered for one language.
+
+Each message is a folder ``templates/<message>/`` with ``subject.txt.j2``, ``preheader.txt.j2``,
+``body.mjml.j2`` and ``body.txt.j2``; the MJML bodies extend ``templates/base/layout.mjml.j2``,
+the text bodies ``templates/base/layout.txt.j2``. Jinja2 (StrictUndefined, autoescape on for
+MJML) fills the MJML, mjml-python turns it into HTML, and the text part comes from its own
+template and the same data. Rendering is pure: no database, no network, no clock.
+
+Per-recipient values are never rendered here: the HTML and text carry placeholders such as
+:data:`UNSUBSCRIBE_URL` that the sender substitutes into the stored rendition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+import mjml
+from markupsafe import Markup
+
+from worker.editions.files import EditionContent, EditionItem, NewsletterProfile
+from worker.editions.localisation import (
+    TEMPLATE_ROOT,
+    format_number,
+    format_period,
+    resolve_language,
+    translations,
+)
+from worker.editions.richtext import heading, markdown_to_html, markdown_to_text, tidy_text, wrap
+
+UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
+"""Placeholder for the recipient's unsubscribe link; substituted per delivery by the sender."""
+
+EDITION = "edition"
+TRANSACTIONAL = ("confirmation", "welcome", "unsubscribed")
+MESSAGES = (EDITION, *TRANSACTIONAL)
+# Messages whose reader is subscribed and so must see an unsubscribe link (RFC 8058 adds the
+# header; the visible link is what CAN-SPAM and GDPR practice expect).
+NEEDS_UNSUBSCRIBE = frozenset({EDITION, "welcome"})
+PARTS = ("subject.txt.j2", "preheader.txt.j2", "body.mjml.j2", "body.txt.j2")
+
+GMAIL_CLIP_BYTES = 102 * 1024
+"""Gmail shows "[Message clipped]" and hides the rest (including the unsubscribe link) above
+about 102 KB of HTML."""
+# Room for the substituted unsubscribe URL and tracking values that are not in the rendition yet.
+_PERSONALISATION_ALLOWANCE = 512
+
+
+class TemplateProblem(ValueError):
+    """A template that cannot be rendered: Jinja syntax or undefined value, MJML parse error,
+    a missing message part, or a missing unsubscribe placeholder. Raised at check/load time."""
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """One rendition: what goes into the MIME parts of every copy in one language.
+
+    ``html`` and ``text`` may contain placeholders (:data:`UNSUBSCRIBE_URL`); ``warnings`` are
+    human-readable notes that do not stop a send (e.g. Gmail clipping).
+    """
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    lang: str
+    warnings: tuple[str, ...] = ()
+
+
+def _autoescape(name: str | None) -> bool:
+    # select_autoescape(["mjml"]) would NOT match "body.mjml.j2" (it looks at the last suffix),
+    # so an editor's "<" would break MJML parsing: decide by the full name instead.
+    return name is not None and name.endswith((".mjml.j2", ".mjml", ".html.j2", ".html"))
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+@cache
+def environment(language: str) -> jinja2.Environment:
+    """The Jinja2 environment for ``language``: templates from ``templates/``, that language's
+    gettext catalogue, StrictUndefined, autoescape for MJML/HTML templates only."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_ROOT),
+        autoescape=_autoescape,
+        undefined=jinja2.StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    # Same whitespace rule as the extraction (templates/babel.cfg: trimmed = true).
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    env.filters["number"] = lambda value: format_number(value, language)
+    env.filters["host"] = _host
+    env.filters["wrap"] = wrap
+    env.filters["heading"] = heading
+    return env
+
+
+def _render_part(env: jinja2.Environment, name: str, part: str, context: Mapping[str, Any]) -> str:
+    where = f"{name}/{part}"
+    try:
+        return env.get_template(where).render(context)
+    except jinja2.TemplateNotFound as error:
+        raise TemplateProblem(f"{where}: template missing ({error.name})") from error
+    except jinja2.TemplateSyntaxError as error:
+        raise TemplateProblem(f"{error.name}:{error.lineno}: {error.message}") from error
+    except jinja2.UndefinedError as error:
+        raise TemplateProblem(f"{where} ({context.get('lang')}): {error.message}") from error
+
+
+def _one_line(text: str) -> str:
+    # Header values must not carry line breaks (RFC 5322 section 2.2); collapse all whitespace.
+    return " ".join(text.split())
+
+
+def _mjml_to_html(source: str, where: str) -> str:
+    try:
+        return mjml.mjml2html(source)
+    except ValueError as error:
+        raise TemplateProblem(f"{where}: MJML: {error}") from error
+
+
+def _size_warnings(html: str) -> tuple[str, ...]:
+    size = len(html.encode("utf-8")) + _PERSONALISATION_ALLOWANCE
+    if size <= GMAIL_CLIP_BYTES:
+        return ()
+    return (
+        f"HTML is {size / 1024:.0f} KB with personalisation; Gmail clips messages over "
+        f"{GMAIL_CLIP_BYTES // 1024} KB and hides the rest, including the unsubscribe link",
+    )
+
+
+@dataclass(frozen=True)
+class _Parts:
+    subject: str
+    preheader: str
+    mjml: str
+    text: str
+
+
+def _render_parts(name: str, language: str, context: Mapping[str, Any]) -> _Parts:
+    env = environment(language)
+    full = {**context, "lang": language}
+    subject = _one_line(_render_part(env, name, "subject.txt.j2", full))
+    if not subject:
+        raise TemplateProblem(f"{name}/subject.txt.j2 ({language}): empty subject")
+    preheader = _one_line(_render_part(env, name, "preheader.txt.j2", full))
+    full["subject"], full["preheader"] = subject, preheader
+    mjml_source = _render_part(env, name, "body.mjml.j2", full)
+    text = tidy_text(_render_part(env, name, "body.txt.j2", full))
+    return _Parts(subject, preheader, mjml_source, text)
+
+
+def _render(name: str, language: str, context: Mapping[str, Any]) -> RenderedMessage:
+    parts = _render_parts(name, language, context)
+    html = _mjml_to_html(parts.mjml, f"{name}/body.mjml.j2 ({language})")
+    if name in NEEDS_UNSUBSCRIBE:
+        for part, body in (("body.mjml.j2", html), ("body.txt.j2", parts.text)):
+            if UNSUBSCRIBE_URL not in body:
+                raise TemplateProblem(f"{name}/{part} ({language}): no unsubscribe link")
+    return RenderedMessage(
+        parts.subject, parts.preheader, html, parts.text, language, _size_warnings(html)
+    )
+
+
+def _newsletter_context(
+    profile: NewsletterProfile, language: str, public_url: str
+) -> dict[str, Any]:
+    return {
+        "newsletter": {
+            "name": profile.name[language],
+            "about": profile.about[language],
+            "site": profile.site,
+        },
+        "public_url": public_url.rstrip("/"),
+        "unsubscribe_url": UNSUBSCRIBE_URL,
+    }
+
+
+def _item_context(item: EditionItem) -> dict[str, Any]:
+    return {
+        "section": item.section,
+        "title": item.title,
+        "standfirst": item.standfirst,
+        "url": item.url,
+        "image": item.image,
+        "lead": item.lead,
+        # Safe by construction: markdown_to_html cleans with nh3 before we mark it.
+        "body_html": Markup(markdown_to_html(item.body)),
+        "body_text": markdown_to_text(item.body),
+    }
+
+
+def archive_url(public_url: str, key: str, language: str) -> str:
+    """The public "view in browser" page of one edition in one language."""
+    return f"{public_url.rstrip('/')}/archive/{key}/{language}"
+
+
+def _edition_context(
+    profile: NewsletterProfile, content: EditionContent, public_url: str
+) -> dict[str, Any]:
+    language = content.language
+    context = _newsletter_context(profile, language, public_url)
+    context["edition"] = {
+        "key": content.key,
+        "subject": content.subject,
+        "preheader": content.preheader,
+        "period": format_period(content.period_start, content.period_end, language),
+        "period_start": content.period_start,
+        "period_end": content.period_end,
+        "items": [_item_context(item) for item in content.items],
+    }
+    context["archive_url"] = archive_url(public_url, content.key, language)
+    return context
+
+
+def render_edition(
+    profile: NewsletterProfile, content: EditionContent, *, public_url: str
+) -> RenderedMessage:
+    """Render ``content`` (one language of an edition) into a rendition.
+
+    ``public_url`` is the web app's base URL; the mail links to
+    ``{public_url}/archive/{key}/{language}``. HTML and text each contain
+    :data:`UNSUBSCRIBE_URL` as the visible unsubscribe link. Raises :class:`TemplateProblem`.
+    About 3-4 ms per language once templates are compiled.
+    """
+    context = _edition_context(profile, content, public_url)
+    return _render(EDITION, content.language, context)
+
+
+def edition_mjml(profile: NewsletterProfile, content: EditionContent, *, public_url: str) -> str:
+    """The MJML that :func:`render_edition` feeds to mjml-python (for linting and fidelity)."""
+    context = _edition_context(profile, content, public_url)
+    return _render_parts(EDITION, content.language, context).mjml
+
+
+def render_message(
+    name: str,
+    language: str,
+    context: Mapping[str, Any],
+    *,
+    profile: NewsletterProfile,
+    public_url: str,
+    fallbacks: Sequence[str] = (),
+) -> RenderedMessage:
+    """Render the transactional message ``name`` (see :data:`TRANSACTIONAL`) for a reader of
+    ``language``.
+
+    ``context`` holds the message's own values: ``confirmation`` needs ``confirm_url`` and
+    ``expires_hours``; ``welcome`` and ``unsubscribed`` need nothing. A language the newsletter
+    does not offer falls back along ``fallbacks``, then to ``profile.default_language``.
+    Raises :class:`TemplateProblem` for an unknown message or a missing value.
+    """
+    chosen, full = _message_context(name, language, context, profile, public_url, fallbacks)
+    return _render(name, chosen, full)
+
+
+def _message_context(
+    name: str,
+    language: str,
+    context: Mapping[str, Any],
+    profile: NewsletterProfile,
+    public_url: str,
+    fallbacks: Sequence[str],
+) -> tuple[str, dict[str, Any]]:
+    if name not in TRANSACTIONAL:
+        raise TemplateProblem(f"unknown message {name!r}; known: {', '.join(TRANSACTIONAL)}")
+    chosen = resolve_language(language, profile.languages, (*fallbacks, profile.default_language))
+    return chosen, {**_newsletter_context(profile, chosen, public_url), **context}
+
+
+def message_mjml(
+    name: str,
+    language: str,
+    context: Mapping[str, Any],
+    *,
+    profile: NewsletterProfile,
+    public_url: str,
+    fallbacks: Sequence[str] = (),
+) -> str:
+    """The MJML that :func:`render_message` feeds to mjml-python (for linting and fidelity)."""
+    chosen, full = _message_context(name, language, context, profile, public_url, fallbacks)
+    return _render_parts(name, chosen, full).mjml
+
+
+def sample_context(name: str) -> dict[str, Any]:
+    """Values that make message ``name`` renderable, for checks and previews."""
+    if name == "confirmation":
+        return {"confirm_url": "https://example.org/confirm/TOKEN", "expires_hours": 48}
+    return {}
+
+
+def check_templates(profile: NewsletterProfile, public_url: str = "https://example.org") -> None:
+    """Render every transactional message in every language of ``profile``.
+
+    Raises :class:`TemplateProblem` for the first message that fails.
+    """
+    for name in TRANSACTIONAL:
+        for language in profile.languages:
+            render_message(
+                name, language, sample_context(name), profile=profile, public_url=public_url
+            )
+
+
+def unsubscribe_count(rendered: RenderedMessage) -> tuple[int, int]:
+    """How often :data:`UNSUBSCRIBE_URL` appears in (html, text)."""
+    return rendered.html.count(UNSUBSCRIBE_URL), rendered.text.count(UNSUBSCRIBE_URL)
+
+
+def messages_on_disk() -> tuple[str, ...]:
+    """Message folders under ``templates/`` that hold all :data:`PARTS`."""
+    return tuple(
+        sorted(
+            path.name
+            for path in TEMPLATE_ROOT.iterdir()
+            if path.is_dir() and all((path / part).is_file() for part in PARTS)
+        )
+    )
+
+
+def html_lang(html: str) -> str | None:
+    """The ``lang`` attribute of the ``<html>`` element, if any."""
+    match = re.search(r"<html[^>]*\slang=\"([^\"]+)\"", html)
+    return match.group(1) if match else None
+
+
+def render_all(
+    profile: NewsletterProfile, contents: Iterable[EditionContent], *, public_url: str
+) -> dict[str, RenderedMessage]:
+    """Render each content (language) of one edition; language -> rendition."""
+    return {
+        content.language: render_edition(profile, content, public_url=public_url)
+        for content in contents
+    }

@@ -1,0 +1,1 @@
+"""Operators: Prometheus metrics and the dashboard's numbers, derived on read from the ledger."""

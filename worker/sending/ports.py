@@ -1,0 +1,100 @@
+"""Contracts between the domain and its adapters (SMTP, Redis throttle, clock).
+
+The domain modules depend on these protocols only; ``worker.sending.smtp`` and
+``worker.sending.throttle``
+implement them, and tests may pass their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SmtpOutcome:
+    """What the relay said about one message to one recipient.
+
+    ``code`` is the SMTP reply code (RFC 5321 §4.2), 0 when no reply came (connection failed or
+    dropped). ``uncertain`` is True when the connection dropped after the message's final dot was
+    sent but before the reply was read: the relay may or may not have accepted it.
+    """
+
+    code: int
+    text: str
+    uncertain: bool = False
+    local: bool = False  # refused by us, not the relay (e.g. no SMTPUTF8): no recipient feedback
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+    @property
+    def transient(self) -> bool:
+        return not self.accepted and not self.permanent and not self.uncertain
+
+
+class Mailer(Protocol):
+    """Hands messages to an SMTP relay, reusing its connection between calls."""
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        """Send ``message`` (bytes with CRLF line ends) to one ``recipient``; never raises for SMTP
+        or network errors, which come back as an outcome. ``before_data`` runs after the relay
+        accepted the recipient and before DATA; if it returns False the transaction is reset and
+        nothing is sent (the outcome then has ``local=True``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A send slot: ``granted`` means send after sleeping ``wait`` seconds; otherwise nothing was
+    reserved and the caller should try again in ``wait`` seconds."""
+
+    granted: bool
+    wait: float
+
+
+class Throttle(Protocol):
+    """The sending rate shared by every worker process (global and per recipient domain)."""
+
+    def reserve(self, domain: str, max_wait: float) -> Reservation:
+        """Reserve the next slot for a message to ``domain`` if it comes within ``max_wait`` s."""
+        ...
+
+    def slow_down(self, domain: str) -> None:
+        """The domain answered 421/451: lower its rate for a while."""
+        ...
+
+    def acquire_connection(self, holder: str, ttl: float) -> bool:
+        """Take one of the shared SMTP connection slots for ``holder`` for ``ttl`` seconds (call
+        again to extend); False when all are taken."""
+        ...
+
+    def release_connection(self, holder: str) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """Wall-clock time in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,67 @@
+"""Transactional mail (confirmation, welcome): rendered per message, sent at once.
+
+Not bulk mail: no List-Unsubscribe, and a newsletter unsubscribe does not block it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from worker.editions.files import NewsletterProfile
+from worker.editions.rendering import UNSUBSCRIBE_URL, render_message
+from worker.models import Subscriber
+from worker.sending.mime import build_template, personalise
+from worker.sending.ports import Mailer, SmtpOutcome
+
+
+def send_transactional(
+    mailer: Mailer,
+    *,
+    name: str,
+    subscriber: Subscriber,
+    profile: NewsletterProfile,
+    context: dict[str, Any],
+    public_url: str,
+    bounce_address: str,
+    message_id_domain: str,
+    now: datetime,
+    fallbacks: tuple[str, ...] = (),
+) -> SmtpOutcome:
+    """Render message ``name`` in the subscriber's language and send it; returns the outcome.
+
+    ``context["unsubscribe_url"]``, when given, replaces the unsubscribe placeholder and becomes
+    the List-Unsubscribe header.
+    """
+    unsubscribe_url = str(context.get("unsubscribe_url") or "")
+    # The template gets the placeholder (rendering checks it is there); personalise() fills it in.
+    context = {k: v for k, v in context.items() if k != "unsubscribe_url"}
+    rendered = render_message(
+        name,
+        subscriber.language,
+        context,
+        profile=profile,
+        public_url=public_url,
+        fallbacks=fallbacks,
+    )
+    template = build_template(
+        subject=rendered.subject,
+        from_name=profile.from_name.get(rendered.lang, ""),
+        from_address=profile.from_address,
+        reply_to=profile.reply_to,
+        html=rendered.html,
+        text=rendered.text,
+        language=rendered.lang,
+    )
+    message = personalise(
+        template,
+        to=subscriber.ascii_email or subscriber.email,
+        message_id=f"<{name}.{uuid.uuid4().hex}@{message_id_domain}>",
+        date=now,
+        # A welcome mail goes to a subscriber: it carries the same unsubscribe link as an edition.
+        list_unsubscribe=[unsubscribe_url] if unsubscribe_url else [],
+        substitutions={UNSUBSCRIBE_URL: unsubscribe_url} if unsubscribe_url else {},
+    )
+    recipient = subscriber.ascii_email or subscriber.email
+    return mailer.send(bounce_address, recipient, message, smtputf8=subscriber.ascii_email is None)

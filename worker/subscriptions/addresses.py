@@ -1,0 +1,144 @@
+"""E-mail addresses: validation and normalisation with email-validator.
+
+What is stored: the normalised form (local part as typed, domain lowercased and in Unicode), the
+ASCII form with the domain as IDNA A-labels (what goes into RCPT TO), and a case-folded
+de-duplication key. Local parts are case-sensitive by RFC 5321 §2.4, so the stored address keeps
+their case, but in practice no provider treats them so, hence the case-insensitive key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import idna
+from email_validator import (
+    EmailNotValidError,
+    EmailSyntaxError,
+    EmailUndeliverableError,
+    validate_email,
+)
+
+
+@dataclass(frozen=True)
+class Address:
+    """A valid, normalised address."""
+
+    normalized: str  # "Ivan.Petrov@example.org", "chytach@прыклад.бел", "читатель@пример.рф"
+    ascii_email: (
+        str | None
+    )  # "chytach@xn--80aiqesg1f.xn--90ais"; None when only SMTPUTF8 can carry it
+    smtputf8: bool  # True when the local part is not ASCII (RFC 6531)
+    dedupe_key: str  # case-folded normalised form: one subscriber per key
+    ascii_domain: str  # A-label domain, used for per-domain throttling
+
+
+class AddressError(ValueError):
+    """An address that is refused, with a stable ``code`` and a human-readable message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_address(
+    raw: object,
+    *,
+    allow_smtputf8: bool = True,
+    check_deliverability: bool = False,
+    dns_timeout: float = 5.0,
+    blocked_domains: Collection[str] = (),
+) -> Address:
+    """Validate and normalise ``raw``.
+
+    ``allow_smtputf8`` is False when the configured relay does not offer SMTPUTF8 (RFC 6531); an
+    internationalised local part is then refused, because it could never be delivered.
+    ``check_deliverability`` looks the domain up in DNS (MX, then A/AAAA) with ``dns_timeout``
+    seconds. ``blocked_domains`` refuses those domains and their subdomains (e.g. disposable mail).
+    Local parts over 64 octets are accepted: RFC 5321 §4.5.3.1.1 is a limit real MTAs relax.
+
+    Raises ``AddressError`` with code ``not_a_string``, ``too_long``, ``domain_ends_with_dot``,
+    ``invalid``, ``smtputf8_unsupported``, ``blocked_domain`` or ``undeliverable``.
+    """
+    if not isinstance(raw, str):
+        raise AddressError("not_a_string", "the address must be a string")
+    if len(raw) > 320:
+        raise AddressError("too_long", "the address is longer than 320 characters")
+    text = raw.strip()
+    try:
+        result = validate_email(
+            text,
+            check_deliverability=check_deliverability,
+            allow_smtputf8=allow_smtputf8,
+            timeout=max(1, int(dns_timeout)) if check_deliverability else None,
+        )
+    except EmailUndeliverableError as exc:
+        raise AddressError("undeliverable", str(exc)) from None
+    except EmailSyntaxError as exc:
+        code = _syntax_code(text, str(exc), allow_smtputf8)
+        message = SMTPUTF8_REFUSED if code == "smtputf8_unsupported" else str(exc)
+        raise AddressError(code, message) from None
+    except EmailNotValidError as exc:
+        raise AddressError("invalid", str(exc)) from None
+    domain = result.domain.lower()
+    if _is_blocked(domain, blocked_domains) or _is_blocked(result.ascii_domain, blocked_domains):
+        raise AddressError("blocked_domain", f"addresses at {domain} are not accepted")
+    return Address(
+        normalized=result.normalized,
+        ascii_email=result.ascii_email,
+        smtputf8=result.smtputf8,
+        dedupe_key=result.normalized.casefold(),
+        ascii_domain=result.ascii_domain.lower(),
+    )
+
+
+SMTPUTF8_REFUSED = (
+    "this address has non-ASCII characters before the @-sign; it can only be delivered with "
+    "SMTPUTF8 (RFC 6531), which our mail relay does not offer"
+)
+
+
+def load_blocked_domains(path: str | Path) -> frozenset[str]:
+    """Domains from a file, one a line (``#`` starts a comment), lowercased and in both forms
+    (Unicode and IDNA A-labels) so either spelling in the file matches. ``""`` gives none.
+
+    Raises ``OSError`` if the file cannot be read.
+    """
+    if not path:
+        return frozenset()
+    domains: set[str] = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        domain = line.split("#", 1)[0].strip().lower().rstrip(".")
+        if not domain:
+            continue
+        domains.add(domain)
+        try:
+            domains.add(idna.encode(domain, uts46=True).decode("ascii"))
+            domains.add(idna.decode(domain))
+        except idna.IDNAError:
+            pass  # not a valid IDN: kept as written
+    return frozenset(domains)
+
+
+def _syntax_code(text: str, message: str, allow_smtputf8: bool) -> str:
+    if text.endswith("."):
+        return "domain_ends_with_dot"
+    if not allow_smtputf8 and "Internationalized characters before the @-sign" in message:
+        return "smtputf8_unsupported"
+    return "invalid"
+
+
+def _is_blocked(domain: str, blocked: Collection[str]) -> bool:
+    parts = domain.split(".")
+    return any(".".join(parts[i:]) in blocked for i in range(len(parts)))
+
+
+def dedupe_key_of(address: str) -> str:
+    """The de-duplication key of ``address``; an address email-validator refuses (e.g. from an
+    old import) is case-folded as it is. Never raises."""
+    try:
+        return parse_address(address).dedupe_key
+    except ValueError:
+        return address.strip().casefold()

@@ -1,0 +1,228 @@
+"""Abuse limits of the double opt-in: how many signups and confirmation mails a window allows.
+
+Signup forms are used to bomb strangers' inboxes with confirmation mails. Three limits, each a
+sliding window shared by every process through Redis:
+
+- signups per IP address per hour (a refused signup is recorded, nothing is stored or sent);
+- confirmation mails per address per day, and at most one per *resend window* for an address
+  that is already pending (a repeated signup re-sends at most once per window);
+- confirmation mails per recipient domain per minute (pacing: the mail waits for a slot).
+
+``SignupLimiter`` is the port the domain (``worker.subscriptions.signups``) and the actors use;
+``RedisSignupLimiter`` is the adapter (one Lua script: an exact sliding log per key, all keys
+checked before any is counted), ``MemorySignupLimiter`` the single-process stand-in for the demo.
+Keys hold keyed hashes, never addresses or IPs in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+DAY = 86_400.0
+HOUR = 3_600.0
+MINUTE = 60.0
+
+
+@dataclass(frozen=True)
+class AbuseLimits:
+    """Configured limits; a limit of 0 means unlimited. Windows in seconds."""
+
+    confirmations_per_address_per_day: int = 3
+    signups_per_ip_per_hour: int = 20
+    confirmations_per_domain_per_minute: int = 60
+    resend_window_seconds: float = 600.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AbuseLimits:
+        """From ``worker.settings.Settings`` (``confirmation_resend_minutes`` is in minutes)."""
+        return cls(
+            confirmations_per_address_per_day=settings.confirmations_per_address_per_day,
+            signups_per_ip_per_hour=settings.signups_per_ip_per_hour,
+            confirmations_per_domain_per_minute=settings.confirmations_per_domain_per_minute,
+            resend_window_seconds=settings.confirmation_resend_minutes * 60.0,
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer of a limiter: ``reason`` names the limit that refused (None when allowed),
+    ``retry_after`` the seconds until that limit has room again."""
+
+    allowed: bool
+    reason: str | None = None
+    retry_after: float = 0.0
+
+
+ALLOWED = Verdict(True)
+
+
+class SignupLimiter(Protocol):
+    """The abuse limits as the domain sees them. Each call that returns ``allowed`` counts."""
+
+    def allow_signup(self, ip: str) -> Verdict:
+        """One signup from ``ip``; refused with reason ``ip_limit``."""
+        ...
+
+    def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
+        """One confirmation mail to the address with de-duplication key ``address_key``;
+        refused with reason ``resend_window`` (only when ``repeat``: the address was already
+        waiting for a confirmation) or ``address_limit``."""
+        ...
+
+    def allow_domain(self, domain: str) -> Verdict:
+        """One confirmation mail to recipient ``domain`` (A-label); refused with reason
+        ``domain_limit`` and the seconds until a slot frees."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Window:
+    key: str
+    limit: int
+    seconds: float
+    reason: str
+
+
+class _WindowedLimiter:
+    """The key naming shared by both implementations; subclasses implement ``_take``."""
+
+    def __init__(
+        self, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse"
+    ) -> None:
+        self.limits = limits
+        self._hash_key = hash_key.encode()
+        self._prefix = prefix
+
+    def _hashed(self, kind: str, value: str) -> str:
+        digest = hmac.new(self._hash_key, value.casefold().encode(), hashlib.sha256).hexdigest()[
+            :32
+        ]
+        return f"{self._prefix}:{kind}:{digest}"
+
+    def allow_signup(self, ip: str) -> Verdict:
+        limit = self.limits.signups_per_ip_per_hour
+        return self._take([_Window(self._hashed("ip", ip), limit, HOUR, "ip_limit")])
+
+    def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
+        resend = self.limits.resend_window_seconds
+        # A first mail is not checked against the resend window but starts it (limit -1).
+        resend_limit = (1 if repeat else -1) if resend > 0 else 0
+        return self._take(
+            [
+                _Window(
+                    self._hashed("resend", address_key),
+                    resend_limit,
+                    resend,
+                    "resend_window",
+                ),
+                _Window(
+                    self._hashed("address", address_key),
+                    self.limits.confirmations_per_address_per_day,
+                    DAY,
+                    "address_limit",
+                ),
+            ]
+        )
+
+    def allow_domain(self, domain: str) -> Verdict:
+        limit = self.limits.confirmations_per_domain_per_minute
+        return self._take(
+            [_Window(f"{self._prefix}:domain:{domain.lower()}", limit, MINUTE, "domain_limit")]
+        )
+
+    def _take(self, windows: Sequence[_Window]) -> Verdict:
+        raise NotImplementedError
+
+
+# Sliding log per key: drop entries older than the window, refuse if any key is full (with the
+# wait until its oldest entry leaves), otherwise add one entry to every key. A limit of 0 means
+# no limit (nothing stored), -1 "record only" (stored, not checked). Server time, so
+# that processes on different hosts agree.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  if limit > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+    if redis.call('ZCARD', KEYS[i]) >= limit then
+      local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+      return {i, tonumber(oldest[2]) + window - now}
+    end
+  end
+end
+for i = 1, #KEYS do
+  if tonumber(ARGV[2 * i]) ~= 0 then
+    redis.call('ZADD', KEYS[i], now, ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
+  end
+end
+return {0, 0}
+"""
+
+
+class RedisSignupLimiter(_WindowedLimiter):
+    """The limits in Redis, shared by every worker and web process (one script call each)."""
+
+    def __init__(
+        self, client: Any, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse"
+    ) -> None:
+        super().__init__(limits, hash_key, prefix)
+        self._script: Callable[..., Any] = client.register_script(_TAKE)
+
+    def _take(self, windows: Sequence[_Window]) -> Verdict:
+        args: list[object] = [uuid.uuid4().hex]
+        for window in windows:
+            args += [window.limit, max(1, int(window.seconds * 1000))]
+        index, wait_ms = self._script(keys=[w.key for w in windows], args=args)
+        if int(index) == 0:
+            return ALLOWED
+        window = windows[int(index) - 1]
+        return Verdict(False, window.reason, max(0.0, int(wait_ms) / 1000))
+
+
+class MemorySignupLimiter(_WindowedLimiter):
+    """The same limits in this process only (the demo without Redis; not for several processes)."""
+
+    def __init__(
+        self, limits: AbuseLimits, hash_key: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(limits, hash_key)
+        self._logs: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def _take(self, windows: Sequence[_Window]) -> Verdict:
+        with self._lock:
+            now = self._clock()
+            for window in windows:
+                if window.limit <= 0:
+                    continue
+                log = self._logs.setdefault(window.key, deque())
+                while log and log[0] <= now - window.seconds:
+                    log.popleft()
+                if len(log) >= window.limit:
+                    return Verdict(False, window.reason, log[0] + window.seconds - now)
+            for window in windows:
+                if window.limit != 0:
+                    self._logs.setdefault(window.key, deque()).append(now)
+            return ALLOWED
+
+
+def signup_limiter(settings: Any) -> SignupLimiter:
+    """The limiter for ``worker.settings.Settings``: Redis if ``redis_url`` is set, else memory."""
+    limits = AbuseLimits.from_settings(settings)
+    if not settings.redis_url:
+        return MemorySignupLimiter(limits, settings.secret_key)
+    import redis
+
+    return RedisSignupLimiter(redis.Redis.from_url(settings.redis_url), limits, settings.secret_key)

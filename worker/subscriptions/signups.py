@@ -1,0 +1,572 @@
+"""Signup events and double opt-in: validate, limit, record consent, confirm, unsubscribe, purge.
+
+The signup event (version 1, docs/signup-event.md) is the JSON a website sends, through the queue
+or the HTTP endpoint; both validate it with ``validate_signup``. ``process_signup`` is what the
+signup actor does: every refusal is recorded with its reason (``SignupRefusal``), never raised.
+The workflow never sends mail itself: it returns what should happen next
+(``SignupOutcome.send_confirmation``) and the caller enqueues the mail. Abuse limits come in
+through the ``worker.subscriptions.limits.SignupLimiter`` port.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from ipaddress import ip_address
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from worker.editions.files import NewsletterProfile
+from worker.feedback.suppressions import email_hash, is_suppressed
+from worker.models import (
+    Consent,
+    FeedbackEvent,
+    Newsletter,
+    SignupRefusal,
+    Subscriber,
+    SubscriberStatus,
+)
+from worker.subscriptions.addresses import (
+    Address,
+    AddressError,
+    load_blocked_domains,
+    parse_address,
+)
+from worker.subscriptions.limits import SignupLimiter
+from worker.subscriptions.tokens import Purpose, TokenClaims, TokenError, Tokens
+
+SCHEMA_VERSION = 1
+
+
+def _one_line(text: str) -> str:
+    """No control characters (CR/LF header injection, NUL that PostgreSQL refuses)."""
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise ValueError("must be one line without control characters")
+    return text
+
+
+def _text(max_length: int, min_length: int = 0) -> Any:
+    return Annotated[
+        str,
+        StringConstraints(min_length=min_length, max_length=max_length),
+        AfterValidator(_one_line),
+    ]
+
+
+class SignupEvent(BaseModel):
+    """A signup event, version 1 (docs/signup-event.md). Unknown fields are refused so that typos
+    surface; lengths match the columns of ``Consent`` they are stored in."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: Literal[1] = 1
+    event_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")
+    ]
+    email: _text(320, 3)  # type: ignore[valid-type]
+    language: Annotated[
+        str,
+        StringConstraints(
+            min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$"
+        ),
+    ]
+    newsletter: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    ] = "weekly"
+    source: _text(200) | None = None  # type: ignore[valid-type]
+    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
+    user_agent: _text(512) | None = None  # type: ignore[valid-type]
+    consent_version: _text(100) | None = None  # type: ignore[valid-type]
+    occurred_at: datetime | None = Field(default=None, strict=False)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else str(ip_address(value))
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if not 2000 <= value.year <= 2100:
+            raise ValueError("must be a time between the years 2000 and 2100")
+        return value
+
+
+class SignupRefused(ValueError):
+    """A refused signup event: ``reason`` is a stable code, ``detail`` says what is wrong where.
+
+    Reasons: ``malformed``, ``invalid_address``, ``unsupported_language``, ``unknown_newsletter``,
+    ``ip_limit``, ``suppressed``; for a recorded signup that got no confirmation mail:
+    ``resend_window``, ``address_limit``.
+    """
+
+    def __init__(self, reason: str, detail: str, event_id: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.event_id = event_id
+
+
+@dataclass(frozen=True)
+class AddressRules:
+    """How addresses are checked at signup (from settings; see
+    ``worker.subscriptions.addresses``)."""
+
+    allow_smtputf8: bool = True
+    check_deliverability: bool = False
+    dns_timeout: float = 5.0
+    blocked_domains: frozenset[str] = field(default_factory=frozenset)
+
+    @staticmethod
+    @cache
+    def from_settings(settings: Any) -> AddressRules:
+        """From ``worker.settings.Settings``; reads ``blocked_domains_path`` once per process."""
+        return AddressRules(
+            allow_smtputf8=settings.smtputf8_relay,
+            check_deliverability=settings.check_deliverability,
+            dns_timeout=settings.dns_timeout_seconds,
+            blocked_domains=load_blocked_domains(settings.blocked_domains_path),
+        )
+
+
+@dataclass(frozen=True)
+class ValidSignup:
+    """A signup event that passed the schema and the address check."""
+
+    event: SignupEvent
+    address: Address
+
+
+def parse_signup_event(data: Any) -> SignupEvent:
+    """Validate a decoded JSON value as a signup event (a JSON string holding the object, as
+    some PHP sites send, is decoded first).
+
+    Raises ``SignupRefused`` with reason ``malformed`` (not an object, missing or unknown fields,
+    wrong types; the detail names each field) — the address itself is checked later.
+    """
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise SignupRefused("malformed", f"event: not JSON ({exc})") from None
+    event_id = data.get("event_id") if isinstance(data, dict) else None
+    event_id = _clean(event_id)[:100] if isinstance(event_id, str) and event_id else None
+    if not isinstance(data, dict):
+        raise SignupRefused("malformed", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return SignupEvent.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SignupRefused("malformed", problems, event_id) from None
+
+
+def validate_signup(
+    data: Any, rules: AddressRules, languages: Sequence[str] | None = None
+) -> ValidSignup:
+    """The one validation of both entry points: schema, address, and (if ``languages`` is
+    given) the language. Raises ``SignupRefused``."""
+    event = parse_signup_event(data)
+    if languages is not None:
+        event = event.model_copy(update={"language": _language(event, languages)})
+    try:
+        address = parse_address(
+            event.email,
+            allow_smtputf8=rules.allow_smtputf8,
+            check_deliverability=rules.check_deliverability,
+            dns_timeout=rules.dns_timeout,
+            blocked_domains=rules.blocked_domains,
+        )
+    except AddressError as exc:
+        raise SignupRefused(
+            "invalid_address", f"email: {exc.message} ({exc.code})", event.event_id
+        ) from None
+    return ValidSignup(event, address)
+
+
+def _language(event: SignupEvent, languages: Sequence[str]) -> str:
+    """The exact language tag, or its base language (``be-BY`` -> ``be``); else refused."""
+    tag = event.language.replace("_", "-").lower()
+    for candidate in (tag, tag.split("-")[0]):
+        if candidate in languages:
+            return candidate
+    raise SignupRefused(
+        "unsupported_language",
+        f"language: {event.language!r} is not one of {', '.join(languages)}",
+        event.event_id,
+    )
+
+
+def _clean(text: str) -> str:
+    """Text that any database stores: lone surrogates replaced, NUL removed."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+
+
+def record_refusal(
+    session: Session, refusal: SignupRefused, payload: Any, now: datetime
+) -> SignupRefusal:
+    """Keep a refused event with its reason (never lost silently); the payload is cut at 8 KB."""
+    try:
+        text = (
+            payload
+            if isinstance(payload, str)
+            else json.dumps(payload, ensure_ascii=False, default=str)
+        )
+    except (TypeError, ValueError, RecursionError):
+        text = repr(payload)
+    row = SignupRefusal(
+        event_id=_clean(refusal.event_id)[:100] if refusal.event_id else None,
+        received_at=now,
+        reason=refusal.reason[:64],
+        detail=_clean(refusal.detail)[:2000],
+        payload=_clean(text[:8192]),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class SignupOutcome:
+    """What a signup leads to. The same HTTP answer is given for every outcome (no enumeration).
+
+    ``status``: ``pending`` (a confirmation mail is due), ``already_confirmed``, ``suppressed``,
+    ``duplicate_event``, ``refused`` or ``limited`` (recorded, no mail: see ``reason``).
+    """
+
+    subscriber_id: int | None
+    send_confirmation: bool
+    status: str
+    reason: str | None = None
+    repeat: bool = False  # the address was already waiting for a confirmation
+
+
+def process_signup(
+    session: Session,
+    data: Any,
+    *,
+    newsletter: Newsletter,
+    profile: NewsletterProfile,
+    rules: AddressRules,
+    limiter: SignupLimiter,
+    hash_key: str,
+    now: datetime,
+) -> SignupOutcome:
+    """Everything the signup actor does with one event, as received (any JSON value).
+
+    Validates, applies the per-IP limit, records the signup (``sign_up``) and the per-address
+    confirmation limits. Never raises ``SignupRefused``: a refusal is recorded and returned as
+    status ``refused`` or ``limited`` with its reason. ``newsletter`` is the default one; an
+    event naming another slug uses that one.
+    """
+    try:
+        valid = validate_signup(data, rules, profile.languages)
+        event = valid.event
+        if session.scalar(select(Consent.id).where(Consent.event_id == event.event_id)) is not None:
+            return SignupOutcome(None, False, "duplicate_event")
+        newsletter = _newsletter(session, newsletter, event)
+        if event.ip:
+            verdict = limiter.allow_signup(event.ip)
+            if not verdict.allowed:
+                raise SignupRefused(
+                    "ip_limit", f"too many signups from {event.ip} in the last hour", event.event_id
+                )
+        outcome = sign_up(session, valid, newsletter_id=newsletter.id, now=now, hash_key=hash_key)
+    except SignupRefused as refusal:
+        record_refusal(session, refusal, data, now)
+        return SignupOutcome(None, False, "refused", refusal.reason)
+    if outcome.status == "suppressed":
+        # Recorded without the payload: it would hold the address of an erased person again.
+        detail = "the address is on the suppression list (by keyed hash); nothing stored or sent"
+        record_refusal(session, SignupRefused("suppressed", detail, event.event_id), {}, now)
+        return replace(outcome, reason="suppressed")
+    if not outcome.send_confirmation:
+        return outcome
+    verdict = limiter.allow_confirmation(valid.address.dedupe_key, repeat=outcome.repeat)
+    if verdict.allowed:
+        return outcome
+    detail = (
+        f"signup recorded, no confirmation mail: {verdict.reason} "
+        f"(next one possible in {verdict.retry_after:.0f} s)"
+    )
+    record_refusal(
+        session, SignupRefused(verdict.reason or "limited", detail, event.event_id), data, now
+    )
+    return replace(outcome, send_confirmation=False, status="limited", reason=verdict.reason)
+
+
+def _newsletter(session: Session, default: Newsletter, event: SignupEvent) -> Newsletter:
+    if event.newsletter == default.slug:
+        return default
+    other = session.scalar(select(Newsletter).where(Newsletter.slug == event.newsletter))
+    if other is None:
+        raise SignupRefused(
+            "unknown_newsletter", f"newsletter: no newsletter {event.newsletter!r}", event.event_id
+        )
+    return other
+
+
+def sign_up(
+    session: Session, valid: ValidSignup, *, newsletter_id: int, now: datetime, hash_key: str
+) -> SignupOutcome:
+    """Record a validated signup: create or refresh a pending subscriber and its consent.
+
+    A suppressed address (also an erased person, by keyed hash) is not stored and gets nothing.
+    A new signup sets the subscriber's language. New, pending and unsubscribed subscribers go
+    (again) through double opt-in; confirmed ones stay as they are. A repeated event id is a
+    no-op (at-least-once delivery of queue messages).
+    """
+    event, address = valid.event, valid.address
+    if session.scalar(select(Consent.id).where(Consent.event_id == event.event_id)) is not None:
+        return SignupOutcome(None, False, "duplicate_event")
+    if is_suppressed(session, email_hash(address.dedupe_key, hash_key)):
+        return SignupOutcome(None, False, "suppressed")
+    subscriber = session.scalar(
+        select(Subscriber).where(
+            Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
+        )
+    )
+    inserted = False
+    if subscriber is None:
+        subscriber, inserted = _insert_subscriber(
+            session, newsletter_id, address, event.language, now
+        )
+    repeat = subscriber.status == SubscriberStatus.PENDING and not inserted
+    if subscriber.status == SubscriberStatus.SUPPRESSED:
+        return SignupOutcome(subscriber.id, False, "suppressed")
+    subscriber.language = event.language  # a new signup changes the language
+    subscriber.updated_at = now
+    _add_consent(session, subscriber, event, now)
+    if subscriber.status == SubscriberStatus.CONFIRMED:
+        session.flush()
+        return SignupOutcome(subscriber.id, False, "already_confirmed")
+    subscriber.status = SubscriberStatus.PENDING
+    if subscriber.confirm_nonce is None:
+        subscriber.confirm_nonce = secrets.token_urlsafe(9)
+    session.flush()
+    return SignupOutcome(subscriber.id, True, "pending", repeat=repeat)
+
+
+def _insert_subscriber(
+    session: Session, newsletter_id: int, address: Address, language: str, now: datetime
+) -> tuple[Subscriber, bool]:
+    """Insert the subscriber unless a concurrent signup of the same address just did; return
+    the row and whether this call inserted it. ON CONFLICT DO NOTHING rather than catching
+    IntegrityError: no rollback, no retried message, the abuse limits asked once per event."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = _new_subscriber(newsletter_id, address, language, now)
+    columns = {c.key: getattr(values, c.key) for c in Subscriber.__table__.columns if c.key != "id"}
+    result = session.execute(
+        insert(Subscriber)
+        .values(**columns)
+        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
+    )
+    row = session.scalars(
+        select(Subscriber).where(
+            Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
+        )
+    ).one()
+    return row, result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _new_subscriber(
+    newsletter_id: int, address: Address, language: str, now: datetime
+) -> Subscriber:
+    return Subscriber(
+        newsletter_id=newsletter_id,
+        email=address.normalized,
+        email_key=address.dedupe_key,
+        ascii_email=address.ascii_email,
+        domain=address.ascii_domain,
+        language=language,
+        status=SubscriberStatus.PENDING,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _add_consent(
+    session: Session, subscriber: Subscriber, event: SignupEvent, now: datetime
+) -> None:
+    session.add(
+        Consent(
+            subscriber=subscriber,
+            event_id=event.event_id,
+            signed_up_at=event.occurred_at or now,
+            ip=event.ip,
+            user_agent=event.user_agent,
+            source=event.source,
+            consent_version=event.consent_version,
+            language=event.language,
+            method="double_opt_in",
+        )
+    )
+
+
+def confirmation_token(tokens: Tokens, subscriber: Subscriber) -> str:
+    """The token for ``subscriber``'s confirmation link; raises ``ValueError`` if not pending."""
+    if subscriber.status != SubscriberStatus.PENDING or not subscriber.confirm_nonce:
+        raise ValueError("only a pending subscriber has a confirmation link")
+    return tokens.issue(Purpose.CONFIRM, subscriber.id, subscriber.confirm_nonce)
+
+
+def check_confirmation(
+    session: Session, tokens: Tokens, token: str, max_age_seconds: float
+) -> tuple[Subscriber, TokenClaims]:
+    """The subscriber a confirmation token is for, without changing anything (for the GET page).
+
+    Raises ``TokenError``: ``forged``, ``expired``, or ``used`` (already confirmed, or superseded).
+    """
+    claims = tokens.check(Purpose.CONFIRM, token, max_age_seconds)
+    subscriber = session.get(Subscriber, claims.subscriber_id)
+    if subscriber is None:
+        raise TokenError("forged", "this link is not valid")
+    if subscriber.status != SubscriberStatus.PENDING or subscriber.confirm_nonce != claims.nonce:
+        raise TokenError("used", "this link has already been used")
+    return subscriber, claims
+
+
+def subscriber_of_link(session: Session, tokens: Tokens, token: str) -> Subscriber | None:
+    """The subscriber a correctly signed confirmation link names, however old the link is
+    (for the language of an error page and the "send me a new mail" form); None if forged."""
+    try:
+        claims = tokens.check(Purpose.CONFIRM, token, None)
+    except TokenError:
+        return None
+    return session.get(Subscriber, claims.subscriber_id)
+
+
+def resend_target(session: Session, tokens: Tokens, token: str) -> Subscriber | None:
+    """The still-pending subscriber an expired (or current) confirmation link was for, who may
+    get a new confirmation mail; None for forged links, used links and anyone not pending."""
+    subscriber = subscriber_of_link(session, tokens, token)
+    if subscriber is None or subscriber.status != SubscriberStatus.PENDING:
+        return None
+    claims = tokens.check(Purpose.CONFIRM, token, None)
+    return subscriber if claims.nonce == subscriber.confirm_nonce else None
+
+
+def confirm(
+    session: Session,
+    tokens: Tokens,
+    token: str,
+    *,
+    max_age_seconds: float,
+    now: datetime,
+    ip: str | None,
+    user_agent: str | None,
+) -> Subscriber:
+    """Confirm the subscription (the POST from the confirmation page): single use.
+
+    Records when and from where (IP, user agent) on the latest unconfirmed consent. Raises
+    ``TokenError`` as ``check_confirmation`` does.
+    """
+    subscriber, _ = check_confirmation(session, tokens, token, max_age_seconds)
+    subscriber.status = SubscriberStatus.CONFIRMED
+    subscriber.confirm_nonce = None  # the token stops working
+    subscriber.confirmed_at = subscriber.updated_at = now
+    consent = session.scalar(
+        select(Consent)
+        .where(Consent.subscriber_id == subscriber.id, Consent.confirmed_at.is_(None))
+        .order_by(Consent.signed_up_at.desc(), Consent.id.desc())
+    )
+    if consent is not None:
+        consent.confirmed_at = now
+        consent.confirm_ip = (ip or "")[:64] or None
+        consent.confirm_user_agent = _clean(user_agent or "")[:512] or None
+    session.flush()
+    return subscriber
+
+
+def purge_unconfirmed(session: Session, *, now: datetime, older_than: timedelta) -> int:
+    """Forget signups left unconfirmed for longer than ``older_than``; returns how many.
+
+    A pending subscriber who never confirmed is deleted with its consents. One who was once
+    confirmed (unsubscribed, then signed up again without confirming) returns to
+    ``unsubscribed``: the ledger rows of past editions stay, the unconfirmed consents go.
+    """
+    cutoff = now - older_than
+    stale = session.scalars(
+        select(Subscriber).where(
+            Subscriber.status == SubscriberStatus.PENDING, Subscriber.updated_at < cutoff
+        )
+    ).all()
+    for subscriber in stale:
+        session.execute(
+            delete(Consent).where(
+                Consent.subscriber_id == subscriber.id, Consent.confirmed_at.is_(None)
+            )
+        )
+        if subscriber.confirmed_at is None:
+            session.delete(subscriber)
+        else:
+            subscriber.status = SubscriberStatus.UNSUBSCRIBED
+            subscriber.confirm_nonce = None
+            subscriber.updated_at = now
+    session.flush()
+    return len(stale)
+
+
+def unsubscribe_token(tokens: Tokens, subscriber_id: int) -> str:
+    return tokens.issue(Purpose.UNSUBSCRIBE, subscriber_id)
+
+
+def unsubscribe(
+    session: Session,
+    tokens: Tokens,
+    token: str,
+    *,
+    source: str,
+    now: datetime,
+    request_id: str | None = None,
+) -> Subscriber:
+    """Unsubscribe the subscriber named by an unsubscribe token and record the feedback event.
+
+    ``source`` is ``one_click`` (RFC 8058), ``page`` or ``mailto``. Idempotent: unsubscribing twice
+    records one event per ``request_id`` and leaves the status as it is. Transactional mail (a new
+    double opt-in) stays possible: this is not a suppression. Raises ``TokenError`` (``forged``).
+    """
+    claims = tokens.check(Purpose.UNSUBSCRIBE, token)
+    subscriber = session.get(Subscriber, claims.subscriber_id)
+    if subscriber is None:
+        raise TokenError("forged", "this link is not valid")
+    if subscriber.status in (SubscriberStatus.CONFIRMED, SubscriberStatus.PENDING):
+        subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        subscriber.unsubscribed_at = subscriber.updated_at = now
+        event_id = request_id or f"unsubscribe:{subscriber.id}:{now.isoformat()}"
+        session.add(
+            FeedbackEvent(
+                source_event_id=event_id,
+                kind="unsubscribe",
+                source=source,
+                subscriber_id=subscriber.id,
+                recipient=None,
+                occurred_at=now,
+                recorded_at=now,
+            )
+        )
+    session.flush()
+    return subscriber

@@ -1,0 +1,1 @@
+"""The web app (FastAPI): readers' pages, signup, webhooks, metrics and the dashboard."""

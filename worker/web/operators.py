@@ -1,0 +1,167 @@
+"""Operators' endpoints on the web app: ``/metrics``, ``/readyz`` and the ``/dashboard``.
+
+``/metrics`` serves every process's counters (prometheus-client multiprocess mode) plus gauges
+read from the ledger; ``/readyz`` answers 200 only when the database and Redis answer (load
+balancers and Kubernetes take the process out of rotation otherwise; ``/healthz`` in
+``worker.web.app`` only says the process is alive). ``/dashboard`` is behind HTTP Basic
+authentication (RFC 7617) with the password ``NEWSLETTER_OPERATOR_PASSWORD`` (any user name);
+with no password configured nobody gets in.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from markupsafe import Markup
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from worker.operators import charts
+from worker.operators.dashboard import (
+    COMPLAINT_LIMIT,
+    COMPLAINT_WARN,
+    FUNNEL_COLUMNS,
+    UNSUBSCRIBE_DEADLINE,
+    LedgerCollector,
+    Overview,
+    overview,
+)
+from worker.operators.metrics import exposition
+from worker.runtime import Runtime
+from worker.settings import TEMPLATES_DIR
+
+_basic = HTTPBasic(realm="newsletter operators", auto_error=False)
+
+
+def operator_router(runtime: Runtime) -> APIRouter:
+    """The router for ``runtime``; include it in the FastAPI app."""
+    router = APIRouter()
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR / "operator")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(percent=_percent, duration=_duration)
+    session_factory: Callable[[], AbstractContextManager[Session]] = runtime.session
+
+    def operator(credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
+        expected = runtime.settings.operator_password
+        given = credentials.password if credentials else ""
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "operator login required",
+                headers={"WWW-Authenticate": 'Basic realm="newsletter operators", charset="UTF-8"'},
+            )
+
+    @router.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text exposition format (version 0.0.4)."""
+        body, content_type = exposition([LedgerCollector(session_factory)])
+        return Response(body, media_type=content_type)
+
+    @router.get("/readyz")
+    def readyz() -> Response:
+        """200 ``{"database": "ok", "redis": "ok"}`` when both answer; 503 naming the failure."""
+        checks = {"database": _check_database(runtime), "redis": _check_redis(runtime)}
+        ready = all(v in ("ok", "not configured") for v in checks.values())
+        return JSONResponse(
+            checks, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"}
+        )
+
+    @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Depends(operator)])
+    def dashboard(
+        send: Annotated[int | None, Query()] = None, days: Annotated[int, Query(ge=1, le=365)] = 30
+    ) -> Response:
+        """The dashboard page (server-rendered HTML with inline SVG charts)."""
+        with session_factory() as session:
+            data = overview(session, runtime.clock.now(), send_id=send, days=days)
+        html = env.get_template("dashboard.html.j2").render(
+            o=data,
+            charts=charts,
+            columns=FUNNEL_COLUMNS,
+            warn=COMPLAINT_WARN,
+            limit=COMPLAINT_LIMIT,
+            deadline_hours=int(UNSUBSCRIBE_DEADLINE.total_seconds() // 3600),
+            rate_chart=_rate_chart(data),
+            signup_chart=_signup_chart(data),
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+    return router
+
+
+def _rate_chart(data: Overview) -> Markup:
+    if data.selected is None:
+        return Markup("")
+    fmt = "%H:%M:%S" if data.selected.rate_bucket_seconds < 60 else "%m-%d %H:%M"
+    points = [(at.strftime(fmt), float(n)) for at, n in data.selected.rate]
+    return charts.bars(points, width=460, colour=charts.COLOURS["sent"], title="send rate")
+
+
+def _signup_chart(data: Overview) -> Markup:
+    points = [(day.day.isoformat(), float(day.signups)) for day in data.signups]
+    rates = [
+        (day.day.isoformat(), round((day.confirmation_rate or 0.0) * 100, 1))
+        for day in data.signups
+    ]
+    if not any(value for _, value in points):
+        return Markup('<p class="muted">No signup in the window.</p>')
+    return Markup(
+        charts.bars(points, height=120, title="signups per day")
+        + charts.bars(
+            rates, height=80, colour=charts.COLOURS["confirmed"], title="confirmation rate"
+        )
+    )
+
+
+def _check_database(runtime: Runtime) -> str:
+    try:
+        with runtime.session() as session:
+            session.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:  # any driver error means "not ready"
+        return f"error: {type(exc).__name__}"
+
+
+def _check_redis(runtime: Runtime) -> str:
+    url = runtime.settings.redis_url
+    if not url:
+        return "not configured"
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+        return "ok"
+    except redis.RedisError as exc:
+        return f"error: {type(exc).__name__}"
+    finally:
+        client.close()
+
+
+def _percent(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value * 100:.{digits}f} %"
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return "–"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+__all__ = ["operator_router"]
