@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from worker.models import Delivery, DeliveryState, Send, SendStatus, Subscriber, SubscriberStatus
+from worker.models import Delivery, Send, Subscriber
 from worker.operators import metrics
 from worker.sending.composer import Composer
 from worker.sending.dispatch import (
@@ -45,6 +45,7 @@ from worker.sending.dispatch import (
     record_outcome,
 )
 from worker.sending.ports import Clock, Mailer, Reservation, Throttle
+from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 CHUNK = 50
 

@@ -21,12 +21,12 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from tests.services import PG_ADMIN, redis_url
 from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer
 from worker.models import Base
 from worker.runtime import Runtime
 from worker.settings import EXAMPLES_DIR, Settings
-from tests.services import PG_ADMIN, redis_url
 
 REDIS_URL = redis_url(0)
 CASES = Path(__file__).parent / "cases"

@@ -11,11 +11,12 @@ from sqlalchemy import insert, select
 from tests.conftest import SAMPLE_EDITION
 from worker.editions.files import read_edition
 from worker.editions.store import save_edition
-from worker.models import Delivery, Subscriber, SubscriberStatus
+from worker.models import Delivery, Subscriber
 from worker.runtime import Runtime
 from worker.sending.dispatch import BatchReport, send_batch
 from worker.sending.sends import create_send, plan_send
 from worker.sending.throttle import LocalThrottle
+from worker.states import SubscriberStatus
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import SAMPLE_EDITION
+from tests.services import redis_url
 from worker.cli.demo import INVALID, READERS, UNCONFIRMED
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer
@@ -30,7 +31,6 @@ from worker.models import SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.web.app import create_app
-from tests.services import redis_url
 
 SECRET = "demo-test-secret-key-0123456789"
 DEMO_REDIS = redis_url(1)

@@ -33,7 +33,6 @@ from worker.feedback.policy import (
 from worker.feedback.report import FeedbackReport
 from worker.models import (
     Delivery,
-    DeliveryState,
     Edition,
     FeedbackEvent,
     Newsletter,
@@ -43,6 +42,7 @@ from worker.models import (
 )
 from worker.runtime import Runtime
 from worker.sending.identity import verp_address
+from worker.states import DeliveryState
 from worker.subscriptions.signups import unsubscribe_token
 
 CASES = Path(__file__).parent / "cases"

@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.conftest import SAMPLE_EDITION
+from tests.services import redis_url
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
@@ -38,7 +39,6 @@ from worker.runtime import Runtime
 from worker.sending.sends import create_send
 from worker.settings import Settings
 from worker.web.app import create_app
-from tests.services import redis_url
 
 pytestmark = pytest.mark.slow  # two dramatiq worker processes per test: 10–30 s each
 

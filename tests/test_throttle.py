@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from tests.sendkit import run_batch, seed, start_send, states
+from tests.services import redis_url
 from worker.runtime import Runtime
 from worker.sending.throttle import RedisThrottle
-from tests.services import redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

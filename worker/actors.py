@@ -20,7 +20,7 @@ from worker.broker import (
 )
 from worker.editions.store import profile_of
 from worker.logs import log_context
-from worker.models import Send, SendStatus, Subscriber, SubscriberStatus
+from worker.models import Send, Subscriber
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.sending.dispatch import expire_leases, finish_send_if_done, pending_batches
@@ -28,6 +28,7 @@ from worker.sending.dispatch import send_batch as send_batch_domain
 from worker.sending.sends import plan_send as plan_send_domain
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
+from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.limits import SignupLimiter, signup_limiter
 from worker.subscriptions.signups import (
     AddressRules,

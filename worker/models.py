@@ -8,7 +8,6 @@ new state needs no migration of an enum type.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -28,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 # BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (the rowid alias) on SQLite.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -61,42 +62,6 @@ class Base(DeclarativeBase):
         datetime: UTCDateTime(),
         dict[str, Any]: JSON,
     }
-
-
-class SubscriberStatus(StrEnum):
-    PENDING = "pending"  # signed up, confirmation mail sent, not yet confirmed
-    CONFIRMED = "confirmed"  # double opt-in completed: receives editions
-    UNSUBSCRIBED = "unsubscribed"  # asked to stop; a new signup starts double opt-in again
-    SUPPRESSED = "suppressed"  # must not be mailed (hard bounce, complaint, erasure)
-
-
-class SendStatus(StrEnum):
-    SCHEDULED = "scheduled"
-    PLANNING = "planning"
-    SENDING = "sending"
-    PAUSED = "paused"  # batches return without sending; resume re-enqueues them
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-
-
-class DeliveryState(StrEnum):
-    QUEUED = "queued"  # planned, not yet attempted (or released after a throttle)
-    SENDING = "sending"  # claimed by a worker, with a lease, SMTP transaction under way
-    SUBMITTING = "submitting"  # recipient accepted, DATA under way: a lost outcome here is unknown
-    SENT = "sent"  # the relay accepted it (2xx after DATA): submitted, not necessarily delivered
-    DEFERRED = "deferred"  # 4xx: retried with backoff after next_attempt_at
-    FAILED = "failed"  # 5xx or an address the relay cannot take; never retried
-    EXPIRED = "expired"  # still deferred when the maximum retry age ran out (a soft outcome)
-    SKIPPED = "skipped"  # no longer eligible when its turn came (unsubscribed, suppressed)
-    UNKNOWN = "unknown"  # the lease ran out with the outcome unknown: resent only by an operator
-
-
-UNFINISHED_STATES = (
-    DeliveryState.QUEUED,
-    DeliveryState.SENDING,
-    DeliveryState.SUBMITTING,
-    DeliveryState.DEFERRED,
-)
 
 
 class Newsletter(Base):

@@ -17,7 +17,8 @@ from worker.editions.files import (
     NewsletterProfile,
     read_newsletter_profile,
 )
-from worker.models import Edition, EditionContentRow, Newsletter, Send, SendStatus
+from worker.models import Edition, EditionContentRow, Newsletter, Send
+from worker.states import SendStatus
 
 DEFAULT_SLUG = "weekly"
 

@@ -43,9 +43,10 @@ from sqlalchemy.orm import Session
 from worker.feedback.classification import FeedbackKind, classify_smtp_reply, enhanced_status
 from worker.feedback.report import FeedbackReport
 from worker.feedback.suppressions import suppress
-from worker.models import Delivery, DeliveryState, FeedbackEvent, Subscriber, SubscriberStatus
+from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.sending.identity import parse_verp
 from worker.settings import Settings
+from worker.states import DeliveryState, SubscriberStatus
 from worker.subscriptions.addresses import dedupe_key_of
 from worker.subscriptions.tokens import TokenError, Tokens
 

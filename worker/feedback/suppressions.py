@@ -34,7 +34,8 @@ from typing import IO
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.models import Subscriber, SubscriberStatus, Suppression
+from worker.models import Subscriber, Suppression
+from worker.states import SubscriberStatus
 from worker.subscriptions.addresses import dedupe_key_of
 
 

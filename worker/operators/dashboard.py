@@ -31,15 +31,8 @@ from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
-from worker.models import (
-    Consent,
-    Delivery,
-    Edition,
-    FeedbackEvent,
-    Send,
-    SendStatus,
-    Subscriber,
-)
+from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, Subscriber
+from worker.states import SendStatus
 
 COMPLAINT_WARN = 0.001  # 0.1 %: Gmail/Yahoo bulk-sender guideline, keep below
 COMPLAINT_LIMIT = 0.003  # 0.3 %: never reach (delivery suffers, mitigation is refused)

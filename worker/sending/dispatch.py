@@ -39,18 +39,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker.feedback.policy import Attribution, FeedbackPolicy, record_feedback, smtp_reply_report
-from worker.models import (
-    UNFINISHED_STATES,
-    Delivery,
-    DeliveryState,
-    Send,
-    SendStatus,
-    Subscriber,
-    SubscriberStatus,
-)
+from worker.models import Delivery, Send, Subscriber
 from worker.operators import metrics
 from worker.sending.composer import Composer
 from worker.sending.ports import Clock, Mailer, SmtpOutcome, Throttle
+from worker.states import UNFINISHED_STATES, DeliveryState, SendStatus, SubscriberStatus
 
 RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
 LATE_WAKEUP_SECONDS = 0.05  # a slot missed by more than this is given up and another one taken

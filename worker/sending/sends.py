@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from worker.editions.rendering import render_edition
 from worker.editions.store import edition_contents, profile_of
-from worker.models import Edition, Newsletter, Rendition, Send, SendStatus
+from worker.models import Edition, Newsletter, Rendition, Send
 from worker.operators import metrics
 from worker.sending.composer import RenditionText
 from worker.sending.dispatch import plan_deliveries
+from worker.states import SendStatus
 
 
 class SendStateError(ValueError):

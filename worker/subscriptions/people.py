@@ -24,9 +24,9 @@ from worker.models import (
     Newsletter,
     SignupRefusal,
     Subscriber,
-    SubscriberStatus,
     Suppression,
 )
+from worker.states import SubscriberStatus
 from worker.subscriptions.addresses import dedupe_key_of
 
 ERASED_DOMAIN = "erased.invalid"  # RFC 2606: .invalid can never be a real mail domain

@@ -36,14 +36,8 @@ from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
 from worker.feedback.suppressions import email_hash, is_suppressed
-from worker.models import (
-    Consent,
-    FeedbackEvent,
-    Newsletter,
-    SignupRefusal,
-    Subscriber,
-    SubscriberStatus,
-)
+from worker.models import Consent, FeedbackEvent, Newsletter, SignupRefusal, Subscriber
+from worker.states import SubscriberStatus
 from worker.subscriptions.addresses import (
     Address,
     AddressError,

@@ -19,10 +19,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from worker.editions.localisation import translations
 from worker.editions.store import profile_of
-from worker.models import Newsletter, Subscriber, SubscriberStatus
+from worker.models import Newsletter, Subscriber
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.settings import TEMPLATES_DIR, Settings
+from worker.states import SubscriberStatus
 from worker.subscriptions.limits import SignupLimiter, signup_limiter
 from worker.subscriptions.signups import (
     AddressRules,
