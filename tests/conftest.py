@@ -19,6 +19,7 @@ os.environ.setdefault("NEWSLETTER_SECRET_KEY", "test-secret-key-0123456789")
 import psycopg
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 
 from tests.services import PG_ADMIN, redis_url
@@ -29,6 +30,12 @@ from worker.runtime import Runtime
 from worker.settings import EXAMPLES_DIR, Settings
 
 REDIS_URL = redis_url(0)
+
+# The suite is the same every run: hypothesis draws from a fixed seed (a test that fails at random
+# is a bug). `HYPOTHESIS_PROFILE=explore` searches anew; what it finds becomes a fixed @example.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 CASES = Path(__file__).parent / "cases"
 SAMPLE_EDITION = EXAMPLES_DIR / "editions" / "2024-W28"
 
