@@ -30,12 +30,8 @@ from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.limits import SignupLimiter, signup_limiter
-from worker.subscriptions.signups import (
-    AddressRules,
-    confirmation_token,
-    process_signup,
-    unsubscribe_token,
-)
+from worker.subscriptions.signups import AddressRules, confirmation_token, process_signup
+from worker.subscriptions.tokens import unsubscribe_token
 
 log = logging.getLogger(__name__)
 _runtime: Runtime | None = None

@@ -31,10 +31,10 @@ from worker.editions.localisation import (
     resolve_language,
     translations,
 )
+from worker.editions.placeholders import UNSUBSCRIBE_URL
 from worker.editions.richtext import heading, markdown_to_html, markdown_to_text, tidy_text, wrap
 
-UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
-"""Placeholder for the recipient's unsubscribe link; substituted per delivery by the sender."""
+__all__ = ["UNSUBSCRIBE_URL"]  # re-exported: rendering writes it, callers used to import it here
 
 EDITION = "edition"
 TRANSACTIONAL = ("confirmation", "welcome", "unsubscribed")

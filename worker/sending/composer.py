@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from worker.editions.files import NewsletterProfile
-from worker.editions.rendering import UNSUBSCRIBE_URL
+from worker.editions.placeholders import UNSUBSCRIBE_URL
 from worker.models import Subscriber
+from worker.sending import identity
 from worker.sending.dkim import DkimSigner
-from worker.sending.identity import verp_address
-from worker.sending.mime import MessageTemplate, build_template, personalise
+from worker.sending.mime import MessageTemplate, Origin, origin_template, personalise
 from worker.sending.ports import Clock
-from worker.subscriptions.signups import unsubscribe_token
-from worker.subscriptions.tokens import Tokens
+from worker.subscriptions.tokens import Tokens, unsubscribe_token
+
+if TYPE_CHECKING:  # editions.files loads YAML and email-validator: not on the send path
+    from worker.editions.files import NewsletterProfile
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,31 @@ class Links:
         return f"{self.public_url}/u/{token}"
 
     def unsubscribe_mailto(self, token: str) -> str:
-        return f"mailto:unsubscribe+{token}@{self.bounce_domain}?subject=unsubscribe"
+        return identity.unsubscribe_mailto(token, self.bounce_domain)
+
+
+def origin_of(
+    profile: NewsletterProfile,
+    language: str,
+    *,
+    slug: str,
+    domain: str,
+    campaign: str,
+    kind: str = "newsletter",
+    edition_key: str | None = None,
+) -> Origin:
+    """The header set of ``profile``'s mail in ``language`` (its default when ``name`` has none);
+    ``domain`` is the right-hand side of our List-Id, ``campaign`` the first Feedback-ID part."""
+    name = profile.name.get(language) or profile.name[profile.default_language]
+    return Origin(
+        from_name=profile.from_name.get(language, ""),
+        from_address=profile.from_address,
+        reply_to=profile.reply_to,
+        list_id=identity.list_id(slug, domain),
+        list_name=name,
+        feedback_id=identity.FeedbackId(campaign, language, slug, kind).format(),
+        edition_key=edition_key,
+    )
 
 
 class Composer:
@@ -74,26 +100,27 @@ class Composer:
         }
 
     def _template(self, rendition: RenditionText, slug: str) -> MessageTemplate:
-        language = rendition.language
-        name = self.profile.name.get(language) or self.profile.name[self.profile.default_language]
-        return build_template(
+        origin = origin_of(
+            self.profile,
+            rendition.language,
+            slug=slug,
+            domain=self.links.message_id_domain,
+            campaign=self.edition_key,
+            edition_key=self.edition_key,
+        )
+        return origin_template(
+            origin,
             subject=rendition.subject,
-            from_name=self.profile.from_name.get(language, ""),
-            from_address=self.profile.from_address,
-            reply_to=self.profile.reply_to,
             html=rendition.html,
             text=rendition.text,
-            language=language,
-            list_id=f"{slug}.{self.links.message_id_domain}",
-            list_id_name=name,
-            feedback_id=f"{self.edition_key}:{language}:{slug}:newsletter",
-            extra_headers={"X-Newsletter-Edition": self.edition_key},
+            language=rendition.language,
         )
 
     def message_id(self, delivery_id: int) -> str:
-        """``<d4711.2024-W28@news.example.org>``: derived from the delivery, so a resend is
-        recognisable downstream and a bounce quoting it names the delivery."""
-        return f"<d{delivery_id}.{self.edition_key}@{self.links.message_id_domain}>"
+        """See ``identity.edition_message_id``."""
+        return identity.edition_message_id(
+            delivery_id, self.edition_key, self.links.message_id_domain
+        )
 
     def compose(
         self, delivery_id: int, subscriber: Subscriber, language: str, now: datetime | None = None
@@ -111,10 +138,11 @@ class Composer:
             date=now or self.clock.now(),
             list_unsubscribe=[unsubscribe_url, self.links.unsubscribe_mailto(token)],
             substitutions={UNSUBSCRIBE_URL: unsubscribe_url},
-            headers={"X-Newsletter-Delivery": str(delivery_id)},
+            headers={identity.DELIVERY_HEADER: identity.delivery_header(delivery_id)},
         )
         if self.signer is not None:
             message = self.signer.sign(message)
-        bounce_domain = self.links.bounce_domain
-        envelope_from = verp_address(delivery_id, key=self.verp_key, domain=bounce_domain)
+        envelope_from = identity.verp_address(
+            delivery_id, key=self.verp_key, domain=self.links.bounce_domain
+        )
         return envelope_from, message

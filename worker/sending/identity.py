@@ -1,8 +1,11 @@
-"""VERP (variable envelope return path) addresses that encode the delivery they belong to.
+"""Every identifier we put in mail, as a format/parse pair: what we write is what we read back.
 
 The envelope sender of delivery 4711 is ``bounces+4711-1a2b3c4d5e@<bounce domain>``: a bounce
 sent back to it names the delivery without any parsing of the bounce's body. The HMAC tag stops
-anyone from forging bounces that would suppress other readers.
+anyone from forging bounces that would suppress other readers. The Message-ID
+``<d4711.2024-W28@news.example.org>`` and the ``X-Newsletter-Delivery: 4711`` header carry no tag:
+feedback policy trusts them only for a delivery that was sent (see ``worker.feedback.policy``).
+Parsers never raise: a foreign or malformed value gives None. Pure: standard library only.
 """
 
 from __future__ import annotations
@@ -10,29 +13,156 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import uuid
+from dataclasses import dataclass
 
-_LOCAL = re.compile(
-    r"^(?P<prefix>[a-z0-9._-]+)\+(?P<id>\d{1,19})-(?P<tag>[0-9a-f]{10})$", re.IGNORECASE
+BOUNCE_PREFIX = "bounces"  # local part of the envelope sender (RFC 5321 MAIL FROM)
+UNSUBSCRIBE_PREFIX = "unsubscribe"  # local part of the List-Unsubscribe mailto (RFC 2369 §3.2)
+
+DELIVERY_HEADER = "X-Newsletter-Delivery"
+SUBSCRIBER_HEADER = "X-Newsletter-Subscriber"
+EDITION_HEADER = "X-Newsletter-Edition"
+
+_MAX_ID_DIGITS = 18  # a BIGINT id fits; longer runs of digits are not ours
+_ASCII_ID = re.compile(rf"[0-9]{{1,{_MAX_ID_DIGITS}}}")
+_LOCAL = re.compile(r"^(?P<prefix>[a-z0-9._-]+)\+(?P<id>[0-9]{1,19})-(?P<tag>[0-9a-f]{10})$", re.I)
+_EDITION_MESSAGE_ID = re.compile(
+    rf"^<?d(?P<id>[0-9]{{1,{_MAX_ID_DIGITS}}})\.(?P<edition>[^@<>\s]+)@(?P<domain>[^@<>\s]+)>?$",
+    re.IGNORECASE,
 )
+_FEEDBACK_ID_PART = re.compile(r"[^:\s]+")  # the separator and folding whitespace excluded
 
 
 def _tag(delivery_id: int, key: str) -> str:
     return hmac.new(key.encode(), f"verp:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:10]
 
 
-def verp_address(delivery_id: int, *, key: str, domain: str, prefix: str = "bounces") -> str:
-    """The envelope sender (MAIL FROM) for ``delivery_id``."""
+def _local_part(local_or_address: str) -> str:
+    return local_or_address.rsplit("@", 1)[0].strip("<> ")
+
+
+def verp_address(delivery_id: int, *, key: str, domain: str, prefix: str = BOUNCE_PREFIX) -> str:
+    """The envelope sender (MAIL FROM) for ``delivery_id``: ``bounces+4711-<10 hex>@domain``."""
     return f"{prefix}+{delivery_id}-{_tag(delivery_id, key)}@{domain}"
 
 
 def parse_verp(local_or_address: str, *, key: str) -> int | None:
     """The delivery id in a VERP local part (``bounces+4711-…``) or address; None if absent or
     forged."""
-    local = local_or_address.rsplit("@", 1)[0].strip("<> ")
-    match = _LOCAL.match(local)
+    match = _LOCAL.match(_local_part(local_or_address))
     if match is None:
         return None
     delivery_id = int(match["id"])
     return (
         delivery_id if hmac.compare_digest(match["tag"].lower(), _tag(delivery_id, key)) else None
     )
+
+
+def bounce_address(domain: str, prefix: str = BOUNCE_PREFIX) -> str:
+    """The plain bounce address (``bounces@domain``): envelope sender of mail with no delivery."""
+    return f"{prefix}@{domain}"
+
+
+def local_token(address: str | None, prefix: str) -> str | None:
+    """What follows ``<prefix>+`` in the local part of ``address`` (``bounces+4711-ab…@d`` →
+    ``4711-ab…``); the prefix matches case-insensitively, the rest is returned as found. None when
+    ``address`` has no such local part."""
+    if not address:
+        return None
+    local = address.strip().strip("<>").rsplit("@", 1)[0]
+    head, plus, tail = local.partition("+")
+    return tail if plus and tail and head.lower() == prefix.lower() else None
+
+
+def edition_message_id(delivery_id: int, edition_key: str, domain: str) -> str:
+    """``<d4711.2024-W28@news.example.org>`` (RFC 5322 §3.6.4), angle brackets included: derived
+    from the delivery, so a resend is recognisable downstream and a bounce quoting it names it."""
+    return f"<d{delivery_id}.{edition_key}@{domain}>"
+
+
+def parse_edition_message_id(value: str | None, domain: str = "") -> int | None:
+    """The delivery id in an edition Message-ID (brackets optional), else None; with ``domain``,
+    a Message-ID from another domain (case-insensitive) is not ours."""
+    match = _EDITION_MESSAGE_ID.match((value or "").strip())
+    if match is None or (domain and match["domain"].lower() != domain.lower()):
+        return None
+    return int(match["id"])
+
+
+def transactional_message_id(name: str, domain: str) -> str:
+    """``<confirmation.<32 hex>@domain>``: unique per message, naming its kind, no delivery."""
+    return f"<{name}.{uuid.uuid4().hex}@{domain}>"
+
+
+def delivery_header(delivery_id: int) -> str:
+    """The value of ``X-Newsletter-Delivery``: the delivery id in ASCII decimal."""
+    return str(delivery_id)
+
+
+def parse_id(value: str | None) -> int | None:
+    """An id from our header or provider metadata: 1–18 ASCII digits, surrounding space ignored,
+    else None (``str.isdigit`` would accept ``²`` or Arabic-Indic digits, that ``int`` refuses or
+    reads as another number)."""
+    text = (value or "").strip()
+    return int(text) if _ASCII_ID.fullmatch(text) else None
+
+
+def parse_delivery_header(value: str | None) -> int | None:
+    """The delivery id in an ``X-Newsletter-Delivery`` value, else None (see ``parse_id``)."""
+    return parse_id(value)
+
+
+def unsubscribe_mailto(token: str, domain: str, prefix: str = UNSUBSCRIBE_PREFIX) -> str:
+    """The List-Unsubscribe mailto URI (RFC 2369 §3.2): ``mailto:unsubscribe+<token>@domain``
+    with ``?subject=unsubscribe``."""
+    return f"mailto:{prefix}+{token}@{domain}?subject=unsubscribe"
+
+
+def parse_unsubscribe_address(address: str | None, prefix: str = UNSUBSCRIBE_PREFIX) -> str | None:
+    """The token in a mail to the unsubscribe address (``unsubscribe+<token>@…`` or its mailto
+    URI), else None. The token is not checked here: ``Tokens.check`` does that."""
+    if address and address.lower().startswith("mailto:"):
+        address = address[len("mailto:") :].split("?", 1)[0]
+    return local_token(address, prefix)
+
+
+def list_id(slug: str, domain: str) -> str:
+    """The List-Id identifier (RFC 2919 §2): ``weekly.news.example.org``."""
+    return f"{slug}.{domain}"
+
+
+def parse_list_id(value: str | None, domain: str) -> str | None:
+    """The newsletter slug in a List-Id value (``Name <slug.domain>`` or the bare identifier),
+    else None for another domain's list."""
+    text = (value or "").strip()
+    if "<" in text:
+        text = text.rsplit("<", 1)[1].split(">", 1)[0]
+    slug, dot, rest = text.partition(".")
+    return slug if dot and slug and rest.lower() == domain.lower() else None
+
+
+@dataclass(frozen=True)
+class FeedbackId:
+    """Gmail's Feedback-ID ``a:b:c:SenderId``: edition key, language, newsletter slug, and the
+    kind of mail (``newsletter`` or ``transactional``), so complaint rates split by each."""
+
+    campaign: str
+    language: str
+    slug: str
+    kind: str = "newsletter"
+
+    def format(self) -> str:
+        """The header value; raises ``ValueError`` for an empty part or one with ``:`` or
+        whitespace."""
+        parts = (self.campaign, self.language, self.slug, self.kind)
+        if not all(_FEEDBACK_ID_PART.fullmatch(part) for part in parts):
+            raise ValueError(f"Feedback-ID parts must be non-empty, no ':' or space: {parts!r}")
+        return ":".join(parts)
+
+    @classmethod
+    def parse(cls, value: str | None) -> FeedbackId | None:
+        """The four parts of a Feedback-ID value, else None."""
+        parts = (value or "").strip().split(":")
+        if len(parts) != 4 or not all(_FEEDBACK_ID_PART.fullmatch(part) for part in parts):
+            return None
+        return cls(*parts)

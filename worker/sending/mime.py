@@ -25,6 +25,8 @@ from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
 
+from worker.sending.identity import EDITION_HEADER
+
 CRLF = "\r\n"
 
 
@@ -316,6 +318,42 @@ def build_template(
         boundary=boundary,
         encoded_html=EncodedBody.of(html),
         encoded_text=EncodedBody.of(text),
+    )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who a message comes from and which newsletter it belongs to: the one header set that
+    edition, test and transactional mail share (From, Reply-To, List-Id, Feedback-ID, and
+    ``X-Newsletter-Edition`` for edition mail). Values as ``worker.sending.identity`` formats
+    them; ``edition_key`` None for mail that is not an edition."""
+
+    from_name: str
+    from_address: str
+    reply_to: str | None
+    list_id: str
+    list_name: str
+    feedback_id: str
+    edition_key: str | None = None
+
+
+def origin_template(
+    origin: Origin, *, subject: str, html: str, text: str, language: str
+) -> MessageTemplate:
+    """``build_template`` with ``origin``'s headers: the builder every kind of mail goes through.
+    Raises ``HeaderInjection`` for CR/LF in any value."""
+    return build_template(
+        subject=subject,
+        from_name=origin.from_name,
+        from_address=origin.from_address,
+        reply_to=origin.reply_to,
+        html=html,
+        text=text,
+        language=language,
+        list_id=origin.list_id,
+        list_id_name=origin.list_name,
+        feedback_id=origin.feedback_id,
+        extra_headers={EDITION_HEADER: origin.edition_key} if origin.edition_key else None,
     )
 
 

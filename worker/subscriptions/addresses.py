@@ -13,12 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import idna
-from email_validator import (
-    EmailNotValidError,
-    EmailSyntaxError,
-    EmailUndeliverableError,
-    validate_email,
-)
 
 
 @dataclass(frozen=True)
@@ -62,6 +56,14 @@ def parse_address(
     Raises ``AddressError`` with code ``not_a_string``, ``too_long``, ``domain_ends_with_dot``,
     ``invalid``, ``smtputf8_unsupported``, ``blocked_domain`` or ``undeliverable``.
     """
+    # imported here: feedback policy on the send path needs only dedupe_key_of, rarely called
+    from email_validator import (
+        EmailNotValidError,
+        EmailSyntaxError,
+        EmailUndeliverableError,
+        validate_email,
+    )
+
     if not isinstance(raw, str):
         raise AddressError("not_a_string", "the address must be a string")
     if len(raw) > 320:

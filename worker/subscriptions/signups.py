@@ -45,7 +45,13 @@ from worker.subscriptions.addresses import (
     parse_address,
 )
 from worker.subscriptions.limits import SignupLimiter
-from worker.subscriptions.tokens import Purpose, TokenClaims, TokenError, Tokens
+from worker.subscriptions.tokens import (
+    Purpose,
+    TokenClaims,
+    TokenError,
+    Tokens,
+    unsubscribe_subscriber_id,
+)
 
 SCHEMA_VERSION = 1
 
@@ -524,10 +530,6 @@ def purge_unconfirmed(session: Session, *, now: datetime, older_than: timedelta)
     return len(stale)
 
 
-def unsubscribe_token(tokens: Tokens, subscriber_id: int) -> str:
-    return tokens.issue(Purpose.UNSUBSCRIBE, subscriber_id)
-
-
 def unsubscribe(
     session: Session,
     tokens: Tokens,
@@ -543,8 +545,7 @@ def unsubscribe(
     records one event per ``request_id`` and leaves the status as it is. Transactional mail (a new
     double opt-in) stays possible: this is not a suppression. Raises ``TokenError`` (``forged``).
     """
-    claims = tokens.check(Purpose.UNSUBSCRIBE, token)
-    subscriber = session.get(Subscriber, claims.subscriber_id)
+    subscriber = session.get(Subscriber, unsubscribe_subscriber_id(tokens, token))
     if subscriber is None:
         raise TokenError("forged", "this link is not valid")
     if subscriber.status in (SubscriberStatus.CONFIRMED, SubscriberStatus.PENDING):

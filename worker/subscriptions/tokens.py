@@ -76,3 +76,13 @@ class Tokens:
             raise TokenError("forged", "this link is not valid")
         nonce = payload[1] if len(payload) > 1 and isinstance(payload[1], str) else None
         return TokenClaims(subscriber_id=payload[0], nonce=nonce)
+
+
+def unsubscribe_token(tokens: Tokens, subscriber_id: int) -> str:
+    """The never-expiring unsubscribe token of ``subscriber_id`` (links and mailto in mails)."""
+    return tokens.issue(Purpose.UNSUBSCRIBE, subscriber_id)
+
+
+def unsubscribe_subscriber_id(tokens: Tokens, token: str) -> int:
+    """The subscriber id an unsubscribe token names; raises ``TokenError`` (``forged``)."""
+    return tokens.check(Purpose.UNSUBSCRIBE, token).subscriber_id

@@ -1,0 +1,10 @@
+"""Placeholders a rendition carries for values that differ per recipient.
+
+Rendering writes them (MJML passes ``%%NAME%%`` through unchanged); the sender substitutes them
+per delivery. Kept apart from rendering so the send path needs neither Jinja2, Markdown nor Babel.
+"""
+
+from __future__ import annotations
+
+UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
+"""Placeholder for the recipient's unsubscribe link; substituted per delivery by the sender."""
