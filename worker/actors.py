@@ -25,6 +25,7 @@ from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.sending.dispatch import expire_leases, finish_send_if_done, pending_batches
 from worker.sending.dispatch import send_batch as send_batch_domain
+from worker.sending.identity import bounce_address
 from worker.sending.sends import plan_send as plan_send_domain
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
@@ -111,18 +112,20 @@ def send_confirmation(subscriber_id: int) -> None:
             return
         token = confirmation_token(rt.tokens, subscriber)
         now = rt.clock.now()
+        newsletter = rt.newsletter(session)
         outcome = send_transactional(
             rt.mailer,
             name="confirmation",
             subscriber=subscriber,
-            profile=profile_of(rt.newsletter(session)),
+            profile=profile_of(newsletter),
             context={
                 "confirm_url": f"{rt.links.public_url}/confirm/{token}",
                 "expires_hours": int(rt.settings.confirmation_expiry_hours),
             },
             public_url=rt.links.public_url,
-            bounce_address=f"bounces@{rt.settings.bounce_domain}",
+            bounce_address=bounce_address(rt.settings.bounce_domain),
             message_id_domain=rt.settings.sending_domain,
+            slug=newsletter.slug,
             now=now,
         )
         metrics.confirmation_mail(outcome)
@@ -141,16 +144,18 @@ def send_welcome(subscriber_id: int) -> None:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None or subscriber.status != SubscriberStatus.CONFIRMED:
             return
-        url = f"{rt.links.public_url}/u/{unsubscribe_token(rt.tokens, subscriber.id)}"
+        url = rt.links.unsubscribe_url(unsubscribe_token(rt.tokens, subscriber.id))
+        newsletter = rt.newsletter(session)
         outcome = send_transactional(
             rt.mailer,
             name="welcome",
             subscriber=subscriber,
-            profile=profile_of(rt.newsletter(session)),
+            profile=profile_of(newsletter),
             context={"unsubscribe_url": url},
             public_url=rt.links.public_url,
-            bounce_address=f"bounces@{rt.settings.bounce_domain}",
+            bounce_address=bounce_address(rt.settings.bounce_domain),
             message_id_domain=rt.settings.sending_domain,
+            slug=newsletter.slug,
             now=rt.clock.now(),
         )
         if not outcome.accepted and not outcome.permanent:

@@ -3,7 +3,6 @@ database or the SMTP relay (added to the ``edition`` group of ``worker.cli.editi
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import click
@@ -58,8 +57,11 @@ def test_send(path: Path, to: str, language: str | None) -> None:
     """Send one copy of the edition in PATH to --to, exactly as readers would get it."""
     from datetime import UTC, datetime
 
-    from worker.editions.rendering import UNSUBSCRIBE_URL
-    from worker.sending.mime import build_template, personalise
+    from worker.editions.placeholders import UNSUBSCRIBE_URL
+    from worker.editions.store import DEFAULT_SLUG
+    from worker.sending import identity
+    from worker.sending.composer import origin_of
+    from worker.sending.mime import origin_template, personalise
     from worker.sending.smtp import SmtpMailer
     from worker.subscriptions.addresses import AddressError, parse_address
 
@@ -75,28 +77,29 @@ def test_send(path: Path, to: str, language: str | None) -> None:
     except AddressError as error:
         raise click.ClickException(f"--to: {error.message}") from None
     rendered = renditions[language]
-    template = build_template(
-        subject=rendered.subject,
-        from_name=source.newsletter.from_name.get(language, ""),
-        from_address=source.newsletter.from_address,
-        reply_to=source.newsletter.reply_to,
-        html=rendered.html,
-        text=rendered.text,
-        language=language,
-        extra_headers={"X-Newsletter-Edition": source.key},
+    origin = origin_of(
+        source.newsletter,
+        language,
+        slug=DEFAULT_SLUG,
+        domain=settings.sending_domain,
+        campaign=source.key,
+        edition_key=source.key,
+    )
+    template = origin_template(
+        origin, subject=rendered.subject, html=rendered.html, text=rendered.text, language=language
     )
     unsubscribe = f"{settings.public_url.rstrip('/')}/u/test-copy"
     message = personalise(
         template,
         to=address.ascii_email or address.normalized,
-        message_id=f"<test.{uuid.uuid4().hex}.{source.key}@{settings.sending_domain}>",
+        message_id=identity.transactional_message_id(f"test.{source.key}", settings.sending_domain),
         date=datetime.now(UTC),
         list_unsubscribe=[unsubscribe],
         substitutions={UNSUBSCRIBE_URL: unsubscribe},
     )
     mailer = SmtpMailer(settings.smtp_url, timeout=settings.smtp_timeout_seconds)
     outcome = mailer.send(
-        f"bounces@{settings.bounce_domain}",
+        identity.bounce_address(settings.bounce_domain),
         address.ascii_email or address.normalized,
         message,
         smtputf8=address.ascii_email is None,

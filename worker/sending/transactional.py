@@ -5,14 +5,16 @@ Not bulk mail: no List-Unsubscribe, and a newsletter unsubscribe does not block 
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from worker.editions.files import NewsletterProfile
-from worker.editions.rendering import UNSUBSCRIBE_URL, render_message
+from worker.editions.placeholders import UNSUBSCRIBE_URL
+from worker.editions.rendering import render_message
 from worker.models import Subscriber
-from worker.sending.mime import build_template, personalise
+from worker.sending import identity
+from worker.sending.composer import origin_of
+from worker.sending.mime import origin_template, personalise
 from worker.sending.ports import Mailer, SmtpOutcome
 
 
@@ -27,12 +29,14 @@ def send_transactional(
     bounce_address: str,
     message_id_domain: str,
     now: datetime,
+    slug: str,
     fallbacks: tuple[str, ...] = (),
 ) -> SmtpOutcome:
     """Render message ``name`` in the subscriber's language and send it; returns the outcome.
 
     ``context["unsubscribe_url"]``, when given, replaces the unsubscribe placeholder and becomes
-    the List-Unsubscribe header.
+    the List-Unsubscribe header. ``slug`` names the newsletter in List-Id and Feedback-ID (kind
+    ``transactional``, so complaints about confirmations are told apart from editions').
     """
     unsubscribe_url = str(context.get("unsubscribe_url") or "")
     # The template gets the placeholder (rendering checks it is there); personalise() fills it in.
@@ -45,11 +49,17 @@ def send_transactional(
         public_url=public_url,
         fallbacks=fallbacks,
     )
-    template = build_template(
+    origin = origin_of(
+        profile,
+        rendered.lang,
+        slug=slug,
+        domain=message_id_domain,
+        campaign=name,
+        kind="transactional",
+    )
+    template = origin_template(
+        origin,
         subject=rendered.subject,
-        from_name=profile.from_name.get(rendered.lang, ""),
-        from_address=profile.from_address,
-        reply_to=profile.reply_to,
         html=rendered.html,
         text=rendered.text,
         language=rendered.lang,
@@ -57,7 +67,7 @@ def send_transactional(
     message = personalise(
         template,
         to=subscriber.ascii_email or subscriber.email,
-        message_id=f"<{name}.{uuid.uuid4().hex}@{message_id_domain}>",
+        message_id=identity.transactional_message_id(name, message_id_domain),
         date=now,
         # A welcome mail goes to a subscriber: it carries the same unsubscribe link as an edition.
         list_unsubscribe=[unsubscribe_url] if unsubscribe_url else [],
