@@ -17,6 +17,10 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from worker.sending.identity import DELIVERY_HEADER
+
+_DELIVERY_LINE = rb"^" + DELIVERY_HEADER.encode() + rb": ([0-9]+)"
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -57,7 +61,7 @@ class OutboxHandler:
     def _path(self, data: bytes, recipient: str) -> Path:
         assert self.folder is not None
         head = data.split(b"\r\n\r\n", 1)[0]
-        delivery = re.search(rb"^X-Newsletter-Delivery: (\d+)", head, re.MULTILINE | re.IGNORECASE)
+        delivery = re.search(_DELIVERY_LINE, head, re.MULTILINE | re.IGNORECASE)
         lang = re.search(rb"^Content-Language: ([A-Za-z-]+)", head, re.MULTILINE | re.IGNORECASE)
         safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", recipient)
         with self.lock:

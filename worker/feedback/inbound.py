@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from worker.feedback.mail import parse_inbound
 from worker.feedback.policy import FeedbackOutcome, FeedbackPolicy, record_feedback
 from worker.models import InboundMessage
+from worker.sending.identity import BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX
 from worker.subscriptions.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ class InboundContext:
 
     policy: FeedbackPolicy
     tokens: Tokens
-    verp_prefix: str = "bounces"
-    unsubscribe_prefix: str = "unsubscribe"
+    verp_prefix: str = BOUNCE_PREFIX
+    unsubscribe_prefix: str = UNSUBSCRIBE_PREFIX
 
 
 def store_inbound(

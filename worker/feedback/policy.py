@@ -33,7 +33,6 @@ The event's ``effect`` says what was done; a suppression points to its event (au
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,7 +43,7 @@ from worker.feedback.classification import FeedbackKind, classify_smtp_reply, en
 from worker.feedback.report import FeedbackReport
 from worker.feedback.suppressions import suppress
 from worker.models import Delivery, FeedbackEvent, Subscriber
-from worker.sending.identity import parse_verp
+from worker.sending.identity import BOUNCE_PREFIX, parse_edition_message_id, parse_id, parse_verp
 from worker.settings import Settings
 from worker.states import DeliveryState, SubscriberStatus
 from worker.subscriptions.addresses import dedupe_key_of
@@ -52,7 +51,6 @@ from worker.subscriptions.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
 
-_OUR_MESSAGE_ID = re.compile(r"^<?d(\d{1,18})\.[^@<>\s]+@([^@<>\s]+)>?$", re.IGNORECASE)
 _BOUNCE_KINDS = (FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.POLICY_BLOCK)
 _NEEDS_TRUST = (FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.COMPLAINT)
 SOFT_COUNTED = ("soft_counted", "soft_limit_suppressed")
@@ -86,7 +84,7 @@ class FeedbackPolicy:
     soft_bounce_window: timedelta = timedelta(days=30)
     settle: timedelta = timedelta(days=3)
     message_id_domain: str = ""
-    verp_prefix: str = "bounces"
+    verp_prefix: str = BOUNCE_PREFIX
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeedbackPolicy:
@@ -180,7 +178,7 @@ def attribute(
         return _by_provider(session, report)
     for how, delivery_id in (
         ("message_id", _delivery_of_message_id(report.original_message_id, policy)),
-        ("delivery_header", _int(report.delivery_ref)),
+        ("delivery_header", parse_id(report.delivery_ref)),
     ):
         delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
         if delivery is not None:
@@ -437,13 +435,13 @@ def _outcome(
 
 
 def _by_provider(session: Session, report: FeedbackReport) -> Attribution:
-    delivery_id = _int(report.delivery_ref)
+    delivery_id = parse_id(report.delivery_ref)
     delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
     if delivery is not None:
         return Attribution(
             "provider", True, delivery, session.get(Subscriber, delivery.subscriber_id)
         )
-    subscriber_id = _int(report.subscriber_ref)
+    subscriber_id = parse_id(report.subscriber_ref)
     subscriber = session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
     if subscriber is None or not _same_address(subscriber, report.recipient):
         subscriber = _subscriber_of_address(session, report.recipient)
@@ -452,12 +450,7 @@ def _by_provider(session: Session, report: FeedbackReport) -> Attribution:
 
 def _delivery_of_message_id(message_id: str | None, policy: FeedbackPolicy) -> int | None:
     """The delivery id in our Message-ID ``<d4711.2024-W28@news.example.org>``, else None."""
-    match = _OUR_MESSAGE_ID.match((message_id or "").strip())
-    if match is None:
-        return None
-    if policy.message_id_domain and match[2].lower() != policy.message_id_domain.lower():
-        return None
-    return int(match[1])
+    return parse_edition_message_id(message_id, policy.message_id_domain)
 
 
 def _subscriber_of_address(session: Session, address: str | None) -> Subscriber | None:
@@ -475,11 +468,6 @@ def _subscriber_of_address(session: Session, address: str | None) -> Subscriber 
 
 def _same_address(subscriber: Subscriber | None, recipient: str | None) -> bool:
     return bool(subscriber and recipient and dedupe_key_of(recipient) == subscriber.email_key)
-
-
-def _int(value: str | None) -> int | None:
-    text = (value or "").strip()
-    return int(text) if text.isdigit() and len(text) <= 18 else None
 
 
 def _domain(address: str | None) -> str:

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from worker.feedback.policy import FeedbackPolicy, record_feedback
 from worker.feedback.webhooks import WebhookEvent, WebhookRejected, mailgun, postmark, sendgrid, ses
 from worker.runtime import Runtime
+from worker.sending.identity import BOUNCE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def webhook_router(runtime: Runtime, adapters: WebhookAdapters | None = None) ->
             edges.confirm_subscription(url)
             log.info("SNS subscription confirmed: %s", url[:200])
             return JSONResponse({"subscribed": True})
-        return await record(ses.parse(body, verp_prefix="bounces"))
+        return await record(ses.parse(body, verp_prefix=BOUNCE_PREFIX))
 
     @router.post("/webhooks/postmark")
     async def postmark_webhook(request: Request) -> JSONResponse:
@@ -109,7 +110,7 @@ def webhook_router(runtime: Runtime, adapters: WebhookAdapters | None = None) ->
             )
         except WebhookRejected as rejected:
             return _rejected(rejected, "mailgun")
-        return await record(mailgun.parse(body, verp_prefix="bounces"))
+        return await record(mailgun.parse(body, verp_prefix=BOUNCE_PREFIX))
 
     return router
 

@@ -34,6 +34,7 @@ from worker.feedback.mail import (
 )
 from worker.feedback.mail.mail import InboundMail
 from worker.feedback.report import FeedbackReport, hashed_event_id
+from worker.sending.identity import BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX
 
 __all__ = ["FeedbackReport", "parse_inbound"]
 
@@ -45,9 +46,9 @@ _Reader = Callable[[InboundMail], list[FeedbackReport]]
 def parse_inbound(
     raw: bytes,
     *,
-    verp_prefix: str = "bounces",
+    verp_prefix: str = BOUNCE_PREFIX,
     envelope_recipient: str | None = None,
-    unsubscribe_prefix: str = "unsubscribe",
+    unsubscribe_prefix: str = UNSUBSCRIBE_PREFIX,
 ) -> list[FeedbackReport]:
     """Read one inbound message (RFC 5322 bytes, LF or CRLF) into feedback reports.
 

@@ -20,9 +20,7 @@ from worker.feedback.mail.parts import (
     header_text,
     part_text,
 )
-
-SUBSCRIBER_HEADER = "X-Newsletter-Subscriber"
-DELIVERY_HEADER = "X-Newsletter-Delivery"
+from worker.sending.identity import DELIVERY_HEADER, SUBSCRIBER_HEADER, local_token
 
 _HEADER_ONLY_PARTS = frozenset({"text/rfc822-headers", "text/global-headers"})
 _RETURNED_PARTS = frozenset({"message/rfc822", "message/global", "message/global-headers"})
@@ -45,20 +43,9 @@ class OriginalReferences:
 
 
 def verp_local(address: str | None, prefix: str) -> str | None:
-    """What follows ``<prefix>+`` in the local part of ``address``.
-
-    ``bounces+4711-ab…@d`` → ``4711-ab…``.
-
-    The prefix matches case-insensitively; the rest is returned as found (tokens are
-    case-sensitive). None when ``address`` is not a VERP address with that prefix.
-    """
-    if not address:
-        return None
-    local = address.strip().strip("<>").rsplit("@", 1)[0]
-    head, plus, tail = local.partition("+")
-    if plus and tail and head.lower() == prefix.lower():
-        return tail
-    return None
+    """What follows ``<prefix>+`` in the local part of ``address``; see
+    ``worker.sending.identity.local_token``."""
+    return local_token(address, prefix)
 
 
 def first_verp(candidates: Iterable[str | None], prefix: str) -> str | None:

@@ -31,6 +31,7 @@ from worker.feedback.webhooks import (
     require_fresh,
     unix_time,
 )
+from worker.sending.identity import BOUNCE_PREFIX
 
 SOURCE = "webhook:mailgun"
 DEFAULT_TOLERANCE = timedelta(minutes=10)
@@ -77,7 +78,7 @@ def verify(
     require_fresh(unix_time(timestamp), now=now, tolerance=tolerance)
 
 
-def parse(body: bytes, *, verp_prefix: str = "bounces") -> list[WebhookEvent]:
+def parse(body: bytes, *, verp_prefix: str = BOUNCE_PREFIX) -> list[WebhookEvent]:
     """The (event id, report) of a failed, complained or unsubscribed event; [] for other events."""
     document = json_body(body)
     data = document.get("event-data") if isinstance(document, dict) else None

@@ -54,6 +54,7 @@ from worker.feedback.webhooks import (
     report,
     require_fresh,
 )
+from worker.sending.identity import BOUNCE_PREFIX, DELIVERY_HEADER, SUBSCRIBER_HEADER
 
 SOURCE = "webhook:ses"
 MAX_CERTIFICATE_BYTES = 64 * 1024
@@ -228,7 +229,7 @@ def confirm_subscription(url: str, *, get: Callable[[str], bytes] = _https_get) 
     get(require_sns_url(url, what="SubscribeURL"))
 
 
-def parse(body: bytes, *, verp_prefix: str = "bounces") -> list[WebhookEvent]:
+def parse(body: bytes, *, verp_prefix: str = BOUNCE_PREFIX) -> list[WebhookEvent]:
     """Reports for the recipients of an SES Bounce, Complaint or DeliveryDelay notification.
 
     Returns (feedbackId or SNS MessageId, report) pairs; other SNS types and SES events
@@ -288,8 +289,8 @@ class _MailObject:
         tags = _as_dict(self.data.get("tags"))
         refs: dict[str, object] = dict(tags)
         for name, key in (
-            ("X-Newsletter-Delivery", "delivery_id"),
-            ("X-Newsletter-Subscriber", "subscriber_id"),
+            (DELIVERY_HEADER, "delivery_id"),
+            (SUBSCRIBER_HEADER, "subscriber_id"),
         ):
             value = self.header(name)
             if value:
