@@ -20,8 +20,8 @@ from worker.editions.localisation import translations
 from worker.models import Consent, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.subscriptions.signups import confirmation_token, unsubscribe_token
-from worker.subscriptions.tokens import Purpose, TokenError, Tokens
+from worker.subscriptions.signups import confirmation_token
+from worker.subscriptions.tokens import Purpose, TokenError, Tokens, unsubscribe_token
 from worker.web.app import create_app
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

@@ -43,7 +43,7 @@ from worker.models import (
 from worker.runtime import Runtime
 from worker.sending.identity import verp_address
 from worker.states import DeliveryState
-from worker.subscriptions.signups import unsubscribe_token
+from worker.subscriptions.tokens import unsubscribe_token
 
 CASES = Path(__file__).parent / "cases"
 FIXTURES = json.loads((CASES / "fixtures.json").read_text())

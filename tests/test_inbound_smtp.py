@@ -23,7 +23,7 @@ from worker.feedback.smtp_receiver import InboundServer, parse_listen
 from worker.models import FeedbackEvent, InboundMessage, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.subscriptions.signups import unsubscribe_token
+from worker.subscriptions.tokens import unsubscribe_token
 
 BOUNCE_TO = "bounces+1-0000000000@news.example.org"
 

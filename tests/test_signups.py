@@ -29,13 +29,8 @@ from worker.feedback.suppressions import email_hash, suppress
 from worker.models import Consent, SignupRefusal, Subscriber, Suppression
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.subscriptions.signups import (
-    confirm,
-    confirmation_token,
-    purge_unconfirmed,
-    unsubscribe,
-    unsubscribe_token,
-)
+from worker.subscriptions.signups import confirm, confirmation_token, purge_unconfirmed, unsubscribe
+from worker.subscriptions.tokens import unsubscribe_token
 from worker.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ from worker import actors
 from worker.editions.localisation import translations
 from worker.models import Consent, FeedbackEvent, Subscriber
 from worker.runtime import Runtime
-from worker.subscriptions.signups import confirm, confirmation_token, unsubscribe_token
+from worker.subscriptions.signups import confirm, confirmation_token
+from worker.subscriptions.tokens import unsubscribe_token
 from worker.web.app import create_app
 
 FOLDER = CASES / "unsubscribe"
