@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from worker.feedback.mail import parse_inbound
 from worker.feedback.policy import (
     Effect,
     FeedbackPolicy,
+    attribute,
     record_feedback,
     soft_bounce_count,
 )
@@ -575,3 +576,16 @@ def test_delivery_header_attributes_when_it_names_the_recipients_delivery(
     assert (outcome.effect, outcome.attribution) == (Effect.SUPPRESSED, "delivery_header")
     assert outcome.delivery_id == world.delivery["s41814"]
     assert subscriber_row(rt, world.subscriber["s41814"]).status == "suppressed"
+
+
+@pytest.mark.parametrize("delivery_ref", ["²", "٤", "1²"])
+def test_non_ascii_digits_in_the_delivery_header_name_no_delivery(
+    rt: Runtime, policy: FeedbackPolicy, delivery_ref: str
+) -> None:
+    # Given a report whose delivery header holds digits str.isdigit() accepts but int() refuses
+    report = replace(_soft(1, "nobody@example.net", 0), delivery_ref=delivery_ref)
+    # When it is attributed (it used to raise ValueError from int("²"))
+    with rt.session() as session:
+        found = attribute(session, report, policy)
+    # Then nothing is attributed through the header
+    assert (found.how, found.trusted, found.delivery) == ("none", False, None)

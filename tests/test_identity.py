@@ -1,0 +1,185 @@
+"""Mail identity: every identifier we write parses back to what we wrote, and nothing else does.
+
+Also: the send hot path imports none of the signup/web/rendering stack.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.sending import identity
+from worker.sending.composer import Links
+
+KEY = "test-secret-key"
+DOMAIN = "news.example.org"
+IDS = st.integers(min_value=0, max_value=10**18 - 1)
+EDITION_KEYS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)
+TOKENS = st.from_regex(r"[A-Za-z0-9_.-]{1,60}", fullmatch=True)
+SLUGS = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@given(delivery_id=IDS)
+def test_verp_round_trips(delivery_id: int) -> None:
+    address = identity.verp_address(delivery_id, key=KEY, domain=DOMAIN)
+    assert identity.parse_verp(address, key=KEY) == delivery_id
+    assert identity.parse_verp(f"<{address}>", key=KEY) == delivery_id
+    local = identity.local_token(address, identity.BOUNCE_PREFIX)
+    assert local is not None
+    assert identity.parse_verp(f"{identity.BOUNCE_PREFIX}+{local}", key=KEY) == delivery_id
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bounces+4711-0000000000@news.example.org",  # forged tag
+        "bounces+4711@news.example.org",  # no tag
+        "bounces@news.example.org",
+        "bounces+²-0000000000@news.example.org",
+        "",
+        "reader@example.com",
+    ],
+)
+def test_verp_refuses_forged_and_foreign(value: str) -> None:
+    assert identity.parse_verp(value, key=KEY) is None
+
+
+def test_verp_under_another_key_is_forged() -> None:
+    address = identity.verp_address(4711, key="another-key", domain=DOMAIN)
+    assert identity.parse_verp(address, key=KEY) is None
+    assert identity.verp_address(4711, key=KEY, domain=DOMAIN).startswith("bounces+4711-")
+
+
+@given(delivery_id=IDS, edition=EDITION_KEYS)
+def test_edition_message_id_round_trips(delivery_id: int, edition: str) -> None:
+    value = identity.edition_message_id(delivery_id, edition, DOMAIN)
+    assert value == f"<d{delivery_id}.{edition}@{DOMAIN}>"
+    assert identity.parse_edition_message_id(value, DOMAIN) == delivery_id
+    assert identity.parse_edition_message_id(value.upper(), DOMAIN) == delivery_id
+    assert identity.parse_edition_message_id(value) == delivery_id  # no domain: any
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<d4711.2024-W28@other.example.com>",  # another sender's domain
+        "<x4711.2024-W28@news.example.org>",
+        "<d²4711.2024-W28@news.example.org>",
+        "<d4711@news.example.org>",  # no edition
+        "<d1234567890123456789.2024-W28@news.example.org>",  # 19 digits: not a delivery id
+        "<confirmation.0123abcd@news.example.org>",
+        "",
+        None,
+    ],
+)
+def test_edition_message_id_refuses_foreign(value: str | None) -> None:
+    assert identity.parse_edition_message_id(value, DOMAIN) is None
+
+
+def test_transactional_message_id_is_unique_and_not_an_edition() -> None:
+    first = identity.transactional_message_id("confirmation", DOMAIN)
+    assert first.startswith("<confirmation.") and first.endswith(f"@{DOMAIN}>")
+    assert first != identity.transactional_message_id("confirmation", DOMAIN)
+    assert identity.parse_edition_message_id(first, DOMAIN) is None
+
+
+@given(delivery_id=IDS)
+def test_delivery_header_round_trips(delivery_id: int) -> None:
+    value = identity.delivery_header(delivery_id)
+    assert identity.parse_delivery_header(value) == delivery_id
+    assert identity.parse_delivery_header(f"  {value} ") == delivery_id
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["²", "4711²", "٤٧١١", "4 711", "-4711", "+4711", "0x10", "1234567890123456789", "", None],
+)
+def test_delivery_header_accepts_ascii_digits_only(value: str | None) -> None:
+    # str.isdigit() accepted "²" and "٤٧١١", and int("²") raised ValueError later
+    assert identity.parse_delivery_header(value) is None
+
+
+@given(token=TOKENS)
+def test_unsubscribe_mailto_round_trips(token: str) -> None:
+    uri = identity.unsubscribe_mailto(token, DOMAIN)
+    assert uri == f"mailto:unsubscribe+{token}@{DOMAIN}?subject=unsubscribe"
+    assert identity.parse_unsubscribe_address(uri) == token
+    assert identity.parse_unsubscribe_address(f"unsubscribe+{token}@{DOMAIN}") == token
+    assert Links("https://x", DOMAIN, DOMAIN).unsubscribe_mailto(token) == uri
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["unsubscribe@news.example.org", "leave+abc@news.example.org", "bounces+abc@x", "", None],
+)
+def test_unsubscribe_address_refuses_others(value: str | None) -> None:
+    assert identity.parse_unsubscribe_address(value) is None
+
+
+@given(slug=SLUGS)
+def test_list_id_round_trips(slug: str) -> None:
+    value = identity.list_id(slug, DOMAIN)
+    assert value == f"{slug}.{DOMAIN}"
+    assert identity.parse_list_id(value, DOMAIN) == slug
+    assert identity.parse_list_id(f'"Weekly, News" <{value}>', DOMAIN) == slug
+
+
+@pytest.mark.parametrize("value", ["weekly.other.example.com", f"<{DOMAIN}>", "", None])
+def test_list_id_refuses_other_lists(value: str | None) -> None:
+    assert identity.parse_list_id(value, DOMAIN) is None
+
+
+@given(campaign=EDITION_KEYS, language=st.sampled_from(["en", "be", "ru", "pt-BR"]), slug=SLUGS)
+def test_feedback_id_round_trips(campaign: str, language: str, slug: str) -> None:
+    for kind in ("newsletter", "transactional"):
+        feedback_id = identity.FeedbackId(campaign, language, slug, kind)
+        assert identity.FeedbackId.parse(feedback_id.format()) == feedback_id
+
+
+@pytest.mark.parametrize("value", ["a:b:c", "a:b:c:d:e", "a::c:d", "a b:c:d:e", "", None])
+def test_feedback_id_refuses_malformed(value: str | None) -> None:
+    assert identity.FeedbackId.parse(value) is None
+
+
+def test_feedback_id_refuses_to_format_a_separator() -> None:
+    with pytest.raises(ValueError, match="Feedback-ID"):
+        identity.FeedbackId("2024:W28", "en", "weekly").format()
+    assert (
+        identity.FeedbackId("2024-W28", "en", "weekly").format() == "2024-W28:en:weekly:newsletter"
+    )
+
+
+def test_bounce_address_and_header_names() -> None:
+    assert identity.bounce_address(DOMAIN) == "bounces@news.example.org"
+    assert identity.DELIVERY_HEADER == "X-Newsletter-Delivery"
+    assert identity.SUBSCRIBER_HEADER == "X-Newsletter-Subscriber"
+    assert identity.EDITION_HEADER == "X-Newsletter-Edition"
+
+
+HEAVY = ("pydantic", "markdown", "babel", "email_validator", "fastapi")
+HOT_PATH = ("worker.sending.dispatch", "worker.sending.composer", "worker.sending.identity")
+
+
+@pytest.mark.parametrize("module", HOT_PATH)
+def test_hot_path_imports_no_heavy_stack(module: str) -> None:
+    # a fresh interpreter: this test process has long imported everything
+    script = (
+        f"import sys, {module}\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert module.split(".")[0] in out
+    assert sorted(set(HEAVY) & set(out)) == []
