@@ -5,16 +5,24 @@ Also: the send hot path imports none of the signup/web/rendering stack.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.editions.files import NewsletterProfile
+from worker.models import Subscriber
 from worker.sending import identity
 from worker.sending.composer import Links
+from worker.sending.ports import SmtpOutcome
+from worker.sending.transactional import send_transactional
 
 KEY = "test-secret-key"
 DOMAIN = "news.example.org"
@@ -183,3 +191,62 @@ def test_hot_path_imports_no_heavy_stack(module: str) -> None:
     ).stdout.split()
     assert module.split(".")[0] in out
     assert sorted(set(HEAVY) & set(out)) == []
+
+
+class _Outbox:
+    """A Mailer that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        self.sent.append((envelope_from, recipient, message))
+        return SmtpOutcome(250, "ok")
+
+
+def test_transactional_mail_carries_the_same_header_set() -> None:
+    # Given a confirmation mail sent through the one builder
+    profile = NewsletterProfile(
+        name={"en": "Weekly News"},
+        from_address="news@news.example.org",
+        from_name={"en": "Weekly News"},
+        reply_to=None,
+        site="https://news.example.org",
+        languages=("en",),
+        default_language="en",
+        about={"en": "About"},
+    )
+    outbox = _Outbox()
+    send_transactional(
+        outbox,
+        name="confirmation",
+        subscriber=Subscriber(
+            email="reader@example.com", ascii_email="reader@example.com", language="en"
+        ),
+        profile=profile,
+        context={"confirm_url": "https://news.example.org/confirm/t", "expires_hours": 72},
+        public_url="https://news.example.org",
+        bounce_address=identity.bounce_address(DOMAIN),
+        message_id_domain=DOMAIN,
+        now=datetime(2024, 7, 8, tzinfo=UTC),
+        slug="weekly",
+    )
+    # Then it names the newsletter like an edition does, as transactional, with nothing to
+    # unsubscribe from
+    [(envelope_from, _, data)] = outbox.sent
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert envelope_from == "bounces@news.example.org"
+    assert identity.parse_list_id(str(message["List-Id"]), DOMAIN) == "weekly"
+    assert identity.FeedbackId.parse(str(message["Feedback-ID"])) == identity.FeedbackId(
+        "confirmation", "en", "weekly", "transactional"
+    )
+    assert str(message["Message-ID"]).startswith("<confirmation.")
+    assert message["List-Unsubscribe"] is None and message[identity.EDITION_HEADER] is None

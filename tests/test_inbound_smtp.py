@@ -22,6 +22,7 @@ from worker.feedback.policy import Effect
 from worker.feedback.smtp_receiver import InboundServer, parse_listen
 from worker.models import FeedbackEvent, InboundMessage, Subscriber
 from worker.runtime import Runtime
+from worker.sending.identity import unsubscribe_mailto
 from worker.settings import Settings
 from worker.subscriptions.tokens import unsubscribe_token
 
@@ -96,7 +97,8 @@ def test_mailto_unsubscribe_through_the_receiver(rt: Runtime, receiver: InboundS
     with rt.session() as session:
         world = load_world(session)
     subscriber_id = world.subscriber["s41823"]
-    to = f"unsubscribe+{unsubscribe_token(rt.tokens, subscriber_id)}@news.example.org"
+    mailto = unsubscribe_mailto(unsubscribe_token(rt.tokens, subscriber_id), "news.example.org")
+    to = mailto.removeprefix("mailto:").split("?")[0]
     raw = (
         f"From: office.worker@example.com\nTo: {to}\nSubject: unsubscribe\n"
         "Message-ID: <u1@mail.example.com>\n\nunsubscribe\n"

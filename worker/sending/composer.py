@@ -1,8 +1,9 @@
 """Composing each delivery's message from its send's renditions: personalisation, not rendering.
 
-Per language, the shared headers and bodies are prepared once
-(``worker.sending.mime.build_template``);
-per recipient only the placeholders (the unsubscribe URL) and a few ASCII headers change.
+Per language, the shared headers and bodies are prepared once (``worker.sending.mime.
+origin_template``, the builder transactional and test mail use too); per recipient only the
+placeholders (the unsubscribe URL) and a few ASCII headers change. Identifiers come from
+``worker.sending.identity``. Kept light: no signup, rendering or validation imports.
 """
 
 from __future__ import annotations
