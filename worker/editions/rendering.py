@@ -37,7 +37,7 @@ UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
 """Placeholder for the recipient's unsubscribe link; substituted per delivery by the sender."""
 
 EDITION = "edition"
-TRANSACTIONAL = ("confirmation", "welcome", "unsubscribed")
+TRANSACTIONAL = ("confirmation", "welcome")
 MESSAGES = (EDITION, *TRANSACTIONAL)
 # Messages whose reader is subscribed and so must see an unsubscribe link (RFC 8058 adds the
 # header; the visible link is what CAN-SPAM and GDPR practice expect).
