@@ -5,6 +5,9 @@ one ``<language>.yaml`` per language of the newsletter (subject, preheader, peri
 Markdown bodies); ``examples/editions/2024-W28/`` is the model and ``docs/editions.md`` the
 reference. :func:`check_edition` reports every problem at once, each with its file, field path and
 line; :func:`read_edition` returns typed values or raises :class:`EditionInvalid` with that list.
+The shape of each file is :mod:`worker.editions.schema` (pydantic); this module finds the line of
+each field and checks what spans files: languages against ``newsletter.yaml``, and every language
+against the default one.
 """
 
 from __future__ import annotations
