@@ -281,10 +281,14 @@ def test_a_language_with_no_text_is_reported(tmp_path: Path) -> None:
         read_newsletter_profile(folder / "newsletter.yaml")
 
 
+PROFILE_KEYS = "about, default_language, from, languages, name, reply_to, site"
+
+
 def test_profile_shape_problems_name_the_field(tmp_path: Path) -> None:
     folder = copy_sample(tmp_path)
     edit(folder, "newsletter.yaml", "languages: [en, be, ru]", "languages: [en, be, ru, en]")
     edit(folder, "newsletter.yaml", 'from: {address: "weekly@example.org"', "from: {adress: x")
+    edit(folder, "newsletter.yaml", "site:", "2024: x\nsite:")
 
     problems = {(p.location, p.reason) for p in check_edition(folder)}
 
@@ -292,4 +296,5 @@ def test_profile_shape_problems_name_the_field(tmp_path: Path) -> None:
         ("languages", "language 'en' listed twice"),
         ("from.address", "missing field 'address'"),
         ("from.adress", "unknown key 'adress' (expected one of: address, name)"),
+        ("2024", f"unknown key '2024' (expected one of: {PROFILE_KEYS})"),
     }

@@ -327,9 +327,11 @@ def _field_error(detail: ErrorDetails, model: type[BaseModel]) -> FieldError:
     path = field_path(loc)
     if kind_ in ("missing", NO_VALUE):
         return FieldError(path, f"missing field '{loc[-1]}'", absent=True)
-    if kind_ == "extra_forbidden":
-        known = _keys_at(model, loc[:-1])
-        return FieldError(path, f"unknown key '{loc[-1]}' (expected one of: {listing(known)})")
+    if kind_ in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not text (`1:`)
+        parent, key = field_path(loc[:-1]), str(loc[-1])
+        known = listing(_keys_at(model, loc[:-1]))
+        path = f"{parent}.{key}" if parent else key
+        return FieldError(path, f"unknown key '{key}' (expected one of: {known})")
     if kind_ == "model_type":
         return FieldError(path, f"expected a mapping of keys, got {kind(detail['input'])}")
     return FieldError(path, detail["msg"])
