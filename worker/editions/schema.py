@@ -83,6 +83,7 @@ def _language_text(value: Any) -> str:
 
 
 def _one_line(value: str) -> str:
+    """``value`` unchanged when it has no line break; raises the rule otherwise."""
     # A line break in a Subject header would end the header (RFC 5322 section 2.2).
     if "\n" in value or "\r" in value:
         raise _rule("must be one line")
@@ -90,6 +91,7 @@ def _one_line(value: str) -> str:
 
 
 def _phrase(value: str) -> str:
+    """``value`` unchanged when it has no control character (U+0000-U+001F)."""
     # Names become header phrases (From, List-Id): a control character could start a new header.
     if any(ord(ch) < 32 for ch in value):
         raise _rule("must be one line without control characters")
@@ -113,6 +115,7 @@ def url_problem(value: str) -> str | None:
 
 
 def _url(value: Any) -> str:
+    """An absolute http(s) URL (see :func:`url_problem`), stripped."""
     # Checked before stripping: a space inside a URL is the editor's mistake to see.
     text = _text(value)
     reason = url_problem(value)
@@ -145,18 +148,22 @@ def _day(value: Any) -> date:
 
 
 def _edition_key(value: str) -> str:
+    """``value`` when it fits :data:`EDITION_KEY` (1-64 URL-safe characters)."""
     if not EDITION_KEY.match(value):
         raise _rule(f"edition key {value!r} must be letters, digits, '.', '_' or '-'")
     return value
 
 
 def _language_code(value: Any) -> str:
+    """``value`` when it is text matching :data:`LANGUAGE_TAG` (``en``, ``pt-BR``)."""
     if not isinstance(value, str) or not LANGUAGE_TAG.match(value):
         raise _rule(f"not a language code: {value!r}")
     return value
 
 
 def _non_empty_list(what: str) -> BeforeValidator:
+    """A validator passing on a non-empty list; ``what`` names the entries in its message."""
+
     def check(value: Any) -> Any:
         if value is None:
             raise PydanticCustomError(NO_VALUE, "no value")
@@ -168,6 +175,7 @@ def _non_empty_list(what: str) -> BeforeValidator:
 
 
 def _per_language(value: Any) -> Any:
+    """``value`` when it is a mapping (language code -> text); its entries are checked after."""
     if value is None:
         raise PydanticCustomError(NO_VALUE, "no value")
     if not isinstance(value, Mapping):
@@ -176,6 +184,7 @@ def _per_language(value: Any) -> Any:
 
 
 def _unique(languages: list[str]) -> list[str]:
+    """``languages`` unchanged when no code appears twice."""
     twice = sorted({language for language in languages if languages.count(language) > 1})
     if twice:
         raise _rule(f"language '{twice[0]}' listed twice")
@@ -183,6 +192,7 @@ def _unique(languages: list[str]) -> list[str]:
 
 
 def _no_alt_text(value: Any) -> str:
+    """The alt text, stripped; absent, not text or blank raises "image without alt text"."""
     if not isinstance(value, str) or not value.strip():
         raise _rule("image without alt text")
     return value.strip()
@@ -323,16 +333,17 @@ def field_errors(error: ValidationError, model: type[BaseModel]) -> list[FieldEr
 
 
 def _field_error(detail: ErrorDetails, model: type[BaseModel]) -> FieldError:
-    loc, kind_ = detail["loc"], detail["type"]
+    loc, error_type = detail["loc"], detail["type"]
     path = field_path(loc)
-    if kind_ in ("missing", NO_VALUE):
+    if error_type in ("missing", NO_VALUE):
         return FieldError(path, f"missing field '{loc[-1]}'", absent=True)
-    if kind_ in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not text (`1:`)
+    # invalid_key: a key that is not text (`1:` in YAML).
+    if error_type in ("extra_forbidden", "invalid_key"):
         parent, key = field_path(loc[:-1]), str(loc[-1])
         known = listing(_keys_at(model, loc[:-1]))
         path = f"{parent}.{key}" if parent else key
         return FieldError(path, f"unknown key '{key}' (expected one of: {known})")
-    if kind_ == "model_type":
+    if error_type == "model_type":
         return FieldError(path, f"expected a mapping of keys, got {kind(detail['input'])}")
     return FieldError(path, detail["msg"])
 
