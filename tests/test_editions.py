@@ -261,3 +261,40 @@ def test_cli_check_prints_every_problem_and_fails(tmp_path: Path) -> None:
     assert "en.yaml:6: period.end: period ends (2024-07-01) before it starts (2024-07-08)" in lines
     assert "ru.yaml:12: items[0].image: image without alt text" in lines
     assert lines[-1] == f"Error: 2 problems in {folder}"
+
+
+def test_a_language_with_no_text_is_reported(tmp_path: Path) -> None:
+    # Given a profile whose Russian name is written with nothing after it (`ru:`)
+    folder = copy_sample(tmp_path)
+    edit(folder, "newsletter.yaml", '  ru: "Еженедельный анализ: Беларусь"', "  ru:")
+    edit(folder, "newsletter.yaml", 'be: "Штотыднёвы аналіз"', "be: ")
+
+    # When it is checked
+    problems = check_edition(folder)
+
+    # Then both empty texts are problems (they used to pass, and the profile lacked them)
+    assert [(p.file, p.location, p.line, p.reason) for p in problems] == [
+        ("newsletter.yaml", "name.ru", 6, "is empty"),
+        ("newsletter.yaml", "from.name.be", 7, "is empty"),
+    ]
+    with pytest.raises(EditionInvalid):
+        read_newsletter_profile(folder / "newsletter.yaml")
+
+
+PROFILE_KEYS = "about, default_language, from, languages, name, reply_to, site"
+
+
+def test_profile_shape_problems_name_the_field(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    edit(folder, "newsletter.yaml", "languages: [en, be, ru]", "languages: [en, be, ru, en]")
+    edit(folder, "newsletter.yaml", 'from: {address: "weekly@example.org"', "from: {adress: x")
+    edit(folder, "newsletter.yaml", "site:", "2024: x\nsite:")
+
+    problems = {(p.location, p.reason) for p in check_edition(folder)}
+
+    assert problems == {
+        ("languages", "language 'en' listed twice"),
+        ("from.address", "missing field 'address'"),
+        ("from.adress", "unknown key 'adress' (expected one of: address, name)"),
+        ("2024", f"unknown key '2024' (expected one of: {PROFILE_KEYS})"),
+    }

@@ -11,13 +11,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from worker.cli.edition import edition
+from worker.devtools.chromium import HeadlessChromium
 from worker.editions.preview import write_preview
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
 
 
 def test_preview_writes_every_language(tmp_path: Path) -> None:
-    written = write_preview(SAMPLE, tmp_path, "https://news.example.org", offline=True)
+    with HeadlessChromium(offline=True) as camera:
+        written = write_preview(SAMPLE, tmp_path, "https://news.example.org", camera)
 
     assert [path.name for path in written] == [
         f"{language}{suffix}"

@@ -11,6 +11,8 @@ import click
 
 from worker.cli.core import db, scheduler, send, throttle, web
 from worker.cli.demo import demo
+from worker.cli.edition import edition
+from worker.cli.edition_live import load, test_send
 from worker.cli.inbound import inbound
 from worker.cli.status import status
 from worker.cli.subscribers import subscribers
@@ -52,13 +54,7 @@ main.add_command(subscribers)
 main.add_command(inbound)
 main.add_command(suppressions)
 main.add_command(status)
-
-try:
-    from worker.cli.edition import edition
-    from worker.cli.edition_live import load, test_send
-
-    edition.add_command(load)
-    edition.add_command(test_send)
-    main.add_command(edition)
-except ImportError:  # pragma: no cover - the edition commands are optional during development
-    pass
+# A broken import here must fail loudly: swallowing it once removed ``newsletter edition``.
+edition.add_command(load)
+edition.add_command(test_send)
+main.add_command(edition)

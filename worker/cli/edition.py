@@ -98,15 +98,20 @@ def check(path: Path) -> None:
 )
 def preview(path: Path, out: Path, public_url: str | None, offline: bool) -> None:
     """Write each language's HTML, text and 600/375 px screenshots of the edition in PATH."""
-    from worker.editions.preview import PreviewError, write_preview
+    # The Chromium driver is a developer tool: only the CLI may bring it in (issue 12).
+    from worker.devtools.chromium import BrowserError, HeadlessChromium
+    from worker.editions.preview import take_screenshots, write_renditions
 
     try:
-        written = write_preview(path, out, public_url or _public_url(), offline=offline)
+        # Render first: an invalid edition is reported even where Chromium is missing.
+        written, shots = write_renditions(path, out, public_url or _public_url())
+        with HeadlessChromium(offline=offline) as camera:
+            take_screenshots(shots, camera)
     except EditionInvalid as error:
         for problem in error.problems:
             click.echo(str(problem), err=True)
         raise click.ClickException(f"{len(error.problems)} problems in {path}") from error
-    except (TemplateProblem, PreviewError) as error:
+    except (TemplateProblem, BrowserError) as error:
         raise click.ClickException(str(error)) from error
     for file in written:
         click.echo(str(file))

@@ -5,27 +5,33 @@ one ``<language>.yaml`` per language of the newsletter (subject, preheader, peri
 Markdown bodies); ``examples/editions/2024-W28/`` is the model and ``docs/editions.md`` the
 reference. :func:`check_edition` reports every problem at once, each with its file, field path and
 line; :func:`read_edition` returns typed values or raises :class:`EditionInvalid` with that list.
+The shape of each file is :mod:`worker.editions.schema` (pydantic); this module finds the line of
+each field and checks what spans files: languages against ``newsletter.yaml``, and every language
+against the default one.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import yaml
-from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ValidationError
+
+from worker.editions.schema import (
+    ContentFile,
+    FieldError,
+    Item,
+    ProfileFile,
+    field_errors,
+    listing,
+    valid_languages,
+)
 
 PROFILE_FILE = "newsletter.yaml"
-
-# An edition key ends up in archive URLs and database keys: keep it to URL-safe characters.
-EDITION_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# A language tag as used for folder names, catalogues and the HTML lang attribute (BCP 47 subset).
-LANGUAGE_TAG = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
 
 @dataclass(frozen=True)
@@ -253,153 +259,49 @@ def _record_lines(node: yaml.Node, path: str, located: _Located) -> None:
             _record_lines(item, f"{path}[{index}]", located)
 
 
-# --- checking -----------------------------------------------------------------------------------
+# --- checking against the schema (worker/editions/schema.py) ---------------------------------
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
-class _Checker:
-    """Collects the problems of one file. Each reading method (``mapping``, ``text``, ``url``,
-    ``day``, ``per_language``) returns the value when it is valid and None otherwise, after
-    recording why; missing optional values are None without a problem."""
+def _validated(
+    file: str, located: _Located, model: type[_Model], context: dict[str, Any] | None = None
+) -> tuple[_Model | None, list[EditionProblem]]:
+    """``located`` validated as ``model``, and every problem of the file (duplicate keys too).
 
-    def __init__(self, file: str, located: _Located) -> None:
-        self.file = file
-        self.located = located
-        self.problems: list[EditionProblem] = []
-        for path, line in located.duplicates:
-            self.problem(path, "key appears twice (the last one would win)", line)
-
-    def problem(self, path: str, reason: str, line: int | None = None) -> None:
-        if line is None:
-            line = self.located.line(path)
-        location = path or (f"line {line}" if line is not None else "")
-        self.problems.append(EditionProblem(self.file, location, reason, line))
-
-    def mapping(
-        self,
-        value: Any,
-        path: str,
-        required: tuple[str, ...],
-        optional: tuple[str, ...] = (),
-    ) -> Mapping[str, Any] | None:
-        if not isinstance(value, Mapping):
-            self.problem(path, f"expected a mapping of keys, got {_kind(value)}")
-            return None
-        for key in required:
-            if value.get(key) is None:  # absent, or present with no value (`subject:`)
-                child = f"{path}.{key}" if path else key
-                self.problem(child, f"missing field '{key}'", self.located.line(path))
-        known = set(required) | set(optional)
-        for key in value:
-            if key not in known:
-                child = f"{path}.{key}" if path else str(key)
-                self.problem(child, f"unknown key '{key}' (expected one of: {_listing(known)})")
-        return value
-
-    def text(self, mapping: Mapping[str, Any], key: str, path: str) -> str | None:
-        value = mapping.get(key)
-        where = f"{path}.{key}" if path else key
-        if value is None:
-            return None  # reported as missing by mapping(), or optional
-        if not isinstance(value, str):
-            self.problem(where, f"expected text, got {_kind(value)}")
-            return None
-        if not value.strip():
-            self.problem(where, "is empty")
-            return None
-        return value
-
-    def url(self, mapping: Mapping[str, Any], key: str, path: str) -> str | None:
-        value = self.text(mapping, key, path)
-        if value is None:
-            return None
-        reason = _url_problem(value)
-        if reason:
-            self.problem(f"{path}.{key}" if path else key, reason)
-            return None
-        return value
-
-    def day(self, mapping: Mapping[str, Any], key: str, path: str) -> date | None:
-        value = mapping.get(key)
-        where = f"{path}.{key}"
-        if value is None:
-            return None
-        if isinstance(value, date):
-            return value
-        if isinstance(value, str):
-            try:
-                return date.fromisoformat(value)
-            except ValueError:
-                pass
-        self.problem(where, f"expected a date like 2024-07-08, got {value!r}")
-        return None
-
-    def per_language(
-        self, mapping: Mapping[str, Any], key: str, path: str, languages: tuple[str, ...]
-    ) -> dict[str, str] | None:
-        where = f"{path}.{key}" if path else key
-        value = mapping.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            self.problem(where, f"expected one text per language, got {_kind(value)}")
-            return None
-        result: dict[str, str] = {}
-        for language in languages:
-            if language not in value:
-                self.problem(where, f"missing language '{language}'")
-            else:
-                text = self.text(value, language, where)
-                if text is not None:
-                    result[language] = text.strip()
-        for language in value:
-            if language not in languages:
-                self.problem(
-                    f"{where}.{language}",
-                    f"language '{language}' is not in 'languages' ({_listing(languages)})",
-                )
-        return result
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
-
-def _listing(names: Any) -> str:
-    return ", ".join(sorted(str(name) for name in names))
-
-
-def _url_problem(value: str) -> str | None:
-    """Why ``value`` is not an absolute http(s) URL a mail client can open, or None."""
-    if value != value.strip() or any(ch.isspace() for ch in value):
-        return f"bad URL {value!r}: contains whitespace"
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as error:
-        return f"bad URL {value!r}: {error}"
-    if parts.scheme not in ("http", "https"):
-        return f"bad URL {value!r}: must start with https:// (or http://)"
-    if not parts.hostname or "." not in parts.hostname:
-        return f"bad URL {value!r}: no host name"
-    return None
-
-
-def _address_problem(value: str) -> str | None:
-    """Why ``value`` is not a valid address (RFC 5321/5322 syntax, via email-validator), or None.
-
-    No DNS lookup: checking must work offline and give the same answer every time.
+    The model is None when validation failed; problems may exist even when it succeeded.
     """
+    problems = [
+        # PyYAML keeps the last duplicate silently; an editor almost never means that.
+        EditionProblem(file, path, "key appears twice (the last one would win)", line)
+        for path, line in located.duplicates
+    ]
     try:
-        validate_email(value, check_deliverability=False)
-    except EmailNotValidError as error:
-        return f"bad address {value!r}: {error}"
-    return None
+        return model.model_validate(located.value, context=context), problems
+    except ValidationError as error:
+        found = field_errors(error, model)
+        return None, problems + [_located_problem(file, located, each) for each in found]
+
+
+def _located_problem(file: str, located: _Located, error: FieldError) -> EditionProblem:
+    """``error`` with its line: a missing field's parent line, else the field's own.
+
+    A field that is absent from the file (an image's ``alt``) is reported at its nearest
+    ancestor, where the editor has to add it.
+    """
+    path = error.path
+    if error.absent:
+        line = located.line(_parent(path))
+    else:
+        while path and path not in located.lines:
+            path = _parent(path)
+        line = located.line(path)
+    location = path or (f"line {line}" if line is not None else "")
+    return EditionProblem(file, location, error.reason, line)
+
+
+def _problem_at(file: str, located: _Located, path: str, reason: str) -> EditionProblem:
+    return EditionProblem(file, path, reason, located.line(path))
 
 
 def _read_file(folder: Path, name: str, problems: list[EditionProblem]) -> _Located | None:
@@ -426,76 +328,77 @@ def _read_file(folder: Path, name: str, problems: list[EditionProblem]) -> _Loca
 
 # --- newsletter.yaml ----------------------------------------------------------------------------
 
-_PROFILE_REQUIRED = ("name", "from", "site", "languages", "default_language", "about")
-_PROFILE_OPTIONAL = ("reply_to",)
-
 
 def _check_profile(located: _Located) -> tuple[NewsletterProfile | None, list[EditionProblem]]:
-    check = _Checker(PROFILE_FILE, located)
-    data = check.mapping(located.value, "", _PROFILE_REQUIRED, _PROFILE_OPTIONAL)
-    if data is None:
-        return None, check.problems
-    languages = _check_languages(check, data)
-    default = check.text(data, "default_language", "")
-    if default is not None and languages and default not in languages:
-        check.problem("default_language", f"'{default}' is not in 'languages'")
-    site = check.url(data, "site", "")
-    reply_to = check.text(data, "reply_to", "")
-    if reply_to is not None and (reason := _address_problem(reply_to)):
-        check.problem("reply_to", reason)
-    name = check.per_language(data, "name", "", languages)
-    about = check.per_language(data, "about", "", languages)
-    from_address, from_name = _check_sender(check, data.get("from"), languages)
-    # Both become header phrases (From, List-Id): a line break would start a new header.
-    _one_line_each(check, name, "name")
-    _one_line_each(check, from_name, "from.name")
-    if check.problems:
-        return None, check.problems
-    assert name and about and from_name and from_address and site and default
+    parsed, problems = _validated(PROFILE_FILE, located, ProfileFile)
+    raw = located.value if isinstance(located.value, Mapping) else {}
+    languages = valid_languages(raw.get("languages"))
+    problems += _language_coverage(located, raw, languages)
+    if parsed is None or problems:
+        return None, problems
+
+    def ordered(texts: Mapping[str, str]) -> dict[str, str]:
+        return {language: texts[language] for language in languages}
+
     profile = NewsletterProfile(
-        name=name,
-        from_address=from_address,
-        from_name=from_name,
-        reply_to=reply_to,
-        site=site,
+        name=ordered(parsed.name),
+        from_address=parsed.sender.address,
+        from_name=ordered(parsed.sender.name),
+        reply_to=parsed.reply_to,
+        site=parsed.site,
         languages=languages,
-        default_language=default,
-        about=about,
+        default_language=parsed.default_language,
+        about=ordered(parsed.about),
     )
     return profile, []
 
 
-def _check_languages(check: _Checker, data: Mapping[str, Any]) -> tuple[str, ...]:
-    value = data.get("languages")
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not value:
-        check.problem("languages", "expected a non-empty list of language codes, like [en, be]")
-        return ()
-    languages: list[str] = []
-    for index, language in enumerate(value):
-        if not isinstance(language, str) or not LANGUAGE_TAG.match(language):
-            check.problem(f"languages[{index}]", f"not a language code: {language!r}")
-        elif language in languages:
-            check.problem(f"languages[{index}]", f"language '{language}' listed twice")
-        else:
-            languages.append(language)
-    return tuple(languages)
+def _language_coverage(
+    located: _Located, raw: Mapping[str, Any], languages: tuple[str, ...]
+) -> list[EditionProblem]:
+    """Profile fields that must agree with ``languages``: the default language, and one text per
+    language (no more, no fewer) in ``name``, ``about`` and ``from.name``.
+
+    Read from the raw YAML, so they are reported alongside the profile's other problems.
+    """
+    if not languages:
+        return []  # the list itself is wrong; ProfileFile said why
+    problems = []
+    default = raw.get("default_language")
+    if isinstance(default, str) and default.strip() and default.strip() not in languages:
+        reason = f"'{default}' is not in 'languages'"
+        problems.append(_problem_at(PROFILE_FILE, located, "default_language", reason))
+    sender = raw.get("from")
+    texts = {
+        "name": raw.get("name"),
+        "about": raw.get("about"),
+        "from.name": sender.get("name") if isinstance(sender, Mapping) else None,
+    }
+    for where, value in texts.items():
+        if isinstance(value, Mapping):
+            problems += _per_language_coverage(located, where, value, languages)
+    return problems
 
 
-def _check_sender(
-    check: _Checker, value: Any, languages: tuple[str, ...]
-) -> tuple[str | None, dict[str, str] | None]:
-    if value is None:
-        return None, None
-    sender = check.mapping(value, "from", ("address", "name"))
-    if sender is None:
-        return None, None
-    address = check.text(sender, "address", "from")
-    if address is not None and (reason := _address_problem(address)):
-        check.problem("from.address", reason)
-        address = None
-    return address, check.per_language(sender, "name", "from", languages)
+def _per_language_coverage(
+    located: _Located, where: str, texts: Mapping[Any, Any], languages: tuple[str, ...]
+) -> list[EditionProblem]:
+    problems = [
+        _problem_at(PROFILE_FILE, located, where, f"missing language '{language}'")
+        for language in languages
+        if language not in texts
+    ]
+    problems += [
+        _problem_at(
+            PROFILE_FILE,
+            located,
+            f"{where}.{language}",
+            f"language '{language}' is not in 'languages' ({listing(languages)})",
+        )
+        for language in texts
+        if language not in languages
+    ]
+    return problems
 
 
 def read_newsletter_profile(path: Path) -> NewsletterProfile:
@@ -515,130 +418,36 @@ def read_newsletter_profile(path: Path) -> NewsletterProfile:
 
 # --- <language>.yaml ----------------------------------------------------------------------------
 
-_CONTENT_REQUIRED = ("edition", "language", "period", "subject", "preheader", "items")
-_ITEM_REQUIRED = ("title", "url", "lead", "body")
-_ITEM_OPTIONAL = ("section", "standfirst", "image")
-
 
 def _check_content(
     file: str, located: _Located, language: str
 ) -> tuple[EditionContent | None, list[EditionProblem]]:
-    check = _Checker(file, located)
-    data = check.mapping(located.value, "", _CONTENT_REQUIRED)
-    if data is None:
-        return None, check.problems
-    key = check.text(data, "edition", "")
-    if key is not None and not EDITION_KEY.match(key):
-        check.problem("edition", f"edition key {key!r} must be letters, digits, '.', '_' or '-'")
-    declared = check.text(data, "language", "")
-    if declared is not None and declared != language:
-        check.problem("language", f"says '{declared}' but the file is for '{language}'")
-    start, end = _check_period(check, data.get("period"))
-    subject = _single_line(check, data, "subject")
-    preheader = _single_line(check, data, "preheader")
-    items = _check_items(check, data.get("items"))
-    if check.problems:
-        return None, check.problems
-    assert key and start and end and subject and preheader is not None
+    parsed, problems = _validated(file, located, ContentFile, {"language": language})
+    if parsed is None or problems:
+        return None, problems
     content = EditionContent(
-        key=key,
+        key=parsed.edition,
         language=language,
-        period_start=start,
-        period_end=end,
-        subject=subject,
-        preheader=preheader,
-        items=tuple(items),
+        period_start=parsed.period.start,
+        period_end=parsed.period.end,
+        subject=parsed.subject,
+        preheader=parsed.preheader,
+        items=tuple(_item(item) for item in parsed.items),
     )
     return content, []
 
 
-def _one_line_each(check: _Checker, texts: Mapping[str, str] | None, where: str) -> None:
-    for language, text in (texts or {}).items():
-        if any(ord(ch) < 32 for ch in text):
-            check.problem(f"{where}.{language}", "must be one line without control characters")
-
-
-def _single_line(check: _Checker, data: Mapping[str, Any], key: str) -> str | None:
-    value = check.text(data, key, "")
-    if value is not None and ("\n" in value.strip() or "\r" in value):
-        # A line break in a Subject header would end the header (RFC 5322 section 2.2).
-        check.problem(key, "must be one line")
-        return None
-    return None if value is None else value.strip()
-
-
-def _check_period(check: _Checker, value: Any) -> tuple[date | None, date | None]:
-    if value is None:
-        return None, None
-    period = check.mapping(value, "period", ("start", "end"))
-    if period is None:
-        return None, None
-    start = check.day(period, "start", "period")
-    end = check.day(period, "end", "period")
-    if start and end and end < start:
-        check.problem("period.end", f"period ends ({end}) before it starts ({start})")
-        return None, None
-    return start, end
-
-
-def _check_items(check: _Checker, value: Any) -> list[EditionItem]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not value:
-        check.problem("items", "expected a non-empty list of items")
-        return []
-    items = []
-    for index, raw in enumerate(value):
-        item = _check_item(check, raw, f"items[{index}]")
-        if item is not None:
-            items.append(item)
-    return items
-
-
-def _check_item(check: _Checker, value: Any, path: str) -> EditionItem | None:
-    before = len(check.problems)
-    data = check.mapping(value, path, _ITEM_REQUIRED, _ITEM_OPTIONAL)
-    if data is None:
-        return None
-    texts = {key: check.text(data, key, path) for key in ("section", "title", "standfirst")}
-    lead = check.text(data, "lead", path)
-    body = check.text(data, "body", path)
-    url = check.url(data, "url", path)
-    image = _check_image(check, data.get("image"), f"{path}.image")
-    if len(check.problems) > before:
-        return None
-    assert texts["title"] and url and lead and body
+def _item(item: Item) -> EditionItem:
+    image = item.image
     return EditionItem(
-        section=_strip(texts["section"]),
-        title=texts["title"].strip(),
-        standfirst=_strip(texts["standfirst"]),
-        url=url,
-        image=image,
-        lead=lead.strip(),
-        body=body.strip() + "\n",
+        section=item.section,
+        title=item.title,
+        standfirst=item.standfirst,
+        url=item.url,
+        image=None if image is None else EditionImage(image.url, image.alt, image.credit),
+        lead=item.lead,
+        body=item.body + "\n",  # Markdown source ends with a line break
     )
-
-
-def _strip(value: str | None) -> str | None:
-    return None if value is None else value.strip()
-
-
-def _check_image(check: _Checker, value: Any, path: str) -> EditionImage | None:
-    if value is None:
-        return None
-    data = check.mapping(value, path, ("url",), ("alt", "credit"))
-    if data is None:
-        return None
-    url = check.url(data, "url", path)
-    alt = data.get("alt")
-    if not isinstance(alt, str) or not alt.strip():
-        # Blind readers and mail clients that block images see only the alt text (WCAG 1.1.1).
-        check.problem(f"{path}.alt" if "alt" in data else path, "image without alt text")
-        alt = None
-    credit = check.text(data, "credit", path)
-    if url is None or alt is None:
-        return None
-    return EditionImage(url=url, alt=alt.strip(), credit=_strip(credit))
 
 
 # --- the whole folder ---------------------------------------------------------------------------
@@ -703,7 +512,7 @@ def _stray_files(folder: Path, profile: NewsletterProfile) -> Iterator[EditionPr
                 path.name,
                 "",
                 "unknown file: its language is not in newsletter.yaml 'languages' "
-                f"({_listing(profile.languages)})",
+                f"({listing(profile.languages)})",
             )
 
 

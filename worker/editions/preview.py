@@ -1,7 +1,8 @@
 """Edition previews: each language's rendition as HTML, text and full-page PNG screenshots.
 
-Screenshots come from headless Chromium (:mod:`worker.devtools.chromium`) at 600 px (desktop: the
-layout's full width; wider windows only add background) and 375 px (a common phone width, below
+Screenshots come from a :class:`Camera` the caller injects (the CLI passes headless Chromium from
+:mod:`worker.devtools.chromium`, a developer tool production code never imports) at 600 px (desktop:
+the layout's full width; wider windows only add background) and 375 px (a common phone width, below
 MJML's 480 px breakpoint, so columns stack as on a phone).
 """
 
@@ -10,16 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from worker.devtools.chromium import BrowserError, HeadlessChromium
 from worker.editions.files import read_edition
 from worker.editions.rendering import RenderedMessage, render_edition
 
 WIDTHS = {"desktop": 600, "mobile": 375}
 """Screenshot widths in CSS pixels (device scale factor 1)."""
 
-PreviewError = BrowserError
-"""Raised when Chromium is missing or fails."""
+
+class Camera(Protocol):
+    """Takes full-page screenshots of local HTML files (headless Chromium in the CLI)."""
+
+    def screenshot(self, page: Path, width: int) -> bytes:
+        """PNG bytes of ``page`` laid out ``width`` CSS px wide, as tall as its content."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -31,16 +37,15 @@ class Shot:
     width: int
 
 
-def take_screenshots(shots: Iterable[Shot], *, offline: bool = True) -> list[Path]:
-    """Take every screenshot with one Chromium process; returns the PNG paths.
+def take_screenshots(shots: Iterable[Shot], camera: Camera) -> list[Path]:
+    """Take every screenshot with ``camera``; returns the PNG paths, in order.
 
-    Raises :class:`PreviewError`. About 1 s to start plus 0.1-0.5 s per page.
+    Raises whatever ``camera`` raises (the Chromium driver: ``BrowserError``).
     """
     written = []
-    with HeadlessChromium(offline=offline) as browser:
-        for shot in shots:
-            shot.png.write_bytes(browser.screenshot(shot.html, shot.width))
-            written.append(shot.png)
+    for shot in shots:
+        shot.png.write_bytes(camera.screenshot(shot.html, shot.width))
+        written.append(shot.png)
     return written
 
 
@@ -53,15 +58,13 @@ def write_rendition(rendered: RenderedMessage, out: Path, stem: str) -> tuple[Pa
     return html, text
 
 
-def write_preview(folder: Path, out: Path, public_url: str, *, offline: bool = False) -> list[Path]:
-    """Render the edition in ``folder`` and write, per language ``xx``: ``xx.html``,
-    ``xx.txt``, ``xx-desktop.png`` (600 px) and ``xx-mobile.png`` (375 px) into ``out``.
+def write_renditions(folder: Path, out: Path, public_url: str) -> tuple[list[Path], list[Shot]]:
+    """Render the edition in ``folder`` and write ``xx.html`` and ``xx.txt`` per language.
 
-    Returns the written paths in that order, language by language. Raises
-    :class:`worker.editions.files.EditionInvalid`,
-    :class:`worker.editions.rendering.TemplateProblem` or
-    :class:`PreviewError`. With ``offline`` Chromium loads no remote images (their alt text
-    shows instead), which makes the PNGs independent of the network.
+    Returns every path of the preview in order (per language: html, txt, ``xx-desktop.png``
+    (600 px), ``xx-mobile.png`` (375 px)) and the screenshots still to take. Raises
+    :class:`worker.editions.files.EditionInvalid` or
+    :class:`worker.editions.rendering.TemplateProblem`.
     """
     source = read_edition(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,11 +74,21 @@ def write_preview(folder: Path, out: Path, public_url: str, *, offline: bool = F
         rendered = render_edition(
             source.newsletter, source.contents[language], public_url=public_url
         )
-        html, text = write_rendition(rendered, out, language)
-        written += [html, text]
+        written += write_rendition(rendered, out, language)
         for kind, width in WIDTHS.items():
-            shot = Shot(html, out / f"{language}-{kind}.png", width)
+            shot = Shot(
+                html=out / f"{language}.html", png=out / f"{language}-{kind}.png", width=width
+            )
             shots.append(shot)
             written.append(shot.png)
-    take_screenshots(shots, offline=offline)
+    return written, shots
+
+
+def write_preview(folder: Path, out: Path, public_url: str, camera: Camera) -> list[Path]:
+    """Write the whole preview of the edition in ``folder`` into ``out``, screenshots included.
+
+    Returns the paths as :func:`write_renditions` lists them; raises what it and ``camera`` raise.
+    """
+    written, shots = write_renditions(folder, out, public_url)
+    take_screenshots(shots, camera)
     return written

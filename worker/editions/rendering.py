@@ -37,7 +37,7 @@ from worker.editions.richtext import heading, markdown_to_html, markdown_to_text
 __all__ = ["UNSUBSCRIBE_URL"]  # re-exported: rendering writes it, callers used to import it here
 
 EDITION = "edition"
-TRANSACTIONAL = ("confirmation", "welcome", "unsubscribed")
+TRANSACTIONAL = ("confirmation", "welcome")
 MESSAGES = (EDITION, *TRANSACTIONAL)
 # Messages whose reader is subscribed and so must see an unsubscribe link (RFC 8058 adds the
 # header; the visible link is what CAN-SPAM and GDPR practice expect).

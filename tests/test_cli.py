@@ -1,0 +1,41 @@
+"""The ``newsletter`` command: every command defined under worker/cli is reachable from it."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import click
+
+import worker.cli
+from worker.cli import main
+
+
+def defined_commands() -> dict[str, click.Command]:
+    """Every click command or group at module level in worker/cli, by ``module.attribute``."""
+    found: dict[str, click.Command] = {}
+    for info in pkgutil.iter_modules(worker.cli.__path__, "worker.cli."):
+        module = importlib.import_module(info.name)  # an ImportError fails the test: good
+        for attribute, value in vars(module).items():
+            # A command's own module is its callback's (the object's __module__ is click.core).
+            defined_here = getattr(getattr(value, "callback", None), "__module__", None)
+            if isinstance(value, click.Command) and defined_here == info.name:
+                found[f"{info.name}.{attribute}"] = value
+    return found
+
+
+def reachable(group: click.Command) -> list[click.Command]:
+    """``group`` and every command below it."""
+    below = getattr(group, "commands", {}).values()
+    return [group, *(command for child in below for command in reachable(child))]
+
+
+def test_every_cli_command_is_registered() -> None:
+    registered = {id(command) for command in reachable(main)}
+
+    defined = defined_commands()
+    missing = [name for name, command in defined.items() if id(command) not in registered]
+
+    assert len(defined) > 10 and missing == []
+    assert {"edition", "send", "db", "demo", "status"} <= set(main.commands)
+    assert {"check", "preview", "load", "test-send"} <= set(main.commands["edition"].commands)
