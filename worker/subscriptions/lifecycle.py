@@ -32,7 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker.models import Consent, FeedbackEvent, Subscriber
-from worker.states import SubscriberStatus, check, sources
+from worker.states import IllegalTransition, SubscriberStatus, check, sources
 from worker.subscriptions.addresses import Address
 from worker.subscriptions.tokens import Purpose, TokenError, Tokens
 
@@ -90,8 +90,11 @@ def enrol(subscriber: Subscriber, now: datetime) -> None:
 def confirm(subscriber: Subscriber, now: datetime) -> None:
     """Complete the double opt-in of a pending subscriber; the confirmation token stops working.
 
-    Raises ``IllegalTransition`` unless ``subscriber`` is pending.
+    Raises ``IllegalTransition`` unless ``subscriber`` is pending (the table's other way into
+    ``confirmed``, from ``suppressed``, is :func:`lift_suppression`'s, never a link's).
     """
+    if subscriber.status != SubscriberStatus.PENDING:
+        raise IllegalTransition(f"only a pending subscriber confirms, not {subscriber.status}")
     subscriber.status = check(subscriber.status, SubscriberStatus.CONFIRMED)
     subscriber.confirm_nonce = None
     subscriber.confirmed_at = subscriber.updated_at = now
