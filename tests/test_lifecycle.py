@@ -20,6 +20,7 @@ from worker.models import FeedbackEvent, Subscriber
 from worker.runtime import Runtime
 from worker.states import SUBSCRIBER_TRANSITIONS, IllegalTransition, SubscriberStatus
 from worker.subscriptions import lifecycle
+from worker.subscriptions.addresses import parse_address
 from worker.subscriptions.signups import unsubscribe_token
 from worker.web.app import create_app
 
@@ -177,6 +178,19 @@ def test_purge_unconfirmed_moves_only_stale_pending_ones(rt: Runtime) -> None:
         "unsubscribed@example.org": "unsubscribed",
         "suppressed@example.org": "suppressed",
     }
+
+
+def test_insert_pending_tells_a_new_row_from_a_concurrent_one(rt: Runtime) -> None:
+    # Bug fixed: "inserted" came from rowcount, which PostgreSQL (psycopg) reports as -1 for
+    # INSERT … ON CONFLICT DO NOTHING, so every new signup there counted as a repeated one.
+    newsletter_id = seed(rt, [])
+    address = parse_address("New.Reader@Example.org")
+    with rt.session() as session:
+        first, inserted = lifecycle.insert_pending(session, newsletter_id, address, "en", NOW)
+        again, inserted_again = lifecycle.insert_pending(session, newsletter_id, address, "be", NOW)
+        assert (inserted, inserted_again, again.id) == (True, False, first.id)
+        assert (first.status, first.email, first.language) == (
+            "pending", "New.Reader@example.org", "en")  # fmt: skip
 
 
 def _provider_unsubscribe(address: str) -> FeedbackReport:
