@@ -238,7 +238,7 @@ def scheduler(interval: float, once: bool) -> None:
 
 
 def _purge_unconfirmed(rt: Any) -> int:
-    """Forget signups unconfirmed for ``purge_unconfirmed_days`` (worker.subscriptions.lifecycle)."""
+    """Forget signups unconfirmed for ``purge_unconfirmed_days``; returns how many."""
     from datetime import timedelta
 
     from worker.subscriptions.lifecycle import purge_unconfirmed
