@@ -29,7 +29,8 @@ from worker.feedback.suppressions import email_hash, suppress
 from worker.models import Consent, SignupRefusal, Subscriber, Suppression
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.subscriptions.signups import confirm, confirmation_token, purge_unconfirmed, unsubscribe
+from worker.subscriptions.lifecycle import purge_unconfirmed, unsubscribe_by_token
+from worker.subscriptions.signups import confirm, confirmation_token
 from worker.subscriptions.tokens import unsubscribe_token
 from worker.web.app import create_app
 
@@ -291,7 +292,7 @@ def test_an_unsubscribed_person_signing_up_again_goes_through_double_opt_in(
             ip=None,
             user_agent=None,
         )
-        unsubscribe(
+        unsubscribe_by_token(
             session,
             rt.tokens,
             unsubscribe_token(rt.tokens, subscriber.id),
@@ -325,7 +326,7 @@ def test_purge_unconfirmed_after_n_days(rt: Runtime) -> None:
         was = rows["was.confirmed@example.org"]
         confirm(session, rt.tokens, confirmation_token(rt.tokens, was), max_age_seconds=60, now=now,
                 ip=None, user_agent=None)  # fmt: skip
-        unsubscribe(
+        unsubscribe_by_token(
             session, rt.tokens, unsubscribe_token(rt.tokens, was.id), source="page", now=now
         )
     actors.handle_signup(event(9, "was.confirmed@example.org"))  # signed up again, never confirmed

@@ -238,10 +238,10 @@ def scheduler(interval: float, once: bool) -> None:
 
 
 def _purge_unconfirmed(rt: Any) -> int:
-    """Forget signups unconfirmed for ``purge_unconfirmed_days`` (worker.subscriptions.signups)."""
+    """Forget signups unconfirmed for ``purge_unconfirmed_days``; returns how many."""
     from datetime import timedelta
 
-    from worker.subscriptions.signups import purge_unconfirmed
+    from worker.subscriptions.lifecycle import purge_unconfirmed
 
     days = timedelta(days=rt.settings.purge_unconfirmed_days)
     with rt.session() as session:

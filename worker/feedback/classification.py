@@ -92,12 +92,11 @@ class Classification:
     @property
     def is_bounce(self) -> bool:
         """True for hard, soft and policy bounces (a delivery that failed), False otherwise."""
-        return self.kind in _BOUNCE_KINDS
+        return self.kind in BOUNCE_KINDS
 
 
-_BOUNCE_KINDS = frozenset(
-    {FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.POLICY_BLOCK}
-)
+BOUNCE_KINDS = (FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.POLICY_BLOCK)
+"""The kinds that mean a delivery failed (the one definition; policy and dashboard import it)."""
 
 _HARD_REASONS = frozenset(
     {

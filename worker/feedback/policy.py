@@ -10,9 +10,9 @@ complaint          unsubscribe and suppress (reason ``complaint``)
 soft bounce        count; suppress (``soft_bounce_limit``) at N trusted soft bounces within D
                    days since the last *settled* delivery (see :func:`soft_bounce_count`)
 policy block       never suppress: a WARNING log line for the operator (5.7.x is about us)
-unsubscribe        mailto: through :func:`worker.subscriptions.signups.unsubscribe` (the token is
-signed);
-                   verified provider: unsubscribe the attributed subscriber
+unsubscribe        mailto: the signed token names the subscriber; verified provider: the
+                   attributed subscriber; both through
+                   :func:`worker.subscriptions.lifecycle.unsubscribe` (one event per request)
 auto-reply,        recorded only
 delayed, unknown
 DMARC report       recorded only, never attributed to a subscriber (it is about the domain)
@@ -39,19 +39,24 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.feedback.classification import FeedbackKind, classify_smtp_reply, enhanced_status
+from worker.feedback.classification import (
+    BOUNCE_KINDS,
+    FeedbackKind,
+    classify_smtp_reply,
+    enhanced_status,
+)
 from worker.feedback.report import FeedbackReport
 from worker.feedback.suppressions import suppress
 from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.sending.identity import BOUNCE_PREFIX, parse_edition_message_id, parse_id, parse_verp
 from worker.settings import Settings
-from worker.states import DeliveryState, SubscriberStatus
+from worker.states import DeliveryState
+from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
-from worker.subscriptions.tokens import TokenError, Tokens
+from worker.subscriptions.tokens import Purpose, TokenError, Tokens
 
 log = logging.getLogger(__name__)
 
-_BOUNCE_KINDS = (FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.POLICY_BLOCK)
 _NEEDS_TRUST = (FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE, FeedbackKind.COMPLAINT)
 SOFT_COUNTED = ("soft_counted", "soft_limit_suppressed")
 
@@ -221,7 +226,7 @@ def soft_bounce_count(
 def _reset_point(session: Session, subscriber_id: int, settled_before: datetime) -> datetime | None:
     bounced = select(FeedbackEvent.id).where(
         FeedbackEvent.delivery_id == Delivery.id,
-        FeedbackEvent.kind.in_([k.value for k in _BOUNCE_KINDS]),
+        FeedbackEvent.kind.in_([k.value for k in BOUNCE_KINDS]),
     )
     return session.scalar(
         select(func.max(Delivery.sent_at)).where(
@@ -264,12 +269,11 @@ def _apply(
         _suppress(session, subscriber, "hard_bounce", event, policy, now)
         return Effect.SUPPRESSED, 1
     if kind == FeedbackKind.COMPLAINT:
-        _unsubscribe(subscriber, now)
-        session.flush()  # before suppress()'s bulk UPDATE sets the final status
+        _unsubscribe(session, subscriber, event, now)  # flushes before suppress()'s bulk UPDATE
         _suppress(session, subscriber, "complaint", event, policy, now)
         return Effect.UNSUBSCRIBED_AND_SUPPRESSED, 0
     if kind == FeedbackKind.UNSUBSCRIBE:
-        return _unsubscribe(subscriber, now), 0
+        return _unsubscribe(session, subscriber, event, now), 0
     return _soft_bounce(session, subscriber, event, policy, now), 1
 
 
@@ -307,15 +311,15 @@ def _suppress(
     )
 
 
-def _unsubscribe(subscriber: Subscriber, now: datetime) -> str:
-    """Leave the newsletter (not a suppression: transactional mail stays possible)."""
-    if subscriber.status in (SubscriberStatus.CONFIRMED, SubscriberStatus.PENDING):
-        subscriber.status = SubscriberStatus.UNSUBSCRIBED
-        subscriber.unsubscribed_at = subscriber.updated_at = now
-        return Effect.UNSUBSCRIBED
-    if subscriber.unsubscribed_at is None:
-        subscriber.unsubscribed_at = now  # a suppressed complainer has still asked to leave
-    return Effect.NONE
+def _unsubscribe(
+    session: Session, subscriber: Subscriber, event: FeedbackEvent, now: datetime
+) -> str:
+    """Leave the newsletter through the one unsubscribe path; ``event`` is the request's record.
+
+    Not a suppression: transactional mail stays possible. Returns the effect.
+    """
+    left = lifecycle.unsubscribe(session, subscriber, source=event.source, now=now, event=event)
+    return Effect.UNSUBSCRIBED if left else Effect.NONE
 
 
 def _mailto_unsubscribe(
@@ -325,39 +329,32 @@ def _mailto_unsubscribe(
     now: datetime,
     inbound_message_id: int | None,
 ) -> FeedbackOutcome:
-    """RFC 2369 mailto unsubscribe: the signed token names the subscriber (RFC 8058 spirit)."""
-    from worker.subscriptions.signups import (
-        unsubscribe,  # signups imports the composer chain; keep it lazy
-    )
+    """RFC 2369 mailto unsubscribe: the signed token names the subscriber (RFC 8058 spirit).
 
-    effect, subscriber_id = Effect.BAD_TOKEN, None
-    if tokens is not None and report.unsubscribe_token:
-        try:
-            subscriber = unsubscribe(
-                session,
-                tokens,
-                report.unsubscribe_token,
-                source="mailto",
-                now=now,
-                request_id=report.source_event_id,
-            )
-            subscriber_id, effect = subscriber.id, Effect.NONE
-        except TokenError:
-            pass
-    event = session.scalar(
-        select(FeedbackEvent).where(FeedbackEvent.source_event_id == report.source_event_id)
-    )
-    if event is not None:  # signups.unsubscribe recorded it: the subscriber left now
-        effect = Effect.UNSUBSCRIBED
-    else:
-        found = Attribution("token", subscriber_id is not None)
-        event = _new_event(session, report, found, now, inbound_message_id)
-    event.subscriber_id = subscriber_id
-    event.attribution, event.effect = "token", effect
-    event.inbound_message_id = inbound_message_id
-    event.reason, event.detail = report.classification.reason, _detail(report)
+    One event per message whatever the token says: ``bad_token``, ``none`` (already gone) or
+    ``unsubscribed``.
+    """
+    subscriber = _subscriber_of_token(session, tokens, report.unsubscribe_token)
+    found = Attribution("token", subscriber is not None, None, subscriber)
+    event = _new_event(session, report, found, now, inbound_message_id)
+    event.effect = Effect.BAD_TOKEN
+    if subscriber is not None:
+        event.effect = _unsubscribe(session, subscriber, event, now)
     session.flush()
     return _outcome(event)
+
+
+def _subscriber_of_token(
+    session: Session, tokens: Tokens | None, token: str | None
+) -> Subscriber | None:
+    """The subscriber a correctly signed unsubscribe token names; None if forged or unknown."""
+    if tokens is None or not token:
+        return None
+    try:
+        claims = tokens.check(Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return None
+    return session.get(Subscriber, claims.subscriber_id)
 
 
 def smtp_reply_report(

@@ -17,7 +17,8 @@ Lifting (``remove``) keeps the entry for audit (``removed_at``, ``removed_reason
 subscribers it covered: one whose status is ``suppressed`` and whose address the entry matched is
 restored to ``confirmed`` only if they had confirmed and had not unsubscribed since (a complaint
 also unsubscribes, so a lifted complaint leaves them ``unsubscribed``); otherwise they become
-``unsubscribed``: lifting a suppression never subscribes anyone who did not consent.
+``unsubscribed``: lifting a suppression never subscribes anyone who did not consent
+(:func:`worker.subscriptions.lifecycle.lift_suppression`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.models import Subscriber, Suppression
-from worker.states import SubscriberStatus
+from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
 
 
@@ -87,11 +88,7 @@ def suppress(
             created_at=now,
         )
         session.add(existing)
-    session.execute(
-        update(Subscriber)
-        .where(Subscriber.email_key == dedupe_key)
-        .values(status=SubscriberStatus.SUPPRESSED, updated_at=now)
-    )
+    lifecycle.suppress(session, dedupe_key, now)
     session.flush()
     return existing
 
@@ -126,23 +123,9 @@ def remove(session: Session, address: str, *, reason: str, hash_key: str, now: d
         entry.removed_at, entry.removed_reason = now, reason.strip()
     confirmed = unsubscribed = 0
     if entries:
-        for subscriber in session.scalars(
-            select(Subscriber).where(
-                Subscriber.email_key == key, Subscriber.status == SubscriberStatus.SUPPRESSED
-            )
-        ):
-            if _consent_stands(subscriber):
-                subscriber.status, confirmed = SubscriberStatus.CONFIRMED, confirmed + 1
-            else:
-                subscriber.status, unsubscribed = SubscriberStatus.UNSUBSCRIBED, unsubscribed + 1
-            subscriber.updated_at = now
+        confirmed, unsubscribed = lifecycle.lift_suppression(session, key, now)
     session.flush()
     return Removal(len(entries), confirmed, unsubscribed)
-
-
-def _consent_stands(subscriber: Subscriber) -> bool:
-    confirmed, left = subscriber.confirmed_at, subscriber.unsubscribed_at
-    return confirmed is not None and (left is None or left < confirmed)
 
 
 def entries(session: Session, *, include_removed: bool = False) -> Iterator[Suppression]:
@@ -235,12 +218,7 @@ def _suppress_hashed_subscribers(
         select(Subscriber.id, Subscriber.email_key)
     ).all()
     matched = [sid for sid, key in rows if email_hash(key, hash_key) in hashes]
-    for start in range(0, len(matched), 500):
-        session.execute(
-            update(Subscriber)
-            .where(Subscriber.id.in_(matched[start : start + 500]))
-            .values(status=SubscriberStatus.SUPPRESSED, updated_at=now)
-        )
+    lifecycle.suppress_ids(session, matched, now)
     session.flush()
 
 

@@ -31,13 +31,14 @@ from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
+from worker.feedback.classification import BOUNCE_KINDS as FEEDBACK_BOUNCE_KINDS
 from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, Subscriber
 from worker.states import SendStatus
 
 COMPLAINT_WARN = 0.001  # 0.1 %: Gmail/Yahoo bulk-sender guideline, keep below
 COMPLAINT_LIMIT = 0.003  # 0.3 %: never reach (delivery suffers, mitigation is refused)
 UNSUBSCRIBE_DEADLINE = timedelta(hours=48)  # honour unsubscribes within two days
-BOUNCE_KINDS = ("hard_bounce", "soft_bounce", "policy_block")
+BOUNCE_KINDS = tuple(kind.value for kind in FEEDBACK_BOUNCE_KINDS)  # plain strings for SQL and HTML
 FUNNEL_KINDS = (*BOUNCE_KINDS, "complaint", "unsubscribe")
 FUNNEL_COLUMNS = (
     "planned",

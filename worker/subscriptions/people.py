@@ -26,7 +26,7 @@ from worker.models import (
     Subscriber,
     Suppression,
 )
-from worker.states import SubscriberStatus
+from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
 
 ERASED_DOMAIN = "erased.invalid"  # RFC 2606: .invalid can never be a real mail domain
@@ -183,6 +183,4 @@ def _anonymise(subscriber: Subscriber, hashed: str, now: datetime) -> None:
     subscriber.email = subscriber.ascii_email = placeholder
     subscriber.email_key = f"erased:{hashed[:40]}:{subscriber.id}"
     subscriber.domain = ERASED_DOMAIN
-    subscriber.status = SubscriberStatus.SUPPRESSED
-    subscriber.confirm_nonce = None
-    subscriber.updated_at = now
+    lifecycle.erase(subscriber, now)

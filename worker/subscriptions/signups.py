@@ -1,21 +1,21 @@
-"""Signup events and double opt-in: validate, limit, record consent, confirm, unsubscribe, purge.
+"""Signup events and double opt-in: validate, limit, record consent, confirm.
 
 The signup event (version 1, docs/signup-event.md) is the JSON a website sends, through the queue
 or the HTTP endpoint; both validate it with ``validate_signup``. ``process_signup`` is what the
 signup actor does: every refusal is recorded with its reason (``SignupRefusal``), never raised.
 The workflow never sends mail itself: it returns what should happen next
 (``SignupOutcome.send_confirmation``) and the caller enqueues the mail. Abuse limits come in
-through the ``worker.subscriptions.limits.SignupLimiter`` port.
+through the ``worker.subscriptions.limits.SignupLimiter`` port. Status changes go through
+:mod:`worker.subscriptions.lifecycle` (also unsubscribing and the purge of unconfirmed signups).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cache
 from ipaddress import ip_address
 from typing import Annotated, Any, Literal
@@ -29,15 +29,14 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
 from worker.feedback.suppressions import email_hash, is_suppressed
-from worker.models import Consent, FeedbackEvent, Newsletter, SignupRefusal, Subscriber
+from worker.models import Consent, Newsletter, SignupRefusal, Subscriber
 from worker.states import SubscriberStatus
+from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import (
     Address,
     AddressError,
@@ -50,7 +49,6 @@ from worker.subscriptions.tokens import (
     TokenClaims,
     TokenError,
     Tokens,
-    unsubscribe_subscriber_id,
 )
 
 SCHEMA_VERSION = 1
@@ -351,7 +349,7 @@ def sign_up(
     )
     inserted = False
     if subscriber is None:
-        subscriber, inserted = _insert_subscriber(
+        subscriber, inserted = lifecycle.insert_pending(
             session, newsletter_id, address, event.language, now
         )
     repeat = subscriber.status == SubscriberStatus.PENDING and not inserted
@@ -363,49 +361,9 @@ def sign_up(
     if subscriber.status == SubscriberStatus.CONFIRMED:
         session.flush()
         return SignupOutcome(subscriber.id, False, "already_confirmed")
-    subscriber.status = SubscriberStatus.PENDING
-    if subscriber.confirm_nonce is None:
-        subscriber.confirm_nonce = secrets.token_urlsafe(9)
+    lifecycle.enrol(subscriber, now)
     session.flush()
     return SignupOutcome(subscriber.id, True, "pending", repeat=repeat)
-
-
-def _insert_subscriber(
-    session: Session, newsletter_id: int, address: Address, language: str, now: datetime
-) -> tuple[Subscriber, bool]:
-    """Insert the subscriber unless a concurrent signup of the same address just did; return
-    the row and whether this call inserted it. ON CONFLICT DO NOTHING rather than catching
-    IntegrityError: no rollback, no retried message, the abuse limits asked once per event."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    values = _new_subscriber(newsletter_id, address, language, now)
-    columns = {c.key: getattr(values, c.key) for c in Subscriber.__table__.columns if c.key != "id"}
-    result = session.execute(
-        insert(Subscriber)
-        .values(**columns)
-        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
-    )
-    row = session.scalars(
-        select(Subscriber).where(
-            Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
-        )
-    ).one()
-    return row, result.rowcount == 1  # type: ignore[attr-defined]
-
-
-def _new_subscriber(
-    newsletter_id: int, address: Address, language: str, now: datetime
-) -> Subscriber:
-    return Subscriber(
-        newsletter_id=newsletter_id,
-        email=address.normalized,
-        email_key=address.dedupe_key,
-        ascii_email=address.ascii_email,
-        domain=address.ascii_domain,
-        language=language,
-        status=SubscriberStatus.PENDING,
-        created_at=now,
-        updated_at=now,
-    )
 
 
 def _add_consent(
@@ -485,9 +443,7 @@ def confirm(
     ``TokenError`` as ``check_confirmation`` does.
     """
     subscriber, _ = check_confirmation(session, tokens, token, max_age_seconds)
-    subscriber.status = SubscriberStatus.CONFIRMED
-    subscriber.confirm_nonce = None  # the token stops working
-    subscriber.confirmed_at = subscriber.updated_at = now
+    lifecycle.confirm(subscriber, now)  # the token stops working
     consent = session.scalar(
         select(Consent)
         .where(Consent.subscriber_id == subscriber.id, Consent.confirmed_at.is_(None))
@@ -497,71 +453,5 @@ def confirm(
         consent.confirmed_at = now
         consent.confirm_ip = (ip or "")[:64] or None
         consent.confirm_user_agent = _clean(user_agent or "")[:512] or None
-    session.flush()
-    return subscriber
-
-
-def purge_unconfirmed(session: Session, *, now: datetime, older_than: timedelta) -> int:
-    """Forget signups left unconfirmed for longer than ``older_than``; returns how many.
-
-    A pending subscriber who never confirmed is deleted with its consents. One who was once
-    confirmed (unsubscribed, then signed up again without confirming) returns to
-    ``unsubscribed``: the ledger rows of past editions stay, the unconfirmed consents go.
-    """
-    cutoff = now - older_than
-    stale = session.scalars(
-        select(Subscriber).where(
-            Subscriber.status == SubscriberStatus.PENDING, Subscriber.updated_at < cutoff
-        )
-    ).all()
-    for subscriber in stale:
-        session.execute(
-            delete(Consent).where(
-                Consent.subscriber_id == subscriber.id, Consent.confirmed_at.is_(None)
-            )
-        )
-        if subscriber.confirmed_at is None:
-            session.delete(subscriber)
-        else:
-            subscriber.status = SubscriberStatus.UNSUBSCRIBED
-            subscriber.confirm_nonce = None
-            subscriber.updated_at = now
-    session.flush()
-    return len(stale)
-
-
-def unsubscribe(
-    session: Session,
-    tokens: Tokens,
-    token: str,
-    *,
-    source: str,
-    now: datetime,
-    request_id: str | None = None,
-) -> Subscriber:
-    """Unsubscribe the subscriber named by an unsubscribe token and record the feedback event.
-
-    ``source`` is ``one_click`` (RFC 8058), ``page`` or ``mailto``. Idempotent: unsubscribing twice
-    records one event per ``request_id`` and leaves the status as it is. Transactional mail (a new
-    double opt-in) stays possible: this is not a suppression. Raises ``TokenError`` (``forged``).
-    """
-    subscriber = session.get(Subscriber, unsubscribe_subscriber_id(tokens, token))
-    if subscriber is None:
-        raise TokenError("forged", "this link is not valid")
-    if subscriber.status in (SubscriberStatus.CONFIRMED, SubscriberStatus.PENDING):
-        subscriber.status = SubscriberStatus.UNSUBSCRIBED
-        subscriber.unsubscribed_at = subscriber.updated_at = now
-        event_id = request_id or f"unsubscribe:{subscriber.id}:{now.isoformat()}"
-        session.add(
-            FeedbackEvent(
-                source_event_id=event_id,
-                kind="unsubscribe",
-                source=source,
-                subscriber_id=subscriber.id,
-                recipient=None,
-                occurred_at=now,
-                recorded_at=now,
-            )
-        )
     session.flush()
     return subscriber

@@ -24,6 +24,7 @@ from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.settings import TEMPLATES_DIR, Settings
 from worker.states import SubscriberStatus
+from worker.subscriptions.lifecycle import unsubscribe_by_token
 from worker.subscriptions.limits import SignupLimiter, signup_limiter
 from worker.subscriptions.signups import (
     AddressRules,
@@ -33,7 +34,6 @@ from worker.subscriptions.signups import (
     record_refusal,
     resend_target,
     subscriber_of_link,
-    unsubscribe,
     validate_signup,
 )
 from worker.subscriptions.tokens import Purpose, TokenError
@@ -219,7 +219,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         one_click = _is_one_click(body, request.headers.get("content-type", ""))
         with runtime.session() as session:
             try:
-                subscriber = unsubscribe(
+                subscriber = unsubscribe_by_token(
                     session,
                     runtime.tokens,
                     token,

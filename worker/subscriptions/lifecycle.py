@@ -1,0 +1,256 @@
+"""The subscriber lifecycle: the one module that writes ``Subscriber.status``.
+
+Every change follows ``SUBSCRIBER_TRANSITIONS`` (:mod:`worker.states`): an in-memory change calls
+:func:`~worker.states.check` (``IllegalTransition`` on a refused arrow), a bulk UPDATE takes
+``WHERE status IN sources(target)``. Callers (signups, people, feedback policy, suppressions, web,
+CLI) decide *why*; this module decides *whether* and records *when*.
+
+===================  ==============================  ===============================================
+function             arrow                           caller
+===================  ==============================  ===============================================
+:func:`enrol`        new/pending/unsubscribed →      a signup (double opt-in again after leaving)
+                     pending
+:func:`confirm`      pending → confirmed             the confirmation page's POST
+:func:`unsubscribe`  pending/confirmed →             link page, RFC 8058 one-click, mailto,
+                     unsubscribed                    feedback (one path, one feedback event)
+:func:`suppress`     any → suppressed                bounce, complaint, soft-bounce limit, import
+:func:`erase`        any → suppressed                erasure (the row is anonymised by the caller)
+:func:`purge_...`    pending → unsubscribed/deleted  the periodic purge of unconfirmed signups
+:func:`lift_...`     suppressed → confirmed/unsub.   an operator lifts a suppression
+===================  ==============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from worker.models import Consent, FeedbackEvent, Subscriber
+from worker.states import IllegalTransition, SubscriberStatus, check, sources
+from worker.subscriptions.addresses import Address
+from worker.subscriptions.tokens import TokenError, Tokens, unsubscribe_subscriber_id
+
+_LEAVING = (SubscriberStatus.PENDING, SubscriberStatus.CONFIRMED)
+"""Statuses an unsubscribe request moves to ``unsubscribed`` (the others already get nothing)."""
+
+
+def insert_pending(
+    session: Session, newsletter_id: int, address: Address, language: str, now: datetime
+) -> tuple[Subscriber, bool]:
+    """Insert a pending subscriber unless a concurrent signup of the same address just did.
+
+    Returns the row and whether this call inserted it. ON CONFLICT DO NOTHING rather than catching
+    IntegrityError: no rollback, no retried message, the abuse limits asked once per event.
+    RETURNING tells whether a row was inserted: ``rowcount`` is not reliable for it on every
+    driver.
+    """
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = {
+        "newsletter_id": newsletter_id,
+        "email": address.normalized,
+        "email_key": address.dedupe_key,
+        "ascii_email": address.ascii_email,
+        "domain": address.ascii_domain,
+        "language": language,
+        "status": SubscriberStatus.PENDING.value,
+        "created_at": now,
+        "updated_at": now,
+    }
+    inserted = session.execute(
+        insert(Subscriber)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
+        .returning(Subscriber.id)
+    ).scalar_one_or_none()
+    row = session.scalars(
+        select(Subscriber).where(
+            Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
+        )
+    ).one()
+    return row, inserted is not None
+
+
+def enrol(subscriber: Subscriber, now: datetime) -> None:
+    """Make ``subscriber`` pending (a new signup); keeps a live confirmation nonce, else makes one.
+
+    Raises ``IllegalTransition`` for a confirmed or suppressed subscriber.
+    """
+    subscriber.status = check(subscriber.status, SubscriberStatus.PENDING)
+    if subscriber.confirm_nonce is None:
+        subscriber.confirm_nonce = secrets.token_urlsafe(9)
+    subscriber.updated_at = now
+
+
+def confirm(subscriber: Subscriber, now: datetime) -> None:
+    """Complete the double opt-in of a pending subscriber; the confirmation token stops working.
+
+    Raises ``IllegalTransition`` unless ``subscriber`` is pending (the table's other way into
+    ``confirmed``, from ``suppressed``, is :func:`lift_suppression`'s, never a link's).
+    """
+    if subscriber.status != SubscriberStatus.PENDING:
+        raise IllegalTransition(f"only a pending subscriber confirms, not {subscriber.status}")
+    subscriber.status = check(subscriber.status, SubscriberStatus.CONFIRMED)
+    subscriber.confirm_nonce = None
+    subscriber.confirmed_at = subscriber.updated_at = now
+
+
+def unsubscribe(
+    session: Session,
+    subscriber: Subscriber,
+    *,
+    source: str,
+    now: datetime,
+    event: FeedbackEvent | None = None,
+    request_id: str | None = None,
+) -> bool:
+    """The one unsubscribe path (link page, RFC 8058 one-click, mailto, feedback); True if the
+    subscriber left now.
+
+    Pending and confirmed subscribers become ``unsubscribed``; a suppressed one keeps its status
+    but the request is remembered in ``unsubscribed_at`` (so lifting the suppression later does
+    not restore someone who asked to leave); an unsubscribed one is left as it is. Exactly one
+    feedback event stands for the request: ``event`` when the caller has recorded it already
+    (feedback reports), otherwise one is added here (``source``: ``page``, ``one_click``,
+    ``mailto``; id ``request_id`` or a generated one) when the subscriber left now. Not a
+    suppression: transactional mail (a new double opt-in) stays possible.
+    """
+    left = subscriber.status in _LEAVING
+    if left:
+        subscriber.status = check(subscriber.status, SubscriberStatus.UNSUBSCRIBED)
+        subscriber.unsubscribed_at = subscriber.updated_at = now
+    elif subscriber.unsubscribed_at is None:
+        subscriber.unsubscribed_at = now  # a suppressed reader has still asked to leave
+    if event is not None:
+        event.subscriber_id = subscriber.id
+    elif left:
+        session.add(_unsubscribe_event(subscriber, source, now, request_id))
+    session.flush()
+    return left
+
+
+def _unsubscribe_event(
+    subscriber: Subscriber, source: str, now: datetime, request_id: str | None
+) -> FeedbackEvent:
+    return FeedbackEvent(
+        source_event_id=request_id or f"unsubscribe:{subscriber.id}:{now.isoformat()}",
+        kind="unsubscribe",
+        source=source[:32],
+        subscriber_id=subscriber.id,
+        recipient=None,  # the address is on the subscriber row; no second copy
+        occurred_at=now,
+        recorded_at=now,
+    )
+
+
+def unsubscribe_by_token(
+    session: Session,
+    tokens: Tokens,
+    token: str,
+    *,
+    source: str,
+    now: datetime,
+    request_id: str | None = None,
+) -> Subscriber:
+    """Unsubscribe the subscriber an unsubscribe token names (see :func:`unsubscribe`).
+
+    Idempotent: a second request records no second event. Raises ``TokenError`` (``forged``).
+    """
+    subscriber = session.get(Subscriber, unsubscribe_subscriber_id(tokens, token))
+    if subscriber is None:
+        raise TokenError("forged", "this link is not valid")
+    unsubscribe(session, subscriber, source=source, now=now, request_id=request_id)
+    return subscriber
+
+
+def suppress(session: Session, dedupe_key: str, now: datetime) -> None:
+    """Mark every subscriber with de-duplication key ``dedupe_key`` suppressed (one bulk UPDATE)."""
+    target = SubscriberStatus.SUPPRESSED
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.email_key == dedupe_key, Subscriber.status.in_(sources(target)))
+        .values(status=target, updated_at=now)
+    )
+
+
+def suppress_ids(session: Session, subscriber_ids: Sequence[int], now: datetime) -> None:
+    """Mark the subscribers with these ids suppressed (bulk UPDATEs of at most 500 ids)."""
+    target = SubscriberStatus.SUPPRESSED
+    for start in range(0, len(subscriber_ids), 500):
+        session.execute(
+            update(Subscriber)
+            .where(
+                Subscriber.id.in_(subscriber_ids[start : start + 500]),
+                Subscriber.status.in_(sources(target)),
+            )
+            .values(status=target, updated_at=now)
+        )
+
+
+def erase(subscriber: Subscriber, now: datetime) -> None:
+    """Suppress an erased subscriber for good and void its confirmation link (any status)."""
+    subscriber.status = check(subscriber.status, SubscriberStatus.SUPPRESSED)
+    subscriber.confirm_nonce = None
+    subscriber.updated_at = now
+
+
+def purge_unconfirmed(session: Session, *, now: datetime, older_than: timedelta) -> int:
+    """Forget signups left unconfirmed for longer than ``older_than``; returns how many.
+
+    A pending subscriber who never confirmed is deleted with its consents. One who was once
+    confirmed (unsubscribed, then signed up again without confirming) returns to
+    ``unsubscribed``: the ledger rows of past editions stay, the unconfirmed consents go.
+    """
+    stale = session.scalars(
+        select(Subscriber).where(
+            Subscriber.status == SubscriberStatus.PENDING, Subscriber.updated_at < now - older_than
+        )
+    ).all()
+    for subscriber in stale:
+        session.execute(
+            delete(Consent).where(
+                Consent.subscriber_id == subscriber.id, Consent.confirmed_at.is_(None)
+            )
+        )
+        if subscriber.confirmed_at is None:
+            session.delete(subscriber)
+            continue
+        subscriber.status = check(subscriber.status, SubscriberStatus.UNSUBSCRIBED)
+        subscriber.confirm_nonce = None
+        subscriber.updated_at = now
+    session.flush()
+    return len(stale)
+
+
+def lift_suppression(session: Session, dedupe_key: str, now: datetime) -> tuple[int, int]:
+    """Restore the suppressed subscribers with ``dedupe_key``; returns (confirmed, unsubscribed).
+
+    Back to ``confirmed`` only if they had confirmed and had not asked to leave since (a complaint
+    also unsubscribes); otherwise ``unsubscribed``: lifting never subscribes anyone who did not
+    consent.
+    """
+    confirmed = unsubscribed = 0
+    for subscriber in session.scalars(
+        select(Subscriber).where(
+            Subscriber.email_key == dedupe_key, Subscriber.status == SubscriberStatus.SUPPRESSED
+        )
+    ):
+        if _consent_stands(subscriber):
+            subscriber.status = check(subscriber.status, SubscriberStatus.CONFIRMED)
+            confirmed += 1
+        else:
+            subscriber.status = check(subscriber.status, SubscriberStatus.UNSUBSCRIBED)
+            unsubscribed += 1
+        subscriber.updated_at = now
+    session.flush()
+    return confirmed, unsubscribed
+
+
+def _consent_stands(subscriber: Subscriber) -> bool:
+    confirmed, left = subscriber.confirmed_at, subscriber.unsubscribed_at
+    return confirmed is not None and (left is None or left < confirmed)
