@@ -2,8 +2,9 @@
 
 Every test that takes ``settings`` runs twice, on SQLite and on PostgreSQL (the service on
 127.0.0.1:5432; a database is created for the test run and dropped after). Actor tests use
-dramatiq's StubBroker with an in-process worker (``NEWSLETTER_BROKER=stub`` below); tests that
-need the real broker start ``dramatiq`` worker processes with ``NEWSLETTER_BROKER=redis``.
+dramatiq's StubBroker with an in-process worker (set up by ``pytest_configure``, before any test
+module declares or imports actors); tests that need the real broker start ``dramatiq`` worker
+processes with ``NEWSLETTER_BROKER=redis``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-os.environ["NEWSLETTER_BROKER"] = "stub"  # before worker.broker is imported anywhere
-os.environ.setdefault("NEWSLETTER_SECRET_KEY", "test-secret-key-0123456789")
-
 import psycopg
 import pytest
 import redis
@@ -23,10 +21,11 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 
 from tests.services import PG_ADMIN, redis_url
+from worker import broker
 from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer
 from worker.models import Base
-from worker.runtime import Runtime
+from worker.runtime import Runtime, use_runtime
 from worker.settings import EXAMPLES_DIR, Settings
 
 REDIS_URL = redis_url(0)
@@ -37,6 +36,14 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 CASES = Path(__file__).parent / "cases"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The in-process stub broker, installed before test modules import ``worker.actors`` (whose
+    actors bind to the broker present when they are declared)."""
+    broker.setup(Settings.from_env({}, broker="stub"))
+
+
 SAMPLE_EDITION = EXAMPLES_DIR / "editions" / "2024-W28"
 
 
@@ -122,12 +129,11 @@ def settings(db_url: str, smtp: OutboxServer, redis_url: str) -> Settings:
 @pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
     """A runtime on the test's database, SMTP server and Redis; installed for the actors too."""
-    from worker import actors
-
     runtime = Runtime(settings)
-    actors.use_runtime(runtime)
+    use_runtime(runtime)
     yield runtime
-    actors.use_runtime(None)
+    use_runtime(None)
+    runtime.close()
     dispose_engines()
 
 
@@ -136,19 +142,18 @@ def stub_worker(rt: Runtime) -> Iterator[object]:
     """An in-process dramatiq worker on the StubBroker; ``.join()`` waits for every queue."""
     import dramatiq
 
-    from worker.broker import QUEUES, broker
-
-    broker.flush_all()
-    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    stub = broker.current()
+    stub.flush_all()
+    worker = dramatiq.Worker(stub, worker_threads=2, worker_timeout=50)
     worker.start()
 
     class Handle:
         def join(self) -> None:
             for _ in range(3):  # actors enqueue follow-ups on other queues
-                for queue in QUEUES:
-                    broker.join(queue, fail_fast=True)
+                for queue in broker.QUEUES:
+                    stub.join(queue, fail_fast=True)
                 worker.join()
 
     yield Handle()
     worker.stop()
-    broker.flush_all()
+    stub.flush_all()

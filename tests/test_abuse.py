@@ -218,8 +218,9 @@ def test_suppressed_address_gets_nothing(
 
 
 def test_domain_limit_paces_confirmation_mails(settings: Settings, smtp: OutboxServer) -> None:
-    from worker.broker import broker
+    from worker.broker import current
 
+    broker = current()
     broker.flush_all()
     rt = Runtime(replace(settings, confirmations_per_domain_per_minute=3))
     actors.use_runtime(rt)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from tests.sendkit import run_batch, seed, start_send, states
 from tests.smtp_script import ScriptServer
 from worker import actors
-from worker.broker import batch_name, broker
+from worker.broker import batch_name, current
 from worker.models import Delivery, FeedbackEvent, Send, Suppression
 from worker.runtime import Runtime
 from worker.sending.dispatch import (
@@ -263,7 +263,7 @@ def test_planning_is_keyset_paged_and_planning_twice_is_a_no_op(srt: Runtime) ->
 def test_reconcile_enqueues_only_due_and_stalled_batches(srt: Runtime) -> None:
     seed(srt, [f"r{n:02d}@example.org" for n in range(30)])
     send_id = start_send(srt, batch_size=10)
-    broker.flush_all()
+    current().flush_all()
     assert actors.reconcile(srt) == 3  # nothing alive: every due batch
     assert actors.reconcile(srt) == 0  # their messages are alive now
     with srt.session() as session:
@@ -275,10 +275,10 @@ def test_reconcile_enqueues_only_due_and_stalled_batches(srt: Runtime) -> None:
             .values(state="deferred", next_attempt_at=later)
         )
         session.commit()
-    actors.hints().forget(batch_name(send_id, a, a + 9))  # deferred an hour: not due
-    actors.hints().forget(batch_name(send_id, b, b_last))  # its message was lost
+    actors.runtime().hints.forget(batch_name(send_id, a, a + 9))  # deferred an hour: not due
+    actors.runtime().hints.forget(batch_name(send_id, b, b_last))  # its message was lost
     assert actors.reconcile(srt) == 1
-    broker.flush_all()
+    current().flush_all()
 
 
 def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(

@@ -447,8 +447,9 @@ class InProcessWorker:
     def __init__(self, rt: Runtime) -> None:
         import dramatiq
 
-        from worker.broker import broker
+        from worker.broker import current
 
+        broker = current()
         actors.use_runtime(rt)
         broker.flush_all()
         self.broker = broker

@@ -96,8 +96,9 @@ def web_schema(sqlite_url: str, tmp_path: Path) -> Iterator[Any]:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     schema.config.generation.update(allow_x00=True)
     yield schema
-    from worker.broker import broker
+    from worker.broker import current
 
+    broker = current()
     broker.flush_all()  # the signups the endpoint enqueued: nobody processes them here
     actors.use_runtime(None)
     dispose_engines()

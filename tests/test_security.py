@@ -667,8 +667,9 @@ def test_secrets_never_appear_in_logs(
     actors.use_runtime(runtime)
     import dramatiq
 
-    from worker.broker import QUEUES, broker
+    from worker.broker import QUEUES, current
 
+    broker = current()
     broker.flush_all()
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     caplog.set_level(logging.DEBUG)

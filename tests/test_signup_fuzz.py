@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import SAMPLE_EDITION
 from worker import actors
-from worker.broker import broker
+from worker.broker import current
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer
 from worker.models import Consent, SignupRefusal
@@ -132,9 +132,9 @@ def fuzz_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime,
             )
         )
         actors.use_runtime(rt)
-        broker.flush_all()
+        current().flush_all()
         yield rt, smtp
-        broker.flush_all()
+        current().flush_all()
         actors.use_runtime(None)
     client.flushdb()
     dispose_engines()
@@ -153,7 +153,7 @@ def known_event_ids(rt: Runtime) -> set[str]:
 
 
 def send_queued_confirmations() -> None:
-    queue = broker.queues["transactional"]
+    queue = current().queues["transactional"]
     while not queue.empty():
         message = dramatiq.Message.decode(queue.get_nowait())
         queue.task_done()

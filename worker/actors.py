@@ -12,17 +12,13 @@ from typing import Any
 import dramatiq
 from sqlalchemy import select
 
-from worker.broker import (
-    BatchHints,
-    batch_name,
-    broker,  # noqa: F401  (configures the broker before any actor exists)
-    make_hints,
-)
+from worker import broker
+from worker.broker import batch_name
 from worker.editions.store import profile_of
 from worker.logs import log_context
 from worker.models import Send, Subscriber
 from worker.operators import metrics
-from worker.runtime import Runtime
+from worker.runtime import Runtime, runtime, use_runtime
 from worker.sending.dispatch import expire_leases, finish_send_if_done, pending_batches
 from worker.sending.dispatch import send_batch as send_batch_domain
 from worker.sending.identity import bounce_address
@@ -30,26 +26,17 @@ from worker.sending.sends import plan_send as plan_send_domain
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
-from worker.subscriptions.limits import SignupLimiter, signup_limiter
 from worker.subscriptions.signups import AddressRules, confirmation_token, process_signup
 from worker.subscriptions.tokens import unsubscribe_token
 
 log = logging.getLogger(__name__)
-_runtime: Runtime | None = None
+__all__ = ["runtime", "use_runtime"]  # re-exported: the CLI, the demo and tests reach them here
 
-
-def runtime() -> Runtime:
-    """This process's runtime, built on first use (after dramatiq forked the worker process)."""
-    global _runtime
-    if _runtime is None:
-        _runtime = Runtime(Settings.from_env())
-    return _runtime
-
-
-def use_runtime(rt: Runtime | None) -> None:
-    """Install a runtime (the demo and tests); None resets to the environment's."""
-    global _runtime
-    _runtime = rt
+# This module is the workers' entry point (``dramatiq worker.actors`` imports it, then takes
+# dramatiq's global broker). Actors bind to the global broker when they are declared, so it is
+# set up first, from the environment, unless an entry point (the demo, tests) already did.
+if not broker.installed():
+    broker.setup(Settings.from_env())
 
 
 # Ahead of bulk work in a worker that consumes every queue: dramatiq orders the messages a
@@ -70,7 +57,7 @@ def handle_signup(event: Any) -> None:
             newsletter=newsletter,
             profile=profile_of(newsletter),
             rules=AddressRules.from_settings(rt.settings),
-            limiter=_limiter(rt),
+            limiter=rt.limiter,
             hash_key=rt.settings.secret_key,
             now=rt.clock.now(),
         )
@@ -79,15 +66,6 @@ def handle_signup(event: Any) -> None:
         log.info("signup %s: %s", outcome.status, outcome.reason)
     if outcome.send_confirmation and outcome.subscriber_id is not None:
         send_confirmation.send(outcome.subscriber_id)
-
-
-def _limiter(rt: Runtime) -> SignupLimiter:
-    """The abuse limiter of ``rt``, kept on it (one Redis connection pool per runtime)."""
-    limiter: SignupLimiter | None = getattr(rt, "_signup_limiter", None)
-    if limiter is None:
-        limiter = signup_limiter(rt.settings)
-        setattr(rt, "_signup_limiter", limiter)  # noqa: B010  (Runtime is not ours to extend)
-    return limiter
 
 
 # Confirmation mails wait for a recipient-domain slot at most this long per hop.
@@ -105,7 +83,7 @@ def send_confirmation(subscriber_id: int) -> None:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None or subscriber.status != SubscriberStatus.PENDING:
             return
-        verdict = _limiter(rt).allow_domain(subscriber.domain)
+        verdict = rt.limiter.allow_domain(subscriber.domain)
         if not verdict.allowed:
             delay = min(MAX_DOMAIN_WAIT_MS, int(verdict.retry_after * 1000) + 10)
             send_confirmation.send_with_options(args=(subscriber_id,), delay=delay)
@@ -162,24 +140,15 @@ def send_welcome(subscriber_id: int) -> None:
             raise RuntimeError(f"welcome mail deferred: {outcome.code} {outcome.text}")  # retried
 
 
-_hints: tuple[Runtime, BatchHints] | None = None
 QUEUE_PATIENCE = 15  # × batch_grace_seconds: how long an enqueued batch may wait unstarted
-
-
-def hints() -> BatchHints:
-    """This runtime's batch hints (see ``worker.broker.BatchHints``)."""
-    global _hints
-    rt = runtime()
-    if _hints is None or _hints[0] is not rt:
-        _hints = (rt, make_hints(rt.settings))
-    return _hints[1]
 
 
 def enqueue_batch(send_id: int, first_id: int, last_id: int, delay: float = 0.0) -> None:
     """Enqueue one batch message (``delay`` in seconds) and record that it is alive."""
     # a queued message may wait behind many others: patience, not the running batch's grace
-    patience = QUEUE_PATIENCE * runtime().settings.batch_grace_seconds
-    hints().alive(batch_name(send_id, first_id, last_id), delay + patience)
+    rt = runtime()
+    patience = QUEUE_PATIENCE * rt.settings.batch_grace_seconds
+    rt.hints.alive(batch_name(send_id, first_id, last_id), delay + patience)
     send_batch.send_with_options(args=(send_id, first_id, last_id), delay=int(delay * 1000) + 1)
 
 
@@ -188,16 +157,16 @@ def plan_send(send_id: int) -> None:
     """Render and plan a send, then enqueue its batches."""
     rt = runtime()
     name = f"plan:{send_id}"
-    hints().alive(name, rt.settings.batch_grace_seconds + 3600)  # planning 1M takes minutes
+    rt.hints.alive(name, rt.settings.batch_grace_seconds + 3600)  # planning 1M takes minutes
     with rt.session() as session, log_context(send_id=send_id):
         send = plan_send_domain(session, send_id, rt.links.public_url, rt.clock.now())
         if send.status != SendStatus.SENDING:
-            hints().forget(name)
+            rt.hints.forget(name)
             return
         batches = pending_batches(session, send_id, send.batch_size, rt.clock.now())
     for first, last in batches:
         enqueue_batch(send_id, first, last)
-    hints().forget(name)
+    rt.hints.forget(name)
 
 
 @dramatiq.actor(queue_name="deliveries", max_retries=20, time_limit=3_600_000)
@@ -218,12 +187,12 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
             throttle=rt.throttle,
             clock=rt.clock,
             policy=rt.policy,
-            heartbeat=lambda: hints().alive(name, grace, extend_only=False),
+            heartbeat=lambda: rt.hints.alive(name, grace, extend_only=False),
         )
     if report.retry_after is not None and report.stopped is None:
         enqueue_batch(send_id, first_id, last_id, report.retry_after)
     else:
-        hints().forget(name)
+        rt.hints.forget(name)
 
 
 def reconcile(rt: Runtime) -> int:
@@ -244,14 +213,14 @@ def reconcile(rt: Runtime) -> int:
         work: list[tuple[int, int, int]] = []
         for send in sends:
             if send.status == SendStatus.PLANNING:
-                if hints().stalled([f"plan:{send.id}"]):
+                if rt.hints.stalled([f"plan:{send.id}"]):
                     plan_send.send(send.id)
-                    hints().alive(f"plan:{send.id}", rt.settings.batch_grace_seconds)
+                    rt.hints.alive(f"plan:{send.id}", rt.settings.batch_grace_seconds)
                     enqueued += 1
                 continue
             due = pending_batches(session, send.id, send.batch_size, now)
             names = {batch_name(send.id, f, last): (send.id, f, last) for f, last in due}
-            work += [names[name] for name in hints().stalled(list(names))]
+            work += [names[name] for name in rt.hints.stalled(list(names))]
             if not due:
                 finish_send_if_done(session, send.id, now)
     for send_id, first, last in work:

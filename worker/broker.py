@@ -1,4 +1,9 @@
-"""The dramatiq broker, configured in this one module; ``worker.actors`` imports it first.
+"""The dramatiq broker, configured in this one module by an explicit ``setup(settings)``.
+
+Importing this module does nothing. Entry points call ``setup``: ``worker.actors`` before it
+declares its actors (dramatiq binds each actor to the global broker when it is declared, and
+``dramatiq worker.actors`` takes the global broker after importing that module), the test suite
+with a stub broker before any test module is imported.
 
 With ``NEWSLETTER_REDIS_URL`` set (the default) the Redis broker is used; with it empty, the
 in-process ``StubBroker`` (the demo). Redis here may keep nothing on disk, so queue messages are
@@ -55,9 +60,9 @@ class ProcessLogging(dramatiq.Middleware):
         configure_logging(Settings.from_env())
 
 
-def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
-    """Create the broker from the environment and make it dramatiq's global broker."""
-    broker = make_broker(settings or Settings.from_env())
+def setup(settings: Settings) -> dramatiq.Broker:
+    """Create the broker for ``settings``, make it dramatiq's global broker and return it."""
+    broker = make_broker(settings)
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
         broker.add_middleware(Prometheus())
         broker.add_middleware(ProcessLogging())
@@ -65,7 +70,18 @@ def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     return broker
 
 
-broker = setup_broker()
+def installed() -> bool:
+    """Whether ``setup`` (or another entry point) has set dramatiq's global broker."""
+    return dramatiq.broker.global_broker is not None
+
+
+def current() -> dramatiq.Broker:
+    """The broker ``setup`` installed; raises ``RuntimeError`` before (dramatiq's own
+    ``get_broker`` would silently build a RabbitMQ broker on localhost instead)."""
+    broker = dramatiq.broker.global_broker
+    if broker is None:
+        raise RuntimeError("no dramatiq broker: call worker.broker.setup(settings) first")
+    return broker
 
 
 class BatchHints:
@@ -117,12 +133,3 @@ class BatchHints:
 def batch_name(send_id: int, first_id: int, last_id: int) -> str:
     """The hint name of one batch message."""
     return f"batch:{send_id}:{first_id}:{last_id}"
-
-
-def make_hints(settings: Settings) -> BatchHints:
-    """Hints in the broker's Redis, or in memory for the stub broker."""
-    if settings.broker == "stub" or not settings.redis_url:
-        return BatchHints(None)
-    import redis
-
-    return BatchHints(redis.Redis.from_url(settings.redis_url))

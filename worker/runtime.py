@@ -1,6 +1,8 @@
-"""Process-wide wiring of settings to adapters: sessions, SMTP mailers, the throttle, tokens.
+"""Process-wide wiring of settings to adapters: sessions, Redis, SMTP mailers, the throttle, tokens.
 
-Actors, the CLI, the web app and the demo build one ``Runtime`` and pass its parts to the domain.
+``Runtime`` builds every adapter itself, lazily, once per runtime; ``runtime()`` is the process's
+runtime (built from the environment on first use) and ``use_runtime(rt)`` installs another (the
+demo, tests). Actors, the CLI, the web app and the demo pass its parts to the domain.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import session_scope
+from worker.broker import BatchHints
+from worker.db import make_engine
 from worker.editions.store import get_newsletter, profile_of
 from worker.models import Edition, Newsletter, Send
 from worker.operators.metrics import MeteredMailer
@@ -25,14 +30,24 @@ from worker.sending.sends import rendition_texts
 from worker.sending.smtp import SmtpMailer
 from worker.sending.throttle import LocalThrottle, RedisThrottle
 from worker.settings import Settings
+from worker.subscriptions.limits import (
+    AbuseLimits,
+    MemorySignupLimiter,
+    RedisSignupLimiter,
+    SignupLimiter,
+)
 from worker.subscriptions.tokens import Tokens
+
+if TYPE_CHECKING:
+    import redis
 
 
 @dataclass
 class Runtime:
-    """Everything a process needs to act on the domain, built from ``settings``.
+    """Everything a process needs to act on the domain, built from ``settings`` on first use.
 
-    ``mailer_factory`` and ``throttle`` may be replaced (the demo uses a local throttle).
+    ``mailer_factory`` (one SMTP connection per worker thread) and ``throttle_override`` may be
+    given (tests, the demo's local throttle); every other adapter is built here.
     """
 
     settings: Settings
@@ -41,11 +56,64 @@ class Runtime:
     mailer_factory: Callable[[], Mailer] | None = None
     _local: threading.local = field(default_factory=threading.local)
     _composers: dict[int, Composer] = field(default_factory=dict)
+    _languages: tuple[str, ...] | None = None
+
+    @cached_property
+    def engine(self) -> Engine:
+        """This runtime's connection pool to ``settings.database_url``."""
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def _sessions(self) -> sessionmaker[Session]:
+        return sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with session_scope(self.settings) as session:
-            yield session
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        """Close the pooled database connections (end of a test, before a fork)."""
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+    @cached_property
+    def redis(self) -> redis.Redis | None:
+        """The client of ``settings.redis_url`` (shared by the throttle, limiter and hints), or
+        None without a URL. Connects on first command, not here."""
+        if not self.settings.redis_url:
+            return None
+        import redis
+
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def limiter(self) -> SignupLimiter:
+        """The signup abuse limiter: in Redis (shared by every process), else in memory."""
+        limits = AbuseLimits.from_settings(self.settings)
+        key = self.settings.secret_key
+        if self.redis is None:
+            return MemorySignupLimiter(limits, key)
+        return RedisSignupLimiter(self.redis, limits, key)
+
+    @cached_property
+    def hints(self) -> BatchHints:
+        """Batch hints in the broker's Redis, or in memory for the stub broker."""
+        stub = self.settings.broker == "stub" or self.redis is None
+        return BatchHints(None if stub else self.redis)
+
+    def signup_languages(self) -> tuple[str, ...]:
+        """The newsletter's languages, read once (the same database read for every signup)."""
+        if self._languages is None:
+            with self.session() as session:
+                self._languages = profile_of(self.newsletter(session)).languages
+        return self._languages
 
     @cached_property
     def tokens(self) -> Tokens:
@@ -61,13 +129,10 @@ class Runtime:
         if self.throttle_override is not None:
             return self.throttle_override
         s = self.settings
-        if not s.redis_url:
+        if self.redis is None:
             return LocalThrottle(s.global_rate, s.rates_by_domain, s.max_smtp_connections)
-        import redis
-
-        client = redis.Redis.from_url(s.redis_url)
         return RedisThrottle(
-            client,
+            self.redis,
             global_rate=s.global_rate,
             domain_rates=s.rates_by_domain,
             max_connections=s.max_smtp_connections,
@@ -79,17 +144,13 @@ class Runtime:
         """This thread's SMTP mailer (one reused connection per worker thread)."""
         mailer: Mailer | None = getattr(self._local, "mailer", None)
         if mailer is None:
-            if self.mailer_factory is not None:
-                mailer = self.mailer_factory()
-            else:
-                mailer = SmtpMailer(
-                    self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds
-                )
-            mailer = MeteredMailer(
-                mailer
-            )  # SMTP reply classes and latency (worker.operators.metrics)
-            self._local.mailer = mailer
+            factory = self.mailer_factory or self._smtp_mailer
+            # SMTP reply classes and latency (worker.operators.metrics)
+            mailer = self._local.mailer = MeteredMailer(factory())
         return mailer
+
+    def _smtp_mailer(self) -> Mailer:
+        return SmtpMailer(self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds)
 
     @cached_property
     def dkim_signer(self) -> DkimSigner | None:
@@ -141,3 +202,24 @@ class Runtime:
             )
             self._composers[send_id] = composer
         return composer
+
+
+_process_runtime: Runtime | None = None
+_process_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's runtime: the installed one, else one built from the environment on first
+    use (after dramatiq forked the worker process, so no pool crosses a fork)."""
+    global _process_runtime
+    with _process_lock:
+        if _process_runtime is None:
+            _process_runtime = Runtime(Settings.from_env())
+        return _process_runtime
+
+
+def use_runtime(rt: Runtime | None) -> None:
+    """Install ``rt`` as this process's runtime (the demo, tests); None: the environment's again."""
+    global _process_runtime
+    with _process_lock:
+        _process_runtime = rt

@@ -43,12 +43,12 @@ def send() -> None:
 def send_start(edition_key: str, batch_size: int | None) -> None:
     """Enqueue a send of the loaded edition EDITION_KEY (e.g. 2024-W28)."""
     from worker.actors import plan_send, runtime
-    from worker.broker import broker
+    from worker.broker import current
     from worker.editions.store import find_edition
     from worker.sending.sends import create_send
 
     rt = runtime()
-    client = getattr(broker, "client", None)
+    client = getattr(current(), "client", None)
     if client is not None:
         client.ping()  # fail before a send row exists that nothing would ever plan
     with rt.session() as session:

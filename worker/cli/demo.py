@@ -113,7 +113,7 @@ def run_demo(*, redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> d
         smtp_url = server.url
     web_port = free_port()
     env = _env(redis_url, smtp_url, workdir, web_port)
-    os.environ.update(env)  # before worker.broker is imported: it picks the broker from here
+    os.environ.update(env)  # before worker.actors is imported: it sets up the broker from here
     try:
         return _run(env, redis_url, outbox, workdir, web_port, local_smtp=server is not None)
     finally:
@@ -206,8 +206,9 @@ class _Workers:
         if self.worker is not None:
             from dramatiq.brokers.stub import StubBroker
 
-            from worker.broker import broker
+            from worker.broker import current
 
+            broker = current()
             assert isinstance(broker, StubBroker)
             for queue in queues:
                 broker.join(queue, fail_fast=True)
@@ -235,9 +236,9 @@ def _start_workers(redis_url: str, env: dict[str, str], logdir: Path) -> _Worker
     if not redis_url:
         import dramatiq
 
-        from worker.broker import broker
+        from worker.broker import current
 
-        worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+        worker = dramatiq.Worker(current(), worker_threads=4, worker_timeout=100)
         worker.start()
         return _Workers(worker=worker)
     command = [

@@ -17,6 +17,7 @@ links); the other counters are incremented at their call sites.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,58 +37,106 @@ from sqlalchemy.orm import Session
 from worker.models import FeedbackEvent, Suppression
 from worker.sending.ports import Mailer, SmtpOutcome
 
-SIGNUPS = Counter(
-    "newsletter_signups_total",
-    "Signup events handled, by outcome (pending, already_confirmed, suppressed, duplicate_event, "
-    "refused, limited).",
-    ["outcome"],
-)
-SIGNUP_REFUSALS = Counter(
-    "newsletter_signup_refusals_total",
-    "Signup events refused or limited, by reason.",
-    ["reason"],
-)
-CONFIRMATIONS = Counter(
-    "newsletter_confirmations_total",
-    "Subscriptions confirmed through the confirmation page (double opt-in completed).",
-)
-CONFIRMATION_MAILS = Counter(
-    "newsletter_confirmation_mails_total",
-    "Confirmation mails handed to the relay, by result (sent, deferred, failed).",
-    ["result"],
-)
-DELIVERIES = Counter(
-    "newsletter_deliveries_total",
-    "Delivery outcomes written to the ledger, by state (sent, deferred, failed, expired, unknown, "
-    "skipped).",
-    ["state"],
-)
-SMTP_REPLIES = Counter(
-    "newsletter_smtp_replies_total",
-    "SMTP transactions by reply class (2xx, 4xx, 5xx; none when no reply came, uncertain when "
-    "the connection dropped after the end of DATA).",
-    ["reply_class"],
-)
-SMTP_DURATION = Histogram(
-    "newsletter_smtp_transaction_duration_seconds",
-    "Time to hand one message to the relay (MAIL FROM to the reply after DATA), in seconds.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-)
-RENDER_DURATION = Histogram(
-    "newsletter_rendition_render_duration_seconds",
-    "Time to render one edition in one language (Jinja2, MJML, text), in seconds.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-FEEDBACK_EVENTS = Counter(
-    "newsletter_feedback_events_total",
-    "Feedback events recorded, by kind (worker.feedback.classification.FeedbackKind) and source.",
-    ["kind", "source"],
-)
-SUPPRESSIONS = Counter(
-    "newsletter_suppressions_total",
-    "Addresses added to the suppression list, by reason.",
-    ["reason"],
-)
+# The families, created in the default registry on first use (``_family``), never at import: a
+# process that only imports this module (the CLI, a test) registers nothing.
+FAMILIES: dict[
+    str, tuple[type[Counter] | type[Histogram], str, tuple[str, ...], tuple[float, ...]]
+] = {
+    "newsletter_signups_total": (
+        Counter,
+        "Signup events handled, by outcome (pending, already_confirmed, suppressed, "
+        "duplicate_event, refused, limited).",
+        ("outcome",),
+        (),
+    ),
+    "newsletter_signup_refusals_total": (
+        Counter,
+        "Signup events refused or limited, by reason.",
+        ("reason",),
+        (),
+    ),
+    "newsletter_confirmations_total": (
+        Counter,
+        "Subscriptions confirmed through the confirmation page (double opt-in completed).",
+        (),
+        (),
+    ),
+    "newsletter_confirmation_mails_total": (
+        Counter,
+        "Confirmation mails handed to the relay, by result (sent, deferred, failed).",
+        ("result",),
+        (),
+    ),
+    "newsletter_deliveries_total": (
+        Counter,
+        "Delivery outcomes written to the ledger, by state (sent, deferred, failed, expired, "
+        "unknown, skipped).",
+        ("state",),
+        (),
+    ),
+    "newsletter_smtp_replies_total": (
+        Counter,
+        "SMTP transactions by reply class (2xx, 4xx, 5xx; none when no reply came, uncertain "
+        "when the connection dropped after the end of DATA).",
+        ("reply_class",),
+        (),
+    ),
+    "newsletter_smtp_transaction_duration_seconds": (
+        Histogram,
+        "Time to hand one message to the relay (MAIL FROM to the reply after DATA), in seconds.",
+        (),
+        (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    ),
+    "newsletter_rendition_render_duration_seconds": (
+        Histogram,
+        "Time to render one edition in one language (Jinja2, MJML, text), in seconds.",
+        (),
+        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    ),
+    "newsletter_feedback_events_total": (
+        Counter,
+        "Feedback events recorded, by kind (worker.feedback.classification.FeedbackKind) and "
+        "source.",
+        ("kind", "source"),
+        (),
+    ),
+    "newsletter_suppressions_total": (
+        Counter,
+        "Addresses added to the suppression list, by reason.",
+        ("reason",),
+        (),
+    ),
+}
+_created: dict[str, Counter | Histogram] = {}
+_created_lock = threading.Lock()
+
+
+def _family(name: str) -> Any:
+    """The metric family ``name`` of ``FAMILIES``, registered on the first call; raises
+    ``KeyError`` for an unknown name."""
+    with _created_lock:
+        family = _created.get(name)
+        if family is None:
+            kind, documentation, labels, buckets = FAMILIES[name]
+            if kind is Histogram:
+                family = Histogram(name, documentation, labels, buckets=buckets)
+            else:
+                family = Counter(name, documentation, labels)
+            _created[name] = family
+        return family
+
+
+def counter(name: str) -> Counter:
+    """The counter family ``name`` (e.g. ``newsletter_signups_total``), created on first use."""
+    family: Counter = _family(name)
+    return family
+
+
+def histogram(name: str) -> Histogram:
+    """The histogram family ``name`` (in seconds), created on first use."""
+    family: Histogram = _family(name)
+    return family
+
 
 # Label values outside these sets are folded into "other", so a bug elsewhere cannot blow up
 # the number of time series.
@@ -114,25 +163,30 @@ def signup_handled(status: str, reason: str | None = None) -> None:
     (``worker.subscriptions.signups.SignupOutcome.status``:
     pending, already_confirmed, suppressed, duplicate_event, refused, limited) and, for refused
     and limited ones, its reason (a short code, never the address)."""
-    SIGNUPS.labels(outcome=_bounded(status, _SIGNUP_OUTCOMES)).inc()
+    counter("newsletter_signups_total").labels(outcome=_bounded(status, _SIGNUP_OUTCOMES)).inc()
     if status in ("refused", "limited"):
-        SIGNUP_REFUSALS.labels(reason=_bounded(reason)).inc()
+        counter("newsletter_signup_refusals_total").labels(reason=_bounded(reason)).inc()
 
 
 def confirmation_mail(outcome: SmtpOutcome) -> None:
     """Count one confirmation mail by the relay's answer."""
     result = "sent" if outcome.accepted else "failed" if outcome.permanent else "deferred"
-    CONFIRMATION_MAILS.labels(result=result).inc()
+    counter("newsletter_confirmation_mails_total").labels(result=result).inc()
+
+
+def subscription_confirmed() -> None:
+    """Count one subscription confirmed through the confirmation page."""
+    counter("newsletter_confirmations_total").inc()
 
 
 def delivery_recorded(state: str) -> None:
     """Count one delivery outcome written to the ledger (``worker.models.DeliveryState``)."""
-    DELIVERIES.labels(state=_bounded(state, _DELIVERY_STATES)).inc()
+    counter("newsletter_deliveries_total").labels(state=_bounded(state, _DELIVERY_STATES)).inc()
 
 
 def render_observed(seconds: float) -> None:
     """Record the time one rendition took to render, in seconds."""
-    RENDER_DURATION.observe(seconds)
+    histogram("newsletter_rendition_render_duration_seconds").observe(seconds)
 
 
 def reply_class(outcome: SmtpOutcome) -> str:
@@ -165,8 +219,10 @@ class MeteredMailer:
         outcome = self.inner.send(
             envelope_from, recipient, message, smtputf8=smtputf8, before_data=before_data
         )
-        SMTP_DURATION.observe(time.perf_counter() - started)
-        SMTP_REPLIES.labels(reply_class=reply_class(outcome)).inc()
+        histogram("newsletter_smtp_transaction_duration_seconds").observe(
+            time.perf_counter() - started
+        )
+        counter("newsletter_smtp_replies_total").labels(reply_class=reply_class(outcome)).inc()
         return outcome
 
     def close(self) -> None:
@@ -186,16 +242,16 @@ def _after_flush(session: Session, _context: Any) -> None:
     for obj in session.new:
         if isinstance(obj, FeedbackEvent):
             labels = {"kind": _bounded(obj.kind), "source": _bounded(obj.source, _FEEDBACK_SOURCES)}
-            pending.append((obj, FEEDBACK_EVENTS, labels))
+            pending.append((obj, "newsletter_feedback_events_total", labels))
         elif isinstance(obj, Suppression):
-            pending.append((obj, SUPPRESSIONS, {"reason": _bounded(obj.reason)}))
+            pending.append((obj, "newsletter_suppressions_total", {"reason": _bounded(obj.reason)}))
 
 
 def _after_commit(session: Session) -> None:
     for obj, metric, labels in session.info.pop(_PENDING, []):
         # Rows of a rolled-back savepoint (a duplicate event) lost their identity: not counted.
         if inspect(obj).has_identity:
-            metric.labels(**labels).inc()
+            counter(metric).labels(**labels).inc()
 
 
 def _after_rollback(session: Session, _previous: Any) -> None:
@@ -209,9 +265,6 @@ def install_session_hooks() -> None:
         event.listen(Session, "after_flush", _after_flush)
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_soft_rollback", _after_rollback)
-
-
-install_session_hooks()
 
 
 # --- exposition ---
@@ -244,22 +297,15 @@ class _DefaultRegistryView:
 
 
 __all__ = [
-    "CONFIRMATIONS",
-    "CONFIRMATION_MAILS",
-    "DELIVERIES",
-    "FEEDBACK_EVENTS",
-    "RENDER_DURATION",
-    "SIGNUPS",
-    "SIGNUP_REFUSALS",
-    "SMTP_DURATION",
-    "SMTP_REPLIES",
-    "SUPPRESSIONS",
     "MeteredMailer",
     "confirmation_mail",
+    "counter",
     "delivery_recorded",
     "exposition",
+    "histogram",
     "install_session_hooks",
     "render_observed",
     "reply_class",
     "signup_handled",
+    "subscription_confirmed",
 ]

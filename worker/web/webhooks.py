@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from worker.feedback.policy import FeedbackPolicy, record_feedback
 from worker.feedback.webhooks import WebhookEvent, WebhookRejected, mailgun, postmark, sendgrid, ses
@@ -44,6 +45,11 @@ class WebhookAdapters:
     confirm_subscription: Callable[[str], None] = field(default=ses.confirm_subscription)
 
 
+# What a provider's handler makes of a request: the events to record, or a response of its own
+# (an SNS subscription confirmation). Raises ``WebhookRejected`` for a request to refuse.
+Accepted = list[WebhookEvent] | JSONResponse
+
+
 def webhook_router(runtime: Runtime, adapters: WebhookAdapters | None = None) -> APIRouter:
     """The router for ``runtime``; include it in the FastAPI app."""
     router = APIRouter()
@@ -51,66 +57,70 @@ def webhook_router(runtime: Runtime, adapters: WebhookAdapters | None = None) ->
     settings = runtime.settings
     policy = FeedbackPolicy.from_settings(settings)
 
-    async def record(events: list[WebhookEvent]) -> JSONResponse:
-        recorded, duplicates = await run_in_threadpool(_record, runtime, policy, events)
+    async def receive(
+        request: Request, provider: str, accept: Callable[[Headers, bytes], Accepted]
+    ) -> JSONResponse:
+        """Verify and parse the raw body with ``accept``, then record its events: 200 with the
+        counts, 403 when ``accept`` rejects the request."""
+        body = await request.body()
+        try:
+            accepted = accept(request.headers, body)
+        except WebhookRejected as rejected:
+            return _rejected(rejected, provider)
+        if isinstance(accepted, JSONResponse):
+            return accepted
+        recorded, duplicates = await run_in_threadpool(_record, runtime, policy, accepted)
         return JSONResponse({"recorded": recorded, "duplicates": duplicates})
 
-    @router.post("/webhooks/ses")
-    async def ses_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
+    def accept_ses(headers: Headers, body: bytes) -> Accepted:
         topics = [t.strip() for t in settings.ses_topic_arns.split(",") if t.strip()]
         trust = ses.SnsTrust(topic_arns=topics, fetch_certificate=edges.fetch_certificate)
-        try:
-            _configured(topics, "SES")
-            ses.verify(request.headers, body, trust, now=runtime.clock.now())
-            url = ses.subscription_url(body)
-        except WebhookRejected as rejected:
-            return _rejected(rejected, "ses")
-        if url is not None:
-            edges.confirm_subscription(url)
-            log.info("SNS subscription confirmed: %s", url[:200])
-            return JSONResponse({"subscribed": True})
-        return await record(ses.parse(body, verp_prefix=BOUNCE_PREFIX))
+        _configured(topics, "SES")
+        ses.verify(headers, body, trust, now=runtime.clock.now())
+        url = ses.subscription_url(body)
+        if url is None:
+            return ses.parse(body, verp_prefix=BOUNCE_PREFIX)
+        edges.confirm_subscription(url)
+        log.info("SNS subscription confirmed: %s", url[:200])
+        return JSONResponse({"subscribed": True})
 
-    @router.post("/webhooks/postmark")
-    async def postmark_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        if not request.headers.get("authorization"):
+    def accept_postmark(headers: Headers, body: bytes) -> Accepted:
+        if not headers.get("authorization"):
             return JSONResponse(
                 {"error": "Postmark webhook without Basic credentials"},
                 status_code=401,
                 headers={"WWW-Authenticate": 'Basic realm="webhooks"'},
             )
-        try:
-            _configured(settings.postmark_webhook_credentials, "Postmark")
-            postmark.verify(request.headers, body, settings.postmark_webhook_credentials)
-        except WebhookRejected as rejected:
-            return _rejected(rejected, "postmark")
-        return await record(postmark.parse(body))
+        _configured(settings.postmark_webhook_credentials, "Postmark")
+        postmark.verify(headers, body, settings.postmark_webhook_credentials)
+        return postmark.parse(body)
+
+    def accept_sendgrid(headers: Headers, body: bytes) -> Accepted:
+        key = settings.sendgrid_verification_key
+        _configured(key, "SendGrid")
+        sendgrid.verify(headers, body, key, now=runtime.clock.now())
+        return sendgrid.parse(body)
+
+    def accept_mailgun(headers: Headers, body: bytes) -> Accepted:
+        _configured(settings.mailgun_signing_key, "Mailgun")
+        mailgun.verify(headers, body, settings.mailgun_signing_key, now=runtime.clock.now())
+        return mailgun.parse(body, verp_prefix=BOUNCE_PREFIX)
+
+    @router.post("/webhooks/ses")
+    async def ses_webhook(request: Request) -> JSONResponse:
+        return await receive(request, "ses", accept_ses)
+
+    @router.post("/webhooks/postmark")
+    async def postmark_webhook(request: Request) -> JSONResponse:
+        return await receive(request, "postmark", accept_postmark)
 
     @router.post("/webhooks/sendgrid")
     async def sendgrid_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        try:
-            _configured(settings.sendgrid_verification_key, "SendGrid")
-            sendgrid.verify(
-                request.headers, body, settings.sendgrid_verification_key, now=runtime.clock.now()
-            )
-        except WebhookRejected as rejected:
-            return _rejected(rejected, "sendgrid")
-        return await record(sendgrid.parse(body))
+        return await receive(request, "sendgrid", accept_sendgrid)
 
     @router.post("/webhooks/mailgun")
     async def mailgun_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        try:
-            _configured(settings.mailgun_signing_key, "Mailgun")
-            mailgun.verify(
-                request.headers, body, settings.mailgun_signing_key, now=runtime.clock.now()
-            )
-        except WebhookRejected as rejected:
-            return _rejected(rejected, "mailgun")
-        return await record(mailgun.parse(body, verp_prefix=BOUNCE_PREFIX))
+        return await receive(request, "mailgun", accept_mailgun)
 
     return router
 
