@@ -185,8 +185,9 @@ def drain(queue_name: str) -> int:
     """Run the messages waiting on a StubBroker queue in this thread; returns how many."""
     import dramatiq
 
-    from worker.broker import broker
+    from worker.broker import current
 
+    broker = current()
     queue, done = broker.queues[queue_name], 0
     while not queue.empty():
         message = dramatiq.Message.decode(queue.get_nowait())
@@ -199,8 +200,9 @@ def drain(queue_name: str) -> int:
 def test_same_answer_for_new_pending_confirmed_and_suppressed_addresses(
     settings: Settings, smtp: OutboxServer, capsys: Any
 ) -> None:
-    from worker.broker import broker
+    from worker.broker import current
 
+    broker = current()
     broker.flush_all()
     rt = Runtime(replace(settings, confirmations_per_domain_per_minute=0))
     actors.use_runtime(rt)
