@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import CASES
 from worker.web.pages import Pages
 
-ADDRESS = "o'brien&<b>\"x\"</b>@example.org"
+ADDRESS = 'o\'brien&<b>"x"</b>@example.org'
 SITE = "https://example.org/?a=1&b=2"
 LANGUAGES = ("en", "be", "ru", "xx")
 RECORDED: dict[str, str] = json.loads((CASES / "pages" / "rendered.json").read_text("utf-8"))
@@ -23,7 +23,7 @@ RECORDED: dict[str, str] = json.loads((CASES / "pages" / "rendered.json").read_t
 
 def page_cases() -> dict[str, tuple[str, str, dict[str, Any]]]:
     """Every page to compare: key -> (page name, language, context)."""
-    common = {"newsletter_name": "Weekly <News> & \"more\"", "site": SITE}
+    common = {"newsletter_name": 'Weekly <News> & "more"', "site": SITE}
     pages: dict[str, dict[str, Any]] = {
         "confirm": {"address": ADDRESS, "action": "/confirm/t.o&k"},
         "confirmed": {"address": ADDRESS},

@@ -18,7 +18,8 @@ from worker.editions.store import profile_of
 from worker.logs import log_context
 from worker.models import Send, Subscriber
 from worker.operators import metrics
-from worker.runtime import Runtime, runtime, use_runtime
+from worker.runtime import Runtime, runtime
+from worker.runtime import use_runtime as use_runtime  # re-exported for the demo and tests
 from worker.sending.dispatch import expire_leases, finish_send_if_done, pending_batches
 from worker.sending.dispatch import send_batch as send_batch_domain
 from worker.sending.identity import bounce_address
@@ -30,7 +31,6 @@ from worker.subscriptions.signups import AddressRules, confirmation_token, proce
 from worker.subscriptions.tokens import unsubscribe_token
 
 log = logging.getLogger(__name__)
-__all__ = ["runtime", "use_runtime"]  # re-exported: the CLI, the demo and tests reach them here
 
 # This module is the workers' entry point (``dramatiq worker.actors`` imports it, then takes
 # dramatiq's global broker). Actors bind to the global broker when they are declared, so it is
