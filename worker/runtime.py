@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.broker import BatchHints
-from worker.db import make_engine
+from worker.db import engine_for
 from worker.editions.store import get_newsletter, profile_of
 from worker.models import Edition, Newsletter, Send
 from worker.operators.metrics import MeteredMailer
@@ -60,8 +60,10 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        """This runtime's connection pool to ``settings.database_url``."""
-        return make_engine(self.settings.database_url)
+        """The connection pool to ``settings.database_url``: one per URL and process, shared by
+        runtimes on the same database (the demo's web app and actors), so connections are not
+        multiplied; ``worker.db.dispose_engines`` closes it after a fork or a test."""
+        return engine_for(self.settings)
 
     @cached_property
     def _sessions(self) -> sessionmaker[Session]:
@@ -79,7 +81,7 @@ class Runtime:
                 raise
 
     def close(self) -> None:
-        """Close the pooled database connections (end of a test, before a fork)."""
+        """Close the pooled database connections (end of a test); the pool reopens on use."""
         if "engine" in self.__dict__:
             self.engine.dispose()
 

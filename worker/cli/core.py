@@ -42,9 +42,10 @@ def send() -> None:
 @click.option("--batch-size", type=int, default=None, help="Deliveries per batch message.")
 def send_start(edition_key: str, batch_size: int | None) -> None:
     """Enqueue a send of the loaded edition EDITION_KEY (e.g. 2024-W28)."""
-    from worker.actors import plan_send, runtime
+    from worker.actors import plan_send
     from worker.broker import current
     from worker.editions.store import find_edition
+    from worker.runtime import runtime
     from worker.sending.sends import create_send
 
     rt = runtime()
@@ -186,7 +187,8 @@ def send_pause(send_id: int) -> None:
 @click.argument("send_id", type=int)
 def send_resume(send_id: int) -> None:
     """Continue a paused send."""
-    from worker.actors import reconcile, runtime
+    from worker.actors import reconcile
+    from worker.runtime import runtime
 
     _change(send_id, "sending")
     reconcile(runtime())
@@ -203,7 +205,8 @@ def send_cancel(send_id: int) -> None:
 @click.argument("send_id", type=int)
 def send_retry_unknown(send_id: int) -> None:
     """Resend the deliveries whose outcome is unknown (the reader may get the edition twice)."""
-    from worker.actors import reconcile, runtime
+    from worker.actors import reconcile
+    from worker.runtime import runtime
     from worker.sending.dispatch import retry_unknown
 
     rt = runtime()
@@ -220,7 +223,8 @@ def send_retry_unknown(send_id: int) -> None:
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
 def scheduler(interval: float, once: bool) -> None:
     """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims."""
-    from worker.actors import reconcile, runtime
+    from worker.actors import reconcile
+    from worker.runtime import runtime
 
     rt = runtime()
     while True:

@@ -136,8 +136,9 @@ def _run(
     from worker import actors
     from worker.editions.files import read_edition
     from worker.editions.store import save_edition
+    from worker.runtime import runtime
 
-    rt = actors.runtime()
+    rt = runtime()
     web = _start_web(web_port)
     workers = _Workers()
     try:
