@@ -56,7 +56,7 @@ class Runtime:
     mailer_factory: Callable[[], Mailer] | None = None
     _local: threading.local = field(default_factory=threading.local)
     _composers: dict[int, Composer] = field(default_factory=dict)
-    _languages: tuple[str, ...] | None = None
+    _languages: tuple[str, ...] | None = field(default=None, init=False)
 
     @cached_property
     def engine(self) -> Engine:
