@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 
 def raw_send(namespace: str, queue: str, actor: str, args: list[Any]) -> float:

@@ -23,8 +23,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 
 def message_sizes(env: dict[str, str], send_id: int) -> dict[str, int]:

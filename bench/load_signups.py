@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 # A Redis database of its own: other benchmarks flush theirs (bench/common.py) while this runs.
 REDIS_URL = os.environ.get("BENCH_LOAD_REDIS_URL", "redis://127.0.0.1:6379/8")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 
 def mib(kib: int) -> str:

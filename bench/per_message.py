@@ -36,9 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import common
+from bench import common
 
 STAGES: dict[str, list[tuple[str, str]]] = {
     # (file suffix, function name) whose cumulative time makes the stage

@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 
 os.environ.setdefault("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 
 def enqueue(namespace: str, count: int) -> None:

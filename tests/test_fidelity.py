@@ -20,11 +20,11 @@ import io
 from pathlib import Path
 
 import mjml
-import mjml_reference
 import pytest
 from PIL import Image, ImageChops
-from test_mjml_cases import CASES, every_template_document
 
+from tests import mjml_reference
+from tests.test_mjml_cases import CASES, every_template_document
 from worker.devtools.chromium import HeadlessChromium
 from worker.editions.preview import WIDTHS
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import jinja2
 import mjml
-import mjml_reference
 import pytest
 
+from tests import mjml_reference
 from worker.editions.files import read_edition
 from worker.editions.rendering import (
     TRANSACTIONAL,
