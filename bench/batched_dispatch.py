@@ -25,9 +25,9 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, exists, func, or_, select, update
+from sqlalchemy import Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.models import Delivery, Send, Subscriber
@@ -255,7 +255,7 @@ def _send_chunks(
                 if outcome.code in (421, 451):
                     throttle.slow_down(domain)
         if accepted:
-            table = Delivery.__table__
+            table = cast(Table, Delivery.__table__)
             result = session.connection().execute(
                 update(table)
                 .where(

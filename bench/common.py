@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 import psycopg
 
@@ -324,21 +325,33 @@ def start_workers(
     return Workers(process, log)
 
 
-def ledger(db_url: str, send_id: int) -> dict[str, object]:
+class Ledger(TypedDict):
+    """One send's ledger summary: deliveries per state, its status and its timestamps (UTC)."""
+
+    counts: dict[str, int]
+    first: datetime | None
+    last: datetime | None
+    status: str
+    started: datetime | None
+    finished: datetime | None
+
+
+def ledger(db_url: str, send_id: int) -> Ledger:
     """Counts per state and the sending window (first claim to last outcome) from the ledger."""
     with psycopg.connect(plain_url(db_url)) as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 "SELECT state, count(*) FROM delivery WHERE send_id = %s GROUP BY state", (send_id,)
             ).fetchall()
         )
-        first, last = conn.execute(
+        first, last = one_row(
+            conn,
             "SELECT min(first_attempt_at), max(updated_at) FROM delivery WHERE send_id = %s",
             (send_id,),
-        ).fetchone()
-        status, started, finished = conn.execute(
-            "SELECT status, started_at, finished_at FROM send WHERE id = %s", (send_id,)
-        ).fetchone()
+        )
+        status, started, finished = one_row(
+            conn, "SELECT status, started_at, finished_at FROM send WHERE id = %s", (send_id,)
+        )
     return {
         "counts": counts,
         "first": first,
@@ -364,3 +377,13 @@ def machine() -> str:
         .split()[1]
     )
     return f"{os.cpu_count()} CPUs ({cpu}), {mem} RAM, Python {sys.version.split()[0]}"
+
+
+def one_row(
+    conn: psycopg.Connection[Any], query: str, params: tuple[object, ...] = ()
+) -> tuple[Any, ...]:
+    """The single row of an aggregate or by-id query; RuntimeError when there is none."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row for {query.split(' FROM ')[0]}")
+    return tuple(row)

@@ -128,12 +128,14 @@ def main() -> None:
         sink.stop()
         common.flush_redis(os.environ.get("NEWSLETTER_QUEUE_NAMESPACE"))
     counts = book["counts"]
-    sent = int(counts.get("sent", 0))  # type: ignore[union-attr]
-    window = (book["last"] - book["first"]).total_seconds()  # type: ignore[operator]
-    planning = (book["first"] - book["started"]).total_seconds()  # type: ignore[operator]
+    sent = int(counts.get("sent", 0))
+    first, last, started = book["first"], book["last"], book["started"]
+    assert first and last and started, f"send {send_id} never claimed a delivery"
+    window = (last - first).total_seconds()
+    planning = (first - started).total_seconds()
     app_rate = sent / window
     peak = max((sum(s.values()) for _, s in workers.samples), default=0)
-    print(f"send {send_id}: status {status}, ledger {dict(counts)}")  # type: ignore[arg-type]
+    print(f"send {send_id}: status {status}, ledger {dict(counts)}")
     print(f"message size per language (bytes): {sizes}")
     print(f"planning (render + ledger insert, until the first claim): {planning:.1f} s")
     print(

@@ -224,7 +224,7 @@ def run_load(
         )
         try:
             workers.wait_ready(processes)
-            broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+            broker = RedisBroker(url=REDIS_URL, namespace=namespace)  # type: ignore[no-untyped-call]
             broker.enqueue(
                 Message(
                     queue_name="sends",

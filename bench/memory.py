@@ -87,9 +87,9 @@ def run(
         time.sleep(1.0)
         rss = workers.sample_rss()
         now = time.monotonic() - t0
-        status, planned = conn.execute(
-            "SELECT status, planned_count FROM send WHERE id = %s", (send_id,)
-        ).fetchone()
+        status, planned = common.one_row(
+            conn, "SELECT status, planned_count FROM send WHERE id = %s", (send_id,)
+        )
         if sending_since is None:
             first = conn.execute(
                 "SELECT 1 FROM delivery WHERE send_id = %s AND state <> 'queued' LIMIT 1",
@@ -108,9 +108,9 @@ def run(
                 "peak RSS per worker during planning (MiB): "
                 f"{[mib(v) for v in plan_peak.values()]}"
             )
-        sent = conn.execute(
-            "SELECT count(*) FROM delivery WHERE send_id = %s AND state = 'sent'", (send_id,)
-        ).fetchone()[0]
+        (sent,) = common.one_row(
+            conn, "SELECT count(*) FROM delivery WHERE send_id = %s AND state = 'sent'", (send_id,)
+        )
         send_series.append((now - sending_since, rss, sent))
         if now - last_print >= 10:
             last_print = now

@@ -98,7 +98,7 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
 
         from bench.batched_dispatch import (
             quote_periods,
-            send_batch,  # type: ignore[no-redef]
+            send_batch,
         )
 
         smtplib._quote_periods = quote_periods  # type: ignore[attr-defined]
@@ -244,6 +244,7 @@ def main() -> None:
 
                 with rt.session() as session:
                     send = session.get(Send, micro_id)
+                    assert send is not None
                     render_send(session, send, rt.links.public_url, rt.clock.now())
                 print(
                     "compose only, ms CPU per message:",

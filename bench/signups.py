@@ -66,10 +66,10 @@ def progress(db_url: str) -> tuple[int, int]:
     import psycopg
 
     with psycopg.connect(common.plain_url(db_url)) as conn:
-        consents = conn.execute("SELECT count(*) FROM consent").fetchone()[0]
-        sent = conn.execute(
-            "SELECT count(*) FROM subscriber WHERE confirmation_sent_at IS NOT NULL"
-        ).fetchone()[0]
+        (consents,) = common.one_row(conn, "SELECT count(*) FROM consent")
+        (sent,) = common.one_row(
+            conn, "SELECT count(*) FROM subscriber WHERE confirmation_sent_at IS NOT NULL"
+        )
     return int(consents), int(sent)
 
 

@@ -36,8 +36,15 @@ from worker.settings import _parse_domain_rates
 MIX = [("gmail.com", 0.3), ("mail.ru", 0.1), ("example.org", 0.3), ("yandex.ru", 0.3)]
 
 
+# (reserved at, granted slot, process) per reservation, as one worker reports them back.
+Slots = list[tuple[float, float, str]]
+
+
 def _worker(
-    args: argparse.Namespace, prefix: str, until: float, out: multiprocessing.Queue
+    args: argparse.Namespace,
+    prefix: str,
+    until: float,
+    out: multiprocessing.Queue[Slots],
 ) -> None:
     client = redis.Redis.from_url(args.redis_url)
     throttle = RedisThrottle(
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Run the benchmark; returns {limit: {configured, achieved, max_in_1s, count}}."""
     prefix = f"bench:throttle:{uuid.uuid4().hex[:8]}"
     until = time.time() + args.seconds
-    out: multiprocessing.Queue = multiprocessing.Queue()
+    out: multiprocessing.Queue[Slots] = multiprocessing.Queue()
     procs = [
         multiprocessing.Process(target=_worker, args=(args, prefix, until, out))
         for _ in range(args.processes)

@@ -14,6 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi.testclient import TestClient
 
 from tests.conftest import SAMPLE_EDITION
+from tests.message_parts import body_text
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
@@ -102,11 +103,7 @@ def _links(smtp: OutboxServer, pattern: str, header: bool = False) -> dict[str, 
     links = {}
     for received in smtp.handler.received:
         message = email.message_from_bytes(received.data, policy=email.policy.default)
-        text = (
-            str(message["List-Unsubscribe"])
-            if header
-            else message.get_body(("plain",)).get_content()
-        )
+        text = str(message["List-Unsubscribe"]) if header else body_text(message, "plain")
         match = re.search(pattern, text)
         if match:
             links[received.recipients[0]] = match.group(1)

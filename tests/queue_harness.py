@@ -174,7 +174,7 @@ def worker_env(db_url: str, redis_url: str, smtp_url: str, **settings: Any) -> d
 
 def enqueue(redis_url: str, queue: str, actor: str, *args: Any) -> None:
     """Enqueue one dramatiq message the way ``newsletter send start`` does."""
-    broker = RedisBroker(url=redis_url)
+    broker = RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
     broker.enqueue(
         dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
     )

@@ -111,7 +111,7 @@ class ScriptHandler:
             with self.lock:
                 self.dropped[recipient] += 1
             assert server.transport is not None
-            server.transport.abort()
+            server.transport.abort()  # type: ignore[attr-defined]  # a Transport, typed as its base
             return "250 never seen"
         if step.startswith("DATA ") and not step[5:].startswith("2"):
             return step[5:]

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import SAMPLE_EDITION
+from tests.message_parts import body_text
 from tests.services import redis_url
 from worker.cli.demo import INVALID, READERS, UNCONFIRMED
 from worker.db import dispose_engines
@@ -130,13 +131,13 @@ def check_edition_mail(
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/u/[\w.-]+", uris[0])  # the web link first
     assert uris[1].startswith("mailto:unsubscribe+") and uris[1].endswith("?subject=unsubscribe")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    html = message.get_body(("html",)).get_content()
-    text = message.get_body(("plain",)).get_content()
+    html = body_text(message, "html")
+    text = body_text(message, "plain")
     assert f'<html lang="{lang}"' in html
     assert profile.name[lang] in text and profile.name[lang] in html  # the body's language
     assert uris[0] in text and f'href="{uris[0]}"' in html  # a visible unsubscribe link
     assert "%%" not in html + text
-    return uris[0]
+    return str(uris[0])
 
 
 def check_deliveries(

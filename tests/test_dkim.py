@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def signer(key_file: Path) -> DkimSigner:
     return DkimSigner.from_file(key_file, domain="news.example.org", selector="nl2026")
 
 
-def dns_for(signer: DkimSigner):
+def dns_for(signer: DkimSigner) -> Callable[..., bytes]:
     def lookup(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"nl2026._domainkey.news.example.org."
         return signer.public_record().encode()

@@ -11,6 +11,7 @@ tests/test_signups.py's.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import tempfile
 import time
@@ -185,7 +186,7 @@ def test_edition_folder_made_of_only_hostile_files_is_refused_with_reasons(tmp_p
 # --- inbound mail: structured DSNs and ARF reports --------------------------------------------
 
 HEADER_TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=80
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), max_size=80
 )
 STATUS = st.one_of(
     st.from_regex(r"\A[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z"),
@@ -448,8 +449,8 @@ def webhook_bodies(draw: st.DrawFn, provider: str) -> bytes:
     if choice == 0:
         return draw(st.binary(max_size=200))
     if choice == 1:
-        return __import__("json").dumps(draw(JSON)).encode()
-    return __import__("json").dumps(document).encode()
+        return json.dumps(draw(JSON)).encode()
+    return json.dumps(document).encode()
 
 
 HEADERS = st.dictionaries(

@@ -132,7 +132,9 @@ def test_every_message_is_translated(language: str) -> None:
         if not message.id:
             continue
         ids = [message.id] if isinstance(message.id, str) else list(message.id)
-        strings = [message.string] if isinstance(message.string, str) else list(message.string)
+        strings = (
+            [message.string] if isinstance(message.string, str) else list(message.string or ())
+        )
         assert not message.fuzzy, f"{language}: fuzzy {ids[0]!r}"
         assert all(strings) and len(strings) == (1 if len(ids) == 1 else catalog.num_plurals), (
             f"{language}: untranslated {ids[0]!r}"

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import inspect
 
-from tests.conftest import PG_ADMIN
+from tests.services import PG_ADMIN
 from worker.cli import main
 from worker.db import make_engine, upgrade
 from worker.models import Base

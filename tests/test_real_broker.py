@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.conftest import SAMPLE_EDITION
+from tests.message_parts import body_text
 from tests.services import redis_url
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer
@@ -113,7 +114,9 @@ class Website:
 
     def __init__(self) -> None:
         self.client = redis.Redis.from_url(BROKER_REDIS)
-        self.broker = RedisBroker(url=BROKER_REDIS, namespace=NAMESPACE)
+        self.broker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=BROKER_REDIS, namespace=NAMESPACE
+        )
 
     def enqueue(self, queue: str, actor: str, *args: Any) -> None:
         self.broker.enqueue(
@@ -231,9 +234,7 @@ def confirmation_links(smtp: OutboxServer) -> dict[str, str]:
     links = {}
     for received in list(smtp.handler.received):
         message = email.message_from_bytes(received.data, policy=email.policy.default)
-        match = re.search(
-            r"http://testserver(/confirm/\S+)", message.get_body(("plain",)).get_content()
-        )
+        match = re.search(r"http://testserver(/confirm/\S+)", body_text(message, "plain"))
         if match:
             links[received.recipients[0]] = match.group(1)
     return links
@@ -279,7 +280,8 @@ def test_signup_confirm_send_through_redis_and_worker_processes(
 
     def finished() -> bool:
         with runtime.session() as session:
-            return session.get(Send, send_id, populate_existing=True).status == "finished"
+            send = session.get(Send, send_id, populate_existing=True)
+            return send is not None and send.status == "finished"
 
     wait("the send to finish", finished)
     wait("queues to drain", website.idle)

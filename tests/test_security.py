@@ -21,7 +21,7 @@ import shutil
 import statistics
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -43,6 +43,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import select
 
 from tests.conftest import SAMPLE_EDITION
+from tests.message_parts import body_text
 from tests.sendkit import run_batch, seed, start_send
 from worker import actors
 from worker.cli import main as cli
@@ -79,7 +80,7 @@ def confirm_path(smtp: OutboxServer, recipient: str) -> str:
     for received in smtp.handler.received:
         if received.recipients[0].lower() == recipient.lower():
             text = email.message_from_bytes(received.data, policy=email.policy.default)
-            body = text.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+            body = body_text(text, "plain")
             return re.search(r"http://testserver(/confirm/\S+)", body).group(1)  # type: ignore[union-attr]
     raise AssertionError(f"no confirmation mail to {recipient}")
 
@@ -277,13 +278,13 @@ def _edition_copy(tmp_path: Path) -> Path:
     return folder
 
 
-def _edit(folder: Path, name: str, change: Any) -> None:
+def _edit(folder: Path, name: str, change: Callable[[Any], object]) -> None:
     document = yaml.safe_load((folder / name).read_text())
     change(document)
     (folder / name).write_text(yaml.safe_dump(document, allow_unicode=True))
 
 
-EDITION_HEADER_FIELDS = {
+EDITION_HEADER_FIELDS: dict[str, tuple[str, Callable[[Any, str], None]]] = {
     "subject": ("en.yaml", lambda d, v: d.__setitem__("subject", v)),
     "preheader": ("en.yaml", lambda d, v: d.__setitem__("preheader", v)),
     "from.name": ("newsletter.yaml", lambda d, v: d["from"]["name"].__setitem__("en", v)),
@@ -311,7 +312,11 @@ def test_edition_fields_with_cr_lf_are_refused_by_newsletter_edition_check(
     file, change = EDITION_HEADER_FIELDS[field]
     for bad in INJECTIONS:
         folder = _edition_copy(tmp_path / str(abs(hash(bad))))
-        _edit(folder, file, lambda d, bad=bad: change(d, bad))
+
+        def put_bad(document: Any, bad: str = bad) -> None:
+            change(document, bad)
+
+        _edit(folder, file, put_bad)
         result = CliRunner().invoke(cli, ["edition", "check", str(folder)])
         assert result.exit_code == 1, (field, bad, result.output)
         assert field.split(".")[0] in result.output, result.output
@@ -326,7 +331,7 @@ def test_header_fields_the_checker_lets_through_are_refused_when_the_message_is_
     """The second line of defence for the from name and the List-Id phrase."""
     from worker.sending.mime import build_template
 
-    common = {
+    common: dict[str, Any] = {
         "subject": "s",
         "from_address": "weekly@example.org",
         "html": "<p>x</p>",
@@ -477,7 +482,7 @@ def test_subscriber_address_is_escaped_in_pages_and_the_confirmation_mail(
     confirmed = client.post(path)
     assert "o&#39;brien&amp;co@example.org" in confirmed.text and address not in confirmed.text
     mail = email.message_from_bytes(smtp.handler.received[0].data, policy=email.policy.default)
-    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    html = body_text(mail, "html")
     assert address not in html
     assert_no_active_content(html)
 
@@ -557,7 +562,13 @@ def test_webhook_endpoints_refuse_unsigned_and_forged_requests(settings: Setting
     import worker.feedback.webhooks.ses as ses_module
 
     original = ses_module.fetch_signing_certificate
-    ses_module.fetch_signing_certificate = lambda url: fetched.append(url) or b"not a certificate"  # type: ignore[assignment]
+
+    def fetch_nothing_useful(url: str) -> bytes:
+        fetched.append(url)
+        return b"not a certificate"
+
+    # Replaces the lru_cache wrapper for this test only (restored below).
+    ses_module.fetch_signing_certificate = fetch_nothing_useful  # type: ignore[assignment]
     try:
         for path in routes:
             provider = path.rsplit("/", 1)[1]
@@ -572,7 +583,7 @@ def test_webhook_endpoints_refuse_unsigned_and_forged_requests(settings: Setting
                     response.text,
                 )
     finally:
-        ses_module.fetch_signing_certificate = original  # type: ignore[assignment]
+        ses_module.fetch_signing_certificate = original
     with rt.session() as session:
         assert session.scalars(select(FeedbackEvent)).all() == []
 

@@ -94,6 +94,7 @@ def test_one_connection_is_reused_and_reopened_when_the_server_closed_it(
     assert mailer.connections_opened == 1
     assert server.handler.connections - before == 1
     assert mailer._conn is not None
+    assert mailer._conn.sock is not None
     mailer._conn.sock.shutdown(socket.SHUT_RDWR)  # as if the relay had dropped the idle connection
     assert mailer.send("b@example.org", "r3@example.com", MESSAGE, smtputf8=False).accepted
     assert mailer.connections_opened == 2

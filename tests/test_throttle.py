@@ -29,7 +29,7 @@ def client(redis_url: str) -> redis.Redis:
 
 def reserve_times(throttle: RedisThrottle, domain: str, n: int) -> list[float]:
     """Slot times (Unix seconds) of ``n`` reservations taken back to back."""
-    out = []
+    out: list[float] = []
     while len(out) < n:
         reservation, at = throttle.reserve_at(domain, 5.0)
         if reservation.granted:

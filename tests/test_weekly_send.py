@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.conftest import SAMPLE_EDITION
+from tests.message_parts import body_text
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
@@ -38,7 +39,7 @@ def confirm_links(smtp: OutboxServer) -> dict[str, str]:
     links = {}
     for received in smtp.handler.received:
         message = email.message_from_bytes(received.data, policy=email.policy.default)
-        text = message.get_body(("plain",)).get_content()
+        text = body_text(message, "plain")
         match = re.search(r"http://testserver(/confirm/\S+)", text)
         if match:
             links[received.recipients[0]] = match.group(1)
@@ -95,7 +96,8 @@ def test_signup_confirm_send_gives_one_message_per_confirmed_subscriber(
     assert subjects["ales@example.net"] == edition.contents["be"].subject
     assert subjects["anna@example.org"] == edition.contents["en"].subject
     with rt.session() as session:
-        assert session.get(Send, send_id).status == "finished"
+        send = session.get(Send, send_id)
+        assert send is not None and send.status == "finished"
         states = dict(
             session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
         )
@@ -126,16 +128,20 @@ def test_unsubscribe_get_changes_nothing_post_and_one_click_unsubscribe(
         assert edition is None
         from worker.editions.store import find_edition
 
-        send_id = create_send(session, find_edition(session, "2024-W28"), rt.clock.now()).id
+        found = find_edition(session, "2024-W28")
+        assert found is not None
+        send_id = create_send(session, found, rt.clock.now()).id
     actors.plan_send.send(send_id)
     stub_worker.join()
     urls = {}
     for received in smtp.handler.received:
         message = email.message_from_bytes(received.data, policy=email.policy.default)
         header = str(message["List-Unsubscribe"])
-        https = re.match(r"<http://testserver(/u/[^>]+)>", header).group(1)
-        assert https in message.get_body(("html",)).get_content()  # visible link in HTML
-        assert https in message.get_body(("plain",)).get_content()  # and in text
+        link = re.match(r"<http://testserver(/u/[^>]+)>", header)
+        assert link, "List-Unsubscribe has no web link first"
+        https = link.group(1)
+        assert https in body_text(message, "html")  # visible link in HTML
+        assert https in body_text(message, "plain")  # and in text
         urls[received.recipients[0]] = https
     a, b = urls["a@example.org"], urls["b@example.org"]
 
