@@ -37,5 +37,8 @@ def test_every_cli_command_is_registered() -> None:
     missing = [name for name, command in defined.items() if id(command) not in registered]
 
     assert len(defined) > 10 and missing == []
+    assert isinstance(main, click.Group)
     assert {"edition", "send", "db", "demo", "status"} <= set(main.commands)
-    assert {"check", "preview", "load", "test-send"} <= set(main.commands["edition"].commands)
+    edition = main.commands["edition"]
+    assert isinstance(edition, click.Group)
+    assert {"check", "preview", "load", "test-send"} <= set(edition.commands)

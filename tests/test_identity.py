@@ -211,6 +211,9 @@ class _Outbox:
         self.sent.append((envelope_from, recipient, message))
         return SmtpOutcome(250, "ok")
 
+    def close(self) -> None:
+        """Nothing to close: no connection."""
+
 
 def test_transactional_mail_carries_the_same_header_set() -> None:
     # Given a confirmation mail sent through the one builder
