@@ -15,7 +15,7 @@ def test_lint_imports_keeps_every_contract() -> None:
     # an editable install elsewhere must not stand in for it)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     # When lint-imports from this interpreter's environment checks the contracts
     lint_imports = Path(sys.executable).parent / "lint-imports"
