@@ -123,7 +123,8 @@ def test_use_runtime_swaps_the_process_runtime(tmp_path: Path) -> None:
     try:
         # When one is installed, then the other
         use_runtime(first)
-        assert runtime() is first and actors.runtime() is first
+        # (actors.runtime is the name the actors look up, imported there, not re-exported)
+        assert runtime() is first and actors.runtime() is first  # type: ignore[attr-defined]
         use_runtime(second)
         # Then the process's runtime (and so every adapter the actors use) is the new one
         assert runtime() is second
