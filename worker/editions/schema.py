@@ -335,7 +335,9 @@ def field_errors(error: ValidationError, model: type[BaseModel]) -> list[FieldEr
 def _field_error(detail: ErrorDetails, model: type[BaseModel]) -> FieldError:
     loc, error_type = detail["loc"], detail["type"]
     path = field_path(loc)
-    if error_type in ("missing", NO_VALUE):
+    # A mapping written with nothing after it (`period:`) is YAML null: as missing as no key.
+    no_mapping = error_type == "model_type" and detail["input"] is None and bool(loc)
+    if error_type in ("missing", NO_VALUE) or no_mapping:
         return FieldError(path, f"missing field '{loc[-1]}'", absent=True)
     # invalid_key: a key that is not text (`1:` in YAML).
     if error_type in ("extra_forbidden", "invalid_key"):
