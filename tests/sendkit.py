@@ -13,8 +13,9 @@ from worker.editions.files import read_edition
 from worker.editions.store import save_edition
 from worker.models import Delivery, Subscriber
 from worker.runtime import Runtime
-from worker.sending.dispatch import BatchReport, send_batch
+from worker.sending.batch import BatchReport, send_batch
 from worker.sending.sends import create_send, plan_send
+from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
 from worker.states import SubscriberStatus
 
@@ -87,4 +88,4 @@ def run_batch(
             "policy": rt.policy,
         }
         parts.update(ports)
-        return send_batch(session, send_id, first, last, **parts)
+        return send_batch(SqlLedger(session), send_id, first, last, **parts)

@@ -26,7 +26,7 @@ from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
 from tests.test_queue_cases import create, finished, local_runtime
 from worker.models import Rendition
-from worker.sending.dispatch import delivery_counts
+from worker.sending.sql_ledger import SqlLedger
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
             monkey.join(15)
             if not finished(rt, send_id):
                 with rt.session() as session:
-                    counts = delivery_counts(session, send_id)
+                    counts = SqlLedger(session).counts(send_id)
                 log = fleet.log_tail(1500)
                 raise AssertionError(f"not finished: {counts}, kills {kills}\n{log}")
             elapsed = time.monotonic() - started
@@ -132,7 +132,7 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
 
     ledger = states(rt, send_id)
     with rt.session() as session:
-        counts = delivery_counts(session, send_id)
+        counts = SqlLedger(session).counts(send_id)
         attempts = dict(session.execute(select(Rendition.language, Rendition.send_id)).all())
     accepted = handler.accepted
     worker_kills = [k for k in kills if k[1] != "redis"]

@@ -19,17 +19,10 @@ from worker import actors
 from worker.broker import batch_name, current
 from worker.models import Delivery, FeedbackEvent, Send, Suppression
 from worker.runtime import Runtime
-from worker.sending.dispatch import (
-    _claim,
-    _submit,
-    delivery_counts,
-    expire_leases,
-    pending_batches,
-    plan_deliveries,
-    retry_unknown,
-)
+from worker.sending.planning import pending_batches, plan_deliveries
 from worker.sending.ports import SmtpOutcome
 from worker.sending.sends import set_status
+from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
 from worker.settings import Settings
 
@@ -82,8 +75,9 @@ def test_claim_lost_before_smtp_is_released_not_unknown(srt: Runtime, server: Sc
     first = ids(srt, send_id)[0]
     now = srt.clock.now()
     with srt.session() as session:  # a worker claimed a delivery, then died before any SMTP
-        assert _claim(session, send_id, first, now, 600) == 1
-        sweep = expire_leases(session, now + timedelta(seconds=601))
+        ledger = SqlLedger(session)
+        assert ledger.claim(send_id, [first], now, 600) == {first: 1}
+        sweep = ledger.expire_leases(now + timedelta(seconds=601))
     assert (sweep.released, sweep.unknown) == (1, 0)
     report = run_batch(srt, send_id)
     assert report.counts == {"sent": 3}
@@ -105,16 +99,17 @@ def test_claim_lost_during_data_is_unknown_and_retry_unknown_resends_same_messag
     first = ids(srt, send_id)[0]
     now = srt.clock.now()
     with srt.session() as session:  # died after the fence, before the outcome was written
-        assert _claim(session, send_id, first, now, 600) == 1
-        assert _submit(session, first, 1, now, 600)
-        assert not _submit(session, first, 1, now, 600)  # a fence passes once
-        sweep = expire_leases(session, now + timedelta(seconds=601))
+        ledger = SqlLedger(session)
+        assert ledger.claim(send_id, [first], now, 600) == {first: 1}
+        assert ledger.submit(first, 1, now, 600)
+        assert not ledger.submit(first, 1, now, 600)  # a fence passes once
+        sweep = ledger.expire_leases(now + timedelta(seconds=601))
     assert (sweep.released, sweep.unknown) == (0, 1)
     run_batch(srt, send_id)
     with srt.session() as session:
-        assert delivery_counts(session, send_id) == {"sent": 1, "unknown": 1}
+        assert SqlLedger(session).counts(send_id) == {"sent": 1, "unknown": 1}
         assert session.get(Send, send_id).status == "finished"  # unknown is an end state
-        assert retry_unknown(session, send_id, srt.clock.now()) == 1
+        assert SqlLedger(session).retry_unknown(send_id, srt.clock.now()) == 1
         assert session.get(Send, send_id).status == "sending"
     run_batch(srt, send_id)
     message = email.message_from_bytes(server.handler.messages["a@example.org"][0])
@@ -132,7 +127,7 @@ def test_a_slow_worker_whose_claim_was_taken_back_sends_nothing(
     def reconciler_runs_first(n: int, recipient: str, fence: Any) -> Any:
         def late_fence() -> bool:
             with srt.session() as other:
-                expire_leases(other, srt.clock.now() + timedelta(hours=1))
+                SqlLedger(other).expire_leases(srt.clock.now() + timedelta(hours=1))
             return bool(fence())
 
         return late_fence
@@ -169,7 +164,7 @@ def test_pause_and_cancel_stop_a_running_batch(
     else:
         assert run_batch(srt, send_id).stopped == "cancelled"
         with srt.session() as session:
-            assert delivery_counts(session, send_id) == {"sent": 3, "queued": 7}
+            assert SqlLedger(session).counts(send_id) == {"sent": 3, "queued": 7}
 
 
 def test_replies_become_ledger_states_and_feedback(srt: Runtime, server: ScriptServer) -> None:

@@ -35,8 +35,8 @@ from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer, free_port
 from worker.models import Base, Delivery, Send
 from worker.runtime import Runtime
-from worker.sending.dispatch import expire_leases
 from worker.sending.ports import SmtpOutcome
+from worker.sending.sql_ledger import SqlLedger
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow  # worker processes, a Redis restart, a 20 s relay outage
@@ -404,7 +404,7 @@ def test_database_connections_killed_mid_batch_lose_nothing_and_double_nothing(
         assert (before["sent"], before["submitting"]) == (6, 1) and sum(before.values()) == 30
         time.sleep(1.5)  # the leases run out: the claims of the dead batch are settled
         with rt.session() as session:
-            sweep = expire_leases(session, rt.clock.now())
+            sweep = SqlLedger(session).expire_leases(rt.clock.now())
         assert (sweep.released, sweep.unknown) == (before.get("sending", 0), 1)
         assert kill_idle_connections(url) >= 1  # and the pool's idle connections die too
         run_batch(rt, send_id, mailer=SmtpMailer(smtp.url, timeout=10))  # the retry

@@ -20,10 +20,11 @@ from worker.models import Send, Subscriber
 from worker.operators import metrics
 from worker.runtime import Runtime, runtime
 from worker.runtime import use_runtime as use_runtime  # re-exported for the demo and tests
-from worker.sending.dispatch import expire_leases, finish_send_if_done, pending_batches
-from worker.sending.dispatch import send_batch as send_batch_domain
+from worker.sending.batch import send_batch as send_batch_domain
 from worker.sending.identity import bounce_address
+from worker.sending.planning import pending_batches
 from worker.sending.sends import plan_send as plan_send_domain
+from worker.sending.sql_ledger import SqlLedger
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
@@ -178,7 +179,7 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
     grace = rt.settings.batch_grace_seconds
     with rt.session() as session, log_context(send_id=send_id):
         report = send_batch_domain(
-            session,
+            SqlLedger(session),
             send_id,
             first_id,
             last_id,
@@ -206,7 +207,8 @@ def reconcile(rt: Runtime) -> int:
     enqueued = 0
     with rt.session() as session:
         now = rt.clock.now()
-        expire_leases(session, now)
+        ledger = SqlLedger(session)
+        ledger.expire_leases(now)
         sends = session.scalars(
             select(Send).where(Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING]))
         ).all()
@@ -222,7 +224,7 @@ def reconcile(rt: Runtime) -> int:
             names = {batch_name(send.id, f, last): (send.id, f, last) for f, last in due}
             work += [names[name] for name in rt.hints.stalled(list(names))]
             if not due:
-                finish_send_if_done(session, send.id, now)
+                ledger.finish_send_if_done(send.id, now)
     for send_id, first, last in work:
         enqueue_batch(send_id, first, last)
         enqueued += 1

@@ -1,14 +1,15 @@
 """The storage model: SQLAlchemy 2 typed tables for the newsletter and its ledger.
 
-The database is the source of truth; queue messages only carry ids. Status values are plain strings
-(checked by the code, not by database enums) so that SQLite and PostgreSQL store them alike and a
-new state needs no migration of an enum type.
+The database is the source of truth; queue messages only carry ids. Status columns are typed
+with the enums of ``worker.states`` in Python but stored as plain strings (``StateColumn``; not
+database enums) so that SQLite and PostgreSQL store them alike and a new state needs no migration.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -57,6 +58,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class StateColumn(TypeDecorator[E], Generic[E]):
+    """A state of one machine of ``worker.states``: the enum member in Python, its string value
+    (``String(16)``) in the database. Binding a string that is no member raises ValueError."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, machine: type[E]) -> None:
+        super().__init__()
+        self.machine = machine
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.machine(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.machine(value)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
@@ -94,7 +116,9 @@ class Subscriber(Base):
     )  # A-label form; None needs SMTPUTF8
     domain: Mapped[str] = mapped_column(String(255))  # ASCII (A-label) domain, for throttling
     language: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default=SubscriberStatus.PENDING)
+    status: Mapped[SubscriberStatus] = mapped_column(
+        StateColumn(SubscriberStatus), default=SubscriberStatus.PENDING
+    )
     confirm_nonce: Mapped[str | None] = mapped_column(String(64))  # single-use confirmation token
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -197,7 +221,9 @@ class Send(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     edition_id: Mapped[int] = mapped_column(ForeignKey("edition.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default=SendStatus.SCHEDULED)
+    status: Mapped[SendStatus] = mapped_column(
+        StateColumn(SendStatus), default=SendStatus.SCHEDULED
+    )
     batch_size: Mapped[int] = mapped_column(Integer, default=100)
     planned_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
@@ -223,7 +249,9 @@ class Delivery(Base):
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
     language: Mapped[str] = mapped_column(String(16))
     domain: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.QUEUED)
+    state: Mapped[DeliveryState] = mapped_column(
+        StateColumn(DeliveryState), default=DeliveryState.QUEUED
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]

@@ -23,8 +23,8 @@ from worker.editions.store import get_newsletter, profile_of
 from worker.models import Edition, Newsletter, Send
 from worker.operators.metrics import MeteredMailer
 from worker.sending.composer import Composer, Links
-from worker.sending.dispatch import SendPolicy
 from worker.sending.dkim import DkimSigner
+from worker.sending.policy import SendPolicy
 from worker.sending.ports import Clock, Mailer, SystemClock, Throttle
 from worker.sending.sends import rendition_texts
 from worker.sending.smtp import SmtpMailer

@@ -5,7 +5,8 @@ it may be entered from. Every write of a state goes through this table — an UP
 ``WHERE state IN (…)`` from :func:`sources`, an in-memory change calls :func:`check` — so a state
 can only change along an arrow drawn here. Pure: no database, no I/O.
 
-Statuses are stored as plain strings (see ``worker.models``), so a new state needs no migration.
+Statuses are stored as plain strings (``worker.models.StateColumn``), so a new state needs no
+migration.
 """
 
 from __future__ import annotations
@@ -82,10 +83,12 @@ DELIVERY_TRANSITIONS: Mapping[DeliveryState, frozenset[DeliveryState]] = {
     _D.SENDING: frozenset({_D.QUEUED, _D.DEFERRED}),
     # the relay accepted the recipient; DATA is under way
     _D.SUBMITTING: frozenset({_D.SENDING}),
-    _D.SENT: frozenset({_D.SENDING, _D.SUBMITTING}),
-    _D.DEFERRED: frozenset({_D.SENDING, _D.SUBMITTING}),
-    _D.FAILED: frozenset({_D.SENDING, _D.SUBMITTING}),
-    _D.EXPIRED: frozenset({_D.SENDING, _D.SUBMITTING, _D.DEFERRED}),
+    # the reply of the claim's attempt; from unknown when it arrives after the lease ran out
+    # (the outcome is known after all: recording it keeps an operator's retry from resending)
+    _D.SENT: frozenset({_D.SENDING, _D.SUBMITTING, _D.UNKNOWN}),
+    _D.DEFERRED: frozenset({_D.SENDING, _D.SUBMITTING, _D.UNKNOWN}),
+    _D.FAILED: frozenset({_D.SENDING, _D.SUBMITTING, _D.UNKNOWN}),
+    _D.EXPIRED: frozenset({_D.SENDING, _D.SUBMITTING, _D.UNKNOWN, _D.DEFERRED}),
     # no longer eligible when its turn came
     _D.SKIPPED: frozenset({_D.QUEUED, _D.DEFERRED, _D.SENDING}),
     # a dropped connection after DATA, or a lease that ran out while submitting
@@ -109,6 +112,17 @@ class IllegalTransition(ValueError):
 def sources(target: S) -> tuple[S, ...]:
     """The states ``target`` may be entered from, sorted, for an UPDATE's ``WHERE state IN (…)``."""
     return tuple(sorted(_TABLES[type(target)][target]))
+
+
+def sources_among(target: S, *among: S) -> tuple[S, ...]:
+    """``sources(target)`` narrowed to ``among``, for a write that only some arrows may take (a
+    release only from ``sending``). Raises ``IllegalTransition`` if ``among`` names a state the
+    table does not allow, so a narrowed WHERE can never widen the machine."""
+    allowed_from = sources(target)
+    extra = set(among) - set(allowed_from)
+    if extra:
+        raise IllegalTransition(f"{type(target).__name__}: {sorted(extra)} → {target}")
+    return tuple(state for state in allowed_from if state in among)
 
 
 def allowed(current: S, target: S) -> bool:

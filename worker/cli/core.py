@@ -77,12 +77,13 @@ def status_snapshot(session: Any, send_id: int, now: Any) -> dict[str, Any]:
     from datetime import timedelta
 
     from worker.models import Send
-    from worker.sending.dispatch import progress
+    from worker.sending.sql_ledger import SqlLedger
 
     row = session.get(Send, send_id, populate_existing=True)
     if row is None:
         raise click.ClickException(f"no send {send_id}")
-    counts, recent = progress(session, send_id, now - timedelta(seconds=RATE_WINDOW_SECONDS))
+    since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
+    counts, recent = SqlLedger(session).progress(send_id, since)
     planned = max(row.planned_count or 0, sum(counts.values()))
     done = sum(counts.get(state, 0) for state in FINAL_STATES)
     rate = recent / RATE_WINDOW_SECONDS
@@ -207,11 +208,11 @@ def send_retry_unknown(send_id: int) -> None:
     """Resend the deliveries whose outcome is unknown (the reader may get the edition twice)."""
     from worker.actors import reconcile
     from worker.runtime import runtime
-    from worker.sending.dispatch import retry_unknown
+    from worker.sending.sql_ledger import SqlLedger
 
     rt = runtime()
     with rt.session() as session:
-        count = retry_unknown(session, send_id, rt.clock.now())
+        count = SqlLedger(session).retry_unknown(send_id, rt.clock.now())
     reconcile(rt)
     click.echo(f"{count} deliveries of send {send_id} queued again")
 

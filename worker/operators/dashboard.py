@@ -286,7 +286,7 @@ def _funnel_rows(session: Session, summary: SendSummary) -> list[tuple[str, str,
     if key is not None and key in _cache.funnels:
         return _cache.funnels[key]
     rows = [
-        (language, domain, state, int(count))
+        (language, domain, str(state), int(count))
         for language, domain, state, count in session.execute(
             select(Delivery.language, Delivery.domain, Delivery.state, func.count())
             .where(Delivery.send_id == summary.id)

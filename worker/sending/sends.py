@@ -14,8 +14,25 @@ from worker.editions.store import edition_contents, profile_of
 from worker.models import Edition, Newsletter, Rendition, Send
 from worker.operators import metrics
 from worker.sending.composer import RenditionText
-from worker.sending.dispatch import plan_deliveries
-from worker.states import SendStatus
+from worker.sending.planning import plan_deliveries
+from worker.states import SendStatus, check, sources, sources_among
+
+# What an operator may change a send to (pause, resume, cancel), and from which of the table's
+# sources: resuming is only from ``paused`` (``planning`` → ``sending`` is planning's own step,
+# ``finished`` → ``sending`` is ``retry_unknown``'s).
+_OPERATOR_TARGETS = {
+    SendStatus.PAUSED: sources(SendStatus.PAUSED),
+    SendStatus.SENDING: sources_among(SendStatus.SENDING, SendStatus.PAUSED),
+    SendStatus.CANCELLED: sources(SendStatus.CANCELLED),
+}
+
+
+def operator_sources(target: SendStatus) -> tuple[SendStatus, ...]:
+    """The statuses an operator may change a send to ``target`` from; raises ``SendStateError``
+    for a target an operator cannot set."""
+    if target not in _OPERATOR_TARGETS:
+        raise SendStateError(f"an operator cannot change a send to {target}")
+    return tuple(_OPERATOR_TARGETS[target])
 
 
 class SendStateError(ValueError):
@@ -90,7 +107,7 @@ def plan_send(session: Session, send_id: int, public_url: str, now: datetime) ->
         else next(iter(renditions))
     )
     if send.status == SendStatus.SCHEDULED:
-        send.status = SendStatus.PLANNING
+        send.status = check(send.status, SendStatus.PLANNING)
         send.started_at = now
     session.commit()
     send.planned_count = plan_deliveries(
@@ -101,7 +118,7 @@ def plan_send(session: Session, send_id: int, public_url: str, now: datetime) ->
         default_language=default,
     )
     if send.status == SendStatus.PLANNING:
-        send.status = SendStatus.SENDING
+        send.status = check(send.status, SendStatus.SENDING)
     session.commit()
     return send
 
@@ -118,16 +135,7 @@ def set_status(session: Session, send_id: int, target: str, now: datetime) -> Se
     Batches check the status and stop; resume needs the caller to re-enqueue batches.
     Raises ``SendStateError`` when the change does not apply.
     """
-    allowed = {
-        SendStatus.PAUSED: (SendStatus.SENDING, SendStatus.PLANNING),
-        SendStatus.SENDING: (SendStatus.PAUSED,),
-        SendStatus.CANCELLED: (
-            SendStatus.SCHEDULED,
-            SendStatus.PLANNING,
-            SendStatus.SENDING,
-            SendStatus.PAUSED,
-        ),
-    }[SendStatus(target)]
+    allowed = operator_sources(SendStatus(target))
     result = session.execute(
         update(Send).where(Send.id == send_id, Send.status.in_(allowed)).values(status=target)
     )

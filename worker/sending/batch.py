@@ -1,0 +1,254 @@
+"""The batch loop: send the due deliveries of one id range of a send, recording every step in a
+``DeliveryLedger`` (claim a chunk, fence before DATA, outcome after the reply).
+
+The loop knows no SQL: it runs against ``SqlLedger`` in production and ``MemoryLedger`` in fast
+tests. A slow worker whose claim was taken back finds the fence closed and resets the SMTP
+transaction, so a message is never handed over twice. Queue messages are hints:
+``worker.sending.planning.pending_batches`` re-creates them from the ledger.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.sending.composer import Composer
+from worker.sending.ledger import DeliveryLedger, DueDelivery
+from worker.sending.policy import SendPolicy
+from worker.sending.ports import Clock, Mailer, Throttle
+from worker.states import DeliveryState, SendStatus
+
+LATE_WAKEUP_SECONDS = 0.05  # a slot missed by more than this is given up and another one taken
+
+
+@dataclass
+class BatchReport:
+    """What one run of a batch did. ``retry_after`` (seconds): run the batch again then."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    retry_after: float | None = None
+    stopped: str | None = None  # the send's status when the batch stopped early (paused, cancelled)
+
+    def add(self, state: str, n: int = 1) -> None:
+        """Count ``n`` deliveries that reached ``state``."""
+        self.counts[str(state)] = self.counts.get(str(state), 0) + n
+
+    def later(self, seconds: float) -> None:
+        """Ask to run again after ``seconds`` (the earliest of all requests wins; ≥ 0)."""
+        seconds = max(seconds, 0.0)
+        self.retry_after = seconds if self.retry_after is None else min(self.retry_after, seconds)
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """The ports and policy one batch runs with."""
+
+    ledger: DeliveryLedger
+    send_id: int
+    composer: Composer
+    mailer: Mailer
+    throttle: Throttle
+    clock: Clock
+    policy: SendPolicy
+    sleep: Callable[[float], None] = time.sleep
+    heartbeat: Callable[[], None] = lambda: None  # "this batch is alive" (at most once a second)
+
+
+def send_batch(
+    ledger: DeliveryLedger,
+    send_id: int,
+    first_id: int,
+    last_id: int,
+    *,
+    composer: Composer,
+    mailer: Mailer,
+    throttle: Throttle,
+    clock: Clock,
+    policy: SendPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+    heartbeat: Callable[[], None] = lambda: None,
+) -> BatchReport:
+    """Send the due deliveries of ``send_id`` with ids in [first_id, last_id].
+
+    Safe to run twice or concurrently for the same range: deliveries are claimed atomically (a
+    chunk of ``policy.claim_chunk`` at a time), and only while the send is ``sending``; a pause or
+    cancel stops the batch after the message in flight (its outcome write reads the send's
+    status). Holds one shared SMTP connection slot while it runs and closes the connection at the
+    end. Returns a ``BatchReport``; never raises for SMTP errors (they are outcomes).
+    """
+    beat = _every_second(heartbeat)
+    ctx = BatchContext(ledger, send_id, composer, mailer, throttle, clock, policy, sleep, beat)
+    report = BatchReport()
+    status = ledger.send_status(send_id)
+    if status != SendStatus.SENDING:
+        report.stopped = status
+        return report
+    batch = ledger.due(send_id, first_id, last_id, clock.now())
+    if batch.skipped:
+        report.add(DeliveryState.SKIPPED, batch.skipped)
+    if batch.next_retry_at is not None:
+        report.later((batch.next_retry_at - clock.now()).total_seconds())
+    if batch.due:
+        _send_with_connection(ctx, batch.due, report)
+    if report.stopped is None:
+        retry_at = ledger.next_retry_at(send_id, first_id, last_id)
+        if retry_at is not None:
+            report.later((retry_at - clock.now()).total_seconds())
+        ledger.finish_send_if_done(send_id, clock.now())
+    return report
+
+
+def _send_with_connection(ctx: BatchContext, due: list[DueDelivery], report: BatchReport) -> None:
+    """Send ``due`` holding a shared SMTP connection slot; none free: ask to come back soon."""
+    holder = uuid.uuid4().hex
+    if not _take_connection(ctx, holder):
+        report.later(0.5 + random.random())  # every slot busy: try again soon
+        return
+    try:
+        _send_chunks(ctx, due, holder, report)
+    finally:
+        ctx.mailer.close()  # QUIT first: the slot is free only once the session is over
+        ctx.throttle.release_connection(holder)
+
+
+def _every_second(heartbeat: Callable[[], None]) -> Callable[[], None]:
+    """``heartbeat`` at most once a second: it is a Redis write, and the batch's grace period
+    (minutes) needs no finer news than that."""
+    last = [-1.0]
+
+    def beat() -> None:
+        if time.monotonic() - last[0] >= 1.0:
+            last[0] = time.monotonic()
+            heartbeat()
+
+    return beat
+
+
+def _take_connection(ctx: BatchContext, holder: str) -> bool:
+    """Wait up to ``max_throttle_wait`` for a shared SMTP connection slot."""
+    deadline = time.monotonic() + ctx.policy.max_throttle_wait
+    while not ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds):
+        if time.monotonic() >= deadline:
+            return False
+        ctx.sleep(0.05 + random.random() * 0.1)
+    return True
+
+
+def _send_chunks(
+    ctx: BatchContext, rows: list[DueDelivery], holder: str, report: BatchReport
+) -> None:
+    """Claim the rows a chunk at a time and send each claimed one; stops early when the send
+    is no longer ``sending`` or the throttle asks to come back later."""
+    size = max(ctx.policy.claim_chunk, 1)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        ctx.heartbeat()
+        ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds)  # extend
+        ids = [row.id for row in chunk]
+        claims = ctx.ledger.claim(ctx.send_id, ids, ctx.clock.now(), ctx.policy.lease_seconds)
+        if not claims:
+            status = ctx.ledger.send_status(ctx.send_id)
+            if status != SendStatus.SENDING:
+                report.stopped = status
+                return
+            continue  # other workers have them
+        todo = [row for row in chunk if row.id in claims]
+        try:
+            if not _send_claimed(ctx, todo, claims, report):
+                return
+        finally:
+            # Claims not sent (stopped, throttled, an error) go straight back to the queue
+            # instead of waiting for their lease: they are ``sending``, so DATA never started.
+            ctx.ledger.release([(row.id, claims[row.id]) for row in todo], ctx.clock.now())
+
+
+def _send_claimed(
+    ctx: BatchContext, todo: list[DueDelivery], claims: dict[int, int], report: BatchReport
+) -> bool:
+    """Send the claimed rows in order, removing each from ``todo`` once it has an outcome (or its
+    claim was lost). Returns False when the batch must stop (``report`` says why)."""
+    while todo:
+        row = todo[0]
+        ctx.heartbeat()
+        composed = ctx.composer.compose(row.id, row.subscriber, row.language)
+        # The send slot is taken last, right before the SMTP transaction: whatever ran before
+        # (composing) must not shift the message past its slot into the next one.
+        wait = _reserve(ctx, row.domain)
+        if wait is not None:
+            report.later(wait)  # the batch comes back when the slot is near
+            return False
+        status = _deliver(ctx, row, claims[row.id], composed, report)
+        todo.pop(0)
+        if status != SendStatus.SENDING:
+            report.stopped = status
+            return False
+    return True
+
+
+def _reserve(ctx: BatchContext, domain: str) -> float | None:
+    """Take a send slot for ``domain`` at most ``max_throttle_wait`` ahead and sleep until it;
+    while the slot is further away, wait (up to ``max_throttle_wait`` in all) for it to come in
+    reach. Returns None once the slot has come, else the seconds after which to try again."""
+    horizon = ctx.policy.max_throttle_wait
+    deadline = time.monotonic() + horizon
+    while True:
+        reservation = ctx.throttle.reserve(domain, horizon)
+        if reservation.granted:
+            due = time.monotonic() + reservation.wait
+            ctx.sleep(reservation.wait)
+            if time.monotonic() - due <= LATE_WAKEUP_SECONDS or time.monotonic() > deadline:
+                return None
+            continue  # woke up too late (a busy machine): sending now would crowd the next slot
+        in_reach = reservation.wait - horizon  # seconds until the slot is within the horizon
+        if in_reach > deadline - time.monotonic():
+            return max(in_reach, 0.01)
+        ctx.sleep(max(in_reach, 0.005))
+
+
+def _deliver(
+    ctx: BatchContext,
+    row: DueDelivery,
+    attempt: int,
+    composed: tuple[str, bytes],
+    report: BatchReport,
+) -> str | None:
+    """One SMTP transaction for a claimed delivery; records its outcome. Returns the send's
+    status read after the outcome (the batch goes on only while it is ``sending``)."""
+    envelope_from, message = composed
+    subscriber = row.subscriber
+    fence: list[bool] = []
+
+    def before_data() -> bool:
+        now = ctx.clock.now()
+        fence.append(ctx.ledger.submit(row.id, attempt, now, ctx.policy.lease_seconds))
+        return fence[-1]
+
+    outcome = ctx.mailer.send(
+        envelope_from,
+        subscriber.ascii_email or subscriber.email,
+        message,
+        smtputf8=subscriber.ascii_email is None,
+        before_data=before_data,
+    )
+    if fence and not fence[-1]:
+        return ctx.ledger.send_status(ctx.send_id)  # taken back; whoever holds it now sends
+    if outcome.accepted:
+        accepted = ctx.ledger.record_accepted(
+            ctx.send_id, row.id, attempt, outcome, ctx.clock.now()
+        )
+        if accepted.written:
+            report.add(DeliveryState.SENT)
+        return accepted.send_status
+    state = ctx.ledger.record_outcome(
+        row.id, subscriber, outcome, ctx.clock.now(), ctx.policy, attempt
+    )
+    report.add(state)
+    if state == DeliveryState.DEFERRED and outcome.code in (421, 451):
+        ctx.throttle.slow_down(subscriber.domain)
+    return ctx.ledger.send_status(ctx.send_id)
+
+
+__all__ = ["BatchReport", "send_batch"]
