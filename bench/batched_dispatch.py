@@ -1,10 +1,10 @@
-"""A PROTOTYPE of ``worker.sending.dispatch.send_batch`` that writes the ledger per chunk, not per
+"""A PROTOTYPE of ``worker.sending.batch.send_batch`` that writes the ledger per chunk, not per
 message,
 to measure what batching would buy. Not used by the product: ``bench/batched_actors.py`` swaps it
 in for the benchmark's worker processes only (``e2e_throughput.py --actors bench.batched_actors``,
 ``per_message.py --prototype``).
 
-Same ledger states and fencing as ``worker.sending.dispatch`` (claim with the attempt number as
+Same ledger states and fencing as ``worker.sending.batch`` (claim with the attempt number as
 fencing
 token, only while the send is ``sending``; ``submitting`` before DATA; outcomes written only while
 the claim holds), but per chunk of ``CHUNK`` deliveries:
@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, exists, func, or_, select, update
@@ -32,22 +32,32 @@ from sqlalchemy.orm import Session
 
 from worker.models import Delivery, Send, Subscriber
 from worker.operators import metrics
+from worker.sending.batch import BatchReport
 from worker.sending.composer import Composer
-from worker.sending.dispatch import (
-    CLAIMED,
-    RETRYABLE,
-    BatchReport,
-    SendPolicy,
-    _schedule_deferred,
-    _send_status,
-    backoff_seconds,
-    finish_send_if_done,
-    record_outcome,
-)
+from worker.sending.ledger import RETRYABLE
+from worker.sending.policy import SendPolicy, backoff_seconds
 from worker.sending.ports import Clock, Mailer, Reservation, Throttle
+from worker.sending.sql_ledger import SqlLedger
 from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 CHUNK = 50
+CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
+
+
+def _send_status(session: Session, send_id: int) -> str | None:
+    return SqlLedger(session).send_status(send_id)
+
+
+def _schedule_deferred(
+    session: Session, send_id: int, first_id: int, last_id: int, now: datetime, report: BatchReport
+) -> None:
+    retry_at = SqlLedger(session).next_retry_at(send_id, first_id, last_id)
+    if retry_at is not None:
+        report.later((retry_at - now).total_seconds())
+
+
+def finish_send_if_done(session: Session, send_id: int, now: datetime) -> bool:
+    return SqlLedger(session).finish_send_if_done(send_id, now)
 
 
 def quote_periods(data: bytes) -> bytes:
@@ -246,8 +256,8 @@ def _send_chunks(
                     }
                 )
                 continue
-            state = record_outcome(
-                session, delivery_id, subscriber, outcome, clock.now(), policy, claimed[delivery_id]
+            state = SqlLedger(session).record_outcome(
+                delivery_id, subscriber, outcome, clock.now(), policy, claimed[delivery_id]
             )
             report.add(state)
             if state == DeliveryState.DEFERRED:

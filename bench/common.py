@@ -387,3 +387,24 @@ def one_row(
     if row is None:
         raise RuntimeError(f"no row for {query.split(' FROM ')[0]}")
     return tuple(row)
+
+
+def batch_ranges(session: Any, send_id: int, size: int) -> Iterator[tuple[int, int]]:
+    """(first id, last id) of consecutive runs of ``size`` deliveries of ``send_id``, by keyset
+    pagination: the benchmark sends every delivery, due or not (``pending_batches`` would skip)."""
+    from sqlalchemy import select
+
+    from worker.models import Delivery
+
+    after = 0
+    while True:
+        ids = session.scalars(
+            select(Delivery.id)
+            .where(Delivery.send_id == send_id, Delivery.id > after)
+            .order_by(Delivery.id)
+            .limit(size)
+        ).all()
+        if not ids:
+            return
+        yield ids[0], ids[-1]
+        after = ids[-1]

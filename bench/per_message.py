@@ -16,7 +16,7 @@ Stages (cumulative profiler time of these functions, per message):
   DKIM signing     worker.sending.dkim (when the app signs)
   SMTP             worker.sending.smtp.SmtpMailer.send
   throttle         worker.sending.throttle.RedisThrottle.reserve (one Redis EVALSHA)
-  ledger           the rest of worker.sending.dispatch.send_batch: status reads, subscriber read,
+  ledger           the rest of worker.sending.batch.send_batch: status reads, subscriber read,
   claim,
                    outcome, commits
 Profiler overhead inflates Python-heavy stages; the plain run gives the true total.
@@ -55,18 +55,17 @@ STAGES: dict[str, list[tuple[str, str]]] = {
         ("bench/batched_dispatch.py", "_reserve_many"),
     ],
     "send_batch": [
-        ("worker/sending/dispatch.py", "send_batch"),
+        ("worker/sending/batch.py", "send_batch"),
         ("bench/batched_dispatch.py", "send_batch"),
     ],
     "compose": [("worker/sending/composer.py", "compose")],
 }
 DETAIL = [
-    ("worker/sending/dispatch.py", "_claim"),
-    ("worker/sending/dispatch.py", "_claim_chunk"),
-    ("worker/sending/dispatch.py", "_submit"),
-    ("worker/sending/dispatch.py", "_record_accepted"),
-    ("worker/sending/dispatch.py", "record_outcome"),
-    ("worker/sending/dispatch.py", "_send_status"),
+    ("worker/sending/sql_ledger.py", "claim"),
+    ("worker/sending/sql_ledger.py", "submit"),
+    ("worker/sending/sql_ledger.py", "record_accepted"),
+    ("worker/sending/sql_ledger.py", "record_outcome"),
+    ("worker/sending/sql_ledger.py", "send_status"),
     ("sqlalchemy/orm/session.py", "get"),
     ("sqlalchemy/orm/session.py", "commit"),
     ("sqlalchemy/engine/base.py", "_execute_context"),
@@ -90,8 +89,10 @@ def calls(stats: pstats.Stats, suffix: str, fn: str) -> int:
 
 def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) -> int:
     """Plan ``send_id`` and send every batch in this thread, as the actors would; the count sent."""
-    from worker.sending.dispatch import batch_ranges, send_batch
+    from bench.common import batch_ranges
+    from worker.sending.batch import send_batch
     from worker.sending.sends import plan_send
+    from worker.sending.sql_ledger import SqlLedger
 
     if prototype:
         import smtplib
@@ -110,7 +111,7 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
     for first, last in ranges:
         with rt.session() as session:
             report = send_batch(
-                session,
+                SqlLedger(session) if not prototype else session,  # type: ignore[arg-type]
                 send_id,
                 first,
                 last,

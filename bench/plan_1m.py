@@ -1,7 +1,7 @@
 """Benchmark: plan a send to 1,000,000 subscribers on PostgreSQL without loading them into memory.
 
 Creates a scratch database, inserts the subscribers with one ``INSERT … SELECT generate_series``,
-then times ``worker.sending.dispatch.plan_deliveries`` (keyset pages, one ``INSERT … SELECT … ON
+then times ``worker.sending.planning.plan_deliveries`` (keyset pages, one ``INSERT … SELECT … ON
 CONFLICT
 DO NOTHING`` each), planning again (a no-op), and ``pending_batches``; prints seconds and the
 process's peak RSS. The scratch database is dropped at the end. Example::
@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from worker.db import dispose_engines, make_engine
 from worker.models import Base, Send
-from worker.sending.dispatch import pending_batches, plan_deliveries
+from worker.sending.planning import pending_batches, plan_deliveries
 
 
 def peak_rss_mb() -> float:

@@ -60,7 +60,7 @@ def _worker(
         rng = random.Random()
         domains, weights = zip(*MIX, strict=True)
         while time.time() < until:
-            # like worker.sending.dispatch._reserve: a slot at most max_wait ahead, waiting up to
+            # like worker.sending.batch._reserve: a slot at most max_wait ahead, waiting up to
             # max_wait for one to come in reach, else the message is left for later
             domain = rng.choices(domains, weights)[0]
             deadline = time.monotonic() + args.max_wait

@@ -66,7 +66,8 @@ _RELEASE = (  # Core: an ORM UPDATE refuses executemany with a WHERE
     .where(
         _LEDGER.c.id == bindparam("d_id"),
         _LEDGER.c.attempts == bindparam("attempt"),
-        _LEDGER.c.state.in_(sources_among(D.QUEUED, D.SENDING)),
+        # OR of equalities, not IN: an expanding IN cannot run as executemany
+        or_(*(_LEDGER.c.state == state for state in sources_among(D.QUEUED, D.SENDING))),
     )
     .values(state=D.QUEUED, lease_until=None, updated_at=bindparam("now"))
 )
