@@ -1,0 +1,248 @@
+"""The batch loop (``worker.sending.batch.send_batch``) against both ledgers: the in-memory one
+(fast, no I/O) and ``SqlLedger`` on SQLite, with the same scenarios and the same expected values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.db import make_engine
+from worker.models import Base, Delivery, Edition, Newsletter, Send, Subscriber
+from worker.sending.batch import BatchReport, send_batch
+from worker.sending.ledger import DeliveryLedger, LeaseSweep
+from worker.sending.memory_ledger import MemoryLedger
+from worker.sending.planning import plan_deliveries
+from worker.sending.policy import SendPolicy
+from worker.sending.ports import SmtpOutcome
+from worker.sending.sql_ledger import SqlLedger
+from worker.sending.throttle import LocalThrottle
+from worker.states import SendStatus, SubscriberStatus
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+POLICY = SendPolicy(retry_base_seconds=60.0, lease_seconds=600.0, claim_chunk=2)
+SEND_ID = 1
+CONFIRMED = SubscriberStatus.CONFIRMED
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.at = START
+
+    def now(self) -> datetime:
+        return self.at
+
+
+class FakeComposer:
+    def compose(self, delivery_id: int, subscriber: Any, language: str) -> tuple[str, bytes]:
+        return f"b{delivery_id}@bounces.example", b"Subject: hi\r\n\r\nhello\r\n"
+
+
+class ScriptedMailer:
+    """Replies per recipient (default 250); ``crash`` raises after the fence, as a process that
+    dies mid-DATA would leave the ledger."""
+
+    def __init__(self, replies: dict[str, Any] | None = None) -> None:
+        self.replies = replies or {}
+        self.accepted: list[str] = []
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        reply = self.replies.get(recipient, SmtpOutcome(250, "2.0.0 ok"))
+        if isinstance(reply, SmtpOutcome) and reply.code >= 500:
+            return reply  # refused at RCPT: DATA never starts, no fence
+        if before_data is not None and not before_data():
+            return SmtpOutcome(0, "fence closed", uncertain=False)
+        if reply == "crash":
+            raise RuntimeError("process died during DATA")
+        if reply.accepted:
+            self.accepted.append(recipient)
+        return reply
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryWorld:
+    def __init__(self) -> None:
+        self.ledger = MemoryLedger()
+
+    def plan(self, addresses: dict[str, SubscriberStatus]) -> list[int]:
+        subscribers = [
+            Subscriber(id=n, email=a, ascii_email=a, domain=a.split("@")[1], status=s)
+            for n, (a, s) in enumerate(addresses.items(), 1)
+        ]
+        return self.ledger.plan(SEND_ID, subscribers)
+
+    def send_status(self) -> SendStatus | None:
+        return self.ledger.send_status(SEND_ID)
+
+
+class SqlWorld:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.ledger = SqlLedger(session)
+
+    def plan(self, addresses: dict[str, SubscriberStatus]) -> list[int]:
+        s = self.session
+        s.add(Newsletter(id=1, slug="n", default_language="en", profile={}, created_at=START))
+        s.flush()  # no relationships between these rows: the unit of work needs the order
+        s.add(Edition(id=1, newsletter_id=1, key="2026-W49", created_at=START, updated_at=START))
+        s.flush()
+        send = Send(id=SEND_ID, edition_id=1, status=SendStatus.SENDING, created_at=START)
+        s.add(send)
+        s.flush()
+        for address in addresses:
+            domain = address.split("@")[1]
+            s.add(
+                Subscriber(
+                    newsletter_id=1, email=address, email_key=address, ascii_email=address,
+                    domain=domain, language="en", status=CONFIRMED,
+                    created_at=START, updated_at=START,
+                )
+            )  # fmt: skip
+        s.commit()
+        plan_deliveries(s, send, newsletter_id=1, languages=("en",), default_language="en")
+        for subscriber in s.scalars(select(Subscriber)):  # then the status each scenario asks for
+            subscriber.status = addresses[subscriber.email]
+        s.commit()
+        return list(s.scalars(select(Delivery.id).order_by(Delivery.id)))
+
+    def send_status(self) -> SendStatus | None:
+        return self.ledger.send_status(SEND_ID)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryWorld()
+        return
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    Base.metadata.create_all(engine)
+    with sessionmaker(engine, expire_on_commit=False)() as session:
+        yield SqlWorld(session)
+    engine.dispose()
+
+
+def run(world: Any, clock: FakeClock, mailer: ScriptedMailer) -> BatchReport:
+    ledger: DeliveryLedger = world.ledger
+    return send_batch(
+        ledger, SEND_ID, 0, 10**9,
+        composer=FakeComposer(),  # type: ignore[arg-type]
+        mailer=mailer, throttle=LocalThrottle(), clock=clock, policy=POLICY,
+        sleep=lambda _s: None,
+    )  # fmt: skip
+
+
+def test_accepted_deliveries_are_sent_and_the_send_finishes(world: Any) -> None:
+    # Given three confirmed subscribers (two claim chunks)
+    world.plan({"a@x.example": CONFIRMED, "b@y.example": CONFIRMED, "c@x.example": CONFIRMED})
+    mailer = ScriptedMailer()
+    # When the batch runs
+    report = run(world, FakeClock(), mailer)
+    # Then every one is sent, once, and the send is finished
+    assert report.counts == {"sent": 3}
+    assert report.retry_after is None and report.stopped is None
+    assert sorted(mailer.accepted) == ["a@x.example", "b@y.example", "c@x.example"]
+    assert world.ledger.counts(SEND_ID) == {"sent": 3}
+    assert world.send_status() == SendStatus.FINISHED
+
+
+def test_a_4xx_defers_with_backoff_and_the_retry_sends_it(world: Any) -> None:
+    world.plan({"a@x.example": CONFIRMED, "grey@y.example": CONFIRMED})
+    clock = FakeClock()
+    mailer = ScriptedMailer({"grey@y.example": SmtpOutcome(451, "4.7.1 greylisted")})
+    report = run(world, clock, mailer)
+    assert report.counts == {"sent": 1, "deferred": 1}
+    # first retry after retry_base (60 s) plus 0–25 % jitter
+    assert report.retry_after is not None and 60.0 <= report.retry_after <= 75.0
+    assert world.send_status() == SendStatus.SENDING
+    assert run(world, clock, ScriptedMailer()).counts == {}  # not due yet: nothing is sent
+    clock.at += timedelta(seconds=76)
+    report = run(world, clock, ScriptedMailer())
+    assert report.counts == {"sent": 1}
+    assert world.ledger.counts(SEND_ID) == {"sent": 2}
+    assert world.send_status() == SendStatus.FINISHED
+
+
+def test_a_5xx_fails_the_delivery_for_good(world: Any) -> None:
+    world.plan({"gone@x.example": CONFIRMED})
+    mailer = ScriptedMailer({"gone@x.example": SmtpOutcome(550, "5.1.1 no such user")})
+    report = run(world, FakeClock(), mailer)
+    assert report.counts == {"failed": 1}
+    assert world.ledger.counts(SEND_ID) == {"failed": 1}
+    assert world.send_status() == SendStatus.FINISHED
+
+
+def test_a_subscriber_no_longer_confirmed_is_skipped(world: Any) -> None:
+    world.plan({"a@x.example": CONFIRMED, "left@x.example": SubscriberStatus.UNSUBSCRIBED})
+    report = run(world, FakeClock(), ScriptedMailer())
+    assert report.counts == {"sent": 1, "skipped": 1}
+    assert world.ledger.counts(SEND_ID) == {"sent": 1, "skipped": 1}
+
+
+def test_a_crash_between_fence_and_outcome_leaves_unknown(world: Any) -> None:
+    world.plan({"a@x.example": CONFIRMED, "b@x.example": CONFIRMED})
+    clock = FakeClock()
+    # Given a process that dies after the fence, before the reply is recorded
+    with pytest.raises(RuntimeError):
+        run(world, clock, ScriptedMailer({"a@x.example": "crash"}))
+    # Then its claim is ``submitting`` and the claim it never used went back to the queue
+    assert world.ledger.counts(SEND_ID) == {"submitting": 1, "queued": 1}
+    # When the lease runs out, the relay may have the message: unknown, never resent by itself
+    sweep = world.ledger.expire_leases(clock.at + timedelta(seconds=601))
+    assert sweep == LeaseSweep(released=0, unknown=1)
+    mailer = ScriptedMailer()
+    assert run(world, clock, mailer).counts == {"sent": 1}
+    assert mailer.accepted == ["b@x.example"]
+    assert world.ledger.counts(SEND_ID) == {"sent": 1, "unknown": 1}
+    assert world.send_status() == SendStatus.FINISHED  # unknown is an end state
+
+
+def test_an_expired_claim_before_data_is_released_and_sent_again(world: Any) -> None:
+    (first,) = world.plan({"a@x.example": CONFIRMED})
+    clock = FakeClock()
+    assert world.ledger.claim(SEND_ID, [first], clock.at, 600) == {first: 1}  # then died
+    sweep = world.ledger.expire_leases(clock.at + timedelta(seconds=601))
+    assert sweep == LeaseSweep(released=1, unknown=0)
+    assert run(world, clock, ScriptedMailer()).counts == {"sent": 1}
+    assert world.ledger.claim(SEND_ID, [first], clock.at, 600) == {}  # sent: not claimable
+
+
+def test_a_late_reply_after_the_lease_ran_out_settles_unknown(world: Any) -> None:
+    """Found while moving the ledger onto the transition table: a 250 that arrives after the
+    reconciler turned the claim ``unknown`` must still be recorded as ``sent`` (the table lacked
+    the arrow), or an operator's ``retry_unknown`` would mail the reader twice."""
+    (first,) = world.plan({"a@x.example": CONFIRMED})
+    now = START
+    assert world.ledger.claim(SEND_ID, [first], now, 600) == {first: 1}
+    assert world.ledger.submit(first, 1, now, 600)
+    assert not world.ledger.submit(first, 1, now, 600)  # a fence passes once
+    world.ledger.expire_leases(now + timedelta(seconds=601))
+    accepted = world.ledger.record_accepted(SEND_ID, first, 1, SmtpOutcome(250, "ok"), now)
+    assert accepted.written and accepted.send_status == SendStatus.SENDING
+    assert world.ledger.counts(SEND_ID) == {"sent": 1}
+
+
+def test_a_paused_send_sends_nothing(world: Any) -> None:
+    world.plan({"a@x.example": CONFIRMED})
+    if isinstance(world, MemoryWorld):
+        world.ledger.sends[SEND_ID] = SendStatus.PAUSED
+    else:
+        world.session.get(Send, SEND_ID).status = SendStatus.PAUSED
+        world.session.commit()
+    report = run(world, FakeClock(), ScriptedMailer())
+    assert report.stopped == SendStatus.PAUSED and report.counts == {}
+    assert world.ledger.counts(SEND_ID) == {"queued": 1}
