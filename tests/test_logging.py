@@ -36,7 +36,7 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.StringIO) -> None:
-    log = logging.getLogger("worker.sending.dispatch")
+    log = logging.getLogger("worker.sending.batch")
     with log_context(send_id=7):
         log.info(
             "refused %s by %s",
@@ -50,7 +50,7 @@ def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.Str
     assert (
         first["send_id"] == 7
         and first["level"] == "info"
-        and first["logger"] == "worker.sending.dispatch"
+        and first["logger"] == "worker.sending.batch"
     )
     assert first["message"] == "refused A***@example.org by smtps://mailer:***@smtp.example.net"
     assert second == {**second, "send_id": 7, "delivery_id": 42, "message": "key ***"}

@@ -101,7 +101,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-29 09:00:00,123 INFO worker.sending.dispatch [send_id=3 delivery_id=42]
+    """``2026-11-29 09:00:00,123 INFO worker.sending.batch [send_id=3 delivery_id=42]
     message``."""
 
     def format(self, record: logging.LogRecord) -> str:
