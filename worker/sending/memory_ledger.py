@@ -62,7 +62,9 @@ class MemoryLedger:
             ids.append(d_id)
         return ids
 
-    def _move(self, row: MemoryDelivery, target: DeliveryState, now: datetime) -> None:
+    def _move(self, row: MemoryDelivery, target: DeliveryState) -> None:
+        """Move ``row`` to ``target`` along the table (``IllegalTransition`` otherwise); a final
+        or queued state drops the lease."""
         row.state = check(row.state, target)
         if target not in (D.SENDING, D.SUBMITTING):
             row.lease_until = None
@@ -80,7 +82,7 @@ class MemoryLedger:
             if row.next_attempt_at is not None and row.next_attempt_at > now:
                 later.append(row.next_attempt_at)
             elif row.subscriber.status != SubscriberStatus.CONFIRMED:
-                self._move(row, D.SKIPPED, now)
+                self._move(row, D.SKIPPED)
                 skipped += 1
             else:
                 due.append(DueDelivery(row.id, row.language, row.domain, row.subscriber))
@@ -101,7 +103,7 @@ class MemoryLedger:
             row = self.deliveries[d_id]
             if row.state not in RETRYABLE or (row.next_attempt_at or now) > now:
                 continue
-            self._move(row, D.SENDING, now)
+            self._move(row, D.SENDING)
             row.lease_until = now + timedelta(seconds=lease_seconds)
             row.attempts += 1
             row.first_attempt_at = row.first_attempt_at or now
@@ -113,7 +115,7 @@ class MemoryLedger:
         row = self.deliveries[delivery_id]
         if row.state != D.SENDING or row.attempts != attempt:
             return False
-        self._move(row, D.SUBMITTING, now)
+        self._move(row, D.SUBMITTING)
         row.lease_until = now + timedelta(seconds=lease_seconds)
         return True
 
@@ -124,7 +126,7 @@ class MemoryLedger:
         row = self.deliveries[delivery_id]
         written = row.attempts == attempt and allowed(row.state, D.SENT)
         if written:
-            self._move(row, D.SENT, now)
+            self._move(row, D.SENT)
             row.sent_at, row.reply_code, row.reply_text = now, outcome.code, outcome.text
         return Accepted(written, self.sends.get(send_id))
 
@@ -143,7 +145,7 @@ class MemoryLedger:
         lost = attempt is not None and row.attempts != attempt
         if lost or not allowed(row.state, verdict.state):
             return row.state
-        self._move(row, verdict.state, now)
+        self._move(row, verdict.state)
         row.reply_code, row.reply_text = outcome.code or None, outcome.text
         row.next_attempt_at = verdict.next_attempt_at or row.next_attempt_at
         row.sent_at = now if verdict.state == D.SENT else row.sent_at
@@ -156,7 +158,7 @@ class MemoryLedger:
         for d_id, attempt in claims:
             row = self.deliveries[d_id]
             if row.state == D.SENDING and row.attempts == attempt:
-                self._move(row, D.QUEUED, now)
+                self._move(row, D.QUEUED)
 
     def next_retry_at(self, send_id: int, first_id: int, last_id: int) -> datetime | None:
         """See ``DeliveryLedger.next_retry_at``."""
@@ -181,10 +183,10 @@ class MemoryLedger:
             if row.lease_until is None or row.lease_until >= now:
                 continue
             if row.state == D.SENDING:
-                self._move(row, D.QUEUED, now)
+                self._move(row, D.QUEUED)
                 released += 1
             elif row.state == D.SUBMITTING:
-                self._move(row, D.UNKNOWN, now)
+                self._move(row, D.UNKNOWN)
                 unknown += 1
         return LeaseSweep(released, unknown)
 
