@@ -171,7 +171,12 @@ def test_bounce_address_and_header_names() -> None:
 
 
 HEAVY = ("pydantic", "markdown", "babel", "email_validator", "fastapi")
-HOT_PATH = ("worker.sending.dispatch", "worker.sending.composer", "worker.sending.identity")
+HOT_PATH = (
+    "worker.sending.batch",
+    "worker.sending.sql_ledger",
+    "worker.sending.composer",
+    "worker.sending.identity",
+)
 
 
 @pytest.mark.parametrize("module", HOT_PATH)
