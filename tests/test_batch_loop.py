@@ -22,7 +22,13 @@ from worker.sending.policy import SendPolicy
 from worker.sending.ports import SmtpOutcome
 from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
-from worker.states import SendStatus, SubscriberStatus
+from worker.states import (
+    DeliveryState,
+    IllegalTransition,
+    SendStatus,
+    SubscriberStatus,
+    sources_among,
+)
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 POLICY = SendPolicy(retry_base_seconds=60.0, lease_seconds=600.0, claim_chunk=2)
@@ -246,3 +252,9 @@ def test_a_paused_send_sends_nothing(world: Any) -> None:
     report = run(world, FakeClock(), ScriptedMailer())
     assert report.stopped == SendStatus.PAUSED and report.counts == {}
     assert world.ledger.counts(SEND_ID) == {"queued": 1}
+
+
+def test_a_narrowed_where_cannot_widen_the_machine() -> None:
+    assert sources_among(DeliveryState.QUEUED, DeliveryState.SENDING) == (DeliveryState.SENDING,)
+    with pytest.raises(IllegalTransition):
+        sources_among(DeliveryState.SENT, DeliveryState.QUEUED)  # queued → sent is no arrow

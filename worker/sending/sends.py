@@ -17,6 +17,11 @@ from worker.sending.composer import RenditionText
 from worker.sending.planning import plan_deliveries
 from worker.states import SendStatus, check, sources, sources_among
 
+
+class SendStateError(ValueError):
+    """The operation does not apply to the send in its current status."""
+
+
 # What an operator may change a send to (pause, resume, cancel), and from which of the table's
 # sources: resuming is only from ``paused`` (``planning`` → ``sending`` is planning's own step,
 # ``finished`` → ``sending`` is ``retry_unknown``'s).
@@ -33,10 +38,6 @@ def operator_sources(target: SendStatus) -> tuple[SendStatus, ...]:
     if target not in _OPERATOR_TARGETS:
         raise SendStateError(f"an operator cannot change a send to {target}")
     return tuple(_OPERATOR_TARGETS[target])
-
-
-class SendStateError(ValueError):
-    """The operation does not apply to the send in its current status."""
 
 
 def create_send(session: Session, edition: Edition, now: datetime, batch_size: int = 100) -> Send:
