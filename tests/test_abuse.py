@@ -193,7 +193,7 @@ def test_one_ip_signing_up_many_addresses_is_stopped_after_the_hourly_limit(
 def test_suppressed_address_gets_nothing(
     limited_rt: Runtime, smtp: OutboxServer, stub_worker: Any
 ) -> None:
-    from worker.feedback.suppressions import suppress
+    from worker.subscriptions.suppressions import suppress
 
     with limited_rt.session() as session:
         suppress(

@@ -22,10 +22,10 @@ from sqlalchemy import select
 from tests.operator_scenario import run_send
 from worker.devtools.chromium import HeadlessChromium, find_chromium
 from worker.devtools.outbox import free_port
-from worker.feedback.suppressions import suppress
 from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.operators.dashboard import overview, rate_bucket
 from worker.runtime import Runtime
+from worker.subscriptions.suppressions import suppress
 from worker.web.app import create_app
 
 PASSWORD = "correct horse battery staple"

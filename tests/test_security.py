@@ -51,11 +51,11 @@ from worker.devtools.outbox import OutboxHandler, OutboxServer, free_port
 from worker.editions.files import check_edition, read_edition, read_newsletter_profile
 from worker.editions.rendering import render_edition
 from worker.editions.store import save_edition
-from worker.feedback.suppressions import suppress
 from worker.models import Delivery, SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.sending.mime import HeaderInjection
 from worker.settings import Settings
+from worker.subscriptions.suppressions import suppress
 from worker.subscriptions.tokens import Purpose, Tokens
 from worker.web.app import create_app
 

@@ -25,12 +25,12 @@ from tests.conftest import SAMPLE_EDITION
 from worker import actors
 from worker.cli import main
 from worker.devtools.outbox import OutboxServer
-from worker.feedback.suppressions import email_hash, suppress
 from worker.models import Consent, SignupRefusal, Subscriber, Suppression
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.subscriptions.lifecycle import purge_unconfirmed, unsubscribe_by_token
 from worker.subscriptions.signups import confirm, confirmation_token
+from worker.subscriptions.suppressions import email_hash, suppress
 from worker.subscriptions.tokens import unsubscribe_token
 from worker.web.app import create_app
 

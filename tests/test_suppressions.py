@@ -16,9 +16,9 @@ from worker.cli import main
 from worker.feedback.classification import classify_feedback_type, classify_smtp_reply
 from worker.feedback.policy import FeedbackPolicy, record_feedback
 from worker.feedback.report import FeedbackReport
-from worker.feedback.suppressions import email_hash
 from worker.models import Subscriber, Suppression
 from worker.runtime import Runtime
+from worker.subscriptions.suppressions import email_hash
 
 
 @pytest.fixture

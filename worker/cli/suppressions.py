@@ -31,7 +31,7 @@ def suppressions() -> None:
 def suppressions_remove(address: str, reason: str) -> None:
     """Lift the suppression of ADDRESS; its subscribers return to confirmed only if their
     consent stands (confirmed, not unsubscribed since), else to unsubscribed."""
-    from worker.feedback.suppressions import remove
+    from worker.subscriptions.suppressions import remove
 
     rt = _runtime()
     with rt.session() as session:
@@ -50,7 +50,7 @@ def suppressions_remove(address: str, reason: str) -> None:
 @click.option("--all", "include_removed", is_flag=True, help="Include lifted entries.")
 def suppressions_list(include_removed: bool) -> None:
     """One line per entry: created_at, reason, address (or hash), source event, lifted."""
-    from worker.feedback.suppressions import entries
+    from worker.subscriptions.suppressions import entries
 
     rt = _runtime()
     with rt.session() as session:
@@ -72,7 +72,7 @@ def suppressions_list(include_removed: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 def suppressions_export(file: str) -> None:
     """Write the active entries to FILE.csv (email, email_sha256-hmac, reason, created_at)."""
-    from worker.feedback.suppressions import export_csv
+    from worker.subscriptions.suppressions import export_csv
 
     rt = _runtime()
     with rt.session() as session:
@@ -89,7 +89,7 @@ def suppressions_export(file: str) -> None:
 def suppressions_import(file: str) -> None:
     """Add the rows of FILE.csv (a header with email and/or email_sha256-hmac; reason and
     created_at optional); matching subscribers become suppressed."""
-    from worker.feedback.suppressions import import_csv
+    from worker.subscriptions.suppressions import import_csv
 
     rt = _runtime()
     with rt.session() as session, Path(file).open(newline="", encoding="utf-8-sig") as source:

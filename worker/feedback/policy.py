@@ -46,13 +46,13 @@ from worker.feedback.classification import (
     enhanced_status,
 )
 from worker.feedback.report import FeedbackReport
-from worker.feedback.suppressions import suppress
 from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.sending.identity import BOUNCE_PREFIX, parse_edition_message_id, parse_id, parse_verp
 from worker.settings import Settings
 from worker.states import DeliveryState
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
+from worker.subscriptions.suppressions import suppress
 from worker.subscriptions.tokens import Purpose, TokenError, Tokens
 
 log = logging.getLogger(__name__)

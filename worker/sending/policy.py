@@ -27,7 +27,7 @@ class SendPolicy:
     )
     connection_ttl_seconds: float = 130.0  # a dead process's SMTP connection slot frees after this
     claim_chunk: int = 50  # deliveries claimed per UPDATE (unsent claims are given back at once)
-    hash_key: str = ""  # for suppressions (see worker.feedback.suppressions)
+    hash_key: str = ""  # for suppressions (see worker.subscriptions.suppressions)
 
 
 @dataclass(frozen=True)

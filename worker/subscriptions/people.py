@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from worker.feedback.suppressions import email_hash, suppress
 from worker.models import (
     Consent,
     Delivery,
@@ -28,6 +27,7 @@ from worker.models import (
 )
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
+from worker.subscriptions.suppressions import email_hash, suppress
 
 ERASED_DOMAIN = "erased.invalid"  # RFC 2606: .invalid can never be a real mail domain
 

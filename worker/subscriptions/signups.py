@@ -33,7 +33,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
-from worker.feedback.suppressions import email_hash, is_suppressed
 from worker.models import Consent, Newsletter, SignupRefusal, Subscriber
 from worker.states import SubscriberStatus
 from worker.subscriptions import lifecycle
@@ -44,6 +43,7 @@ from worker.subscriptions.addresses import (
     parse_address,
 )
 from worker.subscriptions.limits import SignupLimiter
+from worker.subscriptions.suppressions import email_hash, is_suppressed
 from worker.subscriptions.tokens import (
     Purpose,
     TokenClaims,

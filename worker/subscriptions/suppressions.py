@@ -8,7 +8,7 @@ import and export CSV.
 
 CSV columns: ``email``, ``email_sha256-hmac``, ``reason``, ``created_at`` (ISO 8601, UTC).
 An export always fills ``email_sha256-hmac`` (HMAC-SHA256 of the case-folded address keyed with the
-secret key, :func:`worker.feedback.suppressions.email_hash`) and ``email`` when the address is
+secret key, :func:`worker.subscriptions.suppressions.email_hash`) and ``email`` when the address is
 kept; an
 import row needs one of the two. Hashed rows carry over only between installations that share
 ``NEWSLETTER_SECRET_KEY`` (the hash is keyed), which is the point: the list names nobody.
