@@ -87,11 +87,12 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_names(sqlite_url: str) -> set[str]:
     names: set[str] = set()
-    for value in vars(metrics).values():
-        if isinstance(value, Counter):
-            names.add(value._name + "_total")
-        elif isinstance(value, Histogram):
-            names |= {value._name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    # The families are registered on first use; their names and kinds are declared up front.
+    for name, (kind, *_rest) in metrics.FAMILIES.items():
+        if kind is Counter:
+            names.add(name.removesuffix("_total") + "_total")
+        elif kind is Histogram:
+            names |= {name + suffix for suffix in ("_bucket", "_sum", "_count")}
     settings = Settings.from_env({}, database_url=sqlite_url)
     for family in LedgerCollector(lambda: session_scope(settings)).collect():
         names.add(family.name)
