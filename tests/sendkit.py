@@ -88,4 +88,4 @@ def run_batch(
             "policy": rt.policy,
         }
         parts.update(ports)
-        return send_batch(SqlLedger(session), send_id, first, last, **parts)
+        return send_batch(rt.ledger(session), send_id, first, last, **parts)

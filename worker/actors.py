@@ -24,7 +24,6 @@ from worker.sending.batch import send_batch as send_batch_domain
 from worker.sending.identity import bounce_address
 from worker.sending.planning import pending_batches
 from worker.sending.sends import plan_send as plan_send_domain
-from worker.sending.sql_ledger import SqlLedger
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
@@ -160,7 +159,9 @@ def plan_send(send_id: int) -> None:
     name = f"plan:{send_id}"
     rt.hints.alive(name, rt.settings.batch_grace_seconds + 3600)  # planning 1M takes minutes
     with rt.session() as session, log_context(send_id=send_id):
-        send = plan_send_domain(session, send_id, rt.links.public_url, rt.clock.now())
+        send = plan_send_domain(
+            session, send_id, rt.links.public_url, rt.clock.now(), metrics=rt.metrics
+        )
         if send.status != SendStatus.SENDING:
             rt.hints.forget(name)
             return
@@ -179,7 +180,7 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
     grace = rt.settings.batch_grace_seconds
     with rt.session() as session, log_context(send_id=send_id):
         report = send_batch_domain(
-            SqlLedger(session),
+            rt.ledger(session),
             send_id,
             first_id,
             last_id,
@@ -207,7 +208,7 @@ def reconcile(rt: Runtime) -> int:
     enqueued = 0
     with rt.session() as session:
         now = rt.clock.now()
-        ledger = SqlLedger(session)
+        ledger = rt.ledger(session)
         ledger.expire_leases(now)
         sends = session.scalars(
             select(Send).where(Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING]))

@@ -26,11 +26,6 @@ def make_engine(url: str) -> Engine:
     WAL lets the web app read while workers write; the busy timeout makes concurrent worker
     processes wait for the write lock instead of failing with "database is locked".
     """
-    # Committed feedback and suppression rows are counted, whichever engine wrote them; the
-    # hooks are installed here (idempotent), not when the metrics module is imported.
-    from worker.operators.metrics import install_session_hooks
-
-    install_session_hooks()
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 

@@ -20,14 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.broker import BatchHints
 from worker.db import engine_for
 from worker.editions.store import get_newsletter, profile_of
+from worker.feedback.policy import FeedbackPolicy
+from worker.feedback.refusals import RefusalFeedback
 from worker.models import Edition, Newsletter, Send
-from worker.operators.metrics import MeteredMailer
+from worker.operators.metrics import MeteredMailer, SendingCounters, install_session_hooks
 from worker.sending.composer import Composer, Links
 from worker.sending.dkim import DkimSigner
 from worker.sending.policy import SendPolicy
-from worker.sending.ports import Clock, Mailer, SystemClock, Throttle
+from worker.sending.ports import Clock, Mailer, SendingMetrics, SystemClock, Throttle
 from worker.sending.sends import rendition_texts
 from worker.sending.smtp import SmtpMailer
+from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle, RedisThrottle
 from worker.settings import Settings
 from worker.subscriptions.limits import (
@@ -62,7 +65,9 @@ class Runtime:
     def engine(self) -> Engine:
         """The connection pool to ``settings.database_url``: one per URL and process, shared by
         runtimes on the same database (the demo's web app and actors), so connections are not
-        multiplied; ``worker.db.dispose_engines`` closes it after a fork or a test."""
+        multiplied; ``worker.db.dispose_engines`` closes it after a fork or a test. Installs the
+        session hooks that count committed feedback and suppression rows (idempotent)."""
+        install_session_hooks()
         return engine_for(self.settings)
 
     @cached_property
@@ -79,6 +84,23 @@ class Runtime:
             except BaseException:
                 session.rollback()
                 raise
+
+    @cached_property
+    def metrics(self) -> SendingMetrics:
+        """The Prometheus counters sending increments (``worker.operators.metrics``)."""
+        return SendingCounters()
+
+    @cached_property
+    def refusals(self) -> RefusalFeedback:
+        """Records a relay's 5xx at send time as a feedback event (``worker.feedback``)."""
+        # The secret key and the policy's default soft-bounce limits, as when the ledger built
+        # this policy itself (NEWSLETTER_SOFT_BOUNCE_* do not apply to send-time refusals).
+        return RefusalFeedback(FeedbackPolicy(hash_key=self.policy.hash_key))
+
+    def ledger(self, session: Session) -> SqlLedger:
+        """The SQL delivery ledger over ``session``, with this runtime's refusal recorder and
+        counters: the one the send path uses."""
+        return SqlLedger(session, refusals=self.refusals, metrics=self.metrics)
 
     def close(self) -> None:
         """Close the pooled database connections (end of a test); the pool reopens on use."""

@@ -17,6 +17,7 @@ from worker.cli.inbound import inbound
 from worker.cli.status import status
 from worker.cli.subscribers import subscribers
 from worker.cli.suppressions import suppressions
+from worker.operators.metrics import install_session_hooks
 
 
 class _Main(click.Group):
@@ -42,6 +43,9 @@ class _Main(click.Group):
 @click.group(cls=_Main)
 def main() -> None:
     """Newsletter dispatch worker: signups, weekly editions, feedback."""
+    # Sessions of every command (e.g. the inbound receivers' worker.db.session_scope) count
+    # committed feedback and suppression rows, as the runtime's do.
+    install_session_hooks()
 
 
 main.add_command(db)

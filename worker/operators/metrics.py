@@ -189,6 +189,19 @@ def render_observed(seconds: float) -> None:
     histogram("newsletter_rendition_render_duration_seconds").observe(seconds)
 
 
+class SendingCounters:
+    """The counters of ``worker.sending`` (``worker.sending.ports.SendingMetrics``) over these
+    families; the runtime hands one to the ledger and to planning."""
+
+    def delivery_recorded(self, state: str) -> None:
+        """See ``delivery_recorded``."""
+        delivery_recorded(state)
+
+    def render_observed(self, seconds: float) -> None:
+        """See ``render_observed``."""
+        render_observed(seconds)
+
+
 def reply_class(outcome: SmtpOutcome) -> str:
     """``2xx``/``4xx``/``5xx`` from the RFC 5321 §4.2.1 first digit; ``uncertain`` or ``none``
     when no reply came."""
@@ -260,7 +273,10 @@ def _after_rollback(session: Session, _previous: Any) -> None:
 
 
 def install_session_hooks() -> None:
-    """Count committed ``FeedbackEvent`` and ``Suppression`` rows (idempotent)."""
+    """Count committed ``FeedbackEvent`` and ``Suppression`` rows of every session (idempotent).
+
+    Installed by the entry points that open sessions (``worker.runtime.Runtime.engine``, the
+    ``newsletter`` CLI), not by ``worker.db``, which sits below the domain layers."""
     if not event.contains(Session, "after_flush", _after_flush):
         event.listen(Session, "after_flush", _after_flush)
         event.listen(Session, "after_commit", _after_commit)
@@ -298,6 +314,7 @@ class _DefaultRegistryView:
 
 __all__ = [
     "MeteredMailer",
+    "SendingCounters",
     "confirmation_mail",
     "counter",
     "delivery_recorded",

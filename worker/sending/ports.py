@@ -1,8 +1,9 @@
-"""Contracts between the domain and its adapters (SMTP, Redis throttle, clock).
+"""Contracts between the domain and its adapters (SMTP, Redis throttle, clock, metrics, feedback).
 
 The domain modules depend on these protocols only; ``worker.sending.smtp`` and
-``worker.sending.throttle``
-implement them, and tests may pass their own.
+``worker.sending.throttle`` implement the first ones, ``worker.operators.metrics`` and
+``worker.feedback.refusals`` (higher layers) the last two, wired by ``worker.runtime.Runtime``;
+tests may pass their own.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+# The session a refusal is recorded in (``sqlalchemy.orm.Session`` in production); a type
+# variable so that this module stays free of sqlalchemy.
+SessionT_contra = TypeVar("SessionT_contra", contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -98,3 +103,47 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+class SendingMetrics(Protocol):
+    """The counters sending keeps (``worker.operators.metrics.SendingCounters`` in production)."""
+
+    def delivery_recorded(self, state: str) -> None:
+        """Count one delivery outcome written to the ledger (a ``worker.states.DeliveryState``)."""
+        ...
+
+    def render_observed(self, seconds: float) -> None:
+        """Record the time one rendition took to render, in seconds."""
+        ...
+
+
+class NoMetrics:
+    """Counts nothing: for tools and tests that build a ledger without the runtime."""
+
+    def delivery_recorded(self, state: str) -> None:
+        """Counts nothing."""
+
+    def render_observed(self, seconds: float) -> None:
+        """Records nothing."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The relay's permanent refusal (5xx, RFC 5321 §4.2.1) of one delivery attempt, as it is
+    written to the ledger: ``attempt`` is the delivery's attempt number, ``at`` the time (UTC)."""
+
+    delivery_id: int
+    attempt: int
+    subscriber_id: int
+    outcome: SmtpOutcome
+    at: datetime
+
+
+class RefusalRecorder(Protocol[SessionT_contra]):
+    """Records a refusal as a feedback event (bounce classification, suppression); implemented by
+    ``worker.feedback.refusals.RefusalFeedback``."""
+
+    def record(self, session: SessionT_contra, refusal: Refusal) -> None:
+        """Record ``refusal`` in ``session``'s open transaction: flushes, never commits, so the
+        caller's commit makes the failed delivery and its feedback event durable together."""
+        ...

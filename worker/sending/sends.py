@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 from worker.editions.rendering import render_edition
 from worker.editions.store import edition_contents, profile_of
 from worker.models import Edition, Newsletter, Rendition, Send
-from worker.operators import metrics
 from worker.sending.composer import RenditionText
 from worker.sending.planning import plan_deliveries
+from worker.sending.ports import NoMetrics, SendingMetrics
 from worker.states import SendStatus, check, sources, sources_among
 
 
@@ -51,13 +51,19 @@ def create_send(session: Session, edition: Edition, now: datetime, batch_size: i
 
 
 def render_send(
-    session: Session, send: Send, public_url: str, now: datetime
+    session: Session,
+    send: Send,
+    public_url: str,
+    now: datetime,
+    metrics: SendingMetrics | None = None,
 ) -> dict[str, Rendition]:
-    """Render the edition once per language into the send's renditions (idempotent).
+    """Render the edition once per language into the send's renditions (idempotent); each
+    render's duration goes to ``metrics``.
 
     Raises ``worker.editions.rendering.TemplateProblem`` on a template error: before any delivery
     exists.
     """
+    metrics = metrics or NoMetrics()
     existing = {
         r.language: r
         for r in session.scalars(select(Rendition).where(Rendition.send_id == send.id))
@@ -87,8 +93,15 @@ def render_send(
     return existing
 
 
-def plan_send(session: Session, send_id: int, public_url: str, now: datetime) -> Send:
-    """Render, then plan one delivery per confirmed subscriber; the send becomes ``sending``.
+def plan_send(
+    session: Session,
+    send_id: int,
+    public_url: str,
+    now: datetime,
+    metrics: SendingMetrics | None = None,
+) -> Send:
+    """Render (timed into ``metrics``), then plan one delivery per confirmed subscriber; the send
+    becomes ``sending``.
 
     Planning twice is a no-op. Commits. Raises ``SendStateError`` for a cancelled send.
     """
@@ -97,7 +110,7 @@ def plan_send(session: Session, send_id: int, public_url: str, now: datetime) ->
         raise SendStateError(f"no send {send_id}")
     if send.status == SendStatus.CANCELLED:
         raise SendStateError(f"send {send_id} is cancelled")
-    renditions = render_send(session, send, public_url, now)
+    renditions = render_send(session, send, public_url, now, metrics)
     edition = session.get(Edition, send.edition_id)
     assert edition is not None
     newsletter = session.get(Newsletter, edition.newsletter_id)

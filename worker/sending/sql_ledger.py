@@ -2,8 +2,12 @@
 ``worker.sending.ledger.DeliveryLedger`` for the contract.
 
 Each write commits before it returns (the crash guarantees need every claim, fence and outcome
-durable before the next SMTP step); reads never commit. Every UPDATE takes its
+durable before the next SMTP step); reads never commit, except ``send_status``, which ends the
+transaction it opened (the batch loop calls it between SMTP transactions). Every UPDATE takes its
 ``WHERE state IN (…)`` from ``worker.states.sources``.
+
+The ledger imports no higher layer: the refusal recorder (feedback) and the counters (operators)
+come in through ``worker.sending.ports``, filled by the runtime (``Runtime.ledger``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from typing import cast
 from sqlalchemy import Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from worker.feedback.policy import Attribution, FeedbackPolicy, record_feedback, smtp_reply_report
 from worker.models import Delivery, Send, Subscriber
-from worker.operators import metrics
 from worker.sending.ledger import RETRYABLE, Accepted, DueBatch, DueDelivery, LeaseSweep
 from worker.sending.policy import SendPolicy, judge
-from worker.sending.ports import SmtpOutcome
+from worker.sending.ports import (
+    NoMetrics,
+    Refusal,
+    RefusalRecorder,
+    SendingMetrics,
+    SmtpOutcome,
+)
 from worker.states import (
     UNFINISHED_STATES,
     DeliveryState,
@@ -74,14 +82,36 @@ _RELEASE = (  # Core: an ORM UPDATE refuses executemany with a WHERE
 
 
 class SqlLedger:
-    """The delivery ledger over one SQLAlchemy session. See ``DeliveryLedger``."""
+    """The delivery ledger over one SQLAlchemy session. See ``DeliveryLedger``.
 
-    def __init__(self, session: Session) -> None:
+    ``refusals`` records a relay's 5xx as a feedback event; without one, recording a refusal
+    raises (a ledger built for reading or maintenance must not lose a bounce silently).
+    ``metrics`` counts the outcomes written.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        refusals: RefusalRecorder[Session] | None = None,
+        metrics: SendingMetrics | None = None,
+    ) -> None:
         self.session = session
+        self.refusals = refusals
+        self.metrics: SendingMetrics = metrics or NoMetrics()
 
     def send_status(self, send_id: int) -> SendStatus | None:
-        """The send's status; None if there is no such send. Reads only."""
-        return self.session.scalar(select(Send.status).where(Send.id == send_id))
+        """The send's status; None if there is no such send. Writes nothing.
+
+        Ends the transaction the read opened (a caller's open transaction is left alone): the
+        batch loop reads the status between SMTP transactions, and a transaction left open on
+        PostgreSQL would span the throttle wait and the next RCPT.
+        """
+        opened = not self.session.in_transaction()
+        status = self.session.scalar(select(Send.status).where(Send.id == send_id))
+        if opened:
+            self.session.commit()  # nothing pending: ends the read (a rollback would expire rows)
+        return status
 
     def due(self, send_id: int, first_id: int, last_id: int, now: datetime) -> DueBatch:
         """One query for the range's retryable deliveries and their subscribers; the ineligible
@@ -126,7 +156,7 @@ class SqlLedger:
         )
         self.session.commit()
         for _ in ids:
-            metrics.delivery_recorded(D.SKIPPED)
+            self.metrics.delivery_recorded(D.SKIPPED)
         return len(ids)
 
     def claim(
@@ -182,7 +212,7 @@ class SqlLedger:
         self.session.commit()
         if written is None:  # the claim was taken back meanwhile
             return Accepted(False, self.send_status(send_id))
-        metrics.delivery_recorded(D.SENT)
+        self.metrics.delivery_recorded(D.SENT)
         return Accepted(True, SendStatus(written))
 
     def record_outcome(
@@ -195,7 +225,13 @@ class SqlLedger:
         attempt: int | None = None,
     ) -> DeliveryState:
         """Reads the row (first attempt, attempts), writes the judged state in one conditional
-        UPDATE plus, for a 5xx, its feedback event (same commit)."""
+        UPDATE plus, for a relay's 5xx, its feedback event through ``refusals``.
+
+        Crash safety: the delivery's ``failed`` state and its feedback event are written in one
+        transaction and one commit, so neither is ever durable without the other. A lost claim
+        (the UPDATE matched nothing) reads the row's state before that commit: no transaction
+        stays open afterwards. Raises ``LookupError`` for an unknown delivery.
+        """
         delivery = self.session.get(Delivery, delivery_id, populate_existing=True)
         if delivery is None:
             raise LookupError(f"no delivery {delivery_id}")
@@ -210,35 +246,24 @@ class SqlLedger:
             .execution_options(synchronize_session=False)
         )
         written = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-        if written and verdict.state == D.FAILED and not outcome.local:
-            self._record_smtp_feedback(delivery, subscriber, outcome, now, policy)
+        if not written:  # claim lost: what the row says now, read before the commit ends it
+            current = select(Delivery.state).where(Delivery.id == delivery_id)
+            state = self.session.execute(current).scalar_one()
+            self.session.commit()
+            return D(state)
+        if verdict.state == D.FAILED and not outcome.local:
+            refusal = Refusal(delivery_id, delivery.attempts, subscriber.id, outcome, now)
+            self._record_refusal(refusal)
         self.session.commit()
-        if not written:  # claim lost: what the row says now
-            self.session.refresh(delivery)
-            return D(delivery.state)
-        metrics.delivery_recorded(verdict.state)
+        self.metrics.delivery_recorded(verdict.state)
         return verdict.state
 
-    def _record_smtp_feedback(
-        self,
-        delivery: Delivery,
-        subscriber: Subscriber,
-        outcome: SmtpOutcome,
-        now: datetime,
-        policy: SendPolicy,
-    ) -> None:
-        # The SMTP session itself names the delivery: first-hand, so trusted
-        # (worker.feedback.policy).
-        report = smtp_reply_report(
-            delivery.id, delivery.attempts, subscriber.email, outcome.code, outcome.text
-        )
-        record_feedback(
-            self.session,
-            report,
-            policy=FeedbackPolicy(hash_key=policy.hash_key),
-            now=now,
-            attribution=Attribution("smtp", True, delivery, subscriber),
-        )
+    def _record_refusal(self, refusal: Refusal) -> None:
+        """Hand ``refusal`` to the recorder in this session's open transaction (not committed);
+        raises ``RuntimeError`` without a recorder."""
+        if self.refusals is None:
+            raise RuntimeError("this SqlLedger has no RefusalRecorder: use Runtime.ledger")
+        self.refusals.record(self.session, refusal)
 
     def release(self, claims: list[tuple[int, int]], now: datetime) -> None:
         """One executemany UPDATE, one commit."""
