@@ -15,7 +15,6 @@ from worker.models import Delivery, Subscriber
 from worker.runtime import Runtime
 from worker.sending.batch import BatchReport, send_batch
 from worker.sending.sends import create_send, plan_send
-from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
 from worker.states import SubscriberStatus
 

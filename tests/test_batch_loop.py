@@ -13,6 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import make_engine
+from worker.feedback.policy import FeedbackPolicy
+from worker.feedback.refusals import RefusalFeedback
 from worker.models import Base, Delivery, Edition, Newsletter, Send, Subscriber
 from worker.sending.batch import BatchReport, send_batch
 from worker.sending.ledger import DeliveryLedger, LeaseSweep
@@ -99,7 +101,9 @@ class MemoryWorld:
 class SqlWorld:
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.ledger = SqlLedger(session)
+        # the send path's refusal recorder (Runtime.ledger): a 5xx becomes a feedback event
+        refusals = RefusalFeedback(FeedbackPolicy(hash_key="test-key"))
+        self.ledger = SqlLedger(session, refusals=refusals)
 
     def plan(self, addresses: dict[str, SubscriberStatus]) -> list[int]:
         s = self.session

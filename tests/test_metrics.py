@@ -152,7 +152,6 @@ def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
 
     from sqlalchemy.exc import IntegrityError
 
-    from worker.db import session_scope
     from worker.models import FeedbackEvent
     from worker.operators import metrics
     from worker.settings import Settings
@@ -168,7 +167,9 @@ def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
         )
 
     before = counter._value.get()
-    with session_scope(Settings.from_env({}, database_url=db_url)) as session:
+    # the runtime's sessions, as actors and the web app open them: its engine installs the hooks
+    session_scope = Runtime(Settings.from_env({}, database_url=db_url)).session
+    with session_scope() as session:
         session.add(event("arf:1"))
         session.flush()
         try:
@@ -179,7 +180,7 @@ def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
         assert counter._value.get() == before  # flushed, not yet committed
     assert counter._value.get() == before + 1
     try:
-        with session_scope(Settings.from_env({}, database_url=db_url)) as session:
+        with session_scope() as session:
             session.add(event("arf:2"))
             session.flush()
             raise RuntimeError("the transaction fails after the flush")

@@ -1,0 +1,220 @@
+"""The SQL ledger's ports as the runtime wires them: refusals recorded in the outcome's commit,
+no read transaction left open between SMTP transactions, and the session hooks of the metrics
+installed by the entry points (runtime, CLI) rather than by ``worker.db``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
+
+from tests.sendkit import seed, start_send
+from worker.cli import main
+from worker.models import Delivery, FeedbackEvent, Subscriber
+from worker.operators import metrics
+from worker.runtime import Runtime
+from worker.sending.batch import send_batch
+from worker.sending.ports import Refusal, SmtpOutcome
+from worker.sending.sql_ledger import SqlLedger
+from worker.sending.throttle import LocalThrottle
+from worker.states import DeliveryState
+
+
+class WatchingMailer:
+    """Replies per recipient (default 250) and notes, at each RCPT, whether the ledger's session
+    has a transaction open."""
+
+    def __init__(self, session: Session, replies: dict[str, SmtpOutcome]) -> None:
+        self.session = session
+        self.replies = replies
+        self.open_at_rcpt: list[bool] = []
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        self.open_at_rcpt.append(self.session.in_transaction())
+        reply = self.replies.get(recipient, SmtpOutcome(250, "2.0.0 ok"))
+        if not reply.accepted:
+            return reply  # refused at RCPT: no DATA, no fence
+        if before_data is not None and not before_data():
+            return SmtpOutcome(0, "fence closed", local=True)
+        return reply
+
+    def close(self) -> None:
+        pass
+
+
+def test_no_transaction_stays_open_between_smtp_transactions(rt: Runtime) -> None:
+    # Given a send whose first recipients draw a 5xx and a 4xx
+    seed(rt, ["a@example.org", "b@example.org", "c@example.org", "d@example.org"])
+    send_id = start_send(rt)
+    replies = {
+        "a@example.org": SmtpOutcome(550, "5.1.1 no such user"),
+        "b@example.org": SmtpOutcome(451, "4.3.0 try later"),
+    }
+    with rt.session() as session:
+        mailer = WatchingMailer(session, replies)
+        # When the batch runs on the runtime's ledger
+        report = send_batch(
+            rt.ledger(session),
+            send_id,
+            0,
+            10**12,
+            composer=rt.composer(session, send_id),
+            mailer=mailer,
+            throttle=LocalThrottle(),
+            clock=rt.clock,
+            policy=rt.policy,
+        )
+        # Then no RCPT (nor the throttle wait before it) ran inside a database transaction
+        assert report.counts == {"failed": 1, "deferred": 1, "sent": 2}
+        assert mailer.open_at_rcpt == [False, False, False, False]
+        # and the 5xx is a feedback event
+        assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 1
+
+
+def test_a_lost_claim_and_a_closed_fence_leave_no_transaction_open(rt: Runtime) -> None:
+    seed(rt, ["a@example.org"])
+    send_id = start_send(rt)
+    now = rt.clock.now()
+    with rt.session() as session:
+        ledger = rt.ledger(session)
+        (delivery_id,) = ledger.claim(send_id, list(range(1, 100)), now, 600)
+        # a fence with another attempt's number fails; the batch then reads the send's status
+        assert not ledger.submit(delivery_id, 99, now, 600)
+        ledger.send_status(send_id)
+        assert not session.in_transaction()
+        # an outcome for a claim taken back writes nothing and says what the row holds
+        subscriber = subscriber_of(session, delivery_id)
+        outcome = SmtpOutcome(550, "5.1.1 no such user")
+        state = ledger.record_outcome(delivery_id, subscriber, outcome, now, rt.policy, 99)
+        assert state == DeliveryState.SENDING
+        assert not session.in_transaction()
+
+
+def test_send_status_leaves_a_callers_transaction_alone(rt: Runtime) -> None:
+    seed(rt, ["a@example.org"])
+    send_id = start_send(rt)
+    with rt.session() as session:
+        session.scalar(select(Delivery.id).limit(1))  # the caller's own read
+        assert rt.ledger(session).send_status(send_id) == "sending"
+        assert session.in_transaction()
+
+
+def subscriber_of(session: Session, delivery_id: int) -> Subscriber:
+    delivery = session.get(Delivery, delivery_id)
+    assert delivery is not None
+    subscriber = session.get(Subscriber, delivery.subscriber_id)
+    assert subscriber is not None
+    return subscriber
+
+
+class FailingRecorder:
+    """A refusal recorder that fails (a crash between the two writes)."""
+
+    def record(self, session: Session, refusal: Refusal) -> None:
+        raise RuntimeError("crash while recording the refusal")
+
+
+def test_a_refusal_and_its_failed_delivery_are_committed_together(rt: Runtime) -> None:
+    # Given a claimed delivery
+    seed(rt, ["a@example.org"])
+    send_id = start_send(rt)
+    now = rt.clock.now()
+    with rt.session() as session:
+        ledger = SqlLedger(session, refusals=FailingRecorder())
+        (delivery_id,) = ledger.claim(send_id, list(range(1, 100)), now, 600)
+        subscriber = subscriber_of(session, delivery_id)
+        # When recording its 5xx fails half-way
+        with pytest.raises(RuntimeError):
+            ledger.record_outcome(
+                delivery_id, subscriber, SmtpOutcome(550, "5.1.1 no"), now, rt.policy, 1
+            )
+        session.rollback()
+    # Then neither the failed state nor a feedback event is durable
+    with rt.session() as session:
+        assert session.get(Delivery, delivery_id).state == DeliveryState.SENDING  # type: ignore[union-attr]
+        assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0
+
+
+def test_a_ledger_without_recorder_refuses_to_drop_a_bounce(rt: Runtime) -> None:
+    seed(rt, ["a@example.org"])
+    send_id = start_send(rt)
+    now = rt.clock.now() + timedelta(seconds=1)
+    with rt.session() as session:
+        ledger = SqlLedger(session)
+        (delivery_id,) = ledger.claim(send_id, list(range(1, 100)), now, 600)
+        subscriber = subscriber_of(session, delivery_id)
+        with pytest.raises(RuntimeError, match="RefusalRecorder"):
+            ledger.record_outcome(
+                delivery_id, subscriber, SmtpOutcome(550, "5.1.1 no"), now, rt.policy, 1
+            )
+        session.rollback()
+
+
+_HOOKS: list[tuple[str, Any]] = [
+    ("after_flush", metrics._after_flush),
+    ("after_commit", metrics._after_commit),
+    ("after_soft_rollback", metrics._after_rollback),
+]
+
+
+@pytest.fixture
+def no_hooks() -> Iterator[None]:
+    """The metrics' session hooks removed for the test, installed again afterwards."""
+    for name, hook in _HOOKS:
+        if event.contains(Session, name, hook):
+            event.remove(Session, name, hook)
+    yield
+    metrics.install_session_hooks()
+
+
+def installed() -> bool:
+    return all(event.contains(Session, name, hook) for name, hook in _HOOKS)
+
+
+def test_the_runtime_installs_the_session_hooks_with_its_engine(
+    no_hooks: None, settings: Any
+) -> None:
+    # Given no hooks, and a runtime
+    runtime = Runtime(settings)
+    assert not installed()
+    counter = metrics.counter("newsletter_feedback_events_total").labels(
+        kind="complaint", source="arf"
+    )
+    before = counter._value.get()
+    # When its session commits a feedback event (and the hooks are installed twice more)
+    with runtime.session() as session:
+        metrics.install_session_hooks()
+        now = runtime.clock.now()
+        session.add(
+            FeedbackEvent(
+                source_event_id="arf:1",
+                kind="complaint",
+                source="arf",
+                occurred_at=now,
+                recorded_at=now,
+            )
+        )
+    # Then the row is counted once
+    assert installed()
+    assert counter._value.get() == before + 1
+    runtime.close()
+
+
+def test_the_cli_installs_the_session_hooks(no_hooks: None, db_url: str) -> None:
+    env = {"NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_SECRET_KEY": "k" * 32}
+    result = CliRunner().invoke(main, ["inbound", "reprocess"], env=env)
+    assert result.exit_code == 0, result.output
+    assert installed()
