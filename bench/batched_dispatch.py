@@ -30,6 +30,8 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from worker.feedback.policy import FeedbackPolicy
+from worker.feedback.refusals import RefusalFeedback
 from worker.models import Delivery, Send, Subscriber
 from worker.operators import metrics
 from worker.sending.batch import BatchReport
@@ -42,6 +44,12 @@ from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 CHUNK = 50
 CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
+
+
+def _ledger(session: Session, policy: SendPolicy) -> SqlLedger:
+    """The SQL ledger wired as ``worker.runtime.Runtime.ledger`` wires it."""
+    refusals = RefusalFeedback(FeedbackPolicy(hash_key=policy.hash_key))
+    return SqlLedger(session, refusals=refusals, metrics=metrics.SendingCounters())
 
 
 def _send_status(session: Session, send_id: int) -> str | None:
@@ -256,7 +264,7 @@ def _send_chunks(
                     }
                 )
                 continue
-            state = SqlLedger(session).record_outcome(
+            state = _ledger(session, policy).record_outcome(
                 delivery_id, subscriber, outcome, clock.now(), policy, claimed[delivery_id]
             )
             report.add(state)

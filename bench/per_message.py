@@ -92,7 +92,6 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
     from bench.common import batch_ranges
     from worker.sending.batch import send_batch
     from worker.sending.sends import plan_send
-    from worker.sending.sql_ledger import SqlLedger
 
     if prototype:
         import smtplib
@@ -105,13 +104,13 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
         smtplib._quote_periods = quote_periods  # type: ignore[attr-defined]
 
     with rt.session() as session:
-        plan_send(session, send_id, rt.links.public_url, rt.clock.now())
+        plan_send(session, send_id, rt.links.public_url, rt.clock.now(), rt.metrics)
         ranges = list(batch_ranges(session, send_id, batch_size))
     sent = 0
     for first, last in ranges:
         with rt.session() as session:
             report = send_batch(
-                SqlLedger(session) if not prototype else session,  # type: ignore[arg-type]
+                rt.ledger(session) if not prototype else session,  # type: ignore[arg-type]
                 send_id,
                 first,
                 last,
