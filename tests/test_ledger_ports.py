@@ -4,6 +4,7 @@ installed by the entry points (runtime, CLI) rather than by ``worker.db``."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from tests.sendkit import seed, start_send
 from worker.cli import main
-from worker.models import Delivery, FeedbackEvent, Subscriber
+from worker.models import Delivery, FeedbackEvent, Subscriber, Suppression
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.sending.batch import send_batch
@@ -82,6 +83,35 @@ def test_no_transaction_stays_open_between_smtp_transactions(rt: Runtime) -> Non
         assert mailer.open_at_rcpt == [False, False, False, False]
         # and the 5xx is a feedback event
         assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 1
+
+
+def test_a_refused_mailbox_full_counts_toward_the_configured_soft_bounce_limit(
+    rt: Runtime,
+) -> None:
+    # Given a limit of one soft bounce (the policy's default is 3)
+    strict = Runtime(dataclasses.replace(rt.settings, soft_bounce_limit=1))
+    seed(strict, ["full@example.org"])
+    send_id = start_send(strict)
+    # When the relay refuses the message with "mailbox full" at send time
+    with strict.session() as session:
+        mailer = WatchingMailer(session, {"full@example.org": SmtpOutcome(552, "5.2.2 full")})
+        send_batch(
+            strict.ledger(session),
+            send_id,
+            0,
+            10**12,
+            composer=strict.composer(session, send_id),
+            mailer=mailer,
+            throttle=LocalThrottle(),
+            clock=strict.clock,
+            policy=strict.policy,
+        )
+    # Then that one soft bounce suppresses the address
+    with strict.session() as session:
+        event = session.scalars(select(FeedbackEvent)).one()
+        assert (event.kind, event.effect) == ("soft_bounce", "soft_limit_suppressed")
+        assert session.scalar(select(func.count()).select_from(Suppression)) == 1
+    strict.close()
 
 
 def test_a_lost_claim_and_a_closed_fence_leave_no_transaction_open(rt: Runtime) -> None:
