@@ -92,10 +92,10 @@ class Runtime:
 
     @cached_property
     def refusals(self) -> RefusalFeedback:
-        """Records a relay's 5xx at send time as a feedback event (``worker.feedback``)."""
-        # The secret key and the policy's default soft-bounce limits, as when the ledger built
-        # this policy itself (NEWSLETTER_SOFT_BOUNCE_* do not apply to send-time refusals).
-        return RefusalFeedback(FeedbackPolicy(hash_key=self.policy.hash_key))
+        """Records a relay's 5xx at send time as a feedback event (``worker.feedback``), under
+        the configured policy: a ``552 5.2.2`` counts toward ``NEWSLETTER_SOFT_BOUNCE_LIMIT``
+        like a mailbox-full DSN does."""
+        return RefusalFeedback(FeedbackPolicy.from_settings(self.settings))
 
     def ledger(self, session: Session) -> SqlLedger:
         """The SQL delivery ledger over ``session``, with this runtime's refusal recorder and
