@@ -17,34 +17,34 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from dramatiq.brokers.stub import StubBroker
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 
-from tests.services import PG_ADMIN, redis_url
+from tests.samples import SAMPLE_EDITION
+from tests.services import PG_ADMIN
+from tests.services import redis_url as slot_url
+from tests.stub_worker import StubWorker
 from worker import broker
 from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer
 from worker.models import Base
 from worker.runtime import Runtime, use_runtime
-from worker.settings import EXAMPLES_DIR, Settings
+from worker.settings import Settings
 
-REDIS_URL = redis_url(0)
+REDIS_URL = slot_url(0)
 
 # The suite is the same every run: hypothesis draws from a fixed seed (a test that fails at random
 # is a bug). `HYPOTHESIS_PROFILE=explore` searches anew; what it finds becomes a fixed @example.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-CASES = Path(__file__).parent / "cases"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """The in-process stub broker, installed before test modules import ``worker.actors`` (whose
     actors bind to the broker present when they are declared)."""
     broker.setup(Settings.from_env({}, broker="stub"))
-
-
-SAMPLE_EDITION = EXAMPLES_DIR / "editions" / "2024-W28"
 
 
 @pytest.fixture(scope="session")
@@ -138,22 +138,11 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def stub_worker(rt: Runtime) -> Iterator[object]:
+def stub_worker(rt: Runtime) -> Iterator[StubWorker]:
     """An in-process dramatiq worker on the StubBroker; ``.join()`` waits for every queue."""
-    import dramatiq
-
     stub = broker.current()
-    stub.flush_all()
-    worker = dramatiq.Worker(stub, worker_threads=2, worker_timeout=50)
+    assert isinstance(stub, StubBroker)  # pytest_configure installed it
+    worker = StubWorker(stub)
     worker.start()
-
-    class Handle:
-        def join(self) -> None:
-            for _ in range(3):  # actors enqueue follow-ups on other queues
-                for queue in broker.QUEUES:
-                    stub.join(queue, fail_fast=True)
-                worker.join()
-
-    yield Handle()
+    yield worker
     worker.stop()
-    stub.flush_all()

@@ -13,8 +13,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi.testclient import TestClient
 
-from tests.conftest import SAMPLE_EDITION
 from tests.message_parts import body_text
+from tests.samples import SAMPLE_EDITION
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition

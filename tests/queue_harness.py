@@ -20,7 +20,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import text
 
-from tests.conftest import SAMPLE_EDITION
+from tests.samples import SAMPLE_EDITION
 from worker.db import make_engine
 from worker.devtools.outbox import free_port
 from worker.models import Base

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from tests.conftest import SAMPLE_EDITION
+from tests.samples import SAMPLE_EDITION
 from worker.editions.files import read_edition
 from worker.editions.store import save_edition
 from worker.models import Delivery, Subscriber

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import CASES
+from tests.samples import CASES
 from worker.models import SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.subscriptions.addresses import AddressError, load_blocked_domains, parse_address

@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
 from tests.test_queue_cases import create, finished, local_runtime
 from worker.models import Rendition
+from worker.runtime import Runtime
 from worker.sending.sql_ledger import SqlLedger
 
 pytestmark = pytest.mark.slow
@@ -44,7 +46,7 @@ SETTINGS = {
 }
 
 
-def chooser(drop_rate: float, rng: random.Random):
+def chooser(drop_rate: float, rng: random.Random) -> Callable[[str, int], str | None]:
     """10 % of recipients (fixed by a hash) get 451 on their first attempt; 2 % of all
     transactions are dropped after the message arrived, without a reply."""
 
@@ -58,7 +60,7 @@ def chooser(drop_rate: float, rng: random.Random):
     return choose
 
 
-def small_rendition(rt, send_id: int) -> None:
+def small_rendition(rt: Runtime, send_id: int) -> None:
     with rt.session() as session:
         session.add(
             Rendition(

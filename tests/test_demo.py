@@ -21,8 +21,8 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.conftest import SAMPLE_EDITION
 from tests.message_parts import body_text
+from tests.samples import SAMPLE_EDITION
 from tests.services import redis_url
 from worker.cli.demo import INVALID, READERS, UNCONFIRMED
 from worker.db import dispose_engines

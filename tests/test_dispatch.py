@@ -5,22 +5,21 @@ from __future__ import annotations
 import dataclasses
 import email
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.sendkit import run_batch, seed, start_send, states
 from tests.smtp_script import ScriptServer
 from worker import actors
 from worker.broker import batch_name, current
 from worker.models import Delivery, FeedbackEvent, Send, Suppression
-from worker.runtime import Runtime
+from worker.runtime import Runtime, runtime
 from worker.sending.planning import pending_batches, plan_deliveries
-from worker.sending.ports import SmtpOutcome
+from worker.sending.ports import Mailer, SmtpOutcome
 from worker.sending.sends import set_status
 from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
@@ -54,16 +53,31 @@ def ids(rt: Runtime, send_id: int) -> list[int]:
         )
 
 
+Fence = Callable[[], bool]
+# Fault injection: (n-th send, recipient, the batch's fence) -> the fence the mailer runs instead.
+Hook = Callable[[int, str, Fence | None], Fence | None]
+
+
 class Wrapped:
     """A mailer calling ``hook(n, recipient, before_data)`` before each send (fault injection)."""
 
-    def __init__(self, inner: Any, hook: Any) -> None:
+    def __init__(self, inner: Mailer, hook: Hook) -> None:
         self.inner, self.hook, self.n = inner, hook, 0
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, **kw: Any) -> SmtpOutcome:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Fence | None = None,
+    ) -> SmtpOutcome:
         self.n += 1
-        kw["before_data"] = self.hook(self.n, recipient, kw.get("before_data"))
-        return self.inner.send(envelope_from, recipient, message, **kw)
+        fence = self.hook(self.n, recipient, before_data)
+        return self.inner.send(
+            envelope_from, recipient, message, smtputf8=smtputf8, before_data=fence
+        )
 
     def close(self) -> None:
         self.inner.close()
@@ -87,8 +101,8 @@ def test_claim_lost_before_smtp_is_released_not_unknown(srt: Runtime, server: Sc
         "c@example.org": 1,
     }
     with srt.session() as session:
-        assert session.get(Send, send_id).status == "finished"
-        assert session.get(Delivery, first).attempts == 2
+        assert session.get_one(Send, send_id).status == "finished"
+        assert session.get_one(Delivery, first).attempts == 2
 
 
 def test_claim_lost_during_data_is_unknown_and_retry_unknown_resends_same_message_id(
@@ -108,9 +122,9 @@ def test_claim_lost_during_data_is_unknown_and_retry_unknown_resends_same_messag
     run_batch(srt, send_id)
     with srt.session() as session:
         assert SqlLedger(session).counts(send_id) == {"sent": 1, "unknown": 1}
-        assert session.get(Send, send_id).status == "finished"  # unknown is an end state
+        assert session.get_one(Send, send_id).status == "finished"  # unknown is an end state
         assert SqlLedger(session).retry_unknown(send_id, srt.clock.now()) == 1
-        assert session.get(Send, send_id).status == "sending"
+        assert session.get_one(Send, send_id).status == "sending"
     run_batch(srt, send_id)
     message = email.message_from_bytes(server.handler.messages["a@example.org"][0])
     assert message["Message-ID"].startswith(f"<d{first}.2024-W28@")
@@ -124,11 +138,12 @@ def test_a_slow_worker_whose_claim_was_taken_back_sends_nothing(
     seed(srt, ["slow@example.org"])
     send_id = start_send(srt)
 
-    def reconciler_runs_first(n: int, recipient: str, fence: Any) -> Any:
+    def reconciler_runs_first(n: int, recipient: str, fence: Fence | None) -> Fence:
         def late_fence() -> bool:
             with srt.session() as other:
                 SqlLedger(other).expire_leases(srt.clock.now() + timedelta(hours=1))
-            return bool(fence())
+            assert fence is not None  # the batch fences every send
+            return fence()
 
         return late_fence
 
@@ -147,7 +162,7 @@ def test_pause_and_cancel_stop_a_running_batch(
     seed(srt, [f"r{n:02d}@example.org" for n in range(10)])
     send_id = start_send(srt)
 
-    def stop_after_three(n: int, recipient: str, fence: Any) -> Any:
+    def stop_after_three(n: int, recipient: str, fence: Fence | None) -> Fence | None:
         if n == 3:
             with srt.session() as other:
                 set_status(other, send_id, target, srt.clock.now())
@@ -186,7 +201,8 @@ def test_replies_become_ledger_states_and_feedback(srt: Runtime, server: ScriptS
     assert throttle.domain_rates["example.com"] == 50.0  # halved after the 451
     with srt.session() as session:
         deferred = session.scalars(select(Delivery).where(Delivery.state == "deferred")).all()
-        assert all(d.next_attempt_at >= started + timedelta(seconds=1) for d in deferred)
+        retry_at = started + timedelta(seconds=1)
+        assert all(d.next_attempt_at and d.next_attempt_at >= retry_at for d in deferred)
         event = session.scalars(select(FeedbackEvent)).one()
         assert (event.kind, event.status_code, event.source) == ("hard_bounce", "5.1.1", "smtp")
         assert session.scalar(select(func.count()).select_from(Suppression)) == 1
@@ -210,7 +226,7 @@ def test_deferred_past_max_age_expires(srt: Runtime, server: ScriptServer) -> No
     time.sleep(1.3)
     assert run_batch(srt, send_id, policy=policy).counts == {"expired": 1}
     with srt.session() as session:
-        assert session.get(Send, send_id).status == "finished"
+        assert session.get_one(Send, send_id).status == "finished"
         assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0  # not a bounce
 
 
@@ -237,7 +253,7 @@ def test_planning_is_keyset_paged_and_planning_twice_is_a_no_op(srt: Runtime) ->
     send_id = start_send(srt, batch_size=100)
     planned = time.perf_counter() - started
     with srt.session() as session:
-        send = session.get(Send, send_id)
+        send = session.get_one(Send, send_id)
         assert send.planned_count == count
         again = plan_deliveries(
             session,
@@ -265,13 +281,13 @@ def test_reconcile_enqueues_only_due_and_stalled_batches(srt: Runtime) -> None:
         (a, _), (b, b_last), _ = pending_batches(session, send_id, 10, srt.clock.now())
         later = srt.clock.now() + timedelta(hours=1)
         session.execute(
-            Delivery.__table__.update()
+            update(Delivery)
             .where(Delivery.send_id == send_id, Delivery.id <= a + 9)
             .values(state="deferred", next_attempt_at=later)
         )
         session.commit()
-    actors.runtime().hints.forget(batch_name(send_id, a, a + 9))  # deferred an hour: not due
-    actors.runtime().hints.forget(batch_name(send_id, b, b_last))  # its message was lost
+    runtime().hints.forget(batch_name(send_id, a, a + 9))  # deferred an hour: not due
+    runtime().hints.forget(batch_name(send_id, b, b_last))  # its message was lost
     assert actors.reconcile(srt) == 1
     current().flush_all()
 

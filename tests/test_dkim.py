@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import CASES
+from tests.samples import CASES
 from worker.sending.dkim import DkimSigner
 from worker.sending.mime import build_template, personalise
 

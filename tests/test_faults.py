@@ -28,7 +28,7 @@ import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from tests.conftest import SAMPLE_EDITION
+from tests.samples import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
 from worker import actors
 from worker.db import dispose_engines, make_engine

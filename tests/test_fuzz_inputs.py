@@ -25,7 +25,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SAMPLE_EDITION
+from tests.samples import SAMPLE_EDITION
 from worker.editions.files import check_edition
 from worker.feedback.mail import parse_inbound
 from worker.feedback.report import FeedbackReport

@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from mjml import mjml2html
 
-from tests.conftest import CASES
+from tests.samples import CASES
 from worker.sending.mime import HeaderInjection, build_template, personalise
 
 HEADER_CASES = CASES / "headers"
@@ -96,7 +96,7 @@ def assert_encoded_words_well_formed(lines: list[str]) -> None:
         assert before in (" ", "\t", "\n"), f"no whitespace before {match.group(0)}"
         assert after in ("", " ", "\t", "\r"), f"no whitespace after {match.group(0)}"
         ((raw, charset),) = decode_header(match.group(0))
-        assert isinstance(raw, bytes)
+        assert isinstance(raw, bytes) and charset is not None
         raw.decode(charset)  # a character split across two encoded-words raises here
 
 
@@ -306,11 +306,12 @@ INJECTIONS = [
     ],
 )
 def test_cr_lf_in_any_header_value_raises_header_injection(field: str, bad: str) -> None:
-    overrides: dict[str, Any] = {
+    by_field: dict[str, dict[str, Any]] = {
         "extra_value": {"extra_headers": {"X-Edition": bad}},
         "personal_value": {"headers": {"X-Delivery": bad}},
         "unsubscribe_uri": {"list_unsubscribe": [f"https://news.example.org/u/{bad}"]},
-    }.get(field, {field: bad})
+    }
+    overrides = by_field.get(field, {field: bad})
     with pytest.raises(HeaderInjection):
         build(**overrides)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.orm import Session
 
-from tests.conftest import SAMPLE_EDITION
+from tests.samples import SAMPLE_EDITION
 from worker.db import make_engine
 from worker.editions.files import read_edition, read_newsletter_profile
 from worker.editions.store import EditionLocked, get_newsletter, save_edition, save_newsletter

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CASES
+from tests.samples import CASES
 from worker.web.pages import Pages
 
 ADDRESS = 'o\'brien&<b>"x"</b>@example.org'

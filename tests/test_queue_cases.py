@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import CASES
 from tests.queue_harness import (
     SECRET,
     RedisServer,
@@ -30,6 +29,7 @@ from tests.queue_harness import (
     wait_for,
     worker_env,
 )
+from tests.samples import CASES
 from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
 from worker.editions.store import find_edition

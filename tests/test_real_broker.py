@@ -28,8 +28,8 @@ from dramatiq.brokers.redis import RedisBroker
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import SAMPLE_EDITION
 from tests.message_parts import body_text
+from tests.samples import SAMPLE_EDITION
 from tests.services import redis_url
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer

@@ -42,8 +42,8 @@ from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import select
 
-from tests.conftest import SAMPLE_EDITION
 from tests.message_parts import body_text
+from tests.samples import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
 from worker import actors
 from worker.cli import main as cli

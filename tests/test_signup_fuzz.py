@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from tests.conftest import SAMPLE_EDITION
+from tests.samples import SAMPLE_EDITION
 from worker import actors
 from worker.broker import current
 from worker.db import dispose_engines
@@ -104,7 +104,7 @@ def signup_events(draw: st.DrawFn) -> Any:
 def fuzz_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, OutboxServer]]:
     import redis
 
-    from tests.conftest import REDIS_URL
+    from tests.services import redis_url
     from worker.db import make_engine
     from worker.models import Base
 
@@ -112,14 +112,14 @@ def fuzz_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime,
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url())
     client.flushdb()
     with OutboxServer(tmp_path_factory.mktemp("outbox")) as smtp:
         rt = Runtime(
             Settings.from_env(
                 {},
                 database_url=url,
-                redis_url=REDIS_URL,
+                redis_url=redis_url(),
                 broker="stub",
                 smtp_url=smtp.url,
                 secret_key="test-secret-key-0123456789",

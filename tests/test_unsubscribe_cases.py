@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import CASES
+from tests.samples import CASES
 from worker import actors
 from worker.editions.localisation import translations
 from worker.models import Consent, FeedbackEvent, Subscriber

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import SAMPLE_EDITION
 from tests.message_parts import body_text
+from tests.samples import SAMPLE_EDITION
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
