@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import select
@@ -55,7 +55,7 @@ class ScriptedMailer:
     """Replies per recipient (default 250); ``crash`` raises after the fence, as a process that
     dies mid-DATA would leave the ledger."""
 
-    def __init__(self, replies: dict[str, Any] | None = None) -> None:
+    def __init__(self, replies: dict[str, SmtpOutcome | Literal["crash"]] | None = None) -> None:
         self.replies = replies or {}
         self.accepted: list[str] = []
 
@@ -75,6 +75,7 @@ class ScriptedMailer:
             return SmtpOutcome(0, "fence closed", uncertain=False)
         if reply == "crash":
             raise RuntimeError("process died during DATA")
+        assert isinstance(reply, SmtpOutcome)  # narrows: "crash" is the only other reply
         if reply.accepted:
             self.accepted.append(recipient)
         return reply

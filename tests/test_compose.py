@@ -6,7 +6,6 @@ import re
 import shlex
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
@@ -48,7 +47,7 @@ def test_every_newsletter_command_in_compose_exists() -> None:
     newsletter = [words[1:] for words in _commands() if words[0] == "newsletter"]
     assert newsletter
     for args in newsletter:
-        command: Any = main
+        command: click.Command | None = main
         ctx = click.Context(main)
         for word in args:
             if word.startswith("-") or not isinstance(command, click.Group):

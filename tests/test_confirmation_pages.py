@@ -7,13 +7,15 @@ import email
 import email.policy
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from email.message import EmailMessage
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.stub_worker import StubWorker
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.localisation import translations
@@ -141,17 +143,25 @@ def test_tokens_are_bound_to_subscriber_and_purpose_and_expire() -> None:
     assert tokens.check(Purpose.CONFIRM, token, None).subscriber_id == 41824  # for the resend form
 
 
+def plain_text(message: EmailMessage) -> str:
+    """The text/plain body of ``message``; AssertionError when it has none."""
+    body = message.get_body(("plain",))
+    assert body is not None, "no text/plain part"
+    text: str = body.get_content()
+    return text
+
+
 def confirm_paths(smtp: OutboxServer) -> list[str]:
     paths = []
     for received in smtp.handler.received:
         message = email.message_from_bytes(received.data, policy=email.policy.default)
-        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        text = plain_text(message)
         paths += re.findall(r"http://testserver(/confirm/\S+)", text)
     return paths
 
 
 @pytest.fixture
-def short_rt(settings: Settings, stub_worker: Any) -> Any:
+def short_rt(settings: Settings, stub_worker: StubWorker) -> Iterator[Runtime]:
     """Links that expire after one second and a five-second resend window."""
     rt = Runtime(
         replace(settings, confirmation_expiry_hours=1 / 3600, confirmation_resend_minutes=5 / 60)
@@ -162,7 +172,7 @@ def short_rt(settings: Settings, stub_worker: Any) -> Any:
 
 
 def test_an_expired_link_offers_a_new_mail_which_is_rate_limited(
-    short_rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    short_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     rt = short_rt
     client = TestClient(create_app(rt))
@@ -201,7 +211,7 @@ def test_an_expired_link_offers_a_new_mail_which_is_rate_limited(
 
 
 def test_welcome_mail_after_confirmation_when_enabled(
-    settings: Settings, smtp: OutboxServer, stub_worker: Any
+    settings: Settings, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     rt = Runtime(replace(settings, welcome_mail=True))
     actors.use_runtime(rt)
@@ -218,6 +228,6 @@ def test_welcome_mail_after_confirmation_when_enabled(
     welcome = email.message_from_bytes(smtp.handler.received[1].data, policy=email.policy.default)
     assert smtp.handler.received[1].recipients == ["new@example.org"]
     assert welcome["List-Unsubscribe"].startswith("<http://testserver/u/")
-    text = welcome.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    text = plain_text(welcome)
     assert _("be", "Your subscription is confirmed.") in text
     assert "http://testserver/u/" in text

@@ -25,6 +25,7 @@ from worker.devtools.outbox import free_port
 from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.operators.dashboard import overview, rate_bucket
 from worker.runtime import Runtime
+from worker.states import SubscriberStatus
 from worker.subscriptions.suppressions import suppress
 from worker.web.app import create_app
 
@@ -106,7 +107,7 @@ def add_feedback(rt: Runtime, send_id: int) -> None:
         )
         subscriber = session.get(Subscriber, ales.subscriber_id)
         assert subscriber is not None
-        subscriber.status, subscriber.unsubscribed_at = "unsubscribed", now
+        subscriber.status, subscriber.unsubscribed_at = SubscriberStatus.UNSUBSCRIBED, now
 
 
 def test_dashboard_numbers_after_a_real_send(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import func, select
@@ -26,6 +27,7 @@ from worker.feedback.classification import FeedbackKind
 from worker.feedback.mail import parse_inbound
 from worker.feedback.policy import (
     Effect,
+    FeedbackOutcome,
     FeedbackPolicy,
     attribute,
     record_feedback,
@@ -45,6 +47,11 @@ from worker.runtime import Runtime
 from worker.sending.identity import verp_address
 from worker.states import DeliveryState
 from worker.subscriptions.tokens import unsubscribe_token
+
+if TYPE_CHECKING:
+    from _pytest.mark import (
+        ParameterSet,  # what pytest.param returns; pytest exports no name for it
+    )
 
 CASES = Path(__file__).parent / "cases"
 FIXTURES = json.loads((CASES / "fixtures.json").read_text())
@@ -153,7 +160,7 @@ def product_shape(raw: bytes, world: World, key: str) -> bytes:
     return re.sub(rb"<ed-([\w-]+)\.(s\d+)@", message_id, raw)
 
 
-def case_entries() -> list[Any]:
+def case_entries() -> list[ParameterSet]:
     entries = []
     for folder in ("bounces", "complaints"):
         for case in json.loads((CASES / folder / "cases.json").read_text()):
@@ -168,7 +175,7 @@ def policy(rt: Runtime) -> FeedbackPolicy:
 
 def record_mail(
     rt: Runtime, raw: bytes, policy: FeedbackPolicy, now: datetime = NOW
-) -> list[tuple[FeedbackReport, Any]]:
+) -> list[tuple[FeedbackReport, FeedbackOutcome]]:
     results = []
     with rt.session() as session:
         for report in parse_inbound(raw):
@@ -488,7 +495,13 @@ def test_send_time_5xx_goes_through_the_policy(rt: Runtime, smtp: OutboxServer) 
 
     class Relay:
         def send(
-            self, envelope_from: str, recipient: str, message: bytes, **kw: Any
+            self,
+            envelope_from: str,
+            recipient: str,
+            message: bytes,
+            *,
+            smtputf8: bool,
+            before_data: Callable[[], bool] | None = None,
         ) -> SmtpOutcome:
             return replies.get(recipient) or SmtpOutcome(250, "2.0.0 ok")
 

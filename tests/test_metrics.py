@@ -7,13 +7,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator_scenario import run_send
+from tests.stub_worker import StubWorker
 from worker.devtools.outbox import OutboxServer
 from worker.runtime import Runtime
 from worker.web.app import create_app
@@ -38,7 +39,7 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 def test_a_real_send_is_counted_on_metrics(
-    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     app = create_app(rt)
     client = TestClient(app)
@@ -54,7 +55,9 @@ def test_a_real_send_is_counted_on_metrics(
     assert response.status_code == 200
     after = scrape(client)
 
-    d = lambda name, **labels: delta(before, after, name, **labels)  # noqa: E731
+    def d(name: str, **labels: str) -> float:
+        return delta(before, after, name, **labels)
+
     assert d("newsletter_signups_total", outcome="pending") == 6
     assert d("newsletter_signups_total", outcome="refused") == 1
     assert d("newsletter_signup_refusals_total", reason="invalid_address") == 1
@@ -79,7 +82,7 @@ def test_a_real_send_is_counted_on_metrics(
 def test_metric_names_and_labels_follow_prometheus_conventions(rt: Runtime) -> None:
     from worker.operators import metrics
 
-    histograms = {n for n, (kind, *_) in metrics.FAMILIES.items() if kind is not metrics.Counter}
+    histograms = {n for n, (kind, *_) in metrics.FAMILIES.items() if kind is not Counter}
     for name in metrics.FAMILIES.keys() - histograms:
         metric = metrics.counter(name)
         (family,) = metric.describe()
@@ -101,7 +104,7 @@ metrics.counter("newsletter_smtp_replies_total").labels(reply_class="2xx").inc()
 
 
 def test_metrics_of_several_processes_are_summed(
-    tmp_path: Path, rt: Runtime, monkeypatch: Any
+    tmp_path: Path, rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given two worker processes that counted into the same multiprocess directory
     directory = tmp_path / "prometheus"

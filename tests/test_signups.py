@@ -13,7 +13,6 @@ import uuid
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -22,10 +21,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.samples import SAMPLE_EDITION
+from tests.stub_worker import StubWorker
 from worker import actors
 from worker.cli import main
 from worker.devtools.outbox import OutboxServer
-from worker.models import Consent, SignupRefusal, Subscriber, Suppression
+from worker.models import Base, Consent, SignupRefusal, Subscriber, Suppression
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.subscriptions.lifecycle import purge_unconfirmed, unsubscribe_by_token
@@ -37,11 +37,11 @@ from worker.web.app import create_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def event(n: int | str, address: Any, language: str = "en", **extra: Any) -> dict[str, Any]:
+def event(n: int | str, address: object, language: str = "en", **extra: str) -> dict[str, object]:
     return {"version": 1, "event_id": f"s-{n}", "email": address, "language": language, **extra}
 
 
-def count(rt: Runtime, model: Any) -> int:
+def count(rt: Runtime, model: type[Base]) -> int:
     with rt.session() as session:
         return session.scalar(select(func.count()).select_from(model)) or 0
 
@@ -51,7 +51,7 @@ def reasons(rt: Runtime) -> list[str]:
         return list(session.scalars(select(SignupRefusal.reason).order_by(SignupRefusal.id)))
 
 
-def raw_enqueue(client: redis.Redis, namespace: str, payload: Any) -> str:
+def raw_enqueue(client: redis.Redis, namespace: str, payload: dict[str, object] | str) -> str:
     """Exactly what a PHP or Node site does (docs/signup-event.md): one MULTI/EXEC."""
     rid = str(uuid.uuid4())
     message = {
@@ -140,7 +140,7 @@ def test_raw_redis_message_from_another_language_is_processed_by_a_real_worker(
 
 
 def test_http_endpoint_validates_with_the_same_schema_and_records_refusals(
-    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     client = TestClient(create_app(rt), client=("198.51.100.23", 50000))
     ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Firefox/128.0"
@@ -198,7 +198,7 @@ def drain(queue_name: str) -> int:
 
 
 def test_same_answer_for_new_pending_confirmed_and_suppressed_addresses(
-    settings: Settings, smtp: OutboxServer, capsys: Any
+    settings: Settings, smtp: OutboxServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from worker.broker import current
 
@@ -277,7 +277,7 @@ def test_a_new_signup_changes_the_language_of_a_confirmed_subscriber(
 
 
 def test_an_unsubscribed_person_signing_up_again_goes_through_double_opt_in(
-    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     actors.handle_signup.send(event(1, "back@example.org"))
     stub_worker.join()
@@ -366,7 +366,7 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def test_show_export_erase_and_no_re_adding(
-    rt: Runtime, cli_env: Settings, smtp: OutboxServer, stub_worker: Any
+    rt: Runtime, cli_env: Settings, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     first = event(1, "Ivan.Petrov@Example.org", "be", ip="203.0.113.20", user_agent="UA/1")
     actors.handle_signup({**first, "source": "footer", "consent_version": "v2"})

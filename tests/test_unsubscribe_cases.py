@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.samples import CASES
+from tests.stub_worker import StubWorker
 from worker import actors
+from worker.devtools.outbox import OutboxServer
 from worker.editions.localisation import translations
 from worker.models import Consent, FeedbackEvent, Subscriber
 from worker.runtime import Runtime
@@ -54,19 +56,22 @@ def read_http(name: str) -> list[HttpRequest]:
     return requests
 
 
-def send(client: TestClient, request: HttpRequest, fixture_token: str, token: str) -> Any:
+def send(
+    client: TestClient, request: HttpRequest, fixture_token: str, token: str
+) -> httpx.Response:
     headers = {
         k: v
         for k, v in request.headers.items()
         if k.lower() not in ("host", "content-length", "connection")
     }
-    return client.request(
+    response: httpx.Response = client.request(
         request.method,
         request.target.replace(fixture_token, token),
         headers=headers,
         content=request.body or None,
         follow_redirects=False,
     )
+    return response
 
 
 def make_subscriber(rt: Runtime, fixture_id: str, state: str) -> int:
@@ -165,7 +170,7 @@ def test_u01_link_scanner_get_of_the_unsubscribe_link_changes_nothing(rt: Runtim
 
 
 def test_u03_one_click_post_unsubscribes_at_once_and_allows_transactional_mail(
-    rt: Runtime, smtp: Any, stub_worker: Any
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     case = CASE["u03"]
     fixture = FIXTURES[case["precondition"]["subscriber_id"]]

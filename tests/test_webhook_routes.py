@@ -7,8 +7,8 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
@@ -44,8 +44,9 @@ class FixedClock:
         return self.at
 
 
-def runtime_at(settings: Settings, at: datetime, **changes: Any) -> Runtime:
-    return Runtime(dataclasses.replace(settings, **changes), clock=FixedClock(at))
+def runtime_at(settings: Settings, at: datetime) -> Runtime:
+    """A runtime on ``settings`` whose clock stands at ``at``."""
+    return Runtime(settings, clock=FixedClock(at))
 
 
 def statuses(rt: Runtime, world: World) -> dict[str, str]:
@@ -71,7 +72,9 @@ def suppression_reasons(rt: Runtime) -> list[str]:
 
 @pytest.fixture
 def postmark_rt(settings: Settings) -> Iterator[tuple[Runtime, World]]:
-    rt = runtime_at(settings, datetime.now(UTC), postmark_webhook_credentials=CREDENTIALS)
+    rt = runtime_at(
+        dataclasses.replace(settings, postmark_webhook_credentials=CREDENTIALS), datetime.now(UTC)
+    )
     with rt.session() as session:
         world = load_world(session)
     yield rt, world
@@ -150,7 +153,7 @@ MG_AT = datetime(2026, 11, 27, 6, 0, 20, tzinfo=UTC)
 
 
 def test_mailgun_events(settings: Settings) -> None:
-    rt = runtime_at(settings, MG_AT, mailgun_signing_key=MG_KEY)
+    rt = runtime_at(dataclasses.replace(settings, mailgun_signing_key=MG_KEY), MG_AT)
     with rt.session() as session:
         world = load_world(session)
     client = TestClient(create_app(rt))
@@ -183,7 +186,7 @@ SG_AT = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
 def test_sendgrid_batch(settings: Settings) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    rt = runtime_at(settings, SG_AT, sendgrid_verification_key=_sg_public(key))
+    rt = runtime_at(dataclasses.replace(settings, sendgrid_verification_key=_sg_public(key)), SG_AT)
     with rt.session() as session:
         world = load_world(session)
     client = TestClient(create_app(rt))
@@ -234,11 +237,15 @@ def ses_client(rt: Runtime, sns: SnsSigner, visited: list[str]) -> TestClient:
 SES_AT = datetime(2026, 11, 27, 8, 13, tzinfo=UTC)
 
 
-def _post_in_time(client: TestClient, rt: Runtime, body: bytes, headers: dict[str, str]) -> Any:
+def _post_in_time(
+    client: TestClient, rt: Runtime, body: bytes, headers: dict[str, str]
+) -> httpx.Response:
     """POST ``body`` a few seconds after its SNS Timestamp, as SNS would deliver it."""
     stamp = json.loads(body)["Timestamp"].replace("Z", "+00:00")
-    rt.clock.at = datetime.fromisoformat(stamp) + timedelta(seconds=3)  # type: ignore[attr-defined]
-    return client.post("/webhooks/ses", content=body, headers=headers)
+    assert isinstance(rt.clock, FixedClock)  # made by runtime_at
+    rt.clock.at = datetime.fromisoformat(stamp) + timedelta(seconds=3)
+    response: httpx.Response = client.post("/webhooks/ses", content=body, headers=headers)
+    return response
 
 
 def _sns_body(sns: SnsSigner, name: str) -> bytes:
@@ -249,7 +256,7 @@ def _sns_body(sns: SnsSigner, name: str) -> bytes:
 
 
 def test_ses_notifications(settings: Settings, sns: SnsSigner) -> None:
-    rt = runtime_at(settings, SES_AT, ses_topic_arns=TOPIC)
+    rt = runtime_at(dataclasses.replace(settings, ses_topic_arns=TOPIC), SES_AT)
     with rt.session() as session:
         world = load_world(session)
     visited: list[str] = []
@@ -278,12 +285,18 @@ def test_ses_notifications(settings: Settings, sns: SnsSigner) -> None:
 
 
 def test_ses_rejections(settings: Settings, sns: SnsSigner) -> None:
-    rt = runtime_at(settings, datetime(2026, 11, 27, 6, 0, 16, tzinfo=UTC), ses_topic_arns=TOPIC)
+    rt = runtime_at(
+        dataclasses.replace(settings, ses_topic_arns=TOPIC),
+        datetime(2026, 11, 27, 6, 0, 16, tzinfo=UTC),
+    )
     client = ses_client(rt, sns, [])
     body = _sns_body(sns, "ses_bounce_permanent.json")
     other_topic = json.loads(body)
     other_topic["TopicArn"] = "arn:aws:sns:eu-west-1:999999999999:attacker"
-    stale = runtime_at(settings, datetime(2026, 11, 28, 6, 0, tzinfo=UTC), ses_topic_arns=TOPIC)
+    stale = runtime_at(
+        dataclasses.replace(settings, ses_topic_arns=TOPIC),
+        datetime(2026, 11, 28, 6, 0, tzinfo=UTC),
+    )
 
     tampered = client.post("/webhooks/ses", content=body.replace(b"ses.target", b"ses.targeT"))
     untrusted = client.post("/webhooks/ses", content=sns.sign(other_topic, "2"))
@@ -301,7 +314,10 @@ def test_ses_rejections(settings: Settings, sns: SnsSigner) -> None:
 def test_ses_subscription_confirmation_is_verified_then_visited(
     settings: Settings, sns: SnsSigner
 ) -> None:
-    rt = runtime_at(settings, datetime(2026, 11, 26, 12, 0, 5, tzinfo=UTC), ses_topic_arns=TOPIC)
+    rt = runtime_at(
+        dataclasses.replace(settings, ses_topic_arns=TOPIC),
+        datetime(2026, 11, 26, 12, 0, 5, tzinfo=UTC),
+    )
     visited: list[str] = []
     client = ses_client(rt, sns, visited)
     body = _sns_body(sns, "ses_subscription_confirmation.json")
