@@ -28,15 +28,12 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, exists, func, or_, select, update
-from sqlalchemy.orm import Session
 
-from worker.feedback.policy import FeedbackPolicy
-from worker.feedback.refusals import RefusalFeedback
 from worker.models import Delivery, Send, Subscriber
 from worker.operators import metrics
 from worker.sending.batch import BatchReport
 from worker.sending.composer import Composer
-from worker.sending.ledger import RETRYABLE
+from worker.sending.ledger import RETRYABLE, DeliveryLedger
 from worker.sending.policy import SendPolicy, backoff_seconds
 from worker.sending.ports import Clock, Mailer, Reservation, Throttle
 from worker.sending.sql_ledger import SqlLedger
@@ -46,26 +43,12 @@ CHUNK = 50
 CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
 
 
-def _ledger(session: Session, policy: SendPolicy) -> SqlLedger:
-    """The SQL ledger wired as ``worker.runtime.Runtime.ledger`` wires it."""
-    refusals = RefusalFeedback(FeedbackPolicy(hash_key=policy.hash_key))
-    return SqlLedger(session, refusals=refusals, metrics=metrics.SendingCounters())
-
-
-def _send_status(session: Session, send_id: int) -> str | None:
-    return SqlLedger(session).send_status(send_id)
-
-
 def _schedule_deferred(
-    session: Session, send_id: int, first_id: int, last_id: int, now: datetime, report: BatchReport
+    ledger: SqlLedger, send_id: int, first_id: int, last_id: int, now: datetime, report: BatchReport
 ) -> None:
-    retry_at = SqlLedger(session).next_retry_at(send_id, first_id, last_id)
+    retry_at = ledger.next_retry_at(send_id, first_id, last_id)
     if retry_at is not None:
         report.later((retry_at - now).total_seconds())
-
-
-def finish_send_if_done(session: Session, send_id: int, now: datetime) -> bool:
-    return SqlLedger(session).finish_send_if_done(send_id, now)
 
 
 def quote_periods(data: bytes) -> bytes:
@@ -101,7 +84,7 @@ def _reserve_many(throttle: Throttle, domains: list[str], max_wait: float) -> li
 
 
 def send_batch(
-    session: Session,
+    ledger: DeliveryLedger,
     send_id: int,
     first_id: int,
     last_id: int,
@@ -114,8 +97,13 @@ def send_batch(
     sleep: Callable[[float], None] = time.sleep,
     heartbeat: Callable[[], None] = lambda: None,
 ) -> BatchReport:
+    """``worker.sending.batch.send_batch`` per chunk (same arguments, same report); raises
+    TypeError unless ``ledger`` is a ``SqlLedger``, as the chunks are written in SQL directly."""
+    if not isinstance(ledger, SqlLedger):
+        raise TypeError(f"the chunked prototype writes SQL: needs a SqlLedger, not {ledger!r}")
+    session = ledger.session
     report = BatchReport()
-    status = _send_status(session, send_id)
+    status = ledger.send_status(send_id)
     if status != SendStatus.SENDING:
         report.stopped = status
         return report
@@ -152,8 +140,8 @@ def send_batch(
         for _ in skipped:
             report.add(DeliveryState.SKIPPED)
     if not due:
-        _schedule_deferred(session, send_id, first_id, last_id, clock.now(), report)
-        finish_send_if_done(session, send_id, clock.now())
+        _schedule_deferred(ledger, send_id, first_id, last_id, clock.now(), report)
+        ledger.finish_send_if_done(send_id, clock.now())
         return report
     holder = uuid.uuid4().hex
     if not throttle.acquire_connection(holder, policy.connection_ttl_seconds):
@@ -161,7 +149,7 @@ def send_batch(
         return report
     try:
         _send_chunks(
-            session,
+            ledger,
             send_id,
             due,
             composer,
@@ -178,13 +166,13 @@ def send_batch(
         mailer.close()
         throttle.release_connection(holder)
     if report.stopped is None:
-        _schedule_deferred(session, send_id, first_id, last_id, clock.now(), report)
-        finish_send_if_done(session, send_id, clock.now())
+        _schedule_deferred(ledger, send_id, first_id, last_id, clock.now(), report)
+        ledger.finish_send_if_done(send_id, clock.now())
     return report
 
 
 def _send_chunks(
-    session: Session,
+    ledger: SqlLedger,
     send_id: int,
     due: list[Any],
     composer: Composer,
@@ -197,6 +185,7 @@ def _send_chunks(
     holder: str,
     report: BatchReport,
 ) -> None:
+    session = ledger.session
     for start in range(0, len(due), CHUNK):
         heartbeat()
         chunk = due[start : start + CHUNK]
@@ -237,8 +226,8 @@ def _send_chunks(
             .all()
         )
         session.commit()
-        if not claimed and _send_status(session, send_id) != SendStatus.SENDING:
-            report.stopped = _send_status(session, send_id)
+        if not claimed and ledger.send_status(send_id) != SendStatus.SENDING:
+            report.stopped = ledger.send_status(send_id)
             return
         accepted: list[dict[str, Any]] = []
         started = time.monotonic()
@@ -264,7 +253,7 @@ def _send_chunks(
                     }
                 )
                 continue
-            state = _ledger(session, policy).record_outcome(
+            state = ledger.record_outcome(
                 delivery_id, subscriber, outcome, clock.now(), policy, claimed[delivery_id]
             )
             report.add(state)

@@ -96,11 +96,9 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
     if prototype:
         import smtplib
 
-        from bench.batched_dispatch import (
-            quote_periods,
-            send_batch,
-        )
+        from bench.batched_dispatch import quote_periods, send_batch
 
+        # smtplib's private dot-stuffing, swapped for the prototype's (typeshed omits the name)
         smtplib._quote_periods = quote_periods  # type: ignore[attr-defined]
 
     with rt.session() as session:
@@ -110,7 +108,7 @@ def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) ->
     for first, last in ranges:
         with rt.session() as session:
             report = send_batch(
-                rt.ledger(session) if not prototype else session,  # type: ignore[arg-type]
+                rt.ledger(session),
                 send_id,
                 first,
                 last,
