@@ -40,6 +40,8 @@ from worker.sending.sql_ledger import SqlLedger
 from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 CHUNK = 50
+# (delivery id, language, recipient domain, subscriber) of a delivery ready to send
+Due = tuple[int, str, str, Subscriber]
 CLAIMED = (DeliveryState.SENDING, DeliveryState.SUBMITTING, DeliveryState.UNKNOWN)
 
 
@@ -121,7 +123,8 @@ def send_batch(
     ).all()
     session.commit()
     now = clock.now()
-    due, skipped = [], []
+    due: list[Due] = []
+    skipped: list[int] = []
     for delivery_id, language, domain, next_attempt_at, subscriber in rows:
         if next_attempt_at is not None and next_attempt_at > now:
             report.later((next_attempt_at - now).total_seconds())
@@ -174,7 +177,7 @@ def send_batch(
 def _send_chunks(
     ledger: SqlLedger,
     send_id: int,
-    due: list[Any],
+    due: list[Due],
     composer: Composer,
     mailer: Mailer,
     throttle: Throttle,

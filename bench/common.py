@@ -22,9 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import psycopg
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -389,7 +392,7 @@ def one_row(
     return tuple(row)
 
 
-def batch_ranges(session: Any, send_id: int, size: int) -> Iterator[tuple[int, int]]:
+def batch_ranges(session: Session, send_id: int, size: int) -> Iterator[tuple[int, int]]:
     """(first id, last id) of consecutive runs of ``size`` deliveries of ``send_id``, by keyset
     pagination: the benchmark sends every delivery, due or not (``pending_batches`` would skip)."""
     from sqlalchemy import select

@@ -34,10 +34,13 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 STAGES: dict[str, list[tuple[str, str]]] = {
     # (file suffix, function name) whose cumulative time makes the stage
@@ -87,7 +90,7 @@ def calls(stats: pstats.Stats, suffix: str, fn: str) -> int:
     return sum(v[1] for (f, _l, n), v in raw.items() if f.endswith(suffix) and n == fn)
 
 
-def run_send(rt: Any, send_id: int, batch_size: int, prototype: bool = False) -> int:
+def run_send(rt: Runtime, send_id: int, batch_size: int, prototype: bool = False) -> int:
     """Plan ``send_id`` and send every batch in this thread, as the actors would; the count sent."""
     from bench.common import batch_ranges
     from worker.sending.batch import send_batch
@@ -142,7 +145,7 @@ def render_times(repeat: int = 20) -> dict[str, float]:
     return out
 
 
-def compose_times(rt: Any, send_id: int, repeat: int = 500) -> dict[str, float]:
+def compose_times(rt: Runtime, send_id: int, repeat: int = 500) -> dict[str, float]:
     """Milliseconds per ``Composer.compose`` (token, VERP, headers, bodies) per language."""
     from worker.models import Subscriber
 
@@ -164,7 +167,7 @@ def compose_times(rt: Any, send_id: int, repeat: int = 500) -> dict[str, float]:
     return out
 
 
-def micro_times(rt: Any, send_id: int, sink_url: str, repeat: int = 300) -> dict[str, float]:
+def micro_times(rt: Runtime, send_id: int, sink_url: str, repeat: int = 300) -> dict[str, float]:
     """CPU milliseconds per call of the parts one message needs, on the ``ru`` message (43 KB):
     DKIM signing (2048-bit RSA, ``worker.sending.dkim``), ``SmtpMailer.send`` into the sink, and
     smtplib's dot-stuffing alone against the ``bytes.replace`` proposed for
