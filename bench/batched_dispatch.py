@@ -224,9 +224,7 @@ def _send_chunks(
                 )
                 .returning(Delivery.id, Delivery.attempts)
                 .execution_options(synchronize_session=False)
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         session.commit()
         if not claimed and ledger.send_status(send_id) != SendStatus.SENDING:
