@@ -87,3 +87,19 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 
     assert undeclared == {}
     assert {"yaml", "sqlalchemy", "pydantic"} <= set(third_party_imports())
+
+
+def test_no_module_imports_conftest() -> None:
+    # pytest imports tests/conftest.py as ``conftest``; importing it as ``tests.conftest`` runs its
+    # module code a second time (hypothesis profiles, a second pytest_configure). Shared values
+    # live in tests/samples.py, tests/services.py and tests/stub_worker.py instead.
+    helpers = sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "bench").rglob("*.py"))
+    offenders = sorted(
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in helpers
+        for module in imports_of(path)
+        if module.split(".")[-1] == "conftest" or module.startswith("tests.conftest.")
+    )
+
+    assert offenders == []
+    assert any("tests.samples" in imports_of(path) for path in helpers)  # the scan sees tests/
