@@ -49,9 +49,8 @@ from worker.states import DeliveryState
 from worker.subscriptions.tokens import unsubscribe_token
 
 if TYPE_CHECKING:
-    from _pytest.mark import (
-        ParameterSet,  # what pytest.param returns; pytest exports no name for it
-    )
+    # What pytest.param returns; pytest exports no public name for it.
+    from _pytest.mark import ParameterSet
 
 CASES = Path(__file__).parent / "cases"
 FIXTURES = json.loads((CASES / "fixtures.json").read_text())
