@@ -8,13 +8,14 @@ import email
 import email.policy
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tests.message_parts import body_text
 from tests.samples import SAMPLE_EDITION
+from tests.stub_worker import StubWorker
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
@@ -69,7 +70,7 @@ def more_readers(count: int) -> list[tuple[str, str]]:
 
 
 def run_send(
-    rt: Runtime, smtp: OutboxServer, stub_worker: Any, app: Any, extra: int = 0
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker, app: FastAPI, extra: int = 0
 ) -> SentScenario:
     """Sign up READERS and ``extra`` more (+1 invalid event), confirm all but one, send the
     sample edition."""

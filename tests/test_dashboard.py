@@ -12,16 +12,17 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.operator_scenario import run_send
+from tests.stub_worker import StubWorker
 from worker.devtools.chromium import HeadlessChromium, find_chromium
-from worker.devtools.outbox import free_port
+from worker.devtools.outbox import OutboxServer, free_port
 from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.operators.dashboard import overview, rate_bucket
 from worker.runtime import Runtime
@@ -111,7 +112,7 @@ def add_feedback(rt: Runtime, send_id: int) -> None:
 
 
 def test_dashboard_numbers_after_a_real_send(
-    operator_rt: Runtime, smtp: Any, stub_worker: Any
+    operator_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     rt = operator_rt
     app = create_app(rt)
@@ -169,7 +170,9 @@ def test_dashboard_numbers_after_a_real_send(
     assert not re.search(r'(src|href)="(https?:)?//', page.text) and "<script" not in page.text
 
 
-def test_status_command_shows_the_send(rt: Runtime, smtp: Any, stub_worker: Any) -> None:
+def test_status_command_shows_the_send(
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
     from click.testing import CliRunner
 
     from worker.cli import main
@@ -201,7 +204,7 @@ def test_rate_bucket_keeps_at_most_sixty_bars() -> None:
 
 
 @pytest.fixture
-def server(operator_rt: Runtime) -> Iterator[tuple[str, Any]]:
+def server(operator_rt: Runtime) -> Iterator[tuple[str, FastAPI]]:
     app = create_app(operator_rt)
     port = free_port()
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -218,9 +221,9 @@ def server(operator_rt: Runtime) -> Iterator[tuple[str, Any]]:
 def test_dashboard_in_headless_chromium(
     request: pytest.FixtureRequest,
     operator_rt: Runtime,
-    smtp: Any,
-    stub_worker: Any,
-    server: tuple[str, Any],
+    smtp: OutboxServer,
+    stub_worker: StubWorker,
+    server: tuple[str, FastAPI],
     tmp_path: Path,
 ) -> None:
     if request.node.callspec.params.get("db_url") != "postgresql":
