@@ -6,6 +6,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,10 +14,17 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
 
 from tests.samples import CASES
+from worker import actors
+from worker.broker import current
+from worker.devtools.outbox import OutboxServer
+from worker.models import Subscriber
+from worker.runtime import Runtime, use_runtime
 from worker.sending.dkim import DkimSigner
 from worker.sending.mime import build_template, personalise
+from worker.settings import Settings
 
 HTML = '<p>Hello  reader,</p>\n<p><a href="%%UNSUBSCRIBE_URL%%">unsubscribe</a></p>\n' * 400
 
@@ -154,3 +162,35 @@ def test_openssl_signing_is_much_faster_than_dkimpy(signer: DkimSigner, key_file
     )
     assert ours < 0.05  # measured 0.98 ms on an idle core; the bound allows a loaded machine
     assert ours * 3 < theirs
+
+
+def test_confirmation_mail_is_signed_like_an_edition(
+    settings: Settings, smtp: OutboxServer, key_file: Path, signer: DkimSigner
+) -> None:
+    # Given in-app DKIM signing configured (before the fix only editions were signed, so the
+    # double opt-in mail of a domain with DMARC p=reject could not arrive)
+    rt = Runtime(
+        replace(
+            settings,
+            dkim_private_key_path=str(key_file),
+            dkim_domain="news.example.org",
+            dkim_selector="nl2026",
+        )
+    )
+    use_runtime(rt)
+    try:
+        # When a reader signs up and the confirmation mail goes out
+        actors.handle_signup(
+            {"version": 1, "event_id": "dkim-1", "email": "dkim@example.com", "language": "en"}
+        )
+        with rt.session() as session:
+            subscriber_id = session.scalars(select(Subscriber.id)).one()
+        actors.send_confirmation(subscriber_id)
+    finally:
+        current().flush_all()
+        use_runtime(None)
+        rt.close()
+    # Then the relay got one signed message whose signature verifies
+    [received] = [m for m in smtp.handler.received if m.recipients == ["dkim@example.com"]]
+    assert received.data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert dkim.verify(received.data, dnsfunc=dns_for(signer))

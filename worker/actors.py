@@ -104,6 +104,7 @@ def send_confirmation(subscriber_id: int) -> None:
             bounce_address=bounce_address(rt.settings.bounce_domain),
             message_id_domain=rt.settings.sending_domain,
             slug=newsletter.slug,
+            signer=rt.dkim_signer,
             now=now,
         )
         metrics.confirmation_mail(outcome)
@@ -134,6 +135,7 @@ def send_welcome(subscriber_id: int) -> None:
             bounce_address=bounce_address(rt.settings.bounce_domain),
             message_id_domain=rt.settings.sending_domain,
             slug=newsletter.slug,
+            signer=rt.dkim_signer,
             now=rt.clock.now(),
         )
         if not outcome.accepted and not outcome.permanent:

@@ -59,6 +59,7 @@ def test_send(path: Path, to: str, language: str | None) -> None:
 
     from worker.editions.placeholders import UNSUBSCRIBE_URL
     from worker.editions.store import DEFAULT_SLUG
+    from worker.runtime import Runtime
     from worker.sending import identity
     from worker.sending.composer import origin_of
     from worker.sending.mime import origin_template, personalise
@@ -97,6 +98,9 @@ def test_send(path: Path, to: str, language: str | None) -> None:
         list_unsubscribe=[unsubscribe],
         substitutions={UNSUBSCRIBE_URL: unsubscribe},
     )
+    signer = Runtime(settings).dkim_signer  # signed as the readers' copies are
+    if signer is not None:
+        message = signer.sign(message)
     mailer = SmtpMailer(settings.smtp_url, timeout=settings.smtp_timeout_seconds)
     outcome = mailer.send(
         identity.bounce_address(settings.bounce_domain),

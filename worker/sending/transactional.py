@@ -14,6 +14,7 @@ from worker.editions.rendering import render_message
 from worker.models import Subscriber
 from worker.sending import identity
 from worker.sending.composer import origin_of
+from worker.sending.dkim import DkimSigner
 from worker.sending.mime import origin_template, personalise
 from worker.sending.ports import Mailer, SmtpOutcome
 
@@ -31,12 +32,15 @@ def send_transactional(
     now: datetime,
     slug: str,
     fallbacks: tuple[str, ...] = (),
+    signer: DkimSigner | None = None,
 ) -> SmtpOutcome:
     """Render message ``name`` in the subscriber's language and send it; returns the outcome.
 
     ``context["unsubscribe_url"]``, when given, replaces the unsubscribe placeholder and becomes
     the List-Unsubscribe header. ``slug`` names the newsletter in List-Id and Feedback-ID (kind
     ``transactional``, so complaints about confirmations are told apart from editions').
+    ``signer`` DKIM-signs the message as it signs editions (None when the relay signs): a
+    confirmation mail must pass DMARC like any other (RFC 6376, RFC 7489).
     """
     unsubscribe_url = str(context.get("unsubscribe_url") or "")
     # The template gets the placeholder (rendering checks it is there); personalise() fills it in.
@@ -73,5 +77,7 @@ def send_transactional(
         list_unsubscribe=[unsubscribe_url] if unsubscribe_url else [],
         substitutions={UNSUBSCRIBE_URL: unsubscribe_url} if unsubscribe_url else {},
     )
+    if signer is not None:
+        message = signer.sign(message)
     recipient = subscriber.ascii_email or subscriber.email
     return mailer.send(bounce_address, recipient, message, smtputf8=subscriber.ascii_email is None)
