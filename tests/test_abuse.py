@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from tests.stub_worker import StubWorker
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.models import SignupRefusal, Subscriber
@@ -133,7 +135,7 @@ def signup(n: int, address: str, ip: str | None = None, language: str = "en") ->
 
 
 @pytest.fixture
-def limited_rt(settings: Settings, stub_worker: Any) -> Any:
+def limited_rt(settings: Settings, stub_worker: StubWorker) -> Iterator[Runtime]:
     # After stub_worker, whose ``rt`` fixture installs the default runtime for the actors.
     from worker.db import dispose_engines
 
@@ -163,7 +165,7 @@ def refusals(rt: Runtime) -> dict[str, int]:
 
 
 def test_a_bombed_address_gets_one_mail_per_window(
-    limited_rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    limited_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     # Given a bot signing the same stranger up 40 times from 40 addresses in one window
     for n in range(40):
@@ -178,7 +180,7 @@ def test_a_bombed_address_gets_one_mail_per_window(
 
 
 def test_one_ip_signing_up_many_addresses_is_stopped_after_the_hourly_limit(
-    limited_rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    limited_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     for n in range(12):
         actors.handle_signup.send(signup(n, f"person{n}@example.net", ip="203.0.113.9"))
@@ -191,7 +193,7 @@ def test_one_ip_signing_up_many_addresses_is_stopped_after_the_hourly_limit(
 
 
 def test_suppressed_address_gets_nothing(
-    limited_rt: Runtime, smtp: OutboxServer, stub_worker: Any
+    limited_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
 ) -> None:
     from worker.subscriptions.suppressions import suppress
 

@@ -17,7 +17,7 @@ from worker.feedback.policy import FeedbackPolicy
 from worker.feedback.refusals import RefusalFeedback
 from worker.models import Base, Delivery, Edition, Newsletter, Send, Subscriber
 from worker.sending.batch import BatchReport, send_batch
-from worker.sending.ledger import DeliveryLedger, LeaseSweep
+from worker.sending.ledger import LeaseSweep
 from worker.sending.memory_ledger import MemoryLedger
 from worker.sending.planning import plan_deliveries
 from worker.sending.policy import SendPolicy
@@ -135,8 +135,11 @@ class SqlWorld:
         return self.ledger.send_status(SEND_ID)
 
 
+World = MemoryWorld | SqlWorld
+
+
 @pytest.fixture(params=["memory", "sqlite"])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     if request.param == "memory":
         yield MemoryWorld()
         return
@@ -147,17 +150,16 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     engine.dispose()
 
 
-def run(world: Any, clock: FakeClock, mailer: ScriptedMailer) -> BatchReport:
-    ledger: DeliveryLedger = world.ledger
+def run(world: World, clock: FakeClock, mailer: ScriptedMailer) -> BatchReport:
     return send_batch(
-        ledger, SEND_ID, 0, 10**9,
+        world.ledger, SEND_ID, 0, 10**9,
         composer=FakeComposer(),  # type: ignore[arg-type]
         mailer=mailer, throttle=LocalThrottle(), clock=clock, policy=POLICY,
         sleep=lambda _s: None,
     )  # fmt: skip
 
 
-def test_accepted_deliveries_are_sent_and_the_send_finishes(world: Any) -> None:
+def test_accepted_deliveries_are_sent_and_the_send_finishes(world: World) -> None:
     # Given three confirmed subscribers (two claim chunks)
     world.plan({"a@x.example": CONFIRMED, "b@y.example": CONFIRMED, "c@x.example": CONFIRMED})
     mailer = ScriptedMailer()
@@ -171,7 +173,7 @@ def test_accepted_deliveries_are_sent_and_the_send_finishes(world: Any) -> None:
     assert world.send_status() == SendStatus.FINISHED
 
 
-def test_a_4xx_defers_with_backoff_and_the_retry_sends_it(world: Any) -> None:
+def test_a_4xx_defers_with_backoff_and_the_retry_sends_it(world: World) -> None:
     world.plan({"a@x.example": CONFIRMED, "grey@y.example": CONFIRMED})
     clock = FakeClock()
     mailer = ScriptedMailer({"grey@y.example": SmtpOutcome(451, "4.7.1 greylisted")})
@@ -188,7 +190,7 @@ def test_a_4xx_defers_with_backoff_and_the_retry_sends_it(world: Any) -> None:
     assert world.send_status() == SendStatus.FINISHED
 
 
-def test_a_5xx_fails_the_delivery_for_good(world: Any) -> None:
+def test_a_5xx_fails_the_delivery_for_good(world: World) -> None:
     world.plan({"gone@x.example": CONFIRMED})
     mailer = ScriptedMailer({"gone@x.example": SmtpOutcome(550, "5.1.1 no such user")})
     report = run(world, FakeClock(), mailer)
@@ -197,14 +199,14 @@ def test_a_5xx_fails_the_delivery_for_good(world: Any) -> None:
     assert world.send_status() == SendStatus.FINISHED
 
 
-def test_a_subscriber_no_longer_confirmed_is_skipped(world: Any) -> None:
+def test_a_subscriber_no_longer_confirmed_is_skipped(world: World) -> None:
     world.plan({"a@x.example": CONFIRMED, "left@x.example": SubscriberStatus.UNSUBSCRIBED})
     report = run(world, FakeClock(), ScriptedMailer())
     assert report.counts == {"sent": 1, "skipped": 1}
     assert world.ledger.counts(SEND_ID) == {"sent": 1, "skipped": 1}
 
 
-def test_a_crash_between_fence_and_outcome_leaves_unknown(world: Any) -> None:
+def test_a_crash_between_fence_and_outcome_leaves_unknown(world: World) -> None:
     world.plan({"a@x.example": CONFIRMED, "b@x.example": CONFIRMED})
     clock = FakeClock()
     # Given a process that dies after the fence, before the reply is recorded
@@ -222,7 +224,7 @@ def test_a_crash_between_fence_and_outcome_leaves_unknown(world: Any) -> None:
     assert world.send_status() == SendStatus.FINISHED  # unknown is an end state
 
 
-def test_an_expired_claim_before_data_is_released_and_sent_again(world: Any) -> None:
+def test_an_expired_claim_before_data_is_released_and_sent_again(world: World) -> None:
     (first,) = world.plan({"a@x.example": CONFIRMED})
     clock = FakeClock()
     assert world.ledger.claim(SEND_ID, [first], clock.at, 600) == {first: 1}  # then died
@@ -232,7 +234,7 @@ def test_an_expired_claim_before_data_is_released_and_sent_again(world: Any) -> 
     assert world.ledger.claim(SEND_ID, [first], clock.at, 600) == {}  # sent: not claimable
 
 
-def test_a_late_reply_after_the_lease_ran_out_settles_unknown(world: Any) -> None:
+def test_a_late_reply_after_the_lease_ran_out_settles_unknown(world: World) -> None:
     """Found while moving the ledger onto the transition table: a 250 that arrives after the
     reconciler turned the claim ``unknown`` must still be recorded as ``sent`` (the table lacked
     the arrow), or an operator's ``retry_unknown`` would mail the reader twice."""
@@ -247,12 +249,12 @@ def test_a_late_reply_after_the_lease_ran_out_settles_unknown(world: Any) -> Non
     assert world.ledger.counts(SEND_ID) == {"sent": 1}
 
 
-def test_a_paused_send_sends_nothing(world: Any) -> None:
+def test_a_paused_send_sends_nothing(world: World) -> None:
     world.plan({"a@x.example": CONFIRMED})
     if isinstance(world, MemoryWorld):
         world.ledger.sends[SEND_ID] = SendStatus.PAUSED
     else:
-        world.session.get(Send, SEND_ID).status = SendStatus.PAUSED
+        world.session.get_one(Send, SEND_ID).status = SendStatus.PAUSED
         world.session.commit()
     report = run(world, FakeClock(), ScriptedMailer())
     assert report.stopped == SendStatus.PAUSED and report.counts == {}
