@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import insert, select
 
@@ -14,11 +14,63 @@ from worker.editions.store import save_edition
 from worker.models import Delivery, Subscriber
 from worker.runtime import Runtime
 from worker.sending.batch import BatchReport, send_batch
+from worker.sending.ports import SmtpOutcome
 from worker.sending.sends import create_send, plan_send
 from worker.sending.throttle import LocalThrottle
 from worker.states import SubscriberStatus
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+
+Reply = SmtpOutcome | Literal["crash"]
+
+
+class ScriptedRelay:
+    """A ``Mailer`` that answers as a relay would, from a reply per recipient (default 250), for
+    tests that need no SMTP server.
+
+    A refused reply (4xx, 5xx) comes at RCPT: DATA never starts, the fence is not run. Otherwise
+    the fence runs before DATA (closed: nothing is sent); ``"crash"`` then raises, as a process
+    that dies during DATA would. ``on_rcpt`` is called at each RCPT. Accepted messages are kept
+    in ``sent`` as (envelope sender, recipient, message bytes).
+    """
+
+    def __init__(
+        self,
+        replies: Mapping[str, Reply] | None = None,
+        on_rcpt: Callable[[], None] | None = None,
+    ) -> None:
+        self.replies = replies or {}
+        self.on_rcpt = on_rcpt
+        self.sent: list[tuple[str, str, bytes]] = []
+
+    @property
+    def accepted(self) -> list[str]:
+        """The recipients whose message was accepted, in order."""
+        return [recipient for _, recipient, _ in self.sent]
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        smtputf8: bool,
+        before_data: Callable[[], bool] | None = None,
+    ) -> SmtpOutcome:
+        if self.on_rcpt is not None:
+            self.on_rcpt()
+        reply = self.replies.get(recipient, SmtpOutcome(250, "2.0.0 ok"))
+        if reply != "crash" and not reply.accepted:
+            return reply
+        if before_data is not None and not before_data():
+            return SmtpOutcome(0, "fence closed", local=True)
+        if reply == "crash":
+            raise RuntimeError("process died during DATA")
+        self.sent.append((envelope_from, recipient, message))
+        return reply
+
+    def close(self) -> None:
+        """Nothing to close: no connection."""
 
 
 def seed(

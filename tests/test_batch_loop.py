@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.sendkit import ScriptedRelay
 from worker.db import make_engine
 from worker.feedback.policy import FeedbackPolicy
 from worker.feedback.refusals import RefusalFeedback
@@ -49,39 +50,6 @@ class FakeClock:
 class FakeComposer:
     def compose(self, delivery_id: int, subscriber: Any, language: str) -> tuple[str, bytes]:
         return f"b{delivery_id}@bounces.example", b"Subject: hi\r\n\r\nhello\r\n"
-
-
-class ScriptedMailer:
-    """Replies per recipient (default 250); ``crash`` raises after the fence, as a process that
-    dies mid-DATA would leave the ledger."""
-
-    def __init__(self, replies: dict[str, SmtpOutcome | Literal["crash"]] | None = None) -> None:
-        self.replies = replies or {}
-        self.accepted: list[str] = []
-
-    def send(
-        self,
-        envelope_from: str,
-        recipient: str,
-        message: bytes,
-        *,
-        smtputf8: bool,
-        before_data: Callable[[], bool] | None = None,
-    ) -> SmtpOutcome:
-        reply = self.replies.get(recipient, SmtpOutcome(250, "2.0.0 ok"))
-        if isinstance(reply, SmtpOutcome) and reply.code >= 500:
-            return reply  # refused at RCPT: DATA never starts, no fence
-        if before_data is not None and not before_data():
-            return SmtpOutcome(0, "fence closed", uncertain=False)
-        if reply == "crash":
-            raise RuntimeError("process died during DATA")
-        assert isinstance(reply, SmtpOutcome)  # narrows: "crash" is the only other reply
-        if reply.accepted:
-            self.accepted.append(recipient)
-        return reply
-
-    def close(self) -> None:
-        pass
 
 
 class MemoryWorld:
@@ -150,7 +118,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     engine.dispose()
 
 
-def run(world: World, clock: FakeClock, mailer: ScriptedMailer) -> BatchReport:
+def run(world: World, clock: FakeClock, mailer: ScriptedRelay) -> BatchReport:
     return send_batch(
         world.ledger, SEND_ID, 0, 10**9,
         composer=FakeComposer(),  # type: ignore[arg-type]
@@ -162,7 +130,7 @@ def run(world: World, clock: FakeClock, mailer: ScriptedMailer) -> BatchReport:
 def test_accepted_deliveries_are_sent_and_the_send_finishes(world: World) -> None:
     # Given three confirmed subscribers (two claim chunks)
     world.plan({"a@x.example": CONFIRMED, "b@y.example": CONFIRMED, "c@x.example": CONFIRMED})
-    mailer = ScriptedMailer()
+    mailer = ScriptedRelay()
     # When the batch runs
     report = run(world, FakeClock(), mailer)
     # Then every one is sent, once, and the send is finished
@@ -176,15 +144,15 @@ def test_accepted_deliveries_are_sent_and_the_send_finishes(world: World) -> Non
 def test_a_4xx_defers_with_backoff_and_the_retry_sends_it(world: World) -> None:
     world.plan({"a@x.example": CONFIRMED, "grey@y.example": CONFIRMED})
     clock = FakeClock()
-    mailer = ScriptedMailer({"grey@y.example": SmtpOutcome(451, "4.7.1 greylisted")})
+    mailer = ScriptedRelay({"grey@y.example": SmtpOutcome(451, "4.7.1 greylisted")})
     report = run(world, clock, mailer)
     assert report.counts == {"sent": 1, "deferred": 1}
     # first retry after retry_base (60 s) plus 0–25 % jitter
     assert report.retry_after is not None and 60.0 <= report.retry_after <= 75.0
     assert world.send_status() == SendStatus.SENDING
-    assert run(world, clock, ScriptedMailer()).counts == {}  # not due yet: nothing is sent
+    assert run(world, clock, ScriptedRelay()).counts == {}  # not due yet: nothing is sent
     clock.at += timedelta(seconds=76)
-    report = run(world, clock, ScriptedMailer())
+    report = run(world, clock, ScriptedRelay())
     assert report.counts == {"sent": 1}
     assert world.ledger.counts(SEND_ID) == {"sent": 2}
     assert world.send_status() == SendStatus.FINISHED
@@ -192,7 +160,7 @@ def test_a_4xx_defers_with_backoff_and_the_retry_sends_it(world: World) -> None:
 
 def test_a_5xx_fails_the_delivery_for_good(world: World) -> None:
     world.plan({"gone@x.example": CONFIRMED})
-    mailer = ScriptedMailer({"gone@x.example": SmtpOutcome(550, "5.1.1 no such user")})
+    mailer = ScriptedRelay({"gone@x.example": SmtpOutcome(550, "5.1.1 no such user")})
     report = run(world, FakeClock(), mailer)
     assert report.counts == {"failed": 1}
     assert world.ledger.counts(SEND_ID) == {"failed": 1}
@@ -201,7 +169,7 @@ def test_a_5xx_fails_the_delivery_for_good(world: World) -> None:
 
 def test_a_subscriber_no_longer_confirmed_is_skipped(world: World) -> None:
     world.plan({"a@x.example": CONFIRMED, "left@x.example": SubscriberStatus.UNSUBSCRIBED})
-    report = run(world, FakeClock(), ScriptedMailer())
+    report = run(world, FakeClock(), ScriptedRelay())
     assert report.counts == {"sent": 1, "skipped": 1}
     assert world.ledger.counts(SEND_ID) == {"sent": 1, "skipped": 1}
 
@@ -211,13 +179,13 @@ def test_a_crash_between_fence_and_outcome_leaves_unknown(world: World) -> None:
     clock = FakeClock()
     # Given a process that dies after the fence, before the reply is recorded
     with pytest.raises(RuntimeError):
-        run(world, clock, ScriptedMailer({"a@x.example": "crash"}))
+        run(world, clock, ScriptedRelay({"a@x.example": "crash"}))
     # Then its claim is ``submitting`` and the claim it never used went back to the queue
     assert world.ledger.counts(SEND_ID) == {"submitting": 1, "queued": 1}
     # When the lease runs out, the relay may have the message: unknown, never resent by itself
     sweep = world.ledger.expire_leases(clock.at + timedelta(seconds=601))
     assert sweep == LeaseSweep(released=0, unknown=1)
-    mailer = ScriptedMailer()
+    mailer = ScriptedRelay()
     assert run(world, clock, mailer).counts == {"sent": 1}
     assert mailer.accepted == ["b@x.example"]
     assert world.ledger.counts(SEND_ID) == {"sent": 1, "unknown": 1}
@@ -230,7 +198,7 @@ def test_an_expired_claim_before_data_is_released_and_sent_again(world: World) -
     assert world.ledger.claim(SEND_ID, [first], clock.at, 600) == {first: 1}  # then died
     sweep = world.ledger.expire_leases(clock.at + timedelta(seconds=601))
     assert sweep == LeaseSweep(released=1, unknown=0)
-    assert run(world, clock, ScriptedMailer()).counts == {"sent": 1}
+    assert run(world, clock, ScriptedRelay()).counts == {"sent": 1}
     assert world.ledger.claim(SEND_ID, [first], clock.at, 600) == {}  # sent: not claimable
 
 
@@ -256,7 +224,7 @@ def test_a_paused_send_sends_nothing(world: World) -> None:
     else:
         world.session.get_one(Send, SEND_ID).status = SendStatus.PAUSED
         world.session.commit()
-    report = run(world, FakeClock(), ScriptedMailer())
+    report = run(world, FakeClock(), ScriptedRelay())
     assert report.stopped == SendStatus.PAUSED and report.counts == {}
     assert world.ledger.counts(SEND_ID) == {"queued": 1}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tests.sendkit import run_batch, seed, start_send, states
+from tests.sendkit import ScriptedRelay, run_batch, seed, start_send, states
 from worker.devtools.outbox import OutboxServer
 from worker.feedback.classification import FeedbackKind
 from worker.feedback.mail import parse_inbound
@@ -492,22 +491,7 @@ def test_send_time_5xx_goes_through_the_policy(rt: Runtime, smtp: OutboxServer) 
         ),
     }
 
-    class Relay:
-        def send(
-            self,
-            envelope_from: str,
-            recipient: str,
-            message: bytes,
-            *,
-            smtputf8: bool,
-            before_data: Callable[[], bool] | None = None,
-        ) -> SmtpOutcome:
-            return replies.get(recipient) or SmtpOutcome(250, "2.0.0 ok")
-
-        def close(self) -> None:
-            pass
-
-    run_batch(rt, send_id, mailer=Relay())
+    run_batch(rt, send_id, mailer=ScriptedRelay(replies))
 
     with rt.session() as session:
         events = {

@@ -9,7 +9,6 @@ import email
 import email.policy
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.sendkit import ScriptedRelay
 from worker.editions.files import NewsletterProfile
 from worker.models import Subscriber
 from worker.sending import identity
 from worker.sending.composer import Links
-from worker.sending.ports import SmtpOutcome
 from worker.sending.transactional import send_transactional
 
 KEY = "test-secret-key"
@@ -198,28 +197,6 @@ def test_hot_path_imports_no_heavy_stack(module: str) -> None:
     assert sorted(set(HEAVY) & set(out)) == []
 
 
-class _Outbox:
-    """A Mailer that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, bytes]] = []
-
-    def send(
-        self,
-        envelope_from: str,
-        recipient: str,
-        message: bytes,
-        *,
-        smtputf8: bool,
-        before_data: Callable[[], bool] | None = None,
-    ) -> SmtpOutcome:
-        self.sent.append((envelope_from, recipient, message))
-        return SmtpOutcome(250, "ok")
-
-    def close(self) -> None:
-        """Nothing to close: no connection."""
-
-
 def test_transactional_mail_carries_the_same_header_set() -> None:
     # Given a confirmation mail sent through the one builder
     profile = NewsletterProfile(
@@ -232,7 +209,7 @@ def test_transactional_mail_carries_the_same_header_set() -> None:
         default_language="en",
         about={"en": "About"},
     )
-    outbox = _Outbox()
+    outbox = ScriptedRelay()
     send_transactional(
         outbox,
         name="confirmation",

@@ -5,7 +5,7 @@ installed by the entry points (runtime, CLI) rather than by ``worker.db``."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from tests.sendkit import seed, start_send
+from tests.sendkit import ScriptedRelay, seed, start_send
 from worker.cli import main
 from worker.models import Delivery, FeedbackEvent, Subscriber, Suppression
 from worker.operators import metrics
@@ -26,36 +26,6 @@ from worker.sending.throttle import LocalThrottle
 from worker.states import DeliveryState
 
 
-class WatchingMailer:
-    """Replies per recipient (default 250) and notes, at each RCPT, whether the ledger's session
-    has a transaction open."""
-
-    def __init__(self, session: Session, replies: dict[str, SmtpOutcome]) -> None:
-        self.session = session
-        self.replies = replies
-        self.open_at_rcpt: list[bool] = []
-
-    def send(
-        self,
-        envelope_from: str,
-        recipient: str,
-        message: bytes,
-        *,
-        smtputf8: bool,
-        before_data: Callable[[], bool] | None = None,
-    ) -> SmtpOutcome:
-        self.open_at_rcpt.append(self.session.in_transaction())
-        reply = self.replies.get(recipient, SmtpOutcome(250, "2.0.0 ok"))
-        if not reply.accepted:
-            return reply  # refused at RCPT: no DATA, no fence
-        if before_data is not None and not before_data():
-            return SmtpOutcome(0, "fence closed", local=True)
-        return reply
-
-    def close(self) -> None:
-        pass
-
-
 def test_no_transaction_stays_open_between_smtp_transactions(rt: Runtime) -> None:
     # Given a send whose first recipients draw a 5xx and a 4xx
     seed(rt, ["a@example.org", "b@example.org", "c@example.org", "d@example.org"])
@@ -65,7 +35,10 @@ def test_no_transaction_stays_open_between_smtp_transactions(rt: Runtime) -> Non
         "b@example.org": SmtpOutcome(451, "4.3.0 try later"),
     }
     with rt.session() as session:
-        mailer = WatchingMailer(session, replies)
+        open_at_rcpt: list[bool] = []  # at each RCPT: has the ledger's session a transaction?
+        mailer = ScriptedRelay(
+            replies, on_rcpt=lambda: open_at_rcpt.append(session.in_transaction())
+        )
         # When the batch runs on the runtime's ledger
         report = send_batch(
             rt.ledger(session),
@@ -80,7 +53,7 @@ def test_no_transaction_stays_open_between_smtp_transactions(rt: Runtime) -> Non
         )
         # Then no RCPT (nor the throttle wait before it) ran inside a database transaction
         assert report.counts == {"failed": 1, "deferred": 1, "sent": 2}
-        assert mailer.open_at_rcpt == [False, False, False, False]
+        assert open_at_rcpt == [False, False, False, False]
         # and the 5xx is a feedback event
         assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 1
 
@@ -94,7 +67,7 @@ def test_a_refused_mailbox_full_counts_toward_the_configured_soft_bounce_limit(
     send_id = start_send(strict)
     # When the relay refuses the message with "mailbox full" at send time
     with strict.session() as session:
-        mailer = WatchingMailer(session, {"full@example.org": SmtpOutcome(552, "5.2.2 full")})
+        mailer = ScriptedRelay({"full@example.org": SmtpOutcome(552, "5.2.2 full")})
         send_batch(
             strict.ledger(session),
             send_id,
