@@ -58,9 +58,9 @@ def dispose_engines() -> None:
 
 
 @contextmanager
-def session_scope(settings: Settings) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    factory = sessionmaker(engine_for(settings), expire_on_commit=False)
+def committing(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of ``factory`` that commits on success and rolls back on error. Unlike
+    ``sessionmaker.begin()``, work committed midway and written after is committed too."""
     with factory() as session:
         try:
             yield session
@@ -68,6 +68,13 @@ def session_scope(settings: Settings) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session on ``settings.database_url`` (see :func:`committing`)."""
+    with committing(sessionmaker(engine_for(settings), expire_on_commit=False)) as session:
+        yield session
 
 
 def alembic_config(database_url: str) -> Config:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.broker import BatchHints
-from worker.db import engine_for
+from worker.db import committing, engine_for
 from worker.editions.store import get_newsletter, profile_of
 from worker.feedback.policy import FeedbackPolicy
 from worker.feedback.refusals import RefusalFeedback
@@ -76,14 +76,9 @@ class Runtime:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self._sessions() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        """A session that commits on success and rolls back on error (``db.committing``)."""
+        with committing(self._sessions) as session:
+            yield session
 
     @cached_property
     def metrics(self) -> SendingMetrics:
