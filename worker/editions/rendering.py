@@ -20,10 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
-import mjml
 from markupsafe import Markup
 
 from worker.editions.files import EditionContent, EditionItem, NewsletterProfile
+from worker.editions.includes import rebase_paths
 from worker.editions.localisation import (
     TEMPLATE_ROOT,
     format_number,
@@ -31,6 +31,7 @@ from worker.editions.localisation import (
     resolve_language,
     translations,
 )
+from worker.editions.mjml_documents import MjmlRefused, Problem, check_template_files, to_html
 from worker.editions.placeholders import UNSUBSCRIBE_URL
 from worker.editions.richtext import heading, markdown_to_html, markdown_to_text, tidy_text, wrap
 
@@ -53,7 +54,13 @@ _PERSONALISATION_ALLOWANCE = 512
 
 class TemplateProblem(ValueError):
     """A template that cannot be rendered: Jinja syntax or undefined value, MJML parse error,
-    a missing message part, or a missing unsubscribe placeholder. Raised at check/load time."""
+    an MJML validation problem or a refused ``mj-include``, a missing message part, or a missing
+    unsubscribe placeholder. Raised at check/load time. ``problems`` lists the MJML problems
+    (each with file, line, element and attribute) when those are the reason."""
+
+    def __init__(self, message: str, problems: tuple[Problem, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,20 @@ def _autoescape(name: str | None) -> bool:
     return name is not None and name.endswith((".mjml.j2", ".mjml", ".html.j2", ".html"))
 
 
+class _TemplateLoader(jinja2.FileSystemLoader):
+    """Templates from ``templates/``; in MJML templates, ``mj-include`` paths are rebased on the
+    template's own folder, so an include resolves relative to the file that writes it (as in
+    reference MJML) even after Jinja has merged a child template into its layout."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Any]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if template.endswith(".mjml.j2"):
+            source = rebase_paths(source, template.rpartition("/")[0])
+        return source, filename, uptodate
+
+
 def _host(url: str) -> str:
     return urlsplit(url).hostname or url
 
@@ -87,7 +108,7 @@ def environment(language: str) -> jinja2.Environment:
     """The Jinja2 environment for ``language``: templates from ``templates/``, that language's
     gettext catalogue, StrictUndefined, autoescape for MJML/HTML templates only."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_ROOT),
+        loader=_TemplateLoader(TEMPLATE_ROOT),
         autoescape=_autoescape,
         undefined=jinja2.StrictUndefined,
         extensions=["jinja2.ext.i18n"],
@@ -123,10 +144,11 @@ def _one_line(text: str) -> str:
 
 
 def _mjml_to_html(source: str, where: str) -> str:
+    # The rendered document sits at the template root: its include paths were rebased there.
     try:
-        return mjml.mjml2html(source)
-    except ValueError as error:
-        raise TemplateProblem(f"{where}: MJML: {error}") from error
+        return to_html(source, TEMPLATE_ROOT / "rendered.mjml", TEMPLATE_ROOT, name=where)
+    except MjmlRefused as error:
+        raise TemplateProblem(f"{where}: {error}", error.problems) from error
 
 
 def _size_warnings(html: str) -> tuple[str, ...]:
@@ -300,10 +322,17 @@ def sample_context(name: str) -> dict[str, Any]:
 
 
 def check_templates(profile: NewsletterProfile, public_url: str = "https://example.org") -> None:
-    """Render every transactional message in every language of ``profile``.
+    """Check the MJML template files (lines of the files themselves, see
+    :func:`worker.editions.mjml_documents.check_template_files`), then render every
+    transactional message in every language of ``profile``.
 
-    Raises :class:`TemplateProblem` for the first message that fails.
+    Raises :class:`TemplateProblem` listing every problem of the template files, else for the
+    first message that fails.
     """
+    problems = check_template_files(TEMPLATE_ROOT)
+    if problems:
+        listed = "\n".join(f"templates/{problem}" for problem in problems)
+        raise TemplateProblem(f"{len(problems)} MJML problem(s):\n{listed}", tuple(problems))
     for name in TRANSACTIONAL:
         for language in profile.languages:
             render_message(
