@@ -19,10 +19,12 @@ SCRIPT = FIDELITY_DIR / "reference.js"
 
 @dataclass(frozen=True)
 class ReferenceResult:
-    """What reference MJML made of one document: strict-validation errors and soft-mode HTML."""
+    """What reference MJML made of one document: strict-validation errors (formatted, and as
+    (line, element, message) triples) and soft-mode HTML."""
 
     html: str
     errors: tuple[str, ...]
+    problems: tuple[tuple[int, str, str], ...] = ()
 
 
 def _require(tool: str) -> str:
@@ -51,10 +53,27 @@ def ensure_installed() -> None:
         raise RuntimeError(f"npm ci failed in {FIDELITY_DIR}:\n{done.stdout}\n{done.stderr}")
 
 
-def render(documents: dict[str, str]) -> dict[str, ReferenceResult]:
-    """Render and strictly validate each MJML document (id -> source) in one node process."""
+def render(
+    documents: dict[str, str],
+    *,
+    files: dict[str, Path] | None = None,
+    include_root: Path | None = None,
+) -> dict[str, ReferenceResult]:
+    """Render and strictly validate each MJML document (id -> source) in one node process.
+
+    ``files`` (id -> path) names the file a document is read from: its ``mj-include`` elements
+    are then honoured, relative to that file and allowed inside ``include_root``.
+    """
     ensure_installed()
-    payload = json.dumps([{"id": key, "mjml": source} for key, source in documents.items()])
+    items: list[dict[str, str]] = []
+    for key, source in documents.items():
+        item = {"id": key, "mjml": source}
+        if files and key in files:
+            item["filePath"] = str(files[key])
+            if include_root is not None:
+                item["includePath"] = str(include_root)
+        items.append(item)
+    payload = json.dumps(items)
     done = subprocess.run(
         [_require("node"), str(SCRIPT)],
         input=payload,
@@ -67,6 +86,10 @@ def render(documents: dict[str, str]) -> dict[str, ReferenceResult]:
     if done.returncode != 0:
         raise RuntimeError(f"reference MJML failed:\n{done.stderr}")
     return {
-        item["id"]: ReferenceResult(item["html"], tuple(item["errors"]))
+        item["id"]: ReferenceResult(
+            item["html"],
+            tuple(item["errors"]),
+            tuple((p["line"], p["tagName"], p["message"]) for p in item["problems"]),
+        )
         for item in json.loads(done.stdout)
     }

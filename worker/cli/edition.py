@@ -40,15 +40,21 @@ def render_source(source: EditionSource, public_url: str) -> dict[str, RenderedM
     """
     problems: list[EditionProblem] = []
     renditions: dict[str, RenderedMessage] = {}
+    try:
+        check_templates(source.newsletter, public_url)
+    except TemplateProblem as error:
+        # One line per MJML problem, at its line in the template file (element, attribute, allowed).
+        problems += [
+            EditionProblem(f"templates/{p.file}", "", str(p).split(" ", 1)[1], p.line)
+            for p in error.problems
+        ] or [EditionProblem("newsletter.yaml", "", f"templates: {error}")]
+    if any(problem.file.startswith("templates/") for problem in problems):
+        raise EditionInvalid(problems)  # every language would repeat them
     for language, content in source.contents.items():
         try:
             renditions[language] = render_edition(source.newsletter, content, public_url=public_url)
         except TemplateProblem as error:
             problems.append(EditionProblem(f"{language}.yaml", "", f"does not render: {error}"))
-    try:
-        check_templates(source.newsletter, public_url)
-    except TemplateProblem as error:
-        problems.append(EditionProblem("newsletter.yaml", "", f"templates: {error}"))
     if problems:
         raise EditionInvalid(problems)
     return renditions

@@ -1,4 +1,4 @@
-"""``mj-include``: MJML, HTML and CSS files pulled into a template, read from the template folder only.
+"""``mj-include``: MJML, HTML and CSS files pulled into a template, from the template folder only.
 
 Semantics follow reference MJML 5 (``mjml-parser-xml``): a path is relative to the file that
 contains the ``mj-include``; ``type="html"`` becomes an ``mj-raw`` in place; ``type="css"``
@@ -42,6 +42,12 @@ class IncludeProblem(ValueError):
     path: str
     reason: str
 
+    # The same shape as an MjmlProblem, so callers list both alike.
+    element = "mj-include"
+    attribute = "path"
+    allowed = "a relative path to a file inside the template folder"
+    included_at: tuple[tuple[str, int], ...] = ()
+
     def __str__(self) -> str:
         return f'{self.file}:{self.line} (mj-include) — path="{self.path}": {self.reason}'
 
@@ -79,12 +85,19 @@ def resolve(path: str, including: Path, root: Path, line: int = 0) -> Path:
         or re.match(r"^[a-zA-Z]:", decoded)
         or decoded.startswith(("\\", "//"))
     ):
-        raise IncludeProblem(shown, line, path, "refused: only relative paths inside the template folder")
+        raise IncludeProblem(
+            shown, line, path, "refused: only relative paths inside the template folder"
+        )
     target = (including.parent / decoded).resolve()
     if target == root or root not in target.parents:
         raise IncludeProblem(shown, line, path, "refused: outside the template folder")
     if not target.exists():
-        raise IncludeProblem(shown, line, path, f"mj-include fails to read file: {_shown(target, root)} does not exist")
+        raise IncludeProblem(
+            shown,
+            line,
+            path,
+            f"mj-include fails to read file: {_shown(target, root)} does not exist",
+        )
     if not target.is_file():
         raise IncludeProblem(shown, line, path, "not a regular file")
     return target
@@ -121,7 +134,9 @@ def _check_chain(target: Path, chain: _Chain, include: Element, root: Path, file
     if target in chain.files or target == file:
         raise IncludeProblem(_shown(file, root), include.line, path, "circular inclusion")
     if len(chain.files) >= MAX_DEPTH:
-        raise IncludeProblem(_shown(file, root), include.line, path, f"more than {MAX_DEPTH} nested includes")
+        raise IncludeProblem(
+            _shown(file, root), include.line, path, f"more than {MAX_DEPTH} nested includes"
+        )
 
 
 def _wrapped(content: str) -> str:
@@ -197,7 +212,9 @@ def _with_head(text: str, extra: str) -> str:
     return text[: mjml.open_end] + f"<mj-head>{extra}</mj-head>" + text[mjml.open_end :]
 
 
-def graft(tree: Element, file: Path, root: Path, chain: _Chain | None = None) -> list[IncludeProblem]:
+def graft(
+    tree: Element, file: Path, root: Path, chain: _Chain | None = None
+) -> list[IncludeProblem]:
     """Replace the ``mj-include`` elements of ``tree`` (parsed from ``file``) by the elements
     they name, keeping each element's own file and line and its include chain, for validation.
 

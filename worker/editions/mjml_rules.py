@@ -136,9 +136,16 @@ def attribute_type(spec: str) -> _Type:
         return _color_type()
     if spec.startswith("boolean"):
         # parser converts exactly "true"/"false" to booleans; boolean.js accepts only those
-        return _Type((), "has invalid value: $value for type Boolean ", "true, false", frozenset({"true", "false"}))
+        return _Type(
+            (),
+            "has invalid value: $value for type Boolean ",
+            "true, false",
+            frozenset({"true", "false"}),
+        )
     if spec.startswith("integer"):
-        return _Type((re.compile(r"\d+"),), "has invalid value: $value for type NInteger ", "a whole number")
+        return _Type(
+            (re.compile(r"\d+"),), "has invalid value: $value for type NInteger ", "a whole number"
+        )
     if spec.startswith("string"):
         return _Type((re.compile(r".*"),), "", "")
     raise ValueError(f"no MJML type for {spec!r}")
@@ -220,7 +227,7 @@ def _check_mjml_python(element: Element) -> Iterator[MjmlProblem]:
     if element.tag == "mj-style" and element.attributes.get("inline") == "inline":
         yield _problem(
             element,
-            "mj-style inline=\"inline\" is not inlined by mjml-python",
+            'mj-style inline="inline" is not inlined by mjml-python',
             "inline",
             "inline styles on the elements, or a plain mj-style",
         )
@@ -235,7 +242,11 @@ def validate(tree: Element) -> list[MjmlProblem]:
 
 
 def _walk(element: Element, problems: list[MjmlProblem]) -> None:
-    if element.parent is not None and element.parent.tag == "#document" and not element.tag.startswith("mj"):
+    if (
+        element.parent is not None
+        and element.parent.tag == "#document"
+        and not element.tag.startswith("mj")
+    ):
         # HTML at the top of a Jinja child template fills a block inside an ending tag of the
         # layout (a footer link in mj-text): raw content, as in that tag.
         return
