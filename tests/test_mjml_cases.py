@@ -13,6 +13,7 @@ import pytest
 
 from tests import mjml_reference
 from worker.editions.files import read_edition
+from worker.editions.mjml_documents import MjmlRefused, check_document, to_html
 from worker.editions.rendering import (
     TRANSACTIONAL,
     _autoescape,
@@ -110,3 +111,50 @@ def test_every_template_passes_reference_strict_validation() -> None:
 
     assert len(results) == 9
     assert {key: result.errors for key, result in results.items() if result.errors} == {}
+
+
+def all_cases() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = json.loads((CASES / "cases.json").read_text(encoding="utf-8"))
+    return [item for item in cases if item.get("kind") == "mjml"]
+
+
+def case_document(item: dict[str, Any]) -> tuple[str, Path, Path]:
+    """(MJML source, the file it is written in, the template folder) of a handed case: a
+    ``.mjml`` file, a ``.mjml.j2`` template rendered with the case's context the way
+    worker.editions.rendering renders (autoescaped), or a folder with ``main`` (default
+    ``main.mjml``) that may include the folder's other files."""
+    path = CASES / item["file"]
+    if path.is_dir():
+        main = path / item.get("main", "main.mjml")
+        return main.read_text(encoding="utf-8"), main, path
+    if path.name.endswith(".j2"):
+        source = render_case_template(item["file"], item.get("context", {}), autoescape=_autoescape)
+        return source, path, CASES
+    return path.read_text(encoding="utf-8"), path, CASES
+
+
+@pytest.mark.parametrize("item", all_cases(), ids=lambda item: str(item["id"]))
+def test_each_case_gets_the_verdict_it_stands_for(item: dict[str, Any]) -> None:
+    # Given a handed case (and any case of the same kind added to cases.json)
+    source, file, root = case_document(item)
+    expected = item["expected"]
+
+    # When it is checked and rendered as our templates are
+    problems = check_document(source, file, root)
+    described = [str(problem) for problem in problems]
+
+    # Then a lint error names each attribute the case names, and the render is refused
+    if expected.get("template_lint") == "error" or expected.get("render") in ("error", "refused"):
+        assert problems, "no problem reported"
+        for word in expected.get("lint_errors_mention", []) + expected.get("error_mentions", []):
+            assert any(word in text for text in described), (word, described)
+        with pytest.raises(MjmlRefused):
+            to_html(source, file, root)
+        return
+    # And a valid case renders, keeping what it must keep
+    assert described == []
+    html = to_html(source, file, root)
+    for text in expected.get("html_contains", []):
+        assert text in html
+    for text in expected.get("html_not_contains", []):
+        assert text not in html

@@ -154,6 +154,8 @@ def expand(text: str, file: Path, root: Path, chain: _Chain | None = None) -> st
     """``text`` (an MJML document written in ``file``) with every ``mj-include`` replaced by
     what it names, recursively, resolved against ``root`` (the template folder). Text outside
     the includes is kept byte for byte. Raises :class:`IncludeProblem`."""
+    if "<mj-include" not in text:
+        return text  # the common case: no second parse of the document
     root, file = root.resolve(), file.resolve()
     chain = chain or _Chain((), ())
     tree = parse(text, _shown(file, root))
@@ -222,10 +224,13 @@ def graft(
     raises. Includes whose path is computed by Jinja (marked by :data:`JINJA_VALUE`) are dropped
     unchecked: the rendered document is checked instead.
     """
+    includes = _includes(tree)
+    if not includes:
+        return []
     root, file = root.resolve(), file.resolve()
     chain = chain or _Chain((), ())
     problems: list[IncludeProblem] = []
-    for include in _includes(tree):
+    for include in includes:
         parent = include.parent or tree
         index = parent.children.index(include)
         parent.children[index : index + 1] = _grafted(include, file, root, chain, tree, problems)

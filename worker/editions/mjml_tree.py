@@ -10,6 +10,7 @@ Both the validator (:mod:`worker.editions.mjml_rules`) and the include expander
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from html.parser import HTMLParser
@@ -31,6 +32,7 @@ def rules() -> dict[str, Any]:
     return loaded
 
 
+@cache
 def ending_tags() -> frozenset[str]:
     """Tags whose content is raw HTML, not MJML elements."""
     return frozenset(tag for tag, spec in rules()["components"].items() if spec["ending"])
@@ -68,10 +70,7 @@ class _Scanner(HTMLParser):
         super().__init__(convert_charrefs=True)
         self._file = file
         self._text = text
-        self._line_offsets = [0]
-        for index, char in enumerate(text):
-            if char == "\n":
-                self._line_offsets.append(index + 1)
+        self._line_offsets = [0, *(match.end() for match in re.finditer("\n", text))]
         self.root = Element("#document", {}, 0, file)
         self._current = self.root
         self._ending = ending_tags()
