@@ -3,6 +3,7 @@ outside it are refused with an error that names the include (issue 13)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -13,10 +14,11 @@ import pytest
 from tests import mjml_reference
 from tests.test_fidelity import MAX_DIFFERING_SHARE, differing_share
 from worker.devtools.chromium import HeadlessChromium
+from worker.editions.files import read_edition
 from worker.editions.includes import IncludeProblem, expand, rebase_paths
 from worker.editions.mjml_documents import MjmlRefused, check_document, file_to_html, to_html
 from worker.editions.preview import WIDTHS
-from worker.editions.rendering import _TemplateLoader
+from worker.editions.rendering import _TemplateLoader, render_edition
 
 INCLUDES = Path(__file__).resolve().parent / "includes"
 TEXTS = (
@@ -246,3 +248,19 @@ def test_rebase_leaves_absolute_paths_to_be_refused() -> None:
     assert rebase_paths(source, "news") == (
         '<mj-include path="/etc/passwd" type="html" /><mj-include path="news/../x.mjml"/>'
     )
+
+
+def test_an_include_typed_by_an_editor_is_text(tmp_path: Path) -> None:
+    # Given an edition whose title and body carry an mj-include of a file outside the folder
+    sample = read_edition(Path(__file__).resolve().parent.parent / "examples/editions/2024-W28")
+    attack = '<mj-include path="/etc/passwd" type="html" />'
+    content = sample.contents["en"]
+    item = dataclasses.replace(content.items[0], title=attack, body=attack)
+    content = dataclasses.replace(content, items=(item, *content.items[1:]))
+
+    # When it is rendered
+    rendered = render_edition(sample.newsletter, content, public_url="https://x.example")
+
+    # Then it is shown as text and nothing was read
+    assert "&lt;mj-include path=" in rendered.html
+    assert "root:" not in rendered.html
