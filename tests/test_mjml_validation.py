@@ -11,13 +11,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests import mjml_reference
 from tests.test_mjml_cases import CASES, case
 from worker.editions import rendering
 from worker.editions.files import NewsletterProfile
 from worker.editions.localisation import TEMPLATE_ROOT
-from worker.editions.mjml_documents import check_document, check_template_files, to_html
+from worker.editions.mjml_documents import (
+    MjmlRefused,
+    check_document,
+    check_template_files,
+    to_html,
+)
 from worker.editions.mjml_rules import MjmlProblem
 from worker.editions.mjml_tree import RULES_FILE
 from worker.editions.rendering import TemplateProblem
@@ -286,3 +293,66 @@ def test_rules_table_matches_the_pinned_reference_mjml() -> None:
     ).stdout
 
     assert json.loads(dumped) == json.loads(RULES_FILE.read_text(encoding="utf-8"))
+
+
+MJML_BITS = st.sampled_from(
+    [
+        "<mjml>",
+        "</mjml>",
+        "<mj-body>",
+        "</mj-body>",
+        "<mj-section>",
+        "</mj-section>",
+        "<mj-column>",
+        "</mj-column>",
+        '<mj-text align="x">',
+        "</mj-text>",
+        "<mj-raw>",
+        "</mj-raw>",
+        '<mj-include path="../x" />',
+        '<mj-include path="a.mjml"/>',
+        "<p>",
+        "</p>",
+        '<mj-image width="3"/>',
+        "<!--",
+        "-->",
+        "<![CDATA[",
+        "]]>",
+        "&amp;",
+        "<",
+        ">",
+        "\n",
+        '"',
+        "<mj-head>",
+        "</mj-head>",
+        "<mj-style>",
+        "</mj-style>",
+        "<mj-foo>",
+        "</",
+    ]
+)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.lists(MJML_BITS | st.text(max_size=5), max_size=40).map("".join))
+def test_checking_any_text_reports_and_never_crashes(text: str) -> None:
+    root = Path(__file__).resolve().parent / "includes"
+    assert not (root / "a.mjml").exists()  # so that include is a problem, not a read
+
+    problems = check_document(text, root / "main.mjml", root)
+
+    assert all(str(problem) for problem in problems)
+    try:
+        to_html(text, root / "main.mjml", root)
+    except MjmlRefused:
+        pass
+
+
+def test_a_template_that_is_not_utf8_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.mjml.j2").write_bytes(b"<mjml>\xff\xfe</mjml>")
+
+    [problem] = check_template_files(tmp_path)
+
+    assert (
+        str(problem) == "bad.mjml.j2:1 (file) — cannot be read as UTF-8 text (UnicodeDecodeError)"
+    )

@@ -50,7 +50,12 @@ def check_template_files(root: Path) -> list[Problem]:
     root = root.resolve()
     problems: list[Problem] = []
     for path in sorted(root.rglob("*.mjml.j2")):
-        masked = mask_jinja(path.read_text(encoding="utf-8"))
+        try:
+            masked = mask_jinja(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            reason = f"cannot be read as UTF-8 text ({type(error).__name__})"
+            problems.append(MjmlProblem(_relative(path, root), 1, "file", None, reason))
+            continue
         problems.extend(check_document(masked, path, root))
     return problems
 
