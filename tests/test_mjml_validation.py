@@ -3,6 +3,7 @@ file, line, element and attribute at fault and what is allowed (issue 13)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -342,10 +343,8 @@ def test_checking_any_text_reports_and_never_crashes(text: str) -> None:
     problems = check_document(text, root / "main.mjml", root)
 
     assert all(str(problem) for problem in problems)
-    try:
+    with contextlib.suppress(MjmlRefused):
         to_html(text, root / "main.mjml", root)
-    except MjmlRefused:
-        pass
 
 
 def test_a_template_that_is_not_utf8_is_a_problem(tmp_path: Path) -> None:
