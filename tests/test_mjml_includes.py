@@ -264,3 +264,15 @@ def test_an_include_typed_by_an_editor_is_text(tmp_path: Path) -> None:
     # Then it is shown as text and nothing was read
     assert "&lt;mj-include path=" in rendered.html
     assert "root:" not in rendered.html
+
+
+def test_inlined_css_is_refused_because_mjml_python_would_not_inline_it() -> None:
+    source = document("partials/styles/brand.css").replace(
+        'brand.css"', 'brand.css" type="css" css-inline="inline"'
+    )
+
+    with pytest.raises(MjmlRefused, match='css-inline="inline" is not inlined by mjml-python'):
+        to_html(source, INCLUDES / "main.mjml", INCLUDES)
+    # Without css-inline the same file is included as a <style>
+    plain = source.replace(' css-inline="inline"', "")
+    assert ".lead div { letter-spacing: 1px; }" in to_html(plain, INCLUDES / "main.mjml", INCLUDES)

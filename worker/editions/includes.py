@@ -252,6 +252,10 @@ def _grafted(
     try:
         target = resolve(path, file, root, include.line)
         content = _read(target, root, include.line, file, path)
+        if kind == "css" and include.attributes.get("css-inline") == "inline":
+            # Reference MJML inlines it into the elements; mjml-python would leave a <style>.
+            reason = 'css-inline="inline" is not inlined by mjml-python; include without it'
+            raise IncludeProblem(_shown(file, root), include.line, path, reason)
         if kind in ("html", "css"):
             return []  # raw content: nothing to validate
         _check_chain(target, chain, include, root, file)
