@@ -266,3 +266,30 @@ def test_dashboard_in_headless_chromium(
     assert "Newsletter operations" in text and "gmail.com" in text and "yandex.ru" in text
     assert "1.923 %" in text  # 1 complaint / 52 sent (53 planned, one refused with 550)
     assert charts > 20
+
+
+def test_status_command_is_readable_at_eighty_columns(
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    """Piped or in an 80-column terminal, ``newsletter status`` shows whole words and every
+    figure: the table's headers used to be cut to "edi…", "sta…"."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    scenario = run_send(rt, smtp, stub_worker, create_app(rt))
+    result = CliRunner().invoke(
+        main,
+        ["status"],
+        env={"NEWSLETTER_DATABASE_URL": rt.settings.database_url, "COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.output
+    head = lines.index(next(line for line in lines if "2024-W28" in line))
+    assert lines[head].split()[:4] == ["send", str(scenario.send_id), "2024-W28", "finished"]
+    assert lines[head + 1].rstrip().endswith("100%")
+    assert lines[head + 2].split() == (
+        "planned 5 sent 4 deferred 0 failed 1 unknown 0 skipped 0".split()
+    )

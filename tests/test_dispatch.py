@@ -303,12 +303,22 @@ def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
     seed(srt, [f"r{n}@example.org" for n in range(4)])
     send_id = start_send(srt)
     run_batch(srt, send_id, last=ids(srt, send_id)[1])  # two of four sent
+    first, second = ids(srt, send_id)[:2]
+    with srt.session() as session:  # sent 10 s and 5 s ago: 2 in 10 s is 0.2/s, not 2 in 60 s
+        now = srt.clock.now()
+        for delivery_id, age in ((first, 10), (second, 5)):
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(sent_at=now - timedelta(seconds=age))
+            )
+        session.commit()
     env = {"NEWSLETTER_DATABASE_URL": srt.settings.database_url, "NEWSLETTER_REDIS_URL": redis_url}
     result = CliRunner().invoke(main, ["send", "status", str(send_id), "--once"], env=env)
     assert result.exit_code == 0, result.output
     assert f"send {send_id}: sending  2/4 done" in result.output
     assert "planned 4  sent 2  deferred 0  failed 0  unknown 0  queued 2" in result.output
-    assert "rate 0.0/s  ETA 00:01:00" in result.output  # 2 in the last minute: 2 left take 60 s
+    assert "rate 0.2/s  ETA 00:00:10" in result.output  # 2 left at 0.2/s take 10 s
     result = CliRunner().invoke(main, ["throttle", "set", "20", "--domain", "Gmail.com"], env=env)
     assert result.exit_code == 0 and "gmail.com rate is now 20/s" in result.output.lower()
     assert RedisThrottle(redis.Redis.from_url(redis_url)).rates() == {"domain:gmail.com": 20.0}
