@@ -293,3 +293,33 @@ def test_status_command_is_readable_at_eighty_columns(
     assert lines[head + 2].split() == (
         "planned 5 sent 4 deferred 0 failed 1 unknown 0 skipped 0".split()
     )
+
+
+def test_an_unsubscribe_stays_honoured_after_the_reader_signs_up_again(rt: Runtime) -> None:
+    """Anna unsubscribed (honoured in 30 s) and confirmed again a day later: her request is not
+    open. Boris's request of an hour ago has not been honoured: it is."""
+    from tests.sendkit import seed
+    from worker.operators.dashboard import unsubscribe_latency
+
+    now = rt.clock.now()
+    seed(rt, ["anna@example.org", "boris@example.org"])
+    with rt.session() as session:
+        anna, boris = session.scalars(select(Subscriber).order_by(Subscriber.email)).all()
+        anna.confirmed_at = now - timedelta(days=1)
+        anna.unsubscribed_at = now - timedelta(days=2) + timedelta(seconds=30)
+        for n, (who, age) in enumerate(((anna, timedelta(days=2)), (boris, timedelta(hours=1)))):
+            session.add(
+                FeedbackEvent(
+                    source_event_id=f"page:{n}",
+                    kind="unsubscribe",
+                    source="page",
+                    subscriber_id=who.id,
+                    occurred_at=now - age,
+                    recorded_at=now - age,
+                )
+            )
+        session.commit()
+        latency = unsubscribe_latency(session, now, days=7)
+    assert latency.requests == 2
+    assert [round(s) for s in latency.honoured] == [30]
+    assert [round(s) for s in latency.open_ages] == [3600]

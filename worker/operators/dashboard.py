@@ -518,7 +518,8 @@ def complaint_rate(
 
 def unsubscribe_latency(session: Session, now: datetime, days: int) -> UnsubscribeLatency:
     """For each unsubscribe request of the last ``days`` days: seconds until the subscriber was
-    unsubscribed (or suppressed), or the age of a request still not honoured."""
+    unsubscribed (or suppressed), or the age of a request still not honoured. A request is
+    honoured once the reader left after it, even if the reader has since signed up again."""
     rows = session.execute(
         select(FeedbackEvent.occurred_at, Subscriber.unsubscribed_at, Subscriber.status)
         .join(Subscriber, Subscriber.id == FeedbackEvent.subscriber_id, isouter=True)
@@ -530,7 +531,10 @@ def unsubscribe_latency(session: Session, now: datetime, days: int) -> Unsubscri
     honoured: list[float] = []
     open_ages: list[float] = []
     for requested, done, status in rows:
-        if status in ("unsubscribed", "suppressed") and done is not None:
+        # honoured when the reader left on or after the request: a reader who has since signed
+        # up again (confirmed, ``unsubscribed_at`` kept) had the request honoured all the same
+        left = status in ("unsubscribed", "suppressed") or (done is not None and done >= requested)
+        if left and done is not None:
             honoured.append(max((done - requested).total_seconds(), 0.0))
         elif status is None:  # the subscriber was erased: nothing left to mail
             honoured.append(0.0)
