@@ -257,6 +257,16 @@ def test_dashboard_in_headless_chromium(
             {"expression": "document.querySelectorAll('svg rect').length", "returnByValue": True},
             session=True,
         )["result"]["value"]
+        browser.screenshot(f"{base}/dashboard", 390)  # a phone: nothing wider than the screen
+        overflow = browser.call(
+            "Runtime.evaluate",
+            {
+                "expression": "[document.documentElement.scrollWidth, Math.max(...[...document"
+                ".querySelectorAll('section')].map(s => s.getBoundingClientRect().right))]",
+                "returnByValue": True,
+            },
+            session=True,
+        )["result"]["value"]
     # The picture in the docs is refreshed on request only, so a test run leaves the tree clean.
     target = (
         DOCS_SCREENSHOT if os.environ.get("UPDATE_DOCS_SCREENSHOTS") else tmp_path / "dashboard.png"
@@ -266,6 +276,9 @@ def test_dashboard_in_headless_chromium(
     assert "Newsletter operations" in text and "gmail.com" in text and "yandex.ru" in text
     assert "1.923 %" in text  # 1 complaint / 52 sent (53 planned, one refused with 550)
     assert charts > 20
+    assert "пошта.бел" in text and "xn--" not in text  # IDN domains as readers write them
+    assert "confirmation rate (% of the day's signups)" in text
+    assert overflow[0] <= 390 and overflow[1] <= 390, overflow
 
 
 def test_status_command_is_readable_at_eighty_columns(
