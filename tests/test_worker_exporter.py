@@ -31,7 +31,7 @@ TRANSACTIONAL = ["worker.actors", "-p", "1", "-t", "2", "-Q", "signups", "transa
 
 def test_each_group_gets_its_own_port_and_directory() -> None:
     settings = Settings.from_env({})
-    assert served_queues(BULK) == {"sends", "deliveries"}
+    assert served_queues(BULK) == frozenset({"sends", "deliveries"})
     assert served_queues(["worker.actors"]) is None  # every queue
     bulk = metrics_endpoint(settings, BULK)
     transactional = metrics_endpoint(settings, TRANSACTIONAL)

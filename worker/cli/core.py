@@ -106,7 +106,7 @@ def _rate_span(now: Any, first: Any) -> float:
         return RATE_WINDOW_SECONDS
     if first.tzinfo is None and now.tzinfo is not None:
         first = first.replace(tzinfo=now.tzinfo)
-    return max(1.0, min(RATE_WINDOW_SECONDS, (now - first).total_seconds()))
+    return max(1.0, min(RATE_WINDOW_SECONDS, float((now - first).total_seconds())))
 
 
 def status_view(send_id: int, snap: dict[str, Any]) -> Any:
