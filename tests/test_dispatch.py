@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import email
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -230,15 +231,27 @@ def test_deferred_past_max_age_expires(srt: Runtime, server: ScriptServer) -> No
         assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0  # not a bounce
 
 
-def test_relay_without_smtputf8_fails_that_delivery_only(settings: Settings) -> None:
+def test_relay_without_smtputf8_fails_that_delivery_only(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with ScriptServer(smtputf8=False) as server:
         runtime = Runtime(dataclasses.replace(settings, smtp_url=server.url()))
         seed(runtime, ["читатель@пример.рф", "ascii@example.org"])
         send_id = start_send(runtime)
-        assert run_batch(runtime, send_id).counts == {"failed": 1, "sent": 1}
+        with caplog.at_level(logging.INFO, logger="worker.sending.batch"):
+            assert run_batch(runtime, send_id).counts == {"failed": 1, "sent": 1}
         with runtime.session() as session:
             failed = session.scalars(select(Delivery).where(Delivery.state == "failed")).one()
             assert failed.reply_code == 553 and "SMTPUTF8" in (failed.reply_text or "")
+        # logged with its reason, under the delivery's id
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+            (
+                logging.WARNING,
+                f"delivery {failed.id} failed: 553 5.6.7 the relay does not offer SMTPUTF8, "
+                "needed for this address (RFC 6531 §3.5)",
+            )
+        ]
+        with runtime.session() as session:
             assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0
         assert dict(server.handler.accepted) == {"ascii@example.org": 1}
 
