@@ -61,7 +61,15 @@ def refusing(smtp: OutboxServer) -> set[str]:
 
 def more_readers(count: int) -> list[tuple[str, str]]:
     """``count`` more readers spread over a few domains and the three languages."""
-    domains = ("gmail.com", "yandex.ru", "mail.ru", "outlook.com", "tut.by", "example.org")
+    domains = (
+        "gmail.com",
+        "yandex.ru",
+        "mail.ru",
+        "outlook.com",
+        "tut.by",
+        "example.org",
+        "пошта.бел",
+    )
     languages = ("be", "ru", "en", "ru")
     return [
         (f"reader{n}@{domains[n % len(domains)]}", languages[n % len(languages)])

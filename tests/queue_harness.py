@@ -99,7 +99,7 @@ class Fleet:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.folder / f"{name}-{uuid.uuid4().hex[:6]}.log").open("wb")
         self.logs.append(log)
-        env = {**self.env, "dramatiq_prom_port": str(free_port())}  # one exposition port each
+        env = {**self.env, "NEWSLETTER_METRICS_PORT": str(free_port())}  # one exposition port each
         self.groups[name] = subprocess.Popen(
             argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -257,6 +257,16 @@ def test_dashboard_in_headless_chromium(
             {"expression": "document.querySelectorAll('svg rect').length", "returnByValue": True},
             session=True,
         )["result"]["value"]
+        browser.screenshot(f"{base}/dashboard", 390)  # a phone: nothing wider than the screen
+        overflow = browser.call(
+            "Runtime.evaluate",
+            {
+                "expression": "[document.documentElement.scrollWidth, Math.max(...[...document"
+                ".querySelectorAll('section')].map(s => s.getBoundingClientRect().right))]",
+                "returnByValue": True,
+            },
+            session=True,
+        )["result"]["value"]
     # The picture in the docs is refreshed on request only, so a test run leaves the tree clean.
     target = (
         DOCS_SCREENSHOT if os.environ.get("UPDATE_DOCS_SCREENSHOTS") else tmp_path / "dashboard.png"
@@ -266,3 +276,63 @@ def test_dashboard_in_headless_chromium(
     assert "Newsletter operations" in text and "gmail.com" in text and "yandex.ru" in text
     assert "1.923 %" in text  # 1 complaint / 52 sent (53 planned, one refused with 550)
     assert charts > 20
+    assert "пошта.бел" in text and "xn--" not in text  # IDN domains as readers write them
+    assert "confirmation rate (% of the day's signups)" in text
+    assert overflow[0] <= 390 and overflow[1] <= 390, overflow
+
+
+def test_status_command_is_readable_at_eighty_columns(
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    """Piped or in an 80-column terminal, ``newsletter status`` shows whole words and every
+    figure: the table's headers used to be cut to "edi…", "sta…"."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    scenario = run_send(rt, smtp, stub_worker, create_app(rt))
+    result = CliRunner().invoke(
+        main,
+        ["status"],
+        env={"NEWSLETTER_DATABASE_URL": rt.settings.database_url, "COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.output
+    head = lines.index(next(line for line in lines if "2024-W28" in line))
+    assert lines[head].split()[:4] == ["send", str(scenario.send_id), "2024-W28", "finished"]
+    assert lines[head + 1].rstrip().endswith("100%")
+    assert " ".join(lines[head + 2].split()) == (
+        "planned 5 sent 4 deferred 0 failed 1 unknown 0 skipped 0"
+    )
+
+
+def test_an_unsubscribe_stays_honoured_after_the_reader_signs_up_again(rt: Runtime) -> None:
+    """Anna unsubscribed (honoured in 30 s) and confirmed again a day later: her request is not
+    open. Boris's request of an hour ago has not been honoured: it is."""
+    from tests.sendkit import seed
+    from worker.operators.dashboard import unsubscribe_latency
+
+    now = rt.clock.now()
+    seed(rt, ["anna@example.org", "boris@example.org"])
+    with rt.session() as session:
+        anna, boris = session.scalars(select(Subscriber).order_by(Subscriber.email)).all()
+        anna.confirmed_at = now - timedelta(days=1)
+        anna.unsubscribed_at = now - timedelta(days=2) + timedelta(seconds=30)
+        for n, (who, age) in enumerate(((anna, timedelta(days=2)), (boris, timedelta(hours=1)))):
+            session.add(
+                FeedbackEvent(
+                    source_event_id=f"page:{n}",
+                    kind="unsubscribe",
+                    source="page",
+                    subscriber_id=who.id,
+                    occurred_at=now - age,
+                    recorded_at=now - age,
+                )
+            )
+        session.commit()
+        latency = unsubscribe_latency(session, now, days=7)
+    assert latency.requests == 2
+    assert [round(s) for s in latency.honoured] == [30]
+    assert [round(s) for s in latency.open_ages] == [3600]

@@ -259,3 +259,44 @@ def test_demo_with_redis_and_smtp_uses_worker_processes(tmp_path: Path, demo_red
     # the demo's queues lived in a namespace of their own and were removed
     leftovers: Any = redis.Redis.from_url(demo_redis).keys("newsletter-demo-*")
     assert leftovers == []
+
+
+def test_demo_says_what_a_relay_without_smtputf8_cannot_take(tmp_path: Path) -> None:
+    """It used to wait silently for its timeout: the confirmation mail to the Cyrillic local part
+    could never be sent. Now it refuses that reader at signup, says why, and sends the rest."""
+    from tests.smtp_script import ScriptServer
+
+    with ScriptServer(smtputf8=False) as server:
+        stdout = run_demo(tmp_path, "--smtp", server.url())
+        recipients = set(server.handler.accepted)
+    assert "the relay does not offer SMTPUTF8 (RFC 6531)" in stdout
+    non_ascii = [address for address, _ in READERS if not address.split("@")[0].isascii()]
+    assert non_ascii == ["читатель@пример.рф"]
+    subscribers, refusals = demo_subscribers(tmp_path)
+    assert "smtputf8_unsupported" in {r.reason for r in refusals} | {
+        (r.detail or "").rsplit("(", 1)[-1].rstrip(")") for r in refusals
+    }
+    assert len(subscribers) == len(READERS) - 1
+    assert all(s.ascii_email for s in subscribers)
+    assert len(recipients) == len(READERS) - 1  # every other reader got mail
+    rows = summary_rows(stdout)
+    assert sum(row["sent"] for row in rows.values()) == len(READERS) - 1 - UNCONFIRMED
+
+
+def test_demo_fails_fast_when_the_relay_cannot_be_reached(tmp_path: Path) -> None:
+    from worker.devtools.outbox import free_port
+
+    url = f"smtp://user:hunter2@127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [*newsletter_command(), "demo", "--smtp", url],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert f"cannot use the SMTP relay smtp://user:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in (
+        result.stderr
+    )
+    assert "hunter2" not in result.stdout + result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import email
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -230,15 +231,27 @@ def test_deferred_past_max_age_expires(srt: Runtime, server: ScriptServer) -> No
         assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0  # not a bounce
 
 
-def test_relay_without_smtputf8_fails_that_delivery_only(settings: Settings) -> None:
+def test_relay_without_smtputf8_fails_that_delivery_only(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with ScriptServer(smtputf8=False) as server:
         runtime = Runtime(dataclasses.replace(settings, smtp_url=server.url()))
         seed(runtime, ["читатель@пример.рф", "ascii@example.org"])
         send_id = start_send(runtime)
-        assert run_batch(runtime, send_id).counts == {"failed": 1, "sent": 1}
+        with caplog.at_level(logging.INFO, logger="worker.sending.batch"):
+            assert run_batch(runtime, send_id).counts == {"failed": 1, "sent": 1}
         with runtime.session() as session:
             failed = session.scalars(select(Delivery).where(Delivery.state == "failed")).one()
             assert failed.reply_code == 553 and "SMTPUTF8" in (failed.reply_text or "")
+        # logged with its reason, under the delivery's id
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+            (
+                logging.WARNING,
+                f"delivery {failed.id} failed: 553 5.6.7 the relay does not offer SMTPUTF8, "
+                "needed for this address (RFC 6531 §3.5)",
+            )
+        ]
+        with runtime.session() as session:
             assert session.scalar(select(func.count()).select_from(FeedbackEvent)) == 0
         assert dict(server.handler.accepted) == {"ascii@example.org": 1}
 
@@ -303,12 +316,22 @@ def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
     seed(srt, [f"r{n}@example.org" for n in range(4)])
     send_id = start_send(srt)
     run_batch(srt, send_id, last=ids(srt, send_id)[1])  # two of four sent
+    first, second = ids(srt, send_id)[:2]
+    with srt.session() as session:  # sent 10 s and 5 s ago: 2 in 10 s is 0.2/s, not 2 in 60 s
+        now = srt.clock.now()
+        for delivery_id, age in ((first, 10), (second, 5)):
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(sent_at=now - timedelta(seconds=age))
+            )
+        session.commit()
     env = {"NEWSLETTER_DATABASE_URL": srt.settings.database_url, "NEWSLETTER_REDIS_URL": redis_url}
     result = CliRunner().invoke(main, ["send", "status", str(send_id), "--once"], env=env)
     assert result.exit_code == 0, result.output
     assert f"send {send_id}: sending  2/4 done" in result.output
     assert "planned 4  sent 2  deferred 0  failed 0  unknown 0  queued 2" in result.output
-    assert "rate 0.0/s  ETA 00:01:00" in result.output  # 2 in the last minute: 2 left take 60 s
+    assert "rate 0.2/s  ETA 00:00:10" in result.output  # 2 left at 0.2/s take 10 s
     result = CliRunner().invoke(main, ["throttle", "set", "20", "--domain", "Gmail.com"], env=env)
     assert result.exit_code == 0 and "gmail.com rate is now 20/s" in result.output.lower()
     assert RedisThrottle(redis.Redis.from_url(redis_url)).rates() == {"domain:gmail.com": 20.0}

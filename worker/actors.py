@@ -23,6 +23,7 @@ from worker.runtime import use_runtime as use_runtime  # re-exported for the dem
 from worker.sending.batch import send_batch as send_batch_domain
 from worker.sending.identity import bounce_address
 from worker.sending.planning import pending_batches
+from worker.sending.ports import SmtpOutcome
 from worker.sending.sends import plan_send as plan_send_domain
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
@@ -108,11 +109,26 @@ def send_confirmation(subscriber_id: int) -> None:
             now=now,
         )
         metrics.confirmation_mail(outcome)
-        if outcome.accepted:
-            subscriber.confirmation_sent_at = now
-        elif not outcome.permanent:
-            # A 4xx: raising makes dramatiq retry with backoff.
-            raise RuntimeError(f"confirmation mail deferred: {outcome.code} {outcome.text}")
+        record_confirmation_outcome(subscriber, outcome, now)
+    if not outcome.accepted and not outcome.permanent:
+        # A 4xx, recorded above: raising makes dramatiq retry with backoff.
+        raise RuntimeError(f"confirmation mail deferred: {outcome.code} {outcome.text}")
+
+
+def record_confirmation_outcome(subscriber: Subscriber, outcome: SmtpOutcome, now: Any) -> None:
+    """Keep the relay's refusal of a confirmation mail on the subscriber (``subscribers show``,
+    the dashboard) and log it; a sent mail clears the last refusal."""
+    if outcome.accepted:
+        subscriber.confirmation_sent_at = now
+        subscriber.confirmation_error = subscriber.confirmation_failed_at = None
+        return
+    reply = f"{outcome.code} {outcome.text}".strip()[:500]
+    subscriber.confirmation_error, subscriber.confirmation_failed_at = reply, now
+    log.warning(
+        "confirmation mail %s: %s",
+        "refused" if outcome.permanent else "deferred, will retry",
+        reply,
+    )
 
 
 @dramatiq.actor(queue_name="transactional", max_retries=10)

@@ -19,14 +19,25 @@ measured at 29 minutes on a quiet queue. ``heartbeat_timeout=30 s`` and ``mainte
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import dramatiq
+import dramatiq.middleware.prometheus as dramatiq_prometheus
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware.prometheus import Prometheus
 
 from worker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 QUEUES = ("signups", "transactional", "sends", "deliveries")
 HEARTBEAT_TIMEOUT_MS = 30_000
@@ -60,11 +71,138 @@ class ProcessLogging(dramatiq.Middleware):
         configure_logging(Settings.from_env())
 
 
+TRANSACTIONAL_QUEUES = frozenset({"signups", "transactional"})
+
+
+def served_queues(argv: list[str]) -> frozenset[str] | None:
+    """The queues named by ``--queues``/``-Q`` in a ``dramatiq`` command line (dramatiq's own
+    parser reads it), or None when it names none (every queue)."""
+    from dramatiq.cli import make_argument_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse prints its refusal
+            args, _ = make_argument_parser().parse_known_args(argv)  # type: ignore[no-untyped-call]
+    except SystemExit:  # not a dramatiq command line (a test runner, the web app)
+        return None
+    return frozenset(args.queues) if args.queues else None
+
+
+def metrics_endpoint(settings: Settings, argv: list[str] | None = None) -> tuple[str, int, Path]:
+    """(host, port, directory) of this worker group's Prometheus exporter.
+
+    Two groups on one host (README: bulk, and signups + transactional) must neither bind the same
+    port nor sum each other's files: a group that serves only ``signups``/``transactional`` takes
+    ``metrics_port + 1`` (9192), any other 9191; the directory is per port unless
+    ``metrics_dir`` (or ``PROMETHEUS_MULTIPROC_DIR``) names one. (dramatiq's own
+    ``dramatiq_prom_*`` variables are not read.)"""
+    queues = served_queues(sys.argv[1:] if argv is None else argv)
+    port = settings.metrics_port + (1 if queues and queues <= TRANSACTIONAL_QUEUES else 0)
+    directory = (
+        settings.metrics_dir
+        or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        or str(Path(tempfile.gettempdir()) / f"newsletter-metrics-{port}")
+    )
+    return settings.metrics_host, port, Path(directory)
+
+
+class MetricsExporter(Prometheus):
+    """dramatiq's Prometheus middleware, pointed at this group's directory and port.
+
+    Every worker process writes its samples (dramatiq's and the product's) to files in one
+    directory (prometheus-client multiprocess mode) and one forked process serves their sum. The
+    stock middleware takes the directory from the environment at import and crashes its exporter
+    when the port is taken; here the directory is set at boot, before any metric is created, and
+    a taken port is logged and leaves the workers running."""
+
+    def __init__(self, endpoint: tuple[str, int, Path]) -> None:
+        super().__init__()
+        self.directory = endpoint[2]
+
+    @property
+    def forks(self) -> list[Any]:
+        return [serve_metrics]
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        use_metrics_directory(self.directory)
+        dramatiq_prometheus.DB_PATH = str(self.directory)  # read by the stock boot and shutdown
+        super().after_process_boot(broker)  # type: ignore[no-untyped-call]
+
+
+def use_metrics_directory(directory: Path) -> None:
+    """Make ``directory`` this process's prometheus-client multiprocess directory: created if
+    missing, files of processes no longer running removed (a past run's counters would be added
+    to this run's), and metrics created from now on write there."""
+    from prometheus_client import values
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    # prometheus-client chooses in-memory or file-backed values when it is first imported, which
+    # in a worker happens before boot (the actors module imports the metrics module)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    directory = Path()
+
+    def do_GET(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged (the scraper's address would be)."""
+
+
+def serve_metrics() -> int:
+    """dramatiq fork process: serve the sum of this group's worker samples over HTTP. A port in
+    use is logged (naming the setting) and returns 1; the workers go on without an exporter."""
+    host, port, directory = metrics_endpoint(Settings.from_env())
+    directory.mkdir(parents=True, exist_ok=True)
+    handler = type("MetricsHandler", (_MetricsHandler,), {"directory": directory})
+    try:
+        server = HTTPServer((host, port), handler)
+    except OSError as error:
+        log.error(
+            "metrics exporter not started: %s:%d: %s; give this worker group its own port "
+            "with NEWSLETTER_METRICS_PORT",
+            host,
+            port,
+            error.strerror,
+        )
+        return 1
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+    return 0
+
+
 def setup(settings: Settings) -> dramatiq.Broker:
     """Create the broker for ``settings``, make it dramatiq's global broker and return it."""
     broker = make_broker(settings)
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
-        broker.add_middleware(Prometheus())
+        broker.add_middleware(MetricsExporter(metrics_endpoint(settings)))
         broker.add_middleware(ProcessLogging())
     dramatiq.set_broker(broker)
     return broker

@@ -105,6 +105,7 @@ class Subscriber(Base):
     __table_args__ = (
         UniqueConstraint("newsletter_id", "email_key", name="uq_subscriber_newsletter_email_key"),
         Index("ix_subscriber_newsletter_status_id", "newsletter_id", "status", "id"),
+        Index("ix_subscriber_confirmation_failed_at", "confirmation_failed_at"),  # dashboard
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -125,6 +126,9 @@ class Subscriber(Base):
     confirmed_at: Mapped[datetime | None]
     unsubscribed_at: Mapped[datetime | None]
     confirmation_sent_at: Mapped[datetime | None]
+    # the relay's refusal of the last confirmation mail ("554 5.6.7 …"); cleared once one is sent
+    confirmation_error: Mapped[str | None] = mapped_column(String(500))
+    confirmation_failed_at: Mapped[datetime | None]
 
     consents: Mapped[list[Consent]] = relationship(back_populates="subscriber")
 

@@ -112,6 +112,9 @@ class Settings:
     queue_namespace: str = "dramatiq"
     log_json: bool = False
     operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access
+    metrics_port: int = 9191  # worker exporter; a signups/transactional-only group uses port + 1
+    metrics_host: str = "127.0.0.1"  # the exporter has no login: 0.0.0.0 only inside a container
+    metrics_dir: str = ""  # prometheus multiprocess files; default <tmp>/newsletter-metrics-<port>
 
     def __repr__(self) -> str:
         """Every field, with secrets left out and passwords in URLs masked."""

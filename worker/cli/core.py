@@ -83,10 +83,10 @@ def status_snapshot(session: Any, send_id: int, now: Any) -> dict[str, Any]:
     if row is None:
         raise click.ClickException(f"no send {send_id}")
     since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
-    counts, recent = SqlLedger(session).progress(send_id, since)
+    counts, recent, first = SqlLedger(session).progress(send_id, since)
     planned = max(row.planned_count or 0, sum(counts.values()))
     done = sum(counts.get(state, 0) for state in FINAL_STATES)
-    rate = recent / RATE_WINDOW_SECONDS
+    rate = recent / _rate_span(now, first)
     eta = (planned - done) / rate if rate > 0 and planned > done else None
     return {
         "status": row.status,
@@ -96,6 +96,17 @@ def status_snapshot(session: Any, send_id: int, now: Any) -> dict[str, Any]:
         "rate": rate,
         "eta": eta,
     }
+
+
+def _rate_span(now: Any, first: Any) -> float:
+    """Seconds over which the last minute's messages were sent: the whole window, or less when
+    the first of them went out more recently (a send 6 s old that sent 12 is at 2/s, not 0.2/s).
+    At least one second, so a single message does not read as an infinite rate."""
+    if first is None:
+        return RATE_WINDOW_SECONDS
+    if first.tzinfo is None and now.tzinfo is not None:
+        first = first.replace(tzinfo=now.tzinfo)
+    return max(1.0, min(RATE_WINDOW_SECONDS, float((now - first).total_seconds())))
 
 
 def status_view(send_id: int, snap: dict[str, Any]) -> Any:

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -48,6 +48,35 @@ def sends_table(sends: list[SendSummary], width: int = 30) -> Table:
     return table
 
 
+WIDE = 110  # columns the table needs; narrower terminals (and pipes, 80) get the list
+
+
+def sends_list(sends: list[SendSummary], width: int = 80) -> Group:
+    """The same figures as ``sends_table`` for a narrow terminal: two lines per send, the first
+    naming it, the second its progress bar and deliveries per state (fits ``width`` columns)."""
+    rows: list[Text | Table] = []
+    for send in sends:
+        states, planned, done, started = send.states, send.planned, send.done, send.started_at
+        head = Text(f"send {send.id}  {send.edition_key}  ")
+        head.append(send.status, style=STATE_STYLE.get(send.status, ""))
+        head.append(f"  started {started:%Y-%m-%d %H:%M}" if started else "  not started")
+        figures = "  ".join(
+            f"{name} {count:,}"
+            for name, count in (
+                ("planned", planned),
+                ("sent", states.get("sent", 0)),
+                ("deferred", states.get("deferred", 0)),
+                ("failed", states.get("failed", 0) + states.get("expired", 0)),
+                ("unknown", states.get("unknown", 0)),
+                ("skipped", states.get("skipped", 0)),
+            )
+        )
+        bar = ProgressBar(total=max(planned, 1), completed=done, width=max(10, width - 12))
+        share = f" {done / planned:4.0%}" if planned else "   –"
+        rows += [head, _bar_with_share(bar, share), Text("  " + figures, overflow="fold")]
+    return Group(Text("Recent sends", style="bold"), *rows)
+
+
 def _bar_with_share(bar: ProgressBar, share: str) -> Table:
     grid = Table.grid(padding=(0, 1))
     grid.add_row(bar, share)
@@ -68,10 +97,12 @@ def status(limit: int, watch: bool, interval: float) -> None:
     rt = Runtime(Settings.from_env())
     console = Console()
 
-    def render() -> tuple[Table, bool]:
+    def render() -> tuple[RenderableType, bool]:
         with rt.session() as session:
             sends = recent_sends(session, limit)
-        return sends_table(sends), any(s.status in LIVE for s in sends)
+        width = console.width
+        view = sends_table(sends) if width >= WIDE else sends_list(sends, width)
+        return view, any(s.status in LIVE for s in sends)
 
     table, live = render()
     if not watch or not live:

@@ -46,8 +46,21 @@ def subscribers_show(address: str) -> None:
                 f"via {c['source'] or '-'} (text {c['consent_version'] or '-'}); "
                 f"confirmed {c['confirmed_at'] or '-'} from {c['confirm_ip'] or '-'}"
             )
+        if sub["confirmation_error"]:
+            click.echo(
+                f"  confirmation mail failed {sub['confirmation_failed_at']}: "
+                f"{sub['confirmation_error']}"
+            )
+        elif sub["confirmation_sent_at"]:
+            click.echo(f"  confirmation mail sent {sub['confirmation_sent_at']}")
         counts = len(sub["deliveries"]), len(sub["feedback_events"])
         click.echo(f"  deliveries: {counts[0]}, feedback events: {counts[1]}")
+        for d in sub["deliveries"]:
+            if d["state"] in ("failed", "expired", "deferred", "unknown"):
+                click.echo(
+                    f"  delivery of send {d['send_id']}: {d['state']}"
+                    f" {d['reply_code'] or ''} {d['reply_text'] or ''}".rstrip()
+                )
     for s in record["suppressions"]:
         click.echo(
             f"suppressed: {s['reason']} since {s['created_at']}"

@@ -188,6 +188,7 @@ class Overview:
     unsubscribes: UnsubscribeLatency
     signups: list[SignupDay]
     bounce_reasons: list[tuple[str, str, int]]
+    confirmation_failures: list[tuple[str, int]]  # (reply code and status, subscribers)
 
 
 # --- remembering what cannot change ---
@@ -518,7 +519,8 @@ def complaint_rate(
 
 def unsubscribe_latency(session: Session, now: datetime, days: int) -> UnsubscribeLatency:
     """For each unsubscribe request of the last ``days`` days: seconds until the subscriber was
-    unsubscribed (or suppressed), or the age of a request still not honoured."""
+    unsubscribed (or suppressed), or the age of a request still not honoured. A request is
+    honoured once the reader left after it, even if the reader has since signed up again."""
     rows = session.execute(
         select(FeedbackEvent.occurred_at, Subscriber.unsubscribed_at, Subscriber.status)
         .join(Subscriber, Subscriber.id == FeedbackEvent.subscriber_id, isouter=True)
@@ -530,7 +532,10 @@ def unsubscribe_latency(session: Session, now: datetime, days: int) -> Unsubscri
     honoured: list[float] = []
     open_ages: list[float] = []
     for requested, done, status in rows:
-        if status in ("unsubscribed", "suppressed") and done is not None:
+        # honoured when the reader left on or after the request: a reader who has since signed
+        # up again (confirmed, ``unsubscribed_at`` kept) had the request honoured all the same
+        left = status in ("unsubscribed", "suppressed") or (done is not None and done >= requested)
+        if left and done is not None:
             honoured.append(max((done - requested).total_seconds(), 0.0))
         elif status is None:  # the subscriber was erased: nothing left to mail
             honoured.append(0.0)
@@ -603,7 +608,24 @@ def overview(
         unsubscribes=unsubscribe_latency(session, now, days),
         signups=signups_per_day(session, now, days),
         bounce_reasons=bounce_reasons(session, now, days),
+        confirmation_failures=confirmation_failures(session, now, days),
     )
+
+
+def confirmation_failures(session: Session, now: datetime, days: int) -> list[tuple[str, int]]:
+    """Subscribers whose last confirmation mail the relay refused or deferred in the last
+    ``days`` days, by reply code and enhanced status (``553 5.6.7``; RFC 5321 §4.2, RFC 3463),
+    most frequent first. The rest of the reply stays out: it may name the address."""
+    errors = session.scalars(
+        select(Subscriber.confirmation_error).where(
+            Subscriber.confirmation_failed_at >= now - timedelta(days=days),
+            Subscriber.confirmation_error.is_not(None),
+        )
+    )
+    counts: dict[str, int] = defaultdict(int)
+    for error in errors:
+        counts[" ".join((error or "").split()[:2]) or "no reply"] += 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _one_send(session: Session, send_id: int) -> SendSummary | None:

@@ -9,6 +9,7 @@ transaction, so a message is never handed over twice. Queue messages are hints:
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -20,6 +21,8 @@ from worker.sending.ledger import DeliveryLedger, DueDelivery
 from worker.sending.policy import SendPolicy
 from worker.sending.ports import Clock, Mailer, Throttle
 from worker.states import DeliveryState, SendStatus
+
+log = logging.getLogger(__name__)
 
 LATE_WAKEUP_SECONDS = 0.05  # a slot missed by more than this is given up and another one taken
 
@@ -246,6 +249,14 @@ def _deliver(
         row.id, subscriber, outcome, ctx.clock.now(), ctx.policy, attempt
     )
     report.add(state)
+    # the reason, per delivery (its id, never the address): an operator's first question
+    log.log(
+        logging.INFO if state == DeliveryState.DEFERRED else logging.WARNING,
+        "delivery %d %s: %s",
+        row.id,
+        state,
+        f"{outcome.code or 'no reply'} {outcome.text}".strip()[:300],
+    )
     if state == DeliveryState.DEFERRED and outcome.code in (421, 451):
         ctx.throttle.slow_down(subscriber.domain)
     return ctx.ledger.send_status(ctx.send_id)

@@ -116,8 +116,11 @@ class DeliveryLedger(Protocol):
     def counts(self, send_id: int) -> dict[str, int]:
         """Number of deliveries of ``send_id`` per state."""
 
-    def progress(self, send_id: int, since: datetime) -> tuple[dict[str, int], int]:
-        """(deliveries per state, deliveries sent at or after ``since``)."""
+    def progress(
+        self, send_id: int, since: datetime
+    ) -> tuple[dict[str, int], int, datetime | None]:
+        """(deliveries per state, deliveries sent at or after ``since``, the earliest of their
+        ``sent_at`` or None when there are none)."""
 
 
 __all__ = ["RETRYABLE", "Accepted", "DeliveryLedger", "DueBatch", "DueDelivery", "LeaseSweep"]

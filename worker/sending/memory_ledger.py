@@ -198,11 +198,16 @@ class MemoryLedger:
                 counts[row.state.value] = counts.get(row.state.value, 0) + 1
         return counts
 
-    def progress(self, send_id: int, since: datetime) -> tuple[dict[str, int], int]:
+    def progress(
+        self, send_id: int, since: datetime
+    ) -> tuple[dict[str, int], int, datetime | None]:
         """See ``DeliveryLedger.progress``."""
-        rows = self.deliveries.values()
-        recent = sum(1 for r in rows if r.send_id == send_id and r.sent_at and r.sent_at >= since)
-        return self.counts(send_id), recent
+        times = [
+            r.sent_at
+            for r in self.deliveries.values()
+            if r.send_id == send_id and r.sent_at and r.sent_at >= since
+        ]
+        return self.counts(send_id), len(times), min(times, default=None)
 
 
 __all__ = ["MemoryDelivery", "MemoryLedger"]

@@ -148,6 +148,15 @@ class SmtpMailer:
         self.connections_opened += 1
         return conn
 
+    def extensions(self) -> frozenset[str]:
+        """The ESMTP extensions the relay offers, lower case (``smtputf8``, ``pipelining``, …;
+        RFC 5321 §4.1.1.1), read after STARTTLS and login. Raises ``OSError`` or
+        ``smtplib.SMTPException`` when the relay cannot be reached or refuses the login."""
+        if self._conn is None:
+            self._conn = self._connect()
+            self._reused = False
+        return frozenset(self._conn.esmtp_features)
+
     def supports_smtputf8(self) -> bool:
         """Whether the relay offers SMTPUTF8 (RFC 6531), False if unreachable."""
         try:

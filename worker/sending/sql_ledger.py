@@ -349,12 +349,16 @@ class SqlLedger:
         ).all()
         return {str(state): int(count) for state, count in rows}
 
-    def progress(self, send_id: int, since: datetime) -> tuple[dict[str, int], int]:
+    def progress(
+        self, send_id: int, since: datetime
+    ) -> tuple[dict[str, int], int, datetime | None]:
         """Reads only."""
-        recent = self.session.scalar(
-            select(func.count()).where(Delivery.send_id == send_id, Delivery.sent_at >= since)
-        )
-        return self.counts(send_id), int(recent or 0)
+        recent, first = self.session.execute(
+            select(func.count(), func.min(Delivery.sent_at)).where(
+                Delivery.send_id == send_id, Delivery.sent_at >= since
+            )
+        ).one()
+        return self.counts(send_id), int(recent or 0), first
 
 
 def _outcome_values(

@@ -61,7 +61,8 @@ def _subscriber(session: Session, subscriber: Subscriber) -> dict[str, Any]:
     data = _row(
         subscriber,
         "id", "email", "ascii_email", "language", "status", "created_at", "updated_at",
-        "confirmed_at", "unsubscribed_at", "confirmation_sent_at",
+        "confirmed_at", "unsubscribed_at", "confirmation_sent_at", "confirmation_error",
+        "confirmation_failed_at",
     )  # fmt: skip
     data["newsletter"] = newsletter.slug if newsletter else None
     data["consents"] = [

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated, Any
 
+import idna
 import jinja2
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -48,7 +49,7 @@ def operator_router(runtime: Runtime) -> APIRouter:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(percent=_percent, duration=_duration)
+    env.filters.update(percent=_percent, duration=_duration, domain=unicode_domain)
     session_factory: Callable[[], AbstractContextManager[Session]] = runtime.session
 
     def operator(credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
@@ -115,11 +116,26 @@ def _signup_chart(data: Overview) -> Markup:
     if not any(value for _, value in points):
         return Markup('<p class="muted">No signup in the window.</p>')
     return Markup(
-        charts.bars(points, height=120, title="signups per day")
+        '<p class="muted">signups per day</p>'
+        + charts.bars(points, height=120, title="signups per day", unit=" signups")
+        + '<p class="muted">confirmation rate (% of the day\'s signups)</p>'
         + charts.bars(
-            rates, height=80, colour=charts.COLOURS["confirmed"], title="confirmation rate"
+            rates,
+            height=80,
+            colour=charts.COLOURS["confirmed"],
+            title="confirmation rate",
+            unit="%",
         )
     )
+
+
+def unicode_domain(domain: str) -> str:
+    """``xn--80a1acn3a.xn--90ais`` → ``пошта.бел``: a recipient domain as readers write it (IDNA
+    2008, RFC 5891 §5); a name that is not a valid A-label is shown as stored."""
+    try:
+        return str(idna.decode(domain))
+    except (idna.IDNAError, UnicodeError):
+        return domain
 
 
 def _check_database(runtime: Runtime) -> str:
