@@ -28,7 +28,12 @@ from worker.sending.sends import plan_send as plan_send_domain
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
-from worker.subscriptions.signups import AddressRules, confirmation_token, process_signup
+from worker.subscriptions.signups import (
+    AddressRules,
+    asked_again,
+    confirmation_token,
+    process_signup,
+)
 from worker.subscriptions.tokens import unsubscribe_token
 
 log = logging.getLogger(__name__)
@@ -100,6 +105,7 @@ def send_confirmation(subscriber_id: int) -> None:
             context={
                 "confirm_url": f"{rt.links.public_url}/confirm/{token}",
                 "expires_hours": int(rt.settings.confirmation_expiry_hours),
+                "repermission": asked_again(session, subscriber_id),
             },
             public_url=rt.links.public_url,
             bounce_address=bounce_address(rt.settings.bounce_domain),

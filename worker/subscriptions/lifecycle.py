@@ -10,6 +10,8 @@ function             arrow                           caller
 ===================  ==============================  ===============================================
 :func:`enrol`        new/pending/unsubscribed →      a signup (double opt-in again after leaving)
                      pending
+:func:`insert_...`   new → confirmed / pending       an import of readers who confirmed elsewhere
+                                                     (their evidence kept) / a re-permission
 :func:`confirm`      pending → confirmed             the confirmation page's POST
 :func:`unsubscribe`  pending/confirmed →             link page, RFC 8058 one-click, mailto,
                      unsubscribed                    feedback (one path, one feedback event)
@@ -74,6 +76,39 @@ def insert_pending(
         )
     ).one()
     return row, inserted is not None
+
+
+def insert_imported(
+    session: Session, rows: Sequence[dict[str, object]], status: SubscriberStatus
+) -> dict[str, int]:
+    """Insert imported readers (one executemany); returns their ids by de-duplication key.
+
+    ``rows``: the columns of ``Subscriber`` but ``status`` and ``confirm_nonce`` (``email``,
+    ``email_key``, ``ascii_email``, ``domain``, ``language``, ``newsletter_id``, times). Only two
+    ways in: ``confirmed`` (the reader confirmed with the old system; ``confirmed_at`` must be
+    set, so that lifting a later suppression sees the consent) or ``pending`` (a re-permission:
+    a fresh confirmation nonce each). Raises ``IllegalTransition`` for another status and
+    ``ValueError`` for a confirmed row without ``confirmed_at``. Rows whose key exists already
+    are left alone (ON CONFLICT DO NOTHING) and are absent from the result.
+    """
+    if status not in (SubscriberStatus.CONFIRMED, SubscriberStatus.PENDING):
+        raise IllegalTransition(f"an import makes readers confirmed or pending, not {status}")
+    if not rows:
+        return {}
+    values = []
+    for row in rows:
+        if status == SubscriberStatus.CONFIRMED and row.get("confirmed_at") is None:
+            raise ValueError("an imported confirmed reader needs confirmed_at")
+        nonce = secrets.token_urlsafe(9) if status == SubscriberStatus.PENDING else None
+        values.append({**row, "status": status.value, "confirm_nonce": nonce})
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    result = session.execute(
+        insert(Subscriber)
+        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
+        .returning(Subscriber.id, Subscriber.email_key),
+        values,
+    )
+    return {key: sid for sid, key in result}
 
 
 def enrol(subscriber: Subscriber, now: datetime) -> None:
@@ -176,6 +211,20 @@ def suppress(session: Session, dedupe_key: str, now: datetime) -> None:
         .where(Subscriber.email_key == dedupe_key, Subscriber.status.in_(sources(target)))
         .values(status=target, updated_at=now)
     )
+
+
+def suppress_keys(session: Session, dedupe_keys: Sequence[str], now: datetime) -> None:
+    """:func:`suppress` for many keys (bulk UPDATEs of at most 500 keys)."""
+    target = SubscriberStatus.SUPPRESSED
+    for start in range(0, len(dedupe_keys), 500):
+        session.execute(
+            update(Subscriber)
+            .where(
+                Subscriber.email_key.in_(dedupe_keys[start : start + 500]),
+                Subscriber.status.in_(sources(target)),
+            )
+            .values(status=target, updated_at=now)
+        )
 
 
 def suppress_ids(session: Session, subscriber_ids: Sequence[int], now: datetime) -> None:

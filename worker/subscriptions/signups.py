@@ -384,6 +384,22 @@ def _add_consent(
     )
 
 
+def asked_again(session: Session, subscriber_id: int) -> bool:
+    """Whether the pending confirmation of ``subscriber_id`` is a re-permission: a reader
+    imported from another list without consent evidence, asked to confirm before any edition
+    (``worker.subscriptions.imports``). Their confirmation mail says so."""
+    return (
+        session.scalar(
+            select(Consent.id).where(
+                Consent.subscriber_id == subscriber_id,
+                Consent.method == "re_permission",
+                Consent.confirmed_at.is_(None),
+            )
+        )
+        is not None
+    )
+
+
 def confirmation_token(tokens: Tokens, subscriber: Subscriber) -> str:
     """The token for ``subscriber``'s confirmation link; raises ``ValueError`` if not pending."""
     if subscriber.status != SubscriberStatus.PENDING or not subscriber.confirm_nonce:

@@ -1,0 +1,324 @@
+"""Moving in: the readers of another system's export become subscribers or suppressions.
+
+Rules (issue 14 §1), for rows read by :mod:`worker.subscriptions.exports`:
+
+- A reader who is subscribed there becomes ``confirmed`` here, with the consent evidence the
+  export has (opt-in and confirmation time and IP) in a ``Consent`` row (``method`` ``import``,
+  ``source`` ``import:<format>:<file name>``: "marked imported with the source"). One without any
+  evidence (a Mailman roster, a bare CSV) is ``confirmed`` with method ``import_unverified``, or
+  with ``pending=True`` becomes ``pending`` (method ``re_permission``) and is asked again by the
+  double opt-in confirmation mail in its re-permission wording. Unconfirmed rows are only ever
+  imported as pending, and only with ``pending=True``.
+- Unsubscribed, cleaned (bounced), blocklisted and deleted rows become suppressions (reason
+  ``import_<standing>``; deleted ones by keyed hash only), never subscribers — unless the reader
+  confirmed here after leaving there: that newer consent stands.
+- A suppressed address is never imported as a subscriber. An address already known here is left
+  as it is (never downgraded, never re-subscribed): re-importing a file changes nothing.
+- Every bad row is reported with its line number and why; the good rows still import.
+
+Speed: rows go to the database in chunks (``CHUNK``): one SELECT of known subscribers and one of
+active suppressions per chunk, executemany INSERTs. See ``bench/import_subscribers.py``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from worker.models import Consent, Subscriber, Suppression
+from worker.states import SubscriberStatus
+from worker.subscriptions import lifecycle
+from worker.subscriptions.addresses import Address, AddressError, parse_address
+from worker.subscriptions.exports import LEAVING, BadRow, Row, SourceRow, Standing, language_of
+from worker.subscriptions.suppressions import email_hash
+
+CHUNK = 1000
+IMPORT_METHODS = ("import", "import_unverified", "re_permission")
+"""``Consent.method`` of imported readers (left out of the dashboard's signups per day)."""
+
+OUTCOMES = (
+    "imported",  # confirmed here, with the export's consent evidence
+    "imported_unverified",  # confirmed here, the export had no consent evidence
+    "pending",  # imported pending: a re-permission confirmation mail is due
+    "suppression_added",  # unsubscribed / cleaned / blocklisted / deleted there
+    "already_suppressed",  # the address is on the suppression list: not imported
+    "already_known",  # the address is a subscriber here already: left as it is
+    "kept_confirmed_here",  # left there, but confirmed here since: not suppressed
+    "duplicate_in_file",  # the same address earlier in the file
+    "unconfirmed_skipped",  # unconfirmed there; --pending would ask them
+    "skipped",  # neither reader nor suppression (e.g. listmonk "disabled")
+    "refused",  # a bad row (see ``ImportReport.refused``)
+)
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How to import: into ``newsletter_id`` with these ``languages`` (the first unmatched or
+    missing language falls back to ``default_language``), ``source`` (``format:file``) as the
+    mark, ``pending`` for readers without evidence, the address rules of signups (SMTPUTF8 of the
+    relay, blocked domains)."""
+
+    newsletter_id: int
+    source: str
+    languages: tuple[str, ...]
+    default_language: str
+    hash_key: str
+    now: datetime
+    pending: bool = False
+    allow_smtputf8: bool = True
+    blocked_domains: frozenset[str] = frozenset()
+
+
+@dataclass
+class ImportReport:
+    """Counts per outcome (``OUTCOMES``), refused rows as (line, why), rows whose language fell
+    back to the default, and the ids of readers imported pending (to be asked again)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    language_defaulted: int = 0
+    pending_ids: list[int] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class _Valid:
+    row: SourceRow
+    address: Address
+    hashed: str
+
+
+def import_rows(
+    session: Session,
+    rows: Iterable[Row],
+    options: ImportOptions,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Apply ``rows`` (module rules) in chunks of ``CHUNK``; returns the report. Flushes, does
+    not commit: the caller commits (or rolls back, for a dry run). ``progress`` is called with
+    the number of rows of each chunk done."""
+    report = ImportReport()
+    seen: set[str] = set()
+    for chunk in _chunks(iter(rows)):
+        valid = [v for v in (_validate(r, options, report, seen) for r in chunk) if v]
+        if valid:
+            _apply(session, valid, options, report)
+        if progress is not None:
+            progress(len(chunk))
+    return report
+
+
+def _chunks(rows: Iterator[Row]) -> Iterator[list[Row]]:
+    while chunk := list(islice(rows, CHUNK)):
+        yield chunk
+
+
+def _validate(
+    row: Row, options: ImportOptions, report: ImportReport, seen: set[str]
+) -> _Valid | None:
+    if isinstance(row, BadRow):
+        _refuse(report, row.line, row.reason)
+        return None
+    try:
+        address = parse_address(
+            row.email,
+            allow_smtputf8=options.allow_smtputf8,
+            blocked_domains=options.blocked_domains,
+        )
+    except AddressError as exc:
+        _refuse(report, row.line, f"address refused: {exc.message}")
+        return None
+    if row.standing is Standing.SKIPPED:
+        report.counts["skipped"] += 1
+        return None
+    if address.dedupe_key in seen:
+        report.counts["duplicate_in_file"] += 1
+        return None
+    seen.add(address.dedupe_key)
+    if row.standing is Standing.UNCONFIRMED and not options.pending:
+        report.counts["unconfirmed_skipped"] += 1
+        return None
+    return _Valid(row, address, email_hash(address.dedupe_key, options.hash_key))
+
+
+def _refuse(report: ImportReport, line: int, reason: str) -> None:
+    report.counts["refused"] += 1
+    report.refused.append((line, reason))
+
+
+def _apply(
+    session: Session, valid: list[_Valid], options: ImportOptions, report: ImportReport
+) -> None:
+    keys = [v.address.dedupe_key for v in valid]
+    known = {
+        s.email_key: s
+        for s in session.scalars(
+            select(Subscriber).where(
+                Subscriber.newsletter_id == options.newsletter_id, Subscriber.email_key.in_(keys)
+            )
+        )
+    }
+    suppressed = set(
+        session.scalars(
+            select(Suppression.email_hash).where(
+                Suppression.email_hash.in_([v.hashed for v in valid]),
+                Suppression.removed_at.is_(None),
+            )
+        )
+    )
+    readers: dict[SubscriberStatus, list[_Valid]] = {
+        SubscriberStatus.CONFIRMED: [],
+        SubscriberStatus.PENDING: [],
+    }
+    leaving: list[_Valid] = []
+    for v in valid:
+        outcome = _outcome(v, known.get(v.address.dedupe_key), v.hashed in suppressed, options)
+        if outcome == "suppression_added":
+            leaving.append(v)
+        elif outcome in ("imported", "imported_unverified"):
+            readers[SubscriberStatus.CONFIRMED].append(v)
+        elif outcome == "pending":
+            readers[SubscriberStatus.PENDING].append(v)
+        report.counts[outcome] += 1
+    for status, group in readers.items():
+        ids = _insert_readers(session, group, status, options, report)
+        if status == SubscriberStatus.PENDING:
+            report.pending_ids.extend(ids)
+    _add_suppressions(session, leaving, options)
+    session.flush()
+
+
+def _outcome(v: _Valid, known: Subscriber | None, suppressed: bool, options: ImportOptions) -> str:
+    row = v.row
+    if row.standing in LEAVING:
+        if suppressed:
+            return "already_suppressed"
+        if known is not None and _confirmed_here_after(known, row.left_at):
+            return "kept_confirmed_here"
+        return "suppression_added"
+    if suppressed:
+        return "already_suppressed"
+    if known is not None:
+        return "already_known"
+    if row.standing is Standing.UNCONFIRMED or (options.pending and not row.has_evidence):
+        return "pending"
+    return "imported" if row.has_evidence else "imported_unverified"
+
+
+def _confirmed_here_after(subscriber: Subscriber, left_at: datetime | None) -> bool:
+    """A reader confirmed here after leaving there (or with no time of leaving given) keeps
+    that newer consent; a pending, unsubscribed or suppressed one does not."""
+    if subscriber.status != SubscriberStatus.CONFIRMED or subscriber.confirmed_at is None:
+        return False
+    return left_at is None or subscriber.confirmed_at > left_at
+
+
+def _insert_readers(
+    session: Session,
+    group: list[_Valid],
+    status: SubscriberStatus,
+    options: ImportOptions,
+    report: ImportReport,
+) -> list[int]:
+    if not group:
+        return []
+    languages = {}
+    for v in group:
+        language = language_of(v.row.language, options.languages)
+        if language is None:
+            if v.row.language:
+                report.language_defaulted += 1
+            language = options.default_language
+        languages[v.address.dedupe_key] = language
+    ids = lifecycle.insert_imported(
+        session, [_subscriber_values(v, languages, status, options) for v in group], status
+    )
+    consents = [
+        _consent_values(v, ids[v.address.dedupe_key], languages, status, options)
+        for v in group
+        if v.address.dedupe_key in ids
+    ]
+    if consents:
+        session.execute(insert(Consent), consents)
+    return list(ids.values())
+
+
+def _subscriber_values(
+    v: _Valid, languages: dict[str, str], status: SubscriberStatus, options: ImportOptions
+) -> dict[str, Any]:
+    confirmed = None
+    if status == SubscriberStatus.CONFIRMED:
+        confirmed = v.row.confirmed_at or v.row.opted_in_at or options.now
+    return {
+        "newsletter_id": options.newsletter_id,
+        "email": v.address.normalized,
+        "email_key": v.address.dedupe_key,
+        "ascii_email": v.address.ascii_email,
+        "domain": v.address.ascii_domain,
+        "language": languages[v.address.dedupe_key],
+        "created_at": options.now,
+        "updated_at": options.now,
+        "confirmed_at": confirmed,
+    }
+
+
+def _consent_values(
+    v: _Valid,
+    subscriber_id: int,
+    languages: dict[str, str],
+    status: SubscriberStatus,
+    options: ImportOptions,
+) -> dict[str, Any]:
+    row = v.row
+    if status == SubscriberStatus.PENDING:
+        method = "re_permission"
+    else:
+        method = "import" if row.has_evidence else "import_unverified"
+    return {
+        "subscriber_id": subscriber_id,
+        # one import consent per reader and newsletter, whatever the file: a re-import adds none
+        "event_id": f"import:{options.newsletter_id}:{v.hashed[:48]}",
+        "signed_up_at": row.opted_in_at or row.confirmed_at or options.now,
+        "ip": row.opt_in_ip,
+        "user_agent": None,
+        "source": options.source[:200],
+        "consent_version": None,
+        "language": languages[v.address.dedupe_key],
+        "method": method,
+        "confirmed_at": row.confirmed_at if status == SubscriberStatus.CONFIRMED else None,
+        "confirm_ip": row.confirm_ip if status == SubscriberStatus.CONFIRMED else None,
+        "confirm_user_agent": None,
+    }
+
+
+def _add_suppressions(session: Session, leaving: list[_Valid], options: ImportOptions) -> None:
+    if not leaving:
+        return
+    session.execute(
+        insert(Suppression),
+        [
+            {
+                "email_hash": v.hashed,
+                # a reader deleted there asked to be forgotten: the keyed hash is enough
+                "email": None if v.row.standing is Standing.DELETED else v.address.dedupe_key,
+                "reason": f"import_{v.row.standing.value}",
+                "source_event_id": None,
+                "created_at": v.row.left_at or options.now,
+                "removed_at": None,
+                "removed_reason": None,
+            }
+            for v in leaving
+        ],
+    )
+    # suppressions hold for every newsletter: its readers elsewhere are suppressed too
+    lifecycle.suppress_keys(session, [v.address.dedupe_key for v in leaving], options.now)
