@@ -6,24 +6,32 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.stub_worker import StubWorker
 from worker.cli import main
 from worker.devtools.outbox import OutboxServer
 from worker.models import Consent, Subscriber, Suppression
+from worker.operators.dashboard import overview
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.states import SubscriberStatus
+from worker.subscriptions.addresses import AddressError, BulkParser, parse_address
 from worker.subscriptions.exports import language_of
 from worker.subscriptions.signups import confirm, confirmation_token
 from worker.subscriptions.suppressions import email_hash
+from worker.web.app import create_app
 
 EXPORTS = Path(__file__).parent / "payloads" / "exports"
 
@@ -330,3 +338,80 @@ def test_list_and_count_filter_page_and_group(rt: Runtime, cli: CliRunner) -> No
 )  # fmt: skip
 def test_language_codes_of_other_systems(raw: str, expected: str | None) -> None:
     assert language_of(raw, ("en", "be", "ru")) == expected
+
+
+def test_dashboard_shows_readers_by_status_language_and_source(
+    rt: Runtime, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two imports (4 confirmed readers from Mailchimp, 3 from Mailman, 2 suppressed)
+    load(cli, "mailchimp", "mailchimp_subscribed_members_export_4f2a91.csv")
+    load(cli, "mailman", "mailman_members.txt", "--language", "be")
+    with rt.session() as session:
+        session.scalars(
+            select(Subscriber).where(Subscriber.email == "yan@example.org")
+        ).one().status = SubscriberStatus.UNSUBSCRIBED
+
+    # When the operator opens the dashboard
+    operator = Runtime(replace(rt.settings, operator_password="pw-0123456789"))
+    try:
+        with operator.session() as session:
+            numbers = overview(session, operator.clock.now()).readers
+        page = TestClient(create_app(operator)).get(
+            "/dashboard", auth=("operator", "pw-0123456789")
+        )
+    finally:
+        operator.close()
+
+    # Then the numbers are those of `subscribers count`, and the page shows them
+    assert numbers.by_status_language == {
+        ("confirmed", "be"): 3, ("confirmed", "en"): 2, ("confirmed", "ru"): 1,
+        ("unsubscribed", "be"): 1,
+    }  # fmt: skip
+    assert numbers.by_source == {
+        "import:mailchimp:mailchimp_subscribed_members_export_4f2a91.csv": 4,
+        "import:mailman:mailman_members.txt": 3,
+    }
+    assert numbers.total("confirmed") == 6 and numbers.total(None, "be") == 4
+    assert page.status_code == 200
+    section = page.text.split('<section id="readers">', 1)[1].split("</section>", 1)[0]
+    cells = re.findall(r"<t[dh]>([^<]*)</t[dh]>", section)
+    assert cells[:5] == ["status", "be", "en", "ru", "all"]
+    assert cells[5:10] == ["confirmed", "3", "2", "1", "6"]
+    assert cells[10:15] == ["unsubscribed", "1", "0", "0", "1"]
+    assert cells[15:20] == ["all", "4", "2", "1", "7"]
+    assert "import:mailman:mailman_members.txt" in section
+    # and imported readers are no signups in the per-day chart
+    assert all(day.signups == 0 for day in numbers_signups(rt))
+
+
+def numbers_signups(rt: Runtime) -> list[Any]:
+    with rt.session() as session:
+        return overview(session, rt.clock.now()).signups
+
+
+BULK_CASES = [
+    "Ivan.Petrov@Example.ORG", " b@EXAMPLE.org ", "user+tag@sub.example.org", "a@прыклад.бел",
+    "a@xn--80aiqesg1f.xn--90ais", "чытач@прыклад.бел", '"quoted name"@example.org',
+    "a..b@example.org", "a@example.org.", "x" * 70 + "@example.org", "a@b", "a@-x.org",
+    "no-at", "a@@example.org", "a@example.org@example.org", "a@disposable.example.net",
+    "a@sub.disposable.example.net", "", "a" * 330 + "@example.org",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", BULK_CASES)
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_the_bulk_parser_gives_what_parse_address_gives(raw: str, smtputf8: bool) -> None:
+    rules: dict[str, Any] = {
+        "allow_smtputf8": smtputf8,
+        "blocked_domains": frozenset({"disposable.example.net"}),
+    }
+    bulk = BulkParser(**rules)
+
+    def outcome(parse: Any) -> object:
+        try:
+            return parse(raw)
+        except AddressError as exc:
+            return (exc.code, exc.message)
+
+    # twice: the second answer comes from the domain cache
+    assert outcome(bulk) == outcome(bulk) == outcome(lambda a: parse_address(a, **rules))

@@ -33,7 +33,10 @@ from sqlalchemy.orm import Session, aliased
 
 from worker.feedback.classification import BOUNCE_KINDS as FEEDBACK_BOUNCE_KINDS
 from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, Subscriber
-from worker.states import SendStatus
+from worker.states import SendStatus, SubscriberStatus
+from worker.subscriptions.imports import IMPORT_METHODS
+from worker.subscriptions.roster import Filters
+from worker.subscriptions.roster import count as roster_count
 
 COMPLAINT_WARN = 0.001  # 0.1 %: Gmail/Yahoo bulk-sender guideline, keep below
 COMPLAINT_LIMIT = 0.003  # 0.3 %: never reach (delivery suffers, mitigation is refused)
@@ -189,6 +192,42 @@ class Overview:
     signups: list[SignupDay]
     bounce_reasons: list[tuple[str, str, int]]
     confirmation_failures: list[tuple[str, int]]  # (reply code and status, subscribers)
+    readers: Readers = field(default_factory=lambda: Readers({}, {}))
+
+
+@dataclass(frozen=True)
+class Readers:
+    """The roster's numbers (what ``newsletter subscribers count --by status --by language`` and
+    ``--by source`` print): readers per (status, language) and per source."""
+
+    by_status_language: dict[tuple[str, str], int]
+    by_source: dict[str, int]
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted({language for _, language in self.by_status_language})
+
+    @property
+    def statuses(self) -> list[str]:
+        present = {status for status, _ in self.by_status_language}
+        return [s.value for s in SubscriberStatus if s.value in present]
+
+    def total(self, status: str | None = None, language: str | None = None) -> int:
+        return sum(
+            n
+            for (s, lang), n in self.by_status_language.items()
+            if status in (None, s) and language in (None, lang)
+        )
+
+
+def readers(session: Session) -> Readers:
+    """Readers by status × language and by source: two GROUP BY over the subscribers."""
+    grid = roster_count(session, Filters(), ("status", "language"))
+    sources = roster_count(session, Filters(), ("source",))
+    return Readers(
+        {(status, language): n for (status, language), n in grid.items()},
+        {source: n for (source,), n in sources.items()},
+    )
 
 
 # --- remembering what cannot change ---
@@ -545,11 +584,15 @@ def unsubscribe_latency(session: Session, now: datetime, days: int) -> Unsubscri
 
 
 def signups_per_day(session: Session, now: datetime, days: int) -> list[SignupDay]:
-    """Signups (consent records) per UTC day of the last ``days`` days and how many confirmed."""
+    """Signups (consent records) per UTC day of the last ``days`` days and how many confirmed.
+    Imported readers are no signups here: their consents (``IMPORT_METHODS``) are left out."""
     day = _day(session, Consent.signed_up_at)
     rows = session.execute(
         select(day, func.count(), func.count(Consent.confirmed_at))
-        .where(Consent.signed_up_at >= now - timedelta(days=days))
+        .where(
+            Consent.signed_up_at >= now - timedelta(days=days),
+            Consent.method.not_in(IMPORT_METHODS),
+        )
         .group_by(day)
         .order_by(day)
     ).all()
@@ -609,6 +652,7 @@ def overview(
         signups=signups_per_day(session, now, days),
         bounce_reasons=bounce_reasons(session, now, days),
         confirmation_failures=confirmation_failures(session, now, days),
+        readers=readers(session),
     )
 
 

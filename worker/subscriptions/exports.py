@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from email.utils import parseaddr
 from enum import StrEnum
 from ipaddress import ip_address
-from typing import IO
+from typing import IO, Any
 
 FORMATS = ("mailchimp", "listmonk", "substack", "ghost", "mailman", "csv")
 CSV_FIELDS = (
@@ -126,11 +126,15 @@ def read_export(
         return _mailman(source)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
-    reader = csv.DictReader(source)
-    header = [name.strip() for name in (reader.fieldnames or ())]
-    reader.fieldnames = header
+    reader = csv.reader(source)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise ExportError("the file is empty: no header line") from None
+    except csv.Error as exc:
+        raise ExportError(f"the header line is not readable as CSV: {exc}") from None
     columns = _columns(fmt, header, mapping or {})
-    return _rows(fmt, reader, columns)
+    return _rows(fmt, reader, columns, header[columns["email"]])
 
 
 _COLUMNS: dict[str, dict[str, str]] = {
@@ -148,14 +152,15 @@ _COLUMNS: dict[str, dict[str, str]] = {
 }
 
 
-def _columns(fmt: str, header: list[str], mapping: Mapping[str, str]) -> dict[str, str]:
+def _columns(fmt: str, header: list[str], mapping: Mapping[str, str]) -> dict[str, int]:
+    """The position in ``header`` of each field the export has (case-insensitive names)."""
     if mapping and fmt != "csv":
         raise ExportError("--map is for --format csv; the other formats know their columns")
     unknown = sorted(set(mapping) - set(CSV_FIELDS))
     if unknown:
         raise ExportError(f"--map names unknown fields {unknown}: known {list(CSV_FIELDS)}")
     columns = {f: mapping.get(f, f) for f in CSV_FIELDS} if fmt == "csv" else dict(_COLUMNS[fmt])
-    folded = {name.casefold(): name for name in header}
+    folded = {name.casefold(): i for i, name in reversed(list(enumerate(header)))}
     found = {f: folded[c.casefold()] for f, c in columns.items() if c.casefold() in folded}
     if "email" not in found:
         raise ExportError(
@@ -177,7 +182,7 @@ def _columns(fmt: str, header: list[str], mapping: Mapping[str, str]) -> dict[st
     return found
 
 
-def _rows(fmt: str, reader: csv.DictReader[str], columns: dict[str, str]) -> Iterator[Row]:
+def _rows(fmt: str, reader: Any, columns: dict[str, int], email_name: str) -> Iterator[Row]:
     read = _READERS[fmt]
     while True:
         try:
@@ -188,11 +193,12 @@ def _rows(fmt: str, reader: csv.DictReader[str], columns: dict[str, str]) -> Ite
             yield BadRow(reader.line_num, f"not readable as CSV: {exc}")
             return
         line = reader.line_num
-        values = {f: (record.get(c) or "").strip() for f, c in columns.items()}
-        if not any(values.values()):
+        if not any(cell.strip() for cell in record):
             continue  # a blank line
+        width = len(record)
+        values = {f: record[i].strip() if i < width else "" for f, i in columns.items()}
         if not values["email"]:
-            yield BadRow(line, f"no address in column {columns['email']!r}")
+            yield BadRow(line, f"no address in column {email_name!r}")
             continue
         try:
             yield read(line, values)
@@ -356,6 +362,11 @@ def _when(values: dict[str, str], field: str, column: str) -> datetime | None:
     text = values.get(field, "")
     if not text:
         return None
+    try:  # the common case: already ISO 8601 as Python reads it
+        parsed = datetime.fromisoformat(text)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except ValueError:
+        pass
     normal = _OFFSET.sub(r"\1:00", text.replace("Z", "+00:00"))
     try:
         parsed = datetime.fromisoformat(normal)

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from worker.db import insert_rows
 from worker.models import Consent, FeedbackEvent, Subscriber
 from worker.states import IllegalTransition, SubscriberStatus, check, sources
 from worker.subscriptions.addresses import Address
@@ -101,14 +102,14 @@ def insert_imported(
             raise ValueError("an imported confirmed reader needs confirmed_at")
         nonce = secrets.token_urlsafe(9) if status == SubscriberStatus.PENDING else None
         values.append({**row, "status": status.value, "confirm_nonce": nonce})
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    result = session.execute(
-        insert(Subscriber)
-        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
-        .returning(Subscriber.id, Subscriber.email_key),
+    inserted = insert_rows(
+        session,
+        Subscriber.__table__,
         values,
+        conflict=("newsletter_id", "email_key"),
+        returning=("id", "email_key"),
     )
-    return {key: sid for sid, key in result}
+    return {row.email_key: row.id for row in inserted}
 
 
 def enrol(subscriber: Subscriber, now: datetime) -> None:

@@ -126,7 +126,10 @@ def count(
         "source": _SOURCE,
     }
     selected = [columns[name] for name in by]
-    query = _where(_joined(select(*selected, func.count(Subscriber.id))), filters)
+    query = select(*selected, func.count(Subscriber.id))
+    if "source" in by or filters.source:  # the join costs a lookup per reader: only if needed
+        query = _joined(query)
+    query = _where(query, filters)
     if selected:
         query = query.group_by(*selected)
     out: dict[tuple[str, ...], int] = {}
