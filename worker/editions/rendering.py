@@ -278,8 +278,10 @@ def render_message(
     ``language``.
 
     ``context`` holds the message's own values: ``confirmation`` needs ``confirm_url`` and
-    ``expires_hours``; ``welcome`` and ``unsubscribed`` need nothing. A language the newsletter
-    does not offer falls back along ``fallbacks``, then to ``profile.default_language``.
+    ``expires_hours`` (and takes ``repermission``, true for a reader imported without consent
+    evidence who is asked again: the re-permission wording); ``welcome`` and ``unsubscribed``
+    need nothing. A language the newsletter does not offer falls back along ``fallbacks``, then
+    to ``profile.default_language``.
     Raises :class:`TemplateProblem` for an unknown message or a missing value.
     """
     chosen, full = _message_context(name, language, context, profile, public_url, fallbacks)
