@@ -37,6 +37,9 @@ from worker.web.app import create_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def event(n: int | str, address: object, language: str = "en", **extra: str) -> dict[str, object]:
     return {"version": 1, "event_id": f"s-{n}", "email": address, "language": language, **extra}
 
@@ -151,7 +154,7 @@ def test_http_endpoint_validates_with_the_same_schema_and_records_refusals(
         headers={"User-Agent": ua},
     )
     cases = {
-        "not JSON": client.post("/signup", content=b"email=anna@example.org"),
+        "not JSON": client.post("/signup", content=b"email=anna@example.org", headers=JSON),
         "unknown field": client.post("/signup", json={**event(2, "a@example.org"), "emial": "x"}),
         "wrong type": client.post("/signup", json=event(3, ["a@example.org"])),
         "header injection": client.post(
@@ -159,7 +162,9 @@ def test_http_endpoint_validates_with_the_same_schema_and_records_refusals(
         ),
         "bad address": client.post("/signup", json=event(5, "reader@example.org.")),
         "language": client.post("/signup", json=event(6, "c@example.org", language="de")),
-        "huge": client.post("/signup", content=b'{"email": "' + b"a" * 70_000 + b'"}'),
+        "huge": client.post(
+            "/signup", content=b'{"email": "' + b"a" * 70_000 + b'"}', headers=JSON
+        ),
     }
     stub_worker.join()
 
