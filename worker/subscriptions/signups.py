@@ -79,7 +79,8 @@ class SignupEvent(BaseModel):
     event_id: Annotated[
         str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")
     ]
-    email: _text(320, 3)  # type: ignore[valid-type]
+    # No maximum here: the address check refuses an overlong one naming the rule (too_long)
+    email: _text(1_000_000, 3)  # type: ignore[valid-type]
     language: Annotated[
         str,
         StringConstraints(
@@ -305,7 +306,9 @@ class SignupOutcome:
     send_confirmation: bool
     status: str
     reason: str | None = None
-    repeat: bool = False  # the address was already waiting for a confirmation
+    # Checked against the mailbox's resend window: a new subscriber or one already pending (only
+    # an unsubscribed reader signing up again, or a first change, starts a window afresh)
+    repeat: bool = False
 
 
 def process_signup(
@@ -349,11 +352,10 @@ def process_signup(
         return replace(outcome, reason="suppressed")
     if not outcome.send_confirmation:
         return outcome
-    # Keyed on the mailbox: target+1@, target+2@ … are new subscribers but one inbox, so a
-    # variant counts as a repeat and waits for the mailbox's resend window.
-    address = valid.address
-    repeat = outcome.repeat or address.mailbox_key != address.dedupe_key
-    verdict = limiter.allow_confirmation(address.mailbox_key, repeat=repeat)
+    # Keyed on the mailbox: target+1@, target+2@ … are new subscribers but one inbox, so a new
+    # subscriber counts as a repeat and waits for the mailbox's resend window (empty for a
+    # mailbox never mailed, so a first signup is never held back).
+    verdict = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
     if verdict.allowed:
         return outcome
     detail = (
@@ -405,12 +407,11 @@ def sign_up(
             Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
         )
     )
-    inserted = False
     if subscriber is None:
-        subscriber, inserted = lifecycle.insert_pending(
+        subscriber, _ = lifecycle.insert_pending(
             session, newsletter_id, address, event.language, now
         )
-    repeat = subscriber.status == SubscriberStatus.PENDING and not inserted
+    repeat = subscriber.status == SubscriberStatus.PENDING  # new (inserted) or still pending
     if subscriber.status == SubscriberStatus.SUPPRESSED:
         return SignupOutcome(subscriber.id, False, "suppressed")
     _add_consent(session, subscriber, event, now)
