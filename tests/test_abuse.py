@@ -284,8 +284,12 @@ def test_a_forged_or_null_ip_field_does_not_bypass_the_ip_limit(
 ) -> None:
     # Given one client (limit: 5 signups per IP per hour) that writes its own evidence fields
     client = TestClient(create_app(limited_rt), client=("203.0.113.50", 40000))
-    forged = [{"ip": None}, {"ip": "192.0.2.1"}, {"user_agent": "Forged/1.0"},
-              {"occurred_at": "2020-01-01T00:00:00Z"}]  # fmt: skip
+    forged: list[dict[str, object]] = [
+        {"ip": None},
+        {"ip": "192.0.2.1"},
+        {"user_agent": "Forged/1.0"},
+        {"occurred_at": "2020-01-01T00:00:00Z"},
+    ]
 
     # When it posts 12 signups for 12 addresses
     answers = [
@@ -323,7 +327,8 @@ def test_only_the_signing_website_is_believed_about_ip_and_user_agent(
         headers = {**JSON, "User-Agent": "Website-Backend/1.0"}
         if key is not None:
             headers[SIGNATURE_HEADER] = signature(key, stamp, body)
-        return website.post("/signup", content=body, headers=headers).status_code
+        response = website.post("/signup", content=body, headers=headers)
+        return int(response.status_code)
 
     answers = {
         "signed": post(1, "new-website-key"),
