@@ -360,9 +360,8 @@ def test_only_the_signing_website_is_believed_about_ip_and_user_agent(
 def test_x_forwarded_for_counts_only_from_trusted_proxies(
     limited_rt: Runtime, stub_worker: StubWorker, peer: str, forwarded: str, seen: str
 ) -> None:
-    app = create_app(limited_rt)
-    object.__setattr__(limited_rt.settings, "trusted_proxies", "10.0.0.0/8")
-    client = TestClient(app, client=(peer, 40000))
+    behind_proxy = Runtime(replace(limited_rt.settings, trusted_proxies="10.0.0.0/8"))
+    client = TestClient(create_app(behind_proxy), client=(peer, 40000))
 
     response = client.post(
         "/signup", json=http_signup(1, "xff@example.net"), headers={"X-Forwarded-For": forwarded}

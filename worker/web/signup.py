@@ -62,10 +62,14 @@ async def signup(request: Request, rt: RuntimeDep) -> Response:
         data = signup_json(raw)
         if isinstance(data, dict) and header is None:
             data = with_request_evidence(data, request, client)
-            if client is None and not rt.limiter.allow_signup("unknown-peer").allowed:
-                raise SignupRefused("ip_limit", "too many signups from unknown peers this hour")
         rules = AddressRules.from_settings(rt.settings)
         valid = validate_signup(data, rules, rt.signup_languages())
+        # No address to limit by (a Unix socket, no proxy): one shared per-IP window here, as
+        # the actor limits only events that carry an ip.
+        unknown = header is None and client is None
+        if unknown and not rt.limiter.allow_signup("unknown-peer").allowed:
+            detail = "too many signups from peers without an address this hour"
+            raise SignupRefused("ip_limit", detail, valid.event.event_id)
     except SignupRefused as refusal:
         with rt.session() as session:
             record_refusal(session, refusal, raw, rt.clock.now(), limiter=rt.limiter, source=client)
