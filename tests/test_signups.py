@@ -489,6 +489,7 @@ def test_settings_are_read_from_the_environment() -> None:
             "NEWSLETTER_WELCOME_MAIL": "yes",
             "NEWSLETTER_SMTPUTF8_RELAY": "no",
             "NEWSLETTER_STORED_REFUSALS_PER_HOUR": "50",
+            "NEWSLETTER_STORED_REFUSALS_PER_SOURCE_PER_HOUR": "5",
             "NEWSLETTER_REFUSAL_RETENTION_DAYS": "7",
             "NEWSLETTER_SIGNUP_KEY": "website-key-1,website-key-0",
             "NEWSLETTER_TRUSTED_PROXIES": "10.0.0.0/8,::1",
@@ -496,7 +497,7 @@ def test_settings_are_read_from_the_environment() -> None:
     )
     from worker.subscriptions.limits import AbuseLimits
 
-    assert AbuseLimits.from_settings(settings) == AbuseLimits(2, 7, 30, 900.0, 7, 50)
+    assert AbuseLimits.from_settings(settings) == AbuseLimits(2, 7, 30, 900.0, 5, 50)
     assert (settings.refusal_retention_days, settings.trusted_proxies) == (7.0, "10.0.0.0/8,::1")
     assert settings.signup_key == "website-key-1,website-key-0"
     assert "website-key" not in repr(settings)

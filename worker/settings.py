@@ -102,6 +102,7 @@ class Settings:
     signup_key: str = field(default="", repr=False)
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8,::1/128"
     stored_refusals_per_hour: int = 600  # signup refusals stored per hour overall; 0 = unlimited
+    stored_refusals_per_source_per_hour: int = 20  # the same per IP (IPv6: per /64)
     refusal_retention_days: float = 30.0  # stored signup refusals older than this are purged
     welcome_mail: bool = False  # send a welcome mail after confirmation
     dkim_selector: str = ""

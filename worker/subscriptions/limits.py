@@ -45,7 +45,7 @@ class AbuseLimits:
     signups_per_ip_per_hour: int = 20
     confirmations_per_domain_per_minute: int = 60
     resend_window_seconds: float = 600.0
-    refusals_per_source_per_hour: int = 20
+    refusals_per_source_per_hour: int = 20  # stored signup refusals (beyond: logged only)
     refusals_per_hour: int = 600
 
     @classmethod
@@ -56,7 +56,7 @@ class AbuseLimits:
             signups_per_ip_per_hour=settings.signups_per_ip_per_hour,
             confirmations_per_domain_per_minute=settings.confirmations_per_domain_per_minute,
             resend_window_seconds=settings.confirmation_resend_minutes * 60.0,
-            refusals_per_source_per_hour=settings.signups_per_ip_per_hour,
+            refusals_per_source_per_hour=settings.stored_refusals_per_source_per_hour,
             refusals_per_hour=settings.stored_refusals_per_hour,
         )
 
@@ -127,20 +127,14 @@ class _WindowedLimiter:
         return self._take([_Window(self._hashed("ip", ip_group(ip)), limit, HOUR, "ip_limit")])
 
     def allow_record(self, source: str | None) -> Verdict:
-        group = ip_group(source) if source else "unknown"
-        return self._take(
-            [
-                _Window(
-                    self._hashed("record", group),
-                    self.limits.refusals_per_source_per_hour,
-                    HOUR,
-                    "record_limit",
-                ),
-                _Window(
-                    f"{self._prefix}:record", self.limits.refusals_per_hour, HOUR, "record_limit"
-                ),
-            ]
-        )
+        windows = [
+            _Window(f"{self._prefix}:record", self.limits.refusals_per_hour, HOUR, "record_limit")
+        ]
+        if source:  # an event without a source (the website's, through the queue): overall only
+            limit = self.limits.refusals_per_source_per_hour
+            key = self._hashed("record", ip_group(source))
+            windows.append(_Window(key, limit, HOUR, "record_limit"))
+        return self._take(windows)
 
     def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
         resend = self.limits.resend_window_seconds

@@ -12,6 +12,7 @@ through the ``worker.subscriptions.limits.SignupLimiter`` port. Status changes g
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,8 @@ from worker.subscriptions.tokens import (
 )
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def _one_line(text: str) -> str:
@@ -258,6 +261,7 @@ def record_refusal(
     :data:`MAX_REFUSAL_DETAIL`. Purged after ``refusal_retention_days`` (:func:`purge_refusals`).
     """
     if limiter is not None and not limiter.allow_record(source).allowed:
+        log.info("signup refusal not stored (record limit): %s", refusal.reason)
         return None
     text = "{}" if refusal.reason in LIMIT_REASONS else _payload_text(payload)
     row = SignupRefusal(
