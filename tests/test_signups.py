@@ -472,14 +472,21 @@ def test_show_export_erase_and_no_re_adding(
 
 def test_scheduler_purges(rt: Runtime, cli_env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     actors.handle_signup(event(1, "stale@example.org"))
+    actors.handle_signup(event(2, "broken@"))  # a refusal of 31 days ago, and one of today
+    actors.handle_signup(event(3, "broken-too@"))
     with rt.session() as session:
         session.scalars(select(Subscriber)).one().updated_at = rt.clock.now() - timedelta(days=30)
+        old = session.scalars(select(SignupRefusal).where(SignupRefusal.event_id == "s-2")).one()
+        old.received_at = rt.clock.now() - timedelta(days=31)
 
     result = CliRunner().invoke(main, ["scheduler", "--once"])
 
     assert result.exit_code == 0, result.output
     assert "purged: 1 signups left unconfirmed" in result.output
+    assert "purged: 1 signup refusals" in result.output  # NEWSLETTER_REFUSAL_RETENTION_DAYS=30
     assert count(rt, Subscriber) == 0
+    with rt.session() as session:
+        assert list(session.scalars(select(SignupRefusal.event_id))) == ["s-3"]
 
 
 def test_settings_are_read_from_the_environment() -> None:
