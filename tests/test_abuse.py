@@ -3,24 +3,30 @@ shared by processes; and what they mean end to end (mails actually sent)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.stub_worker import StubWorker
 from worker import actors
 from worker.devtools.outbox import OutboxServer
-from worker.models import SignupRefusal, Subscriber
+from worker.models import Consent, SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.subscriptions.limits import AbuseLimits, MemorySignupLimiter, RedisSignupLimiter
+from worker.subscriptions.signups import MAX_REFUSAL_DETAIL, MAX_REFUSAL_PAYLOAD
+from worker.web.app import create_app
+from worker.web.callers import SIGNATURE_HEADER, signature
 
 
 def limiter(redis_url: str, **limits: Any) -> RedisSignupLimiter:
@@ -254,3 +260,252 @@ def test_domain_limit_paces_confirmation_mails(settings: Settings, smtp: OutboxS
     finally:
         broker.flush_all()
         actors.use_runtime(None)
+
+
+# Attacks on POST /signup over HTTP (issue 13): the app, the actor, real Redis, both databases.
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def http_signup(n: int, address: str, **extra: object) -> dict[str, object]:
+    return {"version": 1, "event_id": f"http-{n}", "email": address, "language": "en", **extra}
+
+
+def consents(rt: Runtime) -> list[tuple[str | None, str | None]]:
+    with rt.session() as session:
+        rows = session.execute(select(Consent.ip, Consent.user_agent).order_by(Consent.id))
+        return [(ip, agent) for ip, agent in rows.all()]
+
+
+def test_a_forged_or_null_ip_field_does_not_bypass_the_ip_limit(
+    limited_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    # Given one client (limit: 5 signups per IP per hour) that writes its own evidence fields
+    client = TestClient(create_app(limited_rt), client=("203.0.113.50", 40000))
+    forged: list[dict[str, object]] = [
+        {"ip": None},
+        {"ip": "192.0.2.1"},
+        {"user_agent": "Forged/1.0"},
+        {"occurred_at": "2020-01-01T00:00:00Z"},
+    ]
+
+    # When it posts 12 signups for 12 addresses
+    answers = [
+        client.post(
+            "/signup",
+            json=http_signup(n, f"p{n}@example.net", **forged[n % 4]),
+            headers={"User-Agent": "Bot/2.0"},
+        ).status_code
+        for n in range(12)
+    ]
+    stub_worker.join()
+
+    # Then 5 got through, 7 were refused by the per-IP limit, and the evidence is the request's
+    assert answers == [202] * 12
+    assert len(smtp.handler.received) == 5
+    assert refusals(limited_rt) == {"ip_limit": 7}
+    assert consents(limited_rt) == [("203.0.113.50", "Bot/2.0")] * 5
+    with limited_rt.session() as session:
+        assert all(c.year >= 2026 for c in session.scalars(select(Consent.signed_up_at)))
+
+
+def test_only_the_signing_website_is_believed_about_ip_and_user_agent(
+    settings: Settings, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    rt = Runtime(replace(settings, signup_key="new-website-key,old-website-key"))
+    actors.use_runtime(rt)
+    website = TestClient(create_app(rt), client=("192.0.2.10", 40000))
+    now = int(rt.clock.now().timestamp())
+
+    def post(n: int, key: str | None, stamp: int = now) -> int:
+        body = json.dumps(
+            http_signup(n, f"w{n}@example.net", ip="198.51.100.77", user_agent="Reader's Firefox")
+        ).encode()
+        headers = {**JSON, "User-Agent": "Website-Backend/1.0"}
+        if key is not None:
+            headers[SIGNATURE_HEADER] = signature(key, stamp, body)
+        response = website.post("/signup", content=body, headers=headers)
+        return int(response.status_code)
+
+    answers = {
+        "signed": post(1, "new-website-key"),
+        "old key": post(2, "old-website-key"),
+        "wrong key": post(3, "guessed-key"),
+        "replayed late": post(4, "new-website-key", now - 301),
+        "unsigned": post(5, None),
+    }
+    stub_worker.join()
+
+    assert answers == {"signed": 202, "old key": 202, "wrong key": 401, "replayed late": 401,
+                       "unsigned": 202}  # fmt: skip
+    assert consents(rt) == [("198.51.100.77", "Reader's Firefox")] * 2 + [
+        ("192.0.2.10", "Website-Backend/1.0")  # unsigned: its own ip and user_agent ignored
+    ]
+    actors.use_runtime(None)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "seen"),
+    [
+        ("198.51.100.9", "203.0.113.1", "198.51.100.9"),  # not a proxy: its header is ignored
+        ("10.0.0.5", "203.0.113.1, 198.51.100.20", "198.51.100.20"),  # rightmost untrusted hop
+        ("10.0.0.5", "198.51.100.21, 10.0.0.6", "198.51.100.21"),  # through two proxies
+        ("10.0.0.5", "not-an-ip, 198.51.100.22", "198.51.100.22"),
+        ("10.0.0.5", "198.51.100.23, not-an-ip", "10.0.0.5"),  # nothing left of junk counts
+    ],
+)
+def test_x_forwarded_for_counts_only_from_trusted_proxies(
+    limited_rt: Runtime, stub_worker: StubWorker, peer: str, forwarded: str, seen: str
+) -> None:
+    behind_proxy = Runtime(replace(limited_rt.settings, trusted_proxies="10.0.0.0/8"))
+    client = TestClient(create_app(behind_proxy), client=(peer, 40000))
+
+    response = client.post(
+        "/signup", json=http_signup(1, "xff@example.net"), headers={"X-Forwarded-For": forwarded}
+    )
+    stub_worker.join()
+
+    assert response.status_code == 202
+    assert [ip for ip, _ in consents(limited_rt)] == [seen]
+
+
+def test_ipv6_clients_are_limited_per_64(
+    limited_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    # Given one attacker rotating through addresses of its /64 (limit: 5 per IP per hour)
+    app = create_app(limited_rt)
+    for n in range(8):
+        client = TestClient(app, client=(f"2001:db8:1:2::{n + 1:x}", 40000))
+        client.post("/signup", json=http_signup(n, f"v{n}@example.net"))
+    # And a neighbour in the next /64
+    TestClient(app, client=("2001:db8:1:3::1", 40000)).post(
+        "/signup", json=http_signup(9, "neighbour@example.net")
+    )
+    stub_worker.join()
+
+    assert len(smtp.handler.received) == 6
+    assert refusals(limited_rt) == {"ip_limit": 3}
+
+
+def test_plus_tags_and_gmail_dots_do_not_multiply_confirmation_mails(
+    limited_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    # Given a bot signing up variants of one mailbox from 12 IPs
+    app = create_app(limited_rt)
+    variants = [f"target+{n}@example.org" for n in range(6)] + [
+        "t.arget@gmail.com", "ta.rget+x@googlemail.com", "TARGET@gmail.com",
+        "t-a-r-g-e-t@ya.ru", "t.a.r.g.e.t@yandex.by", "t-a.r-g.e-t+1@yandex.ru",
+    ]  # fmt: skip
+    for n, address in enumerate(variants):
+        client = TestClient(app, client=(f"198.51.100.{n + 1}", 40000))
+        assert client.post("/signup", json=http_signup(n, address)).status_code == 202
+    stub_worker.join()
+
+    # Then each mailbox got one confirmation mail in the resend window, not 12 (which variant
+    # got it depends on which the worker's threads took first)
+    mailbox = {"example.org": "example", "gmail.com": "gmail", "googlemail.com": "gmail"}
+    mailbox |= {domain: "yandex" for domain in ("ya.ru", "yandex.by", "yandex.ru")}
+    mailboxes = sorted(mailbox[r.recipients[0].split("@")[1]] for r in smtp.handler.received)
+    assert mailboxes == ["example", "gmail", "yandex"]
+    assert refusals(limited_rt) == {"resend_window": 9}
+    with limited_rt.session() as session:  # limit refusals keep no address
+        assert set(session.scalars(select(SignupRefusal.payload))) == {"{}"}
+
+
+def test_a_flood_of_refusals_cannot_grow_the_database_without_bound(
+    settings: Settings, stub_worker: StubWorker
+) -> None:
+    # Given a limit of 20 stored refusals per source and 50 per hour in all
+    rt = Runtime(
+        replace(settings, stored_refusals_per_source_per_hour=20, stored_refusals_per_hour=50)
+    )
+    actors.use_runtime(rt)
+    app = create_app(rt)
+    junk = b'{"email": "' + b"x" * 60_000 + b'"}'  # just under the body limit
+
+    # When 10 clients post 30 refused bodies of 60 KB each (18 MB in all)
+    answers = []
+    for source in range(10):
+        client = TestClient(app, client=(f"203.0.113.{source + 1}", 40000))
+        answers += [
+            client.post("/signup", content=junk, headers=JSON).status_code for _ in range(30)
+        ]
+    stub_worker.join()
+
+    # Then every one was answered 400, and at most 50 rows of at most 1.6 KB were stored
+    assert answers == [400] * 300
+    with rt.session() as session:
+        rows, stored = session.execute(
+            select(
+                func.count(),
+                func.sum(func.length(SignupRefusal.payload) + func.length(SignupRefusal.detail)),
+            )
+        ).one()
+    print(f"\n300 refused 60 KB POSTs stored {rows} rows, {stored} characters")
+    assert rows == 50
+    assert stored <= 50 * (MAX_REFUSAL_PAYLOAD + MAX_REFUSAL_DETAIL)
+    actors.use_runtime(None)
+
+
+def test_refusals_are_purged_after_the_retention_days(rt: Runtime) -> None:
+    from worker.subscriptions.signups import SignupRefused, purge_refusals, record_refusal
+
+    now = rt.clock.now()
+    with rt.session() as session:
+        for age in (31, 29, 0):
+            refusal = SignupRefused("malformed", f"{age} days old")
+            record_refusal(session, refusal, {}, now - timedelta(days=age))
+    with rt.session() as session:
+        assert purge_refusals(session, now=now, older_than=timedelta(days=30)) == 1
+        details = sorted(session.scalars(select(SignupRefusal.detail)))
+    assert details == ["0 days old", "29 days old"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "text/plain",
+            b'{"version": 1, "event_id": "x", "email": "v@example.org", "language": "en"}',
+        ),
+        ("application/x-www-form-urlencoded", b"email=v%40example.org&language=en"),
+        ("multipart/form-data; boundary=x", b"--x\r\n\r\nv@example.org\r\n--x--\r\n"),
+        (None, b'{"version": 1, "event_id": "x", "email": "v@example.org", "language": "en"}'),
+    ],
+)
+def test_cross_origin_simple_requests_are_refused(
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker, content_type: str | None, body: bytes
+) -> None:
+    # A page on another site can post these without a CORS preflight (Fetch standard, "CORS-
+    # safelisted request-header"): a victim's browser would sign them up from their own IP.
+    client = TestClient(create_app(rt), client=("198.51.100.99", 40000))
+    headers = {"Origin": "https://evil.example"}
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    response = client.post("/signup", content=body, headers=headers)
+    stub_worker.join()
+
+    assert (response.status_code, response.json()["reason"]) == (415, "unsupported_media_type")
+    assert smtp.handler.received == []
+    assert refusals(rt) == {}
+    with rt.session() as session:
+        assert session.scalars(select(Subscriber)).all() == []
+
+
+def test_a_too_long_address_is_refused_naming_the_rule(rt: Runtime) -> None:
+    client = TestClient(create_app(rt), client=("198.51.100.98", 40000))
+    cases = {
+        "reader" * 41 + "@example.org": "local_part_too_long",
+        "a" * 330: "too_long",
+        "reader@" + "b" * 64 + ".org": "domain_label_too_long",
+        "reader@": "no_domain",
+    }
+    answers = {
+        address: client.post("/signup", json=http_signup(n, address)).json()
+        for n, address in enumerate(cases)
+    }
+    assert {a: (r["reason"], r["code"]) for a, r in answers.items()} == {
+        a: ("invalid_address", code) for a, code in cases.items()
+    }

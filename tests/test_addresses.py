@@ -72,10 +72,19 @@ def test_idn_domain_is_kept_in_unicode_and_sent_as_a_labels() -> None:
         (None, "not_a_string"),
         (42, "not_a_string"),
         ("a" * 321, "too_long"),
+        ("reader" * 41 + "@example.org", "local_part_too_long"),  # 258 octets, 246 before @
+        ("r" * 60 + "@" + ("sub" * 20 + ".") * 3 + "example.com.org.org.org", "too_long"),
+        ("reader@" + ("b" * 63 + ".") * 4 + "org", "domain_too_long"),
+        ("reader@" + "b" * 64 + ".org", "domain_label_too_long"),
         ("reader@example.org.", "domain_ends_with_dot"),
-        ("broken@", "invalid"),
-        ("user@localhost", "invalid"),
-        ("x@example.org\r\nBcc: victim@example.net", "invalid"),
+        ("broken@", "no_domain"),
+        ("@example.org", "no_local_part"),
+        ("reader.example.org", "no_at_sign"),
+        ("user@localhost", "domain_without_dot"),
+        ("user@example.invalid", "reserved_domain"),
+        ("two..dots@example.org", "misplaced_dot"),
+        ("x@example.org\r\nBcc: victim@example.net", "invalid_characters"),
+        ("with space@example.org", "invalid_characters"),
         ('"quoted local"@example.org', "invalid"),
     ],
 )
@@ -125,6 +134,9 @@ class NoLimits:
         return ALLOWED
 
     def allow_domain(self, domain: str) -> Verdict:
+        return ALLOWED
+
+    def allow_record(self, source: str | None) -> Verdict:
         return ALLOWED
 
 

@@ -58,6 +58,7 @@ from worker.settings import Settings
 from worker.subscriptions.suppressions import suppress
 from worker.subscriptions.tokens import Purpose, Tokens
 from worker.web.app import create_app
+from worker.web.callers import SIGNATURE_HEADER, signature
 
 SECRET = "test-secret-key-0123456789"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:bounces"
@@ -70,6 +71,8 @@ SG_VECTOR_SIGNATURE = (  # a real signature, of another payload
     "xFDWYNH2j/0="
 )
 HOUR = 3600
+
+JSON_BODY = {"Content-Type": "application/json"}  # POST /signup refuses other types (415)
 
 
 def signup_event(n: int, address: str, language: str = "en", **extra: Any) -> dict[str, Any]:
@@ -255,13 +258,18 @@ INJECTIONS = ["x\r\nBcc: victim@example.net", "x\nBcc: victim@example.net", "x\r
     "field", ["email", "source", "user_agent", "consent_version", "event_id", "language"]
 )
 def test_signup_with_cr_lf_in_any_field_is_refused_and_recorded(rt: Runtime, field: str) -> None:
-    client = TestClient(create_app(rt))
+    # Signed as the website, whose user_agent is believed (anyone else's is replaced anyway)
+    website = Runtime(replace(rt.settings, signup_key="website-key"))
+    client = TestClient(create_app(website))
     for n, bad in enumerate(INJECTIONS):
         event = signup_event(
             n, "ok@example.org", source="form", user_agent="UA", consent_version="v1"
         )
         event[field] = bad if field != "email" else f"ok@example.org{bad[1:]}"
-        response = client.post("/signup", content=json.dumps(event))
+        body = json.dumps(event).encode()
+        stamp = int(website.clock.now().timestamp())
+        headers = {**JSON_BODY, SIGNATURE_HEADER: signature("website-key", stamp, body)}
+        response = client.post("/signup", content=body, headers=headers)
         assert response.status_code == 400, (field, bad)
         assert (
             response.json()["reason"] == "malformed"
@@ -473,7 +481,9 @@ def test_subscriber_address_is_escaped_in_pages_and_the_confirmation_mail(
     """``'`` and ``&`` are legal in an address (RFC 5322 atext): they must come out escaped."""
     address = "o'brien&co+<x>@example.org"
     client = TestClient(create_app(rt))
-    response = client.post("/signup", content=json.dumps(signup_event(1, address)))
+    response = client.post(
+        "/signup", content=json.dumps(signup_event(1, address)), headers=JSON_BODY
+    )
     assert response.status_code == 400  # < and > are not legal: refused before anything else
     address = "o'brien&co@example.org"
     _, path = pending(rt, smtp, stub_worker, address, n=2)
@@ -690,11 +700,13 @@ def test_secrets_never_appear_in_logs(
         client = TestClient(create_app(runtime))
         assert (
             client.post(
-                "/signup", content=json.dumps(signup_event(1, "reader@example.org", ip="192.0.2.1"))
+                "/signup",
+                content=json.dumps(signup_event(1, "reader@example.org", ip="192.0.2.1")),
+                headers=JSON_BODY,
             ).status_code
             == 202
         )
-        client.post("/signup", content=json.dumps(signup_event(2, "broken@")))
+        client.post("/signup", content=json.dumps(signup_event(2, "broken@")), headers=JSON_BODY)
         for queue in QUEUES:
             broker.join(queue)
         worker.join()
@@ -796,7 +808,7 @@ def test_signup_response_and_timing_do_not_tell_the_address_state(
         "confirmed": "confirmed@example.org",
         "suppressed": "suppressed@example.org",
     }
-    client = TestClient(create_app(rt))
+    client = TestClient(create_app(rt), client=("192.0.2.7", 50000))  # limited in the actor
     answers: dict[str, set[tuple[int, bytes, str]]] = {state: set() for state in addresses}
     # The endpoint's enqueue is the same call whatever the state; it is replaced by a list so
     # that the in-process worker does not process 3,000 signups during the measurement.
@@ -839,7 +851,7 @@ def _signup_medians(
         for state, address in list(addresses.items())[n % 4 :] + list(addresses.items())[: n % 4]:
             body = json.dumps(signup_event(10_000 + n, address, ip="192.0.2.7"))
             started = time.perf_counter()
-            response = client.post("/signup", content=body)
+            response = client.post("/signup", content=body, headers=JSON_BODY)
             elapsed = time.perf_counter() - started
             if n >= 20:
                 times[state].append(elapsed)

@@ -129,6 +129,8 @@ def fuzz_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime,
                 confirmations_per_address_per_day=PER_ADDRESS_PER_DAY,
                 confirmations_per_domain_per_minute=PER_DOMAIN_PER_MINUTE,
                 confirmation_resend_minutes=60,
+                stored_refusals_per_hour=0,  # every refusal stored: the invariant below counts
+                stored_refusals_per_source_per_hour=0,
             )
         )
         actors.use_runtime(rt)

@@ -31,6 +31,7 @@ from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.signups import (
     AddressRules,
     asked_again,
+    awaits_confirmation,
     confirmation_token,
     process_signup,
 )
@@ -80,15 +81,16 @@ MAX_DOMAIN_WAIT_MS = 60_000
 
 @dramatiq.actor(queue_name="transactional", max_retries=10, priority=TRANSACTIONAL_PRIORITY)
 def send_confirmation(subscriber_id: int) -> None:
-    """Send the double opt-in confirmation mail to a pending subscriber (nothing otherwise).
+    """Send the double opt-in confirmation mail to a pending subscriber, or to a confirmed one
+    whose change waits for confirmation (nothing otherwise).
 
     Paced by the per-recipient-domain limit: without a slot the message re-enqueues itself with
     a delay (which does not use up dramatiq's retries)."""
     rt = runtime()
     with rt.session() as session, log_context(subscriber_id=subscriber_id):
         subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is None or subscriber.status != SubscriberStatus.PENDING:
-            return
+        if subscriber is None or not awaits_confirmation(subscriber):
+            return  # confirmed, unsubscribed or purged since; a pending change still mails
         verdict = rt.limiter.allow_domain(subscriber.domain)
         if not verdict.allowed:
             delay = min(MAX_DOMAIN_WAIT_MS, int(verdict.retry_after * 1000) + 10)

@@ -168,7 +168,7 @@ class SignupRefusal(Base):
     received_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text)
-    payload: Mapped[str] = mapped_column(Text)  # the event as received, truncated to 8 KB
+    payload: Mapped[str] = mapped_column(Text)  # an invalid event as received, cut at 1 KB; else {}
 
 
 class Edition(Base):

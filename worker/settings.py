@@ -97,6 +97,13 @@ class Settings:
     confirmations_per_domain_per_minute: int = 60
     confirmation_resend_minutes: float = 10.0  # a pending address gets at most one mail per window
     purge_unconfirmed_days: float = 14.0  # pending subscribers older than this are purged
+    # POST /signup: the website proves itself with an HMAC of the body under this key
+    # (docs/signup-event.md); only then are its ip/user_agent/occurred_at believed.
+    signup_key: str = field(default="", repr=False)
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8,::1/128"
+    stored_refusals_per_hour: int = 600  # signup refusals stored per hour overall; 0 = unlimited
+    stored_refusals_per_source_per_hour: int = 20  # the same per IP (IPv6: per /64)
+    refusal_retention_days: float = 30.0  # stored signup refusals older than this are purged
     welcome_mail: bool = False  # send a welcome mail after confirmation
     dkim_selector: str = ""
     dkim_domain: str = ""

@@ -234,7 +234,8 @@ def send_retry_unknown(send_id: int) -> None:
 )
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
 def scheduler(interval: float, once: bool) -> None:
-    """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims."""
+    """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims, purge
+    unconfirmed signups and old signup refusals."""
     from worker.actors import reconcile
     from worker.runtime import runtime
 
@@ -244,6 +245,7 @@ def scheduler(interval: float, once: bool) -> None:
             enqueued = reconcile(rt)
             click.echo(f"reconciled: {enqueued} batch messages enqueued")
             click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")
+            click.echo(f"purged: {_purge_refusals(rt)} signup refusals")
         except Exception as exc:  # Redis or the database restarting: try again next round
             if once:
                 raise
@@ -262,6 +264,17 @@ def _purge_unconfirmed(rt: Any) -> int:
     days = timedelta(days=rt.settings.purge_unconfirmed_days)
     with rt.session() as session:
         return purge_unconfirmed(session, now=rt.clock.now(), older_than=days)
+
+
+def _purge_refusals(rt: Any) -> int:
+    """Delete signup refusals older than ``refusal_retention_days``; returns how many."""
+    from datetime import timedelta
+
+    from worker.subscriptions.signups import purge_refusals
+
+    days = timedelta(days=rt.settings.refusal_retention_days)
+    with rt.session() as session:
+        return purge_refusals(session, now=rt.clock.now(), older_than=days)
 
 
 @click.command()

@@ -28,6 +28,11 @@ class Address:
     dedupe_key: str  # case-folded normalised form: one subscriber per key
     ascii_domain: str  # A-label domain, used for per-domain throttling
 
+    @property
+    def mailbox_key(self) -> str:
+        """The mailbox this address reaches (abuse limits): see :func:`mailbox_key_of`."""
+        return mailbox_key_of(self.dedupe_key)
+
 
 class AddressError(ValueError):
     """An address that is refused, with a stable ``code`` and a human-readable message."""
@@ -54,8 +59,14 @@ def parse_address(
     seconds. ``blocked_domains`` refuses those domains and their subdomains (e.g. disposable mail).
     Local parts over 64 octets are accepted: RFC 5321 §4.5.3.1.1 is a limit real MTAs relax.
 
-    Raises ``AddressError`` with code ``not_a_string``, ``too_long``, ``domain_ends_with_dot``,
-    ``invalid``, ``smtputf8_unsupported``, ``blocked_domain`` or ``undeliverable``.
+    Raises ``AddressError`` whose ``code`` names the rule broken (see :data:`SYNTAX_CODES`):
+    ``not_a_string``, ``too_long`` (over 320 characters as typed, or over 254 octets, RFC 5321
+    §4.5.3.1.3 with RFC 3696 erratum 1690), ``local_part_too_long`` (too long overall because of a
+    local part over RFC 5321 §4.5.3.1.1's 64 octets), ``no_at_sign``, ``no_local_part``,
+    ``no_domain``, ``domain_too_long``, ``domain_label_too_long``, ``domain_without_dot``,
+    ``reserved_domain``, ``domain_ends_with_dot``, ``invalid_characters``, ``misplaced_dot``,
+    ``smtputf8_unsupported``, ``blocked_domain``, ``undeliverable``; ``invalid`` for any other
+    syntax error.
     """
     # imported here: feedback policy on the send path needs only dedupe_key_of, rarely called
     from email_validator import (
@@ -68,7 +79,7 @@ def parse_address(
     if not isinstance(raw, str):
         raise AddressError("not_a_string", "the address must be a string")
     if len(raw) > 320:
-        raise AddressError("too_long", "the address is longer than 320 characters")
+        raise AddressError("too_long", f"the address is {len(raw)} characters long, over 320")
     text = raw.strip()
     try:
         result = validate_email(
@@ -180,12 +191,69 @@ def load_blocked_domains(path: str | Path) -> frozenset[str]:
     return frozenset(domains)
 
 
+SYNTAX_CODES: tuple[tuple[str, str], ...] = (
+    # (a fragment of email-validator 2.x's message, our code); first match wins
+    ("too long before the @-sign", "local_part_too_long"),
+    ("too long after the @-sign", "domain_too_long"),
+    ("periods cannot be separated by so many characters", "domain_label_too_long"),
+    ("email address is too long", "too_long"),
+    ("must have an @-sign", "no_at_sign"),
+    ("something before the @-sign", "no_local_part"),
+    ("something after the @-sign", "no_domain"),
+    ("It should have a period", "domain_without_dot"),
+    ("special-use or reserved name", "reserved_domain"),
+    ("not within a valid top-level domain", "reserved_domain"),
+    ("two periods in a row", "misplaced_dot"),
+    ("start with a period", "misplaced_dot"),
+    ("end with a period", "misplaced_dot"),
+    ("invalid character", "invalid_characters"),
+    ("unsafe characters", "invalid_characters"),
+)
+"""How a syntax error of email-validator becomes a refusal code that names the rule."""
+
+
 def _syntax_code(text: str, message: str, allow_smtputf8: bool) -> str:
     if text.endswith("."):
         return "domain_ends_with_dot"
     if not allow_smtputf8 and "Internationalized characters before the @-sign" in message:
         return "smtputf8_unsupported"
+    for fragment, code in SYNTAX_CODES:
+        if fragment in message:
+            if code == "too_long" and len(text.rpartition("@")[0].encode()) > 64:
+                return "local_part_too_long"  # tolerated alone (case a09), not at this length
+            return code
     return "invalid"
+
+
+_DOTLESS_PROVIDERS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+"""Domains whose provider ignores dots in the local part (Gmail's help: "Dots don't matter in
+Gmail addresses"), each with the canonical domain of that mailbox."""
+
+_YANDEX_DOMAINS = frozenset(
+    {"yandex.ru", "yandex.by", "yandex.kz", "yandex.ua", "yandex.com", "ya.ru", "narod.ru"}
+)
+"""Yandex Mail: every one of these domains reaches the same mailbox, and a login's dots and
+hyphens are interchangeable (Yandex Help, "Mail aliases")."""
+
+
+def mailbox_key_of(dedupe_key: str) -> str:
+    """The mailbox that a de-duplication key reaches, for abuse limits only (never for storing or
+    sending): case-folded, a ``+tag`` removed (RFC 5233 subaddressing, which nearly every provider
+    honours), and where the provider is known to do so, dots ignored (Gmail) or dots, hyphens
+    and domain aliases merged (Yandex). Two addresses with one key are one inbox to bomb.
+
+    ``"Target+1@GMAIL.com"`` -> ``"target@gmail.com"``; never raises.
+    """
+    local, at, domain = dedupe_key.casefold().rpartition("@")
+    if not at:
+        return dedupe_key.casefold()
+    if not local.startswith('"'):
+        local = local.split("+", 1)[0] or local
+    if domain in _DOTLESS_PROVIDERS:
+        return f"{local.replace('.', '')}@{_DOTLESS_PROVIDERS[domain]}"
+    if domain in _YANDEX_DOMAINS:
+        return f"{local.replace('-', '.')}@yandex.ru"
+    return f"{local}@{domain}"
 
 
 def _is_blocked(domain: str, blocked: Collection[str]) -> bool:

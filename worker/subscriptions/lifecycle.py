@@ -13,6 +13,8 @@ function             arrow                           caller
 :func:`insert_...`   new → confirmed / pending       an import of readers who confirmed elsewhere
                                                      (their evidence kept) / a re-permission
 :func:`confirm`      pending → confirmed             the confirmation page's POST
+:func:`request_...`  confirmed (a change waits)      a signup asking a confirmed reader for a change
+:func:`confirm_...`  confirmed (the change applied)  the confirmation page's POST
 :func:`unsubscribe`  pending/confirmed →             link page, RFC 8058 one-click, mailto,
                      unsubscribed                    feedback (one path, one feedback event)
 :func:`suppress`     any → suppressed                bounce, complaint, soft-bounce limit, import
@@ -136,6 +138,30 @@ def confirm(subscriber: Subscriber, now: datetime) -> None:
     subscriber.confirmed_at = subscriber.updated_at = now
 
 
+def request_change(subscriber: Subscriber, now: datetime) -> None:
+    """A confirmed reader was asked for a change (a signup naming another language): the status
+    stays ``confirmed`` and nothing changes but a confirmation nonce, kept if one is live.
+
+    Raises ``IllegalTransition`` unless ``subscriber`` is confirmed.
+    """
+    if subscriber.status != SubscriberStatus.CONFIRMED:
+        raise IllegalTransition(f"only a confirmed subscriber has changes, not {subscriber.status}")
+    if subscriber.confirm_nonce is None:
+        subscriber.confirm_nonce = secrets.token_urlsafe(9)
+
+
+def confirm_change(subscriber: Subscriber, language: str, now: datetime) -> None:
+    """The reader confirmed the change: ``language`` applies and the nonce is spent.
+
+    Raises ``IllegalTransition`` unless ``subscriber`` is confirmed with a change waiting.
+    """
+    if subscriber.status != SubscriberStatus.CONFIRMED or subscriber.confirm_nonce is None:
+        raise IllegalTransition("no change is waiting for this subscriber's confirmation")
+    subscriber.language = language
+    subscriber.confirm_nonce = None
+    subscriber.updated_at = now
+
+
 def unsubscribe(
     session: Session,
     subscriber: Subscriber,
@@ -157,6 +183,8 @@ def unsubscribe(
     suppression: transactional mail (a new double opt-in) stays possible.
     """
     left = subscriber.status in _LEAVING
+    if subscriber.status == SubscriberStatus.CONFIRMED:
+        subscriber.confirm_nonce = None  # a change waiting for confirmation dies with the leave
     if left:
         subscriber.status = check(subscriber.status, SubscriberStatus.UNSUBSCRIBED)
         subscriber.unsubscribed_at = subscriber.updated_at = now

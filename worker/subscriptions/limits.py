@@ -6,7 +6,12 @@ sliding window shared by every process through Redis:
 - signups per IP address per hour (a refused signup is recorded, nothing is stored or sent);
 - confirmation mails per address per day, and at most one per *resend window* for an address
   that is already pending (a repeated signup re-sends at most once per window);
-- confirmation mails per recipient domain per minute (pacing: the mail waits for a slot).
+- confirmation mails per recipient domain per minute (pacing: the mail waits for a slot);
+- stored refusals per source and per hour overall, so that a flood of bad requests cannot grow
+  the database without bound (a refusal over the limit is answered, counted, not stored).
+
+IPv6 sources are counted per /64 (one customer's network: RFC 6177 §2 assigns at least a /64, and
+anyone holding one can pick any address in it); addresses per mailbox (``Address.mailbox_key``).
 
 ``SignupLimiter`` is the port the domain (``worker.subscriptions.signups``) and the actors use;
 ``RedisSignupLimiter`` is the adapter (one Lua script: an exact sliding log per key, all keys
@@ -24,6 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Protocol
 
 DAY = 86_400.0
@@ -39,6 +45,8 @@ class AbuseLimits:
     signups_per_ip_per_hour: int = 20
     confirmations_per_domain_per_minute: int = 60
     resend_window_seconds: float = 600.0
+    refusals_per_source_per_hour: int = 20  # stored signup refusals (beyond: logged only)
+    refusals_per_hour: int = 600
 
     @classmethod
     def from_settings(cls, settings: Any) -> AbuseLimits:
@@ -48,6 +56,8 @@ class AbuseLimits:
             signups_per_ip_per_hour=settings.signups_per_ip_per_hour,
             confirmations_per_domain_per_minute=settings.confirmations_per_domain_per_minute,
             resend_window_seconds=settings.confirmation_resend_minutes * 60.0,
+            refusals_per_source_per_hour=settings.stored_refusals_per_source_per_hour,
+            refusals_per_hour=settings.stored_refusals_per_hour,
         )
 
 
@@ -75,6 +85,11 @@ class SignupLimiter(Protocol):
         """One confirmation mail to the address with de-duplication key ``address_key``;
         refused with reason ``resend_window`` (only when ``repeat``: the address was already
         waiting for a confirmation) or ``address_limit``."""
+        ...
+
+    def allow_record(self, source: str | None) -> Verdict:
+        """One stored signup refusal from ``source`` (an IP, None when unknown); refused with
+        reason ``record_limit`` (the refusal is then counted, not stored)."""
         ...
 
     def allow_domain(self, domain: str) -> Verdict:
@@ -109,7 +124,17 @@ class _WindowedLimiter:
 
     def allow_signup(self, ip: str) -> Verdict:
         limit = self.limits.signups_per_ip_per_hour
-        return self._take([_Window(self._hashed("ip", ip), limit, HOUR, "ip_limit")])
+        return self._take([_Window(self._hashed("ip", ip_group(ip)), limit, HOUR, "ip_limit")])
+
+    def allow_record(self, source: str | None) -> Verdict:
+        windows = [
+            _Window(f"{self._prefix}:record", self.limits.refusals_per_hour, HOUR, "record_limit")
+        ]
+        if source:  # an event without a source (the website's, through the queue): overall only
+            limit = self.limits.refusals_per_source_per_hour
+            key = self._hashed("record", ip_group(source))
+            windows.append(_Window(key, limit, HOUR, "record_limit"))
+        return self._take(windows)
 
     def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
         resend = self.limits.resend_window_seconds
@@ -216,6 +241,23 @@ class MemorySignupLimiter(_WindowedLimiter):
                 if window.limit != 0:
                     self._logs.setdefault(window.key, deque()).append(now)
             return ALLOWED
+
+
+def ip_group(ip: str) -> str:
+    """What one sender controls: an IPv4 address, or the /64 of an IPv6 address (an IPv4-mapped
+    IPv6 address is its IPv4 address). Text that is no IP address is returned as it is.
+
+    ``"2001:db8::1"`` -> ``"2001:db8::/64"``.
+    """
+    try:
+        address = ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def signup_limiter(settings: Any) -> SignupLimiter:

@@ -12,10 +12,11 @@ through the ``worker.subscriptions.limits.SignupLimiter`` port. Status changes g
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from ipaddress import ip_address
 from typing import Annotated, Any, Literal
@@ -29,7 +30,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
@@ -52,6 +53,8 @@ from worker.subscriptions.tokens import (
 )
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def _one_line(text: str) -> str:
@@ -79,7 +82,8 @@ class SignupEvent(BaseModel):
     event_id: Annotated[
         str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")
     ]
-    email: _text(320, 3)  # type: ignore[valid-type]
+    # No maximum here: the address check refuses an overlong one naming the rule (too_long)
+    email: _text(1_000_000, 3)  # type: ignore[valid-type]
     language: Annotated[
         str,
         StringConstraints(
@@ -116,14 +120,18 @@ class SignupRefused(ValueError):
 
     Reasons: ``malformed``, ``invalid_address``, ``unsupported_language``, ``unknown_newsletter``,
     ``ip_limit``, ``suppressed``; for a recorded signup that got no confirmation mail:
-    ``resend_window``, ``address_limit``.
+    ``resend_window``, ``address_limit``. ``code`` names the broken rule of an
+    ``invalid_address`` (``too_long``, ``no_domain``, … see ``addresses.parse_address``).
     """
 
-    def __init__(self, reason: str, detail: str, event_id: str | None = None) -> None:
+    def __init__(
+        self, reason: str, detail: str, event_id: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.event_id = event_id
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,7 @@ def validate_signup(
         )
     except AddressError as exc:
         raise SignupRefused(
-            "invalid_address", f"email: {exc.message} ({exc.code})", event.event_id
+            "invalid_address", f"email: {exc.message} ({exc.code})", event.event_id, exc.code
         ) from None
     return ValidSignup(event, address)
 
@@ -223,43 +231,88 @@ def _clean(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
 
 
+MAX_REFUSAL_PAYLOAD = 1024
+"""Characters of a refused event kept to debug the website's integration (finding 8 of issue 13:
+8 KB per refusal let a flood fill the database)."""
+
+MAX_REFUSAL_DETAIL = 500
+
+LIMIT_REASONS = frozenset(
+    {"ip_limit", "resend_window", "address_limit", "suppressed", "record_limit"}
+)
+"""Refusals of a valid event: stored without the event, so without the address (the docs promise
+that a limited or suppressed signup stores nothing about the person)."""
+
+
 def record_refusal(
-    session: Session, refusal: SignupRefused, payload: Any, now: datetime
-) -> SignupRefusal:
-    """Keep a refused event with its reason (never lost silently); the payload is cut at 8 KB."""
-    try:
-        text = (
-            payload
-            if isinstance(payload, str)
-            else json.dumps(payload, ensure_ascii=False, default=str)
-        )
-    except (TypeError, ValueError, RecursionError):
-        text = repr(payload)
+    session: Session,
+    refusal: SignupRefused,
+    payload: Any,
+    now: datetime,
+    *,
+    limiter: SignupLimiter | None = None,
+    source: str | None = None,
+) -> SignupRefusal | None:
+    """Keep a refused event with its reason; returns the row, or None when ``limiter`` refuses to
+    store one more from ``source`` (an IP; the refusal is then only answered and counted).
+
+    A refusal in :data:`LIMIT_REASONS` keeps no payload (``"{}"``); any other keeps the event as
+    received, cut at :data:`MAX_REFUSAL_PAYLOAD` characters; the detail at
+    :data:`MAX_REFUSAL_DETAIL`. Purged after ``refusal_retention_days`` (:func:`purge_refusals`).
+    """
+    if limiter is not None and not limiter.allow_record(source).allowed:
+        log.info("signup refusal not stored (record limit): %s", refusal.reason)
+        return None
+    text = "{}" if refusal.reason in LIMIT_REASONS else _payload_text(payload)
     row = SignupRefusal(
         event_id=_clean(refusal.event_id)[:100] if refusal.event_id else None,
         received_at=now,
         reason=refusal.reason[:64],
-        detail=_clean(refusal.detail)[:2000],
-        payload=_clean(text[:8192]),
+        detail=_clean(refusal.detail)[:MAX_REFUSAL_DETAIL],
+        payload=_clean(text[:MAX_REFUSAL_PAYLOAD]),
     )
     session.add(row)
     session.flush()
     return row
 
 
+def _payload_text(payload: Any) -> str:
+    if isinstance(payload, str):
+        return payload[:MAX_REFUSAL_PAYLOAD]
+    if isinstance(payload, bytes):
+        return payload[:MAX_REFUSAL_PAYLOAD].decode("utf-8", "replace")
+    try:
+        return json.dumps(payload, ensure_ascii=False, default=str)[:MAX_REFUSAL_PAYLOAD]
+    except (TypeError, ValueError, RecursionError):
+        return repr(payload)[:MAX_REFUSAL_PAYLOAD]
+
+
+def purge_refusals(session: Session, *, now: datetime, older_than: timedelta) -> int:
+    """Delete the signup refusals received longer ago than ``older_than``; returns how many."""
+    result = session.execute(
+        delete(SignupRefusal).where(SignupRefusal.received_at < now - older_than)
+    )
+    session.flush()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 @dataclass(frozen=True)
 class SignupOutcome:
     """What a signup leads to. The same HTTP answer is given for every outcome (no enumeration).
 
-    ``status``: ``pending`` (a confirmation mail is due), ``already_confirmed``, ``suppressed``,
-    ``duplicate_event``, ``refused`` or ``limited`` (recorded, no mail: see ``reason``).
+    ``status``: ``pending`` (a confirmation mail is due), ``change_pending`` (a confirmed reader
+    asked for a change, e.g. of language: a confirmation mail is due, nothing changes until the
+    reader confirms), ``already_confirmed``, ``suppressed``, ``duplicate_event``, ``refused`` or
+    ``limited`` (recorded, no mail: see ``reason``).
     """
 
     subscriber_id: int | None
     send_confirmation: bool
     status: str
     reason: str | None = None
-    repeat: bool = False  # the address was already waiting for a confirmation
+    # Checked against the mailbox's resend window: a new subscriber or one already pending (only
+    # an unsubscribed reader signing up again, or a first change, starts a window afresh)
+    repeat: bool = False
 
 
 def process_signup(
@@ -289,31 +342,39 @@ def process_signup(
         if event.ip:
             verdict = limiter.allow_signup(event.ip)
             if not verdict.allowed:
-                raise SignupRefused(
-                    "ip_limit", f"too many signups from {event.ip} in the last hour", event.event_id
-                )
+                detail = "too many signups from this network in the last hour"  # no IP stored
+                raise SignupRefused("ip_limit", detail, event.event_id)
         outcome = sign_up(session, valid, newsletter_id=newsletter.id, now=now, hash_key=hash_key)
     except SignupRefused as refusal:
-        record_refusal(session, refusal, data, now)
+        record_refusal(session, refusal, data, now, limiter=limiter, source=_source(data))
         return SignupOutcome(None, False, "refused", refusal.reason)
     if outcome.status == "suppressed":
         # Recorded without the payload: it would hold the address of an erased person again.
         detail = "the address is on the suppression list (by keyed hash); nothing stored or sent"
-        record_refusal(session, SignupRefused("suppressed", detail, event.event_id), {}, now)
+        kept = SignupRefused("suppressed", detail, event.event_id)
+        record_refusal(session, kept, {}, now, limiter=limiter, source=event.ip)
         return replace(outcome, reason="suppressed")
     if not outcome.send_confirmation:
         return outcome
-    verdict = limiter.allow_confirmation(valid.address.dedupe_key, repeat=outcome.repeat)
+    # Keyed on the mailbox: target+1@, target+2@ … are new subscribers but one inbox, so a new
+    # subscriber counts as a repeat and waits for the mailbox's resend window (empty for a
+    # mailbox never mailed, so a first signup is never held back).
+    verdict = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
     if verdict.allowed:
         return outcome
     detail = (
         f"signup recorded, no confirmation mail: {verdict.reason} "
         f"(next one possible in {verdict.retry_after:.0f} s)"
     )
-    record_refusal(
-        session, SignupRefused(verdict.reason or "limited", detail, event.event_id), data, now
-    )
+    kept = SignupRefused(verdict.reason or "limited", detail, event.event_id)
+    record_refusal(session, kept, {}, now, limiter=limiter, source=event.ip)
     return replace(outcome, send_confirmation=False, status="limited", reason=verdict.reason)
+
+
+def _source(data: Any) -> str | None:
+    """The ``ip`` of an event as received (it may be refused as a whole), for the record limit."""
+    ip = data.get("ip") if isinstance(data, dict) else None
+    return ip if isinstance(ip, str) and len(ip) <= 64 else None
 
 
 def _newsletter(session: Session, default: Newsletter, event: SignupEvent) -> Newsletter:
@@ -334,8 +395,11 @@ def sign_up(
 
     A suppressed address (also an erased person, by keyed hash) is not stored and gets nothing.
     A new signup sets the subscriber's language. New, pending and unsubscribed subscribers go
-    (again) through double opt-in; confirmed ones stay as they are. A repeated event id is a
-    no-op (at-least-once delivery of queue messages).
+    (again) through double opt-in. A confirmed subscriber stays as it is: a signup asking for
+    another language is a change that takes the reader's confirmation (status
+    ``change_pending``: the consent records the asked language, the reader gets a confirmation
+    mail, and only :func:`confirm` applies it). A repeated event id is a no-op (at-least-once
+    delivery of queue messages).
     """
     event, address = valid.event, valid.address
     if session.scalar(select(Consent.id).where(Consent.event_id == event.event_id)) is not None:
@@ -347,20 +411,25 @@ def sign_up(
             Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
         )
     )
-    inserted = False
     if subscriber is None:
-        subscriber, inserted = lifecycle.insert_pending(
+        subscriber, _ = lifecycle.insert_pending(
             session, newsletter_id, address, event.language, now
         )
-    repeat = subscriber.status == SubscriberStatus.PENDING and not inserted
+    repeat = subscriber.status == SubscriberStatus.PENDING  # new (inserted) or still pending
     if subscriber.status == SubscriberStatus.SUPPRESSED:
         return SignupOutcome(subscriber.id, False, "suppressed")
-    subscriber.language = event.language  # a new signup changes the language
-    subscriber.updated_at = now
     _add_consent(session, subscriber, event, now)
     if subscriber.status == SubscriberStatus.CONFIRMED:
+        # Anyone may type a reader's address: a change to a confirmed reader waits for them.
+        if event.language == subscriber.language:
+            session.flush()
+            return SignupOutcome(subscriber.id, False, "already_confirmed")
+        changing = subscriber.confirm_nonce is not None
+        lifecycle.request_change(subscriber, now)
         session.flush()
-        return SignupOutcome(subscriber.id, False, "already_confirmed")
+        return SignupOutcome(subscriber.id, True, "change_pending", repeat=changing)
+    subscriber.language = event.language  # a new signup (not yet confirmed) sets the language
+    subscriber.updated_at = now
     lifecycle.enrol(subscriber, now)
     session.flush()
     return SignupOutcome(subscriber.id, True, "pending", repeat=repeat)
@@ -400,10 +469,20 @@ def asked_again(session: Session, subscriber_id: int) -> bool:
     )
 
 
+def awaits_confirmation(subscriber: Subscriber) -> bool:
+    """True for a pending subscriber, and for a confirmed one with a change waiting for its
+    confirmation (``confirm_nonce`` set by ``lifecycle.request_change``)."""
+    return bool(subscriber.confirm_nonce) and subscriber.status in (
+        SubscriberStatus.PENDING,
+        SubscriberStatus.CONFIRMED,
+    )
+
+
 def confirmation_token(tokens: Tokens, subscriber: Subscriber) -> str:
-    """The token for ``subscriber``'s confirmation link; raises ``ValueError`` if not pending."""
-    if subscriber.status != SubscriberStatus.PENDING or not subscriber.confirm_nonce:
-        raise ValueError("only a pending subscriber has a confirmation link")
+    """The token for ``subscriber``'s confirmation link; raises ``ValueError`` unless the
+    subscriber :func:`awaits_confirmation`."""
+    if not awaits_confirmation(subscriber) or not subscriber.confirm_nonce:
+        raise ValueError("only a pending subscriber or a pending change has a confirmation link")
     return tokens.issue(Purpose.CONFIRM, subscriber.id, subscriber.confirm_nonce)
 
 
@@ -418,7 +497,7 @@ def check_confirmation(
     subscriber = session.get(Subscriber, claims.subscriber_id)
     if subscriber is None:
         raise TokenError("forged", "this link is not valid")
-    if subscriber.status != SubscriberStatus.PENDING or subscriber.confirm_nonce != claims.nonce:
+    if not awaits_confirmation(subscriber) or subscriber.confirm_nonce != claims.nonce:
         raise TokenError("used", "this link has already been used")
     return subscriber, claims
 
@@ -455,16 +534,21 @@ def confirm(
 ) -> Subscriber:
     """Confirm the subscription (the POST from the confirmation page): single use.
 
-    Records when and from where (IP, user agent) on the latest unconfirmed consent. Raises
+    Records when and from where (IP, user agent) on the latest unconfirmed consent. For a
+    confirmed reader's pending change, applies the language that consent asked for. Raises
     ``TokenError`` as ``check_confirmation`` does.
     """
     subscriber, _ = check_confirmation(session, tokens, token, max_age_seconds)
-    lifecycle.confirm(subscriber, now)  # the token stops working
     consent = session.scalar(
         select(Consent)
         .where(Consent.subscriber_id == subscriber.id, Consent.confirmed_at.is_(None))
-        .order_by(Consent.signed_up_at.desc(), Consent.id.desc())
+        .order_by(Consent.id.desc())
     )
+    if subscriber.status == SubscriberStatus.CONFIRMED:
+        language = consent.language if consent is not None else None
+        lifecycle.confirm_change(subscriber, language or subscriber.language, now)
+    else:
+        lifecycle.confirm(subscriber, now)  # the token stops working
     if consent is not None:
         consent.confirmed_at = now
         consent.confirm_ip = (ip or "")[:64] or None

@@ -18,6 +18,7 @@ from worker.models import Subscriber
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.states import SubscriberStatus
+from worker.subscriptions.addresses import mailbox_key_of
 from worker.subscriptions.lifecycle import unsubscribe_by_token
 from worker.subscriptions.signups import (
     check_confirmation,
@@ -26,6 +27,7 @@ from worker.subscriptions.signups import (
     subscriber_of_link,
 )
 from worker.subscriptions.tokens import Purpose, TokenError
+from worker.web.callers import client_ip, trusted_networks
 from worker.web.dependencies import PagesDep, RuntimeDep, SessionDep
 from worker.web.pages import Pages, link_error, newsletter_context
 
@@ -94,11 +96,11 @@ def confirm_resend(token: str, request: Request, rt: RuntimeDep, pages: PagesDep
     due: int | None = None
     with rt.session() as session:
         subscriber = resend_target(session, rt.tokens, token)
-        ip = request.client.host if request.client else ""
+        ip = client_ip(request, trusted_networks(rt.settings.trusted_proxies))
         if (
             subscriber is not None
-            and rt.limiter.allow_signup(ip).allowed
-            and rt.limiter.allow_confirmation(subscriber.email_key).allowed
+            and rt.limiter.allow_signup(ip or "unknown-peer").allowed
+            and rt.limiter.allow_confirmation(mailbox_key_of(subscriber.email_key)).allowed
         ):
             due = subscriber.id
         lang, ctx = newsletter_context(rt, session, subscriber)
