@@ -85,8 +85,12 @@ def returned_headers(ids: Ids, to: str) -> str:
     )
 
 
-def dsn(ids: Ids, final_recipient: str, n: int) -> bytes:
-    """A Postfix-style hard-bounce DSN with the original's headers returned."""
+USER_UNKNOWN = ("5.1.1", "550 5.1.1 <x>: Recipient address rejected: User unknown")
+
+
+def dsn(ids: Ids, final_recipient: str, n: int, status: tuple[str, str] = USER_UNKNOWN) -> bytes:
+    """A Postfix-style DSN (a hard bounce unless ``status`` says otherwise) with the original's
+    headers returned."""
     return (
         "From: MAILER-DAEMON@mx.example.com\n"
         f"To: {ids.verp}\n"
@@ -98,8 +102,8 @@ def dsn(ids: Ids, final_recipient: str, n: int) -> bytes:
         "--B\nContent-Type: message/delivery-status\n\n"
         "Reporting-MTA: dns; mx.example.com\n\n"
         f"Final-Recipient: rfc822; {final_recipient}\n"
-        "Action: failed\nStatus: 5.1.1\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 <x>: Recipient address rejected: User unknown\n\n"
+        f"Action: failed\nStatus: {status[0]}\n"
+        f"Diagnostic-Code: smtp; {status[1]}\n\n"
         "--B\nContent-Type: text/rfc822-headers\n\n"
         f"{returned_headers(ids, final_recipient)}\n--B--\n"
     ).encode()
@@ -237,3 +241,24 @@ def test_the_verp_tag_wins_over_a_forwarding_final_recipient(
     assert (event.effect, event.attribution) == (Effect.SUPPRESSED, "verp")
     assert status(rt, sent.subscriber[READER]) == "suppressed"
     assert status(rt, sent.subscriber["forward.target@example.com"]) == "confirmed"
+
+
+def test_refusals_about_our_sender_never_count_against_the_reader(
+    rt: Runtime, smtp: OutboxServer, receiver: InboundServer
+) -> None:
+    # Given a reader's genuine delivery
+    sent = send_edition(rt, smtp, [READER])
+    ids = sent.copies[READER]
+    refusals = [
+        ("5.1.1", "550 5.1.1 <bounces@news.example.org>: Sender address rejected: User unknown"),
+        ("5.1.0", "550 5.1.0 Sender domain news.example.org fails DMARC policy"),
+        ("5.6.0", "554 5.6.0 Message refused under our acceptable use policy"),
+        ("5.2.0", "550 5.2.0 Envelope sender is blocked"),
+    ]
+    # When the receiving side refuses it, about our sender, with four different codes
+    for n, refusal in enumerate(refusals):
+        deliver(receiver, dsn(ids, READER, n, refusal), to=ids.verp)
+
+    # Then each is a policy block for the operator, none a bounce of the reader
+    assert [(e.kind, e.effect) for e in events(rt)] == [("policy_block", Effect.POLICY_ALERTED)] * 4
+    assert status(rt, sent.subscriber[READER]) == "confirmed"
