@@ -83,6 +83,9 @@ class Reason(StrEnum):
     AUTO_REPLIED = "auto_replied"
     LIST_UNSUBSCRIBE = "list_unsubscribe"
     OTHER_FEEDBACK = "other_feedback"  # ARF virus/other: recorded, no action
+    HUMAN_MESSAGE = (
+        "human_message"  # a person wrote to the bounce address: forwarded, never acted on
+    )
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class Effect:
     NOT_TRUSTED = "not_trusted"
     NO_SUBSCRIBER = "no_subscriber"
     BAD_TOKEN = "bad_token"
+    FORWARDED = "forwarded"  # human mail sent on to the replies inbox (worker.feedback.replies)
 
 
 @dataclass(frozen=True)
