@@ -13,22 +13,18 @@ Mail sent before sealed ids still bounces for days: the old VERP form
 ``bounces+4711-<10 hex HMAC>`` still parses (it is tagged). The old untagged forms
 (``<d4711.…>``, ``X-Newsletter-Delivery: 4711``) parse as :class:`Untagged` only, which feedback
 policy records but never trusts (see ``worker.feedback.policy``).
-Parsers never raise: a foreign or malformed value gives None. Pure: no I/O (``cryptography`` for
-AES).
+Parsers never raise: a foreign or malformed value gives None. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import re
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from worker.subscriptions import sealed
 
 BOUNCE_PREFIX = "bounces"  # local part of the envelope sender (RFC 5321 MAIL FROM)
 UNSUBSCRIBE_PREFIX = "unsubscribe"  # local part of the List-Unsubscribe mailto (RFC 2369 §3.2)
@@ -40,8 +36,7 @@ EDITION_HEADER = "X-Newsletter-Edition"
 _MAX_ID_DIGITS = 18  # a BIGINT id fits; longer runs of digits are not ours
 _ASCII_ID = re.compile(rf"[0-9]{{1,{_MAX_ID_DIGITS}}}")
 _LOCAL = re.compile(r"^(?P<prefix>[a-z0-9._-]+)\+(?P<id>[0-9]{1,19})-(?P<tag>[0-9a-f]{10})$", re.I)
-_SEALED_LENGTH = 26  # 16 bytes in base32 without padding
-_SEALED = re.compile(rf"[a-z2-7]{{{_SEALED_LENGTH}}}", re.IGNORECASE)
+_SEALED_LENGTH = sealed.LENGTH
 _SEALED_LOCAL = re.compile(
     rf"^(?P<prefix>[a-z0-9._-]+)\+(?P<sealed>[a-z2-7]{{{_SEALED_LENGTH}}})$", re.I
 )
@@ -49,7 +44,6 @@ _EDITION_MESSAGE_ID = re.compile(
     r"^<?(?P<id>d[0-9]{1,18}|[a-z2-7]{26})\.(?P<edition>[^@<>\s]+)@(?P<domain>[^@<>\s]+)>?$",
     re.IGNORECASE,
 )
-_MAX_DELIVERY_ID = 2**63 - 1  # BIGINT
 
 
 @dataclass(frozen=True)
@@ -60,58 +54,21 @@ class Untagged:
     delivery_id: int
 
 
-def _subkey(key: str, label: str) -> bytes:
-    """A key for one use, derived from the secret key (HMAC-SHA256 as a PRF, RFC 5869 spirit)."""
-    return hmac.new(key.encode(), f"newsletter-identity:{label}".encode(), hashlib.sha256).digest()
-
-
-@lru_cache(maxsize=8)
-def _cipher(key: str) -> Cipher[modes.ECB]:
-    # One AES block, encrypted alone: ECB is the raw block cipher (a keyed permutation), which is
-    # what sealing one 16-byte block needs; no two plaintexts share a block.
-    return Cipher(algorithms.AES(_subkey(key, "aes")[:16]), modes.ECB())
-
-
-def _mac(delivery_id: int, key: str) -> bytes:
-    return hmac.new(
-        _subkey(key, "mac"), b"delivery:" + delivery_id.to_bytes(8, "big"), hashlib.sha256
-    ).digest()[:8]
+_FEEDBACK_ID_PART = re.compile(r"[^:\s]+")  # the separator and folding whitespace excluded
 
 
 def seal_delivery(delivery_id: int, *, key: str) -> str:
-    """``delivery_id`` (0 … 2**63-1) sealed under ``key``: 26 lower-case base32 characters.
-
-    The 16-byte block is the id (8 bytes, big-endian) and an 8-byte HMAC-SHA256 tag of it,
-    encrypted with AES-128: forging one takes 2**64 guesses, and the value says nothing about the
-    id. Deterministic (a resent delivery keeps its Message-ID). Raises ``ValueError`` for an id
-    out of range."""
-    if not 0 <= delivery_id <= _MAX_DELIVERY_ID:
-        raise ValueError(f"delivery id out of range: {delivery_id}")
-    encryptor = _cipher(key).encryptor()
-    block = encryptor.update(delivery_id.to_bytes(8, "big") + _mac(delivery_id, key))
-    block += encryptor.finalize()
-    return base64.b32encode(block).decode().rstrip("=").lower()
+    """``delivery_id`` (0 … 2**63-1) sealed under ``key``: 26 lower-case base32 characters (see
+    :func:`worker.subscriptions.sealed.seal`: AES over the id and its HMAC-SHA256 tag; forging one
+    takes 2**64 guesses and the value says nothing about the id). Deterministic (a resent delivery
+    keeps its Message-ID). Raises ``ValueError`` for an id out of range."""
+    return sealed.seal(delivery_id, key=key, purpose="delivery")
 
 
-def open_delivery(sealed: str | None, *, key: str) -> int | None:
+def open_delivery(value: str | None, *, key: str) -> int | None:
     """The delivery id in a value made by :func:`seal_delivery` under ``key`` (any case,
     surrounding space ignored); None if malformed, forged or sealed under another key."""
-    text = (sealed or "").strip()
-    if not _SEALED.fullmatch(text):
-        return None
-    try:
-        block = base64.b32decode(text.upper() + "======")
-    except (binascii.Error, ValueError):
-        return None
-    decryptor = _cipher(key).decryptor()
-    plain = decryptor.update(block) + decryptor.finalize()
-    delivery_id = int.from_bytes(plain[:8], "big")
-    if delivery_id > _MAX_DELIVERY_ID or not hmac.compare_digest(plain[8:], _mac(delivery_id, key)):
-        return None
-    return delivery_id
-
-
-_FEEDBACK_ID_PART = re.compile(r"[^:\s]+")  # the separator and folding whitespace excluded
+    return sealed.unseal(value, key=key, purpose="delivery")
 
 
 def _tag(delivery_id: int, key: str) -> str:
