@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
+import hmac
 import smtplib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from tests.sendkit import run_batch, seed, start_send
 from worker.devtools.outbox import OutboxServer, free_port
 from worker.feedback.policy import Effect
 from worker.feedback.smtp_receiver import InboundServer
-from worker.models import FeedbackEvent, Subscriber
+from worker.models import Delivery, FeedbackEvent, Subscriber
 from worker.runtime import Runtime
 
 READER = "reader@example.com"
@@ -262,3 +264,28 @@ def test_refusals_about_our_sender_never_count_against_the_reader(
     # Then each is a policy block for the operator, none a bounce of the reader
     assert [(e.kind, e.effect) for e in events(rt)] == [("policy_block", Effect.POLICY_ALERTED)] * 4
     assert status(rt, sent.subscriber[READER]) == "confirmed"
+
+
+def test_a_bounce_to_an_old_tagged_verp_address_still_counts(
+    rt: Runtime, smtp: OutboxServer, receiver: InboundServer
+) -> None:
+    # Given mail sent before sealed ids, whose envelope sender was bounces+<id>-<10 hex HMAC>
+    sent = send_edition(rt, smtp, [READER])
+    with rt.session() as session:
+        delivery_id = session.scalars(select(Delivery.id)).one()
+    key = rt.settings.secret_key.encode()
+    tag = hmac.new(key, f"verp:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:10]
+    old = Ids(f"bounces+{delivery_id}-{tag}@news.example.org", "<x@relay.example>", "-")
+    forged = Ids(f"bounces+{delivery_id}-{'0' * 10}@news.example.org", "<y@relay.example>", "-")
+
+    # When a forged and then a genuine bounce arrive at the old addresses
+    deliver(receiver, dsn(forged, READER, 1), to=forged.verp)
+    assert status(rt, sent.subscriber[READER]) == "confirmed"
+    deliver(receiver, dsn(old, READER, 2), to=old.verp)
+
+    # Then only the genuine one, HMAC-checked, suppresses
+    assert [(e.effect, e.attribution) for e in events(rt)] == [
+        (Effect.NOT_TRUSTED, "recipient"),
+        (Effect.SUPPRESSED, "verp"),
+    ]
+    assert status(rt, sent.subscriber[READER]) == "suppressed"
