@@ -594,3 +594,19 @@ def test_non_ascii_digits_in_the_delivery_header_name_no_delivery(
         found = attribute(session, report, policy)
     # Then nothing is attributed through the header
     assert (found.how, found.trusted, found.delivery) == ("none", False, None)
+
+
+def test_a_verified_provider_names_the_delivery_by_our_sealed_header(
+    rt: Runtime, policy: FeedbackPolicy
+) -> None:
+    # SES returns our X-Newsletter-Delivery header (sealed now) inside its signed notification;
+    # metadata set by a sending adapter may still hold the plain id. Both are its word.
+    with rt.session() as session:
+        world = load_world(session)
+    delivery = world.delivery["s41809"]
+    for ref in (seal_delivery(delivery, key=policy.hash_key), str(delivery)):
+        report = replace(_soft(0, "someone.else@example.net", 0), delivery_ref=ref)
+        with rt.session() as session:
+            found = attribute(session, report, policy, verified_provider=True)
+            assert (found.how, found.trusted) == ("provider", True)
+            assert found.delivery is not None and found.delivery.id == delivery
