@@ -25,6 +25,7 @@ MAX_NUMBER = 2**63 - 1  # a BIGINT id
 _FORM = re.compile(rf"[a-z2-7]{{{LENGTH}}}", re.IGNORECASE)
 
 
+@lru_cache(maxsize=32)
 def _subkey(key: str, label: str) -> bytes:
     """A key for one use, derived from the secret key (HMAC-SHA256 as a PRF, RFC 5869 §2.2)."""
     return hmac.new(key.encode(), f"newsletter-sealed:{label}".encode(), hashlib.sha256).digest()
