@@ -303,3 +303,68 @@ def test_smtp_reply_classification_is_total(code: int, text: str) -> None:
     assert classification.counts_toward_invalid_address is (classification.kind == HARD)
     if 400 <= code < 500:
         assert classification.kind == DELAYED
+
+
+# Permanent failures about OUR sender, with the subject digits receivers really use: none of them
+# says anything of the reader's address (RFC 3463 §3.2 X.1.7/X.1.8, §3.8 X.7.x).
+SENDER_SIDE = [
+    ("5.1.8", "553 5.1.8 <bounces@news.example.org>: Sender address rejected: Domain not found"),
+    ("5.1.1", "550 5.1.1 <bounces@news.example.org>: Sender address rejected: User unknown"),
+    ("5.1.0", "550 5.1.0 Sender denied as sender's email address is not allowed"),
+    ("5.1.0", "550 5.1.0 <bounces@news.example.org> sender verify failed"),
+    ("5.1.7", "550 5.1.7 Invalid address"),
+    ("5.0.0", "550 5.0.0 Envelope sender domain is blocked by local policy"),
+    ("5.2.1", "550 5.2.1 Mail from news.example.org rejected by DMARC policy"),
+    ("5.5.0", "550 5.5.0 SPF check failed for news.example.org"),
+    ("5.6.0", "554 5.6.0 Message refused under our acceptable use policy"),
+    ("5.3.0", "554 5.3.0 Message rejected as spam by content filter"),
+    ("5.4.1", "550 5.4.1 Sending domain news.example.org has been blacklisted"),
+    ("5.1.1", "550 5.1.1 Sender blocked"),
+    ("5.2.0", "550 5.2.0 Your domain has a poor reputation"),
+    ("5.0.0", "550 Отправитель отклонён: адрес отправителя не прошёл проверку"),
+    (None, "550 Sender address rejected: not owned by user"),
+    (None, "554 Your IP 198.51.100.7 is listed in Spamhaus ZEN"),
+]
+# Refusals about the reader's mailbox: the rule must not catch these.
+RECIPIENT_SIDE = [
+    ("5.1.1", "550 5.1.1 <a@example.net>: Recipient address rejected: User unknown", HARD),
+    ("5.1.1", "550-5.1.1 The email account that you tried to reach does not exist.", HARD),
+    ("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found by SMTP lookup", HARD),
+    ("5.2.2", "552 5.2.2 The email account that you tried to reach is over quota", SOFT),
+    ("5.2.1", "550 5.2.1 The email account that you tried to reach is disabled", HARD),
+    ("5.0.0", "Mail delivery failed: returning message to sender. user unknown", HARD),
+]
+
+
+@pytest.mark.parametrize(("status", "text"), SENDER_SIDE)
+@pytest.mark.parametrize("action", ["failed", None])
+def test_a_refusal_about_our_sender_is_a_policy_block_whatever_the_code(
+    status: str | None, text: str, action: str | None
+) -> None:
+    found = classify_status(status, f"smtp; {text}", action=action)
+    assert found.kind == POLICY and not found.counts_toward_invalid_address
+    assert found.reason in {
+        Reason.SENDER_ADDRESS_REJECTED,
+        Reason.SENDER_BLOCKED,
+        Reason.AUTHENTICATION_FAILED,
+        Reason.CONTENT_REJECTED,
+    }
+    code = int(text.split()[0])
+    assert classify_smtp_reply(code, text.split(" ", 1)[1]).kind == POLICY
+
+
+@pytest.mark.parametrize(("status", "text"), SENDER_SIDE[:6])
+def test_a_transient_refusal_about_our_sender_that_expired_is_no_soft_bounce(
+    status: str | None, text: str
+) -> None:
+    # The remote MTA gave up (Action: failed with class 4): still about us, not the reader.
+    transient = f"4{(status or '5.0.0')[1:]}"
+    found = classify_status(transient, f"smtp; 4{text[1:]}", action="failed")
+    assert found.kind == POLICY
+
+
+@pytest.mark.parametrize(("status", "text", "kind"), RECIPIENT_SIDE)
+def test_refusals_about_the_readers_mailbox_stay_bounces(
+    status: str, text: str, kind: FeedbackKind
+) -> None:
+    assert classify_status(status, f"smtp; {text}", action="failed").kind == kind

@@ -19,6 +19,7 @@ from worker import actors
 from worker.broker import batch_name, current
 from worker.models import Delivery, FeedbackEvent, Send, Suppression
 from worker.runtime import Runtime, runtime
+from worker.sending.identity import seal_delivery
 from worker.sending.planning import pending_batches, plan_deliveries
 from worker.sending.ports import Mailer, SmtpOutcome
 from worker.sending.sends import set_status
@@ -128,7 +129,8 @@ def test_claim_lost_during_data_is_unknown_and_retry_unknown_resends_same_messag
         assert session.get_one(Send, send_id).status == "sending"
     run_batch(srt, send_id)
     message = email.message_from_bytes(server.handler.messages["a@example.org"][0])
-    assert message["Message-ID"].startswith(f"<d{first}.2024-W28@")
+    sealed = seal_delivery(first, key=srt.settings.secret_key)
+    assert message["Message-ID"].startswith(f"<{sealed}.2024-W28@")
     assert dict(server.handler.accepted) == {"a@example.org": 1, "b@example.org": 1}
     assert states(srt, send_id) == {"a@example.org": "sent", "b@example.org": "sent"}
 

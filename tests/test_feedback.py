@@ -2,8 +2,8 @@
 the soft-bounce rule, mailto and provider unsubscribes, the send-time path and a running send.
 
 The cases use the corpus's VERP (``bounces+local=domain@``) and Message-ID shapes; here they are
-rewritten to the product's (``bounces+<delivery>-<tag>@``, ``<d<delivery>.<edition>@…>``) after
-the fixture subscribers and their deliveries are loaded.
+rewritten to the product's (``bounces+<sealed>@``, ``<<sealed>.<edition>@…>``, the delivery id
+sealed under the secret key) after the fixture subscribers and their deliveries are loaded.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from worker.models import (
     Suppression,
 )
 from worker.runtime import Runtime
-from worker.sending.identity import verp_address
+from worker.sending.identity import seal_delivery, verp_address
 from worker.states import DeliveryState
 from worker.subscriptions.tokens import unsubscribe_token
 
@@ -152,7 +152,8 @@ def product_shape(raw: bytes, world: World, key: str) -> bytes:
         return verp_address(delivery, key=key, domain=DOMAIN).encode()
 
     def message_id(match: re.Match[bytes]) -> bytes:
-        return f"<d{world.delivery[match[2].decode()]}.{match[1].decode()}@".encode()
+        sealed = seal_delivery(world.delivery[match[2].decode()], key=key)
+        return f"<{sealed}.{match[1].decode()}@".encode()
 
     raw = re.sub(rb"bounces\+([\w.]+)=([\w.-]+)@news\.example\.org", verp, raw)
     return re.sub(rb"<ed-([\w-]+)\.(s\d+)@", message_id, raw)
@@ -285,30 +286,34 @@ def test_forged_verp_tag_is_not_trusted(rt: Runtime, policy: FeedbackPolicy) -> 
     raw = product_shape(
         (CASES / "bounces" / "b05_office365_550_5_1_10.eml").read_bytes(), world, "another-key"
     )
-    raw = re.sub(rb"<d\d+\.", b"<ed-", raw)  # and no Message-ID of ours either
+    raw = re.sub(rb"<[a-z2-7]{26}\.", b"<ed-", raw)  # and no Message-ID of ours either
     [(_, outcome)] = record_mail(rt, raw, policy)
     assert outcome.effect == Effect.NOT_TRUSTED
     assert subscriber_row(rt, world.subscriber["s41811"]).status == "confirmed"
 
 
-def test_message_id_is_trusted_only_when_its_delivery_went_to_the_recipient(
-    rt: Runtime, policy: FeedbackPolicy
-) -> None:
+def test_message_id_is_trusted_only_when_sealed(rt: Runtime, policy: FeedbackPolicy) -> None:
+    # Given a bounce naming the reader's own delivery by the old, untagged Message-ID form
     with rt.session() as session:
         world = load_world(session)
     raw = (CASES / "bounces" / "b01_postfix_5_1_1_headers_only.eml").read_bytes()
-    own = raw.replace(
-        b"<ed-2026w48-en.s41809@", f"<d{world.delivery['s41809']}.2026w48-en@".encode()
-    )
-    other = raw.replace(
-        b"<ed-2026w48-en.s41809@", f"<d{world.delivery['s41807']}.2026w48-en@".encode()
+    delivery = world.delivery["s41809"]
+    untagged = raw.replace(b"<ed-2026w48-en.s41809@", f"<d{delivery}.2026w48-en@".encode())
+    sealed = raw.replace(
+        b"<ed-2026w48-en.s41809@",
+        f"<{seal_delivery(delivery, key=policy.hash_key)}.2026w48-en@".encode(),
     )
 
-    [(_, forged)] = record_mail(rt, other, policy)
+    # Then the untagged id names the delivery but changes nothing, even with the right recipient
+    [(_, forged)] = record_mail(rt, untagged, policy)
     assert (forged.effect, forged.attribution) == (Effect.NOT_TRUSTED, "message_id")
-    assert subscriber_row(rt, world.subscriber["s41807"]).status == "confirmed"
+    assert forged.delivery_id == delivery
+    assert subscriber_row(rt, world.subscriber["s41809"]).status == "confirmed"
 
-    [(_, genuine)] = record_mail(rt, own.replace(b"5D1E2A0C44@relay", b"5D1E2A0C45@relay"), policy)
+    # And the sealed one is trusted
+    [(_, genuine)] = record_mail(
+        rt, sealed.replace(b"5D1E2A0C44@relay", b"5D1E2A0C45@relay"), policy
+    )
     assert (genuine.effect, genuine.attribution) == (Effect.SUPPRESSED, "message_id")
     assert subscriber_row(rt, world.subscriber["s41809"]).status == "suppressed"
 
@@ -555,22 +560,26 @@ def test_unsubscribe_takes_effect_within_the_running_send(rt: Runtime, smtp: Out
     assert "reader15@example.com" not in received and "reader16@example.com" not in received
 
 
-def test_delivery_header_attributes_when_it_names_the_recipients_delivery(
-    rt: Runtime, policy: FeedbackPolicy
-) -> None:
+def test_delivery_header_attributes_only_when_sealed(rt: Runtime, policy: FeedbackPolicy) -> None:
     with rt.session() as session:
         world = load_world(session)
     raw = (CASES / "bounces" / "b08_mailru_style_russian_user_unknown.eml").read_bytes()
-    raw = raw.replace(
-        b"X-Newsletter-Edition:",
-        f"X-Newsletter-Delivery: {world.delivery['s41814']}\nX-Newsletter-Edition:".encode(),
-    )
+    delivery = world.delivery["s41814"]
 
-    [(report, outcome)] = record_mail(rt, raw, policy)
+    def with_header(value: str) -> bytes:
+        header = f"X-Newsletter-Delivery: {value}\nX-Newsletter-Edition:".encode()
+        own_id = f"Message-ID: <{value}@mx.mail.example.com>\n".encode()  # two reports, not one
+        return own_id + raw.replace(b"X-Newsletter-Edition:", header)
 
-    assert report.delivery_ref == str(world.delivery["s41814"])
+    [(_, untagged)] = record_mail(rt, with_header(str(delivery)), policy)
+    assert (untagged.effect, untagged.attribution) == (Effect.NOT_TRUSTED, "delivery_header")
+    assert subscriber_row(rt, world.subscriber["s41814"]).status == "confirmed"
+
+    sealed = seal_delivery(delivery, key=policy.hash_key)
+    [(report, outcome)] = record_mail(rt, with_header(sealed), policy)
+    assert report.delivery_ref == sealed
     assert (outcome.effect, outcome.attribution) == (Effect.SUPPRESSED, "delivery_header")
-    assert outcome.delivery_id == world.delivery["s41814"]
+    assert outcome.delivery_id == delivery
     assert subscriber_row(rt, world.subscriber["s41814"]).status == "suppressed"
 
 
@@ -585,3 +594,19 @@ def test_non_ascii_digits_in_the_delivery_header_name_no_delivery(
         found = attribute(session, report, policy)
     # Then nothing is attributed through the header
     assert (found.how, found.trusted, found.delivery) == ("none", False, None)
+
+
+def test_a_verified_provider_names_the_delivery_by_our_sealed_header(
+    rt: Runtime, policy: FeedbackPolicy
+) -> None:
+    # SES returns our X-Newsletter-Delivery header (sealed now) inside its signed notification;
+    # metadata set by a sending adapter may still hold the plain id. Both are its word.
+    with rt.session() as session:
+        world = load_world(session)
+    delivery = world.delivery["s41809"]
+    for ref in (seal_delivery(delivery, key=policy.hash_key), str(delivery)):
+        report = replace(_soft(0, "someone.else@example.net", 0), delivery_ref=ref)
+        with rt.session() as session:
+            found = attribute(session, report, policy, verified_provider=True)
+            assert (found.how, found.trusted) == ("provider", True)
+            assert found.delivery is not None and found.delivery.id == delivery

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
+import hmac
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -60,16 +62,76 @@ def test_verp_refuses_forged_and_foreign(value: str) -> None:
 def test_verp_under_another_key_is_forged() -> None:
     address = identity.verp_address(4711, key="another-key", domain=DOMAIN)
     assert identity.parse_verp(address, key=KEY) is None
-    assert identity.verp_address(4711, key=KEY, domain=DOMAIN).startswith("bounces+4711-")
+
+
+def _old_verp(delivery_id: int, key: str) -> str:
+    """The VERP address mail sent before sealed ids carries: ``bounces+<id>-<10 hex HMAC>``."""
+    tag = hmac.new(key.encode(), f"verp:{delivery_id}".encode(), hashlib.sha256).hexdigest()
+    return f"bounces+{delivery_id}-{tag[:10]}@{DOMAIN}"
+
+
+@given(delivery_id=IDS)
+def test_old_tagged_verp_still_parses(delivery_id: int) -> None:
+    # Mail sent before the upgrade keeps bouncing for days to its old tagged address.
+    address = _old_verp(delivery_id, KEY)
+    assert identity.parse_verp(address, key=KEY) == delivery_id
+    assert identity.parse_verp(address.upper(), key=KEY) == delivery_id
+    assert identity.parse_verp(_old_verp(delivery_id, "another-key"), key=KEY) is None
+
+
+@given(delivery_id=IDS)
+def test_sealed_id_round_trips_in_lower_case_base32(delivery_id: int) -> None:
+    sealed = identity.seal_delivery(delivery_id, key=KEY)
+    assert len(sealed) == 26 and sealed == sealed.lower()
+    assert set(sealed) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert identity.open_delivery(sealed, key=KEY) == delivery_id
+    assert identity.open_delivery(sealed.upper(), key=KEY) == delivery_id  # MTAs change case
+    assert identity.open_delivery(sealed, key="another-key") is None
+
+
+def test_sealed_ids_reveal_no_count() -> None:
+    # Neighbouring ids share no prefix worth reading: each is a fresh AES block.
+    sealed = [identity.seal_delivery(n, key=KEY) for n in range(1, 65)]
+    assert len(set(sealed)) == 64
+    assert len({s[:4] for s in sealed}) == 64
+    assert sealed != sorted(sealed)
+
+
+@given(delivery_id=IDS, position=st.integers(0, 25), letter=st.sampled_from("a2z7q"))
+def test_a_neighbouring_sealed_value_is_forged(
+    delivery_id: int, position: int, letter: str
+) -> None:
+    sealed = identity.seal_delivery(delivery_id, key=KEY)
+    changed = sealed[:position] + letter + sealed[position + 1 :]
+    if changed != sealed:
+        assert identity.open_delivery(changed, key=KEY) is None
+
+
+def test_every_identifier_of_a_delivery_carries_only_the_seal() -> None:
+    sealed = identity.seal_delivery(4711, key=KEY)
+    verp = identity.verp_address(4711, key=KEY, domain=DOMAIN)
+    assert verp == f"bounces+{sealed}@{DOMAIN}"
+    assert len(verp.split("@")[0]) <= 64  # RFC 5321 §4.5.3.1.1
+    assert identity.edition_message_id(4711, "2024-W28", DOMAIN, key=KEY) == (
+        f"<{sealed}.2024-W28@{DOMAIN}>"
+    )
+    assert identity.delivery_header(4711, key=KEY) == sealed
+    assert "4711" not in verp + sealed
 
 
 @given(delivery_id=IDS, edition=EDITION_KEYS)
 def test_edition_message_id_round_trips(delivery_id: int, edition: str) -> None:
-    value = identity.edition_message_id(delivery_id, edition, DOMAIN)
-    assert value == f"<d{delivery_id}.{edition}@{DOMAIN}>"
-    assert identity.parse_edition_message_id(value, DOMAIN) == delivery_id
-    assert identity.parse_edition_message_id(value.upper(), DOMAIN) == delivery_id
-    assert identity.parse_edition_message_id(value) == delivery_id  # no domain: any
+    value = identity.edition_message_id(delivery_id, edition, DOMAIN, key=KEY)
+    assert identity.parse_edition_message_id(value, DOMAIN, key=KEY) == delivery_id
+    assert identity.parse_edition_message_id(value.upper(), DOMAIN, key=KEY) == delivery_id
+    assert identity.parse_edition_message_id(value, key=KEY) == delivery_id  # no domain: any
+    assert identity.parse_edition_message_id(value, DOMAIN, key="another-key") is None
+
+
+def test_old_untagged_message_id_and_header_parse_as_untagged() -> None:
+    untagged = identity.Untagged(4711)
+    assert identity.parse_edition_message_id(f"<d4711.2024-W28@{DOMAIN}>", key=KEY) == untagged
+    assert identity.parse_delivery_header("4711", key=KEY) == untagged
 
 
 @pytest.mark.parametrize(
@@ -80,27 +142,28 @@ def test_edition_message_id_round_trips(delivery_id: int, edition: str) -> None:
         "<d²4711.2024-W28@news.example.org>",
         "<d4711@news.example.org>",  # no edition
         "<d1234567890123456789.2024-W28@news.example.org>",  # 19 digits: not a delivery id
+        "<aaaaaaaaaaaaaaaaaaaaaaaaaa.2024-W28@news.example.org>",  # base32, not sealed by us
         "<confirmation.0123abcd@news.example.org>",
         "",
         None,
     ],
 )
 def test_edition_message_id_refuses_foreign(value: str | None) -> None:
-    assert identity.parse_edition_message_id(value, DOMAIN) is None
+    assert identity.parse_edition_message_id(value, DOMAIN, key=KEY) is None
 
 
 def test_transactional_message_id_is_unique_and_not_an_edition() -> None:
     first = identity.transactional_message_id("confirmation", DOMAIN)
     assert first.startswith("<confirmation.") and first.endswith(f"@{DOMAIN}>")
     assert first != identity.transactional_message_id("confirmation", DOMAIN)
-    assert identity.parse_edition_message_id(first, DOMAIN) is None
+    assert identity.parse_edition_message_id(first, DOMAIN, key=KEY) is None
 
 
 @given(delivery_id=IDS)
 def test_delivery_header_round_trips(delivery_id: int) -> None:
-    value = identity.delivery_header(delivery_id)
-    assert identity.parse_delivery_header(value) == delivery_id
-    assert identity.parse_delivery_header(f"  {value} ") == delivery_id
+    value = identity.delivery_header(delivery_id, key=KEY)
+    assert identity.parse_delivery_header(value, key=KEY) == delivery_id
+    assert identity.parse_delivery_header(f"  {value} ", key=KEY) == delivery_id
 
 
 @pytest.mark.parametrize(
@@ -109,7 +172,7 @@ def test_delivery_header_round_trips(delivery_id: int) -> None:
 )
 def test_delivery_header_accepts_ascii_digits_only(value: str | None) -> None:
     # str.isdigit() accepted "²" and "٤٧١١", and int("²") raised ValueError later
-    assert identity.parse_delivery_header(value) is None
+    assert identity.parse_delivery_header(value, key=KEY) is None
 
 
 @given(token=TOKENS)

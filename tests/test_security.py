@@ -212,14 +212,35 @@ def test_forged_unsubscribe_links_unsubscribe_nobody(rt: Runtime) -> None:
         "content": b"List-Unsubscribe=One-Click",
         "headers": {"Content-Type": "application/x-www-form-urlencoded"},
     }
+    # Tokens issued before sealed ids: itsdangerous over the plain id, still honoured
+    old_style = URLSafeTimedSerializer(rt.settings.secret_key, salt="newsletter.unsubscribe")
+    assert rt.tokens.check(Purpose.UNSUBSCRIBE, old_style.dumps([sid])).subscriber_id == sid
+    genuine = rt.tokens.issue(Purpose.UNSUBSCRIBE, sid)
+    neighbour = genuine[:-1] + ("a" if genuine[-1] != "a" else "b")
     for bad in (
         "x",
         Tokens("another-secret-key-000000").issue(Purpose.UNSUBSCRIBE, sid),
-        _swap_payload(rt.tokens.issue(Purpose.UNSUBSCRIBE, sid + 1), [sid]),
+        _swap_payload(old_style.dumps([sid + 1]), [sid]),
+        neighbour,
+        rt.tokens.issue(Purpose.CONFIRM, sid, "nonce"),  # another purpose
     ):
         assert client.post(f"/u/{bad}", **one_click).status_code == 404
         assert client.post(f"/u/{bad}").status_code == 404
     assert status_of(rt, sid) == "confirmed"
+
+
+def test_tokens_in_mail_show_no_subscriber_id(rt: Runtime) -> None:
+    # Ids are sequential: a token showing one would tell a reader how many readers there are.
+    for sid in (1, 2, 3, 41809):
+        unsubscribe = rt.tokens.issue(Purpose.UNSUBSCRIBE, sid)
+        assert len(unsubscribe) == 26 and unsubscribe == unsubscribe.lower()
+        assert len(f"unsubscribe+{unsubscribe}") <= 64  # RFC 5321 §4.5.3.1.1 local part
+        confirm = rt.tokens.issue(Purpose.CONFIRM, sid, "n0nce")
+        body = confirm.split(".", 1)[0]
+        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        assert isinstance(payload[0], str) and len(payload[0]) == 26  # sealed, not the id
+        assert rt.tokens.check(Purpose.CONFIRM, confirm).subscriber_id == sid
+        assert rt.tokens.check(Purpose.UNSUBSCRIBE, unsubscribe).subscriber_id == sid
 
 
 JSON_VALUES = st.recursive(

@@ -111,6 +111,8 @@ class Settings:
     soft_bounce_limit: int = 3
     soft_bounce_window_days: int = 30
     inbound_max_bytes: int = 25 * 1024 * 1024
+    replies_to: str = ""  # a human inbox for replies to the bounce address; empty = not forwarded
+    replies_per_hour: int = 20  # at most this many forwards per hour (a loop or a flood stops)
     ses_topic_arns: str = ""
     postmark_webhook_credentials: str = field(default="", repr=False)
     sendgrid_verification_key: str = field(default="", repr=False)

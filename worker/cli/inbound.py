@@ -75,13 +75,11 @@ def inbound_reprocess() -> None:
     """Parse and record stored messages that were not processed (after a crash or an error)."""
     from worker.db import session_scope
     from worker.feedback.inbound import InboundContext, pending_ids, process_inbound
-    from worker.feedback.policy import FeedbackPolicy
     from worker.models import InboundMessage
     from worker.sending.ports import SystemClock
-    from worker.subscriptions.tokens import Tokens
 
     settings = Settings.from_env()
-    ctx = InboundContext(FeedbackPolicy.from_settings(settings), Tokens(settings.secret_key))
+    ctx = InboundContext.from_settings(settings)
     with session_scope(settings) as session:
         ids = pending_ids(session)
     done = 0

@@ -19,7 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from worker.sending.identity import DELIVERY_HEADER
 
-_DELIVERY_LINE = rb"^" + DELIVERY_HEADER.encode() + rb": ([0-9]+)"
+_DELIVERY_LINE = rb"^" + DELIVERY_HEADER.encode() + rb": ([A-Za-z0-9]+)"
 
 
 def free_port() -> int:
@@ -68,7 +68,8 @@ class OutboxHandler:
             n = len(self.received) + 1
         if delivery:
             language = lang.group(1).decode() if lang else "xx"
-            return self.folder / f"{int(delivery.group(1)):06d}-{language}-{safe}.eml"
+            # The header is sealed (no count in it): the arrival number orders the files.
+            return self.folder / f"{n:06d}-{language}-{safe}.eml"
         return self.folder / "transactional" / f"{n:06d}-{safe}.eml"
 
 

@@ -11,6 +11,14 @@ Text may only *soften* what a specific status says (a ``5.1.1`` whose text says 
 "listed on a blocklist" is not a dead address); it never hardens one. A 5xx is not a hard bounce by
 itself: full mailboxes (``5.2.2``) and sender-side blocks (``5.7.x``) are permanent replies about
 a temporary condition or about us, and suppressing on them loses valid readers.
+
+A refusal about **our sender** is a policy block whatever its code (:func:`sender_side_reason`):
+RFC 3463 puts sender-address faults at X.1.7/X.1.8 (§3.2) and security or policy at X.7.x (§3.8),
+but receivers send "550 5.1.1 Sender address rejected", "5.1.0 sender verify failed" or
+"5.6.0 refused by acceptable use policy" as well. So text that names our side (the sender
+address or domain, the envelope sender, SPF/DKIM/DMARC of our domain, our IP's reputation or a
+blocklist, a spam-content or acceptable-use policy) decides before the code: it is never a bounce
+counted against the reader.
 """
 
 from __future__ import annotations
@@ -75,6 +83,9 @@ class Reason(StrEnum):
     AUTO_REPLIED = "auto_replied"
     LIST_UNSUBSCRIBE = "list_unsubscribe"
     OTHER_FEEDBACK = "other_feedback"  # ARF virus/other: recorded, no action
+    HUMAN_MESSAGE = (
+        "human_message"  # a person wrote to the bounce address: forwarded, never acted on
+    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,70 @@ _PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
 )
 
 
+# Text about our side of the mail, most specific first. Each names *who* is at fault (the sender,
+# the sending domain or IP, the message's content under a policy) and a refusal; words that only
+# name a refusal ("rejected", "denied") say nothing of whom it is about and are not here.
+_WHO = (
+    r"(?:envelope[- ]?)?sender|mail[- ]?from|envelope[- ]from|from[- ](?:address|domain|header)|"
+    r"return[- ]path|originator|sending (?:domain|ip|host|server|address)|"
+    r"your (?:domain|ip|server|host|mail server|address|organi[sz]ation)|"
+    r"отправител\w*"
+)
+_REFUSED = (
+    r"reject|refus|den(?:y|ied)|block|ban(?:ned)?\b|black ?list|not (?:allowed|permitted|accepted|"
+    r"authori[sz]ed|verified|trusted)|unverif|verif\w* fail|fail\w* verif|invalid|unknown|"
+    r"does ?n[o']t exist|not exist|fail|polic|spoof|forg|not found|"
+    r"отклон|запрещ|заблокир|не разреш|не прош|не существ|политик"
+)
+# Words of one clause: a full stop ends what "sender" can be the subject of.
+_GAP = r"[\s:,;<>()\"'\[\]]+"
+_WORD = r"[\w.@+-]+"
+_SENDER_PHRASES: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
+    (reason, re.compile(pattern, re.IGNORECASE))
+    for reason, pattern in (
+        (
+            Reason.AUTHENTICATION_FAILED,
+            r"\b(?:spf|dkim|dmarc)\b|sender policy framework|domain-?based message auth|"
+            r"reverse dns|\bptr\b|not authenticated|unauthenticated|authentication (?:fail|requir)",
+        ),
+        (
+            Reason.SENDER_BLOCKED,
+            r"block ?list|black ?list|spamhaus|spamcop|barracuda|sorbs|\bu?rbl\b|dnsbl|"
+            r"listed (?:on|in|at)|reputation|\(S3150\)|ч[её]рн\w* спис|репутаци|"
+            rf"(?:\bip|client host|network|{_WHO}){_GAP}(?:{_WORD}{_GAP}){{0,3}}?"
+            r"(?:blocked|banned|blacklisted)|"
+            rf"(?:blocked|banned|blacklisted){_GAP}(?:{_WORD}{_GAP})??(?:{_WHO})",
+        ),
+        (
+            Reason.CONTENT_REJECTED,
+            r"acceptable[- ]use|\baup\b|usage (?:guidelines|policy)|\bspam(?!haus|cop)|"
+            r"bulk mail policy|unsolicited|content (?:rejected|policy|restriction|filter)|"
+            r"message content|phishing|virus|malware|спам|вирус",
+        ),
+        (
+            Reason.SENDER_ADDRESS_REJECTED,
+            rf"(?:{_WHO}){_GAP}(?:{_WORD}{_GAP}){{0,4}}?(?:{_REFUSED})|"
+            # "rejected by sender policy"; one word at most between, so that the Exim subject
+            # "Mail delivery failed: returning message to sender" is not read as one
+            rf"(?:{_REFUSED})\w*{_GAP}(?:{_WORD}{_GAP})??(?:{_WHO})",
+        ),
+    )
+)
+
+
+def sender_side_reason(text: str | None) -> Reason | None:
+    """The reason, when ``text`` (a reply or diagnostic) says the refusal is about *our* side:
+    authentication of our domain, our content under a policy, our IP or domain blocked, our sender
+    address refused (RFC 3463 §3.2 X.1.7/X.1.8 and §3.8 X.7.x, however the code is written);
+    None when it does not."""
+    if not text:
+        return None
+    for reason, pattern in _SENDER_PHRASES:
+        if pattern.search(text):
+            return reason
+    return None
+
+
 def enhanced_status(text: str | None) -> str | None:
     """The first RFC 3463 enhanced status code in ``text`` (``"5.1.10"`` stays whole), or None."""
     if not text:
@@ -299,6 +374,8 @@ def classify_status(
     if klass == "5" or verb in {"failed", "error"}:
         return _permanent(code, text)
     # No code and no action: only the words are left to go on.
+    if (about_us := _about_us(None, text)) is not None:
+        return about_us
     reason = reason_from_text(text)
     if reason is None:
         return Classification(FeedbackKind.UNKNOWN, Reason.UNCLASSIFIED, False)
@@ -363,13 +440,26 @@ def _transient(code: str | None, text: str) -> Classification:
 
 def _gave_up(code: str | None, text: str) -> Classification:
     """Class 4 with Action: failed: the remote MTA expired the message; the address may be fine."""
+    if (about_us := _about_us(code, text)) is not None:
+        return about_us
     _, key = _subject_detail(code)
     if key == "2.2" or reason_from_text(text) == Reason.MAILBOX_FULL:
         return _soft(Reason.MAILBOX_FULL)
     return _soft(Reason.DELIVERY_EXPIRED)
 
 
+def _about_us(code: str | None, text: str) -> Classification | None:
+    """A policy block when the code (X.1.7, X.1.8) or the text puts the fault on our side."""
+    _, key = _subject_detail(code)
+    reason = sender_side_reason(text)
+    if reason is None and key in {"1.7", "1.8"}:
+        reason = Reason.SENDER_ADDRESS_REJECTED
+    return Classification(FeedbackKind.POLICY_BLOCK, reason, False) if reason else None
+
+
 def _permanent(code: str | None, text: str) -> Classification:
+    if (about_us := _about_us(code, text)) is not None:
+        return about_us
     subject, key = _subject_detail(code)
     from_text = reason_from_text(text)
     specific = _PERMANENT_BY_CODE.get(key or "")

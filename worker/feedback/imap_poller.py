@@ -26,11 +26,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from worker.db import session_scope
 from worker.feedback.inbound import InboundContext, process_inbound, store_inbound
-from worker.feedback.policy import FeedbackPolicy
 from worker.models import InboundMessage
 from worker.sending.ports import Clock, SystemClock
 from worker.settings import Settings
-from worker.subscriptions.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +101,7 @@ class ImapPoller:
         self.mailbox = mailbox
         self.connect = connect
         self.clock = clock or SystemClock()
-        self.ctx = InboundContext(
-            policy=FeedbackPolicy.from_settings(settings), tokens=Tokens(settings.secret_key)
-        )
+        self.ctx = InboundContext.from_settings(settings)
 
     def poll_once(self) -> PollResult:
         """Handle every undeleted message in the folder once. Raises ``imaplib.IMAP4.error`` /

@@ -21,8 +21,10 @@ from sqlalchemy.orm import Session
 
 from worker.feedback.mail import parse_inbound
 from worker.feedback.policy import FeedbackOutcome, FeedbackPolicy, record_feedback
+from worker.feedback.replies import ReplyForwarder
 from worker.models import InboundMessage
 from worker.sending.identity import BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX
+from worker.settings import Settings
 from worker.subscriptions.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -31,12 +33,22 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InboundContext:
     """What processing needs: the feedback ``policy``, ``tokens`` (mailto unsubscribe), the VERP
-    and unsubscribe local-part prefixes."""
+    and unsubscribe local-part prefixes, and ``replies`` (forwards human mail; None: kept only)."""
 
     policy: FeedbackPolicy
     tokens: Tokens
     verp_prefix: str = BOUNCE_PREFIX
     unsubscribe_prefix: str = UNSUBSCRIBE_PREFIX
+    replies: ReplyForwarder | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InboundContext:
+        """The context of the configured settings (secret key, ``NEWSLETTER_REPLIES_TO``)."""
+        return cls(
+            policy=FeedbackPolicy.from_settings(settings),
+            tokens=Tokens(settings.secret_key),
+            replies=ReplyForwarder.from_settings(settings),
+        )
 
 
 def store_inbound(
@@ -88,8 +100,9 @@ def process_inbound(
         envelope_recipient=_our_recipient(message.envelope_to, ctx),
         unsubscribe_prefix=ctx.unsubscribe_prefix,
     )
-    outcomes = [
-        record_feedback(
+    outcomes = []
+    for report in reports:
+        outcome = record_feedback(
             session,
             report,
             policy=ctx.policy,
@@ -97,8 +110,9 @@ def process_inbound(
             tokens=ctx.tokens,
             inbound_message_id=message.id,
         )
-        for report in reports
-    ]
+        if ctx.replies is not None and not outcome.duplicate:
+            ctx.replies.handle(session, message, report, outcome.event_id, now)
+        outcomes.append(outcome)
     message.parsed_at = now
     message.parse_error = None
     session.flush()

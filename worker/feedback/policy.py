@@ -18,14 +18,16 @@ delayed, unknown
 DMARC report       recorded only, never attributed to a subscriber (it is about the domain)
 =================  ==========================================================================
 
-Attribution, first that applies: the VERP token of our envelope sender (HMAC-checked,
-:func:`worker.sending.identity.parse_verp`), a verified provider's metadata or recipient, our
-Message-ID
-``<d<delivery>.<edition>@domain>``, the ``X-Newsletter-Delivery`` header, the recipient address.
-Only VERP, a verified provider, the SMTP session itself, or a Message-ID/header whose delivery was
-addressed to the report's recipient are *trusted*: delivery ids are sequential and anyone can mail
-a DSN, so an untrusted hard bounce, complaint or soft bounce is recorded with effect
-``not_trusted`` and changes nothing.
+Attribution, first that applies: the VERP token of our envelope sender
+(:func:`worker.sending.identity.parse_verp`), a verified provider's metadata or recipient, the
+sealed delivery id of our Message-ID, then of the ``X-Newsletter-Delivery`` header
+(:func:`worker.sending.identity.seal_delivery`), the old untagged forms of both, the recipient
+address. Only a tag (a sealed id or the HMAC of an old VERP address), a verified provider or the
+SMTP session itself are *trusted*: anyone can mail a DSN or an ARF report naming any recipient and
+any old-style id, so a hard bounce, complaint or soft bounce attributed through an untagged id or
+the recipient address alone is recorded with effect ``not_trusted`` and changes nothing. A tag
+needs no recipient: an ARF report whose recipient the provider redacted, or a DSN about a
+forwarding address, is about the delivery the tag names.
 
 The event's ``effect`` says what was done; a suppression points to its event (audit trail).
 """
@@ -47,7 +49,15 @@ from worker.feedback.classification import (
 )
 from worker.feedback.report import FeedbackReport
 from worker.models import Delivery, FeedbackEvent, Subscriber
-from worker.sending.identity import BOUNCE_PREFIX, parse_edition_message_id, parse_id, parse_verp
+from worker.sending.identity import (
+    BOUNCE_PREFIX,
+    Untagged,
+    open_delivery,
+    parse_delivery_header,
+    parse_edition_message_id,
+    parse_id,
+    parse_verp,
+)
 from worker.settings import Settings
 from worker.states import DeliveryState
 from worker.subscriptions import lifecycle
@@ -74,6 +84,7 @@ class Effect:
     NOT_TRUSTED = "not_trusted"
     NO_SUBSCRIBER = "no_subscriber"
     BAD_TOKEN = "bad_token"
+    FORWARDED = "forwarded"  # human mail sent on to the replies inbox (worker.feedback.replies)
 
 
 @dataclass(frozen=True)
@@ -180,21 +191,36 @@ def attribute(
                 "verp", True, delivery, session.get(Subscriber, delivery.subscriber_id)
             )
     if verified_provider:
-        return _by_provider(session, report)
-    for how, delivery_id in (
-        ("message_id", _delivery_of_message_id(report.original_message_id, policy)),
-        ("delivery_header", parse_id(report.delivery_ref)),
-    ):
-        delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
-        if delivery is not None:
-            subscriber = session.get(Subscriber, delivery.subscriber_id)
-            return Attribution(
-                how, _same_address(subscriber, report.recipient), delivery, subscriber
-            )
+        return _by_provider(session, report, policy)
+    key = policy.hash_key
+    candidates = (
+        (
+            "message_id",
+            parse_edition_message_id(report.original_message_id, policy.message_id_domain, key=key),
+        ),
+        ("delivery_header", parse_delivery_header(report.delivery_ref, key=key)),
+    )
+    for how, found in candidates:  # a tag wins over everything the report says
+        if isinstance(found, int) and (tagged := _delivery_attribution(session, how, found, True)):
+            return tagged
+    for how, found in candidates:  # named, not proven: recorded, never acted on
+        if isinstance(found, Untagged) and (
+            untagged := _delivery_attribution(session, how, found.delivery_id, False)
+        ):
+            return untagged
     subscriber = _subscriber_of_address(session, report.recipient)
     if subscriber is not None:
         return Attribution("recipient", False, None, subscriber)
     return Attribution("none", False)
+
+
+def _delivery_attribution(
+    session: Session, how: str, delivery_id: int, trusted: bool
+) -> Attribution | None:
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        return None
+    return Attribution(how, trusted, delivery, session.get(Subscriber, delivery.subscriber_id))
 
 
 def soft_bounce_count(
@@ -227,6 +253,8 @@ def _reset_point(session: Session, subscriber_id: int, settled_before: datetime)
     bounced = select(FeedbackEvent.id).where(
         FeedbackEvent.delivery_id == Delivery.id,
         FeedbackEvent.kind.in_([k.value for k in BOUNCE_KINDS]),
+        # a forged report naming the delivery must not keep its reader's count from resetting
+        FeedbackEvent.effect != Effect.NOT_TRUSTED,
     )
     return session.scalar(
         select(func.max(Delivery.sent_at)).where(
@@ -431,8 +459,17 @@ def _outcome(
     )
 
 
-def _by_provider(session: Session, report: FeedbackReport) -> Attribution:
-    delivery_id = parse_id(report.delivery_ref)
+def _by_provider(session: Session, report: FeedbackReport, policy: FeedbackPolicy) -> Attribution:
+    """A verified webhook: its signature vouches for the payload, so our header (sealed or, from
+    metadata a sending adapter set, decimal), the subscriber id or the recipient are trusted."""
+    delivery_id = open_delivery(report.delivery_ref, key=policy.hash_key)
+    if delivery_id is None:
+        delivery_id = parse_id(report.delivery_ref)
+    if delivery_id is None:
+        found = parse_edition_message_id(
+            report.original_message_id, policy.message_id_domain, key=policy.hash_key
+        )
+        delivery_id = found if isinstance(found, int) else None
     delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
     if delivery is not None:
         return Attribution(
@@ -443,11 +480,6 @@ def _by_provider(session: Session, report: FeedbackReport) -> Attribution:
     if subscriber is None or not _same_address(subscriber, report.recipient):
         subscriber = _subscriber_of_address(session, report.recipient)
     return Attribution("provider", subscriber is not None, None, subscriber)
-
-
-def _delivery_of_message_id(message_id: str | None, policy: FeedbackPolicy) -> int | None:
-    """The delivery id in our Message-ID ``<d4711.2024-W28@news.example.org>``, else None."""
-    return parse_edition_message_id(message_id, policy.message_id_domain)
 
 
 def _subscriber_of_address(session: Session, address: str | None) -> Subscriber | None:

@@ -24,11 +24,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from worker.db import session_scope
 from worker.feedback.inbound import InboundContext, process_inbound, store_inbound
-from worker.feedback.policy import FeedbackPolicy
 from worker.models import InboundMessage
 from worker.sending.ports import Clock, SystemClock
 from worker.settings import Settings
-from worker.subscriptions.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +38,7 @@ class InboundHandler:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.domains = {settings.bounce_domain.lower()}
-        self.ctx = InboundContext(
-            policy=FeedbackPolicy.from_settings(settings), tokens=Tokens(settings.secret_key)
-        )
+        self.ctx = InboundContext.from_settings(settings)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

@@ -120,7 +120,7 @@ class Composer:
     def message_id(self, delivery_id: int) -> str:
         """See ``identity.edition_message_id``."""
         return identity.edition_message_id(
-            delivery_id, self.edition_key, self.links.message_id_domain
+            delivery_id, self.edition_key, self.links.message_id_domain, key=self.verp_key
         )
 
     def compose(
@@ -139,7 +139,9 @@ class Composer:
             date=now or self.clock.now(),
             list_unsubscribe=[unsubscribe_url, self.links.unsubscribe_mailto(token)],
             substitutions={UNSUBSCRIBE_URL: unsubscribe_url},
-            headers={identity.DELIVERY_HEADER: identity.delivery_header(delivery_id)},
+            headers={
+                identity.DELIVERY_HEADER: identity.delivery_header(delivery_id, key=self.verp_key)
+            },
         )
         if self.signer is not None:
             message = self.signer.sign(message)

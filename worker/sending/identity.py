@@ -1,11 +1,19 @@
 """Every identifier we put in mail, as a format/parse pair: what we write is what we read back.
 
-The envelope sender of delivery 4711 is ``bounces+4711-1a2b3c4d5e@<bounce domain>``: a bounce
-sent back to it names the delivery without any parsing of the bounce's body. The HMAC tag stops
-anyone from forging bounces that would suppress other readers. The Message-ID
-``<d4711.2024-W28@news.example.org>`` and the ``X-Newsletter-Delivery: 4711`` header carry no tag:
-feedback policy trusts them only for a delivery that was sent (see ``worker.feedback.policy``).
-Parsers never raise: a foreign or malformed value gives None. Pure: standard library only.
+Every identifier that names a delivery carries the delivery id *sealed* (:func:`seal_delivery`):
+26 lower-case base32 characters that only the holder of the secret key can make or read. The
+envelope sender is ``bounces+<sealed>@<bounce domain>``, the Message-ID
+``<<sealed>.2024-W28@news.example.org>``, the header ``X-Newsletter-Delivery: <sealed>``. A sealed
+id is unforgeable (an HMAC tag inside it: a guessed or neighbouring value is refused) and reveals
+no count (the block is AES-encrypted, so ids 3 and 4 look unrelated). Lower case base32 survives
+MTAs that lowercase local parts; ``bounces+`` and 26 characters stay far below RFC 5321 §4.5.3.1.1's
+64-character local part.
+
+Mail sent before sealed ids still bounces for days: the old VERP form
+``bounces+4711-<10 hex HMAC>`` still parses (it is tagged). The old untagged forms
+(``<d4711.…>``, ``X-Newsletter-Delivery: 4711``) parse as :class:`Untagged` only, which feedback
+policy records but never trusts (see ``worker.feedback.policy``).
+Parsers never raise: a foreign or malformed value gives None. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import hmac
 import re
 import uuid
 from dataclasses import dataclass
+
+from worker.subscriptions import sealed
 
 BOUNCE_PREFIX = "bounces"  # local part of the envelope sender (RFC 5321 MAIL FROM)
 UNSUBSCRIBE_PREFIX = "unsubscribe"  # local part of the List-Unsubscribe mailto (RFC 2369 §3.2)
@@ -26,11 +36,39 @@ EDITION_HEADER = "X-Newsletter-Edition"
 _MAX_ID_DIGITS = 18  # a BIGINT id fits; longer runs of digits are not ours
 _ASCII_ID = re.compile(rf"[0-9]{{1,{_MAX_ID_DIGITS}}}")
 _LOCAL = re.compile(r"^(?P<prefix>[a-z0-9._-]+)\+(?P<id>[0-9]{1,19})-(?P<tag>[0-9a-f]{10})$", re.I)
+_SEALED_LENGTH = sealed.LENGTH
+_SEALED_LOCAL = re.compile(
+    rf"^(?P<prefix>[a-z0-9._-]+)\+(?P<sealed>[a-z2-7]{{{_SEALED_LENGTH}}})$", re.I
+)
 _EDITION_MESSAGE_ID = re.compile(
-    rf"^<?d(?P<id>[0-9]{{1,{_MAX_ID_DIGITS}}})\.(?P<edition>[^@<>\s]+)@(?P<domain>[^@<>\s]+)>?$",
+    r"^<?(?P<id>d[0-9]{1,18}|[a-z2-7]{26})\.(?P<edition>[^@<>\s]+)@(?P<domain>[^@<>\s]+)>?$",
     re.IGNORECASE,
 )
+
+
+@dataclass(frozen=True)
+class Untagged:
+    """A delivery id read from an identifier without a tag (mail sent before sealed ids, or a
+    forgery): it names a delivery but proves nothing, so feedback policy never acts on it."""
+
+    delivery_id: int
+
+
 _FEEDBACK_ID_PART = re.compile(r"[^:\s]+")  # the separator and folding whitespace excluded
+
+
+def seal_delivery(delivery_id: int, *, key: str) -> str:
+    """``delivery_id`` (0 … 2**63-1) sealed under ``key``: 26 lower-case base32 characters (see
+    :func:`worker.subscriptions.sealed.seal`: AES over the id and its HMAC-SHA256 tag; forging one
+    takes 2**64 guesses and the value says nothing about the id). Deterministic (a resent delivery
+    keeps its Message-ID). Raises ``ValueError`` for an id out of range."""
+    return sealed.seal(delivery_id, key=key, purpose="delivery")
+
+
+def open_delivery(value: str | None, *, key: str) -> int | None:
+    """The delivery id in a value made by :func:`seal_delivery` under ``key`` (any case,
+    surrounding space ignored); None if malformed, forged or sealed under another key."""
+    return sealed.unseal(value, key=key, purpose="delivery")
 
 
 def _tag(delivery_id: int, key: str) -> str:
@@ -42,14 +80,19 @@ def _local_part(local_or_address: str) -> str:
 
 
 def verp_address(delivery_id: int, *, key: str, domain: str, prefix: str = BOUNCE_PREFIX) -> str:
-    """The envelope sender (MAIL FROM) for ``delivery_id``: ``bounces+4711-<10 hex>@domain``."""
-    return f"{prefix}+{delivery_id}-{_tag(delivery_id, key)}@{domain}"
+    """The envelope sender (MAIL FROM) for ``delivery_id``: ``bounces+<sealed>@domain`` (see
+    :func:`seal_delivery`; the local part is ``len(prefix) + 27`` characters)."""
+    return f"{prefix}+{seal_delivery(delivery_id, key=key)}@{domain}"
 
 
 def parse_verp(local_or_address: str, *, key: str) -> int | None:
-    """The delivery id in a VERP local part (``bounces+4711-…``) or address; None if absent or
-    forged."""
-    match = _LOCAL.match(_local_part(local_or_address))
+    """The delivery id in a VERP local part or address: ``bounces+<sealed>`` or the format of
+    mail sent before sealed ids, ``bounces+4711-<10 hex HMAC>``; None if absent or forged."""
+    local = _local_part(local_or_address)
+    sealed = _SEALED_LOCAL.match(local)
+    if sealed is not None:
+        return open_delivery(sealed["sealed"], key=key)
+    match = _LOCAL.match(local)
     if match is None:
         return None
     delivery_id = int(match["id"])
@@ -74,19 +117,26 @@ def local_token(address: str | None, prefix: str) -> str | None:
     return tail if plus and tail and head.lower() == prefix.lower() else None
 
 
-def edition_message_id(delivery_id: int, edition_key: str, domain: str) -> str:
-    """``<d4711.2024-W28@news.example.org>`` (RFC 5322 §3.6.4), angle brackets included: derived
-    from the delivery, so a resend is recognisable downstream and a bounce quoting it names it."""
-    return f"<d{delivery_id}.{edition_key}@{domain}>"
+def edition_message_id(delivery_id: int, edition_key: str, domain: str, *, key: str) -> str:
+    """``<<sealed>.2024-W28@news.example.org>`` (RFC 5322 §3.6.4), angle brackets included:
+    derived from the delivery (sealed, :func:`seal_delivery`), so a resend is recognisable
+    downstream and a bounce quoting it names it without telling how many were sent."""
+    return f"<{seal_delivery(delivery_id, key=key)}.{edition_key}@{domain}>"
 
 
-def parse_edition_message_id(value: str | None, domain: str = "") -> int | None:
-    """The delivery id in an edition Message-ID (brackets optional), else None; with ``domain``,
-    a Message-ID from another domain (case-insensitive) is not ours."""
+def parse_edition_message_id(
+    value: str | None, domain: str = "", *, key: str
+) -> int | Untagged | None:
+    """The delivery id in an edition Message-ID (brackets optional): an ``int`` for a sealed id
+    under ``key``, :class:`Untagged` for the old form ``<d4711.…>``, None for anything else
+    (forged seal, foreign format; with ``domain``, another domain, case-insensitive)."""
     match = _EDITION_MESSAGE_ID.match((value or "").strip())
     if match is None or (domain and match["domain"].lower() != domain.lower()):
         return None
-    return int(match["id"])
+    found = match["id"]
+    if found[0] in "dD" and found[1:].isdigit():
+        return Untagged(int(found[1:]))
+    return open_delivery(found, key=key)
 
 
 def transactional_message_id(name: str, domain: str) -> str:
@@ -94,9 +144,9 @@ def transactional_message_id(name: str, domain: str) -> str:
     return f"<{name}.{uuid.uuid4().hex}@{domain}>"
 
 
-def delivery_header(delivery_id: int) -> str:
-    """The value of ``X-Newsletter-Delivery``: the delivery id in ASCII decimal."""
-    return str(delivery_id)
+def delivery_header(delivery_id: int, *, key: str) -> str:
+    """The value of ``X-Newsletter-Delivery``: the sealed delivery id (:func:`seal_delivery`)."""
+    return seal_delivery(delivery_id, key=key)
 
 
 def parse_id(value: str | None) -> int | None:
@@ -107,9 +157,14 @@ def parse_id(value: str | None) -> int | None:
     return int(text) if _ASCII_ID.fullmatch(text) else None
 
 
-def parse_delivery_header(value: str | None) -> int | None:
-    """The delivery id in an ``X-Newsletter-Delivery`` value, else None (see ``parse_id``)."""
-    return parse_id(value)
+def parse_delivery_header(value: str | None, *, key: str) -> int | Untagged | None:
+    """The delivery id in an ``X-Newsletter-Delivery`` value: an ``int`` for a sealed id under
+    ``key``, :class:`Untagged` for the old decimal form, else None."""
+    sealed = open_delivery(value, key=key)
+    if sealed is not None:
+        return sealed
+    old = parse_id(value)
+    return Untagged(old) if old is not None else None
 
 
 def unsubscribe_mailto(token: str, domain: str, prefix: str = UNSUBSCRIBE_PREFIX) -> str:

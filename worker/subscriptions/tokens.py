@@ -5,6 +5,12 @@ confirmation token is not an unsubscribe token), and carries its signing time. C
 also carry a nonce that must equal the subscriber's current ``confirm_nonce``: confirming clears it,
 which makes the link single-use. Unsubscribe tokens do not expire: RFC 8058 one-click links in old
 mails must keep working (Gmail and Yahoo require it of bulk senders).
+
+No token shows a subscriber id (ids are sequential: they would tell how many readers there are).
+An unsubscribe token is the subscriber id sealed (:mod:`worker.subscriptions.sealed`: 26
+characters, so ``unsubscribe+<token>@domain`` stays within RFC 5321's 64-character local part);
+a confirmation token carries the sealed id inside its itsdangerous payload. Tokens issued before
+(itsdangerous over the plain id) are still accepted.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from worker.subscriptions import sealed
 
 
 class Purpose(StrEnum):
@@ -46,8 +54,12 @@ class Tokens:
         return URLSafeTimedSerializer(self._secret, salt=f"newsletter.{purpose}")
 
     def issue(self, purpose: Purpose, subscriber_id: int, nonce: str | None = None) -> str:
-        """A URL-safe token (about 40 characters without a nonce) for ``subscriber_id``."""
-        payload: list[object] = [subscriber_id] if nonce is None else [subscriber_id, nonce]
+        """A URL-safe token for ``subscriber_id``: the sealed id (26 characters) for
+        unsubscribe, an itsdangerous token over the sealed id and ``nonce`` otherwise."""
+        hidden = sealed.seal(subscriber_id, key=self._secret, purpose=f"token.{purpose}")
+        if purpose == Purpose.UNSUBSCRIBE and nonce is None:
+            return hidden
+        payload: list[object] = [hidden] if nonce is None else [hidden, nonce]
         return self._serializer(purpose).dumps(payload)
 
     def check(
@@ -57,6 +69,11 @@ class Tokens:
 
         ``max_age_seconds`` None means the token never expires.
         """
+        if purpose == Purpose.UNSUBSCRIBE and sealed.is_sealed_form(token):
+            subscriber_id = sealed.unseal(token, key=self._secret, purpose=f"token.{purpose}")
+            if subscriber_id is None:
+                raise TokenError("forged", "this link is not valid")
+            return TokenClaims(subscriber_id=subscriber_id, nonce=None)
         serializer = self._serializer(purpose)
         try:
             if max_age_seconds is None:
@@ -67,6 +84,8 @@ class Tokens:
             raise TokenError("expired", "this link has expired") from None
         except BadSignature:
             raise TokenError("forged", "this link is not valid") from None
+        if isinstance(payload, list) and payload and isinstance(payload[0], str):
+            payload[0] = sealed.unseal(payload[0], key=self._secret, purpose=f"token.{purpose}")
         if (
             not isinstance(payload, list)
             or not payload

@@ -14,7 +14,8 @@ Readers run in order of authority; the first that recognises the message decides
 5. auto-replies with vendor headers or subjects ("Автоответ:"),
 6. non-standard bounces (flufl.bounce plus the text next to each address),
 7. anything else with ``Auto-Submitted`` (RFC 3834),
-8. otherwise one UNKNOWN report (human mail, spam): recorded, never acted on.
+8. otherwise one UNKNOWN report (reason ``human_message``: a reply, a forward, spam): recorded,
+   never acted on; :mod:`worker.feedback.replies` may forward it to the operator's inbox.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def parse_inbound(
             reports = reader(mail)
             if reports:
                 return reports
-        return [mail.unknown()]
+        return [mail.unknown(Reason.HUMAN_MESSAGE)]
     except Exception:  # hostile input must never take the receiver down; the raw is stored
         log.warning("inbound message of %d bytes could not be read", len(raw), exc_info=True)
         return [_unreadable(raw)]
