@@ -14,6 +14,10 @@ from enum import StrEnum
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+# Subscriber ids are 64-bit (bigint): a signed id beyond reached the database as "bigint out of
+# range", an answer 500 instead of "this link is not valid".
+MAX_SUBSCRIBER_ID = 2**63 - 1
+
 
 class Purpose(StrEnum):
     CONFIRM = "confirm"
@@ -72,6 +76,7 @@ class Tokens:
             or not payload
             or not isinstance(payload[0], int)
             or isinstance(payload[0], bool)
+            or not 0 < payload[0] <= MAX_SUBSCRIBER_ID
         ):
             raise TokenError("forged", "this link is not valid")
         nonce = payload[1] if len(payload) > 1 and isinstance(payload[1], str) else None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from ipaddress import ip_address
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from worker import json_documents
 from worker.subscriptions.signups import (
     AddressRules,
     SignupRefused,
@@ -39,7 +40,8 @@ async def signup(request: Request, rt: RuntimeDep) -> Response:
         if isinstance(data, dict):
             data = with_request_evidence(data, request)
         rules = AddressRules.from_settings(rt.settings)
-        valid = validate_signup(data, rules, rt.signup_languages())
+        # In a thread: the address check may ask DNS for MX records (blocking).
+        valid = await run_in_threadpool(validate_signup, data, rules, rt.signup_languages())
     except SignupRefused as refusal:
         with rt.session() as session:
             payload = raw[:8192].decode("utf-8", "replace")
@@ -55,7 +57,7 @@ def signup_json(raw: bytes) -> Any:
     if len(raw) > MAX_SIGNUP_BYTES:
         raise SignupRefused("malformed", f"body: longer than {MAX_SIGNUP_BYTES} bytes")
     try:
-        return json.loads(raw)
+        return json_documents.loads(raw)  # bounded nesting: RecursionError was a 500
     except ValueError as exc:
         raise SignupRefused("malformed", f"body: not JSON ({exc})") from None
 
