@@ -23,7 +23,8 @@ import httpx
 import pytest
 import redis
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlalchemy import select as sql_select
@@ -32,6 +33,7 @@ from tests.samples import SAMPLE_EDITION
 from tests.test_feedback import load_world
 from tests.test_webhook_routes import MG_AT, SES_AT, _sns_body, runtime_at
 from tests.test_webhooks import MG_KEY, TOPIC, SnsSigner, _mg_signed
+from worker.devtools.chromium import HeadlessChromium, find_chromium
 from worker.editions.files import read_edition
 from worker.editions.store import save_edition
 from worker.json_documents import MAX_DEPTH, nesting_depth
@@ -432,3 +434,50 @@ def test_a_slow_sns_certificate_fetch_does_not_stall_healthz(settings: Settings)
             poster.join(timeout=60)
     assert (health.status_code, health.text) == (200, "ok")
     assert answers["ses"].status_code == 200, answers["ses"].text
+
+
+def injected_page(tracker: str) -> str:
+    """A page as an HTML injection that got past escaping would leave it: an inline script and
+    a third-party tracking pixel, beside the page's own inline style."""
+    return (
+        "<!doctype html><html><head><title>page</title>"
+        "<style>main{max-width:34rem}</style></head><body><main>text</main>"
+        '<script>document.title = "script ran"</script>'
+        f'<img src="{tracker}/pixel.gif" alt=""></body></html>'
+    )
+
+
+def test_an_injected_script_and_a_third_party_image_are_blocked_in_a_real_browser(
+    web_rt: Runtime,
+) -> None:
+    try:
+        find_chromium()
+    except RuntimeError:
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    hits: list[str] = []
+    third_party = FastAPI()
+
+    @third_party.get("/pixel.gif")
+    def pixel() -> Response:
+        hits.append("pixel")
+        return Response(b"GIF89a", media_type="image/gif")
+
+    app = create_app(web_rt)
+    with served(third_party) as tracker, served(app) as base:
+        page = injected_page(tracker)
+        app.add_api_route("/injected", lambda: HTMLResponse(page), methods=["GET"])
+        with HeadlessChromium(offline=False) as browser:
+            browser.call("Page.navigate", {"url": f"{base}/injected"}, session=True)
+            browser.wait_for("Page.loadEventFired")
+            expression = (
+                '({title: document.title, width: getComputedStyle(document.querySelector("main"))'
+                ".maxWidth})"
+            )
+            result = browser.call(
+                "Runtime.evaluate",
+                {"expression": expression, "returnByValue": True},
+                session=True,
+            )["result"]["value"]
+
+    assert result == {"title": "page", "width": "544px"}  # no script ran; 34rem of style applies
+    assert hits == []  # the browser never asked the third party for anything
