@@ -137,7 +137,12 @@ def main() -> None:
 
     with database() as url:
         settings = Settings.from_env(
-            {}, database_url=url, redis_url="", broker="stub", operator_password="bench"
+            {},
+            database_url=url,
+            redis_url="",
+            broker="stub",
+            operator_password="bench",
+            metrics_token="bench",
         )
         engine = engine_for(settings)
         started = time.perf_counter()
@@ -182,7 +187,9 @@ def main() -> None:
                     f"  GET /dashboard, send {status:8}: first view {cold:7.1f} ms, then median "
                     f"{med:6.1f} ms, max {worst:6.1f} ms"
                 )
-            med, worst = timed(lambda: client.get("/metrics"), args.runs)
+            med, worst = timed(
+                lambda: client.get("/metrics", headers={"Authorization": "Bearer bench"}), args.runs
+            )
             print(f"  GET /metrics, send sending : median {med:6.1f} ms, max {worst:6.1f} ms")
             with engine.begin() as conn:
                 conn.execute(text("UPDATE send SET status = 'finished'"))

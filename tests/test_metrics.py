@@ -17,13 +17,22 @@ from tests.operator_scenario import run_send
 from tests.stub_worker import StubWorker
 from worker.devtools.outbox import OutboxServer
 from worker.runtime import Runtime
+from worker.settings import Settings
 from worker.web.app import create_app
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+SCRAPER_TOKEN = "scraper-token-0123456789abcdef"
+SCRAPER = {"Authorization": f"Bearer {SCRAPER_TOKEN}"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings with a scraper token: without one /metrics is not served."""
+    return replace(settings, metrics_token=SCRAPER_TOKEN)
 
 
 def scrape(client: TestClient) -> Samples:
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=SCRAPER)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     out: Samples = {}
@@ -75,7 +84,7 @@ def test_a_real_send_is_counted_on_metrics(
     assert d("newsletter_rendition_render_duration_seconds_count") == 3  # en, be, ru
     # the ledger gauges: the send is finished, so no active send remains
     assert after[("newsletter_active_sends", ())] == 0
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=SCRAPER).text
     assert "@" not in text  # never an address in a label
 
 

@@ -82,6 +82,9 @@ def web_schema(sqlite_url: str, tmp_path: Path) -> Iterator[Any]:
         public_url="http://testserver",
         newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
         operator_password=OPERATOR[1],
+        api_docs=True,  # the schema is served only when enabled
+        operator_login_failures_per_peer=0,  # generated wrong passwords must not lock the run out
+        operator_login_failures_total=0,
         postmark_webhook_credentials="user:webhook-secret",
         mailgun_signing_key="key-webhook-secret",
         sendgrid_verification_key=SG_KEY,

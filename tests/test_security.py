@@ -37,7 +37,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import select
@@ -259,6 +259,11 @@ def test_correctly_signed_tokens_with_odd_payloads_never_cause_a_server_error(rt
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(payload=JSON_VALUES, purpose=st.sampled_from(list(Purpose)))
+    # The suite's own find (issue 13, finding 12): an id over 64 bits reached PostgreSQL as
+    # "bigint out of range", an answer 500, whenever hypothesis happened to draw one.
+    @example(payload=[2**64], purpose=Purpose.UNSUBSCRIBE)
+    @example(payload=[2**63, "nonce"], purpose=Purpose.CONFIRM)
+    @example(payload=[-(2**63) - 1], purpose=Purpose.UNSUBSCRIBE)
     def run(payload: Any, purpose: Purpose) -> None:
         token = URLSafeTimedSerializer(SECRET, salt=f"newsletter.{purpose}").dumps(payload)
         path = f"/confirm/{token}" if purpose == Purpose.CONFIRM else f"/u/{token}"

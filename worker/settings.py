@@ -124,6 +124,15 @@ class Settings:
     metrics_port: int = 9191  # worker exporter; a signups/transactional-only group uses port + 1
     metrics_host: str = "127.0.0.1"  # the exporter has no login: 0.0.0.0 only inside a container
     metrics_dir: str = ""  # prometheus multiprocess files; default <tmp>/newsletter-metrics-<port>
+    # /dashboard login failures allowed per 15 minutes, per peer (IPv6 per /64) and in all
+    operator_login_failures_per_peer: int = 10
+    operator_login_failures_total: int = 100
+    metrics_token: str = field(default="", repr=False)  # Bearer token of /metrics; empty = 404
+    api_docs: bool = False  # serve /openapi.json, /docs and /redoc (development only)
+    # request body caps in bytes (413 beyond): POST /signup, /webhooks/*, every other route
+    signup_max_bytes: int = 65_536
+    webhook_max_bytes: int = 512 * 1024
+    request_max_bytes: int = 16_384
 
     def __repr__(self) -> str:
         """Every field, with secrets left out and passwords in URLs masked."""

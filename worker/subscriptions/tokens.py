@@ -22,6 +22,10 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from worker.subscriptions import sealed
 
+# Subscriber ids are 64-bit (bigint): a signed id beyond reached the database as "bigint out of
+# range", an answer 500 instead of "this link is not valid".
+MAX_SUBSCRIBER_ID = 2**63 - 1
+
 
 class Purpose(StrEnum):
     CONFIRM = "confirm"
@@ -91,6 +95,7 @@ class Tokens:
             or not payload
             or not isinstance(payload[0], int)
             or isinstance(payload[0], bool)
+            or not 0 < payload[0] <= MAX_SUBSCRIBER_ID
         ):
             raise TokenError("forged", "this link is not valid")
         nonce = payload[1] if len(payload) > 1 and isinstance(payload[1], str) else None

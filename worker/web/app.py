@@ -4,6 +4,10 @@ the operators' endpoints and the provider webhooks, one router per concern.
 Run with ``uvicorn --factory worker.web.app:create_app``. No cookies, no sessions and no CSRF
 tokens on the mail links: RFC 8058 one-click POSTs arrive without any. GET requests never change
 anything, because mail security gateways fetch every link in a mail within seconds of delivery.
+
+The app is public: it publishes no API description (``/openapi.json``, ``/docs``, ``/redoc``)
+unless ``NEWSLETTER_API_DOCS`` is on, caps every request body (:class:`worker.web.guards.BodyLimit`)
+and sends the security headers on every response (:class:`worker.web.guards.SecurityHeaders`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from fastapi import FastAPI
 
 from worker.runtime import Runtime, runtime
 from worker.web import archive, health, links, signup
+from worker.web.guards import BodyLimit, SecurityHeaders
 from worker.web.operators import operator_router
 from worker.web.pages import Pages
 from worker.web.webhooks import WebhookAdapters, webhook_router
@@ -21,11 +26,21 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     """The ASGI app on ``rt`` (default: the process's runtime, see ``worker.runtime.runtime``);
     ``webhooks`` replaces the SES route's network edges (tests)."""
     rt = rt or runtime()
-    app = FastAPI(title="Newsletter", docs_url=None, redoc_url=None)
+    s = rt.settings
+    docs = s.api_docs
+    app = FastAPI(
+        title="Newsletter",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.runtime = rt
     app.state.pages = Pages()
     app.include_router(operator_router(rt))  # /metrics, /readyz, /dashboard
     app.include_router(webhook_router(rt, webhooks))  # /webhooks/{ses,postmark,sendgrid,mailgun}
     for concern in (health, links, archive, signup):
         app.include_router(concern.router)
+    limits = [("/signup", s.signup_max_bytes), ("/webhooks/", s.webhook_max_bytes)]
+    app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: a 413 of BodyLimit gets the headers too
     return app

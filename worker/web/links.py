@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from worker.models import Subscriber
 from worker.operators import metrics
@@ -131,8 +132,13 @@ async def unsubscribe_post(
 ) -> Response:
     """RFC 8058 one-click (body ``List-Unsubscribe=One-Click``: 200, no redirect, no cookie) or
     the page's button (an HTML page). Both unsubscribe at once."""
-    body = (await request.body())[:4096]
+    body = (await request.body())[:4096]  # capped by BodyLimit before it is all read
     one_click = is_one_click(body, request.headers.get("content-type", ""))
+    # The database work in a thread: blocking calls in an async route stall every request.
+    return await run_in_threadpool(_unsubscribe, token, one_click, rt, pages)
+
+
+def _unsubscribe(token: str, one_click: bool, rt: Runtime, pages: Pages) -> Response:
     with rt.session() as session:
         try:
             subscriber = unsubscribe_by_token(

@@ -1,11 +1,16 @@
 """Operators' endpoints on the web app: ``/metrics``, ``/readyz`` and the ``/dashboard``.
 
 ``/metrics`` serves every process's counters (prometheus-client multiprocess mode) plus gauges
-read from the ledger; ``/readyz`` answers 200 only when the database and Redis answer (load
-balancers and Kubernetes take the process out of rotation otherwise; ``/healthz`` in
-``worker.web.app`` only says the process is alive). ``/dashboard`` is behind HTTP Basic
-authentication (RFC 7617) with the password ``NEWSLETTER_OPERATOR_PASSWORD`` (any user name);
-with no password configured nobody gets in.
+read from the ledger, only to a scraper that sends ``Authorization: Bearer
+<NEWSLETTER_METRICS_TOKEN>`` (RFC 6750 §2.1; constant-time comparison): the counters move by
+one per signup, so anyone reading them could tell whether an address just subscribed. Without a
+token configured ``/metrics`` answers 404, as if it did not exist. ``/readyz`` answers 200 only
+when the database and Redis answer (load balancers and Kubernetes take the process out of
+rotation otherwise; ``/healthz`` in ``worker.web.app`` only says the process is alive).
+``/dashboard`` is behind HTTP Basic authentication (RFC 7617) with the password
+``NEWSLETTER_OPERATOR_PASSWORD`` (any user name); with no password configured nobody gets in.
+Failed logins are counted per peer and in all (:mod:`worker.operators.logins`): over the limit
+every attempt gets ``429`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Annotated, Any
 
 import idna
 import jinja2
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from markupsafe import Markup
@@ -34,11 +39,15 @@ from worker.operators.dashboard import (
     Overview,
     overview,
 )
+from worker.operators.logins import Logins, MemoryLogins, RedisLogins
 from worker.operators.metrics import exposition
 from worker.runtime import Runtime
 from worker.settings import TEMPLATES_DIR
 
 _basic = HTTPBasic(realm="newsletter operators", auto_error=False)
+_BEARER_PREFIX = "bearer "
+# The largest id PostgreSQL's bigint holds: a bigger ?send= was an OverflowError (answer 500).
+MAX_ID = 2**63 - 1
 
 
 def operator_router(runtime: Runtime) -> APIRouter:
@@ -52,19 +61,46 @@ def operator_router(runtime: Runtime) -> APIRouter:
     env.filters.update(percent=_percent, duration=_duration, domain=unicode_domain)
     session_factory: Callable[[], AbstractContextManager[Session]] = runtime.session
 
-    def operator(credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
+    logins = _logins(runtime)
+
+    def operator(
+        request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+    ) -> None:
+        peer = request.client.host if request.client else ""
+        wait = logins.retry_after(peer)
+        if wait:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many failed logins: try again in {wait} seconds",
+                headers={"Retry-After": str(wait)},
+            )
         expected = runtime.settings.operator_password
         given = credentials.password if credentials else ""
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            if credentials is not None:  # a browser's first request carries none: not a guess
+                logins.failed(peer)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "operator login required",
                 headers={"WWW-Authenticate": 'Basic realm="newsletter operators", charset="UTF-8"'},
             )
 
-    @router.get("/metrics")
+    def scraper(request: Request) -> None:
+        expected = runtime.settings.metrics_token
+        if not expected:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+        given = request.headers.get("authorization", "")
+        token = given[len(_BEARER_PREFIX) :] if given.lower().startswith(_BEARER_PREFIX) else ""
+        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "metrics need the scraper's bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+
+    @router.get("/metrics", dependencies=[Depends(scraper)], include_in_schema=False)
     def metrics() -> Response:
-        """Prometheus text exposition format (version 0.0.4)."""
+        """Prometheus text exposition format (version 0.0.4), for the scraper only."""
         body, content_type = exposition([LedgerCollector(session_factory)])
         return Response(body, media_type=content_type)
 
@@ -79,7 +115,8 @@ def operator_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Depends(operator)])
     def dashboard(
-        send: Annotated[int | None, Query()] = None, days: Annotated[int, Query(ge=1, le=365)] = 30
+        send: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        days: Annotated[int, Query(ge=1, le=365)] = 30,
     ) -> Response:
         """The dashboard page (server-rendered HTML with inline SVG charts)."""
         with session_factory() as session:
@@ -97,6 +134,14 @@ def operator_router(runtime: Runtime) -> APIRouter:
         return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     return router
+
+
+def _logins(runtime: Runtime) -> Logins:
+    s = runtime.settings
+    per_peer, total = s.operator_login_failures_per_peer, s.operator_login_failures_total
+    if runtime.redis is None:
+        return MemoryLogins(per_peer, total, s.secret_key)
+    return RedisLogins(runtime.redis, per_peer, total, s.secret_key)
 
 
 def _rate_chart(data: Overview) -> Markup:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from worker import json_documents
 from worker.subscriptions.signups import (
     AddressRules,
     SignupRefused,
@@ -63,7 +64,8 @@ async def signup(request: Request, rt: RuntimeDep) -> Response:
         if isinstance(data, dict) and header is None:
             data = with_request_evidence(data, request, client)
         rules = AddressRules.from_settings(rt.settings)
-        valid = validate_signup(data, rules, rt.signup_languages())
+        # In a thread: the address check may ask DNS for MX records (blocking).
+        valid = await run_in_threadpool(validate_signup, data, rules, rt.signup_languages())
         # No address to limit by (a Unix socket, no proxy): one shared per-IP window here, as
         # the actor limits only events that carry an ip.
         unknown = header is None and client is None
@@ -92,7 +94,7 @@ def signup_json(raw: bytes) -> Any:
     if len(raw) > MAX_SIGNUP_BYTES:
         raise SignupRefused("malformed", f"body: longer than {MAX_SIGNUP_BYTES} bytes")
     try:
-        return json.loads(raw)
+        return json_documents.loads(raw)  # bounded nesting: RecursionError was a 500
     except ValueError as exc:
         raise SignupRefused("malformed", f"body: not JSON ({exc})") from None
 

@@ -11,8 +11,13 @@ are trusted). Answers:
   duplicate and changes nothing;
 - ``401``: Postmark request without Basic credentials (with ``WWW-Authenticate``);
 - ``403 {"error": reason}``: bad signature or credentials, stale timestamp, untrusted SNS topic,
-  or the provider is not configured (empty secret);
+  a Mailgun signature already used with another body (a replay), a body nested deeper than
+  :data:`worker.json_documents.MAX_DEPTH`, or the provider is not configured (empty secret);
+- ``413``: a body over ``NEWSLETTER_WEBHOOK_MAX_BYTES`` (:class:`worker.web.guards.BodyLimit`);
 - SES ``SubscriptionConfirmation`` (verified first): the SubscribeURL is visited, ``200``.
+
+Verification runs in a worker thread: the SNS certificate fetch and the SubscribeURL visit are
+blocking HTTPS calls that would otherwise stall every other request of the process.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from worker.feedback.policy import FeedbackPolicy, record_feedback
+from worker.feedback.replays import MemoryReplays, RedisReplays, Replays
 from worker.feedback.webhooks import WebhookEvent, WebhookRejected, mailgun, postmark, sendgrid, ses
 from worker.runtime import Runtime
 from worker.sending.identity import BOUNCE_PREFIX
@@ -56,15 +62,16 @@ def webhook_router(runtime: Runtime, adapters: WebhookAdapters | None = None) ->
     edges = adapters or WebhookAdapters()
     settings = runtime.settings
     policy = FeedbackPolicy.from_settings(settings)
+    replays: Replays = MemoryReplays() if runtime.redis is None else RedisReplays(runtime.redis)
 
     async def receive(
         request: Request, provider: str, accept: Callable[[Headers, bytes], Accepted]
     ) -> JSONResponse:
         """Verify and parse the raw body with ``accept``, then record its events: 200 with the
         counts, 403 when ``accept`` rejects the request."""
-        body = await request.body()
+        body = await request.body()  # capped by BodyLimit before it is all read
         try:
-            accepted = accept(request.headers, body)
+            accepted = await run_in_threadpool(accept, request.headers, body)
         except WebhookRejected as rejected:
             return _rejected(rejected, provider)
         if isinstance(accepted, JSONResponse):
@@ -104,6 +111,10 @@ def webhook_router(runtime: Runtime, adapters: WebhookAdapters | None = None) ->
     def accept_mailgun(headers: Headers, body: bytes) -> Accepted:
         _configured(settings.mailgun_signing_key, "Mailgun")
         mailgun.verify(headers, body, settings.mailgun_signing_key, now=runtime.clock.now())
+        # A token is acceptable while its timestamp is: tolerance either side of now.
+        window = int(2 * mailgun.DEFAULT_TOLERANCE.total_seconds()) + 60
+        if not replays.first_use("mailgun", mailgun.signature_token(body), body, window):
+            raise WebhookRejected("Mailgun signature token already used with another body")
         return mailgun.parse(body, verp_prefix=BOUNCE_PREFIX)
 
     @router.post("/webhooks/ses")

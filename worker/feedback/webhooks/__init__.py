@@ -15,11 +15,11 @@ Recording is idempotent on ``FeedbackReport.source_event_id``, so a provider's r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from worker import json_documents
 from worker.feedback.classification import Classification
 from worker.feedback.report import (
     METADATA_DELIVERY_KEY,
@@ -66,9 +66,12 @@ def unix_time(value: str | int | float | None) -> datetime:
 
 
 def json_body(body: bytes) -> Any:
-    """The JSON document in ``body``; :class:`WebhookRejected` if it is not UTF-8 JSON."""
+    """The JSON document in ``body``; :class:`WebhookRejected` if it is not UTF-8 JSON or nests
+    deeper than :data:`worker.json_documents.MAX_DEPTH` (no provider's event does)."""
     try:
-        return json.loads(body)
+        return json_documents.loads(body)
+    except json_documents.TooDeep as exc:
+        raise WebhookRejected(f"body is not acceptable JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise WebhookRejected("body is not JSON") from None
 

@@ -71,11 +71,25 @@ def verify(
     if not timestamp or not token or not given:
         raise WebhookRejected("Mailgun signature block incomplete")
     expected = hmac.new(
-        signing_key.encode(), (timestamp + token).encode(), hashlib.sha256
+        signing_key.encode(), (timestamp + token).encode("utf-8", "replace"), hashlib.sha256
     ).hexdigest()
-    if not hmac.compare_digest(expected, given.lower()):
+    # Bytes, not str: compare_digest raises TypeError on non-ASCII text (it was an answer 500).
+    if not hmac.compare_digest(expected.encode(), given.lower().encode("utf-8", "replace")):
         raise WebhookRejected("Mailgun signature does not match")
     require_fresh(unix_time(timestamp), now=now, tolerance=tolerance)
+
+
+def signature_token(body: bytes) -> str:
+    """The ``signature.token`` of a body that :func:`verify` accepted.
+
+    Mailgun signs only ``timestamp + token``, not the event: the same signature block pasted
+    onto another event verifies. The caller remembers each token for the accepted window (see
+    :mod:`worker.feedback.replays`) and refuses a token that comes back with another body.
+    """
+    document = json_body(body)
+    signature = document.get("signature") if isinstance(document, dict) else None
+    token = signature.get("token") if isinstance(signature, dict) else None
+    return str(token or "")
 
 
 def parse(body: bytes, *, verp_prefix: str = BOUNCE_PREFIX) -> list[WebhookEvent]:

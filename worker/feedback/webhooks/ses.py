@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import ssl
 import urllib.request
@@ -35,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from worker import json_documents
 from worker.feedback.classification import (
     Classification,
     FeedbackKind,
@@ -239,7 +239,7 @@ def parse(body: bytes, *, verp_prefix: str = BOUNCE_PREFIX) -> list[WebhookEvent
     if not isinstance(envelope, dict) or envelope.get("Type") != "Notification":
         return []
     try:
-        notification = json.loads(envelope.get("Message") or "")
+        notification = json_documents.loads(envelope.get("Message") or "")
     except (TypeError, ValueError):
         return []
     if not isinstance(notification, dict):
