@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +141,19 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
-        settings = cls(**values)
-        if not settings.secret_key:
-            # A per-process random key keeps the demo and tests working; links then die with the
-            # process, which is why production must set NEWSLETTER_SECRET_KEY.
-            settings = replace(settings, secret_key=secrets.token_urlsafe(32))
-        return settings
+        return cls(**values)
+
+    def require_secret_key(self) -> str:
+        """The secret key, or ``SecretKeyError`` when it is unset or obviously weak.
+
+        Every process (web app, workers, scheduler, inbound receivers, CLI commands that sign or
+        hash) calls this before it starts: a key made up per process would sign links that the
+        other processes reject and key suppression hashes that never match again.
+        """
+        problem = secret_key_problem(self.secret_key)
+        if problem:
+            raise SecretKeyError(problem)
+        return self.secret_key
 
     @property
     def rates_by_domain(self) -> dict[str, float]:
@@ -168,6 +174,34 @@ class Settings:
     def sending_domain(self) -> str:
         """Domain used on the right-hand side of Message-IDs."""
         return self.message_id_domain or self.bounce_domain
+
+
+MIN_SECRET_KEY_LENGTH = 24  # characters: 24 URL-safe base64 characters carry 144 random bits
+MIN_SECRET_KEY_DISTINCT = 8  # "kkkk…" or "00000…" is long but guessable
+HOW_TO_MAKE_A_KEY = (
+    "make one with `newsletter keys generate` "
+    "(or: python -c 'import secrets; print(secrets.token_urlsafe(48))'), "
+    "and give the same value to every process (web, workers, scheduler, inbound)"
+)
+
+
+class SecretKeyError(ValueError):
+    """``NEWSLETTER_SECRET_KEY`` is missing or too weak to sign tokens and key hashes."""
+
+
+def secret_key_problem(key: str) -> str:
+    """Why ``key`` is not fit to be the secret key, or ``""`` when it is."""
+    name = f"{PREFIX}SECRET_KEY"
+    if not key:
+        return f"{name} is not set: {HOW_TO_MAKE_A_KEY}"
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        return (
+            f"{name} is too short ({len(key)} characters, at least "
+            f"{MIN_SECRET_KEY_LENGTH}): {HOW_TO_MAKE_A_KEY}"
+        )
+    if len(set(key)) < MIN_SECRET_KEY_DISTINCT:
+        return f"{name} repeats too few characters to be random: {HOW_TO_MAKE_A_KEY}"
+    return ""
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

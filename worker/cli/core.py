@@ -273,7 +273,9 @@ def web(host: str, port: int) -> None:
 
     from worker.logs import configure_logging
 
-    configure_logging(Settings.from_env())  # uvicorn's own log config is switched off below
+    settings = Settings.from_env()
+    settings.require_secret_key()  # before uvicorn starts, so the refusal is one clear line
+    configure_logging(settings)  # uvicorn's own log config is switched off below
     uvicorn.run(
         "worker.web.app:create_app",
         factory=True,

@@ -81,7 +81,9 @@ def inbound_reprocess() -> None:
     from worker.subscriptions.tokens import Tokens
 
     settings = Settings.from_env()
-    ctx = InboundContext(FeedbackPolicy.from_settings(settings), Tokens(settings.secret_key))
+    ctx = InboundContext(
+        FeedbackPolicy.from_settings(settings), Tokens(settings.require_secret_key())
+    )
     with session_scope(settings) as session:
         ids = pending_ids(session)
     done = 0

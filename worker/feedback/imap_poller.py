@@ -104,7 +104,8 @@ class ImapPoller:
         self.connect = connect
         self.clock = clock or SystemClock()
         self.ctx = InboundContext(
-            policy=FeedbackPolicy.from_settings(settings), tokens=Tokens(settings.secret_key)
+            policy=FeedbackPolicy.from_settings(settings),
+            tokens=Tokens(settings.require_secret_key()),
         )
 
     def poll_once(self) -> PollResult:

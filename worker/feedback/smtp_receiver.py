@@ -41,7 +41,8 @@ class InboundHandler:
         self.clock = clock or SystemClock()
         self.domains = {settings.bounce_domain.lower()}
         self.ctx = InboundContext(
-            policy=FeedbackPolicy.from_settings(settings), tokens=Tokens(settings.secret_key)
+            policy=FeedbackPolicy.from_settings(settings),
+            tokens=Tokens(settings.require_secret_key()),
         )
 
     async def handle_RCPT(
