@@ -103,6 +103,7 @@ class Settings:
     soft_bounce_limit: int = 3
     soft_bounce_window_days: int = 30
     inbound_max_bytes: int = 25 * 1024 * 1024
+    imap_ca_file: str = ""  # PEM CAs the IMAP poller trusts instead of the system's
     ses_topic_arns: str = ""
     postmark_webhook_credentials: str = field(default="", repr=False)
     sendgrid_verification_key: str = field(default="", repr=False)

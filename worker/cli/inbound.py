@@ -49,19 +49,21 @@ def inbound_smtp(listen: str) -> None:
 )
 @click.option("--once", is_flag=True, help="Poll once and exit.")
 def inbound_imap(url: str, interval: float, once: bool) -> None:
-    """Poll URL (imaps://user:password@host[:port]/FOLDER[?done=FOLDER]): store, parse and
-    record each message, then move it to the done folder (or flag it deleted). A message that
-    could not be stored or processed is left in place."""
+    """Poll URL (imaps://user:password@host[:port]/FOLDER[?done=FOLDER], or imap+starttls://):
+    store, parse and record each message, then move it to the done folder (or flag it deleted).
+    A message that could not be stored or processed is left in place. The server's certificate
+    is verified (system CAs, or NEWSLETTER_IMAP_CA_FILE) before the password is sent."""
     from worker.feedback.imap_poller import ImapMailbox, ImapPoller
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    settings = Settings.from_env()
     try:
-        mailbox = ImapMailbox.from_url(url)
+        mailbox = ImapMailbox.from_url(url, ca_file=settings.imap_ca_file)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="URL") from None
-    poller = ImapPoller(Settings.from_env(), mailbox)
+    poller = ImapPoller(settings, mailbox)
     if once:
         result = poller.poll_once()
         click.echo(f"{result.seen} seen, {result.done} done, {result.kept} kept")
