@@ -119,7 +119,9 @@ def test_runtime_without_redis_keeps_its_state_in_memory(tmp_path: Path) -> None
     assert type(rt.throttle).__name__ == "LocalThrottle"
 
 
-def test_use_runtime_swaps_the_process_runtime(tmp_path: Path) -> None:
+def test_use_runtime_swaps_the_process_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker import actors
 
     # Given two runtimes
@@ -139,5 +141,6 @@ def test_use_runtime_swaps_the_process_runtime(tmp_path: Path) -> None:
     finally:
         use_runtime(None)
     # And None goes back to one built from the environment, memoised
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)
     assert runtime() is runtime() and runtime() not in (first, second)
     use_runtime(None)

@@ -111,6 +111,7 @@ class Settings:
     language_fallbacks: str = ""  # e.g. "be=ru,ru=en": where a language without a text falls back
     queue_namespace: str = "dramatiq"
     log_json: bool = False
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING…: redaction applies at every level
     operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access
     metrics_port: int = 9191  # worker exporter; a signups/transactional-only group uses port + 1
     metrics_host: str = "127.0.0.1"  # the exporter has no login: 0.0.0.0 only inside a container

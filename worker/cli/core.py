@@ -236,9 +236,11 @@ def send_retry_unknown(send_id: int) -> None:
 def scheduler(interval: float, once: bool) -> None:
     """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims."""
     from worker.actors import reconcile
+    from worker.logs import configure_logging
     from worker.runtime import runtime
 
     rt = runtime()
+    configure_logging(rt.settings)
     while True:
         try:
             enqueued = reconcile(rt)

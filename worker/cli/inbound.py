@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 
 import click
 
+from worker.logs import configure_logging
 from worker.settings import Settings
 
 
@@ -23,14 +23,12 @@ def inbound_smtp(listen: str) -> None:
     SMTP: each message is stored before 250 (451 if it cannot be), then parsed and recorded."""
     from worker.feedback.smtp_receiver import InboundServer, parse_listen
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         host, port = parse_listen(listen)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--listen") from None
     settings = Settings.from_env()
+    configure_logging(settings)  # aiosmtpd logs envelopes: they must pass the redaction
     server = InboundServer(settings, host=host, port=port)
     server.start()
     click.echo(f"inbound SMTP for @{settings.bounce_domain} on {host}:{port}; Ctrl-C stops")
@@ -55,10 +53,8 @@ def inbound_imap(url: str, interval: float, once: bool) -> None:
     is verified (system CAs, or NEWSLETTER_IMAP_CA_FILE) before the password is sent."""
     from worker.feedback.imap_poller import ImapMailbox, ImapPoller
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = Settings.from_env()
+    configure_logging(settings)
     try:
         mailbox = ImapMailbox.from_url(url, ca_file=settings.imap_ca_file)
     except ValueError as error:
