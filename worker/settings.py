@@ -102,7 +102,12 @@ class Settings:
     dkim_private_key_path: str = field(default="", repr=False)
     soft_bounce_limit: int = 3
     soft_bounce_window_days: int = 30
-    inbound_max_bytes: int = 25 * 1024 * 1024
+    # Inbound mail (bounces, complaints, mailto unsubscribes). Peak memory of the SMTP receiver
+    # grows with max_sessions x max_bytes (docs/operations.md), so both are capped.
+    # 10 MiB: a bounce returns our own mail (well under 1 MiB) or its headers; larger is abuse.
+    inbound_max_bytes: int = 10 * 1024 * 1024  # larger messages: 552 (SMTP), truncated (IMAP)
+    inbound_max_sessions: int = 4  # concurrent SMTP sessions; one more is answered 421
+    inbound_retention_days: float = 30.0  # stored inbound messages older than this are purged
     imap_ca_file: str = ""  # PEM CAs the IMAP poller trusts instead of the system's
     ses_topic_arns: str = ""
     postmark_webhook_credentials: str = field(default="", repr=False)

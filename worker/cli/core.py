@@ -246,6 +246,7 @@ def scheduler(interval: float, once: bool) -> None:
             enqueued = reconcile(rt)
             click.echo(f"reconciled: {enqueued} batch messages enqueued")
             click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")
+            click.echo(f"purged: {_purge_inbound(rt)} stored inbound messages")
         except Exception as exc:  # Redis or the database restarting: try again next round
             if once:
                 raise
@@ -264,6 +265,17 @@ def _purge_unconfirmed(rt: Any) -> int:
     days = timedelta(days=rt.settings.purge_unconfirmed_days)
     with rt.session() as session:
         return purge_unconfirmed(session, now=rt.clock.now(), older_than=days)
+
+
+def _purge_inbound(rt: Any) -> int:
+    """Forget stored inbound mail older than ``inbound_retention_days``; returns how many."""
+    from datetime import timedelta
+
+    from worker.feedback.inbound import purge_inbound
+
+    days = timedelta(days=rt.settings.inbound_retention_days)
+    with rt.session() as session:
+        return purge_inbound(session, now=rt.clock.now(), older_than=days)
 
 
 @click.command()

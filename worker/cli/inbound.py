@@ -92,3 +92,28 @@ def inbound_reprocess() -> None:
                 process_inbound(session, message, ctx, now=SystemClock().now())
                 done += 1
     click.echo(f"processed {done} stored message(s)")
+
+
+@inbound.command("purge")
+@click.option(
+    "--days",
+    type=float,
+    default=None,
+    help="Keep this many days (default NEWSLETTER_INBOUND_RETENTION_DAYS, 30).",
+)
+def inbound_purge(days: float | None) -> None:
+    """Delete stored inbound messages older than the retention period (the scheduler does this
+    every round): they hold readers' addresses and the mail they were sent."""
+    from datetime import timedelta
+
+    from worker.db import session_scope
+    from worker.feedback.inbound import purge_inbound
+    from worker.sending.ports import SystemClock
+
+    settings = Settings.from_env()
+    keep = settings.inbound_retention_days if days is None else days
+    if keep < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--days")
+    with session_scope(settings) as session:
+        purged = purge_inbound(session, now=SystemClock().now(), older_than=timedelta(days=keep))
+    click.echo(f"purged {purged} inbound message(s) older than {keep:g} days")
