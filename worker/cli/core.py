@@ -154,15 +154,16 @@ def send_status(send_id: int, watch: bool | None, interval: float) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    from worker.runtime import Runtime
+    from worker.db import session_scope
+    from worker.sending.ports import SystemClock
 
-    rt = Runtime(Settings.from_env())
+    settings = Settings.from_env()  # read-only: signs nothing, so it needs no secret key
     console = Console()
     watch = console.is_terminal if watch is None else watch
 
     def snapshot() -> dict[str, Any]:
-        with rt.session() as session:
-            return status_snapshot(session, send_id, rt.clock.now())
+        with session_scope(settings) as session:
+            return status_snapshot(session, send_id, SystemClock().now())
 
     snap = snapshot()
     if not watch:
