@@ -61,7 +61,13 @@ def inbound_imap(url: str, interval: float, once: bool) -> None:
         raise click.BadParameter(str(error), param_hint="URL") from None
     poller = ImapPoller(settings, mailbox)
     if once:
-        result = poller.poll_once()
+        import imaplib
+
+        try:
+            result = poller.poll_once()
+        except (imaplib.IMAP4.error, OSError) as error:  # OSError: ssl.SSLCertVerificationError
+            where = f"{mailbox.host}:{mailbox.port}"
+            raise click.ClickException(f"cannot poll {where}: {error}") from None
         click.echo(f"{result.seen} seen, {result.done} done, {result.kept} kept")
         return
     with contextlib.suppress(KeyboardInterrupt):
