@@ -85,3 +85,31 @@ def test_read_cell_undoes_write_cell(value: str) -> None:
     written = write_cell(value)
     assert not written.startswith(FORMULA_STARTS)
     assert read_cell(written) == value
+
+
+def test_the_subscriber_list_csv_escapes_formulas(rt: Runtime, db_url: str, tmp_path: Path) -> None:
+    # Given readers imported from a list whose addresses are formulas
+    source = tmp_path / "readers.csv"
+    source.write_text(
+        "email,language,status\n"
+        + "".join(f'"{a}",en,confirmed\n' for a in ("=1+2@example.org", "-3+4@example.org")),
+        encoding="utf-8",
+    )
+    env = {
+        **_env(rt, db_url),
+        "NEWSLETTER_REDIS_URL": rt.settings.redis_url,
+        "NEWSLETTER_NEWSLETTER_PATH": rt.settings.newsletter_path,
+    }
+    imported = CliRunner().invoke(
+        main, ["subscribers", "import", str(source), "--format", "csv"], env=env
+    )
+    assert imported.exit_code == 0, imported.output
+    # When the operator lists them as CSV, and counts them by domain
+    listed = CliRunner().invoke(main, ["subscribers", "list", "--csv", "--all"], env=env)
+    counted = CliRunner().invoke(main, ["subscribers", "count", "--by", "status", "--csv"], env=env)
+    assert listed.exit_code == 0 and counted.exit_code == 0, listed.output
+    # Then the addresses are there, and no cell starts a formula
+    rows = list(csv.reader(listed.stdout.splitlines()))
+    assert sorted(row[0] for row in rows[1:]) == ["'-3+4@example.org", "'=1+2@example.org"]
+    cells = [c for row in rows + list(csv.reader(counted.stdout.splitlines())) for c in row]
+    assert [c for c in cells if c.startswith(FORMULA_STARTS)] == []
