@@ -3,13 +3,16 @@
 It speaks the real protocol over a real socket (tagged commands, literals ``{n}``, UIDs, flags),
 for these commands: CAPABILITY, LOGIN, SELECT, UID SEARCH, UID FETCH (``RFC822.SIZE``,
 ``BODY.PEEK[]``, ``BODY.PEEK[]<0.n>``), UID STORE, UID COPY, UID MOVE (RFC 6851), EXPUNGE,
-NOOP, LOGOUT. Folders are in memory: ``server.folders["INBOX"]`` lists :class:`Stored` messages.
+NOOP, LOGOUT, and STARTTLS (RFC 3501 §6.2.1) when given a ``starttls`` context. With a ``tls``
+context it speaks implicit TLS (RFC 8314). Folders are in memory: ``server.folders["INBOX"]``
+lists :class:`Stored` messages; ``state.received`` keeps every command line a client sent.
 """
 
 from __future__ import annotations
 
 import re
 import socketserver
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +30,34 @@ class Stored:
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
 
+    def setup(self) -> None:
+        if self.server.tls is not None:  # implicit TLS: the handshake comes before any byte
+            self.request = self.connection = self.server.tls.wrap_socket(
+                self.request, server_side=True
+            )
+        super().setup()
+
+    def _capabilities(self) -> bytes:
+        return b"IMAP4rev1 MOVE" + (b" STARTTLS" if self.server.starttls is not None else b"")
+
+    def _start_tls(self, tag: bytes) -> None:
+        assert self.server.starttls is not None
+        self._send(tag + b" OK begin TLS negotiation now")
+        self.request = self.connection = self.server.starttls.wrap_socket(
+            self.connection, server_side=True
+        )
+        self.rfile = self.connection.makefile("rb", self.rbufsize)
+        self.wfile = self.connection.makefile("wb", 0)
+
     def handle(self) -> None:
         self.selected: str | None = None
-        self._send(b"* OK [CAPABILITY IMAP4rev1 MOVE] test IMAP ready")
+        self._send(b"* OK [CAPABILITY " + self._capabilities() + b"] test IMAP ready")
         while True:
             line = self.rfile.readline()
             if not line:
                 return
+            with self.server.state.lock:
+                self.server.state.received.append(line)
             tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
             command, _, args = rest.partition(b" ")
             try:
@@ -49,7 +73,10 @@ class _Handler(socketserver.StreamRequestHandler):
     def _dispatch(self, tag: bytes, command: str, args: str) -> bool:
         state = self.server.state
         if command == "CAPABILITY":
-            self._send(b"* CAPABILITY IMAP4rev1 MOVE")
+            self._send(b"* CAPABILITY " + self._capabilities())
+        elif command == "STARTTLS" and self.server.starttls is not None:
+            self._start_tls(tag)
+            return True
         elif command == "LOGIN":
             user, password = [a.strip('"') for a in args.split(" ", 1)]
             if (user, password) != (state.user, state.password):
@@ -131,6 +158,8 @@ class ImapState:
     folders: dict[str, list[Stored]] = field(default_factory=lambda: {"INBOX": []})
     lock: threading.Lock = field(default_factory=threading.Lock)
     fetched: int = 0
+    received: list[bytes] = field(default_factory=list)
+    handshake_errors: list[str] = field(default_factory=list)
     _uid: int = 0
 
     def next_uid(self) -> int:
@@ -148,21 +177,40 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     state: ImapState
+    tls: ssl.SSLContext | None = None
+    starttls: ssl.SSLContext | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a client that refused our cert
+            self.state.handshake_errors.append(type(error).__name__)
+            return
+        super().handle_error(request, client_address)
 
 
 class ImapServer:
-    """``with ImapServer() as imap: imap.state.deliver(raw); imap.url``."""
+    """``with ImapServer() as imap: imap.state.deliver(raw); imap.url``.
 
-    def __init__(self) -> None:
+    ``tls``: a server context for implicit TLS (``imaps``); ``starttls``: one to offer STARTTLS.
+    """
+
+    def __init__(
+        self, tls: ssl.SSLContext | None = None, starttls: ssl.SSLContext | None = None
+    ) -> None:
         self.port = free_port()
         self.server = _Server(("127.0.0.1", self.port), _Handler)
         self.server.state = ImapState()
+        self.server.tls, self.server.starttls = tls, starttls
         self.state = self.server.state
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def url(self, done: str | None = None) -> str:
+    def url(self, done: str | None = None, host: str = "127.0.0.1") -> str:
         query = f"?done={done}" if done else ""
-        return f"imap://{self.state.user}:{self.state.password}@127.0.0.1:{self.port}/INBOX{query}"
+        scheme = "imaps" if self.server.tls else "imap+starttls" if self.server.starttls else "imap"
+        credentials = f"{self.state.user}:{self.state.password}"
+        return f"{scheme}://{credentials}@{host}:{self.port}/INBOX{query}"
 
     def __enter__(self) -> ImapServer:
         self.thread.start()

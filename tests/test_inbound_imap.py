@@ -39,7 +39,7 @@ def test_mailbox_url() -> None:
         "p:ss",
         "Bounces",
         "Done",
-        True,
+        "implicit",
     )
     assert ImapMailbox.from_url("imap://u@h").port == 143
     with pytest.raises(ValueError):

@@ -31,7 +31,9 @@ BOUNCE_TO = "bounces+1-0000000000@news.example.org"
 
 @pytest.fixture
 def receiver(rt: Runtime) -> Iterator[InboundServer]:
-    with InboundServer(rt.settings, port=free_port()) as server:
+    # 25 MiB, not the 10 MiB default: the hostile 20 MB bounce must be stored, not only refused
+    roomy = dataclasses.replace(rt.settings, inbound_max_bytes=25 * 1024 * 1024)
+    with InboundServer(roomy, port=free_port()) as server:
         yield server
 
 

@@ -217,7 +217,10 @@ def test_the_runtime_installs_the_session_hooks_with_its_engine(
 
 
 def test_the_cli_installs_the_session_hooks(no_hooks: None, db_url: str) -> None:
-    env = {"NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_SECRET_KEY": "k" * 32}
+    env = {
+        "NEWSLETTER_DATABASE_URL": db_url,
+        "NEWSLETTER_SECRET_KEY": "ledger-test-secret-0123456789",
+    }
     result = CliRunner().invoke(main, ["inbound", "reprocess"], env=env)
     assert result.exit_code == 0, result.output
     assert installed()

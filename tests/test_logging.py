@@ -1,4 +1,4 @@
-"""Structured logs: JSON with the bound ids, secrets removed, addresses masked at INFO."""
+"""Structured logs: JSON with the bound ids, secrets removed, addresses masked at every level."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.Str
             "smtps://mailer:relay-pass-99@smtp.example.net",
         )
         log.warning("key %s", SECRET, extra={"delivery_id": 42})
-        log.debug("debug keeps %s", "anna@example.org")
+        log.debug("debug masks %s", "anna@example.org")
     log.info("outside")
     first, second, third, fourth = lines(stream)
     assert (
@@ -54,7 +54,7 @@ def test_json_lines_carry_ids_and_never_secrets_or_full_addresses(stream: io.Str
     )
     assert first["message"] == "refused A***@example.org by smtps://mailer:***@smtp.example.net"
     assert second == {**second, "send_id": 7, "delivery_id": 42, "message": "key ***"}
-    assert third["message"] == "debug keeps anna@example.org"
+    assert third["message"] == "debug masks a***@example.org"  # every level: issue 13
     assert "send_id" not in fourth
     assert SECRET not in stream.getvalue() and "relay-pass-99" not in stream.getvalue()
 

@@ -180,7 +180,9 @@ def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
 
     before = counter._value.get()
     # the runtime's sessions, as actors and the web app open them: its engine installs the hooks
-    session_scope = Runtime(Settings.from_env({}, database_url=db_url)).session
+    session_scope = Runtime(
+        Settings.from_env({}, database_url=db_url, secret_key="metrics-test-secret-0123456789")
+    ).session
     with session_scope() as session:
         session.add(event("arf:1"))
         session.flush()

@@ -19,6 +19,7 @@ from worker.runtime import Runtime, runtime, use_runtime
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+KEY = "runtime-test-secret-0123456789"
 
 PROBE = """
 import json, sys
@@ -38,6 +39,7 @@ def _import_in_fresh_process(*modules: str) -> dict[str, object]:
     """What importing ``modules`` left behind: a dramatiq broker set, new metric families."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(PYTHONPATH=str(ROOT), NEWSLETTER_REDIS_URL="redis://127.0.0.1:1/0")
+    env.update(NEWSLETTER_SECRET_KEY=KEY)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *modules],
@@ -92,6 +94,7 @@ def test_runtime_memoises_its_adapters(tmp_path: Path) -> None:
         database_url=f"sqlite:///{tmp_path / 'r.db'}",
         redis_url="redis://127.0.0.1:1/0",
         broker="redis",
+        secret_key=KEY,
     )
     rt = Runtime(settings)
     # Then each adapter is built once, and the Redis-backed ones share one client
@@ -106,7 +109,9 @@ def test_runtime_memoises_its_adapters(tmp_path: Path) -> None:
 
 
 def test_runtime_without_redis_keeps_its_state_in_memory(tmp_path: Path) -> None:
-    settings = Settings.from_env({}, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="")
+    settings = Settings.from_env(
+        {}, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="", secret_key=KEY
+    )
     rt = Runtime(settings)
     assert rt.redis is None
     assert rt.hints.client is None
@@ -114,11 +119,15 @@ def test_runtime_without_redis_keeps_its_state_in_memory(tmp_path: Path) -> None
     assert type(rt.throttle).__name__ == "LocalThrottle"
 
 
-def test_use_runtime_swaps_the_process_runtime(tmp_path: Path) -> None:
+def test_use_runtime_swaps_the_process_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker import actors
 
     # Given two runtimes
-    settings = Settings.from_env({}, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="")
+    settings = Settings.from_env(
+        {}, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="", secret_key=KEY
+    )
     first, second = Runtime(settings), Runtime(settings)
     try:
         # When one is installed, then the other
@@ -132,5 +141,6 @@ def test_use_runtime_swaps_the_process_runtime(tmp_path: Path) -> None:
     finally:
         use_runtime(None)
     # And None goes back to one built from the environment, memoised
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)
     assert runtime() is runtime() and runtime() not in (first, second)
     use_runtime(None)

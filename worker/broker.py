@@ -202,6 +202,7 @@ def setup(settings: Settings) -> dramatiq.Broker:
     """Create the broker for ``settings``, make it dramatiq's global broker and return it."""
     broker = make_broker(settings)
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
+        settings.require_secret_key()  # a worker must not start without the shared key
         broker.add_middleware(MetricsExporter(metrics_endpoint(settings)))
         broker.add_middleware(ProcessLogging())
     dramatiq.set_broker(broker)

@@ -3,13 +3,18 @@ send and delivery ids, never a secret, never a full address at INFO level or abo
 
 ``log_context(send_id=…)`` binds ids for the code that runs inside it (a context variable, so
 each worker thread and asyncio task has its own); ``extra={"delivery_id": …}`` on one call adds
-them to one record. Addresses in messages are masked (``a***@example.org``) from INFO up, and the
-configured secrets (secret key, operator password, passwords in the database, Redis and SMTP
-URLs) are replaced by ``***`` at every level.
+them to one record. At every level, DEBUG included (readers' safety outweighs debugging comfort):
+addresses are masked (``a***@example.org``), link tokens removed (``/u/***``, ``/confirm/***``
+and any itsdangerous-shaped token), IP addresses cut to their network (``203.0.113.0/24``,
+``2001:db8:1::/48``), and the configured secrets (secret key, operator password, passwords in
+the database, Redis and SMTP URLs) replaced by ``***``. Every process installs this
+(``configure_logging``); ``redact_handlers`` adds it to handlers another program set up
+(uvicorn's own log config).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -29,6 +34,37 @@ _ids: ContextVar[dict[str, Any] | None] = ContextVar("newsletter_log_ids", defau
 # parts); the domain is kept (it is what operators group by), the local part is masked.
 ADDRESS = re.compile(r"(?<![\w.+-])([^\s@<>()\[\]\",;:]{1,64})@([\w-]+(?:\.[\w-]+)+)", re.UNICODE)
 URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+# The web app's token routes: /u/<token>, /confirm/<token>[/resend] (links.py), /p/<token>.
+TOKEN_PATH = re.compile(r"(/(?:u|confirm|p)/)([^/\s?#\"']+)")
+# itsdangerous: base64(payload).base64(timestamp).base64(HMAC-SHA1) = 27 characters.
+SIGNED_TOKEN = re.compile(r"[\w-]{2,}\.[\w-]{4,8}\.[\w-]{27}(?![\w-])")
+# A sealed id (worker/subscriptions/sealed.py): 26 lower-case base32 characters, the unsubscribe
+# token itself and the delivery's tag in VERP addresses, Message-IDs and X-Newsletter-Delivery.
+SEALED = re.compile(r"(?<![\w-])[a-z2-7]{26}(?![\w-])")
+# Not followed by "/<digit>": an already cut network (cleaning twice changes nothing).
+IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d|/\d)")
+IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]|/\d)")
+IPV4_PREFIX, IPV6_PREFIX = 24, 48  # what is kept: enough to see a network, not a household
+
+
+def mask_ip(text: str) -> str:
+    """``203.0.113.7`` → ``203.0.113.0/24``, ``2001:db8:1:2::7`` → ``2001:db8:1::/48`` in ``text``;
+    anything that only looks like an address (``09:00:00``, ``1.2.999.4``) is left alone."""
+
+    def network(match: re.Match[str], prefix: int) -> str:
+        try:
+            address = ipaddress.ip_address(match.group(0))
+        except ValueError:
+            return match.group(0)
+        return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+    text = IPV4.sub(lambda m: network(m, IPV4_PREFIX), text)
+    return IPV6.sub(lambda m: network(m, IPV6_PREFIX), text)
+
+
+def mask_tokens(text: str) -> str:
+    """Remove link tokens: ``/u/<token>`` → ``/u/***`` and any itsdangerous-shaped token."""
+    return SEALED.sub("***", SIGNED_TOKEN.sub("***", TOKEN_PATH.sub(r"\1***", text)))
 
 
 def mask_address(text: str) -> str:
@@ -49,14 +85,20 @@ def log_context(**ids: Any) -> Iterator[None]:
         _ids.reset(token)
 
 
+# uvicorn's AccessFormatter unpacks ``record.args`` (client, method, path, version, status): its
+# records keep their args, each cleaned, instead of being frozen into the message.
+ARGS_KEPT = "uvicorn.access"
+
+
 class Redactor(logging.Filter):
-    """Adds the bound ids to each record, removes secrets, masks addresses from ``min_level``.
+    """Adds the bound ids to each record, removes secrets and tokens, masks addresses and IPs.
 
     Works on the formatted message (``record.getMessage()``), then freezes it so that handlers
-    downstream see the cleaned text. Never drops a record.
+    downstream see the cleaned text. Never drops a record. ``min_level``: the lowest level whose
+    addresses, tokens and IPs are masked (default: every level).
     """
 
-    def __init__(self, secrets: list[str], min_level: int = logging.INFO) -> None:
+    def __init__(self, secrets: list[str], min_level: int = logging.NOTSET) -> None:
         super().__init__()
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
         self.min_level = min_level
@@ -65,14 +107,21 @@ class Redactor(logging.Filter):
         for secret in self.secrets:
             text = text.replace(secret, "***")
         text = URL_PASSWORD.sub(r"\1***\3", text)
-        return mask_address(text) if level >= self.min_level else text
+        if level < self.min_level:
+            return text
+        return mask_ip(mask_address(mask_tokens(text)))
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_ids.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
-        record.msg = self.clean(record.getMessage(), record.levelno)
-        record.args = None
+        if record.name.startswith(ARGS_KEPT) and isinstance(record.args, tuple):
+            record.args = tuple(
+                self.clean(a, record.levelno) if isinstance(a, str) else a for a in record.args
+            )
+        else:
+            record.msg = self.clean(record.getMessage(), record.levelno)
+            record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -124,10 +173,16 @@ def secrets_of(settings: Settings) -> list[str]:
 
 
 def configure_logging(
-    settings: Settings, stream: IO[str] | None = None, level: int = logging.INFO
+    settings: Settings, stream: IO[str] | None = None, level: int | None = None
 ) -> logging.Handler:
     """Install one handler on the root logger (replacing earlier ones): JSON when
-    ``settings.log_json``, text otherwise, with the ``Redactor``. Returns the handler."""
+    ``settings.log_json``, text otherwise, with the ``Redactor``; ``level`` (default
+    ``NEWSLETTER_LOG_LEVEL``) on the root. Loggers that keep their own handlers (uvicorn's when
+    it configured itself, aiosmtpd's none) get the ``Redactor`` too. Returns the handler."""
+    if level is None:
+        level = logging.getLevelName(settings.log_level.upper())
+        if not isinstance(level, int):
+            raise ValueError(f"NEWSLETTER_LOG_LEVEL: unknown level {settings.log_level!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(Redactor(secrets_of(settings)))
     if settings.log_json:
@@ -139,15 +194,41 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    redact_handlers(settings)
     return handler
 
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def redact_handlers(settings: Settings, names: tuple[str, ...] | None = None) -> None:
+    """Add the ``Redactor`` to every handler of the loggers ``names`` (default: every logger)
+    that lacks one: uvicorn's access and error handlers, when uvicorn configured logging before
+    the app was built (``uvicorn --factory worker.web.app:create_app``)."""
+    if names is None:
+        loggers = [logging.getLogger()] + [
+            logger
+            for logger in logging.Logger.manager.loggerDict.values()
+            if isinstance(logger, logging.Logger)
+        ]
+    else:
+        loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, Redactor) for f in handler.filters):
+                handler.addFilter(Redactor(secrets_of(settings)))
+
+
 __all__ = [
+    "UVICORN_LOGGERS",
     "JsonFormatter",
     "Redactor",
     "TextFormatter",
     "configure_logging",
     "log_context",
     "mask_address",
+    "mask_ip",
+    "mask_tokens",
+    "redact_handlers",
     "secrets_of",
 ]

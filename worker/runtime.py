@@ -61,6 +61,10 @@ class Runtime:
     _composers: dict[int, Composer] = field(default_factory=dict)
     _languages: tuple[str, ...] | None = field(default=None, init=False)
 
+    def __post_init__(self) -> None:
+        # Refuse to start rather than sign with a key the other processes do not share.
+        self.settings.require_secret_key()
+
     @cached_property
     def engine(self) -> Engine:
         """The connection pool to ``settings.database_url``: one per URL and process, shared by

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +109,15 @@ class Settings:
     dkim_private_key_path: str = field(default="", repr=False)
     soft_bounce_limit: int = 3
     soft_bounce_window_days: int = 30
-    inbound_max_bytes: int = 25 * 1024 * 1024
     replies_to: str = ""  # a human inbox for replies to the bounce address; empty = not forwarded
     replies_per_hour: int = 20  # at most this many forwards per hour (a loop or a flood stops)
+    # Inbound mail (bounces, complaints, mailto unsubscribes). Peak memory of the SMTP receiver
+    # grows with max_sessions x max_bytes (docs/operations.md), so both are capped.
+    # 10 MiB: a bounce returns our own mail (well under 1 MiB) or its headers; larger is abuse.
+    inbound_max_bytes: int = 10 * 1024 * 1024  # larger messages: 552 (SMTP), truncated (IMAP)
+    inbound_max_sessions: int = 4  # concurrent SMTP sessions; one more is answered 421
+    inbound_retention_days: float = 30.0  # stored inbound messages older than this are purged
+    imap_ca_file: str = ""  # PEM CAs the IMAP poller trusts instead of the system's
     ses_topic_arns: str = ""
     postmark_webhook_credentials: str = field(default="", repr=False)
     sendgrid_verification_key: str = field(default="", repr=False)
@@ -120,6 +125,7 @@ class Settings:
     language_fallbacks: str = ""  # e.g. "be=ru,ru=en": where a language without a text falls back
     queue_namespace: str = "dramatiq"
     log_json: bool = False
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING…: redaction applies at every level
     operator_password: str = field(default="", repr=False)  # /dashboard login; empty = no access
     metrics_port: int = 9191  # worker exporter; a signups/transactional-only group uses port + 1
     metrics_host: str = "127.0.0.1"  # the exporter has no login: 0.0.0.0 only inside a container
@@ -160,12 +166,19 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
-        settings = cls(**values)
-        if not settings.secret_key:
-            # A per-process random key keeps the demo and tests working; links then die with the
-            # process, which is why production must set NEWSLETTER_SECRET_KEY.
-            settings = replace(settings, secret_key=secrets.token_urlsafe(32))
-        return settings
+        return cls(**values)
+
+    def require_secret_key(self) -> str:
+        """The secret key, or ``SecretKeyError`` when it is unset or obviously weak.
+
+        Every process (web app, workers, scheduler, inbound receivers, CLI commands that sign or
+        hash) calls this before it starts: a key made up per process would sign links that the
+        other processes reject and key suppression hashes that never match again.
+        """
+        problem = secret_key_problem(self.secret_key)
+        if problem:
+            raise SecretKeyError(problem)
+        return self.secret_key
 
     @property
     def rates_by_domain(self) -> dict[str, float]:
@@ -186,6 +199,34 @@ class Settings:
     def sending_domain(self) -> str:
         """Domain used on the right-hand side of Message-IDs."""
         return self.message_id_domain or self.bounce_domain
+
+
+MIN_SECRET_KEY_LENGTH = 24  # characters: 24 URL-safe base64 characters carry 144 random bits
+MIN_SECRET_KEY_DISTINCT = 8  # "kkkk…" or "00000…" is long but guessable
+HOW_TO_MAKE_A_KEY = (
+    "make one with `newsletter keys generate` "
+    "(or: python -c 'import secrets; print(secrets.token_urlsafe(48))'), "
+    "and give the same value to every process (web, workers, scheduler, inbound)"
+)
+
+
+class SecretKeyError(ValueError):
+    """``NEWSLETTER_SECRET_KEY`` is missing or too weak to sign tokens and key hashes."""
+
+
+def secret_key_problem(key: str) -> str:
+    """Why ``key`` is not fit to be the secret key, or ``""`` when it is."""
+    name = f"{PREFIX}SECRET_KEY"
+    if not key:
+        return f"{name} is not set: {HOW_TO_MAKE_A_KEY}"
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        return (
+            f"{name} is too short ({len(key)} characters, at least "
+            f"{MIN_SECRET_KEY_LENGTH}): {HOW_TO_MAKE_A_KEY}"
+        )
+    if len(set(key)) < MIN_SECRET_KEY_DISTINCT:
+        return f"{name} repeats too few characters to be random: {HOW_TO_MAKE_A_KEY}"
+    return ""
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

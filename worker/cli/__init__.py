@@ -14,6 +14,7 @@ from worker.cli.demo import demo
 from worker.cli.edition import edition
 from worker.cli.edition_live import load, test_send
 from worker.cli.inbound import inbound
+from worker.cli.keys import keys
 from worker.cli.status import status
 from worker.cli.subscribers import subscribers
 from worker.cli.suppressions import suppressions
@@ -27,10 +28,12 @@ class _Main(click.Group):
         import redis
         from sqlalchemy.exc import OperationalError
 
-        from worker.settings import Settings, hide_password
+        from worker.settings import SecretKeyError, Settings, hide_password
 
         try:
             return super().invoke(ctx)
+        except SecretKeyError as exc:
+            raise click.ClickException(str(exc)) from None
         except redis.exceptions.ConnectionError as exc:
             url = hide_password(Settings.from_env().redis_url)
             raise click.ClickException(f"cannot reach Redis at {url}: {exc}") from None
@@ -58,6 +61,7 @@ main.add_command(subscribers)
 main.add_command(inbound)
 main.add_command(suppressions)
 main.add_command(status)
+main.add_command(keys)
 # A broken import here must fail loudly: swallowing it once removed ``newsletter edition``.
 edition.add_command(load)
 edition.add_command(test_send)

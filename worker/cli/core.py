@@ -154,15 +154,16 @@ def send_status(send_id: int, watch: bool | None, interval: float) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    from worker.runtime import Runtime
+    from worker.db import session_scope
+    from worker.sending.ports import SystemClock
 
-    rt = Runtime(Settings.from_env())
+    settings = Settings.from_env()  # read-only: signs nothing, so it needs no secret key
     console = Console()
     watch = console.is_terminal if watch is None else watch
 
     def snapshot() -> dict[str, Any]:
-        with rt.session() as session:
-            return status_snapshot(session, send_id, rt.clock.now())
+        with session_scope(settings) as session:
+            return status_snapshot(session, send_id, SystemClock().now())
 
     snap = snapshot()
     if not watch:
@@ -235,17 +236,20 @@ def send_retry_unknown(send_id: int) -> None:
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
 def scheduler(interval: float, once: bool) -> None:
     """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims, purge
-    unconfirmed signups and old signup refusals."""
+    unconfirmed signups, old signup refusals and old stored inbound mail."""
     from worker.actors import reconcile
+    from worker.logs import configure_logging
     from worker.runtime import runtime
 
     rt = runtime()
+    configure_logging(rt.settings)
     while True:
         try:
             enqueued = reconcile(rt)
             click.echo(f"reconciled: {enqueued} batch messages enqueued")
             click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")
             click.echo(f"purged: {_purge_refusals(rt)} signup refusals")
+            click.echo(f"purged: {_purge_inbound(rt)} stored inbound messages")
         except Exception as exc:  # Redis or the database restarting: try again next round
             if once:
                 raise
@@ -277,6 +281,17 @@ def _purge_refusals(rt: Any) -> int:
         return purge_refusals(session, now=rt.clock.now(), older_than=days)
 
 
+def _purge_inbound(rt: Any) -> int:
+    """Forget stored inbound mail older than ``inbound_retention_days``; returns how many."""
+    from datetime import timedelta
+
+    from worker.feedback.inbound import purge_inbound
+
+    days = timedelta(days=rt.settings.inbound_retention_days)
+    with rt.session() as session:
+        return purge_inbound(session, now=rt.clock.now(), older_than=days)
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
@@ -286,7 +301,9 @@ def web(host: str, port: int) -> None:
 
     from worker.logs import configure_logging
 
-    configure_logging(Settings.from_env())  # uvicorn's own log config is switched off below
+    settings = Settings.from_env()
+    settings.require_secret_key()  # before uvicorn starts, so the refusal is one clear line
+    configure_logging(settings)  # uvicorn's own log config is switched off below
     uvicorn.run(
         "worker.web.app:create_app",
         factory=True,

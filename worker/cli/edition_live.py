@@ -34,14 +34,14 @@ def _read_checked(path: Path):  # type: ignore[no-untyped-def]
 @click.argument("path", type=_FOLDER)
 def load(path: Path) -> None:
     """Check and store the edition in PATH; loading it again updates it until it is sent."""
+    from worker.db import session_scope
     from worker.editions.store import EditionLocked, save_edition
-    from worker.runtime import Runtime
+    from worker.sending.ports import SystemClock
 
     source, _ = _read_checked(path)
-    rt = Runtime(Settings.from_env())
-    with rt.session() as session:
+    with session_scope(Settings.from_env()) as session:  # signs nothing: no secret key needed
         try:
-            edition = save_edition(session, source, rt.clock.now())
+            edition = save_edition(session, source, SystemClock().now())
         except EditionLocked as error:
             raise click.ClickException(str(error)) from None
         click.echo(f"edition {edition.key} stored ({', '.join(sorted(source.contents))})")

@@ -91,14 +91,14 @@ def _bar_with_share(bar: ProgressBar, share: str) -> Table:
 )
 def status(limit: int, watch: bool, interval: float) -> None:
     """Recent sends: deliveries per state and progress (``--watch`` follows live sends)."""
+    from worker.db import session_scope
     from worker.operators.dashboard import recent_sends
-    from worker.runtime import Runtime
 
-    rt = Runtime(Settings.from_env())
+    settings = Settings.from_env()  # read-only: signs nothing, so it needs no secret key
     console = Console()
 
     def render() -> tuple[RenderableType, bool]:
-        with rt.session() as session:
+        with session_scope(settings) as session:
             sends = recent_sends(session, limit)
         width = console.width
         view = sends_table(sends) if width >= WIDE else sends_list(sends, width)

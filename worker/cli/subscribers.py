@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from worker.csv_cells import write_cell
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -279,10 +280,10 @@ def subscribers_list(
         for r in readers(session, filters, limit=None if everyone else limit, offset=offset):
             shown += 1
             confirmed = r.confirmed_at.isoformat() if r.confirmed_at else ""
-            if writer:
+            if writer:  # cells a spreadsheet would run as formulas are escaped (csv_cells)
                 writer.writerow(
-                    (r.email, r.status, r.language, r.domain, r.source,
-                     r.created_at.isoformat(), confirmed)
+                    write_cell(cell) for cell in (r.email, r.status, r.language, r.domain,
+                                                  r.source, r.created_at.isoformat(), confirmed)
                 )  # fmt: skip
             else:
                 click.echo(f"{r.email}  {r.status:<12} {r.language:<3} {r.source}")
@@ -324,7 +325,7 @@ def subscribers_count(
         writer = csv.writer(sys.stdout)
         writer.writerow((*by, "count"))
         for key, n in counts.items():
-            writer.writerow((*key, n))
+            writer.writerow((*(write_cell(str(k)) for k in key), n))
         return
     if not by:
         click.echo(str(sum(counts.values())))

@@ -9,15 +9,23 @@ EXPUNGE) or, without one, flagged ``\\Seen \\Deleted`` and expunged. A message t
 be stored or processed stays where it is, unflagged, and is tried again at the next poll
 (storing is idempotent on the SHA-256 of the bytes).
 
+TLS (RFC 8314 for ``imaps``, RFC 3501 §6.2.1 for ``imap+starttls``) always verifies the server's
+certificate and host name against the system's CAs, or ``NEWSLETTER_IMAP_CA_FILE`` for a private
+CA, before the password is sent: a server that cannot prove its name never sees it. A server that
+does not offer STARTTLS on ``imap+starttls`` is refused the same way. Plain ``imap://`` sends the
+password in clear and is meant for a server on the same host.
+
 Messages larger than ``inbound_max_bytes`` (``RFC822.SIZE``) are fetched up to the cap
 (``BODY.PEEK[]<0.cap>``, RFC 3501 §6.4.5) and stored with ``truncated`` set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +45,9 @@ _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 
 @dataclass(frozen=True)
 class ImapMailbox:
-    """Where to poll: parsed from ``imap[s]://user:password@host[:port]/FOLDER[?done=FOLDER]``."""
+    """Where to poll: parsed from ``imap[s]://user:password@host[:port]/FOLDER[?done=FOLDER]``
+    (or ``imap+starttls://``). ``tls``: ``"implicit"``, ``"starttls"`` or ``"none"``;
+    ``ca_file``: a PEM bundle of CAs to trust instead of the system's."""
 
     host: str
     port: int
@@ -45,34 +55,57 @@ class ImapMailbox:
     password: str
     folder: str = "INBOX"
     done_folder: str | None = None
-    tls: bool = True
+    tls: str = "implicit"
+    ca_file: str | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> ImapMailbox:
+    def from_url(cls, url: str, ca_file: str | None = None) -> ImapMailbox:
         """Raises ``ValueError`` for another scheme or a missing host or user."""
         parts = urlsplit(url)
-        if parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
+        if parts.scheme not in _TLS_OF_SCHEME or not parts.hostname or not parts.username:
             raise ValueError("expected imaps://user:password@host[:port]/FOLDER")
-        tls = parts.scheme == "imaps"
+        tls = _TLS_OF_SCHEME[parts.scheme]
         done = parse_qs(parts.query).get("done", [None])[0]
         return cls(
             host=parts.hostname,
-            port=parts.port or (993 if tls else 143),
+            port=parts.port or (993 if tls == "implicit" else 143),
             user=unquote(parts.username),
             password=unquote(parts.password or ""),
             folder=unquote(parts.path.lstrip("/")) or "INBOX",
             done_folder=done,
             tls=tls,
+            ca_file=ca_file or None,
         )
 
 
+_TLS_OF_SCHEME = {"imaps": "implicit", "imap+starttls": "starttls", "imap": "none"}
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client context that verifies the certificate chain and the host name (TLS 1.2 or
+    later): the system's CAs, or only those in the PEM file ``ca_file``."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def connect(mailbox: ImapMailbox, timeout: float = 60.0) -> imaplib.IMAP4:
-    """A logged-in imaplib client (TLS with certificate checks for ``imaps``)."""
+    """A logged-in imaplib client. With TLS the certificate is verified before LOGIN; raises
+    ``ssl.SSLCertVerificationError`` (an ``OSError``) for a server that cannot prove its name,
+    ``imaplib.IMAP4.error`` when STARTTLS is not offered — the password is not sent then."""
     client: imaplib.IMAP4
-    if mailbox.tls:
-        client = imaplib.IMAP4_SSL(mailbox.host, mailbox.port, timeout=timeout)
+    if mailbox.tls == "implicit":
+        context = tls_context(mailbox.ca_file)
+        client = imaplib.IMAP4_SSL(mailbox.host, mailbox.port, ssl_context=context, timeout=timeout)
     else:
         client = imaplib.IMAP4(mailbox.host, mailbox.port, timeout=timeout)
+        if mailbox.tls == "starttls":
+            try:
+                client.starttls(ssl_context=tls_context(mailbox.ca_file))
+            except BaseException:
+                with contextlib.suppress(OSError):  # the TLS layer may have closed it already
+                    client.shutdown()
+                raise
     client.login(mailbox.user, mailbox.password)
     return client
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from worker.feedback.mail import parse_inbound
 from worker.feedback.policy import FeedbackOutcome, FeedbackPolicy, record_feedback
 from worker.feedback.replies import ReplyForwarder
-from worker.models import InboundMessage
+from worker.models import FeedbackEvent, InboundMessage
 from worker.sending.identity import BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX
 from worker.settings import Settings
 from worker.subscriptions.tokens import Tokens
@@ -46,7 +46,7 @@ class InboundContext:
         """The context of the configured settings (secret key, ``NEWSLETTER_REPLIES_TO``)."""
         return cls(
             policy=FeedbackPolicy.from_settings(settings),
-            tokens=Tokens(settings.secret_key),
+            tokens=Tokens(settings.require_secret_key()),
             replies=ReplyForwarder.from_settings(settings),
         )
 
@@ -117,6 +117,30 @@ def process_inbound(
     message.parse_error = None
     session.flush()
     return outcomes
+
+
+def purge_inbound(session: Session, *, now: datetime, older_than: timedelta) -> int:
+    """Delete stored inbound messages received before ``now - older_than``; returns how many.
+
+    A stored bounce or complaint holds a reader's address and often the whole mail they got:
+    once recorded, the feedback event keeps what counts (its reference to the message is
+    cleared, as ``ON DELETE SET NULL`` says, also on SQLite without foreign keys). Messages
+    never processed go too: after the retention period nobody will reprocess them.
+    """
+    old = select(InboundMessage.id).where(InboundMessage.received_at < now - older_than)
+    session.execute(
+        update(FeedbackEvent)
+        .where(FeedbackEvent.inbound_message_id.in_(old))
+        .values(inbound_message_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(
+        delete(InboundMessage)
+        .where(InboundMessage.received_at < now - older_than)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def pending_ids(session: Session, limit: int = 1000) -> list[int]:

@@ -8,9 +8,13 @@ later (RFC 5321 §4.2.1, RFC 3463 4.3.0 "other mail system problem"): a 250 is n
 message that is not stored. Parsing and recording follow in the same request; a failure there
 leaves the message stored with ``parse_error`` set (``newsletter inbound reprocess`` retries).
 
-Messages over ``inbound_max_bytes`` are refused by aiosmtpd with ``552`` (RFC 1870 SIZE);
-recipients outside the bounce domain are refused with ``550 5.1.1`` (not an open drop box).
-DATA lines up to 1 MiB are accepted (:class:`LenientSMTP`).
+Messages over ``inbound_max_bytes`` are refused by aiosmtpd with ``552`` (RFC 1870 SIZE, RFC
+5321 §4.5.3.1.10; the excess is discarded as it arrives, not buffered); recipients outside the
+bounce domain are refused with ``550 5.1.1`` (not an open drop box). At most
+``inbound_max_sessions`` sessions run at once: one more is greeted with ``421 4.3.2`` and closed
+(RFC 5321 §3.1 and §4.2.3, RFC 3463 4.3.2 "system not accepting network messages"), which a
+sending MTA treats as "try again later". Memory is so bounded by sessions x message size. DATA
+lines up to 1 MiB are accepted (:class:`LenientSMTP`).
 """
 
 from __future__ import annotations
@@ -98,17 +102,65 @@ def _note_error(settings: Settings, message_id: int, error: Exception) -> None:
         log.warning("could not note the error of inbound message %d", message_id)
 
 
+class SessionCap:
+    """How many SMTP sessions are open, against a maximum (used on the event loop only)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+
+    def enter(self) -> bool:
+        """Count one more session; False (and nothing counted) when ``limit`` are open."""
+        if self.limit and self.open >= self.limit:
+            self.refused += 1
+            return False
+        self.open += 1
+        return True
+
+    def leave(self) -> None:
+        self.open -= 1
+
+
+BUSY = b"421 4.3.2 too many connections, try again later\r\n"
+
+
 class LenientSMTP(SMTP):
     """Accepts DATA lines up to 1 MiB: RFC 5321 §4.5.3.1.6 allows 1000 octets, but broken MTAs
     send longer lines in bounces, and a refused bounce is lost for good (its sender has nobody
-    to return it to). The parser bounds its own work."""
+    to return it to). The parser bounds its own work. With a ``SessionCap``, a connection over
+    the cap gets ``421`` instead of the greeting and is closed."""
 
     line_length_limit = 1024 * 1024
+    _over_cap = False
+
+    def __init__(self, handler: Any, *, sessions: SessionCap | None = None, **kw: Any) -> None:
+        super().__init__(handler, **kw)
+        self.sessions = sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None  # not the same session after STARTTLS
+        if first and self.sessions is not None and not self.sessions.enter():
+            self._over_cap = True
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(BUSY)
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._over_cap:
+            return
+        if self.sessions is not None:
+            self.sessions.leave()
+        super().connection_lost(error)
 
 
 class _Controller(Controller):
+    sessions: SessionCap | None = None
+
     def factory(self) -> SMTP:
-        return LenientSMTP(self.handler, **self.SMTP_kwargs)
+        return LenientSMTP(self.handler, sessions=self.sessions, **self.SMTP_kwargs)
 
 
 class InboundServer:
@@ -127,6 +179,7 @@ class InboundServer:
             data_size_limit=settings.inbound_max_bytes,
             **kw,
         )
+        self.sessions = self.controller.sessions = SessionCap(settings.inbound_max_sessions)
 
     def start(self) -> None:
         self.controller.start()

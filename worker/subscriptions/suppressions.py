@@ -35,6 +35,7 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from worker.csv_cells import read_cell, write_cell
 from worker.models import Subscriber, Suppression
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
@@ -137,14 +138,14 @@ def entries(session: Session, *, include_removed: bool = False) -> Iterator[Supp
 
 
 def export_csv(session: Session, out: IO[str]) -> int:
-    """Write the active suppressions as CSV (module columns) to ``out``; returns the row count."""
+    """Write the active suppressions as CSV (module columns) to ``out``; returns the row count.
+    Cells that a spreadsheet would run as a formula are escaped (``worker.csv_cells``)."""
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
     count = 0
     for entry in entries(session):
-        writer.writerow(
-            [entry.email or "", entry.email_hash, entry.reason, entry.created_at.isoformat()]
-        )
+        row = [entry.email or "", entry.email_hash, entry.reason, entry.created_at.isoformat()]
+        writer.writerow([write_cell(cell) for cell in row])
         count += 1
     return count
 
@@ -170,9 +171,9 @@ def import_csv(session: Session, source: IO[str], *, hash_key: str, now: datetim
     refused: list[tuple[int, str]] = []
     hashed_only: set[str] = set()
     for line, row in enumerate(reader, start=2):
-        email = (row.get("email") or "").strip()
-        hashed = (row.get("email_sha256-hmac") or "").strip().lower()
-        reason = ((row.get("reason") or "").strip() or "import")[:32]
+        email = read_cell((row.get("email") or "").strip())
+        hashed = read_cell((row.get("email_sha256-hmac") or "").strip()).lower()
+        reason = (read_cell((row.get("reason") or "").strip()) or "import")[:32]
         created = _time(row.get("created_at")) or now
         if email:
             hashed = email_hash(dedupe_key_of(email), hash_key)

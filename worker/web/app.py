@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from worker.logs import UVICORN_LOGGERS, redact_handlers
 from worker.runtime import Runtime, runtime
 from worker.web import archive, health, links, signup
 from worker.web.guards import BodyLimit, SecurityHeaders
@@ -26,6 +27,8 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     """The ASGI app on ``rt`` (default: the process's runtime, see ``worker.runtime.runtime``);
     ``webhooks`` replaces the SES route's network edges (tests)."""
     rt = rt or runtime()
+    # Started as `uvicorn --factory …`, uvicorn's own access log would keep /u/<token> and IPs.
+    redact_handlers(rt.settings, UVICORN_LOGGERS)
     s = rt.settings
     docs = s.api_docs
     app = FastAPI(
