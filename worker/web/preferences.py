@@ -36,9 +36,11 @@ ACTIONS = ("language", "unsubscribe", "resubscribe")
 
 def reader_of(session: Session, rt: Runtime, token: str) -> Subscriber:
     """The reader a preferences token names; raises ``TokenError`` (``forged``) for a bad
-    signature, another purpose's token, an unknown or an erased reader (suppressed with no
+    signature, another purpose's token, an id beyond 64 bits, an unknown or an erased reader (suppressed with no
     address: nothing to show)."""
     claims = rt.tokens.check(Purpose.PREFERENCES, token)
+    if not 0 < claims.subscriber_id < 2**63:  # a signed id no BIGINT column holds
+        raise TokenError("forged", "this link is not valid")
     subscriber = session.get(Subscriber, claims.subscriber_id)
     if subscriber is None or not subscriber.email:
         raise TokenError("forged", "this link is not valid")

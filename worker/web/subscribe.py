@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from worker.editions.files import NewsletterProfile
 from worker.editions.store import DEFAULT_SLUG, profile_of
 from worker.models import Newsletter
+from worker.runtime import Runtime
 from worker.subscriptions.signups import (
     AddressRules,
     SignupRefused,
@@ -36,7 +37,14 @@ from worker.web.pages import Pages
 router = APIRouter()
 
 
-def _newsletter(session: Session, slug: str) -> Newsletter | None:
+def _newsletter(rt: Runtime, session: Session, slug: str) -> Newsletter | None:
+    """The newsletter ``slug``; the default one is created from its profile file on first use,
+    as the signup actor does."""
+    if slug == DEFAULT_SLUG:
+        try:
+            return rt.newsletter(session)
+        except LookupError:  # no edition loaded and no profile file configured yet
+            return None
     if len(slug) > 100:
         return None
     return session.scalar(select(Newsletter).where(Newsletter.slug == slug))
@@ -91,11 +99,13 @@ def _form(
 
 @router.get("/subscribe", response_class=HTMLResponse)
 def subscribe_page(
-    pages: PagesDep, session: SessionDep, lang: str = "", newsletter: str = DEFAULT_SLUG
+    rt: RuntimeDep,
+    pages: PagesDep,
+    session: SessionDep, lang: str = "", newsletter: str = DEFAULT_SLUG
 ) -> Response:
     """The signup form in ``lang`` (the newsletter's default for a language it does not have);
     404 page for an unknown newsletter."""
-    row = _newsletter(session, newsletter)
+    row = _newsletter(rt, session, newsletter)
     if row is None:
         return Response("no such newsletter", status_code=404, media_type="text/plain")
     profile = profile_of(row)
@@ -115,7 +125,7 @@ async def subscribe_post(request: Request, rt: RuntimeDep, pages: PagesDep) -> R
     except FormTooLarge:
         return Response("form too large", status_code=413, media_type="text/plain")
     with rt.session() as session:
-        row = _newsletter(session, form.get("newsletter") or DEFAULT_SLUG)
+        row = _newsletter(rt, session, form.get("newsletter") or DEFAULT_SLUG)
         if row is None:
             return Response("no such newsletter", status_code=404, media_type="text/plain")
         profile = profile_of(row)
