@@ -55,7 +55,9 @@ def finished_send(rt: Runtime, edition_id: int, started: datetime) -> None:
 
 def sending_with_one_copy_out(rt: Runtime, edition_id: int, started: datetime) -> None:
     """A send still under way whose first copy the relay has taken (state ``sent``)."""
-    actors.handle_signup({"version": 1, "event_id": "a1", "email": "a@example.org", "language": "en"})
+    actors.handle_signup(
+        {"version": 1, "event_id": "a1", "email": "a@example.org", "language": "en"}
+    )
     with rt.session() as session:
         reader = session.scalars(select(Subscriber)).one()
         edition = session.get(Edition, edition_id)

@@ -21,9 +21,9 @@ from tests.stub_worker import StubWorker
 from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
+from worker.editions.localisation import translations
 from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
 from worker.editions.rendering import render_edition
-from worker.editions.localisation import translations
 from worker.models import SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.subscriptions.signups import confirmation_token
@@ -207,9 +207,13 @@ def test_signup_page_shows_the_consent_text_of_its_language_and_nothing_third_pa
     ) % {"name": name}
     assert consent.replace("«", "&laquo;") in page.text or consent in page.text
     assert '<label for="email">' in page.text and '<label class="check" for="consent">' in page.text
-    assert "<script" not in page.text and "@import" not in page.text and "@font-face" not in page.text
+    assert (
+        "<script" not in page.text and "@import" not in page.text and "@font-face" not in page.text
+    )
     # The only absolute URL on the page is the newsletter's own site: nothing loads from elsewhere
-    assert set(re.findall(r'(?:src|href|action)="(https?://[^"]+)"', page.text)) <= {"https://example.org"}
+    assert set(re.findall(r'(?:src|href|action)="(https?://[^"]+)"', page.text)) <= {
+        "https://example.org"
+    }
 
 
 def test_unknown_language_falls_back_and_unknown_newsletter_is_404(rt: Runtime) -> None:
@@ -238,8 +242,14 @@ def test_signup_page_refuses_as_signup_does_and_keeps_the_address(
         reasons = [r.reason for r in session.scalars(select(SignupRefusal))]
     assert reasons == [api.json()["reason"], "invalid_address"] == ["invalid_address"] * 2
 
-    long = client.post("/subscribe", data={"email": "a" * 400 + "@example.org", "lang": "ru", "consent": "yes"})
-    assert long.status_code == 400 and _("ru", "This address is too long or contains characters that are not allowed.") in long.text
+    long = client.post(
+        "/subscribe", data={"email": "a" * 400 + "@example.org", "lang": "ru", "consent": "yes"}
+    )
+    assert (
+        long.status_code == 400
+        and _("ru", "This address is too long or contains characters that are not allowed.")
+        in long.text
+    )
 
     no_consent = client.post("/subscribe", data={"email": "fine@example.org", "lang": "en"})
     assert no_consent.status_code == 400 and "Please tick the box to agree." in no_consent.text
@@ -270,7 +280,9 @@ def test_signup_page_is_double_opt_in_with_its_consent_version(
         assert re.fullmatch(r"page-ru-[0-9a-f]{12}", consent.consent_version or "")
     assert [m.recipients for m in smtp.handler.received] == [["new@example.org"]]
     # A second post of a known address gets the same page (no enumeration)
-    again = client.post("/subscribe", data={"email": "new@example.org", "lang": "ru", "consent": "yes"})
+    again = client.post(
+        "/subscribe", data={"email": "new@example.org", "lang": "ru", "consent": "yes"}
+    )
     assert again.text == sent.text
 
 
@@ -279,7 +291,9 @@ def test_signup_page_is_double_opt_in_with_its_consent_version(
 
 @pytest.mark.parametrize("language", ["en", "be", "ru"])
 def test_every_edition_footer_has_preferences_link_and_publisher_line(language: str) -> None:
-    rendered = render_edition(SOURCE.newsletter, SOURCE.contents[language], public_url="https://n.example.org")
+    rendered = render_edition(
+        SOURCE.newsletter, SOURCE.contents[language], public_url="https://n.example.org"
+    )
     for part in (rendered.html, rendered.text):
         assert part.count(PREFERENCES_URL) == 1 and part.count(UNSUBSCRIBE_URL) >= 1
         assert PUBLISHER in " ".join(part.split())

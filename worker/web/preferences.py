@@ -36,8 +36,8 @@ ACTIONS = ("language", "unsubscribe", "resubscribe")
 
 def reader_of(session: Session, rt: Runtime, token: str) -> Subscriber:
     """The reader a preferences token names; raises ``TokenError`` (``forged``) for a bad
-    signature, another purpose's token, an id beyond 64 bits, an unknown or an erased reader (suppressed with no
-    address: nothing to show)."""
+    signature, another purpose's token, an id beyond 64 bits, an unknown or an erased reader
+    (suppressed with no address: nothing to show)."""
     claims = rt.tokens.check(Purpose.PREFERENCES, token)
     if not 0 < claims.subscriber_id < 2**63:  # a signed id no BIGINT column holds
         raise TokenError("forged", "this link is not valid")
@@ -75,9 +75,7 @@ def _page(
 
 
 @router.get("/p/{token}", response_class=HTMLResponse)
-def preferences_page(
-    token: str, rt: RuntimeDep, pages: PagesDep, session: SessionDep
-) -> Response:
+def preferences_page(token: str, rt: RuntimeDep, pages: PagesDep, session: SessionDep) -> Response:
     """The reader's page: address, status, language, unsubscribe or resubscribe. Changes
     nothing; 404 page for a forged token."""
     try:

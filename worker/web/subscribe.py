@@ -101,7 +101,9 @@ def _form(
 def subscribe_page(
     rt: RuntimeDep,
     pages: PagesDep,
-    session: SessionDep, lang: str = "", newsletter: str = DEFAULT_SLUG
+    session: SessionDep,
+    lang: str = "",
+    newsletter: str = DEFAULT_SLUG,
 ) -> Response:
     """The signup form in ``lang`` (the newsletter's default for a language it does not have);
     404 page for an unknown newsletter."""
@@ -135,7 +137,8 @@ async def subscribe_post(request: Request, rt: RuntimeDep, pages: PagesDep) -> R
             return _form(pages, profile, row.slug, lang, email=email, error="consent", status=400)
         data = signup_event(pages, profile, row.slug, lang, email, request)
         try:
-            valid = validate_signup(data, AddressRules.from_settings(rt.settings), profile.languages)
+            rules = AddressRules.from_settings(rt.settings)
+            valid = validate_signup(data, rules, profile.languages)
         except SignupRefused as refusal:
             record_refusal(session, refusal, data, rt.clock.now())
             error = refusal.reason if refusal.reason == "invalid_address" else "malformed"
