@@ -10,6 +10,7 @@ import email.policy
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -167,6 +168,7 @@ def test_language_change_and_unsubscribe_then_resubscribe_by_double_opt_in(
     assert left.status_code == 200 and reader(rt, reader_id).status == "unsubscribed"
     assert _("be", "Subscribe again") in left.text
 
+    stub_worker.join()  # the first confirmation mail is out before the outbox is emptied
     smtp.handler.received.clear()
     back = client.post(path, data={"form_token": token, "action": "resubscribe"})
     assert back.status_code == 200
@@ -183,6 +185,7 @@ def test_language_change_and_unsubscribe_then_resubscribe_by_double_opt_in(
     assert confirmed.status_code == 200, (body_text(message, "plain"), confirmed.text)
     assert reader(rt, reader_id).status == "confirmed"
     # A second press on a subscribed reader's page sends nothing
+    stub_worker.join()
     smtp.handler.received.clear()
     again = client.post(path, data={"form_token": token, "action": "resubscribe"})
     stub_worker.join()
@@ -310,3 +313,27 @@ def test_edition_check_warns_when_the_publisher_line_is_missing() -> None:
         "newsletter.yaml has no 'publisher' (postal address / publisher line): "
         "the footer shows none"
     ]
+
+
+def test_the_embeddable_form_in_the_docs_signs_up_through_the_hosted_page(
+    rt: Runtime, stub_worker: StubWorker, smtp: OutboxServer
+) -> None:
+    # Given the form a newsroom pastes from docs/website.md
+    docs = (Path(__file__).parent.parent / "docs" / "website.md").read_text("utf-8")
+    form = re.search(r"```html\n(<form .*?</form>)\n```", docs, re.S)
+    assert form is not None
+    html = form.group(1)
+    action = re.search(r'action="https://news\.example\.org(/[^"]*)"', html)
+    assert action is not None and 'method="post"' in html
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', html))
+    names = set(re.findall(r'name="(\w+)"', html))
+    assert names == {"lang", "newsletter", "email", "consent"}
+    # When a reader fills it in and submits
+    client = TestClient(create_app(rt))
+    answer = client.post(
+        action.group(1), data={**fields, "email": "site.reader@example.org", "consent": "yes"}
+    )
+    # Then the hosted page answers in the form's language and a confirmation mail goes out
+    assert answer.status_code == 200 and _("be", "Check your mailbox") in answer.text
+    stub_worker.join()
+    assert [m.recipients for m in smtp.handler.received] == [["site.reader@example.org"]]

@@ -188,6 +188,7 @@ def sent_edition_mail(
     with rt.session() as session:
         edition = save_edition(session, read_edition(SAMPLE_EDITION), rt.clock.now())
         send_id = create_send(session, edition, rt.clock.now(), 10).id
+    stub_worker.join()
     smtp.handler.received.clear()
     actors.plan_send.send(send_id)
     stub_worker.join()

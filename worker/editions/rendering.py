@@ -189,6 +189,8 @@ def _render(name: str, language: str, context: Mapping[str, Any]) -> RenderedMes
         for part, body in (("body.mjml.j2", html), ("body.txt.j2", parts.text)):
             if UNSUBSCRIBE_URL not in body:
                 raise TemplateProblem(f"{name}/{part} ({language}): no unsubscribe link")
+            if PREFERENCES_URL not in body:
+                raise TemplateProblem(f"{name}/{part} ({language}): no preferences link")
     warnings = _size_warnings(html) + _publisher_warnings(context)
     return RenderedMessage(parts.subject, parts.preheader, html, parts.text, language, warnings)
 
