@@ -337,3 +337,22 @@ def test_the_embeddable_form_in_the_docs_signs_up_through_the_hosted_page(
     assert answer.status_code == 200 and _("be", "Check your mailbox") in answer.text
     stub_worker.join()
     assert [m.recipients for m in smtp.handler.received] == [["site.reader@example.org"]]
+
+
+def test_reader_pages_send_no_referrer_and_cannot_be_framed(rt: Runtime) -> None:
+    client = TestClient(create_app(rt))
+    reader_id = confirmed_reader(rt, client, "framed@example.org", "en")
+    path = f"/p/{preferences_token(rt.tokens, reader_id)}"
+    answers = [
+        client.get(path),
+        client.post(path, data={"action": "unsubscribe"}),  # a 403 page
+        client.get("/p/forged"),  # a 404 page
+        client.get("/subscribe?lang=ru"),
+        client.post("/subscribe", data={"email": "x@", "lang": "ru", "consent": "yes"}),
+    ]
+    for answer in answers:
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        policy = answer.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        assert "form-action 'self'" in policy
+    assert reader(rt, reader_id).status == "confirmed"

@@ -26,10 +26,10 @@ from worker.subscriptions import lifecycle
 from worker.subscriptions.signups import AddressRules, SignupRefused, validate_signup
 from worker.subscriptions.tokens import Purpose, TokenError
 from worker.web.dependencies import PagesDep, RuntimeDep, SessionDep
-from worker.web.forms import FormTooLarge, peer_ip, read_form
+from worker.web.forms import FormTooLarge, ReaderPageRoute, peer_ip, read_form
 from worker.web.pages import Pages, link_error, newsletter_context
 
-router = APIRouter()
+router = APIRouter(route_class=ReaderPageRoute)
 
 ACTIONS = ("language", "unsubscribe", "resubscribe")
 

@@ -31,10 +31,10 @@ from worker.subscriptions.signups import (
     validate_signup,
 )
 from worker.web.dependencies import PagesDep, RuntimeDep, SessionDep
-from worker.web.forms import FormTooLarge, peer_ip, read_form
+from worker.web.forms import FormTooLarge, ReaderPageRoute, peer_ip, read_form
 from worker.web.pages import Pages
 
-router = APIRouter()
+router = APIRouter(route_class=ReaderPageRoute)
 
 
 def _newsletter(rt: Runtime, session: Session, slug: str) -> Newsletter | None:
