@@ -4,11 +4,10 @@ with a size cap before anything is parsed, and the response headers that keep th
 
 from __future__ import annotations
 
-from ipaddress import ip_address
-from urllib.parse import parse_qs
-
 from collections.abc import Callable, Coroutine
+from ipaddress import ip_address
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
