@@ -177,3 +177,10 @@ def test_empty_feed_is_valid_and_stable(rt: Runtime) -> None:
     parsed = feedparser.parse(first.content)
     assert not parsed.bozo and parsed.version == "atom10" and parsed.entries == []
     assert first.content == second.content
+
+
+def test_a_fresh_install_has_an_empty_archive_not_an_error(rt: Runtime) -> None:
+    client = TestClient(create_app(rt))
+    home = client.get("/archive/be")
+    assert home.status_code == 200 and "Пакуль не выйшла ніводнага выпуску." in home.text
+    assert client.get("/archive").status_code == 200

@@ -28,6 +28,7 @@ from worker.editions.store import (
     published_editions,
 )
 from worker.models import Newsletter
+from worker.runtime import Runtime
 from worker.web.dependencies import PagesDep, RuntimeDep, SessionDep
 
 router = APIRouter()
@@ -43,7 +44,14 @@ def _not_found() -> Response:
     return PlainTextResponse(NOT_FOUND, status_code=404)
 
 
-def _newsletter(session: Session, slug: str) -> Newsletter | None:
+def _newsletter(rt: Runtime, session: Session, slug: str) -> Newsletter | None:
+    """The newsletter ``slug``; the default one is created from its profile file on first use
+    (an empty archive rather than a 404 before the first edition is loaded)."""
+    if slug == DEFAULT_SLUG:
+        try:
+            return rt.newsletter(session)
+        except LookupError:  # no edition loaded and no profile file configured yet
+            return None
     return session.scalar(select(Newsletter).where(Newsletter.slug == slug))
 
 
@@ -76,7 +84,7 @@ def archive_home(
     rt: RuntimeDep, pages: PagesDep, session: SessionDep, newsletter: SlugQuery = DEFAULT_SLUG
 ) -> Response:
     """The index in the newsletter's default language."""
-    row = _newsletter(session, newsletter)
+    row = _newsletter(rt, session, newsletter)
     if row is None:
         return _not_found()
     return _index(rt.links.public_url, pages, session, row, profile_of(row).default_language)
@@ -92,7 +100,7 @@ def archive_index(
 ) -> Response:
     """The index in ``lang``: every published edition that has that language, newest first;
     404 for a language the newsletter does not have."""
-    row = _newsletter(session, newsletter)
+    row = _newsletter(rt, session, newsletter)
     if row is None or lang not in profile_of(row).languages:
         return _not_found()
     return _index(rt.links.public_url, pages, session, row, lang)
@@ -123,7 +131,7 @@ def archive_feed(
 ) -> Response:
     """The Atom feed (RFC 4287) of the index in ``lang``: one entry per published edition, its
     id and link the edition's archive page, updated at its first send; 404 as the index."""
-    row = _newsletter(session, newsletter)
+    row = _newsletter(rt, session, newsletter)
     if row is None or lang not in profile_of(row).languages:
         return _not_found()
     profile = profile_of(row)
