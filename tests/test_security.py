@@ -54,7 +54,9 @@ from worker.editions.store import save_edition
 from worker.models import Delivery, SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.sending.mime import HeaderInjection
+from worker.sending.sends import create_send
 from worker.settings import Settings
+from worker.states import SendStatus
 from worker.subscriptions.suppressions import suppress
 from worker.subscriptions.tokens import Purpose, Tokens
 from worker.web.app import create_app
@@ -495,7 +497,9 @@ def test_item_and_image_urls_must_be_http(tmp_path: Path, url: str) -> None:
 
 def test_archive_page_of_a_hostile_edition_runs_no_script(rt: Runtime, tmp_path: Path) -> None:
     with rt.session() as session:
-        save_edition(session, read_edition(_hostile_edition(tmp_path)), rt.clock.now())
+        edition = save_edition(session, read_edition(_hostile_edition(tmp_path)), rt.clock.now())
+        # The archive shows only editions that went out (issue 13, finding 10)
+        create_send(session, edition, rt.clock.now()).status = SendStatus.FINISHED
     page = TestClient(create_app(rt)).get("/archive/2024-W28/en")
     assert page.status_code == 200
     assert_no_active_content(page.text)

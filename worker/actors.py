@@ -35,7 +35,7 @@ from worker.subscriptions.signups import (
     confirmation_token,
     process_signup,
 )
-from worker.subscriptions.tokens import unsubscribe_token
+from worker.subscriptions.tokens import preferences_token, unsubscribe_token
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,14 @@ def send_welcome(subscriber_id: int) -> None:
         if subscriber is None or subscriber.status != SubscriberStatus.CONFIRMED:
             return
         url = rt.links.unsubscribe_url(unsubscribe_token(rt.tokens, subscriber.id))
+        preferences = rt.links.preferences_url(preferences_token(rt.tokens, subscriber.id))
         newsletter = rt.newsletter(session)
         outcome = send_transactional(
             rt.mailer,
             name="welcome",
             subscriber=subscriber,
             profile=profile_of(newsletter),
-            context={"unsubscribe_url": url},
+            context={"unsubscribe_url": url, "preferences_url": preferences},
             public_url=rt.links.public_url,
             bounce_address=bounce_address(rt.settings.bounce_domain),
             message_id_domain=rt.settings.sending_domain,

@@ -57,7 +57,7 @@ def test_send(path: Path, to: str, language: str | None) -> None:
     """Send one copy of the edition in PATH to --to, exactly as readers would get it."""
     from datetime import UTC, datetime
 
-    from worker.editions.placeholders import UNSUBSCRIBE_URL
+    from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
     from worker.editions.store import DEFAULT_SLUG
     from worker.runtime import Runtime
     from worker.sending import identity
@@ -96,7 +96,10 @@ def test_send(path: Path, to: str, language: str | None) -> None:
         message_id=identity.transactional_message_id(f"test.{source.key}", settings.sending_domain),
         date=datetime.now(UTC),
         list_unsubscribe=[unsubscribe],
-        substitutions={UNSUBSCRIBE_URL: unsubscribe},
+        substitutions={
+            UNSUBSCRIBE_URL: unsubscribe,
+            PREFERENCES_URL: f"{settings.public_url.rstrip('/')}/p/test-copy",
+        },
     )
     signer = Runtime(settings).dkim_signer  # signed as the readers' copies are
     if signer is not None:

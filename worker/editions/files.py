@@ -51,6 +51,9 @@ class NewsletterProfile:
     languages: tuple[str, ...]
     default_language: str
     about: Mapping[str, str]
+    # The postal address / publisher line printed in every footer (CAN-SPAM 15 U.S.C. 7704(a)(5),
+    # German TMG/DDG imprint); one line, the same in every language. None: the check warns.
+    publisher: str | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,7 @@ def _check_profile(located: _Located) -> tuple[NewsletterProfile | None, list[Ed
         languages=languages,
         default_language=parsed.default_language,
         about=ordered(parsed.about),
+        publisher=parsed.publisher,
     )
     return profile, []
 

@@ -8,3 +8,7 @@ from __future__ import annotations
 
 UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
 """Placeholder for the recipient's unsubscribe link; substituted per delivery by the sender."""
+
+PREFERENCES_URL = "%%PREFERENCES_URL%%"
+"""Placeholder for the recipient's preferences page link; substituted per delivery like
+:data:`UNSUBSCRIBE_URL`."""

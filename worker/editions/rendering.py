@@ -32,7 +32,7 @@ from worker.editions.localisation import (
     translations,
 )
 from worker.editions.mjml_documents import MjmlRefused, Problem, check_template_files, to_html
-from worker.editions.placeholders import UNSUBSCRIBE_URL
+from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
 from worker.editions.richtext import heading, markdown_to_html, markdown_to_text, tidy_text, wrap
 
 __all__ = ["UNSUBSCRIBE_URL"]  # re-exported: rendering writes it, callers used to import it here
@@ -189,8 +189,21 @@ def _render(name: str, language: str, context: Mapping[str, Any]) -> RenderedMes
         for part, body in (("body.mjml.j2", html), ("body.txt.j2", parts.text)):
             if UNSUBSCRIBE_URL not in body:
                 raise TemplateProblem(f"{name}/{part} ({language}): no unsubscribe link")
-    return RenderedMessage(
-        parts.subject, parts.preheader, html, parts.text, language, _size_warnings(html)
+            if PREFERENCES_URL not in body:
+                raise TemplateProblem(f"{name}/{part} ({language}): no preferences link")
+    warnings = _size_warnings(html) + _publisher_warnings(context)
+    return RenderedMessage(parts.subject, parts.preheader, html, parts.text, language, warnings)
+
+
+def _publisher_warnings(context: Mapping[str, Any]) -> tuple[str, ...]:
+    """A warning when the footer has no postal address / publisher line (``publisher`` in
+    newsletter.yaml): CAN-SPAM (15 U.S.C. 7704(a)(5)) and some readers expect one."""
+    newsletter = context.get("newsletter") or {}
+    if newsletter.get("publisher"):
+        return ()
+    return (
+        "newsletter.yaml has no 'publisher' (postal address / publisher line): "
+        "the footer shows none",
     )
 
 
@@ -202,9 +215,11 @@ def _newsletter_context(
             "name": profile.name[language],
             "about": profile.about[language],
             "site": profile.site,
+            "publisher": profile.publisher or "",
         },
         "public_url": public_url.rstrip("/"),
         "unsubscribe_url": UNSUBSCRIBE_URL,
+        "preferences_url": PREFERENCES_URL,
     }
 
 

@@ -243,6 +243,7 @@ class ProfileFile(_File):
     default_language: Text
     about: LanguageTexts
     reply_to: Address | None = None
+    publisher: OneLine | None = None  # postal address / publisher line of every footer
 
 
 class Image(_File):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,8 +17,8 @@ from worker.editions.files import (
     NewsletterProfile,
     read_newsletter_profile,
 )
-from worker.models import Edition, EditionContentRow, Newsletter, Send
-from worker.states import SendStatus
+from worker.models import Delivery, Edition, EditionContentRow, Newsletter, Send
+from worker.states import DeliveryState, SendStatus
 
 DEFAULT_SLUG = "weekly"
 
@@ -34,6 +34,7 @@ def profile_to_json(profile: NewsletterProfile) -> dict[str, Any]:
 
 
 def profile_from_json(data: dict[str, Any]) -> NewsletterProfile:
+    # Profiles stored before a field existed lack it: the dataclass default applies.
     return NewsletterProfile(**{**data, "languages": tuple(data["languages"])})
 
 
@@ -137,3 +138,38 @@ def find_edition(session: Session, key: str, slug: str = DEFAULT_SLUG) -> Editio
     return session.scalar(
         select(Edition).join(Newsletter).where(Newsletter.slug == slug, Edition.key == key)
     )
+
+
+@dataclass(frozen=True)
+class PublishedEdition:
+    """An edition that readers have received, and when it first went out (UTC)."""
+
+    edition: Edition
+    published_at: datetime
+
+
+def _published_sends() -> Any:
+    """Sends whose edition readers have: finished, or with at least one copy the relay took."""
+    delivered = exists().where(Delivery.send_id == Send.id, Delivery.state == DeliveryState.SENT)
+    return or_(Send.status == SendStatus.FINISHED, delivered)
+
+
+def published_editions(session: Session, newsletter_id: int) -> list[PublishedEdition]:
+    """The editions of ``newsletter_id`` that have gone out (see :func:`_published_sends`),
+    newest first. Loaded or scheduled editions that never went out are not public: their keys
+    are guessable weeks (issue 13, finding 10)."""
+    first_out = func.min(func.coalesce(Send.started_at, Send.finished_at, Send.created_at))
+    rows = session.execute(
+        select(Edition, first_out)
+        .join(Send, Send.edition_id == Edition.id)
+        .where(Edition.newsletter_id == newsletter_id, _published_sends())
+        .group_by(Edition.id)
+        .order_by(first_out.desc(), Edition.id.desc())
+    ).all()
+    return [PublishedEdition(edition, when) for edition, when in rows]
+
+
+def is_published(session: Session, edition: Edition) -> bool:
+    """Whether ``edition`` has gone out (the archive serves only those)."""
+    query = select(Send.id).where(Send.edition_id == edition.id, _published_sends()).limit(1)
+    return session.scalar(query) is not None

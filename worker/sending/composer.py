@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from worker.editions.placeholders import UNSUBSCRIBE_URL
+from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
 from worker.models import Subscriber
 from worker.sending import identity
 from worker.sending.dkim import DkimSigner
 from worker.sending.mime import MessageTemplate, Origin, origin_template, personalise
 from worker.sending.ports import Clock
-from worker.subscriptions.tokens import Tokens, unsubscribe_token
+from worker.subscriptions.tokens import Tokens, preferences_token, unsubscribe_token
 
 if TYPE_CHECKING:  # editions.files loads YAML and email-validator: not on the send path
     from worker.editions.files import NewsletterProfile
@@ -44,6 +44,10 @@ class Links:
 
     def unsubscribe_url(self, token: str) -> str:
         return f"{self.public_url}/u/{token}"
+
+    def preferences_url(self, token: str) -> str:
+        """The reader's preferences page (``worker.web.preferences``)."""
+        return f"{self.public_url}/p/{token}"
 
     def unsubscribe_mailto(self, token: str) -> str:
         return identity.unsubscribe_mailto(token, self.bounce_domain)
@@ -138,7 +142,12 @@ class Composer:
             message_id=self.message_id(delivery_id),
             date=now or self.clock.now(),
             list_unsubscribe=[unsubscribe_url, self.links.unsubscribe_mailto(token)],
-            substitutions={UNSUBSCRIBE_URL: unsubscribe_url},
+            substitutions={
+                UNSUBSCRIBE_URL: unsubscribe_url,
+                PREFERENCES_URL: self.links.preferences_url(
+                    preferences_token(self.tokens, subscriber.id)
+                ),
+            },
             headers={
                 identity.DELIVERY_HEADER: identity.delivery_header(delivery_id, key=self.verp_key)
             },

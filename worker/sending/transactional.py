@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from worker.editions.files import NewsletterProfile
-from worker.editions.placeholders import UNSUBSCRIBE_URL
+from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
 from worker.editions.rendering import render_message
 from worker.models import Subscriber
 from worker.sending import identity
@@ -43,8 +43,10 @@ def send_transactional(
     confirmation mail must pass DMARC like any other (RFC 6376, RFC 7489).
     """
     unsubscribe_url = str(context.get("unsubscribe_url") or "")
-    # The template gets the placeholder (rendering checks it is there); personalise() fills it in.
-    context = {k: v for k, v in context.items() if k != "unsubscribe_url"}
+    preferences_url = str(context.get("preferences_url") or "")
+    # The template gets the placeholders (rendering checks them); personalise() fills them in.
+    personal = ("unsubscribe_url", "preferences_url")
+    context = {k: v for k, v in context.items() if k not in personal}
     rendered = render_message(
         name,
         subscriber.language,
@@ -75,7 +77,14 @@ def send_transactional(
         date=now,
         # A welcome mail goes to a subscriber: it carries the same unsubscribe link as an edition.
         list_unsubscribe=[unsubscribe_url] if unsubscribe_url else [],
-        substitutions={UNSUBSCRIBE_URL: unsubscribe_url} if unsubscribe_url else {},
+        substitutions={
+            placeholder: url
+            for placeholder, url in (
+                (UNSUBSCRIBE_URL, unsubscribe_url),
+                (PREFERENCES_URL, preferences_url),
+            )
+            if url
+        },
     )
     if signer is not None:
         message = signer.sign(message)

@@ -15,6 +15,8 @@ a confirmation token carries the sealed id inside its itsdangerous payload. Toke
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,6 +32,7 @@ MAX_SUBSCRIBER_ID = 2**63 - 1
 class Purpose(StrEnum):
     CONFIRM = "confirm"
     UNSUBSCRIBE = "unsubscribe"
+    PREFERENCES = "preferences"  # the reader's own page, linked from every mail
 
 
 class TokenError(ValueError):
@@ -56,6 +59,18 @@ class Tokens:
 
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(self._secret, salt=f"newsletter.{purpose}")
+
+    def form_token(self, bound_to: str) -> str:
+        """A CSRF token for a form on the page of the link token ``bound_to`` (hex, 64 chars):
+        an HMAC-SHA256 (RFC 2104) of that token, so it is valid on that page only and a site
+        that does not know the link token cannot make one."""
+        key = f"newsletter.form:{self._secret}".encode()
+        return hmac.new(key, bound_to.encode(), hashlib.sha256).hexdigest()
+
+    def check_form_token(self, bound_to: str, given: str) -> bool:
+        """Whether ``given`` is :meth:`form_token` of ``bound_to`` (constant-time comparison)."""
+        # compare_digest takes ASCII str only; anything else is not our token anyway.
+        return given.isascii() and hmac.compare_digest(self.form_token(bound_to), given)
 
     def issue(self, purpose: Purpose, subscriber_id: int, nonce: str | None = None) -> str:
         """A URL-safe token for ``subscriber_id``: the sealed id (26 characters) for
@@ -110,3 +125,9 @@ def unsubscribe_token(tokens: Tokens, subscriber_id: int) -> str:
 def unsubscribe_subscriber_id(tokens: Tokens, token: str) -> int:
     """The subscriber id an unsubscribe token names; raises ``TokenError`` (``forged``)."""
     return tokens.check(Purpose.UNSUBSCRIBE, token).subscriber_id
+
+
+def preferences_token(tokens: Tokens, subscriber_id: int) -> str:
+    """The never-expiring token of ``subscriber_id``'s preferences page (``/p/{token}``): links in
+    old mails keep working, as unsubscribe links must."""
+    return tokens.issue(Purpose.PREFERENCES, subscriber_id)

@@ -1,8 +1,10 @@
-"""The web app (FastAPI): the links in mails, the signup endpoint, the edition archive, health,
-the operators' endpoints and the provider webhooks, one router per concern.
+"""The web app (FastAPI): the links in mails, the readers' pages (preferences, the hosted signup
+page), the signup endpoint, the edition archive and its feed, health, the operators' endpoints and
+the provider webhooks, one router per concern.
 
-Run with ``uvicorn --factory worker.web.app:create_app``. No cookies, no sessions and no CSRF
-tokens on the mail links: RFC 8058 one-click POSTs arrive without any. GET requests never change
+Run with ``uvicorn --factory worker.web.app:create_app``. No cookies and no sessions; no CSRF
+tokens on the unsubscribe links: RFC 8058 one-click POSTs arrive without any (the preferences
+page's forms carry one bound to the link, see ``worker.web.preferences``). GET requests never change
 anything, because mail security gateways fetch every link in a mail within seconds of delivery.
 
 The app is public: it publishes no API description (``/openapi.json``, ``/docs``, ``/redoc``)
@@ -16,7 +18,7 @@ from fastapi import FastAPI
 
 from worker.logs import UVICORN_LOGGERS, redact_handlers
 from worker.runtime import Runtime, runtime
-from worker.web import archive, health, links, signup
+from worker.web import archive, health, links, preferences, signup, subscribe
 from worker.web.guards import BodyLimit, SecurityHeaders
 from worker.web.operators import operator_router
 from worker.web.pages import Pages
@@ -41,9 +43,10 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     app.state.pages = Pages()
     app.include_router(operator_router(rt))  # /metrics, /readyz, /dashboard
     app.include_router(webhook_router(rt, webhooks))  # /webhooks/{ses,postmark,sendgrid,mailgun}
-    for concern in (health, links, archive, signup):
+    for concern in (health, links, preferences, archive, signup, subscribe):
         app.include_router(concern.router)
     limits = [("/signup", s.signup_max_bytes), ("/webhooks/", s.webhook_max_bytes)]
+    # /subscribe and /p/ are forms of a few hundred bytes: the default cap applies
     app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 of BodyLimit gets the headers too
     return app

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import jinja2
+from babel import Locale, UnknownLocaleError
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
@@ -41,6 +42,7 @@ class Pages:
                     extensions=["jinja2.ext.i18n"],
                 )
                 env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+                env.filters["language_name"] = language_name
                 self._environments[lang] = env
             return env
 
@@ -49,6 +51,15 @@ class Pages:
         template = self.environment(lang).get_template(f"pages/{name}.html.j2")
         html = template.render(lang=lang, **context)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def language_name(code: str) -> str:
+    """A language's name in that language, capitalised (CLDR via Babel): ``be`` -> "Беларуская"."""
+    try:
+        name = Locale.parse(code).get_display_name(code) or code
+    except (ValueError, UnknownLocaleError):
+        return code
+    return name[:1].upper() + name[1:]
 
 
 def newsletter_context(
