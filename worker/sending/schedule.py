@@ -111,7 +111,7 @@ class WeeklyTime:
 def describe(instant: datetime, zone_name: str | None) -> str:
     """``"2024-07-15 09:00 Europe/Minsk (06:00 UTC)"`` for listings."""
     utc = instant.astimezone(UTC)
-    if not zone_name:
+    if not zone_name or zone_name == "UTC":
         return f"{utc:%Y-%m-%d %H:%M} UTC"
     local = instant.astimezone(zone(zone_name))
     return f"{local:%Y-%m-%d %H:%M} {zone_name} ({utc:%Y-%m-%d %H:%M} UTC)"
