@@ -6,6 +6,7 @@ PostgreSQL or SQLite database and Redis, and across a scheduler restart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -330,10 +331,8 @@ def wait_for_passes(process: subprocess.Popen[bytes], log: Path, passes: int) ->
         if text.count("reconciled:") >= passes:
             return text
         assert process.poll() is None, text
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
     raise AssertionError(f"no {passes} passes: {log.read_text()}")
 
 
