@@ -126,3 +126,14 @@ def test_reconcile_goes_on_past_a_broken_send_and_names_it(
     with rt.session() as session:
         finished = session.get(Send, healthy, populate_existing=True)
         assert finished is not None and finished.planned_count == 2
+
+
+def test_every_numeric_setting_has_a_range() -> None:
+    from dataclasses import fields
+
+    from worker.settings import RANGES
+
+    numeric = {f.name for f in fields(Settings) if str(f.type) in ("int", "float")}
+
+    assert numeric - set(RANGES) == set()
+    assert set(RANGES) - numeric == set()

@@ -242,6 +242,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "soft_bounce_limit": (1, 1000),
     "soft_bounce_window_days": (1, 3650),
     "inbound_max_bytes": (1024, 1024**3),
+    "stored_refusals_per_hour": (0, 1_000_000),
+    "stored_refusals_per_source_per_hour": (0, 1_000_000),
+    "refusal_retention_days": (_SMALLEST_POSITIVE, 3650),
+    "replies_per_hour": (0, 1_000_000),
+    "metrics_port": (1, 65534),  # a signups/transactional-only group uses port + 1
 }
 
 
