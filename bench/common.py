@@ -144,13 +144,16 @@ def load_edition_and_subscribers(db_url: str, count: int) -> None:
 def create_send(db_url: str, batch_size: int) -> int:
     from worker.db import session_scope
     from worker.editions.store import find_edition
+    from worker.sending.sends import Repeat
     from worker.sending.sends import create_send as create
     from worker.settings import Settings
 
     with session_scope(Settings.from_env({}, database_url=db_url)) as session:
         edition = find_edition(session, "2024-W28")
         assert edition is not None
-        return int(create(session, edition, datetime.now(UTC), batch_size).id)
+        # benchmarks send the same edition several times on purpose (one send per variant)
+        send = create(session, edition, datetime.now(UTC), batch_size, repeat=Repeat.AGAIN)
+        return int(send.id)
 
 
 def flush_redis(namespace: str | None = None) -> None:

@@ -19,6 +19,7 @@ from worker.editions.store import save_edition
 from worker.models import Delivery, Send, SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.sending.sends import create_send
+from worker.states import SubscriberStatus
 from worker.web.app import create_app
 
 READERS = [
@@ -167,3 +168,111 @@ def test_unsubscribe_get_changes_nothing_post_and_one_click_unsubscribe(
             "a@example.org": "unsubscribed",
             "b@example.org": "unsubscribed",
         }
+
+
+def newsletter_cli(rt: Runtime, *args: str) -> Any:
+    """Run ``newsletter ARGS`` in this process, on the test's runtime (``runtime()``)."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    env = {
+        "NEWSLETTER_DATABASE_URL": rt.settings.database_url,
+        "NEWSLETTER_SECRET_KEY": rt.settings.secret_key,
+        "COLUMNS": "160",
+    }
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_a_second_send_of_an_edition_is_refused_unless_only_new_or_again(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
+    from tests.sendkit import seed
+
+    # Given two confirmed readers and a finished send of 2024-W28
+    seed(rt, ["anna@example.org", "boris@example.org"])
+    first = newsletter_cli(rt, "send", "start", "2024-W28")
+    assert first.exit_code == 0, first.output
+    stub_worker.join()
+    assert sorted(r.recipients[0] for r in smtp.handler.received) == [
+        "anna@example.org",
+        "boris@example.org",
+    ]
+
+    # When the operator starts the same edition again
+    second = newsletter_cli(rt, "send", "start", "2024-W28")
+
+    # Then it is refused, naming the earlier send, and nobody is mailed
+    assert second.exit_code == 1
+    assert "already sent by send 1 (finished)" in second.output
+    assert "--only-new" in second.output and "--again" in second.output
+    stub_worker.join()
+    assert len(smtp.handler.received) == 2
+    with rt.session() as session:
+        assert session.scalar(select(func.count()).select_from(Send)) == 1
+
+    # When a reader confirms later and the operator sends --only-new
+    seed_more(rt, "carla@example.org")
+    only_new = newsletter_cli(rt, "send", "start", "2024-W28", "--only-new")
+    assert only_new.exit_code == 0, only_new.output
+    stub_worker.join()
+
+    # Then only that reader gets it
+    assert [r.recipients[0] for r in smtp.handler.received[2:]] == ["carla@example.org"]
+    with rt.session() as session:
+        planned = session.scalar(select(Send.planned_count).where(Send.id == 2))
+        assert planned == 1
+
+    # And --again is an explicit full resend; both flags together are a usage error
+    both = newsletter_cli(rt, "send", "start", "2024-W28", "--only-new", "--again")
+    assert both.exit_code == 2 and "exclude each other" in both.output
+    again = newsletter_cli(rt, "send", "start", "2024-W28", "--again")
+    assert again.exit_code == 0, again.output
+    stub_worker.join()
+    assert sorted(r.recipients[0] for r in smtp.handler.received[3:]) == [
+        "anna@example.org",
+        "boris@example.org",
+        "carla@example.org",
+    ]
+
+
+def test_a_cancelled_send_that_never_started_does_not_block_the_edition(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
+    from tests.sendkit import seed
+
+    seed(rt, ["anna@example.org"])
+    scheduled = newsletter_cli(
+        rt, "send", "start", "2024-W28", "--at", "2099-07-15 09:00", "--timezone", "Europe/Minsk"
+    )
+    assert scheduled.exit_code == 0, scheduled.output
+    cancelled = newsletter_cli(rt, "send", "cancel", "1")
+    assert "it had not started: nobody was mailed" in cancelled.output
+
+    now = newsletter_cli(rt, "send", "start", "2024-W28")
+
+    assert now.exit_code == 0, now.output
+    stub_worker.join()
+    assert [r.recipients[0] for r in smtp.handler.received] == ["anna@example.org"]
+
+
+def seed_more(rt: Runtime, address: str) -> None:
+    """One more confirmed reader of the seeded newsletter."""
+    with rt.session() as session:
+        newsletter_id = session.scalar(select(Subscriber.newsletter_id).limit(1))
+        assert newsletter_id is not None
+        now = rt.clock.now()
+        session.add(
+            Subscriber(
+                newsletter_id=newsletter_id,
+                email=address,
+                email_key=address,
+                ascii_email=address,
+                domain=address.rsplit("@", 1)[1],
+                language="en",
+                status=SubscriberStatus.CONFIRMED,
+                created_at=now,
+                updated_at=now,
+                confirmed_at=now,
+            )
+        )

@@ -25,6 +25,8 @@ from worker.sending.identity import bounce_address
 from worker.sending.planning import pending_batches
 from worker.sending.ports import SmtpOutcome
 from worker.sending.sends import plan_send as plan_send_domain
+from worker.sending.sends import start_due_sends
+from worker.sending.slots import fire_due_slots
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
@@ -224,6 +226,35 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
         rt.hints.forget(name)
 
 
+PLANNING_PATIENCE = 3600.0  # seconds a plan_send message may take before it is re-enqueued
+
+
+def start_scheduled(rt: Runtime) -> list[str]:
+    """The scheduler's first step: fire due weekly slots, then claim every scheduled send that is
+    due and enqueue its planning. Each claim is one conditional UPDATE, committed before the
+    message is enqueued, so a send starts once however many schedulers run; a message lost
+    after the claim is re-enqueued by ``reconcile`` (a ``planning`` send with no live hint).
+    Returns one line per event, for the scheduler's output (ids and edition keys only)."""
+    events: list[str] = []
+    with rt.session() as session:
+        now = rt.clock.now()
+        for firing in fire_due_slots(session, now, rt.settings.send_batch_size):
+            if firing.send_id is None:
+                metrics.slot_fired("empty")
+                log.warning("weekly slot %s fired with no unsent edition loaded", firing.slot_id)
+                events.append(f"slot {firing.slot_id}: no unsent edition loaded, nothing sent")
+            else:
+                metrics.slot_fired("scheduled")
+                events.append(f"slot {firing.slot_id}: edition {firing.edition_key} scheduled")
+        claimed = start_due_sends(session, now)
+    for send_id in claimed:
+        rt.hints.alive(f"plan:{send_id}", rt.settings.batch_grace_seconds + PLANNING_PATIENCE)
+        plan_send.send(send_id)
+        log.info("scheduled send %s started", send_id)
+        events.append(f"send {send_id} started (scheduled)")
+    return events
+
+
 def reconcile(rt: Runtime) -> int:
     """Re-enqueue what the ledger says is unfinished and no live message covers (Redis may have
     restarted empty; a killed worker's message returns only after dramatiq's heartbeat timeout).
@@ -237,23 +268,40 @@ def reconcile(rt: Runtime) -> int:
         now = rt.clock.now()
         ledger = rt.ledger(session)
         ledger.expire_leases(now)
-        sends = session.scalars(
-            select(Send).where(Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING]))
+        sends = session.execute(
+            select(Send.id, Send.status, Send.batch_size).where(
+                Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING])
+            )
         ).all()
+        session.commit()  # what follows commits or rolls back one send at a time
         work: list[tuple[int, int, int]] = []
-        for send in sends:
-            if send.status == SendStatus.PLANNING:
-                if rt.hints.stalled([f"plan:{send.id}"]):
-                    plan_send.send(send.id)
-                    rt.hints.alive(f"plan:{send.id}", rt.settings.batch_grace_seconds)
-                    enqueued += 1
-                continue
-            due = pending_batches(session, send.id, send.batch_size, now)
-            names = {batch_name(send.id, f, last): (send.id, f, last) for f, last in due}
-            work += [names[name] for name in rt.hints.stalled(list(names))]
-            if not due:
-                ledger.finish_send_if_done(send.id, now)
+        for send_id, status, batch_size in sends:
+            try:
+                if status == SendStatus.PLANNING:
+                    if rt.hints.stalled([f"plan:{send_id}"]):
+                        plan_send.send(send_id)
+                        rt.hints.alive(f"plan:{send_id}", rt.settings.batch_grace_seconds)
+                        enqueued += 1
+                    continue
+                due = pending_batches(session, send_id, batch_size, now)
+                names = {batch_name(send_id, f, last): (send_id, f, last) for f, last in due}
+                work += [names[name] for name in rt.hints.stalled(list(names))]
+                if not due:
+                    ledger.finish_send_if_done(send_id, now)
+            except Exception as exc:
+                # one broken send (a batch size of 0 stored before settings were checked, a
+                # row the database refuses) must not stop the others: its work is rolled back
+                session.rollback()
+                metrics.reconcile_failed()
+                log.error("reconcile: send %s skipped: %s", send_id, _reason(exc))
     for send_id, first, last in work:
         enqueue_batch(send_id, first, last)
         enqueued += 1
     return enqueued
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an error (a database error's own message, not its SQL)."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}"

@@ -233,6 +233,33 @@ class Send(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # When a scheduled send is due (UTC) and the zone its time was given in (for display; the
+    # instant alone decides). None: planned as soon as it is created.
+    scheduled_for: Mapped[datetime | None]
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    # Who is planned: "all" confirmed readers, or only "new" ones (no delivery of this edition
+    # in an earlier send). worker.sending.sends.Audience.
+    audience: Mapped[str] = mapped_column(String(8), default="all")
+
+
+class SendSlot(Base):
+    """A newsletter's standing weekly send time ("monday 09:00 Europe/Minsk"): at each firing the
+    newest loaded edition not yet sent is sent.
+
+    ``next_at`` (UTC) is the next firing, computed in the slot's local time and then converted,
+    so a daylight-saving change does not move the local time. A scheduler fires the slot by moving
+    ``next_at`` on with a compare-and-set, so two schedulers fire it once.
+    """
+
+    __tablename__ = "send_slot"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id"), unique=True)
+    weekday: Mapped[int] = mapped_column(Integer)  # 0 = Monday … 6 = Sunday (datetime.weekday)
+    local_time: Mapped[str] = mapped_column(String(5))  # "HH:MM"
+    timezone: Mapped[str] = mapped_column(String(64))  # an IANA zone name
+    next_at: Mapped[datetime]
+    created_at: Mapped[datetime]
 
 
 class Delivery(Base):

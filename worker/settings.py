@@ -6,6 +6,7 @@ file, no Redis, an SMTP server on localhost). Secrets are never part of ``repr()
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -30,14 +31,31 @@ MIGRATIONS_DIR = _resource_dir("migrations")
 EXAMPLES_DIR = _resource_dir("examples")
 
 
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable and what it allows."""
+
+
 def _parse_domain_rates(text: str) -> dict[str, float]:
-    """``"gmail.com=20,mail.ru=5"`` -> ``{"gmail.com": 20.0, "mail.ru": 5.0}`` (messages/s)."""
+    """``"gmail.com=20,mail.ru=5"`` -> ``{"gmail.com": 20.0, "mail.ru": 5.0}`` (messages/s).
+
+    Raises ``SettingsError`` for an entry without a domain or without a rate, or with a rate
+    that is not a finite number >= 0 (``gmail.com`` alone used to be read as rate 0: unlimited).
+    """
     rates: dict[str, float] = {}
     for part in text.split(","):
         if not part.strip():
             continue
-        domain, _, rate = part.partition("=")
-        rates[domain.strip().lower()] = float(rate)
+        domain, equals, rate = part.partition("=")
+        try:
+            value = float(rate) if equals and rate.strip() else math.nan
+        except ValueError:
+            value = math.nan
+        if not domain.strip() or not math.isfinite(value) or value < 0:
+            raise SettingsError(
+                f"{PREFIX}DOMAIN_RATES: entry {part.strip()!r} is not DOMAIN=RATE "
+                "(messages per second, a number >= 0), e.g. gmail.com=20,mail.ru=5"
+            )
+        rates[domain.strip().lower()] = value
     return rates
 
 
@@ -166,7 +184,9 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
 
     def require_secret_key(self) -> str:
         """The secret key, or ``SecretKeyError`` when it is unset or obviously weak.
@@ -179,6 +199,23 @@ class Settings:
         if problem:
             raise SecretKeyError(problem)
         return self.secret_key
+
+    def check(self) -> None:
+        """Raise ``SettingsError`` naming the first variable whose value is out of its range
+        (``RANGES``), a malformed ``DOMAIN_RATES`` entry, an unreadable ``DATABASE_URL`` or an
+        ``SMTP_URL`` of an unknown scheme; a wrong value found at load, not mid-send."""
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or not low <= value <= high:
+                allowed = f"{low:g} to {high:g}" if high != math.inf else f"at least {low:g}"
+                raise SettingsError(f"{PREFIX}{name.upper()}={value!r}: allowed {allowed}")
+        _parse_domain_rates(self.domain_rates)
+        _check_database_url(self.database_url)
+        scheme = self.smtp_url.partition("://")[0].lower()
+        if scheme not in SMTP_SCHEMES or "://" not in self.smtp_url:
+            raise SettingsError(
+                f"{PREFIX}SMTP_URL: unknown scheme {scheme!r} (allowed: {', '.join(SMTP_SCHEMES)})"
+            )
 
     @property
     def rates_by_domain(self) -> dict[str, float]:
@@ -210,7 +247,7 @@ HOW_TO_MAKE_A_KEY = (
 )
 
 
-class SecretKeyError(ValueError):
+class SecretKeyError(SettingsError):
     """``NEWSLETTER_SECRET_KEY`` is missing or too weak to sign tokens and key hashes."""
 
 
@@ -229,6 +266,61 @@ def secret_key_problem(key: str) -> str:
     return ""
 
 
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")  # worker.sending.smtp.SmtpTarget.from_url
+_SMALLEST_POSITIVE = 0.001  # durations and intervals: zero would spin or never wait
+
+# The allowed range of every numeric setting, inclusive. Rates and limits where 0 means
+# "unlimited" or "no cap" start at 0; sizes, durations and windows must be positive.
+RANGES: dict[str, tuple[float, float]] = {
+    "send_batch_size": (1, 100_000),
+    "global_rate": (0, math.inf),
+    "max_smtp_connections": (0, 10_000),
+    "smtp_timeout_seconds": (_SMALLEST_POSITIVE, 3600),
+    "claim_lease_seconds": (1, 7 * 24 * 3600),
+    "retry_max_age_seconds": (0, 30 * 24 * 3600),
+    "retry_base_seconds": (_SMALLEST_POSITIVE, 24 * 3600),
+    "retry_cap_seconds": (_SMALLEST_POSITIVE, 7 * 24 * 3600),
+    "max_throttle_wait": (0, 3600),
+    "throttle_recover_seconds": (_SMALLEST_POSITIVE, 24 * 3600),
+    "batch_grace_seconds": (1, 24 * 3600),
+    "confirmation_expiry_hours": (_SMALLEST_POSITIVE, 365 * 24),
+    "dns_timeout_seconds": (_SMALLEST_POSITIVE, 300),
+    "confirmations_per_address_per_day": (0, 1_000_000),
+    "signups_per_ip_per_hour": (0, 1_000_000),
+    "confirmations_per_domain_per_minute": (0, 1_000_000),
+    "confirmation_resend_minutes": (0, 7 * 24 * 60),
+    "purge_unconfirmed_days": (_SMALLEST_POSITIVE, 3650),
+    "soft_bounce_limit": (1, 1000),
+    "soft_bounce_window_days": (1, 3650),
+    "inbound_max_bytes": (1024, 1024**3),
+    "stored_refusals_per_hour": (0, 1_000_000),
+    "stored_refusals_per_source_per_hour": (0, 1_000_000),
+    "refusal_retention_days": (_SMALLEST_POSITIVE, 3650),
+    "replies_per_hour": (0, 1_000_000),
+    "metrics_port": (1, 65534),  # a signups/transactional-only group uses port + 1
+    "inbound_max_sessions": (1, 10_000),
+    "inbound_retention_days": (_SMALLEST_POSITIVE, 3650),
+    "operator_login_failures_per_peer": (1, 1_000_000),
+    "operator_login_failures_total": (1, 1_000_000),
+    "signup_max_bytes": (1024, 64 * 1024**2),
+    "webhook_max_bytes": (1024, 64 * 1024**2),
+    "request_max_bytes": (1024, 64 * 1024**2),
+}
+
+
+_DATABASE_URL = re.compile(r"^(sqlite|postgresql|postgres)(\+[a-z0-9_]+)?://\S*$")
+
+
+def _check_database_url(url: str) -> None:
+    """Raise ``SettingsError`` unless ``url`` is an SQLite or PostgreSQL URL (the two databases
+    the project supports; SQLAlchemy's ``dialect+driver://…`` form)."""
+    if not _DATABASE_URL.match(url):
+        raise SettingsError(
+            f"{PREFIX}DATABASE_URL is not an SQLite or PostgreSQL URL "
+            "(e.g. sqlite:///newsletter.db or postgresql+psycopg://user@host/db)"
+        )
+
+
 def _convert(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name)
     try:
@@ -243,5 +335,5 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise ValueError(f"{PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None
+        raise SettingsError(f"{PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None
     return raw

@@ -28,11 +28,11 @@ class _Main(click.Group):
         import redis
         from sqlalchemy.exc import OperationalError
 
-        from worker.settings import SecretKeyError, Settings, hide_password
+        from worker.settings import Settings, SettingsError, hide_password
 
         try:
             return super().invoke(ctx)
-        except SecretKeyError as exc:
+        except SettingsError as exc:
             raise click.ClickException(str(exc)) from None
         except redis.exceptions.ConnectionError as exc:
             url = hide_password(Settings.from_env().redis_url)

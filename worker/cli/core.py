@@ -39,18 +39,58 @@ def send() -> None:
 
 @send.command("start")
 @click.argument("edition_key")
-@click.option("--batch-size", type=int, default=None, help="Deliveries per batch message.")
-def send_start(edition_key: str, batch_size: int | None) -> None:
-    """Enqueue a send of the loaded edition EDITION_KEY (e.g. 2024-W28)."""
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Deliveries per batch message."
+)
+@click.option(
+    "--at", "at", default=None, help='Send later, at this local time: "2024-07-15 09:00".'
+)
+@click.option(
+    "--timezone",
+    "zone_name",
+    default="UTC",
+    show_default=True,
+    help="The IANA time zone of --at (e.g. Europe/Minsk).",
+)
+@click.option(
+    "--only-new",
+    is_flag=True,
+    help="The edition was sent before: send it only to readers who have not had it.",
+)
+@click.option(
+    "--again", is_flag=True, help="The edition was sent before: send it to everyone again."
+)
+def send_start(
+    edition_key: str,
+    batch_size: int | None,
+    at: str | None,
+    zone_name: str,
+    only_new: bool,
+    again: bool,
+) -> None:
+    """Send the loaded edition EDITION_KEY (e.g. 2024-W28) now, or --at a later time.
+
+    A second send of an edition is refused unless --only-new or --again is given.
+    """
     from worker.actors import plan_send
     from worker.broker import current
     from worker.editions.store import find_edition
     from worker.runtime import runtime
-    from worker.sending.sends import create_send
+    from worker.sending.schedule import ScheduleError, describe, local_instant
+    from worker.sending.sends import DuplicateSend, Repeat, When, create_send
 
+    if only_new and again:
+        raise click.UsageError("--only-new and --again exclude each other")
+    repeat = Repeat.ONLY_NEW if only_new else Repeat.AGAIN if again else Repeat.REFUSE
     rt = runtime()
+    try:
+        when = When(local_instant(at, zone_name), zone_name) if at else None
+    except ScheduleError as exc:
+        raise click.ClickException(str(exc)) from None
+    if when is not None and when.at <= rt.clock.now():
+        raise click.ClickException(f"{describe(when.at, zone_name)} is in the past")
     client = getattr(current(), "client", None)
-    if client is not None:
+    if client is not None and when is None:
         client.ping()  # fail before a send row exists that nothing would ever plan
     with rt.session() as session:
         edition = find_edition(session, edition_key)
@@ -58,12 +98,117 @@ def send_start(edition_key: str, batch_size: int | None) -> None:
             raise click.ClickException(
                 f"no edition {edition_key}: load it with `newsletter edition load PATH`"
             )
-        new = create_send(
-            session, edition, rt.clock.now(), batch_size or rt.settings.send_batch_size
-        )
+        try:
+            new = create_send(
+                session,
+                edition,
+                rt.clock.now(),
+                batch_size or rt.settings.send_batch_size,
+                repeat=repeat,
+                when=when,
+            )
+        except DuplicateSend as exc:
+            raise click.ClickException(str(exc)) from None
         send_id = new.id
+    if when is not None:
+        click.echo(
+            f"send {send_id} of edition {edition_key} scheduled for "
+            f"{describe(when.at, zone_name)}; `newsletter scheduler` starts it"
+        )
+        return
     plan_send.send(send_id)
     click.echo(f"send {send_id} of edition {edition_key} enqueued")
+
+
+@send.command("schedule")
+def send_schedule() -> None:
+    """The scheduled sends (edition, local time, UTC, readers by language) and the weekly slot."""
+    from worker.runtime import runtime
+    from worker.sending.schedule import describe
+    from worker.sending.sends import scheduled_sends
+    from worker.sending.slots import get_slot, weekly_time
+
+    rt = runtime()
+    with rt.session() as session:
+        rows = scheduled_sends(session)
+        slot = get_slot(session, rt.newsletter(session).id)
+        for row in rows:
+            readers = ", ".join(f"{lang} {n}" for lang, n in sorted(row.readers.items()))
+            audience = " (only new readers)" if row.only_new else ""
+            click.echo(
+                f"send {row.send_id}  edition {row.edition_key}  "
+                f"{describe(row.at, row.timezone)}  readers: {readers or 'none'}{audience}"
+            )
+        if not rows:
+            click.echo("no scheduled sends")
+        if slot is not None:
+            click.echo(
+                f"weekly slot: {weekly_time(slot)} {slot.timezone}, "
+                f"next {describe(slot.next_at, slot.timezone)}"
+            )
+
+
+@send.group("slot")
+def send_slot() -> None:
+    """The standing weekly slot: the newest loaded edition not yet sent goes out at it."""
+
+
+@send_slot.command("set")
+@click.argument("weekly")
+@click.option(
+    "--timezone", "zone_name", required=True, help="The IANA time zone (e.g. Europe/Minsk)."
+)
+def send_slot_set(weekly: str, zone_name: str) -> None:
+    """Send every week at WEEKLY local time, e.g. "monday 09:00"."""
+    from worker.runtime import runtime
+    from worker.sending.schedule import ScheduleError, WeeklyTime, describe
+    from worker.sending.slots import set_slot
+
+    rt = runtime()
+    try:
+        slot_time = WeeklyTime.parse(weekly)
+        with rt.session() as session:
+            slot = set_slot(
+                session, rt.newsletter(session).id, slot_time, zone_name, rt.clock.now()
+            )
+            following = describe(slot.next_at, zone_name)
+    except ScheduleError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"weekly slot: {slot_time} {zone_name}; next {following}")
+
+
+@send_slot.command("show")
+def send_slot_show() -> None:
+    """The weekly slot and its next firing."""
+    from worker.runtime import runtime
+    from worker.sending.schedule import describe
+    from worker.sending.slots import get_slot, newest_unsent, weekly_time
+
+    rt = runtime()
+    with rt.session() as session:
+        newsletter = rt.newsletter(session)
+        slot = get_slot(session, newsletter.id)
+        if slot is None:
+            click.echo("no weekly slot: set one with `newsletter send slot set`")
+            return
+        waiting = newest_unsent(session, newsletter.id)
+        click.echo(
+            f"weekly slot: {weekly_time(slot)} {slot.timezone}; "
+            f"next {describe(slot.next_at, slot.timezone)}; "
+            + (f"would send {waiting.key}" if waiting else "no unsent edition loaded")
+        )
+
+
+@send_slot.command("clear")
+def send_slot_clear() -> None:
+    """Remove the weekly slot (scheduled sends stay)."""
+    from worker.runtime import runtime
+    from worker.sending.slots import clear_slot
+
+    rt = runtime()
+    with rt.session() as session:
+        removed = clear_slot(session, rt.newsletter(session).id)
+    click.echo("weekly slot removed" if removed else "no weekly slot")
 
 
 FINAL_STATES = ("sent", "failed", "expired", "skipped", "unknown")
@@ -210,7 +355,16 @@ def send_resume(send_id: int) -> None:
 @send.command("cancel")
 @click.argument("send_id", type=int)
 def send_cancel(send_id: int) -> None:
-    """Stop a send for good; what was not sent stays queued and is never sent."""
+    """Cancel a scheduled send before it starts, or stop a running one for good (what was not
+    sent stays queued and is never sent)."""
+    from worker.runtime import Runtime
+    from worker.sending.sends import cancel_scheduled
+
+    rt = Runtime(Settings.from_env())
+    with rt.session() as session:
+        if cancel_scheduled(session, send_id, rt.clock.now()):
+            click.echo(f"send {send_id} is now cancelled; it had not started: nobody was mailed")
+            return
     _change(send_id, "cancelled")
 
 
@@ -231,13 +385,18 @@ def send_retry_unknown(send_id: int) -> None:
 
 @click.command()
 @click.option(
-    "--interval", type=float, default=60.0, show_default=True, help="Seconds between runs."
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds between runs (more than 0).",
 )
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
 def scheduler(interval: float, once: bool) -> None:
-    """Periodic work: re-enqueue what the ledger says is unfinished, expire stale claims, purge
-    unconfirmed signups, old signup refusals and old stored inbound mail."""
-    from worker.actors import reconcile
+    """Periodic work: start scheduled sends and the weekly slot when due, re-enqueue what the
+    ledger says is unfinished, expire stale claims, purge unconfirmed signups and old signup
+    refusals and old stored inbound mail. Several may run: each scheduled send starts once."""
+    from worker.actors import reconcile, start_scheduled
     from worker.logs import configure_logging
     from worker.runtime import runtime
 
@@ -245,6 +404,8 @@ def scheduler(interval: float, once: bool) -> None:
     configure_logging(rt.settings)
     while True:
         try:
+            for line in start_scheduled(rt):
+                click.echo(line)
             enqueued = reconcile(rt)
             click.echo(f"reconciled: {enqueued} batch messages enqueued")
             click.echo(f"purged: {_purge_unconfirmed(rt)} signups left unconfirmed")

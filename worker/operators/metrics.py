@@ -100,6 +100,19 @@ FAMILIES: dict[
         ("kind", "source"),
         (),
     ),
+    "newsletter_slot_firings_total": (
+        Counter,
+        "Firings of the weekly send slot, by outcome (scheduled: an edition was sent; empty: no "
+        "loaded edition was waiting, nothing was sent).",
+        ("outcome",),
+        (),
+    ),
+    "newsletter_reconcile_failures_total": (
+        Counter,
+        "Sends the scheduler's reconcile pass could not handle (each logged with the send id).",
+        (),
+        (),
+    ),
     "newsletter_suppressions_total": (
         Counter,
         "Addresses added to the suppression list, by reason.",
@@ -187,6 +200,17 @@ def delivery_recorded(state: str) -> None:
 def render_observed(seconds: float) -> None:
     """Record the time one rendition took to render, in seconds."""
     histogram("newsletter_rendition_render_duration_seconds").observe(seconds)
+
+
+def slot_fired(outcome: str) -> None:
+    """Count one firing of the weekly slot: ``scheduled`` or ``empty`` (nothing to send)."""
+    value = outcome if outcome in ("scheduled", "empty") else "other"
+    counter("newsletter_slot_firings_total").labels(outcome=value).inc()
+
+
+def reconcile_failed() -> None:
+    """Count one send the reconcile pass could not handle."""
+    counter("newsletter_reconcile_failures_total").inc()
 
 
 class SendingCounters:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, case, func, literal, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from worker.models import Delivery, Send, Subscriber
 from worker.sending.ledger import RETRYABLE
@@ -22,6 +22,7 @@ def plan_deliveries(
     newsletter_id: int,
     languages: tuple[str, ...],
     default_language: str,
+    only_new: bool = False,
     page_size: int = 10_000,
 ) -> int:
     """Insert one ``queued`` delivery per confirmed subscriber, in keyset pages of ``page_size``.
@@ -29,6 +30,8 @@ def plan_deliveries(
     Each page is one ``INSERT … SELECT`` inside the database (subscribers are never loaded into
     memory); the unique (send, subscriber) constraint with ``ON CONFLICT DO NOTHING`` makes
     planning twice a no-op. Subscribers whose language the edition lacks get ``default_language``.
+    With ``only_new``, readers who have a delivery of the same edition in another send (in any
+    state: it may have reached them) are left out.
     Commits after each page; returns the number of deliveries the send has.
     """
     lang_expr = (
@@ -39,10 +42,7 @@ def plan_deliveries(
         if languages
         else literal(default_language)
     )
-    eligible = (
-        Subscriber.newsletter_id == newsletter_id,
-        Subscriber.status == SubscriberStatus.CONFIRMED,
-    )
+    eligible = _eligible(newsletter_id, send.edition_id, send.id, only_new)
     insert_fn = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     after = 0
     while True:
@@ -70,6 +70,42 @@ def plan_deliveries(
     return int(total or 0)
 
 
+def _eligible(
+    newsletter_id: int, edition_id: int, send_id: int | None, only_new: bool
+) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE of the readers a send of ``edition_id`` plans: confirmed readers of the
+    newsletter; with ``only_new``, less those with a delivery of the edition in a send other than
+    ``send_id`` (in any state: it may have reached them)."""
+    eligible: tuple[ColumnElement[bool], ...] = (
+        Subscriber.newsletter_id == newsletter_id,
+        Subscriber.status == SubscriberStatus.CONFIRMED,
+    )
+    if not only_new:
+        return eligible
+    earlier = aliased(Send)
+    had_it = (
+        select(Delivery.id)
+        .join(earlier, earlier.id == Delivery.send_id)
+        .where(earlier.edition_id == edition_id, Delivery.subscriber_id == Subscriber.id)
+    )
+    if send_id is not None:
+        had_it = had_it.where(earlier.id != send_id)
+    return (*eligible, ~had_it.exists())
+
+
+def readers_by_language(
+    session: Session, newsletter_id: int, edition_id: int, only_new: bool
+) -> dict[str, int]:
+    """How many readers a send of ``edition_id`` planned now would have, by reader language
+    (``Subscriber.language``). Reads only."""
+    rows = session.execute(
+        select(Subscriber.language, func.count())
+        .where(*_eligible(newsletter_id, edition_id, None, only_new))
+        .group_by(Subscriber.language)
+    ).all()
+    return {language: int(count) for language, count in rows}
+
+
 def pending_batches(
     session: Session, send_id: int, size: int, now: datetime
 ) -> list[tuple[int, int]]:
@@ -83,6 +119,8 @@ def pending_batches(
     base = session.scalar(select(func.min(Delivery.id)).where(Delivery.send_id == send_id))
     if base is None:
         return []
+    if size < 1:  # a zero would make the database divide by zero for every caller
+        raise ValueError(f"send {send_id} has batch size {size}: at least 1")
     bucket = (Delivery.id - literal_column(str(int(base)))) // literal_column(str(int(size)))
     rows = session.execute(
         select(bucket)
@@ -97,4 +135,4 @@ def pending_batches(
     return [(base + k * size, base + (k + 1) * size - 1) for (k,) in rows]
 
 
-__all__ = ["pending_batches", "plan_deliveries"]
+__all__ = ["pending_batches", "plan_deliveries", "readers_by_language"]

@@ -4,16 +4,18 @@ and the operator's status changes (pause, resume, cancel)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.editions.rendering import render_edition
 from worker.editions.store import edition_contents, profile_of
 from worker.models import Edition, Newsletter, Rendition, Send
 from worker.sending.composer import RenditionText
-from worker.sending.planning import plan_deliveries
+from worker.sending.planning import plan_deliveries, readers_by_language
 from worker.sending.ports import NoMetrics, SendingMetrics
 from worker.states import SendStatus, check, sources, sources_among
 
@@ -40,14 +42,162 @@ def operator_sources(target: SendStatus) -> tuple[SendStatus, ...]:
     return tuple(_OPERATOR_TARGETS[target])
 
 
-def create_send(session: Session, edition: Edition, now: datetime, batch_size: int = 100) -> Send:
-    """A new ``scheduled`` send of ``edition``."""
+class Repeat(StrEnum):
+    """What a send does when the edition was sent before (the duplicate guard)."""
+
+    REFUSE = "refuse"  # the default: a second send of an edition is refused
+    ONLY_NEW = "only_new"  # plan only readers with no delivery of this edition yet
+    AGAIN = "again"  # an explicit full resend: every confirmed reader gets it again
+
+
+class Audience(StrEnum):
+    """Who a send plans (``Send.audience``)."""
+
+    ALL = "all"  # every confirmed reader
+    NEW = "new"  # confirmed readers with no delivery of this edition in another send
+
+
+class DuplicateSend(ValueError):
+    """The edition has an earlier send and neither ``--only-new`` nor ``--again`` was given."""
+
+    def __init__(self, edition_key: str, earlier: Send) -> None:
+        self.earlier_id = earlier.id
+        super().__init__(
+            f"edition {edition_key} was already sent by send {earlier.id} ({earlier.status}): "
+            "a second send would mail readers again. Use --only-new for readers who have not "
+            "had it yet, or --again for a full resend"
+        )
+
+
+def earlier_sends(session: Session, edition_id: int) -> list[Send]:
+    """The sends of ``edition_id`` that count as sent: every send not cancelled, and cancelled
+    ones that had started (they may have mailed readers). Oldest first."""
+    return list(
+        session.scalars(
+            select(Send)
+            .where(
+                Send.edition_id == edition_id,
+                or_(Send.status != SendStatus.CANCELLED, Send.started_at.is_not(None)),
+            )
+            .order_by(Send.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class When:
+    """When a send is due: ``at`` a UTC instant given in ``timezone`` (an IANA name)."""
+
+    at: datetime
+    timezone: str
+
+
+def create_send(
+    session: Session,
+    edition: Edition,
+    now: datetime,
+    batch_size: int = 100,
+    *,
+    repeat: Repeat = Repeat.REFUSE,
+    when: When | None = None,
+) -> Send:
+    """A new ``scheduled`` send of ``edition``, flushed.
+
+    Without ``when`` the caller plans it at once (``actors.plan_send``); with it the scheduler
+    starts it at ``when.at`` (``start_due_sends``). Raises ``DuplicateSend`` naming the earlier
+    send when the edition was sent before and ``repeat`` is ``REFUSE``; ``ValueError`` for a
+    ``batch_size`` below 1 or a ``when`` in the past.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}: at least 1")
+    if when is not None and when.at <= now:
+        raise ValueError(f"{when.at:%Y-%m-%d %H:%M} UTC is in the past")
+    earlier = earlier_sends(session, edition.id)
+    if earlier and repeat is Repeat.REFUSE:
+        raise DuplicateSend(edition.key, earlier[-1])
     send = Send(
-        edition_id=edition.id, status=SendStatus.SCHEDULED, batch_size=batch_size, created_at=now
+        edition_id=edition.id,
+        status=SendStatus.SCHEDULED,
+        batch_size=batch_size,
+        created_at=now,
+        scheduled_for=when.at if when else None,
+        timezone=when.timezone if when else None,
+        audience=Audience.NEW if repeat is Repeat.ONLY_NEW else Audience.ALL,
     )
     session.add(send)
     session.flush()
     return send
+
+
+def start_due_sends(session: Session, now: datetime) -> list[int]:
+    """Claim the scheduled sends due at ``now``: ``scheduled`` → ``planning`` in one
+    ``UPDATE … WHERE status = 'scheduled' … RETURNING``, so of two schedulers only one claims a
+    send. Commits (the claim is durable before anyone enqueues). Returns the claimed ids; the
+    caller enqueues their planning (and the reconciler re-enqueues a planning send whose message
+    was lost)."""
+    claimed = session.scalars(
+        update(Send)
+        .where(
+            Send.status.in_(sources_among(SendStatus.PLANNING, SendStatus.SCHEDULED)),
+            Send.scheduled_for.is_not(None),
+            Send.scheduled_for <= now,
+        )
+        .values(status=SendStatus.PLANNING, started_at=now)
+        .returning(Send.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return sorted(claimed)
+
+
+@dataclass(frozen=True)
+class ScheduledSend:
+    """A send waiting for its time, as ``newsletter send schedule`` lists it."""
+
+    send_id: int
+    edition_key: str
+    at: datetime
+    timezone: str | None
+    only_new: bool
+    readers: dict[str, int]  # readers it would plan now, by language
+
+
+def scheduled_sends(session: Session) -> list[ScheduledSend]:
+    """The sends still ``scheduled`` with a time, soonest first. Reads only."""
+    rows = session.execute(
+        select(Send, Edition)
+        .join(Edition, Edition.id == Send.edition_id)
+        .where(Send.status == SendStatus.SCHEDULED, Send.scheduled_for.is_not(None))
+        .order_by(Send.scheduled_for, Send.id)
+    ).all()
+    listed = []
+    for send, edition in rows:
+        assert send.scheduled_for is not None
+        only_new = send.audience == Audience.NEW
+        readers = readers_by_language(session, edition.newsletter_id, edition.id, only_new)
+        listed.append(
+            ScheduledSend(
+                send.id, edition.key, send.scheduled_for, send.timezone, only_new, readers
+            )
+        )
+    return listed
+
+
+def cancel_scheduled(session: Session, send_id: int, now: datetime) -> bool:
+    """Cancel ``send_id`` if it has not started (``scheduled`` → ``cancelled``, one conditional
+    UPDATE, so a scheduler claiming it at the same moment wins or loses cleanly). Commits.
+    Returns False when it is not (or no longer) scheduled."""
+    result = session.execute(
+        update(Send)
+        .where(
+            Send.id == send_id,
+            Send.status.in_(sources_among(SendStatus.CANCELLED, SendStatus.SCHEDULED)),
+        )
+        .values(status=SendStatus.CANCELLED, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def render_send(
@@ -130,6 +280,7 @@ def plan_send(
         newsletter_id=newsletter.id,
         languages=tuple(sorted(renditions)),
         default_language=default,
+        only_new=send.audience == Audience.NEW,
     )
     if send.status == SendStatus.PLANNING:
         send.status = check(send.status, SendStatus.SENDING)
