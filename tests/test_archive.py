@@ -19,7 +19,7 @@ from worker.editions.files import read_edition
 from worker.editions.store import save_edition
 from worker.models import Delivery, Edition, Subscriber
 from worker.runtime import Runtime
-from worker.sending.sends import create_send
+from worker.sending.sends import Repeat, create_send
 from worker.states import DeliveryState, SendStatus
 from worker.web.app import create_app
 
@@ -62,7 +62,7 @@ def sending_with_one_copy_out(rt: Runtime, edition_id: int, started: datetime) -
         reader = session.scalars(select(Subscriber)).one()
         edition = session.get(Edition, edition_id)
         assert edition is not None
-        send = create_send(session, edition, started)
+        send = create_send(session, edition, started, repeat=Repeat.AGAIN)  # after others
         send.status, send.started_at = SendStatus.SENDING, started
         session.flush()
         session.add(
@@ -94,9 +94,10 @@ def test_editions_that_never_went_out_are_a_404_that_reveals_nothing(rt: Runtime
     with rt.session() as session:
         edition = session.get(Edition, edition_id)
         assert edition is not None
-        cancelled = create_send(session, edition, W28_OUT)
+        # not the first send of the edition in this test: the duplicate guard is told so
+        cancelled = create_send(session, edition, W28_OUT, repeat=Repeat.AGAIN)
         cancelled.status = SendStatus.CANCELLED  # stopped before anything went out
-        create_send(session, edition, W28_OUT)  # scheduled for later
+        create_send(session, edition, W28_OUT, repeat=Repeat.AGAIN)  # scheduled for later
     for path in PUBLIC_PATHS:
         assert client.get(path).status_code == 404
     assert "2024-W28" not in client.get("/archive").text

@@ -72,7 +72,10 @@ def test_a_refused_confirmation_mail_is_logged_and_shown(
     shown = CliRunner().invoke(
         main,
         ["subscribers", "show", READER],
-        env={"NEWSLETTER_DATABASE_URL": rt.settings.database_url},
+        env={
+            "NEWSLETTER_DATABASE_URL": rt.settings.database_url,
+            "NEWSLETTER_SECRET_KEY": rt.settings.secret_key,
+        },
     )
     assert shown.exit_code == 0, shown.output
     assert "  confirmation mail failed " in shown.output
