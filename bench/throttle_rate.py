@@ -69,6 +69,7 @@ def _worker(
                 if reservation.granted:
                     slot = at or 0.0  # the Redis server's clock
                     time.sleep(reservation.wait)
+                    throttle.sent(reservation.token)  # the message went out at once
                     with lock:
                         records.append((slot, time.time(), domain))
                     break
