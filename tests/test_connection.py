@@ -79,13 +79,21 @@ def test_a_421_at_connect_lowers_the_connection_cap_not_the_rate(
     throttle = LocalThrottle(global_rate=50.0, max_connections=3, settle_seconds=0)
     # When a batch runs into it
     report = run_batch(rt, send_id, throttle=throttle, mailer=SmtpMailer(server.url(), timeout=10))
-    # Then that delivery waits for its retry and the next one goes out on a new session
-    assert report.counts == {"deferred": 1, "sent": 1}
-    assert sorted(states(rt, send_id).values()) == ["deferred", "sent"]
+    # Then that delivery waits for its retry, and the batch gives its slot back and comes back
+    # soon for the rest (given back to the queue at once, not left claimed)
+    assert report.counts == {"deferred": 1}
+    assert report.retry_after == pytest.approx(1.0)
+    assert sorted(states(rt, send_id).values()) == ["deferred", "queued"]
     # and the cap is one lower for a while, while the message rate is untouched
     assert throttle.penalty("example.org") == 1.0
     assert throttle.acquire_connection("x", 10) and throttle.acquire_connection("y", 10)
     assert not throttle.acquire_connection("z", 10)
+    throttle.release_connection("x")
+    throttle.release_connection("y")
+    # the next run sends the rest on a new session
+    assert run_batch(rt, send_id, throttle=throttle, mailer=SmtpMailer(server.url())).counts == {
+        "sent": 1
+    }
 
 
 def test_a_451_about_the_rate_slows_that_domain_only(rt: Runtime, server: ScriptServer) -> None:

@@ -34,6 +34,7 @@ class BatchReport:
     counts: dict[str, int] = field(default_factory=dict)
     retry_after: float | None = None
     stopped: str | None = None  # the send's status when the batch stopped early (paused, cancelled)
+    session_refused: bool = False  # a 421 at connect: the batch gave its connection slot back
 
     def add(self, state: str, n: int = 1) -> None:
         """Count ``n`` deliveries that reached ``state``."""
@@ -122,7 +123,7 @@ def _send_with_connection(ctx: BatchContext, due: list[DueDelivery], report: Bat
     kept = False
     try:
         _send_chunks(ctx, due, slot, report)
-        kept = ctx.slot is not None
+        kept = ctx.slot is not None and not report.session_refused
     finally:
         if kept:
             slot.put_down()  # open for this thread's next batch, closed if none comes
@@ -188,6 +189,9 @@ def _send_claimed(
             return False
         status = _deliver(ctx, row, claims[row.id], composed, report, token)
         todo.pop(0)
+        if report.session_refused:  # one connection too many: give the slot back, come back
+            report.later(1.0)
+            return False
         if status != SendStatus.SENDING:
             report.stopped = status
             return False
@@ -215,7 +219,8 @@ def _reserve(ctx: BatchContext, domain: str) -> tuple[float | None, str]:
         in_reach = reservation.wait - horizon  # seconds until the slot is within the horizon
         if in_reach > deadline - time.monotonic():
             return max(in_reach, 0.01), ""
-        ctx.sleep(max(in_reach, 0.005))
+        # within the horizon yet refused: the rate window is full of messages in flight
+        ctx.sleep(in_reach if in_reach > 0 else max(reservation.wait, 0.005))
 
 
 def _deliver(
@@ -268,7 +273,9 @@ def _deliver(
         f"{outcome.code or 'no reply'} {outcome.text}".strip()[:300],
     )
     if outcome.at_connect and outcome.code == 421:
-        ctx.throttle.fewer_connections()  # too many sessions: fewer connections, same rate
+        # too many sessions: fewer connections (this one goes back), the same message rate
+        ctx.throttle.fewer_connections()
+        report.session_refused = True
     elif state == DeliveryState.DEFERRED and outcome.code in (421, 451):
         ctx.throttle.slow_down(subscriber.domain)
     return ctx.ledger.send_status(ctx.send_id)
