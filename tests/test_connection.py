@@ -106,3 +106,18 @@ def test_a_451_about_the_rate_slows_that_domain_only(rt: Runtime, server: Script
     assert throttle.penalty("example.org") == pytest.approx(2.0, abs=0.01)
     assert throttle.penalty("example.net") == 1.0
     assert throttle.acquire_connection("x", 10)  # no connection cap was touched
+
+
+def test_every_send_slot_leaves_the_rate_window_once_its_outcome_is_recorded(
+    rt: Runtime, server: ScriptServer
+) -> None:
+    """A slot never reported would hold a place in the rate window until its ttl (130 s): at
+    10/s, ten leaked slots stop every worker."""
+    server.handler.script["b@example.org"] = ["RCPT 550 5.1.1 no such user"]
+    seed(rt, ["a@example.org", "b@example.org", "c@example.org", "d@example.org"])
+    send_id = start_send(rt)
+    throttle = LocalThrottle(global_rate=50.0)
+    report = run_batch(rt, send_id, throttle=throttle, mailer=SmtpMailer(server.url(), timeout=10))
+    assert report.counts == {"sent": 3, "failed": 1}
+    assert throttle._inflight == {}  # all four reported (the 550 too: the relay answered)
+    assert throttle._done  # (entries older than a second are pruned at the next reservation)

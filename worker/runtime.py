@@ -7,6 +7,7 @@ demo, tests). Actors, the CLI, the web app and the demo pass its parts to the do
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,6 +194,9 @@ class Runtime:
             slot = self._local.connection = ConnectionSlot(
                 MeteredMailer(factory()), self.throttle, self.settings.smtp_idle_seconds
             )
+            # a worker stopped between batches gives its kept slot back (after the settle time)
+            # rather than leaving it taken until its ttl runs out
+            atexit.register(slot.close)
         return slot
 
     def _smtp_mailer(self) -> Mailer:

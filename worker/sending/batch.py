@@ -177,35 +177,43 @@ def _send_claimed(
 ) -> bool:
     """Send the claimed rows in order, removing each from ``todo`` once it has an outcome (or its
     claim was lost). Returns False when the batch must stop (``report`` says why)."""
-    while todo:
-        row = todo[0]
-        ctx.heartbeat()
-        composed = ctx.composer.compose(row.id, row.subscriber, row.language)
-        # The send slot is taken last, right before the SMTP transaction: whatever ran before
-        # (composing) must not shift the message past its slot into the next one.
-        wait, token = _reserve(ctx, row.domain)
-        if wait is not None:
-            report.later(wait)  # the batch comes back when the slot is near
-            return False
-        status = _deliver(ctx, row, claims[row.id], composed, report, token)
-        todo.pop(0)
-        if report.session_refused:  # one connection too many: give the slot back, come back
-            report.later(1.0)
-            return False
-        if status != SendStatus.SENDING:
-            report.stopped = status
-            return False
-    return True
+    replied = ""  # the slot of the message whose outcome was just recorded
+    try:
+        while todo:
+            row = todo[0]
+            ctx.heartbeat()
+            composed = ctx.composer.compose(row.id, row.subscriber, row.language)
+            # The send slot is taken last, right before the SMTP transaction: whatever ran
+            # before (composing) must not shift the message past its slot into the next one.
+            # The previous message's reply goes to the throttle in the same call.
+            wait, token = _reserve(ctx, row.domain, replied)
+            replied = ""
+            if wait is not None:
+                report.later(wait)  # the batch comes back when the slot is near
+                return False
+            replied = token  # reported after the outcome is recorded: a Redis error then
+            status = _deliver(ctx, row, claims[row.id], composed, report)  # loses nothing
+            todo.pop(0)
+            if report.session_refused:  # one connection too many: give the slot back
+                report.later(1.0)
+                return False
+            if status != SendStatus.SENDING:
+                report.stopped = status
+                return False
+        return True
+    finally:
+        ctx.throttle.sent(replied)
 
 
-def _reserve(ctx: BatchContext, domain: str) -> tuple[float | None, str]:
+def _reserve(ctx: BatchContext, domain: str, replied: str) -> tuple[float | None, str]:
     """Take a send slot for ``domain`` at most ``max_throttle_wait`` ahead and sleep until it;
     while the slot is further away, wait (up to ``max_throttle_wait`` in all) for it to come in
-    reach. Returns (None, the slot's token) once the slot has come, else (the seconds after
-    which to try again, "")."""
+    reach. ``replied``: the token of the previous message, whose reply has come. Returns (None,
+    the slot's token) once the slot has come, else (the seconds after which to try again,
+    "")."""
     horizon = ctx.policy.max_throttle_wait
     deadline = time.monotonic() + horizon
-    given_up = ""  # a slot missed by waking too late: it goes back with the next request
+    given_up = replied  # and a slot missed by waking too late goes back with the next request
     while True:
         reservation = ctx.throttle.reserve(domain, horizon, done=given_up)
         given_up = ""
@@ -229,11 +237,9 @@ def _deliver(
     attempt: int,
     composed: tuple[str, bytes],
     report: BatchReport,
-    token: str = "",
 ) -> str | None:
-    """One SMTP transaction for a claimed delivery, in the send slot ``token``; records its
-    outcome. Returns the send's status read after the outcome (the batch goes on only while it
-    is ``sending``)."""
+    """One SMTP transaction for a claimed delivery; records its outcome. Returns the send's
+    status read after the outcome (the batch goes on only while it is ``sending``)."""
     envelope_from, message = composed
     subscriber = row.subscriber
     fence: list[bool] = []
@@ -250,7 +256,6 @@ def _deliver(
         smtputf8=subscriber.ascii_email is None,
         before_data=before_data,
     )
-    ctx.throttle.sent(token)  # the reply is in: the message leaves the rate window's in-flight
     if fence and not fence[-1]:
         return ctx.ledger.send_status(ctx.send_id)  # taken back; whoever holds it now sends
     if outcome.accepted:
