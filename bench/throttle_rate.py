@@ -76,7 +76,8 @@ def _worker(
                 in_reach = reservation.wait - args.max_wait
                 if in_reach > deadline - time.monotonic():
                     break
-                time.sleep(max(in_reach, 0.005))
+                # within reach yet refused: the rate window is full of messages in flight
+                time.sleep(in_reach if in_reach > 0 else max(reservation.wait, 0.005))
 
     threads = [threading.Thread(target=loop) for _ in range(args.threads)]
     for thread in threads:

@@ -217,9 +217,14 @@ def test_three_processes_hold_the_configured_rates() -> None:
         check=True,
     )
     result = json.loads(out.stdout)
-    for name in ("global", "gmail.com", "mail.ru"):
+    # the rate window: never more than the global rate in any second of actual sending, however
+    # late the threads woke up
+    assert result["global"]["max_in_1s_woken"] <= result["global"]["configured"]
+    for name, low in (("global", 0.6), ("gmail.com", 0.75), ("mail.ru", 0.75)):
         row = result[name]
         # never above the rate (+1 at a window's edge); near it, though a busy 2-core machine
-        # starves threads (the 60 s benchmark on a quiet machine holds all three within 1.1 %)
+        # starves threads. The global rate pays for the window: 192 threads each holding a slot
+        # booked up to 2 s ahead for the slow domains take places in it (docs/dispatch.md);
+        # the 60 s benchmark reaches 0.74 of it, the domains 1.0.
         assert row["max_in_1s"] <= row["configured"] + 1, (name, row)
-        assert row["configured"] * 0.75 <= row["achieved"] <= row["configured"] * 1.02, (name, row)
+        assert row["configured"] * low <= row["achieved"] <= row["configured"] * 1.02, (name, row)
