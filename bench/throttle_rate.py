@@ -69,9 +69,10 @@ def _worker(
                 if reservation.granted:
                     slot = at or 0.0  # the Redis server's clock
                     time.sleep(reservation.wait)
-                    throttle.sent(reservation.token)  # the message went out at once
+                    woke = time.time()  # the message goes out, and its reply comes, at once
+                    throttle.sent(reservation.token)
                     with lock:
-                        records.append((slot, time.time(), domain))
+                        records.append((slot, woke, domain))
                     break
                 in_reach = reservation.wait - args.max_wait
                 if in_reach > deadline - time.monotonic():

@@ -52,8 +52,8 @@ def test_a_thread_keeps_its_connection_across_batches_then_closes_and_settles(
     seed(rt, [f"r{n}@example.org" for n in range(4)])
     send_id = start_send(rt)
     ids = delivery_ids(rt, send_id)
-    throttle = LocalThrottle(max_connections=1, settle_seconds=2.0)
-    slot = ConnectionSlot(SmtpMailer(server.url(), timeout=10), throttle, idle_seconds=0.3)
+    throttle = LocalThrottle(max_connections=1, settle_seconds=5.0)
+    slot = ConnectionSlot(SmtpMailer(server.url(), timeout=10), throttle, idle_seconds=60)
     before = server.handler.connections  # aiosmtpd's own check at start
     # When both batches run
     for first, last in ((ids[0], ids[1]), (ids[2], ids[3])):
@@ -65,10 +65,12 @@ def test_a_thread_keeps_its_connection_across_batches_then_closes_and_settles(
     assert (server.handler.connections - before, slot.reused) == (1, 1)
     assert set(states(rt, send_id).values()) == {"sent"}
     # and once idle, the thread closes it; its slot stays taken while the provider may count it
+    slot.idle_seconds = 0.05
+    slot.put_down()  # (the idle timer again, shorter)
     assert eventually(lambda: not slot.held)
     assert not throttle.acquire_connection("another thread", 10)
     assert eventually(lambda: server.handler.sessions == 0)
-    assert eventually(lambda: throttle.acquire_connection("another thread", 10), 5.0)
+    assert eventually(lambda: throttle.acquire_connection("another thread", 10), 10.0)
     assert server.handler.max_sessions == 1 and server.handler.limit_replies == 0
 
 
@@ -103,7 +105,7 @@ def test_a_451_about_the_rate_slows_that_domain_only(rt: Runtime, server: Script
     server.handler.script["a@example.org"] = ["RCPT 451 4.7.1 Rate limit exceeded, slow down"]
     seed(rt, ["a@example.org", "b@example.org", "c@example.net"])
     send_id = start_send(rt)
-    throttle = LocalThrottle(global_rate=50.0, recover_seconds=60.0)
+    throttle = LocalThrottle(global_rate=50.0, recover_seconds=3600.0)  # no recovery meanwhile
     report = run_batch(rt, send_id, throttle=throttle, mailer=SmtpMailer(server.url(), timeout=10))
     assert report.counts == {"deferred": 1, "sent": 2}
     assert throttle.penalty("example.org") == pytest.approx(2.0, abs=0.01)

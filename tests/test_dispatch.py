@@ -195,7 +195,7 @@ def test_replies_become_ledger_states_and_feedback(srt: Runtime, server: ScriptS
     )
     seed(srt, ["grey@example.com", "gone@example.com", "full@example.com", "fine@example.com"])
     send_id = start_send(srt)
-    throttle = LocalThrottle(domain_rates={"example.com": 100.0})
+    throttle = LocalThrottle(domain_rates={"example.com": 100.0}, recover_seconds=3600.0)
     started = srt.clock.now()
     report = run_batch(srt, send_id, throttle=throttle)
     assert report.counts == {"deferred": 2, "failed": 1, "sent": 1}
