@@ -144,7 +144,8 @@ def test_the_rate_window_counts_messages_in_flight_until_their_reply(
     nxt = throttle.reserve("example.org", 5.0, done=first[1].token)  # done: folded in
     elapsed = time.monotonic() - replied
     assert nxt.granted
-    assert 1.0 - elapsed - 0.01 <= nxt.wait <= 1.0 + 0.02
+    # (RedisThrottle then takes the next whole calendar cell: up to 1/3 s more at 3/s)
+    assert 1.0 - elapsed - 0.01 <= nxt.wait <= 1.0 + 1 / 3 + 0.02
     assert throttle.reserve("example.org", 5.0, done=first[2].token).granted
 
 

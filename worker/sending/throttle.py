@@ -74,6 +74,7 @@ if pen[1] then
   end
 end
 local maxwait = tonumber(ARGV[4])
+local wstart = 0
 local slot = now
 if drate > 0 then
   slot = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
@@ -88,7 +89,10 @@ if grate > 0 then
     return {0, tonumber(ARGV[8])}
   end
   local nth = redis.call('ZREVRANGE', KEYS[6], places - 1, places - 1, 'WITHSCORES')
-  if nth[2] then slot = math.max(slot, tonumber(nth[2]) + 1000) end
+  if nth[2] then
+    wstart = tonumber(nth[2]) + 1000
+    slot = math.max(slot, wstart)
+  end
 end
 if slot - now > maxwait then
   return {0, math.ceil(slot - now)}
@@ -100,6 +104,8 @@ if grate > 0 then
   local cal = KEYS[2] .. ':' .. tostring(grate)
   local k = math.floor(slot / gi)  -- the current cell counts: a message may go at once
   if (k + 1) * gi <= slot then k = k + 1 end  -- float rounding at a cell boundary
+  -- pushed by the window: the next whole cell, so slots stay 1/rate apart
+  if k * gi < wstart then k = math.ceil(wstart / gi) end
   local kmax = math.floor((now + maxwait) / gi)
   local taken = redis.call('ZRANGEBYSCORE', cal, k, kmax + 1)
   for _, member in ipairs(taken) do
