@@ -33,6 +33,7 @@ from worker.models import Delivery, Send, Subscriber
 from worker.operators import metrics
 from worker.sending.batch import BatchReport
 from worker.sending.composer import Composer
+from worker.sending.connection import ConnectionSlot
 from worker.sending.ledger import RETRYABLE, DeliveryLedger
 from worker.sending.policy import SendPolicy, backoff_seconds
 from worker.sending.ports import Clock, Mailer, Reservation, Throttle
@@ -61,28 +62,12 @@ def quote_periods(data: bytes) -> bytes:
 
 
 def _reserve_many(throttle: Throttle, domains: list[str], max_wait: float) -> list[Reservation]:
-    """The chunk's reservations in one Redis round trip (the throttle's own script, pipelined)."""
-    t: Any = throttle
-    if not hasattr(t, "_reserve") or not hasattr(t, "client"):
+    """The chunk's reservations in one Redis round trip (``RedisThrottle.reserve_many``)."""
+    many = getattr(throttle, "reserve_many", None)
+    if many is None:
         return [throttle.reserve(d, max_wait) for d in domains]
-    pipe = t.client.pipeline(transaction=False)
-    for domain in domains:
-        domain = domain.lower()
-        keys = [
-            f"{t.prefix}:rates",
-            f"{t.prefix}:next:global",
-            f"{t.prefix}:next:domain:{domain}",
-            f"{t.prefix}:penalty:{domain}",
-        ]
-        args = [
-            t.global_rate,
-            t.domain_rates.get(domain, 0.0),
-            domain,
-            int(max_wait * 1000),
-            t.recover_ms,
-        ]
-        t._reserve(keys=keys, args=args, client=pipe)
-    return [Reservation(granted=bool(r[0]), wait=int(r[1]) / 1000.0) for r in pipe.execute()]
+    reservations: list[Reservation] = many(domains, max_wait)
+    return reservations
 
 
 def send_batch(
@@ -98,9 +83,11 @@ def send_batch(
     policy: SendPolicy,
     sleep: Callable[[float], None] = time.sleep,
     heartbeat: Callable[[], None] = lambda: None,
+    slot: ConnectionSlot | None = None,
 ) -> BatchReport:
     """``worker.sending.batch.send_batch`` per chunk (same arguments, same report); raises
-    TypeError unless ``ledger`` is a ``SqlLedger``, as the chunks are written in SQL directly."""
+    TypeError unless ``ledger`` is a ``SqlLedger``, as the chunks are written in SQL directly.
+    ``slot`` is not used: the prototype closes its connection after each batch."""
     if not isinstance(ledger, SqlLedger):
         raise TypeError(f"the chunked prototype writes SQL: needs a SqlLedger, not {ledger!r}")
     session = ledger.session
@@ -200,7 +187,7 @@ def _send_chunks(
             if not reservation.granted:
                 report.later(reservation.wait)
                 break
-            granted.append((item, reservation.wait))
+            granted.append((item, reservation))
         if not granted:
             return
         throttle.acquire_connection(holder, policy.connection_ttl_seconds)  # extend
@@ -232,10 +219,11 @@ def _send_chunks(
             return
         accepted: list[dict[str, Any]] = []
         started = time.monotonic()
-        for (delivery_id, language, domain, subscriber), wait in granted:
+        for (delivery_id, language, domain, subscriber), reservation in granted:
             if delivery_id not in claimed:
+                throttle.sent(reservation.token)  # not sent: out of the rate window
                 continue  # another worker has it
-            delay = wait - (time.monotonic() - started)
+            delay = reservation.wait - (time.monotonic() - started)
             if delay > 0:
                 sleep(delay)  # the reserved slot's time
             envelope_from, message = composer.compose(delivery_id, subscriber, language)
@@ -243,6 +231,7 @@ def _send_chunks(
             outcome = mailer.send(
                 envelope_from, recipient, message, smtputf8=subscriber.ascii_email is None
             )
+            throttle.sent(reservation.token)
             if outcome.accepted:
                 accepted.append(
                     {

@@ -69,13 +69,16 @@ def _worker(
                 if reservation.granted:
                     slot = at or 0.0  # the Redis server's clock
                     time.sleep(reservation.wait)
+                    woke = time.time()  # the message goes out, and its reply comes, at once
+                    throttle.sent(reservation.token)
                     with lock:
-                        records.append((slot, time.time(), domain))
+                        records.append((slot, woke, domain))
                     break
                 in_reach = reservation.wait - args.max_wait
                 if in_reach > deadline - time.monotonic():
                     break
-                time.sleep(max(in_reach, 0.005))
+                # within reach yet refused: the rate window is full of messages in flight
+                time.sleep(in_reach if in_reach > 0 else max(reservation.wait, 0.005))
 
     threads = [threading.Thread(target=loop) for _ in range(args.threads)]
     for thread in threads:

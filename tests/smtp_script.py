@@ -10,7 +10,10 @@ next new connection instead of the greeting and closes it. Unscripted recipients
 
 Everything is recorded: ``accepted`` (recipient → number of accepted DATA), ``attempts``
 (recipient → RCPT times, monotonic seconds), ``accept_times``, ``dropped`` and the highest number
-of concurrent sessions.
+of concurrent sessions. A session counts from the accepted connection until the connection is
+closed, plus ``close_lag`` seconds: like a real provider, the server still counts a session for a
+moment after the client's QUIT, so a client that opens a new connection the instant it closed
+one is seen holding one more than it thinks.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class ScriptHandler:
         rcpt_delay: dict[str, float] | None = None,
         max_sessions: int = 0,
         max_per_second: int = 0,
+        close_lag: float = 0.0,
     ) -> None:
         self.script = script or {}
         self.connect_replies = list(connect_replies or [])
@@ -53,6 +57,7 @@ class ScriptHandler:
         self.rcpt_delay = dict(rcpt_delay or {})  # recipient → seconds before answering RCPT
         self.session_limit = max_sessions  # a provider's limits: beyond them it answers 421/451
         self.per_second_limit = max_per_second
+        self.close_lag = close_lag  # seconds a closed session is still counted
         self.limit_replies = 0
         self.lock = threading.Lock()
         self.accepted: collections.Counter[str] = collections.Counter()
@@ -139,6 +144,15 @@ class ScriptHandler:
         with self.lock:
             self.sessions -= 1
 
+    def session_closed(self) -> None:
+        """The connection closed: the session stops counting ``close_lag`` seconds later."""
+        if self.close_lag <= 0:
+            self.session_ended()
+            return
+        timer = threading.Timer(self.close_lag, self.session_ended)
+        timer.daemon = True
+        timer.start()
+
 
 class _ScriptSMTP(SMTP):
     _ended = False
@@ -146,7 +160,7 @@ class _ScriptSMTP(SMTP):
     def _end(self) -> None:
         if not self._ended:
             self._ended = True
-            self.event_handler.session_ended()
+            self.event_handler.session_closed()
 
     async def _handle_client(self) -> None:
         handler: ScriptHandler = self.event_handler
@@ -160,10 +174,6 @@ class _ScriptSMTP(SMTP):
             await super()._handle_client()
         finally:
             self._end()
-
-    async def smtp_QUIT(self, arg: str) -> None:
-        self._end()  # the session is over for the client once it sent QUIT
-        await super().smtp_QUIT(arg)
 
 
 class _ScriptController(Controller):

@@ -195,13 +195,13 @@ def test_replies_become_ledger_states_and_feedback(srt: Runtime, server: ScriptS
     )
     seed(srt, ["grey@example.com", "gone@example.com", "full@example.com", "fine@example.com"])
     send_id = start_send(srt)
-    throttle = LocalThrottle(domain_rates={"example.com": 100.0})
+    throttle = LocalThrottle(domain_rates={"example.com": 100.0}, recover_seconds=3600.0)
     started = srt.clock.now()
     report = run_batch(srt, send_id, throttle=throttle)
     assert report.counts == {"deferred": 2, "failed": 1, "sent": 1}
     # the first retry comes 1 s (+ up to 25 % jitter) after the reply, minus the rest of the batch
     assert report.retry_after is not None and 0.3 <= report.retry_after <= 1.25
-    assert throttle.domain_rates["example.com"] == 50.0  # halved after the 451
+    assert throttle.penalty("example.com") == pytest.approx(2.0, abs=0.05)  # halved by the 451
     with srt.session() as session:
         deferred = session.scalars(select(Delivery).where(Delivery.state == "deferred")).all()
         retry_at = started + timedelta(seconds=1)

@@ -416,10 +416,15 @@ def test_database_connections_killed_mid_batch_lose_nothing_and_double_nothing(
 class DownThrottle:
     """A throttle whose Redis went away between the claim and the send slot."""
 
-    def reserve(self, domain: str, max_wait: float) -> Any:
+    def reserve(self, domain: str, max_wait: float, done: str = "") -> Any:
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
+    def sent(self, token: str) -> None: ...
+
     def slow_down(self, domain: str) -> None: ...
+
+    def fewer_connections(self) -> int:
+        return 0
 
     def acquire_connection(self, holder: str, ttl: float) -> bool:
         return True

@@ -176,27 +176,40 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
     return max((bisect_right(times, t + window - 1e-9) - i for i, t in enumerate(times)), default=0)
 
 
+def achieved_ratio(times: list[float], rate: float) -> float:
+    """Accepted messages per second from the first acceptance to the last, over ``rate``."""
+    times = sorted(times)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0]) / rate
+
+
 def test_q04_rate_and_connections_held_across_worker_processes(
     pg: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """4 processes × 8 threads against a provider allowing 10 messages/s and 5 sessions (it
-    answers 421/451 beyond). Scaled: 200 of the 600 recipients (22 s instead of 60 s). The global
-    rate is configured at 9/s, 10 % under the provider's limit: our slots are exactly 1/rate apart,
-    but the provider counts arrival times, which jitter on a busy machine (at exactly 10/s every
-    jitter risks an 11th message in some second). On an idle machine the provider refuses nothing
-    (the case expects 0); on a 2-core machine at load 20–40, scheduling delays of up to a second
-    between our slot and the arrival made it refuse one or two, so the test allows 2 % (each such
-    recipient is deferred and accepted later, exactly once: waiting, not dropping)."""
+    """4 processes × 8 threads, all 600 recipients, configured at the provider's own limits (10
+    messages/s, 5 sessions) against a server that answers 421 to a 6th session and 451 to an
+    11th message in any second, and that counts a session until a moment (0.2 s) after its
+    connection closed, as real providers do.
+
+    Every figure asserted is the server's own count, so a loaded machine slows the run but cannot
+    fail it: nobody refused (no 421, no 451), every recipient accepted once, never more than 10
+    acceptances in any sliding second, never more than 5 sessions. The achieved rate (first to
+    last acceptance, over the configured 10/s) is printed for docs/benchmarks.md, not asserted:
+    it is wall time."""
     given = case("q04_rate_limit_across_worker_processes.json")["given"]
-    recipients = given["recipients"][:200]
+    recipients = given["recipients"]
     limits = given["provider_limits"]
+    rate = limits["messages_per_second"]
     handler = ScriptHandler(
         max_sessions=limits["max_concurrent_connections"],
-        max_per_second=limits["messages_per_second"],
+        max_per_second=rate,
+        close_lag=0.2,
+        keep_data=False,
     )
     settings = {
         **FAST,
-        "global_rate": 9,
+        "global_rate": rate,
         "max_smtp_connections": limits["max_concurrent_connections"],
         "send_batch_size": 10,
         "claim_lease_seconds": 60,
@@ -213,19 +226,21 @@ def test_q04_rate_and_connections_held_across_worker_processes(
         fleet.start_workers("w", given["worker_processes"], given["worker_threads_per_process"])
         fleet.start_scheduler(1.0)
         enqueue(redis_server.url, "sends", "plan_send", send_id)
-        wait_for(
-            lambda: finished(rt, send_id),
-            100,
-            fleet,
-            "the send to finish",
-        )
+        # generous: 60 s at the full rate; a machine at load 10 may take several times that
+        wait_for(lambda: finished(rt, send_id), 900, fleet, "the send to finish")
     expected = case_expected("q04")
-    assert sum(handler.accepted.values()) == len(recipients)
+    ratio = achieved_ratio(handler.accept_times, rate)
+    print(
+        f"q04: accepted {sum(handler.accepted.values())}/{len(recipients)}, "
+        f"achieved/configured {ratio:.3f}, max in 1 s {max_in_window(handler.accept_times)}, "
+        f"max sessions {handler.max_sessions}, connections {handler.connections}, "
+        f"4xx {handler.limit_replies}"
+    )
+    assert sum(handler.accepted.values()) == expected["accepted_data_total"] == len(recipients)
     assert set(handler.accepted.values()) == {1}
     assert max_in_window(handler.accept_times) <= expected["max_accepted_in_any_1s_window"]
     assert handler.max_sessions <= expected["max_concurrent_smtp_sessions"]
-    assert expected["smtp_4xx_throttle_replies_received"] == 0
-    assert handler.limit_replies <= len(recipients) // 50  # see the docstring
+    assert handler.limit_replies == expected["smtp_4xx_throttle_replies_received"] == 0
     assert set(states(rt, send_id).values()) == {"sent"}
     assert dead_letters(redis_server.url) == 0
 

@@ -1,5 +1,7 @@
 """The shared throttle on a real Redis: slot spacing, live rate changes, adaptive slowing,
-the connection cap, and several processes holding the configured rates."""
+the connection cap, and several processes holding the configured rates. The rules both
+throttles share (rate window, AIMD slowing, connection settle and cut) run on ``RedisThrottle``
+and ``LocalThrottle`` alike."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,8 @@ import redis
 from tests.sendkit import run_batch, seed, start_send, states
 from tests.services import redis_url
 from worker.runtime import Runtime
-from worker.sending.throttle import RedisThrottle
+from worker.sending.ports import Throttle
+from worker.sending.throttle import LocalThrottle, RedisThrottle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
+
+
+ThrottleFactory = Callable[..., RedisThrottle | LocalThrottle]
+
+
+@pytest.fixture(params=["redis", "local"])
+def make(request: pytest.FixtureRequest, client: redis.Redis) -> ThrottleFactory:
+    """Builds either throttle with the same keyword arguments."""
+    if request.param == "redis":
+        return lambda **kw: RedisThrottle(client, **kw)
+    return lambda **kw: LocalThrottle(**kw)
 
 
 def reserve_times(throttle: RedisThrottle, domain: str, n: int) -> list[float]:
@@ -35,6 +50,8 @@ def reserve_times(throttle: RedisThrottle, domain: str, n: int) -> list[float]:
         if reservation.granted:
             assert at is not None
             out.append(at)  # the slot on the Redis server's clock
+            time.sleep(reservation.wait)  # as a batch does: the message goes at its slot …
+            throttle.sent(reservation.token)  # … and its reply comes
         else:  # the domain is the bottleneck: ask again when it is free
             time.sleep(reservation.wait)
     return out
@@ -69,30 +86,95 @@ def test_a_busy_domain_does_not_hold_back_the_others(client: redis.Redis) -> Non
     assert throttle.reserve("gmail.com", 1.0).wait <= 0.021  # … without holding back the others
 
 
-def test_421_halves_a_domain_rate_which_then_recovers(client: redis.Redis) -> None:
-    throttle = RedisThrottle(client, domain_rates={"gmail.com": 40.0}, recover_seconds=0.6)
-    throttle.slow_down("gmail.com")
-    assert throttle.penalty("gmail.com") == 2
-    times = reserve_times(throttle, "gmail.com", 5)
-    assert times[-1] - times[0] == pytest.approx(4 / 20.0, abs=0.01)  # 20/s instead of 40/s
+def test_a_rate_reply_halves_the_rate_once_a_second_and_it_climbs_back(
+    make: ThrottleFactory,
+) -> None:
+    """AIMD: the replies to messages already under way (within a second) cut once; the rate then
+    climbs back linearly, at the configured rate ``recover_seconds`` after the cut. Bounds are
+    taken from measured times, so a stalled machine cannot fail it."""
+    recover = 100.0
+    throttle = make(domain_rates={"gmail.com": 40.0}, recover_seconds=recover)
     before = time.monotonic()
     throttle.slow_down("gmail.com")
+    throttle.slow_down("gmail.com")  # a second reply in the same second: no second cut
+    throttle.slow_down("GMail.com")
+    share = 1.0 / throttle.penalty("gmail.com")
     after = time.monotonic()
-    assert throttle.penalty("gmail.com") == 4
-    for _ in range(2):  # each recovery period (0.6 s) doubles the rate back
-        time.sleep(0.65)
-        low, penalty, high = (
-            time.monotonic() - after,
-            throttle.penalty("gmail.com"),
-            time.monotonic() - before,
-        )
-        assert penalty in {max(1, 4 / 2 ** int(elapsed / 0.6)) for elapsed in (low, high)}
-    assert throttle.penalty("gmail.com") < 4
+    if after - before < 1.0:  # (a machine stalled for a second would rightly cut twice)
+        assert 0.5 - 0.001 <= share <= 0.5 + (after - before) / recover + 0.001
+    time.sleep(1.05)
+    low = time.monotonic() - after
+    throttle.slow_down("gmail.com")  # a new cut, from the share it had climbed back to
+    share = 1.0 / throttle.penalty("gmail.com")
+    high = time.monotonic() - before
+    assert (0.5 + low / recover) / 2 - 0.001 <= share <= (0.5 + high / recover) / 2 + 0.01
+    assert share < 0.5 * 0.7  # lower than after the first cut: not back to full rate in between
+
+
+def test_a_slowed_rate_is_back_within_recover_seconds(make: ThrottleFactory) -> None:
+    throttle = make(domain_rates={"gmail.com": 40.0}, recover_seconds=1.0)
+    throttle.slow_down("gmail.com")
+    assert 1.0 <= throttle.penalty("gmail.com") <= 2.0 + 1e-6
+    time.sleep(1.05)
+    assert throttle.penalty("gmail.com") == 1.0
+    slots = []
+    for _ in range(3):
+        called = time.monotonic()
+        reservation = throttle.reserve("gmail.com", 1.0)
+        assert reservation.granted
+        slots.append(called + reservation.wait)
+    # 40/s again: the third slot 50 ms after the first (20/s would be 100 ms)
+    assert slots[2] - slots[0] == pytest.approx(0.05, abs=0.015)
+
+
+def test_the_rate_window_counts_messages_in_flight_until_their_reply(
+    make: ThrottleFactory,
+) -> None:
+    """At 3/s, three messages in flight fill the window; once one has its reply, the next may
+    start a second after that reply, not before (a late message cannot crowd a provider's
+    second)."""
+    throttle: Throttle = make(global_rate=3.0)
+    first = [throttle.reserve("example.org", 5.0) for _ in range(3)]
+    assert all(r.granted and r.token for r in first)
+    full = throttle.reserve("example.org", 5.0)
+    assert not full.granted and full.wait == pytest.approx(0.05)  # ask again shortly
+    throttle.sent(first[0].token)
+    replied = time.monotonic()
+    throttle.sent(first[0].token)  # reported twice: counted once
+    nxt = throttle.reserve("example.org", 5.0, done=first[1].token)  # done: folded in
+    elapsed = time.monotonic() - replied
+    assert nxt.granted
+    # (RedisThrottle then takes the next whole calendar cell: up to 1/3 s more at 3/s)
+    assert 1.0 - elapsed - 0.01 <= nxt.wait <= 1.0 + 1 / 3 + 0.02
+    assert throttle.reserve("example.org", 5.0, done=first[2].token).granted
+
+
+def test_a_released_connection_slot_settles_before_reuse(make: ThrottleFactory) -> None:
+    throttle = make(max_connections=1, settle_seconds=3.0)
+    assert throttle.acquire_connection("p1", 10)
+    throttle.release_connection("p1")
+    assert not throttle.acquire_connection("p2", 10)  # the provider still counts p1's session
+    assert not throttle.acquire_connection("p1", 10)  # nor does p1 get it back under its name
+    time.sleep(3.05)
+    assert throttle.acquire_connection("p2", 10)
+
+
+def test_a_421_at_connect_lowers_the_connection_cap_for_a_while(make: ThrottleFactory) -> None:
+    throttle = make(max_connections=3, recover_seconds=3.0, settle_seconds=0)
+    assert throttle.fewer_connections() == 1
+    assert throttle.fewer_connections() == 1  # the same second: one cut
+    assert throttle.acquire_connection("a", 10) and throttle.acquire_connection("b", 10)
+    assert not throttle.acquire_connection("c", 10)  # 2 instead of 3
+    assert throttle.penalty("example.org") == 1.0  # the message rate is untouched
+    time.sleep(3.05)
+    assert throttle.acquire_connection("c", 10)  # the cap is back
 
 
 def test_connection_slots_are_shared_capped_and_expire(client: redis.Redis) -> None:
-    a = RedisThrottle(client, max_connections=2)
-    b = RedisThrottle(redis.Redis(connection_pool=client.connection_pool), max_connections=2)
+    a = RedisThrottle(client, max_connections=2, settle_seconds=0)
+    b = RedisThrottle(
+        redis.Redis(connection_pool=client.connection_pool), max_connections=2, settle_seconds=0
+    )
     assert a.acquire_connection("p1", 10) and b.acquire_connection("p2", 0.3)
     assert not a.acquire_connection("p3", 10)
     assert a.acquire_connection("p1", 10)  # extending one's own slot always works
@@ -144,9 +226,14 @@ def test_three_processes_hold_the_configured_rates() -> None:
         check=True,
     )
     result = json.loads(out.stdout)
-    for name in ("global", "gmail.com", "mail.ru"):
+    # the rate window: never more than the global rate in any second of actual sending, however
+    # late the threads woke up
+    assert result["global"]["max_in_1s_woken"] <= result["global"]["configured"]
+    for name, low in (("global", 0.6), ("gmail.com", 0.75), ("mail.ru", 0.75)):
         row = result[name]
         # never above the rate (+1 at a window's edge); near it, though a busy 2-core machine
-        # starves threads (the 60 s benchmark on a quiet machine holds all three within 1.1 %)
+        # starves threads. The global rate pays for the window: 192 threads each holding a slot
+        # booked up to 2 s ahead for the slow domains take places in it (docs/dispatch.md);
+        # the 60 s benchmark reaches 0.74 of it, the domains 1.0.
         assert row["max_in_1s"] <= row["configured"] + 1, (name, row)
-        assert row["configured"] * 0.75 <= row["achieved"] <= row["configured"] * 1.02, (name, row)
+        assert row["configured"] * low <= row["achieved"] <= row["configured"] * 1.02, (name, row)

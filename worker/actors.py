@@ -207,6 +207,7 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
     rt = runtime()
     name = batch_name(send_id, first_id, last_id)
     grace = rt.settings.batch_grace_seconds
+    connection = rt.connection
     with rt.session() as session, log_context(send_id=send_id):
         report = send_batch_domain(
             rt.ledger(session),
@@ -214,11 +215,12 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
             first_id,
             last_id,
             composer=rt.composer(session, send_id),
-            mailer=rt.mailer,
+            mailer=connection.mailer,
             throttle=rt.throttle,
             clock=rt.clock,
             policy=rt.policy,
             heartbeat=lambda: rt.hints.alive(name, grace, extend_only=False),
+            slot=connection,
         )
     if report.retry_after is not None and report.stopped is None:
         enqueue_batch(send_id, first_id, last_id, report.retry_after)

@@ -7,6 +7,7 @@ demo, tests). Actors, the CLI, the web app and the demo pass its parts to the do
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from worker.feedback.refusals import RefusalFeedback
 from worker.models import Edition, Newsletter, Send
 from worker.operators.metrics import MeteredMailer, SendingCounters, install_session_hooks
 from worker.sending.composer import Composer, Links
+from worker.sending.connection import ConnectionSlot
 from worker.sending.dkim import DkimSigner
 from worker.sending.policy import SendPolicy
 from worker.sending.ports import Clock, Mailer, SendingMetrics, SystemClock, Throttle
@@ -153,13 +155,22 @@ class Runtime:
             return self.throttle_override
         s = self.settings
         if self.redis is None:
-            return LocalThrottle(s.global_rate, s.rates_by_domain, s.max_smtp_connections)
+            return LocalThrottle(
+                s.global_rate,
+                s.rates_by_domain,
+                s.max_smtp_connections,
+                recover_seconds=s.throttle_recover_seconds,
+                settle_seconds=s.smtp_settle_seconds,
+                inflight_seconds=self.policy.connection_ttl_seconds,
+            )
         return RedisThrottle(
             self.redis,
             global_rate=s.global_rate,
             domain_rates=s.rates_by_domain,
             max_connections=s.max_smtp_connections,
             recover_seconds=s.throttle_recover_seconds,
+            settle_seconds=s.smtp_settle_seconds,
+            inflight_seconds=self.policy.connection_ttl_seconds,
         )
 
     @property
@@ -172,8 +183,27 @@ class Runtime:
             mailer = self._local.mailer = MeteredMailer(factory())
         return mailer
 
+    @property
+    def connection(self) -> ConnectionSlot:
+        """This thread's SMTP connection for batches and its slot: kept open between the
+        thread's batches for ``smtp_idle_seconds`` (``worker.sending.connection``). Its mailer is
+        not ``mailer`` (transactional mail): the idle timer closes it from another thread."""
+        slot: ConnectionSlot | None = getattr(self._local, "connection", None)
+        if slot is None:
+            factory = self.mailer_factory or self._smtp_mailer
+            slot = self._local.connection = ConnectionSlot(
+                MeteredMailer(factory()), self.throttle, self.settings.smtp_idle_seconds
+            )
+            # a worker stopped between batches gives its kept slot back (after the settle time)
+            # rather than leaving it taken until its ttl runs out
+            atexit.register(slot.close)
+        return slot
+
     def _smtp_mailer(self) -> Mailer:
-        return SmtpMailer(self.settings.smtp_url, timeout=self.settings.smtp_timeout_seconds)
+        s = self.settings
+        return SmtpMailer(
+            s.smtp_url, timeout=s.smtp_timeout_seconds, settle_seconds=s.smtp_settle_seconds
+        )
 
     @cached_property
     def dkim_signer(self) -> DkimSigner | None:

@@ -98,9 +98,12 @@ class Settings:
     retry_base_seconds: float = 60.0  # first retry after a 4xx; doubles per attempt, plus jitter
     retry_cap_seconds: float = 3600.0  # longest wait between two attempts
     max_throttle_wait: float = 2.0  # a batch sleeps up to this for a send slot, else re-enqueues
-    throttle_recover_seconds: float = (
-        60.0  # after a 421/451 halving, the rate doubles back per period
-    )
+    # after a 421/451 about the rate halves a domain's rate, it climbs back linearly to the
+    # configured rate over this; a 421 at connect lowers the connection cap by one this long
+    throttle_recover_seconds: float = 60.0
+    # a closed SMTP connection's slot frees this long after QUIT (the relay still counts it)
+    smtp_settle_seconds: float = 1.0
+    smtp_idle_seconds: float = 1.0  # a worker thread keeps its connection this long between batches
     batch_grace_seconds: float = 120.0  # a batch message silent this long is re-enqueued
     confirmation_expiry_hours: float = 72.0
     smtputf8_relay: bool = True

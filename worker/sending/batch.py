@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.sending.composer import Composer
+from worker.sending.connection import ConnectionSlot
 from worker.sending.ledger import DeliveryLedger, DueDelivery
 from worker.sending.policy import SendPolicy
 from worker.sending.ports import Clock, Mailer, Throttle
@@ -34,6 +34,7 @@ class BatchReport:
     counts: dict[str, int] = field(default_factory=dict)
     retry_after: float | None = None
     stopped: str | None = None  # the send's status when the batch stopped early (paused, cancelled)
+    session_refused: bool = False  # a 421 at connect: the batch gave its connection slot back
 
     def add(self, state: str, n: int = 1) -> None:
         """Count ``n`` deliveries that reached ``state``."""
@@ -58,6 +59,7 @@ class BatchContext:
     policy: SendPolicy
     sleep: Callable[[float], None] = time.sleep
     heartbeat: Callable[[], None] = lambda: None  # "this batch is alive" (at most once a second)
+    slot: ConnectionSlot | None = None  # the thread's kept connection; None: one for this batch
 
 
 def send_batch(
@@ -73,17 +75,22 @@ def send_batch(
     policy: SendPolicy,
     sleep: Callable[[float], None] = time.sleep,
     heartbeat: Callable[[], None] = lambda: None,
+    slot: ConnectionSlot | None = None,
 ) -> BatchReport:
     """Send the due deliveries of ``send_id`` with ids in [first_id, last_id].
 
     Safe to run twice or concurrently for the same range: deliveries are claimed atomically (a
     chunk of ``policy.claim_chunk`` at a time), and only while the send is ``sending``; a pause or
     cancel stops the batch after the message in flight (its outcome write reads the send's
-    status). Holds one shared SMTP connection slot while it runs and closes the connection at the
-    end. Returns a ``BatchReport``; never raises for SMTP errors (they are outcomes).
+    status). Holds one shared SMTP connection slot while it runs: ``slot`` (the worker thread's
+    ``ConnectionSlot`` over ``mailer``) keeps the connection open for the thread's next batch;
+    without one the connection is closed at the end. Returns a ``BatchReport``; never raises for
+    SMTP errors (they are outcomes).
     """
     beat = _every_second(heartbeat)
-    ctx = BatchContext(ledger, send_id, composer, mailer, throttle, clock, policy, sleep, beat)
+    ctx = BatchContext(
+        ledger, send_id, composer, mailer, throttle, clock, policy, sleep, beat, slot
+    )
     report = BatchReport()
     status = ledger.send_status(send_id)
     if status != SendStatus.SENDING:
@@ -105,16 +112,23 @@ def send_batch(
 
 
 def _send_with_connection(ctx: BatchContext, due: list[DueDelivery], report: BatchReport) -> None:
-    """Send ``due`` holding a shared SMTP connection slot; none free: ask to come back soon."""
-    holder = uuid.uuid4().hex
-    if not _take_connection(ctx, holder):
+    """Send ``due`` holding a shared SMTP connection slot; none free in time: come back soon."""
+    slot = ctx.slot or ConnectionSlot(ctx.mailer, ctx.throttle)
+    policy = ctx.policy
+    if not slot.take(
+        policy.connection_ttl_seconds, policy.connection_wait_seconds, ctx.sleep, ctx.heartbeat
+    ):
         report.later(0.5 + random.random())  # every slot busy: try again soon
         return
+    kept = False
     try:
-        _send_chunks(ctx, due, holder, report)
+        _send_chunks(ctx, due, slot, report)
+        kept = ctx.slot is not None and not report.session_refused
     finally:
-        ctx.mailer.close()  # QUIT first: the slot is free only once the session is over
-        ctx.throttle.release_connection(holder)
+        if kept:
+            slot.put_down()  # open for this thread's next batch, closed if none comes
+        else:
+            slot.close()  # QUIT first: the slot is free only once the session is over
 
 
 def _every_second(heartbeat: Callable[[], None]) -> Callable[[], None]:
@@ -130,18 +144,8 @@ def _every_second(heartbeat: Callable[[], None]) -> Callable[[], None]:
     return beat
 
 
-def _take_connection(ctx: BatchContext, holder: str) -> bool:
-    """Wait up to ``max_throttle_wait`` for a shared SMTP connection slot."""
-    deadline = time.monotonic() + ctx.policy.max_throttle_wait
-    while not ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds):
-        if time.monotonic() >= deadline:
-            return False
-        ctx.sleep(0.05 + random.random() * 0.1)
-    return True
-
-
 def _send_chunks(
-    ctx: BatchContext, rows: list[DueDelivery], holder: str, report: BatchReport
+    ctx: BatchContext, rows: list[DueDelivery], slot: ConnectionSlot, report: BatchReport
 ) -> None:
     """Claim the rows a chunk at a time and send each claimed one; stops early when the send
     is no longer ``sending`` or the throttle asks to come back later."""
@@ -149,7 +153,7 @@ def _send_chunks(
     for start in range(0, len(rows), size):
         chunk = rows[start : start + size]
         ctx.heartbeat()
-        ctx.throttle.acquire_connection(holder, ctx.policy.connection_ttl_seconds)  # extend
+        slot.extend(ctx.policy.connection_ttl_seconds)
         ids = [row.id for row in chunk]
         claims = ctx.ledger.claim(ctx.send_id, ids, ctx.clock.now(), ctx.policy.lease_seconds)
         if not claims:
@@ -173,42 +177,58 @@ def _send_claimed(
 ) -> bool:
     """Send the claimed rows in order, removing each from ``todo`` once it has an outcome (or its
     claim was lost). Returns False when the batch must stop (``report`` says why)."""
-    while todo:
-        row = todo[0]
-        ctx.heartbeat()
-        composed = ctx.composer.compose(row.id, row.subscriber, row.language)
-        # The send slot is taken last, right before the SMTP transaction: whatever ran before
-        # (composing) must not shift the message past its slot into the next one.
-        wait = _reserve(ctx, row.domain)
-        if wait is not None:
-            report.later(wait)  # the batch comes back when the slot is near
-            return False
-        status = _deliver(ctx, row, claims[row.id], composed, report)
-        todo.pop(0)
-        if status != SendStatus.SENDING:
-            report.stopped = status
-            return False
-    return True
+    replied = ""  # the slot of the message whose outcome was just recorded
+    try:
+        while todo:
+            row = todo[0]
+            ctx.heartbeat()
+            composed = ctx.composer.compose(row.id, row.subscriber, row.language)
+            # The send slot is taken last, right before the SMTP transaction: whatever ran
+            # before (composing) must not shift the message past its slot into the next one.
+            # The previous message's reply goes to the throttle in the same call.
+            wait, token = _reserve(ctx, row.domain, replied)
+            replied = ""
+            if wait is not None:
+                report.later(wait)  # the batch comes back when the slot is near
+                return False
+            replied = token  # reported after the outcome is recorded: a Redis error then
+            status = _deliver(ctx, row, claims[row.id], composed, report)  # loses nothing
+            todo.pop(0)
+            if report.session_refused:  # one connection too many: give the slot back
+                report.later(1.0)
+                return False
+            if status != SendStatus.SENDING:
+                report.stopped = status
+                return False
+        return True
+    finally:
+        ctx.throttle.sent(replied)
 
 
-def _reserve(ctx: BatchContext, domain: str) -> float | None:
+def _reserve(ctx: BatchContext, domain: str, replied: str) -> tuple[float | None, str]:
     """Take a send slot for ``domain`` at most ``max_throttle_wait`` ahead and sleep until it;
     while the slot is further away, wait (up to ``max_throttle_wait`` in all) for it to come in
-    reach. Returns None once the slot has come, else the seconds after which to try again."""
+    reach. ``replied``: the token of the previous message, whose reply has come. Returns (None,
+    the slot's token) once the slot has come, else (the seconds after which to try again,
+    "")."""
     horizon = ctx.policy.max_throttle_wait
     deadline = time.monotonic() + horizon
+    given_up = replied  # and a slot missed by waking too late goes back with the next request
     while True:
-        reservation = ctx.throttle.reserve(domain, horizon)
+        reservation = ctx.throttle.reserve(domain, horizon, done=given_up)
+        given_up = ""
         if reservation.granted:
             due = time.monotonic() + reservation.wait
             ctx.sleep(reservation.wait)
             if time.monotonic() - due <= LATE_WAKEUP_SECONDS or time.monotonic() > deadline:
-                return None
+                return None, reservation.token
+            given_up = reservation.token
             continue  # woke up too late (a busy machine): sending now would crowd the next slot
         in_reach = reservation.wait - horizon  # seconds until the slot is within the horizon
         if in_reach > deadline - time.monotonic():
-            return max(in_reach, 0.01)
-        ctx.sleep(max(in_reach, 0.005))
+            return max(in_reach, 0.01), ""
+        # within the horizon yet refused: the rate window is full of messages in flight
+        ctx.sleep(in_reach if in_reach > 0 else max(reservation.wait, 0.005))
 
 
 def _deliver(
@@ -257,7 +277,11 @@ def _deliver(
         state,
         f"{outcome.code or 'no reply'} {outcome.text}".strip()[:300],
     )
-    if state == DeliveryState.DEFERRED and outcome.code in (421, 451):
+    if outcome.at_connect and outcome.code == 421:
+        # too many sessions: fewer connections (this one goes back), the same message rate
+        ctx.throttle.fewer_connections()
+        report.session_refused = True
+    elif state == DeliveryState.DEFERRED and outcome.code in (421, 451):
         ctx.throttle.slow_down(subscriber.domain)
     return ctx.ledger.send_status(ctx.send_id)
 

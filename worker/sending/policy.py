@@ -26,6 +26,9 @@ class SendPolicy:
         2.0  # wait in-process up to this long for a send slot, else re-enqueue
     )
     connection_ttl_seconds: float = 130.0  # a dead process's SMTP connection slot frees after this
+    # a batch waits in-process this long for a connection slot (a re-enqueued batch would leave
+    # the slot idle until its delay ran out), else re-enqueues itself
+    connection_wait_seconds: float = 30.0
     claim_chunk: int = 50  # deliveries claimed per UPDATE (unsent claims are given back at once)
     hash_key: str = ""  # for suppressions (see worker.subscriptions.suppressions)
 

@@ -31,6 +31,7 @@ class SmtpOutcome:
     text: str
     uncertain: bool = False
     local: bool = False  # refused by us, not the relay (e.g. no SMTPUTF8): no recipient feedback
+    at_connect: bool = False  # the relay refused the session (greeting, AUTH), not the message
 
     @property
     def accepted(self) -> bool:
@@ -69,21 +70,28 @@ class Mailer(Protocol):
 @dataclass(frozen=True)
 class Reservation:
     """A send slot: ``granted`` means send after sleeping ``wait`` seconds; otherwise nothing was
-    reserved and the caller should try again in ``wait`` seconds."""
+    reserved and the caller should try again in ``wait`` seconds. ``token`` (granted under a
+    global rate) names the message in the rate window until ``Throttle.sent`` reports its reply."""
 
     granted: bool
     wait: float
+    token: str = ""
 
 
 class Throttle(Protocol):
     """The sending rate shared by every worker process (global and per recipient domain)."""
 
-    def reserve(self, domain: str, max_wait: float) -> Reservation:
-        """Reserve the next slot for a message to ``domain`` if it comes within ``max_wait`` s."""
+    def reserve(self, domain: str, max_wait: float, done: str = "") -> Reservation:
+        """Reserve the next slot for a message to ``domain`` if it comes within ``max_wait`` s.
+        ``done``: the token of a message whose reply has come (``sent`` in the same call)."""
+        ...
+
+    def sent(self, token: str) -> None:
+        """The reply to the message of reservation ``token`` has been read ("" is ignored)."""
         ...
 
     def slow_down(self, domain: str) -> None:
-        """The domain answered 421/451: lower its rate for a while."""
+        """The domain answered 421/451 about the rate: lower its rate for a while."""
         ...
 
     def acquire_connection(self, holder: str, ttl: float) -> bool:
@@ -91,7 +99,14 @@ class Throttle(Protocol):
         again to extend); False when all are taken."""
         ...
 
-    def release_connection(self, holder: str) -> None: ...
+    def release_connection(self, holder: str) -> None:
+        """``holder``'s connection is closed: its slot frees after a settle time."""
+        ...
+
+    def fewer_connections(self) -> int:
+        """The relay refused a session with 421 (too many connections): lower the cap for a
+        while. Returns by how much it is lowered now."""
+        ...
 
 
 class Clock(Protocol):

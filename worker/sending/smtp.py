@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,9 @@ class SmtpMailer:
 
     One SMTP transaction per recipient (MAIL, RCPT, DATA, RFC 5321 §3.3) so that every reply is
     that recipient's. ``ssl_context`` verifies the relay's certificate (default: the system CAs,
-    or the ``cafile`` URL parameter).
+    or the ``cafile`` URL parameter). ``settle_seconds``: after a connection closed, a new one
+    is opened no sooner than this (the relay still counts the closed session for a moment, and
+    the new one takes the same connection slot).
     """
 
     def __init__(
@@ -110,8 +113,11 @@ class SmtpMailer:
         timeout: float = 60.0,
         local_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        settle_seconds: float = 0.0,
     ) -> None:
         self.target = SmtpTarget.from_url(url)
+        self.settle_seconds = settle_seconds
+        self._closed_at = float("-inf")
         self.timeout = timeout
         self.local_hostname = local_hostname
         cafile = parse_qs(urlsplit(url).query).get("cafile", [None])[0]
@@ -121,6 +127,7 @@ class SmtpMailer:
         self.connections_opened = 0
 
     def _connect(self) -> _TrackingSMTP:
+        time.sleep(max(0.0, self._closed_at + self.settle_seconds - time.monotonic()))
         t = self.target
         conn: _TrackingSMTP
         if t.tls == "implicit":
@@ -190,11 +197,13 @@ class SmtpMailer:
                     # recipient's: only a 4xx code is kept, anything else is "no reply" (retried).
                     code = exc.smtp_code if 400 <= exc.smtp_code < 500 else 0
                     return SmtpOutcome(
-                        code, f"session refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+                        code,
+                        f"session refused: {exc.smtp_code} {_text(exc.smtp_error)}",
+                        at_connect=True,
                     )
                 except (smtplib.SMTPException, OSError) as exc:
                     self.close()
-                    return SmtpOutcome(0, f"connection failed: {exc}")
+                    return SmtpOutcome(0, f"connection failed: {exc}", at_connect=True)
             try:
                 outcome = self._transaction(
                     self._conn, envelope_from, recipient, message, smtputf8, before_data
@@ -267,6 +276,20 @@ class SmtpMailer:
                 self.close()
         return SmtpOutcome(code, _text(reply))
 
+    def reset(self) -> bool:
+        """RSET on an open connection kept between batches (RFC 5321 §4.1.1.5): True if it still
+        answers; a dead one is closed (the next ``send`` opens a new one)."""
+        if self._conn is None:
+            return False
+        try:
+            code, _ = self._conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close()
+            return False
+        if code != 250:
+            self.close()
+        return code == 250
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         self._reused = False
@@ -276,6 +299,7 @@ class SmtpMailer:
             conn.quit()
         except (smtplib.SMTPException, OSError):
             conn.close()
+        self._closed_at = time.monotonic()
 
 
 def _text(value: bytes | str) -> str:
