@@ -301,6 +301,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "refusal_retention_days": (_SMALLEST_POSITIVE, 3650),
     "replies_per_hour": (0, 1_000_000),
     "metrics_port": (1, 65534),  # a signups/transactional-only group uses port + 1
+    "smtp_settle_seconds": (0, 60),
+    "smtp_idle_seconds": (0, 3600),
     "inbound_max_sessions": (1, 10_000),
     "inbound_retention_days": (_SMALLEST_POSITIVE, 3650),
     "operator_login_failures_per_peer": (1, 1_000_000),
