@@ -42,3 +42,29 @@ def test_every_cli_command_is_registered() -> None:
     edition = main.commands["edition"]
     assert isinstance(edition, click.Group)
     assert {"check", "preview", "load", "test-send"} <= set(edition.commands)
+
+
+def test_moving_in_before_any_edition_is_one_clear_line(tmp_path: object) -> None:
+    """The natural order of a move is the list first, the first edition later: without a
+    newsletter yet, the import says how to set one up instead of a LookupError traceback."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from worker.db import upgrade
+
+    folder = Path(str(tmp_path))
+    url = f"sqlite:///{folder / 'empty.db'}"
+    upgrade(url)
+    export = folder / "members.csv"
+    export.write_text("Email Address,First Name\nanna@example.org,Anna\n", encoding="utf-8")
+    env = {"NEWSLETTER_DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "k" * 8 + "0123456789abcdefgh"}
+    result = CliRunner().invoke(
+        main, ["subscribers", "import", str(export), "--format", "mailchimp"], env=env
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: no newsletter 'weekly' yet: load an edition first (`newsletter edition load "
+        "PATH`) or set NEWSLETTER_NEWSLETTER_PATH to its newsletter.yaml"
+    )
+    assert "Traceback" not in result.output

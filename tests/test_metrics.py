@@ -133,7 +133,7 @@ def test_metrics_of_several_processes_are_summed(
 def test_readiness_checks_database_and_redis(rt: Runtime) -> None:
     ready = TestClient(create_app(rt)).get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"database": "ok", "redis": "ok"}
+    assert ready.json() == {"database": "ok", "redis": "ok", "newsletter": "ok"}
     assert TestClient(create_app(rt)).get("/healthz").status_code == 200
 
     broken = Runtime(replace(rt.settings, redis_url="redis://127.0.0.1:1/0"))
@@ -141,6 +141,23 @@ def test_readiness_checks_database_and_redis(rt: Runtime) -> None:
     assert not_ready.status_code == 503
     assert not_ready.json()["database"] == "ok"
     assert not_ready.json()["redis"].startswith("error: ")
+
+
+def test_no_newsletter_yet_is_a_clear_503_not_a_500(settings: Settings) -> None:
+    """Before any edition is loaded and without NEWSLETTER_NEWSLETTER_PATH: /readyz says so and
+    /signup answers 503 with the way out (it used to answer 500 while /readyz said ok)."""
+    rt = Runtime(replace(settings, newsletter_path=""))
+    client = TestClient(create_app(rt))
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["newsletter"].startswith("not set up: load an edition")
+    signup = client.post(
+        "/signup",
+        json={"version": 1, "event_id": "e1", "email": "anna@example.org", "language": "en"},
+    )
+    assert signup.status_code == 503
+    assert signup.json()["reason"] == "not_set_up"
+    assert "newsletter edition load" in signup.json()["detail"]
 
 
 @pytest.mark.parametrize(

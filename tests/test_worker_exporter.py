@@ -25,8 +25,9 @@ from worker.settings import Settings
 
 __all__ = ["runtime", "website"]  # fixtures, imported for this module's tests
 
-BULK = ["worker.actors", "--processes", "1", "--threads", "2", "--queues", "sends", "deliveries"]
-TRANSACTIONAL = ["worker.actors", "-p", "1", "-t", "2", "-Q", "signups", "transactional"]
+EXPORTER = ["--fork-function", "worker.broker:serve_metrics"]  # as the README starts them
+BULK = ["worker.actors", *EXPORTER, "-p", "1", "-t", "2", "--queues", "sends", "deliveries"]
+TRANSACTIONAL = ["worker.actors", *EXPORTER, "-p", "1", "-t", "2", "-Q", "signups", "transactional"]
 
 
 def test_each_group_gets_its_own_port_and_directory() -> None:
@@ -39,6 +40,18 @@ def test_each_group_gets_its_own_port_and_directory() -> None:
     assert transactional[1] == 9192
     assert bulk[2] != transactional[2]
     assert metrics_endpoint(settings, ["worker.actors"])[1] == 9191
+
+
+def test_the_command_line_or_the_middleware_starts_the_exporter_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.broker import MetricsExporter
+
+    exporter = MetricsExporter(metrics_endpoint(Settings.from_env({}), BULK))
+    monkeypatch.setattr(sys, "argv", ["dramatiq", *BULK])
+    assert exporter.forks == []  # started by --fork-function, even on a slow first boot
+    monkeypatch.setattr(sys, "argv", ["dramatiq", "worker.actors", "-p", "1"])
+    assert exporter.forks == [serve_metrics]
 
 
 def test_files_of_dead_processes_are_removed_at_boot(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ class ProcessLogging(dramatiq.Middleware):
 
 
 TRANSACTIONAL_QUEUES = frozenset({"signups", "transactional"})
+EXPORTER = "worker.broker:serve_metrics"  # dramatiq --fork-function of the metrics exporter
 
 
 def served_queues(argv: list[str]) -> frozenset[str] | None:
@@ -120,7 +121,11 @@ class MetricsExporter(Prometheus):
 
     @property
     def forks(self) -> list[Any]:
-        return [serve_metrics]
+        """The exporter, unless the command line starts it (``--fork-function
+        worker.broker:serve_metrics``, as the README's commands do): dramatiq starts a
+        middleware's forks only if the first worker has booted within ``--worker-fork-timeout``
+        (30 s), which a loaded host missed, leaving the group without an exporter."""
+        return [] if EXPORTER in sys.argv else [serve_metrics]
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         use_metrics_directory(self.directory)

@@ -22,17 +22,19 @@ from worker.operators.metrics import install_session_hooks
 
 
 class _Main(click.Group):
-    """Turns an unreachable Redis or database into one clear line instead of a traceback."""
+    """Turns an unreachable Redis or database, a bad setting or a newsletter not set up yet into
+    one clear line instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
         import redis
         from sqlalchemy.exc import OperationalError
 
+        from worker.editions.store import NoNewsletter
         from worker.settings import Settings, SettingsError, hide_password
 
         try:
             return super().invoke(ctx)
-        except SettingsError as exc:
+        except (SettingsError, NoNewsletter) as exc:
             raise click.ClickException(str(exc)) from None
         except redis.exceptions.ConnectionError as exc:
             url = hide_password(Settings.from_env().redis_url)

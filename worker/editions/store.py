@@ -57,19 +57,26 @@ def save_newsletter(
     return newsletter
 
 
+class NoNewsletter(LookupError):
+    """No newsletter is set up yet: no edition was loaded and ``NEWSLETTER_NEWSLETTER_PATH`` is
+    unset. The message says both ways out."""
+
+
 def get_newsletter(
     session: Session, now: datetime, slug: str = DEFAULT_SLUG, profile_path: str = ""
 ) -> Newsletter:
     """The newsletter ``slug``; created from ``profile_path`` (a newsletter.yaml) on first use.
 
-    Raises ``LookupError`` when it does not exist and no profile path is configured.
+    Raises ``NoNewsletter`` (a ``LookupError``) when it does not exist and no profile path is
+    configured.
     """
     newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
     if newsletter is not None:
         return newsletter
     if not profile_path:
-        raise LookupError(
-            f"no newsletter {slug!r}: load an edition or set NEWSLETTER_NEWSLETTER_PATH"
+        raise NoNewsletter(
+            f"no newsletter {slug!r} yet: load an edition first (`newsletter edition load "
+            "PATH`) or set NEWSLETTER_NEWSLETTER_PATH to its newsletter.yaml"
         )
     profile = read_newsletter_profile(Path(profile_path))
     try:

@@ -14,8 +14,10 @@ and sends the security headers on every response (:class:`worker.web.guards.Secu
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
+from worker.editions.store import NoNewsletter
 from worker.logs import UVICORN_LOGGERS, redact_handlers
 from worker.runtime import Runtime, runtime
 from worker.web import archive, health, links, preferences, signup, subscribe
@@ -41,6 +43,7 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     )
     app.state.runtime = rt
     app.state.pages = Pages()
+    app.add_exception_handler(NoNewsletter, _not_set_up)
     app.include_router(operator_router(rt))  # /metrics, /readyz, /dashboard
     app.include_router(webhook_router(rt, webhooks))  # /webhooks/{ses,postmark,sendgrid,mailgun}
     for concern in (health, links, preferences, archive, signup, subscribe):
@@ -50,3 +53,10 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 of BodyLimit gets the headers too
     return app
+
+
+async def _not_set_up(request: Request, exc: Exception) -> Response:
+    """503 with the way out (load an edition or set the profile path), not a 500: the service
+    is up but not set up yet, and a website may retry later."""
+    body = {"status": "unavailable", "reason": "not_set_up", "detail": str(exc)}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "300"})

@@ -29,6 +29,7 @@ from markupsafe import Markup
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from worker.editions.store import NoNewsletter
 from worker.operators import charts
 from worker.operators.dashboard import (
     COMPLAINT_LIMIT,
@@ -106,8 +107,13 @@ def operator_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/readyz")
     def readyz() -> Response:
-        """200 ``{"database": "ok", "redis": "ok"}`` when both answer; 503 naming the failure."""
-        checks = {"database": _check_database(runtime), "redis": _check_redis(runtime)}
+        """200 ``{"database": "ok", "redis": "ok", "newsletter": "ok"}`` when both answer and a
+        newsletter is set up; 503 naming the failure."""
+        checks = {
+            "database": _check_database(runtime),
+            "redis": _check_redis(runtime),
+            "newsletter": _check_newsletter(runtime),
+        }
         ready = all(v in ("ok", "not configured") for v in checks.values())
         return JSONResponse(
             checks, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"}
@@ -181,6 +187,17 @@ def unicode_domain(domain: str) -> str:
         return str(idna.decode(domain))
     except (idna.IDNAError, UnicodeError):
         return domain
+
+
+def _check_newsletter(runtime: Runtime) -> str:
+    """ "ok", or why signups cannot be taken yet (no edition loaded, no profile path)."""
+    try:
+        runtime.signup_languages()
+    except NoNewsletter:
+        return "not set up: load an edition or set NEWSLETTER_NEWSLETTER_PATH"
+    except Exception as exc:  # the database check names database trouble
+        return f"unknown: {type(exc).__name__}"
+    return "ok"
 
 
 def _check_database(runtime: Runtime) -> str:
