@@ -305,8 +305,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "smtp_idle_seconds": (0, 3600),
     "inbound_max_sessions": (1, 10_000),
     "inbound_retention_days": (_SMALLEST_POSITIVE, 3650),
-    "operator_login_failures_per_peer": (1, 1_000_000),
-    "operator_login_failures_total": (1, 1_000_000),
+    "operator_login_failures_per_peer": (0, 1_000_000),  # 0 = no limit
+    "operator_login_failures_total": (0, 1_000_000),  # 0 = no limit
     "signup_max_bytes": (1024, 64 * 1024**2),
     "webhook_max_bytes": (1024, 64 * 1024**2),
     "request_max_bytes": (1024, 64 * 1024**2),
