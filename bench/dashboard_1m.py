@@ -50,9 +50,9 @@ VALUES (1, 'bench', 'en', '{}', now());
 INSERT INTO edition (id, newsletter_id, key, created_at, updated_at)
 VALUES (1, 1, '2026-W48', now(), now());
 INSERT INTO send (id, edition_id, status, batch_size, planned_count, created_at, started_at,
-                  finished_at)
+                  finished_at, audience)
 VALUES (1, 1, 'finished', 100, :n, now() - interval '4 hours', now() - interval '4 hours',
-        now() - interval '1 hour');
+        now() - interval '1 hour', 'all');
 INSERT INTO subscriber (id, newsletter_id, email, email_key, ascii_email, domain, language, status,
                         created_at, updated_at, confirmed_at)
 SELECT i, 1, 'r' || i || '@' || d, 'r' || i || '@' || d, 'r' || i || '@' || d, d,

@@ -17,16 +17,19 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.operator_scenario import run_send
 from tests.stub_worker import StubWorker
 from worker.devtools.chromium import HeadlessChromium, find_chromium
 from worker.devtools.outbox import OutboxServer, free_port
-from worker.models import Delivery, FeedbackEvent, Subscriber
-from worker.operators.dashboard import overview, rate_bucket
+from worker.models import Consent, Delivery, FeedbackEvent, Newsletter, Send, SendTally, Subscriber
+from worker.operators import dashboard
+from worker.operators.dashboard import SETTLE, Overview, overview, rate_bucket
 from worker.runtime import Runtime
 from worker.states import SubscriberStatus
+from worker.subscriptions.roster import Filters
+from worker.subscriptions.roster import count as roster_count
 from worker.subscriptions.suppressions import suppress
 from worker.web.app import create_app
 
@@ -336,3 +339,106 @@ def test_an_unsubscribe_stays_honoured_after_the_reader_signs_up_again(rt: Runti
     assert latency.requests == 2
     assert [round(s) for s in latency.honoured] == [30]
     assert [round(s) for s in latency.open_ages] == [3600]
+
+
+def report_numbers(data: Overview) -> dict[str, object]:
+    """Every number of the selected send the dashboard shows."""
+    report = data.selected
+    assert report is not None
+    return {
+        "states": report.summary.states,
+        "sends": [(s.id, s.states) for s in data.sends],
+        "total": report.total.counts,
+        "languages": [(name, f.counts) for name, f in report.by_language],
+        "domains": [(name, f.counts) for name, f in report.by_domain],
+        "rate": (report.rate_bucket_seconds, report.rate),
+        "reasons": report.bounce_reasons,
+    }
+
+
+def test_a_final_send_is_counted_once_and_its_tally_gives_the_same_numbers(
+    operator_rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    # Given a finished send with its feedback, viewed once it has been final for a while
+    rt = operator_rt
+    scenario = run_send(rt, smtp, stub_worker, create_app(rt))
+    add_feedback(rt, scenario.send_id)
+    later = rt.clock.now() + SETTLE + timedelta(seconds=1)
+    with rt.session() as session:
+        counted = report_numbers(overview(session, later))
+        tally = session.get(SendTally, scenario.send_id)
+        assert tally is not None and tally.status == "finished"
+        assert tally.tally["states"] == counted["states"]
+        assert sum(tally.tally["sent_per_second"].values()) == 4
+
+    # When a fresh process shows it (nothing remembered) and the deliveries' rows are not read
+    dashboard._cache.clear()
+    with rt.session() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.send_id == scenario.send_id, Delivery.state == "failed")
+            .values(state="skipped")
+        )  # what the tally replaces: were the deliveries counted again, this would show
+        session.commit()
+        from_tally = report_numbers(overview(session, later))
+
+    # Then the numbers are the same (feedback is still read: it goes on arriving)
+    assert from_tally == counted
+
+    # And a send reopened (retry-unknown) and finished again is counted anew
+    dashboard._cache.clear()
+    with rt.session() as session:
+        session.execute(
+            update(Send)
+            .where(Send.id == scenario.send_id)
+            .values(finished_at=later - timedelta(seconds=1))
+        )
+        session.commit()
+        recounted = report_numbers(overview(session, later + SETTLE + SETTLE))
+    assert counted["states"] == {"sent": 4, "failed": 1}
+    assert recounted["states"] == {"sent": 4, "skipped": 1}
+
+
+def test_readers_card_counts_sources_as_the_roster_does(rt: Runtime) -> None:
+    # Given readers who signed up, readers of two imports (one reader in both) and an import
+    # consent without a source
+    now = rt.clock.now()
+    with rt.session() as session:
+        session.add(Newsletter(id=1, slug="n", default_language="en", profile={}, created_at=now))
+        session.flush()
+        for n in range(7):
+            status = ("confirmed", "pending", "unsubscribed")[n % 3]
+            reader = Subscriber(
+                newsletter_id=1, email=f"r{n}@example.org", email_key=f"r{n}@example.org",
+                domain="example.org", language=("en", "ru")[n % 2], status=status,
+                created_at=now, updated_at=now,
+            )  # fmt: skip
+            session.add(reader)
+            session.flush()
+            imports: dict[int, list[str | None]] = {
+                0: [None], 1: ["import:csv:a.csv"], 2: ["import:csv:a.csv"],
+                3: ["import:csv:a.csv", "import:mailchimp:b.csv"],
+            }  # fmt: skip
+            sources = imports.get(n, [])
+            for k, source in enumerate([*sources, "signup-form"]):
+                imported = k < len(sources)
+                session.add(
+                    Consent(
+                        subscriber_id=reader.id, event_id=f"e{n}.{k}", signed_up_at=now,
+                        source=source, language="en",
+                        method="import" if imported else "double_opt_in",
+                    )
+                )  # fmt: skip
+        session.commit()
+
+        # When the dashboard counts them
+        card = dashboard.readers(session)
+
+        # Then it has the roster's numbers (`newsletter subscribers count --by source`)
+        roster = roster_count(session, Filters(), ("source",))
+        grid = roster_count(session, Filters(), ("status", "language"))
+    assert card.by_source == {source: n for (source,), n in roster.items()}
+    assert list(card.by_source.items()) == [
+        ("signup", 4), ("import:csv:a.csv", 3), ("import:mailchimp:b.csv", 1),
+    ]  # fmt: skip
+    assert card.by_status_language == {key: n for key, n in grid.items()}

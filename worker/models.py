@@ -106,6 +106,7 @@ class Subscriber(Base):
         UniqueConstraint("newsletter_id", "email_key", name="uq_subscriber_newsletter_email_key"),
         Index("ix_subscriber_newsletter_status_id", "newsletter_id", "status", "id"),
         Index("ix_subscriber_confirmation_failed_at", "confirmation_failed_at"),  # dashboard
+        Index("ix_subscriber_status_language", "status", "language"),  # dashboard: readers card
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -137,7 +138,12 @@ class Consent(Base):
     """The evidence of one signup and its confirmation (GDPR Art. 7(1): demonstrate consent)."""
 
     __tablename__ = "consent"
-    __table_args__ = (Index("ix_consent_signed_up_at", "signed_up_at"),)  # dashboard: per day
+    __table_args__ = (
+        # dashboard: signups and confirmations per day, from the index alone
+        Index("ix_consent_signed_up_at", "signed_up_at", "method", "confirmed_at"),
+        # dashboard: readers per source, from the import consents alone (index-only)
+        Index("ix_consent_method_source", "method", "source", "subscriber_id"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(
@@ -268,7 +274,9 @@ class Delivery(Base):
     __tablename__ = "delivery"
     __table_args__ = (
         UniqueConstraint("send_id", "subscriber_id", name="uq_delivery_send_subscriber"),
-        Index("ix_delivery_send_state", "send_id", "state"),
+        # (send_id, state) queries (due batches, unfinished deliveries) use the prefix of
+        # ix_delivery_send_state_sent_at: a separate (send_id, state) index only cost every
+        # planned row and every state change one more index entry
         Index("ix_delivery_state_lease", "state", "lease_until"),
         Index("ix_delivery_subscriber", "subscriber_id"),
         Index("ix_delivery_send_funnel", "send_id", "language", "domain", "state"),  # dashboard
@@ -291,6 +299,27 @@ class Delivery(Base):
     reply_text: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
+
+
+class SendTally(Base):
+    """What a final (finished or cancelled) send's ledger can no longer change, counted once so
+    that the operators' dashboard does not aggregate a million deliveries on every view: the
+    deliveries per state, per (language, state) and per (domain, state), and the messages
+    accepted per second. Written by ``worker.operators.dashboard`` on the first view of the final
+    send; valid while the send keeps the ``status`` and ``finished_at`` it was counted at (a
+    reopened send, ``retry-unknown``, is counted again when it is final again)."""
+
+    __tablename__ = "send_tally"
+
+    send_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("send.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[SendStatus] = mapped_column(StateColumn(SendStatus))
+    finished_at: Mapped[datetime | None]
+    # {"states": {state: n}, "language": {language: {state: n}}, "domain": {domain: {state: n}},
+    #  "sent_per_second": {unix second: n}}
+    tally: Mapped[dict[str, Any]] = mapped_column(JSON)
+    counted_at: Mapped[datetime]
 
 
 class FeedbackEvent(Base):

@@ -27,16 +27,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import ColumnElement, and_, delete, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from worker.feedback.classification import BOUNCE_KINDS as FEEDBACK_BOUNCE_KINDS
-from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, Subscriber
+from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, SendTally, Subscriber
 from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.imports import IMPORT_METHODS
-from worker.subscriptions.roster import Filters
-from worker.subscriptions.roster import count as roster_count
 
 COMPLAINT_WARN = 0.001  # 0.1 %: Gmail/Yahoo bulk-sender guideline, keep below
 COMPLAINT_LIMIT = 0.003  # 0.3 %: never reach (delivery suffers, mitigation is refused)
@@ -221,12 +219,37 @@ class Readers:
 
 
 def readers(session: Session) -> Readers:
-    """Readers by status × language and by source: two GROUP BY over the subscribers."""
-    grid = roster_count(session, Filters(), ("status", "language"))
-    sources = roster_count(session, Filters(), ("source",))
+    """Readers by status × language and by source, as ``worker.subscriptions.roster.count``
+    gives them: one index-only GROUP BY over ``ix_subscriber_status_language``, and the sources
+    from the import consents alone (index-only over ``ix_consent_method_source``): a reader with
+    no import consent is a ``signup``, so the subscribers are not joined to their consents one
+    by one (1M readers: a second)."""
+    grid = {
+        (str(status), language): int(n)
+        for status, language, n in session.execute(
+            select(Subscriber.status, Subscriber.language, func.count()).group_by(
+                Subscriber.status, Subscriber.language
+            )
+        )
+    }  # ``count(*)``, not roster's ``count(id)``: the index alone answers it
+    imports = (
+        select(Consent.source, Consent.subscriber_id)
+        .where(Consent.method.in_(IMPORT_METHODS))
+        .subquery()
+    )
+    sources: dict[str, int] = defaultdict(int)
+    for source, pairs in session.execute(
+        select(imports.c.source, func.count()).group_by(imports.c.source)
+    ):
+        sources[source if source is not None else "signup"] += int(pairs)
+    imported = (
+        session.scalar(select(func.count(func.distinct(imports.c.subscriber_id)))) if sources else 0
+    )
+    if (others := sum(grid.values()) - int(imported or 0)) > 0:
+        sources["signup"] += others
     return Readers(
-        {(status, language): n for (status, language), n in grid.items()},
-        {source: n for (source,), n in sources.items()},
+        dict(sorted(grid.items(), key=lambda item: (-item[1], item[0]))),
+        dict(sorted(sources.items(), key=lambda item: (-item[1], item[0]))),
     )
 
 
@@ -251,10 +274,10 @@ class _SendCache:
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self.funnels: dict[tuple[Any, ...], list[tuple[str, str, str, int]]] = {}
+        self.funnels: dict[tuple[Any, ...], Counts] = {}
         self.states: dict[tuple[Any, ...], dict[str, int]] = {}
-        self.rates: dict[tuple[Any, ...], tuple[datetime, dict[int, int]]] = {}
-        self.feedback: dict[tuple[Any, ...], tuple[datetime, list[_FeedbackRow]]] = {}
+        self.rates: dict[tuple[Any, ...], tuple[datetime | None, dict[int, int]]] = {}
+        self.feedback: dict[tuple[Any, ...], tuple[datetime, _FeedbackCounts]] = {}
 
     def put(self, table: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
         table.pop(key, None)
@@ -279,9 +302,28 @@ def _final_key(session: Session, send: Send | SendSummary) -> tuple[Any, ...] | 
 # --- queries ---
 
 
+@dataclass
+class Counts:
+    """A send's deliveries per state, per language and state, and per recipient domain and
+    state (the funnel before feedback is attributed)."""
+
+    states: dict[str, int] = field(default_factory=dict)
+    by_language: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_domain: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, language: str, domain: str, state: str, n: int) -> None:
+        for table, key in ((self.by_language, language), (self.by_domain, domain)):
+            row = table.setdefault(key, {})
+            row[state] = row.get(state, 0) + n
+        self.states[state] = self.states.get(state, 0) + n
+
+
 def recent_sends(session: Session, limit: int = 10, skip: int | None = None) -> list[SendSummary]:
     """The ``limit`` newest sends with their deliveries per state (newest first); the states of
-    send ``skip`` are left empty when it is not final (the caller derives them otherwise)."""
+    send ``skip`` are left empty when it is not final (the caller derives them otherwise).
+
+    A final send's states come from this process's memory or its ``SendTally`` row when it has
+    one; the others are counted from the ledger (one GROUP BY for all of them)."""
     rows = session.execute(
         select(Send, Edition.key)
         .join(Edition, Edition.id == Send.edition_id)
@@ -293,6 +335,9 @@ def recent_sends(session: Session, limit: int = 10, skip: int | None = None) -> 
         key = _final_key(session, send)
         if key is not None and key in _cache.states:
             states[send.id] = _cache.states[key]
+    final = [send for send, _ in rows if send.id not in states and send.status in FINAL_STATUSES]
+    for send_id, counts in _stored_tallies(session, final).items():
+        states[send_id] = counts.states
     missing = [
         send.id
         for send, _ in rows
@@ -319,57 +364,111 @@ def recent_sends(session: Session, limit: int = 10, skip: int | None = None) -> 
     return out
 
 
-def _funnel_rows(session: Session, summary: SendSummary) -> list[tuple[str, str, str, int]]:
-    """(language, domain, state, deliveries) of one send: one index-only scan of
-    ``ix_delivery_send_funnel``; remembered once the send is final."""
+def _stored_tallies(session: Session, sends: list[Send]) -> dict[int, Counts]:
+    """The ``SendTally`` of each of the final ``sends`` that has a valid one (counted at the
+    send's current status and ``finished_at``), remembered in this process; one query."""
+    if not sends:
+        return {}
+    wanted = {send.id: send for send in sends}
+    out: dict[int, Counts] = {}
+    for tally in session.scalars(select(SendTally).where(SendTally.send_id.in_(list(wanted)))):
+        send = wanted[tally.send_id]
+        if tally.status != send.status or tally.finished_at != send.finished_at:
+            continue  # reopened and final again since: counted anew by ``_final_counts``
+        counts = Counts(dict(tally.tally["states"]), tally.tally["language"], tally.tally["domain"])
+        key = _final_key(session, send)
+        if key is not None:
+            _cache.put(_cache.funnels, key, counts)
+            rate = {int(second): int(n) for second, n in tally.tally["sent_per_second"].items()}
+            _cache.put(_cache.rates, _rate_key(session, send), (None, rate))
+        out[send.id] = counts
+    return out
+
+
+def _count(session: Session, summary: SendSummary) -> Counts:
+    """The send's (language, domain, state) counts from the ledger: one index-only scan of
+    ``ix_delivery_send_funnel``."""
+    counts = Counts()
+    for language, domain, state, n in session.execute(
+        select(Delivery.language, Delivery.domain, Delivery.state, func.count())
+        .where(Delivery.send_id == summary.id)
+        .group_by(Delivery.language, Delivery.domain, Delivery.state)
+    ):
+        counts.add(language, domain, str(state), int(n))
+    return counts
+
+
+def _funnel_counts(session: Session, summary: SendSummary, now: datetime) -> Counts:
+    """The send's counts. A final send's are read once: from this process's memory, else from
+    its ``SendTally``, else counted and, once the send has been final for ``SETTLE`` (a batch
+    in flight when it was cancelled has recorded its outcome), stored as its ``SendTally``."""
     key = _final_key(session, summary)
-    if key is not None and key in _cache.funnels:
+    if key is None:
+        return _count(session, summary)
+    if key in _cache.funnels:
         return _cache.funnels[key]
-    rows = [
-        (language, domain, str(state), int(count))
-        for language, domain, state, count in session.execute(
-            select(Delivery.language, Delivery.domain, Delivery.state, func.count())
-            .where(Delivery.send_id == summary.id)
-            .group_by(Delivery.language, Delivery.domain, Delivery.state)
+    send = session.get(Send, summary.id)
+    if send is not None and send.status == summary.status:
+        stored = _stored_tallies(session, [send])
+        if summary.id in stored:
+            return stored[summary.id]
+    counts = _count(session, summary)
+    _cache.put(_cache.funnels, key, counts)
+    if summary.finished_at is not None and summary.finished_at + SETTLE < now:
+        _store_tally(session, summary, counts, now)
+    return counts
+
+
+def _store_tally(session: Session, summary: SendSummary, counts: Counts, now: datetime) -> None:
+    """Write the final send's ``SendTally`` (its counts and its messages per second) in a
+    transaction of its own. A concurrent view that stored it first wins; nothing is raised."""
+    rate = _sent_per_second(session, summary, now)
+    tally = {
+        "states": counts.states,
+        "language": counts.by_language,
+        "domain": counts.by_domain,
+        "sent_per_second": {str(second): n for second, n in rate.items()},
+    }
+    session.commit()  # what was read so far is read; the tally gets its own transaction
+    try:
+        session.execute(delete(SendTally).where(SendTally.send_id == summary.id))
+        session.add(
+            SendTally(
+                send_id=summary.id,
+                status=summary.status,
+                finished_at=summary.finished_at,
+                tally=tally,
+                counted_at=now,
+            )
         )
-    ]
-    if key is not None:
-        _cache.put(_cache.funnels, key, rows)
-    return rows
+        session.commit()
+    except IntegrityError:  # another process stored the same tally at the same moment
+        session.rollback()
 
 
 def send_report(
-    session: Session,
-    summary: SendSummary,
-    now: datetime,
-    funnel_rows: list[tuple[str, str, str, int]] | None = None,
+    session: Session, summary: SendSummary, now: datetime, counts: Counts | None = None
 ) -> SendReport:
     """Funnels, rate and bounce reasons of one send (see the module docstring for attribution).
-    ``funnel_rows``: the send's (language, domain, state, count), if the caller has them."""
+    ``counts``: the send's ``Counts``, if the caller has them."""
     by_language: dict[str, Funnel] = defaultdict(Funnel)
     by_domain: dict[str, Funnel] = defaultdict(Funnel)
-    if funnel_rows is None:
-        funnel_rows = _funnel_rows(session, summary)
-    for language, domain, state, count in funnel_rows:
-        for funnel in (by_language[language], by_domain[domain]):
-            funnel.add("planned", count)
-            funnel.add(_STATE_COLUMN.get(state, "queued"), count)
-    reasons: dict[tuple[str, str], int] = defaultdict(int)
-    counted: set[tuple[int, str | None]] = set()
-    for delivery_id, language, domain, column, kind, reason in _attributed_feedback(
-        session, summary, now
-    ):
-        if column is not None and (delivery_id, column) not in counted:
-            counted.add((delivery_id, column))
-            by_language[language].add(column)
-            by_domain[domain].add(column)
-        if kind in BOUNCE_KINDS:
-            reasons[(kind, reason or "unclassified")] += 1
+    if counts is None:
+        counts = _funnel_counts(session, summary, now)
+    for table, funnels in ((counts.by_language, by_language), (counts.by_domain, by_domain)):
+        for name, states in table.items():
+            funnels[name] = _funnel_of(states)
+    feedback = _attributed_feedback(session, summary, now)
+    for table, funnels in ((feedback.by_language, by_language), (feedback.by_domain, by_domain)):
+        for name, columns in table.items():
+            for column, n in columns.items():
+                funnels[name].add(column, n)
+    reasons = feedback.reasons
     total = Funnel()
     for funnel in by_language.values():
         total.merge(funnel)
     bucket, rate = _send_rate(session, summary, now)
-    ranked = sorted(((k, r, n) for (k, r), n in reasons.items()), key=lambda x: -x[2])
+    ranked = sorted(((k, r, n) for (k, r), n in reasons.items()), key=lambda x: (-x[2], x[0], x[1]))
     return SendReport(
         summary=summary,
         total=total,
@@ -381,24 +480,73 @@ def send_report(
     )
 
 
-def _attributed_feedback(
-    session: Session, summary: SendSummary, now: datetime
-) -> Iterable[tuple[int, str, str, str | None, str, str | None]]:
-    """(delivery id, language, domain, funnel column or None, kind, reason) once per delivery
-    and kind. Events recorded more than ``SETTLE`` ago are remembered per send, so a page view
-    reads only the feedback that arrived since the previous one."""
+def _funnel_of(states: dict[str, int]) -> Funnel:
+    """The funnel of deliveries counted per state (before feedback)."""
+    counts = dict.fromkeys(FUNNEL_COLUMNS, 0)
+    for state, n in states.items():
+        counts["planned"] += n
+        column = _STATE_COLUMN.get(state, "queued")
+        counts[column] = counts.get(column, 0) + n
+    return Funnel(counts)
+
+
+@dataclass
+class _FeedbackCounts:
+    """Feedback attributed to a send's deliveries, counted once per delivery and kind: the
+    funnel columns it adds per language and per domain, and the bounces per (kind, reason)."""
+
+    seen: set[tuple[int, str]] = field(default_factory=set)  # (delivery id, kind)
+    counted: set[tuple[int, str]] = field(default_factory=set)  # (delivery id, funnel column)
+    by_language: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_domain: dict[str, dict[str, int]] = field(default_factory=dict)
+    reasons: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, row: _FeedbackRow) -> None:
+        delivery_id, language, domain, kind, source, reason, _ = row
+        if (delivery_id, kind) in self.seen:
+            return
+        self.seen.add((delivery_id, kind))
+        column = _feedback_column(kind, source)
+        if column is not None and (delivery_id, column) not in self.counted:
+            self.counted.add((delivery_id, column))
+            for table, name in ((self.by_language, language), (self.by_domain, domain)):
+                columns = table.setdefault(name, {})
+                columns[column] = columns.get(column, 0) + 1
+        if kind in BOUNCE_KINDS:
+            key = (kind, reason or "unclassified")
+            self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def copy(self) -> _FeedbackCounts:
+        return _FeedbackCounts(
+            set(self.seen),
+            set(self.counted),
+            {name: dict(columns) for name, columns in self.by_language.items()},
+            {name: dict(columns) for name, columns in self.by_domain.items()},
+            dict(self.reasons),
+        )
+
+
+def _attributed_feedback(session: Session, summary: SendSummary, now: datetime) -> _FeedbackCounts:
+    """The feedback attributed to the send's deliveries (see the module docstring). What was
+    recorded more than ``SETTLE`` ago is remembered per send, already counted, so a page view
+    reads and counts only the feedback that arrived since the previous one."""
     key = (str(session.get_bind().engine.url), summary.id, summary.created_at)
-    settled, remembered = _cache.feedback.get(key, (None, []))
+    settled, remembered = _cache.feedback.get(key, (None, _FeedbackCounts()))
     fresh = _feedback_rows(session, summary, settled)
     boundary = (now - SETTLE).replace(microsecond=0)
-    keep = remembered + [row for row in fresh if row[6] < boundary]
-    _cache.put(_cache.feedback, key, (boundary, keep))
-    seen: set[tuple[int, str]] = set()
-    for delivery_id, language, domain, kind, source, reason, _ in [*remembered, *fresh]:
-        if (delivery_id, kind) in seen:
-            continue
-        seen.add((delivery_id, kind))
-        yield delivery_id, language, domain, _feedback_column(kind, source), kind, reason
+    later = [row for row in fresh if row[6] >= boundary]
+    if len(later) < len(fresh):
+        remembered = remembered.copy()  # the cached one may be in use by another view
+        for row in fresh:
+            if row[6] < boundary:
+                remembered.add(row)
+    _cache.put(_cache.feedback, key, (boundary, remembered))
+    if not later:
+        return remembered
+    view = remembered.copy()
+    for row in later:
+        view.add(row)
+    return view
 
 
 def _feedback_rows(
@@ -499,9 +647,11 @@ def _send_rate(
 def _sent_per_second(session: Session, summary: SendSummary, now: datetime) -> dict[int, int]:
     """Messages accepted per second (Unix time), reading only the seconds not yet remembered:
     a range scan of ``ix_delivery_send_state_sent_at`` from the last settled second."""
-    key = (str(session.get_bind().engine.url), summary.id, summary.created_at)
+    key = _rate_key(session, summary)
     settled, counts = _cache.rates.get(key, (None, {}))
     finished = summary.finished_at
+    if key in _cache.rates and settled is None:
+        return counts  # from the send's ``SendTally``: final, nothing can arrive any more
     if settled is not None and finished is not None and settled > finished + SETTLE:
         return counts  # finished long enough ago: nothing can arrive any more
     second = _second(session, Delivery.sent_at)
@@ -518,6 +668,10 @@ def _sent_per_second(session: Session, summary: SendSummary, now: datetime) -> d
     merged = {s: n for s, n in counts.items() if boundary is None or s < boundary} | fresh
     _cache.put(_cache.rates, key, ((now - SETTLE).replace(microsecond=0), merged))
     return merged
+
+
+def _rate_key(session: Session, send: Send | SendSummary) -> tuple[Any, ...]:
+    return (str(session.get_bind().engine.url), send.id, send.created_at, send.finished_at)
 
 
 def _second(session: Session, column: Any) -> ColumnElement[Any]:
@@ -593,8 +747,7 @@ def signups_per_day(session: Session, now: datetime, days: int) -> list[SignupDa
             Consent.signed_up_at >= now - timedelta(days=days),
             Consent.method.not_in(IMPORT_METHODS),
         )
-        .group_by(day)
-        .order_by(day)
+        .group_by(day)  # no ORDER BY: a hash of 30 days, not a sort of every signup
     ).all()
     counts = {str(d): (int(n), int(c)) for d, n, c in rows}
     first = (now - timedelta(days=days - 1)).date()
@@ -637,16 +790,14 @@ def overview(
     summary = next((s for s in sends if s.id == send_id), None)
     if summary is None and send_id is not None:
         summary = _one_send(session, send_id)
-    rows = _funnel_rows(session, summary) if summary is not None else []
+    counts = _funnel_counts(session, summary, now) if summary is not None else Counts()
     if summary is not None and not summary.states:
-        # one scan for both: the funnel rows add up to the send's states
-        for _, _, state, count in rows:
-            summary.states[state] = summary.states.get(state, 0) + count
+        summary.states.update(counts.states)  # one scan for both: the funnel adds up to them
     return Overview(
         now=now,
         window_days=days,
         sends=sends,
-        selected=send_report(session, summary, now, rows) if summary else None,
+        selected=send_report(session, summary, now, counts) if summary else None,
         complaints=complaint_rate(session, sends, now, days),
         unsubscribes=unsubscribe_latency(session, now, days),
         signups=signups_per_day(session, now, days),
