@@ -442,3 +442,44 @@ def test_readers_card_counts_sources_as_the_roster_does(rt: Runtime) -> None:
         ("signup", 4), ("import:csv:a.csv", 3), ("import:mailchimp:b.csv", 1),
     ]  # fmt: skip
     assert card.by_status_language == {key: n for key, n in grid.items()}
+
+
+def test_ledger_gauges_of_a_live_send_follow_the_ledger(rt: Runtime) -> None:
+    # Given a live send: 4 sent (one 10 minutes ago, settled), 1 failed, 2 still queued
+    from tests.sendkit import seed, start_send
+
+    seed(rt, [f"g{n}@example.org" for n in range(7)])
+    send_id = start_send(rt)
+    now = rt.clock.now()
+    with rt.session() as session:
+        ids = session.scalars(
+            select(Delivery.id).where(Delivery.send_id == send_id).order_by(Delivery.id)
+        ).all()
+        for n, delivery_id in enumerate(ids[:5]):
+            sent = n < 4
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(
+                    state="sent" if sent else "failed",
+                    sent_at=(now - timedelta(minutes=10 if n == 0 else 0)) if sent else None,
+                )
+            )
+        session.commit()
+    collector = dashboard.LedgerCollector(rt.session, lambda: now)
+
+    def gauges() -> dict[str, float]:
+        families = {f.name: f for f in collector.collect()}
+        samples = families["newsletter_active_send_deliveries"].samples
+        return {s.labels["state"]: s.value for s in samples}
+
+    # When /metrics is scraped, then again after one more message was accepted
+    assert gauges() == {"sent": 4, "failed": 1, "queued": 2}
+    with rt.session() as session:
+        session.execute(
+            update(Delivery).where(Delivery.id == ids[5]).values(state="sent", sent_at=now)
+        )
+        session.commit()
+
+    # Then the gauges follow the ledger (the remembered seconds plus the newer ones)
+    assert gauges() == {"sent": 5, "failed": 1, "queued": 1}

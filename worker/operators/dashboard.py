@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, aliased
 
 from worker.feedback.classification import BOUNCE_KINDS as FEEDBACK_BOUNCE_KINDS
 from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, SendTally, Subscriber
-from worker.states import SendStatus, SubscriberStatus
+from worker.states import DeliveryState, SendStatus, SubscriberStatus
 from worker.subscriptions.imports import IMPORT_METHODS
 
 COMPLAINT_WARN = 0.001  # 0.1 %: Gmail/Yahoo bulk-sender guideline, keep below
@@ -847,41 +847,63 @@ class LedgerCollector:
     """A Prometheus collector for ``/metrics``: deliveries per state of the active sends (planning,
     sending, paused), read from the ledger at scrape time (gauges, since they go down too), and
     ``newsletter_ledger_up`` (0 when the database did not answer: the other metrics of the scrape
-    are still served)."""
+    are still served).
 
-    def __init__(self, session_factory: Any) -> None:
+    ``sent`` is final, and the bulk of a send: it is summed from the per-second counts the
+    dashboard's send rate remembers (seconds older than ``SETTLE``; only the newer part of
+    ``ix_delivery_send_state_sent_at`` is read), the other states are counted from their own
+    ranges of that index. ``now``: the clock (``Runtime.clock.now``)."""
+
+    def __init__(
+        self, session_factory: Any, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.session_factory = session_factory
+        self.now = now
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         active = (SendStatus.PLANNING, SendStatus.SENDING, SendStatus.PAUSED)
+        counts: dict[str, int] = defaultdict(int)
         try:
             with self.session_factory() as session:
-                sends = session.scalar(
-                    select(func.count()).select_from(Send).where(Send.status.in_(active))
-                )
-                rows = session.execute(
-                    select(Delivery.state, func.count())
-                    .join(Send, Send.id == Delivery.send_id)
-                    .where(Send.status.in_(active))
-                    .group_by(Delivery.state)
-                ).all()
+                sends = session.scalars(select(Send).where(Send.status.in_(active))).all()
+                now = self.now()
+                for send in sends:
+                    summary = SendSummary(
+                        send.id, "", send.status, send.created_at, send.started_at,
+                        send.finished_at, {},
+                    )  # fmt: skip
+                    counts["sent"] += sum(_sent_per_second(session, summary, now).values())
+                if sends:
+                    for state, n in session.execute(
+                        select(Delivery.state, func.count())
+                        .where(
+                            Delivery.send_id.in_([send.id for send in sends]),
+                            Delivery.state.in_(_UNSENT),
+                        )
+                        .group_by(Delivery.state)
+                    ):
+                        counts[str(state)] += int(n)
         except SQLAlchemyError:
             yield GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger was read.", value=0)
             return
         yield GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger was read.", value=1)
         yield GaugeMetricFamily(
-            "newsletter_active_sends", "Sends planning, sending or paused.", value=sends or 0
+            "newsletter_active_sends", "Sends planning, sending or paused.", value=len(sends)
         )
         family = GaugeMetricFamily(
             "newsletter_active_send_deliveries",
             "Deliveries of the active sends by state, from the ledger at scrape time.",
             labels=["state"],
         )
-        for state, count in rows:
-            family.add_metric([state], int(count))
+        for state, count in sorted(counts.items()):
+            if count or state != "sent":
+                family.add_metric([state], count)
         yield family
+
+
+_UNSENT = tuple(state.value for state in DeliveryState if state != DeliveryState.SENT)
 
 
 __all__ = [

@@ -102,7 +102,7 @@ def operator_router(runtime: Runtime) -> APIRouter:
     @router.get("/metrics", dependencies=[Depends(scraper)], include_in_schema=False)
     def metrics() -> Response:
         """Prometheus text exposition format (version 0.0.4), for the scraper only."""
-        body, content_type = exposition([LedgerCollector(session_factory)])
+        body, content_type = exposition([LedgerCollector(session_factory, runtime.clock.now)])
         return Response(body, media_type=content_type)
 
     @router.get("/readyz")
