@@ -1,10 +1,10 @@
 """Benchmark: plan a send to 1,000,000 subscribers on PostgreSQL without loading them into memory.
 
 Creates a scratch database, inserts the subscribers with one ``INSERT … SELECT generate_series``,
-then times ``worker.sending.planning.plan_deliveries`` (keyset pages, one ``INSERT … SELECT … ON
-CONFLICT
-DO NOTHING`` each), planning again (a no-op), and ``pending_batches``; prints seconds and the
-process's peak RSS. The scratch database is dropped at the end. Example::
+then times ``worker.sending.planning.plan_deliveries`` (keyset pages, one ``INSERT … SELECT``
+each), planning again (a no-op: it resumes after the send's last planned reader), and
+``pending_batches``; prints seconds, the PostgreSQL backend's CPU seconds, the load average and
+the process's peak RSS. The scratch database is dropped at the end. Example::
 
     .venv/bin/python bench/plan_1m.py --subscribers 1000000 --admin-url postgresql://postgres@127.0.0.1:5432/test
 """
