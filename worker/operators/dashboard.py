@@ -20,6 +20,7 @@ bench/dashboard_1m.py and docs/operations.md for the indexes this relies on).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -35,6 +36,8 @@ from worker.feedback.classification import BOUNCE_KINDS as FEEDBACK_BOUNCE_KINDS
 from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, SendTally, Subscriber
 from worker.states import DeliveryState, SendStatus, SubscriberStatus
 from worker.subscriptions.imports import IMPORT_METHODS
+
+log = logging.getLogger(__name__)
 
 COMPLAINT_WARN = 0.001  # 0.1 %: Gmail/Yahoo bulk-sender guideline, keep below
 COMPLAINT_LIMIT = 0.003  # 0.3 %: never reach (delivery suffers, mitigation is refused)
@@ -421,7 +424,8 @@ def _funnel_counts(session: Session, summary: SendSummary, now: datetime) -> Cou
 
 def _store_tally(session: Session, summary: SendSummary, counts: Counts, now: datetime) -> None:
     """Write the final send's ``SendTally`` (its counts and its messages per second) in a
-    transaction of its own. A concurrent view that stored it first wins; nothing is raised."""
+    transaction of its own. A concurrent view that stored it first wins; a database that
+    refuses the write is logged; nothing is raised."""
     rate = _sent_per_second(session, summary, now)
     tally = {
         "states": counts.states,
@@ -442,8 +446,12 @@ def _store_tally(session: Session, summary: SendSummary, counts: Counts, now: da
             )
         )
         session.commit()
-    except IntegrityError:  # another process stored the same tally at the same moment
+    except SQLAlchemyError as exc:
+        # another process stored the same tally at the same moment, or the dashboard's database
+        # user may only read: the page is shown all the same, counted from the ledger
         session.rollback()
+        if not isinstance(exc, IntegrityError):
+            log.warning("send %s: tally not stored: %s", summary.id, type(exc).__name__)
 
 
 def send_report(
