@@ -149,7 +149,7 @@ def main() -> None:
             broker="stub",
             operator_password="bench",
             metrics_token="bench",
-            secret_key="bench-secret-key",
+            secret_key="bench-secret-key-of-the-dashboard-benchmark",
         )
         engine = engine_for(settings)
         started = time.perf_counter()
