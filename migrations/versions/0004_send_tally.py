@@ -2,7 +2,7 @@
 (send_id, state) index that duplicated a prefix of ix_delivery_send_state_sent_at is dropped;
 covering indexes for the dashboard's readers card and signups per day
 
-Revision ID: 0010
+Revision ID: 0004
 Revises: 0003
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010"
+revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
