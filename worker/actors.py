@@ -32,8 +32,7 @@ from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.signups import (
     AddressRules,
-    asked_again,
-    awaits_confirmation,
+    awaiting_confirmation,
     confirmation_token,
     process_signup,
 )
@@ -58,13 +57,13 @@ def handle_signup(event: Any) -> None:
     """A signup event from the website (see docs/signup-event.md): any JSON value. Never raises
     for bad input: refusals and limited signups are recorded in ``signup_refusal``."""
     rt = runtime()
+    newsletter, profile = rt.signup_newsletter()
     with rt.session() as session:
-        newsletter = rt.newsletter(session)
         outcome = process_signup(
             session,
             event,
             newsletter=newsletter,
-            profile=profile_of(newsletter),
+            profile=profile,
             rules=AddressRules.from_settings(rt.settings),
             limiter=rt.limiter,
             hash_key=rt.settings.secret_key,
@@ -89,9 +88,10 @@ def send_confirmation(subscriber_id: int) -> None:
     Paced by the per-recipient-domain limit: without a slot the message re-enqueues itself with
     a delay (which does not use up dramatiq's retries)."""
     rt = runtime()
+    newsletter, profile = rt.signup_newsletter()  # before the session: one connection at a time
     with rt.session() as session, log_context(subscriber_id=subscriber_id):
-        subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is None or not awaits_confirmation(subscriber):
+        subscriber, repermission = awaiting_confirmation(session, subscriber_id)
+        if subscriber is None:
             return  # confirmed, unsubscribed or purged since; a pending change still mails
         verdict = rt.limiter.allow_domain(subscriber.domain)
         if not verdict.allowed:
@@ -100,16 +100,15 @@ def send_confirmation(subscriber_id: int) -> None:
             return
         token = confirmation_token(rt.tokens, subscriber)
         now = rt.clock.now()
-        newsletter = rt.newsletter(session)
         outcome = send_transactional(
             rt.mailer,
             name="confirmation",
             subscriber=subscriber,
-            profile=profile_of(newsletter),
+            profile=profile,
             context={
                 "confirm_url": f"{rt.links.public_url}/confirm/{token}",
                 "expires_hours": int(rt.settings.confirmation_expiry_hours),
-                "repermission": asked_again(session, subscriber_id),
+                "repermission": repermission,
             },
             public_url=rt.links.public_url,
             bounce_address=bounce_address(rt.settings.bounce_domain),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.broker import BatchHints
 from worker.db import committing, engine_for
+from worker.editions.files import NewsletterProfile
 from worker.editions.store import get_newsletter, profile_of
 from worker.feedback.policy import FeedbackPolicy
 from worker.feedback.refusals import RefusalFeedback
@@ -47,6 +49,10 @@ if TYPE_CHECKING:
     import redis
 
 
+NEWSLETTER_REFRESH_SECONDS = 10.0
+"""How long the signup path reuses the newsletter row it read (``Runtime.signup_newsletter``)."""
+
+
 @dataclass
 class Runtime:
     """Everything a process needs to act on the domain, built from ``settings`` on first use.
@@ -62,6 +68,10 @@ class Runtime:
     _local: threading.local = field(default_factory=threading.local)
     _composers: dict[int, Composer] = field(default_factory=dict)
     _languages: tuple[str, ...] | None = field(default=None, init=False)
+    _signup_newsletter: tuple[float, Newsletter, NewsletterProfile] | None = field(
+        default=None, init=False
+    )
+    _newsletter_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         # Refuse to start rather than sign with a key the other processes do not share.
@@ -139,6 +149,23 @@ class Runtime:
             with self.session() as session:
                 self._languages = profile_of(self.newsletter(session)).languages
         return self._languages
+
+    def signup_newsletter(self) -> tuple[Newsletter, NewsletterProfile]:
+        """The default newsletter (detached: read ``id``, ``slug``, ``profile`` only) and its
+        profile for the signup and confirmation actors, read at most once per
+        :data:`NEWSLETTER_REFRESH_SECONDS` in a session of its own instead of once per message:
+        a profile change (``newsletter edition load``) reaches them within that time."""
+        with self._newsletter_lock:  # one reader (or creator, on first use) per process
+            cached = self._signup_newsletter
+            now = time.monotonic()
+            if cached is not None and now - cached[0] < NEWSLETTER_REFRESH_SECONDS:
+                return cached[1], cached[2]
+            with self.session() as session:
+                newsletter = self.newsletter(session)
+                profile = profile_of(newsletter)
+                session.expunge(newsletter)  # never expired by another message's rollback
+            self._signup_newsletter = (now, newsletter, profile)
+            return newsletter, profile
 
     @cached_property
     def tokens(self) -> Tokens:

@@ -12,3 +12,7 @@ UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
 PREFERENCES_URL = "%%PREFERENCES_URL%%"
 """Placeholder for the recipient's preferences page link; substituted per delivery like
 :data:`UNSUBSCRIBE_URL`."""
+
+CONFIRM_URL = "%%CONFIRM_URL%%"
+"""Placeholder for the reader's confirmation link in the confirmation mail: the mail is rendered
+once per language and this is substituted per reader (``worker.sending.transactional``)."""

@@ -12,6 +12,7 @@ Per-recipient values are never rendered here: the HTML and text carry placeholde
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -329,6 +330,21 @@ def message_mjml(
     """The MJML that :func:`render_message` feeds to mjml-python (for linting and fidelity)."""
     chosen, full = _message_context(name, language, context, profile, public_url, fallbacks)
     return _render_parts(name, chosen, full).mjml
+
+
+def template_version(name: str) -> tuple[tuple[str, int], ...]:
+    """What changes when message ``name``'s template files change: the names and modification
+    times (ns) of the files of ``templates/<name>/`` and ``templates/base/`` (layouts and what they
+    include), so a cache of renditions keyed on it renders again after an edit. A missing
+    folder counts as empty. A dozen ``stat`` calls: cheap next to one rendering (~10 ms)."""
+    stamps: list[tuple[str, int]] = []
+    for folder in (TEMPLATE_ROOT / name, TEMPLATE_ROOT / "base"):
+        try:
+            with os.scandir(folder) as entries:
+                stamps.extend(sorted((entry.path, entry.stat().st_mtime_ns) for entry in entries))
+        except OSError:
+            stamps.append((str(folder), 0))
+    return tuple(stamps)
 
 
 def sample_context(name: str) -> dict[str, Any]:

@@ -52,8 +52,10 @@ def insert_pending(
 
     Returns the row and whether this call inserted it. ON CONFLICT DO NOTHING rather than catching
     IntegrityError: no rollback, no retried message, the abuse limits asked once per event.
-    RETURNING tells whether a row was inserted: ``rowcount`` is not reliable for it on every
-    driver.
+    RETURNING tells whether a row was inserted (``rowcount`` is not reliable for it on every
+    driver) and gives the new row itself: one statement for a new reader. A new row has its
+    confirmation nonce already (what :func:`enrol` would give it), so that enrolling it changes
+    nothing more to write.
     """
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     values = {
@@ -64,21 +66,24 @@ def insert_pending(
         "domain": address.ascii_domain,
         "language": language,
         "status": SubscriberStatus.PENDING.value,
+        "confirm_nonce": secrets.token_urlsafe(9),
         "created_at": now,
         "updated_at": now,
     }
-    inserted = session.execute(
+    inserted = session.scalars(
         insert(Subscriber)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
-        .returning(Subscriber.id)
-    ).scalar_one_or_none()
+        .returning(Subscriber)
+    ).one_or_none()
+    if inserted is not None:
+        return inserted, True
     row = session.scalars(
         select(Subscriber).where(
             Subscriber.newsletter_id == newsletter_id, Subscriber.email_key == address.dedupe_key
         )
     ).one()
-    return row, inserted is not None
+    return row, False
 
 
 def insert_imported(

@@ -336,7 +336,7 @@ def process_signup(
     try:
         valid = validate_signup(data, rules, profile.languages)
         event = valid.event
-        if session.scalar(select(Consent.id).where(Consent.event_id == event.event_id)) is not None:
+        if _seen(session, event.event_id):  # before the IP limit: a redelivery is not counted
             return SignupOutcome(None, False, "duplicate_event")
         newsletter = _newsletter(session, newsletter, event)
         if event.ip:
@@ -344,7 +344,9 @@ def process_signup(
             if not verdict.allowed:
                 detail = "too many signups from this network in the last hour"  # no IP stored
                 raise SignupRefused("ip_limit", detail, event.event_id)
-        outcome = sign_up(session, valid, newsletter_id=newsletter.id, now=now, hash_key=hash_key)
+        outcome = sign_up(
+            session, valid, newsletter_id=newsletter.id, now=now, hash_key=hash_key, new_event=True
+        )
     except SignupRefused as refusal:
         record_refusal(session, refusal, data, now, limiter=limiter, source=_source(data))
         return SignupOutcome(None, False, "refused", refusal.reason)
@@ -388,8 +390,19 @@ def _newsletter(session: Session, default: Newsletter, event: SignupEvent) -> Ne
     return other
 
 
+def _seen(session: Session, event_id: str) -> bool:
+    """Whether a consent already records the event ``event_id`` (a queue message redelivered)."""
+    return session.scalar(select(Consent.id).where(Consent.event_id == event_id)) is not None
+
+
 def sign_up(
-    session: Session, valid: ValidSignup, *, newsletter_id: int, now: datetime, hash_key: str
+    session: Session,
+    valid: ValidSignup,
+    *,
+    newsletter_id: int,
+    now: datetime,
+    hash_key: str,
+    new_event: bool = False,
 ) -> SignupOutcome:
     """Record a validated signup: create or refresh a pending subscriber and its consent.
 
@@ -399,10 +412,11 @@ def sign_up(
     another language is a change that takes the reader's confirmation (status
     ``change_pending``: the consent records the asked language, the reader gets a confirmation
     mail, and only :func:`confirm` applies it). A repeated event id is a no-op (at-least-once
-    delivery of queue messages).
+    delivery of queue messages); ``new_event`` says the caller has just checked that in this
+    transaction (one query less per signup).
     """
     event, address = valid.event, valid.address
-    if session.scalar(select(Consent.id).where(Consent.event_id == event.event_id)) is not None:
+    if not new_event and _seen(session, event.event_id):
         return SignupOutcome(None, False, "duplicate_event")
     if is_suppressed(session, email_hash(address.dedupe_key, hash_key)):
         return SignupOutcome(None, False, "suppressed")
@@ -453,20 +467,25 @@ def _add_consent(
     )
 
 
-def asked_again(session: Session, subscriber_id: int) -> bool:
-    """Whether the pending confirmation of ``subscriber_id`` is a re-permission: a reader
-    imported from another list without consent evidence, asked to confirm before any edition
-    (``worker.subscriptions.imports``). Their confirmation mail says so."""
-    return (
-        session.scalar(
-            select(Consent.id).where(
-                Consent.subscriber_id == subscriber_id,
-                Consent.method == "re_permission",
-                Consent.confirmed_at.is_(None),
-            )
+def awaiting_confirmation(session: Session, subscriber_id: int) -> tuple[Subscriber | None, bool]:
+    """(the subscriber, whether their confirmation is a re-permission) in one query; the
+    subscriber is None unless it :func:`awaits_confirmation`.
+
+    A re-permission: a reader imported from another list without consent evidence, asked to
+    confirm before any edition (``worker.subscriptions.imports``); their mail says so."""
+    reasked = (
+        select(Consent.id)
+        .where(
+            Consent.subscriber_id == Subscriber.id,
+            Consent.method == "re_permission",
+            Consent.confirmed_at.is_(None),
         )
-        is not None
+        .exists()
     )
+    row = session.execute(select(Subscriber, reasked).where(Subscriber.id == subscriber_id)).first()
+    if row is None or not awaits_confirmation(row[0]):
+        return None, False
+    return row[0], bool(row[1])
 
 
 def awaits_confirmation(subscriber: Subscriber) -> bool:
