@@ -1,5 +1,6 @@
-"""The batch loop (``worker.sending.batch.send_batch``) against both ledgers: the in-memory one
-(fast, no I/O) and ``SqlLedger`` on SQLite, with the same scenarios and the same expected values."""
+"""The batch loop (``worker.sending.batch.send_batch``) against every ledger: the in-memory one
+(fast, no I/O), ``SqlLedger`` on SQLite (the reference) and ``DriverLedger`` on SQLite and
+PostgreSQL (production), with the same scenarios and the same expected values."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from worker.feedback.policy import FeedbackPolicy
 from worker.feedback.refusals import RefusalFeedback
 from worker.models import Base, Delivery, Edition, Newsletter, Send, Subscriber
 from worker.sending.batch import BatchReport, send_batch
+from worker.sending.driver_ledger import DriverLedger, LedgerConnection
 from worker.sending.ledger import LeaseSweep
 from worker.sending.memory_ledger import MemoryLedger
 from worker.sending.planning import plan_deliveries
@@ -68,11 +70,13 @@ class MemoryWorld:
 
 
 class SqlWorld:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, driver: LedgerConnection | None = None) -> None:
         self.session = session
         # the send path's refusal recorder (Runtime.ledger): a 5xx becomes a feedback event
         refusals = RefusalFeedback(FeedbackPolicy(hash_key="test-key"))
-        self.ledger = SqlLedger(session, refusals=refusals)
+        self.ledger: SqlLedger | DriverLedger = SqlLedger(session, refusals=refusals)
+        if driver is not None:  # the production ledger: per-message statements on the driver
+            self.ledger = DriverLedger(session, driver, refusals=refusals)
 
     def plan(self, addresses: dict[str, SubscriberStatus]) -> list[int]:
         s = self.session
@@ -106,15 +110,24 @@ class SqlWorld:
 World = MemoryWorld | SqlWorld
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "driver-sqlite", "driver-postgresql"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """The same scenarios on every ledger: in memory, ``SqlLedger`` (the reference) and
+    ``DriverLedger`` (production) on SQLite and PostgreSQL."""
     if request.param == "memory":
         yield MemoryWorld()
         return
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    if request.param == "driver-postgresql":
+        url = request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)  # the run's PostgreSQL database: fixed ids, so start empty
     Base.metadata.create_all(engine)
+    driver = LedgerConnection.open(url) if request.param.startswith("driver") else None
     with sessionmaker(engine, expire_on_commit=False)() as session:
-        yield SqlWorld(session)
+        yield SqlWorld(session, driver)
+    if driver is not None:
+        driver.close()
     engine.dispose()
 
 

@@ -20,6 +20,7 @@ from worker.models import Delivery, FeedbackEvent, Subscriber, Suppression
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.sending.batch import send_batch
+from worker.sending.driver_ledger import DriverLedger
 from worker.sending.ports import Refusal, SmtpOutcome
 from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
@@ -224,3 +225,28 @@ def test_the_cli_installs_the_session_hooks(no_hooks: None, db_url: str) -> None
     result = CliRunner().invoke(main, ["inbound", "reprocess"], env=env)
     assert result.exit_code == 0, result.output
     assert installed()
+
+
+def test_the_send_path_records_on_the_driver_and_reopens_a_closed_connection(
+    rt: Runtime,
+) -> None:
+    # Given the runtime's ledger (the one the batch actor uses)
+    seed(rt, ["a@example.org"])
+    send_id = start_send(rt)
+    with rt.session() as session:
+        ledger = rt.ledger(session)
+        assert isinstance(ledger, DriverLedger)
+        now = rt.clock.now()
+        (first,) = session.scalars(select(Delivery.id).where(Delivery.send_id == send_id))
+        assert ledger.claim(send_id, [first], now, 600) == {first: 1}
+        # When its connection is closed (a database restart, a test's teardown)
+        ledger.db.close()
+        assert not ledger.db.usable
+        again = rt.ledger(session)
+        # Then the next ledger of this thread has a fresh one, and the claim still holds
+        assert again.db is not ledger.db and again.db.usable
+        assert again.submit(first, 1, now, 600)
+        accepted = again.record_accepted(send_id, first, 1, SmtpOutcome(250, "2.0.0 ok"), now)
+        assert (accepted.written, accepted.send_status) == (True, "sending")
+        assert again.counts(send_id) == {"sent": 1}
+        assert not session.in_transaction()  # the reads through the session were ended

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,107 @@ def test_smtputf8_used_when_offered_else_a_clear_local_failure() -> None:
         assert (refused.code, refused.permanent, refused.local) == (553, True, True)
         assert "SMTPUTF8" in refused.text
         assert mailer.send("b@example.org", "ascii@example.com", MESSAGE, smtputf8=False).accepted
+
+
+class GroupOnlyRelay:
+    """A relay on a plain socket that offers PIPELINING and answers MAIL, RCPT and DATA only
+    once it holds all three (RFC 2920 §3.1): a client waiting for each reply in turn gets none
+    (and times out). ``rcpt_reply`` answers the RCPT; ``lines`` records what arrived."""
+
+    def __init__(self, rcpt_reply: bytes = b"250 2.1.5 Ok") -> None:
+        self.rcpt_reply = rcpt_reply
+        self.lines: list[bytes] = []
+        self.messages = 0  # complete (final dot received)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 relay.example ESMTP\r\n")
+            reader.readline()  # EHLO
+            conn.sendall(b"250-relay.example\r\n250 PIPELINING\r\n")
+            while True:
+                group = [reader.readline() for _ in range(3)]  # MAIL, RCPT, DATA: no reply yet
+                if not group[0] or group[0].upper().startswith(b"QUIT"):
+                    return
+                self.lines += group
+                data_ok = self.rcpt_reply.startswith(b"2")
+                data_reply = b"354 go on" if data_ok else b"554 5.5.1 no valid recipients"
+                conn.sendall(b"250 2.1.0 Ok\r\n" + self.rcpt_reply + b"\r\n" + data_reply + b"\r\n")
+                if data_ok:
+                    while (line := reader.readline()) not in (b".\r\n", b""):
+                        self.lines.append(line)
+                    if not line:  # dropped before the final dot: no message (RFC 5321 §4.1.1.4)
+                        return
+                    self.messages += 1
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                else:
+                    reader.readline()  # the client's RSET
+                    conn.sendall(b"250 2.0.0 reset\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+def test_mail_rcpt_and_data_go_in_one_group_where_the_relay_pipelines() -> None:
+    # Given a relay that answers only once MAIL, RCPT and DATA have all arrived
+    relay = GroupOnlyRelay()
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{relay.port}", timeout=5)
+    # When two messages are sent over the connection
+    first = mailer.send("b@example.org", "r1@example.com", MESSAGE, smtputf8=False)
+    second = mailer.send("b@example.org", "r2@example.com", MESSAGE, smtputf8=False)
+    mailer.close()
+    relay.close()
+    # Then both went through (a client waiting for each reply would have timed out)
+    assert (first.code, first.text, second.code) == (250, "2.0.0 queued", 250)
+    assert relay.lines[:3] == [
+        b"MAIL FROM:<b@example.org>\r\n",
+        b"RCPT TO:<r1@example.com>\r\n",
+        b"DATA\r\n",
+    ]
+    assert b"hello\r\n" in relay.lines and b"RCPT TO:<r2@example.com>\r\n" in relay.lines
+    assert (relay.messages, mailer.connections_opened) == (2, 1)
+
+
+def test_a_closed_fence_after_a_pipelined_354_hands_over_no_message() -> None:
+    # Given a pipelining relay that has answered 354 to the group
+    relay = GroupOnlyRelay()
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{relay.port}", timeout=5)
+    fenced: list[str] = []
+
+    def taken_back() -> bool:  # the fence runs after RCPT's 250, before any message text
+        fenced.append("fence")
+        return False
+
+    # When the fence finds the claim taken back
+    outcome = mailer.send(
+        "b@example.org", "r1@example.com", MESSAGE, smtputf8=False, before_data=taken_back
+    )
+    relay.close()
+    # Then nothing of the message left and the connection is dropped without the final dot
+    assert (outcome.local, outcome.code, fenced) == (True, 0, ["fence"])
+    assert b"hello\r\n" not in relay.lines and relay.messages == 0
+    assert mailer._conn is None
+
+
+def test_a_refused_recipient_in_a_pipelined_group_sends_no_message() -> None:
+    relay = GroupOnlyRelay(rcpt_reply=b"550 5.1.1 no such user")
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{relay.port}", timeout=5)
+    outcome = mailer.send("b@example.org", "gone@example.com", MESSAGE, smtputf8=False)
+    mailer.close()
+    relay.close()
+    assert (outcome.code, outcome.permanent, outcome.text) == (550, True, "5.1.1 no such user")
+    assert b"hello\r\n" not in relay.lines  # DATA was refused: the content never left
+
+
+def test_a_line_break_in_an_address_never_reaches_the_relay(server: ScriptServer) -> None:
+    mailer = SmtpMailer(server.url(), timeout=5)
+    smuggled = "x@example.com>\r\nRCPT TO:<victim@example.net"
+    outcome = mailer.send("b@example.org", smuggled, MESSAGE, smtputf8=False)
+    assert outcome.local and outcome.code == 553
+    assert server.handler.accepted["victim@example.net"] == 0
+    assert sum(server.handler.accepted.values()) == 0

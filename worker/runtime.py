@@ -30,11 +30,11 @@ from worker.operators.metrics import MeteredMailer, SendingCounters, install_ses
 from worker.sending.composer import Composer, Links
 from worker.sending.connection import ConnectionSlot
 from worker.sending.dkim import DkimSigner
+from worker.sending.driver_ledger import DriverLedger, LedgerConnection
 from worker.sending.policy import SendPolicy
 from worker.sending.ports import Clock, Mailer, SendingMetrics, SystemClock, Throttle
 from worker.sending.sends import rendition_texts
 from worker.sending.smtp import SmtpMailer
-from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle, RedisThrottle
 from worker.settings import Settings
 from worker.subscriptions.limits import (
@@ -67,6 +67,8 @@ class Runtime:
     mailer_factory: Callable[[], Mailer] | None = None
     _local: threading.local = field(default_factory=threading.local)
     _composers: dict[int, Composer] = field(default_factory=dict)
+    _ledger_connections: list[LedgerConnection] = field(default_factory=list)
+    _ledger_lock: threading.Lock = field(default_factory=threading.Lock)
     _languages: tuple[str, ...] | None = field(default=None, init=False)
     _signup_newsletter: tuple[float, Newsletter, NewsletterProfile] | None = field(
         default=None, init=False
@@ -108,15 +110,33 @@ class Runtime:
         like a mailbox-full DSN does."""
         return RefusalFeedback(FeedbackPolicy.from_settings(self.settings))
 
-    def ledger(self, session: Session) -> SqlLedger:
-        """The SQL delivery ledger over ``session``, with this runtime's refusal recorder and
-        counters: the one the send path uses."""
-        return SqlLedger(session, refusals=self.refusals, metrics=self.metrics)
+    def ledger(self, session: Session) -> DriverLedger:
+        """The delivery ledger the send path uses: its per-message statements on this thread's
+        own driver connection (``DriverLedger``), the rest over ``session``, with this runtime's
+        refusal recorder and counters."""
+        return DriverLedger(
+            session, self._ledger_connection(), refusals=self.refusals, metrics=self.metrics
+        )
+
+    def _ledger_connection(self) -> LedgerConnection:
+        """This thread's ledger connection, reopened when closed or broken (a database restart
+        fails the batch that saw it; dramatiq retries it on a fresh connection)."""
+        connection: LedgerConnection | None = getattr(self._local, "ledger", None)
+        if connection is None or not connection.usable:
+            connection = self._local.ledger = LedgerConnection.open(self.settings.database_url)
+            with self._ledger_lock:
+                self._ledger_connections.append(connection)
+        return connection
 
     def close(self) -> None:
-        """Close the pooled database connections (end of a test); the pool reopens on use."""
+        """Close the pooled database connections and the ledger's (end of a test); both reopen
+        on use."""
         if "engine" in self.__dict__:
             self.engine.dispose()
+        with self._ledger_lock:
+            connections, self._ledger_connections = self._ledger_connections, []
+        for connection in connections:
+            connection.close()
 
     @cached_property
     def redis(self) -> redis.Redis | None:

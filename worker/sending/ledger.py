@@ -8,7 +8,9 @@ the reply. Every write is durable when the method returns. If the process dies, 
 turns an expired ``sending`` claim back into ``queued`` (DATA never started) and an expired
 ``submitting`` claim into ``unknown`` (the relay may have it): resent only by an operator.
 
-Implementations: ``worker.sending.sql_ledger.SqlLedger`` (production) and
+Implementations: ``worker.sending.driver_ledger.DriverLedger`` (production: the per-message
+statements on the database driver, psycopg or sqlite3), ``worker.sending.sql_ledger.SqlLedger``
+(SQLAlchemy, the reference the contract tests run against too) and
 ``worker.sending.memory_ledger.MemoryLedger`` (fast tests of the batch loop).
 """
 
