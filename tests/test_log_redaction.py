@@ -61,8 +61,8 @@ def _process(argv: list[str], env: dict[str, str], port: int | None) -> Iterator
     proc = subprocess.Popen(
         [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    try:
-        while port is not None and proc.poll() is None:  # wait until it listens (or dies: then the test reports why)
+    try:  # wait until it listens (or dies: then the test reports why)
+        while port is not None and proc.poll() is None:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
