@@ -16,6 +16,7 @@ from worker import actors
 from worker.devtools.outbox import OutboxServer
 from worker.models import Consent, SignupRefusal, Subscriber
 from worker.runtime import Runtime
+from worker.settings import Settings
 from worker.subscriptions.evidence import agent_family, network_of, scrub_payload
 from worker.subscriptions.limits import AbuseLimits, RedisSignupLimiter, limit_key
 from worker.subscriptions.signups import confirmation_token
@@ -140,3 +141,22 @@ def test_redis_holds_no_address_ip_or_domain_and_every_key_expires(redis_url: st
 def test_the_hash_key_is_derived_not_the_secret_itself() -> None:
     assert limit_key("s") != b"s" and len(limit_key("s")) == 32
     assert limit_key("s") != limit_key("t")
+
+
+def test_every_export_says_it_is_the_only_way_addresses_leave(
+    rt: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("database_url", "redis_url", "secret_key", "newsletter_path"):
+        monkeypatch.setenv(f"NEWSLETTER_{name.upper()}", str(getattr(settings, name)))
+    from click.testing import CliRunner
+
+    from worker.cli import main
+    from worker.subscriptions.people import EXPORT_NOTICE
+
+    runner = CliRunner()
+    for argv in (["subscribers", "export", "a@example.org"], ["suppressions", "export", "-"],
+                 ["subscribers", "list"]):  # fmt: skip
+        result = runner.invoke(main, argv)
+        assert result.exit_code == 0, result.output
+        assert EXPORT_NOTICE in result.stderr
+        assert "only way addresses leave" in EXPORT_NOTICE
