@@ -436,7 +436,7 @@ def test_show_export_erase_and_no_re_adding(
     assert shown.exit_code == 0, shown.output
     assert "Ivan.Petrov@example.org [weekly] pending, language be" in shown.output
     assert "from 203.0.113.0/24 via footer (text v2)" in shown.output
-    record = json.loads(exported.output)
+    record = json.loads(exported.stdout)  # the export notice is on stderr
     [sub] = record["subscribers"]
     assert sub["email"] == "Ivan.Petrov@example.org" and sub["consents"][0]["user_agent"] == "Other"
     assert [r["reason"] for r in record["refused_signups"]] == ["invalid_address"]
@@ -454,7 +454,7 @@ def test_show_export_erase_and_no_re_adding(
             "ivan.petrov@example.org", rt.settings.secret_key
         )
     after = json.loads(
-        runner.invoke(main, ["subscribers", "export", "ivan.petrov@example.org"]).output
+        runner.invoke(main, ["subscribers", "export", "ivan.petrov@example.org"]).stdout
     )
     assert after["subscribers"] == [] and after["refused_signups"] == []
     assert [s["reason"] for s in after["suppressions"]] == ["erasure"]
