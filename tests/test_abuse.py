@@ -23,6 +23,7 @@ from worker.devtools.outbox import OutboxServer
 from worker.models import Consent, SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.subscriptions.evidence import network_of
 from worker.subscriptions.limits import AbuseLimits, MemorySignupLimiter, RedisSignupLimiter
 from worker.subscriptions.signups import MAX_REFUSAL_DETAIL, MAX_REFUSAL_PAYLOAD
 from worker.web.app import create_app
@@ -305,7 +306,7 @@ def test_a_forged_or_null_ip_field_does_not_bypass_the_ip_limit(
     assert answers == [202] * 12
     assert len(smtp.handler.received) == 5
     assert refusals(limited_rt) == {"ip_limit": 7}
-    assert consents(limited_rt) == [("203.0.113.50", "Bot/2.0")] * 5
+    assert consents(limited_rt) == [("203.0.113.0/24", "Bot")] * 5  # network, family
     with limited_rt.session() as session:
         assert all(c.year >= 2026 for c in session.scalars(select(Consent.signed_up_at)))
 
@@ -339,8 +340,8 @@ def test_only_the_signing_website_is_believed_about_ip_and_user_agent(
 
     assert answers == {"signed": 202, "old key": 202, "wrong key": 401, "replayed late": 401,
                        "unsigned": 202}  # fmt: skip
-    assert consents(rt) == [("198.51.100.77", "Reader's Firefox")] * 2 + [
-        ("192.0.2.10", "Website-Backend/1.0")  # unsigned: its own ip and user_agent ignored
+    assert consents(rt) == [("198.51.100.0/24", "Other")] * 2 + [
+        ("192.0.2.0/24", "Other")  # unsigned: its own ip and user_agent ignored
     ]
     actors.use_runtime(None)
 
@@ -367,7 +368,7 @@ def test_x_forwarded_for_counts_only_from_trusted_proxies(
     stub_worker.join()
 
     assert response.status_code == 202
-    assert [ip for ip, _ in consents(limited_rt)] == [seen]
+    assert [ip for ip, _ in consents(limited_rt)] == [network_of(seen)]  # kept: the network
 
 
 def test_ipv6_clients_are_limited_per_64(

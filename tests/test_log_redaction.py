@@ -54,14 +54,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def _process(argv: list[str], env: dict[str, str], port: int) -> Iterator[list[str]]:
-    """Run ``argv`` until the block ends; yields the list its output lines land in (after)."""
+def _process(argv: list[str], env: dict[str, str], port: int | None) -> Iterator[list[str]]:
+    """Run ``argv`` until the block ends; yields the list its output lines land in (after).
+    With ``port``, the block starts once the process listens there."""
     lines: list[str] = []
     proc = subprocess.Popen(
         [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    try:
-        while proc.poll() is None:  # wait until it listens (or dies: then the test reports why)
+    try:  # wait until it listens (or dies: then the test reports why)
+        while port is not None and proc.poll() is None:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break

@@ -172,7 +172,8 @@ def test_signup_page_by_keyboard_at_375_px_then_the_confirmation_mail(
         ).one()
         assert (reader.status, reader.language) == ("confirmed", "be")
         consent = session.scalars(select(Consent).where(Consent.subscriber_id == reader.id)).one()
-        assert consent.ip == "127.0.0.1" and consent.confirm_ip == "127.0.0.1"
+        assert consent.ip == "127.0.0.0/24" and consent.confirm_ip == "127.0.0.0/24"
+        assert consent.user_agent == consent.confirm_user_agent == "HeadlessChrome"
         assert (consent.consent_version or "").startswith("page-be-")
         assert consent.confirmed_at is not None
 

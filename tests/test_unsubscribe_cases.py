@@ -18,6 +18,7 @@ from worker.devtools.outbox import OutboxServer
 from worker.editions.localisation import translations
 from worker.models import Consent, FeedbackEvent, Subscriber
 from worker.runtime import Runtime
+from worker.subscriptions.evidence import agent_family
 from worker.subscriptions.signups import confirm, confirmation_token
 from worker.subscriptions.tokens import unsubscribe_token
 from worker.web.app import create_app
@@ -144,7 +145,9 @@ def test_u06_prefetched_confirmation_link_does_not_confirm(rt: Runtime) -> None:
         consent = session.scalars(select(Consent).where(Consent.subscriber_id == sid)).one()
         assert consent.confirmed_at is not None
         assert consent.method == expected["consent_record"]["method"]
-        assert consent.confirm_user_agent == human.headers["User-Agent"]
+        # the family only, never the raw header (subscriptions/evidence.py)
+        assert consent.confirm_user_agent == agent_family(human.headers["User-Agent"])
+        assert consent.confirm_user_agent not in (None, "Other", human.headers["User-Agent"])
         assert consent.source == case["precondition"]["signup_source"]
 
 

@@ -84,6 +84,9 @@ class Settings:
     broker: str = "redis"  # "redis", or "stub" for dramatiq's in-process StubBroker
     smtp_url: str = "smtp://127.0.0.1:1025"
     public_url: str = "http://127.0.0.1:8000"
+    # hosts besides the site and public_url that editions may load images from (edition check)
+    image_hosts: str = ""
+    images_dir: str = ""  # where `edition load` copies an edition's own images, served at /images/
     secret_key: str = field(default="", repr=False)
     bounce_domain: str = "news.example.org"
     message_id_domain: str = ""

@@ -24,6 +24,7 @@ from worker.editions.rendering import (
     check_templates,
     render_edition,
 )
+from worker.editions.resources import foreign_resource_warnings, host_of
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -66,6 +67,15 @@ def _public_url() -> str:
     return Settings.from_env().public_url
 
 
+def _own_hosts(site: str) -> list[str]:
+    """The newsletter's own hosts: its site's, the public URL's, ``NEWSLETTER_IMAGE_HOSTS``."""
+    from worker.settings import Settings
+
+    settings = Settings.from_env()
+    configured = [h.strip() for h in settings.image_hosts.split(",") if h.strip()]
+    return [host_of(site), host_of(settings.public_url), *configured]
+
+
 @edition.command("check")
 @click.argument("path", type=_FOLDER)
 def check(path: Path) -> None:
@@ -73,7 +83,8 @@ def check(path: Path) -> None:
     problems = check_edition(path)
     if not problems:
         try:
-            renditions = render_source(read_edition(path), _public_url())
+            source = read_edition(path)
+            renditions = render_source(source, _public_url())
         except EditionInvalid as error:
             problems = error.problems
     if problems:
@@ -84,7 +95,8 @@ def check(path: Path) -> None:
     for language, rendered in renditions.items():
         size = len(rendered.html.encode("utf-8")) / 1024
         click.echo(f"{language}: {rendered.subject!r} ({size:.0f} KB HTML)")
-        for warning in rendered.warnings:
+        own = _own_hosts(source.newsletter.site)
+        for warning in (*rendered.warnings, *foreign_resource_warnings(rendered.html, own)):
             click.echo(f"{language}: warning: {warning}", err=True)
     click.echo(f"ok: {path}")
 

@@ -35,16 +35,24 @@ def _read_checked(path: Path):  # type: ignore[no-untyped-def]
 def load(path: Path) -> None:
     """Check and store the edition in PATH; loading it again updates it until it is sent."""
     from worker.db import session_scope
+    from worker.editions.images import ImagesNotConfigured, copy_images
     from worker.editions.store import EditionLocked, save_edition
     from worker.sending.ports import SystemClock
 
     source, _ = _read_checked(path)
-    with session_scope(Settings.from_env()) as session:  # signs nothing: no secret key needed
+    settings = Settings.from_env()
+    try:  # images first: a stored edition must not point at images that are not served
+        images = copy_images(path, source, settings.images_dir)
+    except (ImagesNotConfigured, OSError) as error:
+        raise click.ClickException(f"{error}; nothing stored") from None
+    with session_scope(settings) as session:  # signs nothing: no secret key needed
         try:
             edition = save_edition(session, source, SystemClock().now())
         except EditionLocked as error:
             raise click.ClickException(str(error)) from None
         click.echo(f"edition {edition.key} stored ({', '.join(sorted(source.contents))})")
+    for image in images:
+        click.echo(f"image served at /images/{source.key}/{image.name}")
 
 
 @click.command("test-send")

@@ -13,6 +13,7 @@ import click
 
 from worker.csv_cells import write_cell
 from worker.settings import Settings
+from worker.subscriptions.people import EXPORT_NOTICE
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -85,6 +86,7 @@ def subscribers_export(address: str) -> None:
     with rt.session() as session:
         record = person_record(session, address, rt.settings.secret_key)
     click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+    click.echo(EXPORT_NOTICE, err=True)
 
 
 @subscribers.command("erase")
@@ -289,6 +291,7 @@ def subscribers_list(
                 click.echo(f"{r.email}  {r.status:<12} {r.language:<3} {r.source}")
     if not as_csv and shown == limit and not everyone:
         click.echo(f"(first {limit} from {offset}: --offset {offset + limit} for more)", err=True)
+    click.echo(EXPORT_NOTICE, err=True)
 
 
 @subscribers.command("count")

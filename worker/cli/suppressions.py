@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from worker.settings import Settings
+from worker.subscriptions.people import EXPORT_NOTICE
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -82,6 +83,7 @@ def suppressions_export(file: str) -> None:
             with Path(file).open("w", newline="", encoding="utf-8") as out:
                 count = export_csv(session, out)
     click.echo(f"exported {count} suppression(s)", err=True)
+    click.echo(EXPORT_NOTICE, err=True)
 
 
 @suppressions.command("import")

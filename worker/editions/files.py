@@ -27,6 +27,7 @@ from worker.editions.schema import (
     Item,
     ProfileFile,
     field_errors,
+    is_local_image,
     listing,
     valid_languages,
 )
@@ -502,10 +503,40 @@ def _scan(folder: Path) -> tuple[EditionSource | None, list[EditionProblem]]:
         if content is not None:
             contents[language] = content
     problems += _stray_files(folder, profile)
+    problems += _missing_images(folder, contents, summaries)
     problems += _cross_language(profile, summaries, problems)
     if problems:
         return None, problems
     return EditionSource(newsletter=profile, contents=contents), []
+
+
+def local_images(source: EditionSource) -> list[str]:
+    """The file names of the images ``source`` keeps in its own folder (``border.jpg``), sorted;
+    ``edition load`` copies them to ``NEWSLETTER_IMAGES_DIR`` and the web app serves them."""
+    return sorted(
+        {
+            item.image.url
+            for content in source.contents.values()
+            for item in content.items
+            if item.image is not None and is_local_image(item.image.url)
+        }
+    )
+
+
+def _missing_images(
+    folder: Path, contents: Mapping[str, EditionContent], summaries: Mapping[str, _Summary]
+) -> Iterator[EditionProblem]:
+    for language, content in contents.items():
+        for n, item in enumerate(content.items):
+            name = item.image.url if item.image is not None else ""
+            if is_local_image(name) and not (folder / name).is_file():
+                where = f"items[{n}].image.url"
+                yield EditionProblem(
+                    f"{language}.yaml",
+                    where,
+                    f"image file {name!r} is not in the edition folder",
+                    summaries[language].located.line(where),
+                )
 
 
 def _stray_files(folder: Path, profile: NewsletterProfile) -> Iterator[EditionProblem]:

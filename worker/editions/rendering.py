@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,7 @@ from worker.editions.localisation import (
 from worker.editions.mjml_documents import MjmlRefused, Problem, check_template_files, to_html
 from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
 from worker.editions.richtext import heading, markdown_to_html, markdown_to_text, tidy_text, wrap
+from worker.editions.schema import is_local_image
 
 __all__ = ["UNSUBSCRIBE_URL"]  # re-exported: rendering writes it, callers used to import it here
 
@@ -224,13 +225,24 @@ def _newsletter_context(
     }
 
 
-def _item_context(item: EditionItem) -> dict[str, Any]:
+def image_url(public_url: str, key: str, url: str) -> str:
+    """Where mail clients load an item's image: ``url`` itself when absolute, else the web app's
+    copy of the edition folder's file (``{public_url}/images/{key}/{file}``, ``web/images.py``)."""
+    if is_local_image(url):
+        return f"{public_url.rstrip('/')}/images/{key}/{url}"
+    return url
+
+
+def _item_context(item: EditionItem, public_url: str, key: str) -> dict[str, Any]:
+    image = item.image
+    if image is not None:
+        image = replace(image, url=image_url(public_url, key, image.url))
     return {
         "section": item.section,
         "title": item.title,
         "standfirst": item.standfirst,
         "url": item.url,
-        "image": item.image,
+        "image": image,
         "lead": item.lead,
         # Safe by construction: markdown_to_html cleans with nh3 before we mark it.
         "body_html": Markup(markdown_to_html(item.body)),
@@ -255,7 +267,7 @@ def _edition_context(
         "period": format_period(content.period_start, content.period_end, language),
         "period_start": content.period_start,
         "period_end": content.period_end,
-        "items": [_item_context(item) for item in content.items],
+        "items": [_item_context(item, public_url, content.key) for item in content.items],
     }
     context["archive_url"] = archive_url(public_url, content.key, language)
     return context

@@ -124,6 +124,24 @@ def _url(value: Any) -> str:
     return text
 
 
+# An image kept in the edition folder (served by the web app at /images/<edition>/<file>):
+# a plain file name with an image extension, no folder, no "..".
+LOCAL_IMAGE = re.compile(r"^[A-Za-z0-9][\w.-]{0,99}\.(?:jpe?g|png|gif|webp)$", re.I | re.A)
+
+
+def is_local_image(url: str) -> bool:
+    """Whether ``url`` names an image file of the edition folder (``border.jpg``)."""
+    return bool(LOCAL_IMAGE.match(url))
+
+
+def _image_url(value: Any) -> str:
+    """An absolute http(s) URL, or the name of an image file in the edition folder
+    (``border.jpg``: ASCII letters, digits, ``.``, ``_``, ``-``; jpg, png, gif or webp)."""
+    if isinstance(value, str) and is_local_image(value):
+        return value
+    return _url(value)
+
+
 def _address(value: str) -> str:
     """An address valid by RFC 5321/5322 syntax (email-validator). No DNS: checks run offline."""
     try:
@@ -201,6 +219,7 @@ def _no_alt_text(value: Any) -> str:
 Text = Annotated[str, BeforeValidator(_text)]
 OneLine = Annotated[str, BeforeValidator(_text), AfterValidator(_one_line)]
 Url = Annotated[str, BeforeValidator(_url)]
+ImageUrl = Annotated[str, BeforeValidator(_image_url)]
 Address = Annotated[str, BeforeValidator(_text), AfterValidator(_address)]
 Day = Annotated[date, BeforeValidator(_day)]
 LanguageTexts = Annotated[
@@ -247,9 +266,10 @@ class ProfileFile(_File):
 
 
 class Image(_File):
-    """A picture above an item; ``alt`` is required (WCAG 1.1.1)."""
+    """A picture above an item; ``alt`` is required (WCAG 1.1.1). ``url`` is absolute, or a file
+    of the edition folder that the web app serves (``NEWSLETTER_IMAGES_DIR``)."""
 
-    url: Url
+    url: ImageUrl
     # Checked even when absent (validate_default): blind readers and mail clients that block
     # images see only the alt text.
     alt: Annotated[str, BeforeValidator(_no_alt_text)] = Field(default=None, validate_default=True)

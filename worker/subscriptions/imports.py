@@ -38,6 +38,7 @@ from worker.models import Consent, Subscriber, Suppression
 from worker.states import SubscriberStatus
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import Address, AddressError, BulkParser
+from worker.subscriptions.evidence import network_of
 from worker.subscriptions.exports import LEAVING, BadRow, Row, SourceRow, Standing, language_of
 from worker.subscriptions.suppressions import email_hash
 
@@ -299,14 +300,14 @@ def _consent_values(
         # one import consent per reader and newsletter, whatever the file: a re-import adds none
         "event_id": f"import:{options.newsletter_id}:{v.hashed[:48]}",
         "signed_up_at": row.opted_in_at or row.confirmed_at or options.now,
-        "ip": row.opt_in_ip,
+        "ip": network_of(row.opt_in_ip),  # evidence keeps the network only (evidence.py)
         "user_agent": None,
         "source": options.source[:200],
         "consent_version": None,
         "language": languages[v.address.dedupe_key],
         "method": method,
         "confirmed_at": row.confirmed_at if status == SubscriberStatus.CONFIRMED else None,
-        "confirm_ip": row.confirm_ip if status == SubscriberStatus.CONFIRMED else None,
+        "confirm_ip": network_of(row.confirm_ip) if status == SubscriberStatus.CONFIRMED else None,
         "confirm_user_agent": None,
     }
 

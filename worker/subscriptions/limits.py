@@ -16,7 +16,9 @@ anyone holding one can pick any address in it); addresses per mailbox (``Address
 ``SignupLimiter`` is the port the domain (``worker.subscriptions.signups``) and the actors use;
 ``RedisSignupLimiter`` is the adapter (one Lua script: an exact sliding log per key, all keys
 checked before any is counted), ``MemorySignupLimiter`` the single-process stand-in for the demo.
-Keys hold keyed hashes, never addresses or IPs in clear.
+Keys hold keyed hashes (HMAC-SHA256 under a key derived from the secret key, :func:`limit_key`)
+of the IP group, the mailbox and the recipient domain, never an address, IP or domain in clear;
+members are random ids; every key expires with its window (``PEXPIRE``).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class _WindowedLimiter:
         self, limits: AbuseLimits, hash_key: str, prefix: str = "newsletter:abuse"
     ) -> None:
         self.limits = limits
-        self._hash_key = hash_key.encode()
+        self._hash_key = limit_key(hash_key)
         self._prefix = prefix
 
     def _hashed(self, kind: str, value: str) -> str:
@@ -159,9 +161,9 @@ class _WindowedLimiter:
 
     def allow_domain(self, domain: str) -> Verdict:
         limit = self.limits.confirmations_per_domain_per_minute
-        return self._take(
-            [_Window(f"{self._prefix}:domain:{domain.lower()}", limit, MINUTE, "domain_limit")]
-        )
+        # hashed too: a reader's own domain (anna-k.by) names the reader as well as the address
+        key = self._hashed("domain", domain.lower())
+        return self._take([_Window(key, limit, MINUTE, "domain_limit")])
 
     def _take(self, windows: Sequence[_Window]) -> Verdict:
         raise NotImplementedError
@@ -241,6 +243,16 @@ class MemorySignupLimiter(_WindowedLimiter):
                 if window.limit != 0:
                     self._logs.setdefault(window.key, deque()).append(now)
             return ALLOWED
+
+
+LIMIT_KEY_PURPOSE = b"newsletter abuse-limit keys v1"
+
+
+def limit_key(secret_key: str) -> bytes:
+    """The key of the limits' HMACs: derived from the secret key (HMAC-SHA256 of a fixed purpose
+    label, the "extract" step of RFC 5869 §2.2), so that the Redis key names of one purpose are
+    no oracle for the secret key's other uses (link tokens, the website's signature)."""
+    return hmac.new(secret_key.encode(), LIMIT_KEY_PURPOSE, hashlib.sha256).digest()
 
 
 def ip_group(ip: str) -> str:

@@ -185,3 +185,10 @@ def _anonymise(subscriber: Subscriber, hashed: str, now: datetime) -> None:
     subscriber.email_key = f"erased:{hashed[:40]}:{subscriber.id}"
     subscriber.domain = ERASED_DOMAIN
     lifecycle.erase(subscriber, now)
+
+
+EXPORT_NOTICE = (
+    "this output names readers: exports (subscribers export/list, suppressions export) are the "
+    "only way addresses leave the newsletter; keep the file encrypted and delete it when done"
+)
+"""Said on standard error by every command that writes readers' addresses out (issue 17)."""

@@ -34,6 +34,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
+from worker.logs import mask_ip
 from worker.models import Consent, Newsletter, SignupRefusal, Subscriber
 from worker.states import SubscriberStatus
 from worker.subscriptions import lifecycle
@@ -43,6 +44,7 @@ from worker.subscriptions.addresses import (
     load_blocked_domains,
     parse_address,
 )
+from worker.subscriptions.evidence import agent_family, network_of, scrub_payload
 from worker.subscriptions.limits import SignupLimiter
 from worker.subscriptions.suppressions import email_hash, is_suppressed
 from worker.subscriptions.tokens import (
@@ -263,7 +265,9 @@ def record_refusal(
     if limiter is not None and not limiter.allow_record(source).allowed:
         log.info("signup refusal not stored (record limit): %s", refusal.reason)
         return None
-    text = "{}" if refusal.reason in LIMIT_REASONS else _payload_text(payload)
+    # the event's own ip and user_agent are cut like consent evidence; IPs in free text masked
+    kept = "{}" if refusal.reason in LIMIT_REASONS else _payload_text(scrub_payload(payload))
+    text = mask_ip(kept)
     row = SignupRefusal(
         event_id=_clean(refusal.event_id)[:100] if refusal.event_id else None,
         received_at=now,
@@ -457,8 +461,8 @@ def _add_consent(
             subscriber=subscriber,
             event_id=event.event_id,
             signed_up_at=event.occurred_at or now,
-            ip=event.ip,
-            user_agent=event.user_agent,
+            ip=network_of(event.ip),
+            user_agent=agent_family(event.user_agent),
             source=event.source,
             consent_version=event.consent_version,
             language=event.language,
@@ -553,7 +557,8 @@ def confirm(
 ) -> Subscriber:
     """Confirm the subscription (the POST from the confirmation page): single use.
 
-    Records when and from where (IP, user agent) on the latest unconfirmed consent. For a
+    Records when and from where (the IP's network and the user agent's family,
+    ``worker.subscriptions.evidence``) on the latest unconfirmed consent. For a
     confirmed reader's pending change, applies the language that consent asked for. Raises
     ``TokenError`` as ``check_confirmation`` does.
     """
@@ -570,7 +575,7 @@ def confirm(
         lifecycle.confirm(subscriber, now)  # the token stops working
     if consent is not None:
         consent.confirmed_at = now
-        consent.confirm_ip = (ip or "")[:64] or None
-        consent.confirm_user_agent = _clean(user_agent or "")[:512] or None
+        consent.confirm_ip = network_of(ip)
+        consent.confirm_user_agent = agent_family(_clean(user_agent or ""))
     session.flush()
     return subscriber

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from worker.editions.store import NoNewsletter
 from worker.logs import UVICORN_LOGGERS, redact_handlers
 from worker.runtime import Runtime, runtime
-from worker.web import archive, health, links, preferences, signup, subscribe
+from worker.web import archive, health, images, links, preferences, signup, subscribe
 from worker.web.guards import BodyLimit, SecurityHeaders
 from worker.web.operators import operator_router
 from worker.web.pages import Pages
@@ -46,7 +46,7 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     app.add_exception_handler(NoNewsletter, _not_set_up)
     app.include_router(operator_router(rt))  # /metrics, /readyz, /dashboard
     app.include_router(webhook_router(rt, webhooks))  # /webhooks/{ses,postmark,sendgrid,mailgun}
-    for concern in (health, links, preferences, archive, signup, subscribe):
+    for concern in (health, links, preferences, archive, signup, subscribe, images):
         app.include_router(concern.router)
     limits = [("/signup", s.signup_max_bytes), ("/webhooks/", s.webhook_max_bytes)]
     # /subscribe and /p/ are forms of a few hundred bytes: the default cap applies

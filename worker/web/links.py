@@ -72,7 +72,8 @@ def confirm_post(token: str, request: Request, rt: RuntimeDep, pages: PagesDep) 
                 token,
                 max_age_seconds=rt.settings.confirmation_expiry_hours * 3600,
                 now=rt.clock.now(),
-                ip=request.client.host if request.client else None,
+                # behind the configured proxies, the hop they name (not the proxy itself)
+                ip=client_ip(request, trusted_networks(rt.settings.trusted_proxies)),
                 user_agent=request.headers.get("user-agent"),
             )
         except TokenError as error:
