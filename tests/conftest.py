@@ -22,10 +22,10 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 
 from tests.samples import SAMPLE_EDITION
-from tests.services import PG_ADMIN
+from tests.services import DATA_KEY, PG_ADMIN
 from tests.services import redis_url as slot_url
 from tests.stub_worker import StubWorker
-from worker import broker
+from worker import broker, keyring
 from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer
 from worker.models import Base
@@ -33,6 +33,12 @@ from worker.runtime import Runtime, use_runtime
 from worker.settings import Settings
 
 REDIS_URL = slot_url(0)
+
+# The tests' data key (worker.keyring): installed for code that opens sessions without a
+# runtime, and in the environment that subprocesses (workers, receivers, the CLI) inherit.
+TEST_DATA_KEY = DATA_KEY
+os.environ.setdefault("NEWSLETTER_DATA_KEY", TEST_DATA_KEY)
+keyring.install(keyring.keyring_from_env({"NEWSLETTER_DATA_KEY": TEST_DATA_KEY}))
 
 # The suite is the same every run: hypothesis draws from a fixed seed (a test that fails at random
 # is a bug). `HYPOTHESIS_PROFILE=explore` searches anew; what it finds becomes a fixed @example.
@@ -119,6 +125,7 @@ def settings(db_url: str, smtp: OutboxServer, redis_url: str) -> Settings:
         broker="stub",
         smtp_url=smtp.url,
         secret_key="test-secret-key-0123456789",
+        data_key=TEST_DATA_KEY,
         public_url="http://testserver",
         bounce_domain="news.example.org",
         newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),

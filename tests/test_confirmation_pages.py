@@ -44,7 +44,9 @@ def signed_up(rt: Runtime, address: str, language: str, n: int = 1) -> tuple[int
         }
     )
     with rt.session() as session:
-        subscriber = session.scalars(select(Subscriber).where(Subscriber.email == address)).one()
+        subscriber = session.scalars(
+            select(Subscriber).where(Subscriber.email_key == address)
+        ).one()
         return subscriber.id, f"/confirm/{confirmation_token(rt.tokens, subscriber)}"
 
 

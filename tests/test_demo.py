@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from tests.message_parts import body_text
 from tests.samples import SAMPLE_EDITION
-from tests.services import redis_url
+from tests.services import DATA_KEY_ENV, redis_url
 from worker.cli.demo import INVALID, READERS, UNCONFIRMED
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer
@@ -182,7 +182,7 @@ def check_unsubscribe_links_work(tmp: Path, urls: dict[str, str]) -> None:
     """The demo's links against the web app on the demo's database: GET changes nothing, the
     RFC 8058 one-click POST unsubscribes."""
     settings = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         database_url=f"sqlite:///{tmp / 'var' / 'demo.db'}",
         broker="stub",
         redis_url="",

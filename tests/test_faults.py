@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from tests.samples import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
+from tests.services import DATA_KEY_ENV
 from worker import actors
 from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer, free_port
@@ -112,7 +113,7 @@ def pg_settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
     yield Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         database_url=pg_url,
         redis_url="",
         broker="stub",
@@ -536,7 +537,7 @@ def test_inbound_storage_full_answers_451_and_loses_nothing(sqlite_url: str) -> 
     from worker.models import InboundMessage
 
     settings = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         database_url=sqlite_url,
         redis_url="",
         broker="stub",

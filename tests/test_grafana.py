@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client import Counter, Histogram
 
+from tests.services import DATA_KEY_ENV
 from worker.db import session_scope
 from worker.operators import metrics
 from worker.operators.dashboard import LedgerCollector
@@ -93,7 +94,7 @@ def exported_names(sqlite_url: str) -> set[str]:
             names.add(name.removesuffix("_total") + "_total")
         elif kind is Histogram:
             names |= {name + suffix for suffix in ("_bucket", "_sum", "_count")}
-    settings = Settings.from_env({}, database_url=sqlite_url)
+    settings = Settings.from_env(DATA_KEY_ENV, database_url=sqlite_url)
     for family in LedgerCollector(lambda: session_scope(settings)).collect():
         names.add(family.name)
     # dramatiq's Prometheus middleware creates its metrics at worker boot; read their names from

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.services import DATA_KEY_ENV
 from worker.logs import configure_logging, log_context, mask_address
 from worker.settings import Settings
 
@@ -21,7 +22,7 @@ def stream() -> Iterator[io.StringIO]:
     saved = (list(root.handlers), root.level)
     out = io.StringIO()
     settings = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         secret_key=SECRET,
         log_json=True,
         smtp_url="smtps://mailer:relay-pass-99@smtp.example.net",

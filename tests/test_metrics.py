@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator_scenario import run_send
+from tests.services import DATA_KEY_ENV
 from tests.stub_worker import StubWorker
 from worker.devtools.outbox import OutboxServer
 from worker.runtime import Runtime
@@ -198,7 +199,9 @@ def test_feedback_rows_are_counted_once_committed(db_url: str) -> None:
     before = counter._value.get()
     # the runtime's sessions, as actors and the web app open them: its engine installs the hooks
     session_scope = Runtime(
-        Settings.from_env({}, database_url=db_url, secret_key="metrics-test-secret-0123456789")
+        Settings.from_env(
+            DATA_KEY_ENV, database_url=db_url, secret_key="metrics-test-secret-0123456789"
+        )
     ).session
     with session_scope() as session:
         session.add(event("arf:1"))

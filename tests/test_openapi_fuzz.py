@@ -27,6 +27,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.samples import SAMPLE_EDITION
+from tests.services import DATA_KEY_ENV
 from worker import actors
 from worker.db import dispose_engines
 from worker.editions.files import read_edition
@@ -73,7 +74,7 @@ def _with_raw_bodies(document: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def web_schema(sqlite_url: str, tmp_path: Path) -> Iterator[Any]:
     settings = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         database_url=sqlite_url,
         redis_url="",
         broker="stub",

@@ -31,6 +31,7 @@ from tests.queue_harness import (
 )
 from tests.samples import CASES
 from tests.sendkit import seed, states
+from tests.services import DATA_KEY_ENV
 from tests.smtp_script import ScriptHandler, ScriptServer
 from worker.editions.store import find_edition
 from worker.models import Delivery, FeedbackEvent, Send, Subscriber, Suppression
@@ -71,7 +72,7 @@ def local_runtime(pg: str) -> Runtime:
     """The test's own view of the database (seeding and checking), with no broker."""
     return Runtime(
         Settings.from_env(
-            {},
+            DATA_KEY_ENV,
             database_url=pg,
             broker="stub",
             redis_url="",

@@ -48,7 +48,7 @@ def confirmed_reader(rt: Runtime, client: TestClient, address: str, language: st
         {"version": 1, "event_id": f"e-{address}", "email": address, "language": language}
     )
     with rt.session() as session:
-        reader = session.scalars(select(Subscriber).where(Subscriber.email == address)).one()
+        reader = session.scalars(select(Subscriber).where(Subscriber.email_key == address)).one()
         path = f"/confirm/{confirmation_token(rt.tokens, reader)}"
         reader_id = reader.id
     assert client.post(path).status_code == 200

@@ -168,7 +168,7 @@ def test_signup_page_by_keyboard_at_375_px_then_the_confirmation_mail(
 
     with rt.session() as session:
         reader = session.scalars(
-            select(Subscriber).where(Subscriber.email == "lesia@example.org")
+            select(Subscriber).where(Subscriber.email_key == "lesia@example.org")
         ).one()
         assert (reader.status, reader.language) == ("confirmed", "be")
         consent = session.scalars(select(Consent).where(Consent.subscriber_id == reader.id)).one()

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 
 from tests.message_parts import body_text
 from tests.samples import SAMPLE_EDITION
-from tests.services import redis_url
+from tests.services import DATA_KEY_ENV, redis_url
 from worker.db import dispose_engines
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
@@ -197,7 +197,7 @@ def workers(db_url: str, smtp: OutboxServer, website: Website, tmp_path: Path) -
 def runtime(db_url: str, smtp: OutboxServer) -> Iterator[Runtime]:
     """The test's own view of the database (same secret key as the workers)."""
     settings = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         database_url=db_url,
         broker="stub",
         redis_url="",
@@ -322,7 +322,7 @@ def test_signup_confirm_send_through_redis_and_worker_processes(
     wait("queues to drain", website.idle)
     with runtime.session() as session:
         late = session.scalars(
-            select(Subscriber).where(Subscriber.email == "late@example.org")
+            select(Subscriber).where(Subscriber.email_key == "late@example.org")
         ).one()
         assert (late.status, late.language) == ("pending", "ru")
     assert len(smtp.handler.received) == 1  # handled once: the raw message was acknowledged

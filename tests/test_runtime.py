@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import DATA_KEY_ENV
 from worker.runtime import Runtime, runtime, use_runtime
 from worker.settings import Settings
 
@@ -90,7 +91,7 @@ def test_metric_families_are_created_on_first_use() -> None:
 def test_runtime_memoises_its_adapters(tmp_path: Path) -> None:
     # Given a runtime with Redis and SQLite settings (Redis is not contacted: clients are lazy)
     settings = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         database_url=f"sqlite:///{tmp_path / 'r.db'}",
         redis_url="redis://127.0.0.1:1/0",
         broker="redis",
@@ -110,7 +111,7 @@ def test_runtime_memoises_its_adapters(tmp_path: Path) -> None:
 
 def test_runtime_without_redis_keeps_its_state_in_memory(tmp_path: Path) -> None:
     settings = Settings.from_env(
-        {}, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="", secret_key=KEY
+        DATA_KEY_ENV, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="", secret_key=KEY
     )
     rt = Runtime(settings)
     assert rt.redis is None
@@ -126,7 +127,7 @@ def test_use_runtime_swaps_the_process_runtime(
 
     # Given two runtimes
     settings = Settings.from_env(
-        {}, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="", secret_key=KEY
+        DATA_KEY_ENV, database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url="", secret_key=KEY
     )
     first, second = Runtime(settings), Runtime(settings)
     try:

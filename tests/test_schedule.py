@@ -295,7 +295,7 @@ def seed_language(rt: Runtime, address: str, language: str) -> None:
     with rt.session() as session:
         from worker.models import Subscriber
 
-        reader = session.scalars(select(Subscriber).where(Subscriber.email == address)).one()
+        reader = session.scalars(select(Subscriber).where(Subscriber.email_key == address)).one()
         reader.language = language
 
 

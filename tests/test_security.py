@@ -43,6 +43,7 @@ from sqlalchemy import select
 from tests.message_parts import body_text
 from tests.samples import SAMPLE_EDITION
 from tests.sendkit import run_batch, seed, start_send
+from tests.services import DATA_KEY_ENV
 from worker import actors
 from worker.cli import main as cli
 from worker.devtools.outbox import OutboxHandler, OutboxServer, free_port
@@ -94,7 +95,9 @@ def pending(
     actors.handle_signup.send(signup_event(n, address))
     stub_worker.join()
     with rt.session() as session:
-        subscriber = session.scalars(select(Subscriber).where(Subscriber.email == address)).one()
+        subscriber = session.scalars(
+            select(Subscriber).where(Subscriber.email_key == address)
+        ).one()
         return subscriber.id, confirm_path(smtp, address)
 
 
@@ -781,7 +784,7 @@ def test_secrets_never_appear_in_logs(
 
 def test_settings_repr_hides_passwords_in_urls() -> None:
     configured = Settings.from_env(
-        {},
+        DATA_KEY_ENV,
         smtp_url=f"smtp://u:{SMTP_PASSWORD}@relay.example.org:587",
         database_url="postgresql+psycopg://app:db-pass-123@db/news",
         redis_url="redis://:redis-pass-456@cache:6379/0",

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from tests.samples import SAMPLE_EDITION
+from tests.services import DATA_KEY_ENV
 from worker import actors
 from worker.broker import current
 from worker.db import dispose_engines
@@ -117,7 +118,7 @@ def fuzz_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime,
     with OutboxServer(tmp_path_factory.mktemp("outbox")) as smtp:
         rt = Runtime(
             Settings.from_env(
-                {},
+                DATA_KEY_ENV,
                 database_url=url,
                 redis_url=redis_url(),
                 broker="stub",

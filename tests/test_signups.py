@@ -25,6 +25,7 @@ from sqlalchemy.event import listen as event_listen
 from sqlalchemy.event import remove as event_remove
 
 from tests.samples import SAMPLE_EDITION
+from tests.services import DATA_KEY_ENV
 from tests.stub_worker import StubWorker
 from worker import actors
 from worker.cli import main
@@ -117,7 +118,9 @@ def test_raw_redis_message_from_another_language_is_processed_by_a_real_worker(
     )  # fmt: skip
     try:
         rt = Runtime(
-            Settings.from_env({}, database_url=pg_url, secret_key="test-secret-key-0123456789")
+            Settings.from_env(
+                DATA_KEY_ENV, database_url=pg_url, secret_key="test-secret-key-0123456789"
+            )
         )
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:
@@ -225,7 +228,7 @@ def test_same_answer_for_new_pending_confirmed_and_suppressed_addresses(
         actors.handle_signup(event(f"pre-{n}", address))
     with rt.session() as session:
         confirmed = session.scalars(
-            select(Subscriber).where(Subscriber.email == "confirmed@example.org")
+            select(Subscriber).where(Subscriber.email_key == "confirmed@example.org")
         ).one()
         confirm(session, rt.tokens, confirmation_token(rt.tokens, confirmed), max_age_seconds=60,
                 now=rt.clock.now(), ip=None, user_agent=None)  # fmt: skip
@@ -396,7 +399,7 @@ def test_purge_unconfirmed_after_n_days(rt: Runtime) -> None:
     actors.handle_signup(event(9, "was.confirmed@example.org"))  # signed up again, never confirmed
     with rt.session() as session:
         session.scalars(
-            select(Subscriber).where(Subscriber.email == "was.confirmed@example.org")
+            select(Subscriber).where(Subscriber.email_key == "was.confirmed@example.org")
         ).one().updated_at = now - timedelta(days=20)
 
     with rt.session() as session:

@@ -62,7 +62,7 @@ def feedback(rt: Runtime, recipient: str, kind: str, event: str) -> None:
 
 def status_of(rt: Runtime, address: str) -> str:
     with rt.session() as session:
-        return str(session.scalar(select(Subscriber.status).where(Subscriber.email == address)))
+        return str(session.scalar(select(Subscriber.status).where(Subscriber.email_key == address)))
 
 
 def test_remove_restores_a_hard_bounced_reader(rt: Runtime, cli: CliRunner) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import DATA_KEY_ENV
 from tests.test_real_broker import Website, event, runtime, website, worker_env
 from worker.broker import metrics_endpoint, serve_metrics, served_queues, use_metrics_directory
 from worker.devtools.outbox import OutboxServer
@@ -31,7 +32,7 @@ TRANSACTIONAL = ["worker.actors", *EXPORTER, "-p", "1", "-t", "2", "-Q", "signup
 
 
 def test_each_group_gets_its_own_port_and_directory() -> None:
-    settings = Settings.from_env({})
+    settings = Settings.from_env(DATA_KEY_ENV)
     assert served_queues(BULK) == frozenset({"sends", "deliveries"})
     assert served_queues(["worker.actors"]) is None  # every queue
     bulk = metrics_endpoint(settings, BULK)

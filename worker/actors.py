@@ -30,6 +30,7 @@ from worker.sending.slots import fire_due_slots
 from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
+from worker.subscriptions.addresses import recipient_domain
 from worker.subscriptions.signups import (
     AddressRules,
     awaiting_confirmation,
@@ -93,7 +94,9 @@ def send_confirmation(subscriber_id: int) -> None:
         subscriber, repermission = awaiting_confirmation(session, subscriber_id)
         if subscriber is None:
             return  # confirmed, unsubscribed or purged since; a pending change still mails
-        verdict = rt.limiter.allow_domain(subscriber.domain)
+        verdict = rt.limiter.allow_domain(
+            recipient_domain(subscriber.ascii_email, subscriber.email)
+        )
         if not verdict.allowed:
             delay = min(MAX_DOMAIN_WAIT_MS, int(verdict.retry_after * 1000) + 10)
             send_confirmation.send_with_options(args=(subscriber_id,), delay=delay)

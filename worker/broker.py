@@ -208,6 +208,9 @@ def setup(settings: Settings) -> dramatiq.Broker:
     broker = make_broker(settings)
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
         settings.require_secret_key()  # a worker must not start without the shared key
+        from worker.db import engine_for
+
+        engine_for(settings)  # …nor without the data key that opens the stored addresses
         broker.add_middleware(MetricsExporter(metrics_endpoint(settings)))
         broker.add_middleware(ProcessLogging())
     dramatiq.set_broker(broker)

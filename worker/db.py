@@ -48,7 +48,16 @@ def engine_for(settings: Settings) -> Engine:
     """The process-wide engine for ``settings.database_url`` (one pool per URL and process)."""
     engine = _engines.get(settings.database_url)
     if engine is None:
-        engine = _engines[settings.database_url] = make_engine(settings.database_url)
+        from worker.data_keys import open_data_keys  # imports the models
+
+        engine = make_engine(settings.database_url)
+        try:
+            # every process opens its database here first: refuse before anything is written
+            open_data_keys(settings, engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        _engines[settings.database_url] = engine
     return engine
 
 
@@ -124,6 +133,7 @@ def insert_rows(
     """
     from sqlalchemy import text
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    from sqlalchemy.types import TypeDecorator
 
     if not rows:
         return []
@@ -140,7 +150,19 @@ def insert_rows(
             sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
         if returning:
             sql += f" RETURNING {', '.join(returning)}"
-        payload = json.dumps(list(rows), default=_json_value, ensure_ascii=False)
+        # the JSON bypasses the column types: apply their bind processing here, so sealed
+        # columns (worker.models.EncryptedText) and the blind index never travel in clear
+        decorated = {
+            c: table.c[c].type for c in columns if isinstance(table.c[c].type, TypeDecorator)
+        }
+        prepared = [
+            {
+                c: decorated[c].process_bind_param(v, dialect) if c in decorated else v
+                for c, v in row.items()
+            }
+            for row in rows
+        ]
+        payload = json.dumps(prepared, default=_json_value, ensure_ascii=False)
         result = session.execute(text(sql), {"rows": payload})
         return list(result) if returning else []
     statement = sqlite_insert(table)

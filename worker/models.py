@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from worker import keyring
 from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 # BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (the rowid alias) on SQLite.
@@ -79,6 +80,62 @@ class StateColumn(TypeDecorator[E], Generic[E]):
         return None if value is None else self.machine(value)
 
 
+class EncryptedText(TypeDecorator[str]):
+    """A text that may hold a reader's address, sealed at rest (``worker.keyring``: AES-GCM under
+    the process's data key, the column name as associated data). Python sees the plain text.
+
+    Reading a value that does not open raises ``keyring.SealedValueError``; a plain-text value
+    (a database not yet migrated by 0011) is refused the same way, so nothing is read unsealed.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, column: str) -> None:
+        super().__init__()
+        self.column = column
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else keyring.current().seal(value, self.column)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else keyring.current().open(value, self.column)
+
+
+class EncryptedBytes(TypeDecorator[bytes]):
+    """Bytes that may hold readers' addresses (stored inbound mail), sealed as ``EncryptedText``
+    seals text."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(self, column: str) -> None:
+        super().__init__()
+        self.column = column
+
+    def process_bind_param(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else keyring.current().seal_bytes(bytes(value), self.column)
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else keyring.current().open_bytes(bytes(value), self.column)
+
+
+class BlindIndex(TypeDecorator[str]):
+    """The blind index of an address (``worker.keyring.Keyring.blind_index``): bound values that
+    are canonical addresses (they hold an ``@``) are replaced by their HMAC, so
+    ``Subscriber.email_key == address.dedupe_key`` compares indexes and the address never reaches
+    the database. Values without ``@`` (an index already, an erased row's marker) pass as they
+    are. Read back, the column gives the index, never the address."""
+
+    impl = String(80)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or "@" not in value:
+            return value
+        return keyring.blind_index(value.casefold())  # idempotent on a dedupe key
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
@@ -98,6 +155,18 @@ class Newsletter(Base):
     created_at: Mapped[datetime]
 
 
+class DataKeyCanary(Base):
+    """A known text sealed under one data key: a process whose key does not open it refuses to
+    start (``worker.data_keys.check_data_keys``). A key's row is deleted once ``newsletter keys
+    rotate`` has moved every value off it."""
+
+    __tablename__ = "data_key_canary"
+
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class Subscriber(Base):
     """One normalised address with a language and a status."""
 
@@ -111,12 +180,15 @@ class Subscriber(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id"))
-    email: Mapped[str] = mapped_column(String(320))  # normalised, domain in Unicode
-    email_key: Mapped[str] = mapped_column(String(320))  # case-folded: the de-duplication key
-    ascii_email: Mapped[str | None] = mapped_column(
-        String(320)
-    )  # A-label form; None needs SMTPUTF8
-    domain: Mapped[str] = mapped_column(String(255))  # ASCII (A-label) domain, for throttling
+    # normalised, domain in Unicode; sealed at rest
+    email: Mapped[str] = mapped_column(EncryptedText("subscriber.email"))
+    # the blind index of the case-folded address: the de-duplication and look-up key
+    email_key: Mapped[str] = mapped_column(BlindIndex())
+    # A-label form, sealed; None needs SMTPUTF8
+    ascii_email: Mapped[str | None] = mapped_column(EncryptedText("subscriber.ascii_email"))
+    # the provider bucket (gmail.com, mail.ru, … or "other"), never the reader's own domain;
+    # throttling derives the real domain from the address at send time
+    domain: Mapped[str] = mapped_column(String(255))
     language: Mapped[str] = mapped_column(String(16))
     status: Mapped[SubscriberStatus] = mapped_column(
         StateColumn(SubscriberStatus), default=SubscriberStatus.PENDING
@@ -128,7 +200,9 @@ class Subscriber(Base):
     unsubscribed_at: Mapped[datetime | None]
     confirmation_sent_at: Mapped[datetime | None]
     # the relay's refusal of the last confirmation mail ("554 5.6.7 …"); cleared once one is sent
-    confirmation_error: Mapped[str | None] = mapped_column(String(500))
+    confirmation_error: Mapped[str | None] = mapped_column(
+        EncryptedText("subscriber.confirmation_error")
+    )
     confirmation_failed_at: Mapped[datetime | None]
 
     consents: Mapped[list[Consent]] = relationship(back_populates="subscriber")
@@ -173,8 +247,9 @@ class SignupRefusal(Base):
     event_id: Mapped[str | None] = mapped_column(String(100), index=True)
     received_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[str] = mapped_column(Text)
-    payload: Mapped[str] = mapped_column(Text)  # an invalid event as received, cut at 1 KB; else {}
+    detail: Mapped[str] = mapped_column(EncryptedText("signup_refusal.detail"))
+    # an invalid event as received, cut at 1 KB; else {}
+    payload: Mapped[str] = mapped_column(EncryptedText("signup_refusal.payload"))
 
 
 class Edition(Base):
@@ -296,7 +371,7 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]
     first_attempt_at: Mapped[datetime | None]
     reply_code: Mapped[int | None] = mapped_column(Integer)
-    reply_text: Mapped[str | None] = mapped_column(Text)
+    reply_text: Mapped[str | None] = mapped_column(EncryptedText("delivery.reply_text"))
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
 
@@ -342,10 +417,10 @@ class FeedbackEvent(Base):
         ForeignKey("subscriber.id", ondelete="SET NULL"), index=True
     )
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id", ondelete="SET NULL"))
-    recipient: Mapped[str | None] = mapped_column(String(320))
+    recipient: Mapped[str | None] = mapped_column(EncryptedText("feedback_event.recipient"))
     status_code: Mapped[str | None] = mapped_column(String(16))  # RFC 3463 enhanced status code
     reason: Mapped[str | None] = mapped_column(String(64))
-    detail: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(EncryptedText("feedback_event.detail"))
     occurred_at: Mapped[datetime]
     recorded_at: Mapped[datetime]
     inbound_message_id: Mapped[int | None] = mapped_column(
@@ -370,7 +445,8 @@ class Suppression(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     email_hash: Mapped[str] = mapped_column(String(64))
-    email: Mapped[str | None] = mapped_column(String(320))  # None after erasure or a hashed import
+    # sealed; None after erasure or a hashed import
+    email: Mapped[str | None] = mapped_column(EncryptedText("suppression.email"))
     reason: Mapped[str] = mapped_column(String(32))
     source_event_id: Mapped[int | None] = mapped_column(
         ForeignKey("feedback_event.id", ondelete="SET NULL")
@@ -388,10 +464,12 @@ class InboundMessage(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     received_at: Mapped[datetime]
     source: Mapped[str] = mapped_column(String(32))  # smtp, imap
-    envelope_from: Mapped[str | None] = mapped_column(String(320))
-    envelope_to: Mapped[str | None] = mapped_column(Text)
+    envelope_from: Mapped[str | None] = mapped_column(
+        EncryptedText("inbound_message.envelope_from")
+    )
+    envelope_to: Mapped[str | None] = mapped_column(EncryptedText("inbound_message.envelope_to"))
     digest: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the raw bytes
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw: Mapped[bytes] = mapped_column(EncryptedBytes("inbound_message.raw"))
     size: Mapped[int] = mapped_column(Integer)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     parsed_at: Mapped[datetime | None]

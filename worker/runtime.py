@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker import keyring
 from worker.broker import BatchHints
+from worker.data_keys import keyring_of
 from worker.db import committing, engine_for
 from worker.editions.files import NewsletterProfile
 from worker.editions.store import get_newsletter, profile_of
@@ -78,6 +80,9 @@ class Runtime:
     def __post_init__(self) -> None:
         # Refuse to start rather than sign with a key the other processes do not share.
         self.settings.require_secret_key()
+        # …and without the data key: a missing or malformed one is refused here; a wrong one
+        # when the database is first opened (worker.db.engine_for), before anything is written
+        keyring.install(keyring_of(self.settings))
 
     @cached_property
     def engine(self) -> Engine:

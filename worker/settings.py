@@ -88,6 +88,13 @@ class Settings:
     image_hosts: str = ""
     images_dir: str = ""  # where `edition load` copies an edition's own images, served at /images/
     secret_key: str = field(default="", repr=False)
+    # Readers' addresses are sealed under this data key (worker.keyring): base64 of 32 bytes,
+    # kept outside the database and its backups. DATA_KEY_FILE names a file holding it instead;
+    # DATA_KEYS ("2:<b64>,1:<b64>", the first seals) replaces both while rotating.
+    data_key: str = field(default="", repr=False)
+    data_key_file: str = ""
+    data_key_id: int = 1
+    data_keys: str = field(default="", repr=False)
     bounce_domain: str = "news.example.org"
     message_id_domain: str = ""
     newsletter_path: str = ""

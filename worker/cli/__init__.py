@@ -30,11 +30,12 @@ class _Main(click.Group):
         from sqlalchemy.exc import OperationalError
 
         from worker.editions.store import NoNewsletter
+        from worker.keyring import DataKeyError, SealedValueError
         from worker.settings import Settings, SettingsError, hide_password
 
         try:
             return super().invoke(ctx)
-        except (SettingsError, NoNewsletter) as exc:
+        except (SettingsError, NoNewsletter, DataKeyError, SealedValueError) as exc:
             raise click.ClickException(str(exc)) from None
         except redis.exceptions.ConnectionError as exc:
             url = hide_password(Settings.from_env().redis_url)

@@ -91,6 +91,8 @@ def _env(redis_url: str, smtp_url: str, workdir: Path, web_port: int) -> dict[st
         "NEWSLETTER_SECRET_KEY": (
             os.environ.get("NEWSLETTER_SECRET_KEY") or secrets.token_urlsafe(32)
         ),
+        # the demo's database is new: a data key of its own unless one is given
+        **_data_key_env(),
         "NEWSLETTER_NEWSLETTER_PATH": str(EDITION / "newsletter.yaml"),
         "NEWSLETTER_BOUNCE_DOMAIN": "news.example.org",
         "NEWSLETTER_SEND_BATCH_SIZE": "10",
@@ -98,6 +100,14 @@ def _env(redis_url: str, smtp_url: str, workdir: Path, web_port: int) -> dict[st
         # demo's messages, and a crashed earlier demo leaves nothing for this one's workers
         "NEWSLETTER_QUEUE_NAMESPACE": f"newsletter-demo-{secrets.token_hex(4)}",
     }
+
+
+def _data_key_env() -> dict[str, str]:
+    """The caller's data key settings, or a new data key (worker.keyring)."""
+    from worker.keyring import new_data_key
+
+    given = {k: v for k, v in os.environ.items() if k.startswith("NEWSLETTER_DATA_KEY") and v}
+    return given or {"NEWSLETTER_DATA_KEY": new_data_key()}
 
 
 def run_demo(*, redis_url: str, smtp_url: str, outbox: Path, workdir: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import threading
 
 import click
 
+from worker.db import engine_for
 from worker.logs import configure_logging
 from worker.settings import Settings
 
@@ -29,6 +30,7 @@ def inbound_smtp(listen: str) -> None:
         raise click.BadParameter(str(error), param_hint="--listen") from None
     settings = Settings.from_env()
     configure_logging(settings)  # aiosmtpd logs envelopes: they must pass the redaction
+    engine_for(settings)  # refuse now, not at the first message, without the right data key
     server = InboundServer(settings, host=host, port=port)
     server.start()
     click.echo(f"inbound SMTP for @{settings.bounce_domain} on {host}:{port}; Ctrl-C stops")
@@ -55,6 +57,7 @@ def inbound_imap(url: str, interval: float, once: bool) -> None:
 
     settings = Settings.from_env()
     configure_logging(settings)
+    engine_for(settings)  # refuse now, not at the first message, without the right data key
     try:
         mailbox = ImapMailbox.from_url(url, ca_file=settings.imap_ca_file)
     except ValueError as error:

@@ -331,7 +331,7 @@ def _suppress(
 ) -> None:
     suppress(
         session,
-        dedupe_key=subscriber.email_key,
+        dedupe_key=dedupe_key_of(subscriber.email),  # email_key is only its blind index
         hash_key=policy.hash_key,
         reason=reason,
         now=now,
@@ -496,7 +496,9 @@ def _subscriber_of_address(session: Session, address: str | None) -> Subscriber 
 
 
 def _same_address(subscriber: Subscriber | None, recipient: str | None) -> bool:
-    return bool(subscriber and recipient and dedupe_key_of(recipient) == subscriber.email_key)
+    return bool(
+        subscriber and recipient and dedupe_key_of(recipient) == dedupe_key_of(subscriber.email)
+    )
 
 
 def _domain(address: str | None) -> str:

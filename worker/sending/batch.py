@@ -282,7 +282,7 @@ def _deliver(
         ctx.throttle.fewer_connections()
         report.session_refused = True
     elif state == DeliveryState.DEFERRED and outcome.code in (421, 451):
-        ctx.throttle.slow_down(subscriber.domain)
+        ctx.throttle.slow_down(row.domain)  # the real domain (DueDelivery)
     return ctx.ledger.send_status(ctx.send_id)
 
 

@@ -20,6 +20,7 @@ from worker.states import (
     check,
 )
 from worker.states import DeliveryState as D
+from worker.subscriptions.addresses import recipient_domain
 
 
 @dataclass
@@ -85,7 +86,8 @@ class MemoryLedger:
                 self._move(row, D.SKIPPED)
                 skipped += 1
             else:
-                due.append(DueDelivery(row.id, row.language, row.domain, row.subscriber))
+                domain = recipient_domain(row.subscriber.ascii_email, row.subscriber.email)
+                due.append(DueDelivery(row.id, row.language, domain, row.subscriber))
         return DueBatch(due, skipped, min(later, default=None))
 
     def _range(self, send_id: int, first_id: int, last_id: int) -> list[MemoryDelivery]:

@@ -37,6 +37,7 @@ from worker.states import (
     sources_among,
 )
 from worker.states import DeliveryState as D
+from worker.subscriptions.addresses import recipient_domain
 
 # The statements every message runs, built once on the Core table with bound parameters:
 # building an UPDATE costs more CPU than executing it (0.3–0.5 ms each, measured), and a prebuilt
@@ -140,6 +141,9 @@ class SqlLedger:
             elif subscriber.status != SubscriberStatus.CONFIRMED:
                 ineligible.append(delivery_id)
             else:
+                # throttled by the real domain, from the decrypted address: the stored
+                # domain is only a provider bucket
+                domain = recipient_domain(subscriber.ascii_email, subscriber.email)
                 due.append(DueDelivery(delivery_id, language, domain, subscriber))
         skipped = self._skip(ineligible, now)
         return DueBatch(due, skipped, min(later, default=None))

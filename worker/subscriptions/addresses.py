@@ -268,3 +268,44 @@ def dedupe_key_of(address: str) -> str:
         return parse_address(address).dedupe_key
     except ValueError:
         return address.strip().casefold()
+
+
+# The major mail providers, by the domains their readers use: a subscriber's stored ``domain``
+# is the provider's name here, or "other". The reader's own domain (a small company, a
+# university) would narrow them down to a handful of people, so it is never stored; throttling
+# takes the real domain from the address at send time (``recipient_domain``).
+PROVIDER_BUCKETS: dict[str, str] = {
+    **dict.fromkeys(("gmail.com", "googlemail.com"), "gmail.com"),
+    **dict.fromkeys(("yandex.ru", "yandex.by", "yandex.com", "yandex.kz", "ya.ru"), "yandex.ru"),
+    **dict.fromkeys(("mail.ru", "bk.ru", "inbox.ru", "list.ru", "internet.ru"), "mail.ru"),
+    **dict.fromkeys(("outlook.com", "hotmail.com", "live.com", "msn.com"), "outlook.com"),
+    **dict.fromkeys(("icloud.com", "me.com", "mac.com"), "icloud.com"),
+    **dict.fromkeys(("yahoo.com", "ymail.com"), "yahoo.com"),
+    **dict.fromkeys(("proton.me", "protonmail.com", "pm.me"), "proton.me"),
+    "tut.by": "tut.by",
+    "rambler.ru": "rambler.ru",
+    "gmx.de": "gmx.de",
+    "gmx.net": "gmx.de",
+    "web.de": "web.de",
+    "ukr.net": "ukr.net",
+}
+OTHER_PROVIDER = "other"
+
+
+def provider_bucket(ascii_domain: str) -> str:
+    """The stored ``domain`` of an address at ``ascii_domain`` (A-label, any case): the major
+    provider's name from ``PROVIDER_BUCKETS``, else ``"other"``."""
+    return PROVIDER_BUCKETS.get(ascii_domain.strip().lower().rstrip("."), OTHER_PROVIDER)
+
+
+def recipient_domain(ascii_email: str | None, email: str) -> str:
+    """The A-label domain mail to this address is throttled by, from the decrypted address
+    (``ascii_email`` when there is one, else the Unicode ``email``, IDNA-encoded, UTS #46).
+    Never raises: an undecodable domain is returned lowercased as it is."""
+    domain = (ascii_email or email).rpartition("@")[2].lower()
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode()
+    except idna.IDNAError:
+        return domain

@@ -29,7 +29,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, select
+from sqlalchemy import ColumnElement, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,7 @@ from worker.db import insert_rows
 from worker.models import Consent, Subscriber, Suppression
 from worker.states import SubscriberStatus
 from worker.subscriptions import lifecycle
-from worker.subscriptions.addresses import Address, AddressError, BulkParser
+from worker.subscriptions.addresses import Address, AddressError, BulkParser, provider_bucket
 from worker.subscriptions.evidence import network_of
 from worker.subscriptions.exports import LEAVING, BadRow, Row, SourceRow, Standing, language_of
 from worker.subscriptions.suppressions import email_hash
@@ -163,7 +163,7 @@ def _apply(
 ) -> None:
     keys = [v.address.dedupe_key for v in valid]
     known = {
-        s.email_key: s
+        s.email.casefold(): s  # the dedupe key (addresses.Address); email_key is its index
         for s in session.scalars(
             select(Subscriber).where(
                 Subscriber.newsletter_id == options.newsletter_id,
@@ -205,7 +205,8 @@ def _among(session: Session, column: Any, values: list[str]) -> ColumnElement[bo
     """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter, a short statement,
     where IN would send 1,000 placeholders that the driver parses anew for every chunk."""
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, values, type_=ARRAY(String)))  # type: ignore[no-any-return]
+        # ARRAY of the column's type: a blind-index column gets each value's index
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
 
 
@@ -275,7 +276,7 @@ def _subscriber_values(
         "email": v.address.normalized,
         "email_key": v.address.dedupe_key,
         "ascii_email": v.address.ascii_email,
-        "domain": v.address.ascii_domain,
+        "domain": provider_bucket(v.address.ascii_domain),
         "language": languages[v.address.dedupe_key],
         "created_at": options.now,
         "updated_at": options.now,

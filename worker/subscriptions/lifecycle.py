@@ -36,9 +36,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker.db import insert_rows
+from worker.keyring import blind_index
 from worker.models import Consent, FeedbackEvent, Subscriber
 from worker.states import IllegalTransition, SubscriberStatus, check, sources
-from worker.subscriptions.addresses import Address
+from worker.subscriptions.addresses import Address, provider_bucket
 from worker.subscriptions.tokens import TokenError, Tokens, unsubscribe_subscriber_id
 
 _LEAVING = (SubscriberStatus.PENDING, SubscriberStatus.CONFIRMED)
@@ -63,7 +64,7 @@ def insert_pending(
         "email": address.normalized,
         "email_key": address.dedupe_key,
         "ascii_email": address.ascii_email,
-        "domain": address.ascii_domain,
+        "domain": provider_bucket(address.ascii_domain),
         "language": language,
         "status": SubscriberStatus.PENDING.value,
         "confirm_nonce": secrets.token_urlsafe(9),
@@ -116,7 +117,9 @@ def insert_imported(
         conflict=("newsletter_id", "email_key"),
         returning=("id", "email_key"),
     )
-    return {row.email_key: row.id for row in inserted}
+    # RETURNING gives the blind index (worker.models.BlindIndex): back to the caller's keys
+    keys = {blind_index(row["email_key"]): row["email_key"] for row in rows}
+    return {keys[row.email_key]: row.id for row in inserted}
 
 
 def enrol(subscriber: Subscriber, now: datetime) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from worker.models import (
@@ -112,20 +112,16 @@ def _row(obj: object, *names: str) -> dict[str, Any]:
 def _refusals(session: Session, address: str, key: str) -> list[SignupRefusal]:
     """Refused events whose payload holds the address as typed or as its key (case-insensitive
     on PostgreSQL and, for ASCII, on SQLite)."""
-    needles = {address.strip(), key}
-    return list(
-        session.scalars(
-            select(SignupRefusal)
-            .where(
-                or_(*(SignupRefusal.payload.ilike(f"%{_like(n)}%", escape="\\") for n in needles))
-            )
-            .order_by(SignupRefusal.id)
-        )
-    )
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    # The payloads are sealed (worker.models.EncryptedText), so SQL cannot search them: each is
+    # opened and searched here. Refusals are few (capped per hour, purged after
+    # refusal_retention_days), so one pass over them is cheap.
+    needles = {address.strip().casefold(), key.casefold()}
+    found = []
+    for refusal in session.scalars(select(SignupRefusal).order_by(SignupRefusal.id)):
+        text = refusal.payload.casefold()
+        if any(n in text for n in needles):
+            found.append(refusal)
+    return found
 
 
 @dataclass(frozen=True)
@@ -169,9 +165,13 @@ def erase(session: Session, address: str, *, hash_key: str, now: datetime) -> Er
         _anonymise(subscriber, email_hash(key, hash_key), now)
     for refusal in refusals:
         session.delete(refusal)
+    # earlier suppressions (bounces) keep their reason but lose the address; ``email`` is sealed,
+    # so they are found by their keyed hash
     session.execute(
-        update(Suppression).where(Suppression.email == key).values(email=None)
-    )  # earlier suppressions (bounces) keep their reason but lose the address
+        update(Suppression)
+        .where(Suppression.email_hash == email_hash(key, hash_key))
+        .values(email=None)
+    )
     session.flush()
     row = suppress(
         session, dedupe_key=key, hash_key=hash_key, reason="erasure", now=now, keep_address=False

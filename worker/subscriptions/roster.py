@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from worker.models import Consent, Subscriber
+from worker.subscriptions.addresses import provider_bucket
 from worker.subscriptions.imports import IMPORT_METHODS
 
 GROUPS = ("status", "language", "domain", "source")
@@ -63,7 +64,8 @@ def _where(query: Any, filters: Filters) -> Any:
     if filters.status:
         conditions.append(Subscriber.status == filters.status)
     if filters.domain:
-        conditions.append(Subscriber.domain == _ascii_domain(filters.domain))
+        # stored domains are provider buckets: "googlemail.com" finds "gmail.com"
+        conditions.append(Subscriber.domain == provider_bucket(_ascii_domain(filters.domain)))
     if filters.source == "signup":
         conditions.append(_imported.id.is_(None))
     elif filters.source:

@@ -215,10 +215,8 @@ def _suppress_hashed_subscribers(
     """Hashed rows name nobody: find the subscribers by hashing every address (one pass)."""
     if not hashes:
         return
-    rows: Iterable[tuple[int, str]] = session.execute(
-        select(Subscriber.id, Subscriber.email_key)
-    ).all()
-    matched = [sid for sid, key in rows if email_hash(key, hash_key) in hashes]
+    rows: Iterable[tuple[int, str]] = session.execute(select(Subscriber.id, Subscriber.email)).all()
+    matched = [sid for sid, email in rows if email_hash(dedupe_key_of(email), hash_key) in hashes]
     lifecycle.suppress_ids(session, matched, now)
     session.flush()
 

@@ -19,7 +19,7 @@ from worker.models import Subscriber
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.states import SubscriberStatus
-from worker.subscriptions.addresses import mailbox_key_of
+from worker.subscriptions.addresses import dedupe_key_of, mailbox_key_of
 from worker.subscriptions.lifecycle import unsubscribe_by_token
 from worker.subscriptions.signups import (
     check_confirmation,
@@ -102,7 +102,9 @@ def confirm_resend(token: str, request: Request, rt: RuntimeDep, pages: PagesDep
         if (
             subscriber is not None
             and rt.limiter.allow_signup(ip or "unknown-peer").allowed
-            and rt.limiter.allow_confirmation(mailbox_key_of(subscriber.email_key)).allowed
+            and rt.limiter.allow_confirmation(
+                mailbox_key_of(dedupe_key_of(subscriber.email))
+            ).allowed
         ):
             due = subscriber.id
         lang, ctx = newsletter_context(rt, session, subscriber)
