@@ -18,6 +18,7 @@ from worker.sending.ports import SmtpOutcome
 from worker.sending.sends import create_send, plan_send
 from worker.sending.throttle import LocalThrottle
 from worker.states import SubscriberStatus
+from worker.subscriptions.addresses import provider_bucket
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
@@ -87,7 +88,7 @@ def seed(
                 "email": a,
                 "email_key": a.lower(),
                 "ascii_email": a if a.isascii() else None,
-                "domain": a.rsplit("@", 1)[1].lower().encode("idna").decode(),
+                "domain": provider_bucket(a.rsplit("@", 1)[1].lower().encode("idna").decode()),
                 "language": language,
                 "status": status,
                 "created_at": now,

@@ -218,7 +218,11 @@ def _rotate_table(
     after = 0
     while True:
         with engine.begin() as conn:
-            query = select(shadow).where(shadow.c.id > after).order_by(shadow.c.id)
+            query = (
+                select(shadow.c.id, *[shadow.c[n] for n in names])
+                .where(shadow.c.id > after)
+                .order_by(shadow.c.id)
+            )
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()  # a send's update of the same row waits briefly
             rows = conn.execute(query.limit(batch_size)).all()

@@ -19,7 +19,10 @@ from worker.settings import MIGRATIONS_DIR, Settings
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from worker.keyring import Keyring
+
 _engines: dict[str, Engine] = {}
+_checked: dict[str, Keyring] = {}  # the keys each engine's database was checked against
 
 
 def make_engine(url: str) -> Engine:
@@ -45,19 +48,28 @@ def make_engine(url: str) -> Engine:
 
 
 def engine_for(settings: Settings) -> Engine:
-    """The process-wide engine for ``settings.database_url`` (one pool per URL and process)."""
-    engine = _engines.get(settings.database_url)
-    if engine is None:
-        from worker.data_keys import open_data_keys  # imports the models
+    """The process-wide engine for ``settings.database_url`` (one pool per URL and process).
 
-        engine = make_engine(settings.database_url)
-        try:
-            # every process opens its database here first: refuse before anything is written
-            open_data_keys(settings, engine)
-        except BaseException:
+    The first use checks the configured data keys against the database and installs them
+    (``worker.data_keys.open_data_keys``; ``DataKeyError`` when they are missing or wrong),
+    and so does a later use with other keys (tests, the CLI run in-process)."""
+    from worker.data_keys import keyring_of, open_data_keys  # imports the models
+
+    engine = _engines.get(settings.database_url)
+    ring = keyring_of(settings)
+    if engine is not None and _checked.get(settings.database_url) == ring:
+        return engine
+    fresh = engine is None
+    engine = engine or make_engine(settings.database_url)
+    try:
+        # every process opens its database here first: refuse before anything is written
+        open_data_keys(settings, engine)
+    except BaseException:
+        if fresh:
             engine.dispose()
-            raise
-        _engines[settings.database_url] = engine
+        raise
+    _engines[settings.database_url] = engine
+    _checked[settings.database_url] = ring
     return engine
 
 
@@ -66,6 +78,7 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+    _checked.clear()
 
 
 @contextmanager

@@ -127,7 +127,7 @@ class BlindIndex(TypeDecorator[str]):
     the database. Values without ``@`` (an index already, an erased row's marker) pass as they
     are. Read back, the column gives the index, never the address."""
 
-    impl = String(80)
+    impl = String(320)  # 64 hex digits; erased rows hold a longer "erased:…" marker
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
