@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from worker import keyring
 from worker.keyring import DataKeyError, Keyring, SealedValueError, key_id_of
@@ -255,7 +257,8 @@ def _reseal(ring: Keyring, column: SealedColumn, value: object) -> object:
     if value is None:
         return None
     if column.is_bytes:
-        return ring.seal_bytes(ring.open_bytes(bytes(value), column.label), column.label)  # type: ignore[arg-type]
+        assert isinstance(value, bytes | memoryview)  # LargeBinary: bytes (memoryview on PG)
+        return ring.seal_bytes(ring.open_bytes(bytes(value), column.label), column.label)
     return ring.seal(ring.open(str(value), column.label), column.label)
 
 
@@ -263,12 +266,13 @@ def raw_table(table: Table, names: list[str]) -> Table:
     """A copy of ``table`` with only ``id``, ``names`` and (for subscribers) ``email_key``,
     typed by their storage types: values are read and written as stored, not opened."""
     metadata = MetaData()
-    columns = [Column("id", BigInteger, primary_key=True)]
+    columns: list[Column[Any]] = [Column("id", BigInteger, primary_key=True)]
     for name in names:
         impl = table.c[name].type.impl  # type: ignore[attr-defined]
-        columns.append(Column(name, LargeBinary if isinstance(impl, LargeBinary) else Text))
+        storage: TypeEngine[Any] = LargeBinary() if isinstance(impl, LargeBinary) else Text()
+        columns.append(Column(name, storage))
     if table.name == Subscriber.__tablename__:
-        columns.append(Column("email_key", Text))
+        columns.append(Column("email_key", Text()))
     return Table(table.name, metadata, *columns)
 
 
@@ -282,6 +286,6 @@ def write_rows(conn: Connection, shadow: Table, rows: list[dict[str, object]]) -
         kept = {k: v for k, v in row.items() if not (k == "email_key" and v is None)}
         by_shape.setdefault(tuple(kept), []).append(kept)
     for shape, group in by_shape.items():
-        sets = {k: bindparam(f"v_{k}") for k in shape if k != "id"}
+        sets: dict[str, Any] = {k: bindparam(f"v_{k}") for k in shape if k != "id"}
         statement = update(shadow).where(shadow.c.id == bindparam("v_id")).values(sets)
         conn.execute(statement, [{f"v_{k}": v for k, v in r.items()} for r in group])

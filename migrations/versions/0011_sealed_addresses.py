@@ -51,6 +51,12 @@ ERASED_DOMAIN = "erased.invalid"
 
 
 def upgrade() -> None:
+    # The key first: without it nothing at all is changed (DataKeyError names the variable).
+    # An earlier run interrupted in the data pass left the DDL done: it is not redone.
+    ring = _ring_if_needed()
+    if sa.inspect(op.get_bind()).has_table("data_key_canary"):
+        _seal_after_ddl(ring)
+        return
     op.create_table(
         "data_key_canary",
         sa.Column("key_id", sa.Integer(), autoincrement=False, nullable=False),
@@ -62,17 +68,30 @@ def upgrade() -> None:
         if not isinstance(old, sa.Text):
             with op.batch_alter_table(table) as batch:
                 batch.alter_column(column, type_=sa.Text(), existing_type=old)
-    with op.get_context().autocommit_block():
-        _seal_all()
+    _seal_after_ddl(ring)
 
 
-def _seal_all() -> None:
+TABLES = sorted({t for t, _, _ in TEXT_COLUMNS} | {t for t, _ in BYTES_COLUMNS})
+
+
+def _ring_if_needed() -> keyring.Keyring | None:
+    """The data keys of the environment, or None for a database with nothing to seal."""
     conn = op.get_bind()
-    tables = sorted({t for t, _, _ in TEXT_COLUMNS} | {t for t, _ in BYTES_COLUMNS})
+    if not any(conn.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first() for t in TABLES):
+        return None  # a new database: nothing to seal, no key needed yet
+    return keyring.keyring_from_env(os.environ)  # DataKeyError: a clear message, nothing done
+
+
+def _seal_after_ddl(ring: keyring.Keyring | None) -> None:
+    if ring is not None:
+        with op.get_context().autocommit_block():
+            _seal_all(ring)
+
+
+def _seal_all(ring: keyring.Keyring) -> None:
+    conn = op.get_bind()
+    tables = TABLES
     work = {t: [c for tt, c, _ in TEXT_COLUMNS if tt == t] for t in tables}
-    if not any(conn.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first() for t in tables):
-        return  # a new database: nothing to seal, no key needed yet
-    ring = keyring.keyring_from_env(os.environ)  # DataKeyError: a clear message, nothing sealed
     for table in tables:
         _seal_table(conn, ring, table, work[table], [c for t, c in BYTES_COLUMNS if t == table])
     _bucket_domains(conn)

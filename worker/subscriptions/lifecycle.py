@@ -118,7 +118,7 @@ def insert_imported(
         returning=("id", "email_key"),
     )
     # RETURNING gives the blind index (worker.models.BlindIndex): back to the caller's keys
-    keys = {blind_index(row["email_key"]): row["email_key"] for row in rows}
+    keys = {blind_index(str(row["email_key"])): str(row["email_key"]) for row in rows}
     return {keys[row.email_key]: row.id for row in inserted}
 
 
