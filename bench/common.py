@@ -36,6 +36,11 @@ PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:543
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 EDITION = ROOT / "examples" / "editions" / "2024-W28"
 SECRET = "bench-secret-key-0123456789abcdef"
+# The benchmarks' own data key (worker.keyring): the processes they start inherit it.
+DATA_KEY = os.environ.setdefault(
+    "NEWSLETTER_DATA_KEY", "YmVuY2gtZGF0YS1rZXktMDEyMzQ1Njc4OWFiY2RlZjA="
+)
+DATA_KEY_ENV = {"NEWSLETTER_DATA_KEY": DATA_KEY}
 LANGUAGES = ("en", "be", "ru")
 DOMAINS = 50  # recipients spread over this many domains (per-domain throttle keys)
 
@@ -93,6 +98,7 @@ def settings_env(
         "NEWSLETTER_REDIS_URL": REDIS_URL,
         "NEWSLETTER_SMTP_URL": smtp_url,
         "NEWSLETTER_SECRET_KEY": SECRET,
+        "NEWSLETTER_DATA_KEY": DATA_KEY,
         "NEWSLETTER_PUBLIC_URL": "https://news.example.org",
         "NEWSLETTER_BOUNCE_DOMAIN": "news.example.org",
         "NEWSLETTER_NEWSLETTER_PATH": str(EDITION / "newsletter.yaml"),
@@ -106,14 +112,18 @@ def settings_env(
 
 def load_edition_and_subscribers(db_url: str, count: int) -> None:
     """Store the sample edition and ``count`` confirmed subscribers (COPY, in bulk), languages
-    round-robin en/be/ru, spread over ``DOMAINS`` domains."""
+    round-robin en/be/ru, spread over ``DOMAINS`` domains; addresses sealed under ``DATA_KEY``
+    as the application seals them (worker.keyring)."""
+    from worker.keyring import keyring_from_env
+
+    ring = keyring_from_env(DATA_KEY_ENV)
     from worker.db import session_scope
     from worker.editions.files import read_edition
     from worker.editions.store import save_edition
     from worker.settings import Settings
 
     now = datetime.now(UTC)
-    with session_scope(Settings.from_env({}, database_url=db_url)) as session:
+    with session_scope(Settings.from_env(DATA_KEY_ENV, database_url=db_url)) as session:
         edition = save_edition(session, read_edition(EDITION), now)
         newsletter_id = edition.newsletter_id
     stamp = now.isoformat()
@@ -127,8 +137,11 @@ def load_edition_and_subscribers(db_url: str, count: int) -> None:
             for n in range(count):
                 domain = f"d{n % DOMAINS}.example.net"
                 address = f"reader{n}@{domain}"
+                email = ring.seal(address, "subscriber.email")
+                ascii_email = ring.seal(address, "subscriber.ascii_email")
                 chunk.write(
-                    f"{newsletter_id}\t{address}\t{address}\t{address}\t{domain}\t"
+                    f"{newsletter_id}\t{email}\t{ring.blind_index(address)}\t{ascii_email}\t"
+                    "other\t"
                     f"{LANGUAGES[n % 3]}\t"
                     f"confirmed\t{stamp}\t{stamp}\t{stamp}\n"
                 )
@@ -148,7 +161,7 @@ def create_send(db_url: str, batch_size: int) -> int:
     from worker.sending.sends import create_send as create
     from worker.settings import Settings
 
-    with session_scope(Settings.from_env({}, database_url=db_url)) as session:
+    with session_scope(Settings.from_env(DATA_KEY_ENV, database_url=db_url)) as session:
         edition = find_edition(session, "2024-W28")
         assert edition is not None
         # benchmarks send the same edition several times on purpose (one send per variant)

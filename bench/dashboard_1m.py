@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import text
 
-from bench.common import database
+from bench.common import DATA_KEY_ENV, database
 
 DASHBOARD_INDEXES = (
     "ix_delivery_send_funnel",
@@ -143,7 +143,7 @@ def main() -> None:
 
     with database() as url:
         settings = Settings.from_env(
-            {},
+            DATA_KEY_ENV,
             database_url=url,
             redis_url="",
             broker="stub",

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, insert, select  # noqa: E402
 
-from bench.common import SECRET, database, free_port  # noqa: E402
+from bench.common import DATA_KEY_ENV, SECRET, database, free_port  # noqa: E402
 from worker.db import dispose_engines, make_engine, session_scope  # noqa: E402
 from worker.models import (  # noqa: E402
     Base,
@@ -166,7 +166,9 @@ def main() -> None:
             engine = make_engine(url)
             Base.metadata.create_all(engine)
             engine.dispose()
-        settings = Settings.from_env({}, database_url=url, secret_key=SECRET, bounce_domain=DOMAIN)
+        settings = Settings.from_env(
+            DATA_KEY_ENV, database_url=url, secret_key=SECRET, bounce_domain=DOMAIN
+        )
         batch = messages(load(settings, args.subscribers), args.messages)
         port = free_port()
         server = stack.enter_context(InboundServer(settings, port=port))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import DATA_KEY_ENV
 from worker import broker
 from worker.settings import EXAMPLES_DIR, Settings
 
@@ -44,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings.from_env(
-            {},
+            DATA_KEY_ENV,
             database_url=f"sqlite:///{folder}/bench.db",
             redis_url="",
             broker="stub",

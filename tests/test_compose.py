@@ -86,6 +86,7 @@ def test_prometheus_scrapes_the_services_compose_defines() -> None:
 
 SECRETS = {
     "NEWSLETTER_SECRET_KEY": "compose-test-secret-0123456789",
+    "NEWSLETTER_DATA_KEY": "Y29tcG9zZS10ZXN0LWRhdGEta2V5LTAxMjM0NTY3ODk=",
     "REDIS_PASSWORD": "redis-pass-5d1f0c2e9a",
     "NEWSLETTER_METRICS_TOKEN": "metrics-token-0c6b2f9e41",
     "GRAFANA_ADMIN_PASSWORD": "grafana-pass-77e0b1",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import DATA_KEY_ENV
+from tests.services import DATA_KEY, DATA_KEY_ENV
 from worker.runtime import Runtime, runtime, use_runtime
 from worker.settings import Settings
 
@@ -40,7 +40,7 @@ def _import_in_fresh_process(*modules: str) -> dict[str, object]:
     """What importing ``modules`` left behind: a dramatiq broker set, new metric families."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(PYTHONPATH=str(ROOT), NEWSLETTER_REDIS_URL="redis://127.0.0.1:1/0")
-    env.update(NEWSLETTER_SECRET_KEY=KEY)
+    env.update(NEWSLETTER_SECRET_KEY=KEY, NEWSLETTER_DATA_KEY=DATA_KEY)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *modules],

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.services import DATA_KEY
 from worker.cli import main
 from worker.runtime import Runtime
 from worker.settings import SecretKeyError, Settings, secret_key_problem
@@ -35,9 +36,12 @@ ENTRY_POINTS = {
 }
 
 
-def _start(argv: list[str], tmp_path: Path, key: str | None) -> subprocess.CompletedProcess[str]:
+def _start(
+    argv: list[str], tmp_path: Path, key: str | None, data_key: str = DATA_KEY
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(
+        NEWSLETTER_DATA_KEY=data_key,
         PYTHONPATH=str(ROOT),
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}",
         NEWSLETTER_REDIS_URL="redis://127.0.0.1:1/0",  # nothing listens: no process gets that far
@@ -87,3 +91,13 @@ def test_a_generated_key_is_accepted_and_every_process_shares_it(tmp_path: Path)
     # And the settings of two processes no longer carry two different made-up keys
     assert Settings.from_env({}).secret_key == ""
     assert Settings.from_env({"NEWSLETTER_SECRET_KEY": key}).require_secret_key() == key
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_no_process_starts_without_a_data_key(name: str, tmp_path: Path) -> None:
+    # Given an environment with the secret key but no NEWSLETTER_DATA_KEY (issue 17)
+    done = _start(ENTRY_POINTS[name], tmp_path, "a-good-secret-key-0123456789-abcdef", "")
+    # Then the process refuses, naming the variable and how to make a key
+    assert done.returncode != 0, done.stdout
+    assert "NEWSLETTER_DATA_KEY" in done.stderr and "keys generate --data" in done.stderr
+    assert "Traceback" not in done.stderr or name == "dramatiq worker"

@@ -208,9 +208,11 @@ def setup(settings: Settings) -> dramatiq.Broker:
     broker = make_broker(settings)
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
         settings.require_secret_key()  # a worker must not start without the shared key
-        from worker.db import engine_for
+        from worker.data_keys import keyring_of
 
-        engine_for(settings)  # …nor without the data key that opens the stored addresses
+        # …nor without the data key (a wrong one is refused at the first database use, before
+        # anything is written: worker.db.engine_for); the database is not opened at import
+        keyring_of(settings)
         broker.add_middleware(MetricsExporter(metrics_endpoint(settings)))
         broker.add_middleware(ProcessLogging())
     dramatiq.set_broker(broker)

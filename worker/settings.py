@@ -286,6 +286,7 @@ _SMALLEST_POSITIVE = 0.001  # durations and intervals: zero would spin or never 
 # "unlimited" or "no cap" start at 0; sizes, durations and windows must be positive.
 RANGES: dict[str, tuple[float, float]] = {
     "send_batch_size": (1, 100_000),
+    "data_key_id": (1, 65_535),  # two bytes in each sealed value (worker.keyring)
     "global_rate": (0, math.inf),
     "max_smtp_connections": (0, 10_000),
     "smtp_timeout_seconds": (_SMALLEST_POSITIVE, 3600),

@@ -30,6 +30,7 @@ def inbound_smtp(listen: str) -> None:
         raise click.BadParameter(str(error), param_hint="--listen") from None
     settings = Settings.from_env()
     configure_logging(settings)  # aiosmtpd logs envelopes: they must pass the redaction
+    settings.require_secret_key()
     engine_for(settings)  # refuse now, not at the first message, without the right data key
     server = InboundServer(settings, host=host, port=port)
     server.start()
@@ -57,6 +58,7 @@ def inbound_imap(url: str, interval: float, once: bool) -> None:
 
     settings = Settings.from_env()
     configure_logging(settings)
+    settings.require_secret_key()
     engine_for(settings)  # refuse now, not at the first message, without the right data key
     try:
         mailbox = ImapMailbox.from_url(url, ca_file=settings.imap_ca_file)

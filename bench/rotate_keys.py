@@ -1,0 +1,64 @@
+"""Benchmark: ``newsletter keys rotate`` over 1,000,000 readers on PostgreSQL (target: ≤ 60 s).
+
+Creates a scratch database, loads ``--readers`` confirmed readers sealed under data key 1
+(``bench.common.load_edition_and_subscribers``: email and ascii_email sealed, email_key the blind
+index), then times ``worker.data_keys.rotate`` to key 2 (every row re-sealed, the blind index
+recomputed) and a second run (nothing left: every row skipped). Prints seconds, rows per second
+and peak RSS. Example::
+
+    .venv/bin/python bench/rotate_keys.py --readers 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DATA_KEY, database, load_edition_and_subscribers
+from worker import keyring
+from worker.data_keys import rotate
+from worker.db import dispose_engines, engine_for
+from worker.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readers", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    args = parser.parse_args()
+    new_key = keyring.new_data_key()
+    with database() as url:
+        started = time.perf_counter()
+        load_edition_and_subscribers(url, args.readers)
+        print(f"loaded {args.readers:,} sealed readers in {time.perf_counter() - started:.1f} s")
+        settings = Settings.from_env(
+            {"NEWSLETTER_DATA_KEYS": f"2:{new_key},1:{DATA_KEY}"}, database_url=url
+        )
+        engine = engine_for(settings)
+        ring = keyring.current()
+        started = time.perf_counter()
+        first = rotate(engine, ring, batch_size=args.batch_size)
+        took = time.perf_counter() - started
+        print(
+            f"rotate: {first.resealed:,} rows re-sealed in {took:.1f} s "
+            f"({first.resealed / took:,.0f} rows/s)"
+        )
+        started = time.perf_counter()
+        again = rotate(engine, ring, batch_size=args.batch_size)
+        print(
+            f"rotate again: {again.skipped:,} rows skipped, {again.resealed} re-sealed, "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        dispose_engines()
+    os.environ.pop("NEWSLETTER_DATA_KEYS", None)
+
+
+if __name__ == "__main__":
+    main()
