@@ -37,7 +37,7 @@ def main() -> None:
     address = "chytach.reader@example.org"
     sealed = ring.seal(address, "subscriber.email")
     column = EncryptedText("subscriber.email")
-    dialect = postgresql.dialect()
+    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
     scope = {
         "ring": ring,
         "sealed": sealed,
