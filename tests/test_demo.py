@@ -50,6 +50,7 @@ def clean_env() -> dict[str, str]:
     that the test can check the unsubscribe links the demo's web app issued)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env["NEWSLETTER_SECRET_KEY"] = SECRET
+    env["NEWSLETTER_DATA_KEY"] = DATA_KEY_ENV["NEWSLETTER_DATA_KEY"]  # to read its database after
     return env
 
 
