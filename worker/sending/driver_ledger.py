@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from worker import keyring
 from worker.models import Subscriber
 from worker.sending.ledger import Accepted, DueBatch, LeaseSweep
 from worker.sending.policy import SendPolicy
@@ -234,7 +235,8 @@ class DriverLedger:
             "send": send_id,
             "now": now,
             "code": outcome.code or None,
-            "text": outcome.text[:1000],
+            # written past the column type: sealed here (a relay's reply may name the reader)
+            "text": keyring.current().seal(outcome.text[:1000], "delivery.reply_text"),
         }
         if self.db.driver == "postgresql":
             written, status = self.db.rows(_ACCEPTED_STATUS, params)[0]
