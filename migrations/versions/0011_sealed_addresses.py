@@ -1,7 +1,7 @@
 """readers' addresses sealed at rest; the blind index; provider buckets
 
 Revision ID: 0011
-Revises: 0003
+Revises: 0004
 
 Seals every stored copy of an address (worker.keyring: AES-256-GCM under the data key of
 ``NEWSLETTER_DATA_KEY`` / ``_FILE`` / ``NEWSLETTER_DATA_KEYS``), replaces ``subscriber.email_key``
@@ -27,7 +27,7 @@ from worker import keyring
 from worker.subscriptions.addresses import PROVIDER_BUCKETS
 
 revision: str = "0011"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
