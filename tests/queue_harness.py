@@ -158,6 +158,7 @@ class Fleet:
 def worker_env(db_url: str, redis_url: str, smtp_url: str, **settings: Any) -> dict[str, str]:
     """The environment of every worker process; ``settings`` become ``NEWSLETTER_<NAME>``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         NEWSLETTER_BROKER="redis",
         NEWSLETTER_REDIS_URL=redis_url,

@@ -49,6 +49,7 @@ def clean_env() -> dict[str, str]:
     """The environment of a fresh shell: no NEWSLETTER_* settings but a fixed secret key (so
     that the test can check the unsubscribe links the demo's web app issued)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env["NEWSLETTER_SECRET_KEY"] = SECRET
     env["NEWSLETTER_DATA_KEY"] = DATA_KEY_ENV["NEWSLETTER_DATA_KEY"]  # to read its database after
     return env

@@ -129,6 +129,7 @@ def pg_settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
 
 def worker_env(settings: Settings, redis_url: str, smtp_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         PYTHONPATH=str(ROOT),
         NEWSLETTER_BROKER="redis",

@@ -124,6 +124,7 @@ def _send(port: int, n: int, size: int) -> str:
 def test_many_concurrent_large_messages_keep_the_receiver_bounded(tmp_path: Path) -> None:
     # Given the real receiver with 4 sessions of at most 4 MiB
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         PYTHONPATH=str(ROOT),
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}",

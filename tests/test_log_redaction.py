@@ -40,6 +40,7 @@ CLI = "from worker.cli import main; main()"
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         PYTHONPATH=str(ROOT),
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}",

@@ -95,6 +95,7 @@ def event(n: int, address: str, language: str) -> dict[str, Any]:
 
 def worker_env(db_url: str, smtp_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         NEWSLETTER_BROKER="redis",
         NEWSLETTER_REDIS_URL=BROKER_REDIS,

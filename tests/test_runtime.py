@@ -39,6 +39,7 @@ print(json.dumps({
 def _import_in_fresh_process(*modules: str) -> dict[str, object]:
     """What importing ``modules`` left behind: a dramatiq broker set, new metric families."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(PYTHONPATH=str(ROOT), NEWSLETTER_REDIS_URL="redis://127.0.0.1:1/0")
     env.update(NEWSLETTER_SECRET_KEY=KEY, NEWSLETTER_DATA_KEY=DATA_KEY)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -306,6 +306,7 @@ NAMESPACE = "dramatiq"
 
 def scheduler_env(db_url: str, broker_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         PYTHONPATH=str(ROOT),
         NEWSLETTER_BROKER="redis",

@@ -40,6 +40,7 @@ def _start(
     argv: list[str], tmp_path: Path, key: str | None, data_key: str = DATA_KEY
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATA_KEY"] = os.environ["NEWSLETTER_DATA_KEY"]  # the suite's (conftest)
     env.update(
         NEWSLETTER_DATA_KEY=data_key,
         PYTHONPATH=str(ROOT),
