@@ -169,7 +169,7 @@ def _dump(url: str) -> str:
         engine.dispose()
 
 
-def test_0011_seals_a_plain_database_in_place_and_resumes(empty_db: str) -> None:
+def test_0005_seals_a_plain_database_in_place_and_resumes(empty_db: str) -> None:
     # Given a plain-text database, half of whose rows an interrupted upgrade had sealed
     _plain_database(empty_db)
     # When it is upgraded (twice: the second run finds nothing left to do)
@@ -200,7 +200,7 @@ def test_0011_seals_a_plain_database_in_place_and_resumes(empty_db: str) -> None
         engine.dispose()
 
 
-def test_0011_without_the_data_key_seals_nothing(
+def test_0005_without_the_data_key_seals_nothing(
     empty_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _plain_database(empty_db)

@@ -125,7 +125,7 @@ def _check_first_address(session: Session, ring: Keyring) -> None:
     if not keyring.is_sealed(stored):
         raise DataKeyError(
             "the database holds addresses in clear: run `newsletter db upgrade` with the data "
-            "key set (migration 0011 seals them)"
+            "key set (migration 0005 seals them)"
         )
     try:
         ring.open(stored, "subscriber.email")

@@ -85,7 +85,7 @@ class EncryptedText(TypeDecorator[str]):
     the process's data key, the column name as associated data). Python sees the plain text.
 
     Reading a value that does not open raises ``keyring.SealedValueError``; a plain-text value
-    (a database not yet migrated by 0011) is refused the same way, so nothing is read unsealed.
+    (a database not yet migrated by 0005) is refused the same way, so nothing is read unsealed.
     """
 
     impl = Text

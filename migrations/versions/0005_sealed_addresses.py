@@ -1,6 +1,6 @@
 """readers' addresses sealed at rest; the blind index; provider buckets
 
-Revision ID: 0011
+Revision ID: 0005
 Revises: 0004
 
 Seals every stored copy of an address (worker.keyring: AES-256-GCM under the data key of
@@ -26,13 +26,13 @@ from alembic import op
 from worker import keyring
 from worker.subscriptions.addresses import PROVIDER_BUCKETS
 
-revision: str = "0011"
+revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BATCH = 2000
-# (table, column, old type): text columns that hold addresses or copies of them, as of 0011
+# (table, column, old type): text columns that hold addresses or copies of them, as of 0005
 TEXT_COLUMNS: list[tuple[str, str, sa.types.TypeEngine[str]]] = [
     ("subscriber", "email", sa.String(320)),
     ("subscriber", "ascii_email", sa.String(320)),
