@@ -119,7 +119,7 @@ def _plain_database(url: str) -> None:
     """A database at 0003 holding readers, a suppression, a feedback event and a stored inbound
     message in clear, as before issue 17; the second reader is already sealed (an upgrade that
     was interrupted after it)."""
-    upgrade(url, "0003")
+    upgrade(url, "0004")
     ring = keyring.current()
     engine = make_engine(url)
     try:
