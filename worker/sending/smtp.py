@@ -269,12 +269,8 @@ class SmtpMailer:
         except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
             return self._refused(exc.smtp_code, exc.smtp_error)
         except (smtplib.SMTPException, OSError) as exc:
-            uncertain = conn.data_sent  # the final dot went out: the relay may have the message
-            self.close()
-            return SmtpOutcome(0, f"connection lost: {exc}", uncertain=uncertain)
-        if code == 421:
-            self.close()
-        return SmtpOutcome(code, _text(reply))
+            return self._lost(conn, exc)
+        return self._answered(code, reply)
 
     def _pipelined(
         self,
@@ -322,9 +318,18 @@ class SmtpMailer:
                 return SmtpOutcome(0, "not sent: the claim was taken back before DATA", local=True)
             code, reply = conn.content(message)
         except (smtplib.SMTPException, OSError) as exc:
-            uncertain = conn.data_sent  # the final dot went out: the relay may have the message
-            self.close()
-            return SmtpOutcome(0, f"connection lost: {exc}", uncertain=uncertain)
+            return self._lost(conn, exc)
+        return self._answered(code, reply)
+
+    def _lost(self, conn: _TrackingSMTP, exc: Exception) -> SmtpOutcome:
+        """The connection broke mid-transaction: uncertain once the final dot went out (the
+        relay may have the message)."""
+        uncertain = conn.data_sent
+        self.close()
+        return SmtpOutcome(0, f"connection lost: {exc}", uncertain=uncertain)
+
+    def _answered(self, code: int, reply: bytes | str) -> SmtpOutcome:
+        """The relay's reply to the message; a 421 closes the connection (RFC 5321 §3.8)."""
         if code == 421:
             self.close()
         return SmtpOutcome(code, _text(reply))
