@@ -29,6 +29,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -252,27 +253,23 @@ def suppress(session: Session, dedupe_key: str, now: datetime) -> None:
 
 def suppress_keys(session: Session, dedupe_keys: Sequence[str], now: datetime) -> None:
     """:func:`suppress` for many keys (bulk UPDATEs of at most 500 keys)."""
-    target = SubscriberStatus.SUPPRESSED
-    for start in range(0, len(dedupe_keys), 500):
-        session.execute(
-            update(Subscriber)
-            .where(
-                Subscriber.email_key.in_(dedupe_keys[start : start + 500]),
-                Subscriber.status.in_(sources(target)),
-            )
-            .values(status=target, updated_at=now)
-        )
+    _suppress_among(session, Subscriber.email_key, dedupe_keys, now)
 
 
 def suppress_ids(session: Session, subscriber_ids: Sequence[int], now: datetime) -> None:
     """Mark the subscribers with these ids suppressed (bulk UPDATEs of at most 500 ids)."""
+    _suppress_among(session, Subscriber.id, subscriber_ids, now)
+
+
+def _suppress_among(
+    session: Session, column: Any, values: Sequence[Any], now: datetime, chunk: int = 500
+) -> None:
     target = SubscriberStatus.SUPPRESSED
-    for start in range(0, len(subscriber_ids), 500):
+    for start in range(0, len(values), chunk):
         session.execute(
             update(Subscriber)
             .where(
-                Subscriber.id.in_(subscriber_ids[start : start + 500]),
-                Subscriber.status.in_(sources(target)),
+                column.in_(values[start : start + chunk]), Subscriber.status.in_(sources(target))
             )
             .values(status=target, updated_at=now)
         )
