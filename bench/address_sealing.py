@@ -1,7 +1,8 @@
 """Benchmark: the CPU cost per message of sealed addresses (target: under 10 µs added).
 
 Sending a message opens the reader's ``email`` and ``ascii_email`` (``worker.models.
-EncryptedText``: AES-256-GCM, ``worker.keyring``) and derives the throttling domain from them.
+EncryptedText``: AES-256-GCM, ``worker.safety.keyring``) and derives the throttling
+domain from them.
 Times, per call, in one process: ``Keyring.open`` of one address, the same through the column
 type (what a SELECT of a subscriber does, twice per row), ``recipient_domain``, ``seal`` (a
 signup) and ``blind_index`` (a look-up by address). Example::
@@ -19,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy.dialects import postgresql
 
-from worker import keyring
 from worker.models import EncryptedText
+from worker.safety import keyring
 from worker.subscriptions.addresses import recipient_domain
 
 ROUNDS = 200_000

@@ -36,7 +36,7 @@ PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:543
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 EDITION = ROOT / "examples" / "editions" / "2024-W28"
 SECRET = "bench-secret-key-0123456789abcdef"
-# The benchmarks' own data key (worker.keyring): the processes they start inherit it.
+# The benchmarks' own data key (worker.safety.keyring): the processes they start inherit it.
 DATA_KEY = os.environ.setdefault(
     "NEWSLETTER_DATA_KEY", "YmVuY2gtZGF0YS1rZXktMDEyMzQ1Njc4OWFiY2RlZjA="
 )
@@ -113,8 +113,8 @@ def settings_env(
 def load_edition_and_subscribers(db_url: str, count: int) -> None:
     """Store the sample edition and ``count`` confirmed subscribers (COPY, in bulk), languages
     round-robin en/be/ru, spread over ``DOMAINS`` domains; addresses sealed under ``DATA_KEY``
-    as the application seals them (worker.keyring)."""
-    from worker.keyring import keyring_from_env
+    as the application seals them (worker.safety.keyring)."""
+    from worker.safety.keyring import keyring_from_env
 
     ring = keyring_from_env(DATA_KEY_ENV)
     from worker.db import session_scope

@@ -2,7 +2,7 @@
 
 Creates a scratch database, loads ``--readers`` confirmed readers sealed under data key 1
 (``bench.common.load_edition_and_subscribers``: email and ascii_email sealed, email_key the blind
-index), then times ``worker.data_keys.rotate`` to key 2 (every row re-sealed, the blind index
+index), then times ``worker.safety.data_keys.rotate`` to key 2 (every row re-sealed, the blind index
 recomputed) and a second run (nothing left: every row skipped). Prints seconds, rows per second
 and peak RSS. Example::
 
@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DATA_KEY, database, load_edition_and_subscribers
-from worker import keyring
-from worker.data_keys import rotate
 from worker.db import dispose_engines, engine_for
+from worker.safety import keyring
+from worker.safety.data_keys import rotate
 from worker.settings import Settings
 
 

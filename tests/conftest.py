@@ -25,16 +25,17 @@ from tests.samples import SAMPLE_EDITION
 from tests.services import DATA_KEY, PG_ADMIN
 from tests.services import redis_url as slot_url
 from tests.stub_worker import StubWorker
-from worker import broker, keyring
+from worker import broker
 from worker.db import dispose_engines, make_engine
 from worker.devtools.outbox import OutboxServer
 from worker.models import Base
 from worker.runtime import Runtime, use_runtime
+from worker.safety import keyring
 from worker.settings import Settings
 
 REDIS_URL = slot_url(0)
 
-# The tests' data key (worker.keyring): installed for code that opens sessions without a
+# The tests' data key (worker.safety.keyring): installed for code that opens sessions without a
 # runtime, and in the environment that subprocesses (workers, receivers, the CLI) inherit.
 TEST_DATA_KEY = DATA_KEY
 os.environ.setdefault("NEWSLETTER_DATA_KEY", TEST_DATA_KEY)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-# The tests' data key (worker.keyring, base64 of 32 bytes) and an environment holding it.
+# The tests' data key (worker.safety.keyring, base64 of 32 bytes) and an environment holding it.
 DATA_KEY = "dGVzdC1kYXRhLWtleS0wMTIzNDU2Nzg5YWJjZGVmMDE="
 DATA_KEY_ENV = {"NEWSLETTER_DATA_KEY": DATA_KEY}
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -445,8 +445,8 @@ def test_a_flood_of_refusals_cannot_grow_the_database_without_bound(
         ).one()
     print(f"\n300 refused 60 KB POSTs stored {rows} rows, {stored} characters")
     assert rows == 50
-    # each stored as its sealed form (worker/keyring.py): the size of the largest allowed ones
-    from worker import keyring
+    # each stored sealed (worker/safety/keyring.py): the size of the largest allowed ones
+    from worker.safety import keyring
 
     largest = len(keyring.current().seal("x" * MAX_REFUSAL_PAYLOAD, "payload")) + len(
         keyring.current().seal("x" * MAX_REFUSAL_DETAIL, "detail")

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.samples import CASES
-from worker import keyring
 from worker.models import SignupRefusal, Subscriber
 from worker.runtime import Runtime
+from worker.safety import keyring
 from worker.subscriptions.addresses import AddressError, load_blocked_domains, parse_address
 from worker.subscriptions.limits import ALLOWED, Verdict
 from worker.subscriptions.signups import AddressRules, process_signup
@@ -169,7 +169,7 @@ def test_case_variants_are_one_subscriber_stored_as_first_typed(rt: Runtime) -> 
     assert statuses == ["pending", "pending", "pending"]
     with rt.session() as session:
         rows = session.scalars(select(Subscriber)).all()
-        # email_key is the blind index of the case-folded address (worker.keyring), never it
+        # email_key is the blind index of the case-folded address (worker.safety.keyring), never it
         assert [(s.email, s.email_key, s.ascii_email) for s in rows] == [
             (
                 "Ivan.Petrov@example.org",

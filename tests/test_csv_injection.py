@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.cli import main
-from worker.csv_cells import FORMULA_STARTS, read_cell, write_cell
 from worker.models import Suppression
 from worker.runtime import Runtime
+from worker.safety.csv_cells import FORMULA_STARTS, read_cell, write_cell
 from worker.subscriptions.suppressions import suppress
 
 HOSTILE = [

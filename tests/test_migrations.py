@@ -16,11 +16,11 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 from tests.services import DATA_KEY, PG_ADMIN
-from worker import keyring
 from worker.cli import main
 from worker.db import make_engine, upgrade
-from worker.keyring import DataKeyError
 from worker.models import Base, InboundMessage, Subscriber, Suppression
+from worker.safety import keyring
+from worker.safety.keyring import DataKeyError
 
 
 @pytest.fixture

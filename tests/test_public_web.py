@@ -36,9 +36,9 @@ from tests.test_webhooks import MG_KEY, TOPIC, SnsSigner, _mg_signed
 from worker.devtools.chromium import HeadlessChromium, find_chromium
 from worker.editions.files import read_edition
 from worker.editions.store import save_edition
-from worker.json_documents import MAX_DEPTH, nesting_depth
 from worker.models import FeedbackEvent
 from worker.runtime import Runtime
+from worker.safety.json_documents import MAX_DEPTH, nesting_depth
 from worker.settings import Settings
 from worker.web.app import create_app
 from worker.web.guards import CONTENT_SECURITY_POLICY

@@ -29,15 +29,16 @@ from tests.operator_scenario import READERS, more_readers, run_send
 from tests.sendkit import seed
 from tests.services import DATA_KEY_ENV
 from tests.stub_worker import StubWorker
-from worker import actors, keyring
+from worker import actors
 from worker.cli import main
-from worker.data_keys import rotate
 from worker.db import dispose_engines, engine_for, make_engine
 from worker.devtools.outbox import OutboxServer, free_port
 from worker.feedback.smtp_receiver import InboundServer
-from worker.keyring import new_data_key
 from worker.models import FeedbackEvent, SignupRefusal, Subscriber, Suppression
 from worker.runtime import Runtime
+from worker.safety import keyring
+from worker.safety.data_keys import rotate
+from worker.safety.keyring import new_data_key
 from worker.settings import Settings
 from worker.web.app import create_app
 

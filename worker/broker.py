@@ -208,7 +208,7 @@ def setup(settings: Settings) -> dramatiq.Broker:
     broker = make_broker(settings)
     if not isinstance(broker, StubBroker):  # dramatiq_* queue metrics on :9191, docs/operations.md
         settings.require_secret_key()  # a worker must not start without the shared key
-        from worker.data_keys import keyring_of
+        from worker.safety.data_keys import keyring_of
 
         # …nor without the data key (a wrong one is refused at the first database use, before
         # anything is written: worker.db.engine_for); the database is not opened at import

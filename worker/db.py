@@ -19,7 +19,7 @@ from worker.settings import MIGRATIONS_DIR, Settings
 if TYPE_CHECKING:
     from alembic.config import Config
 
-    from worker.keyring import Keyring
+    from worker.safety.keyring import Keyring
 
 _engines: dict[str, Engine] = {}
 _checked: dict[str, Keyring] = {}  # the keys each engine's database was checked against
@@ -51,9 +51,9 @@ def engine_for(settings: Settings) -> Engine:
     """The process-wide engine for ``settings.database_url`` (one pool per URL and process).
 
     The first use checks the configured data keys against the database and installs them
-    (``worker.data_keys.open_data_keys``; ``DataKeyError`` when they are missing or wrong),
+    (``worker.safety.data_keys.open_data_keys``; ``DataKeyError`` when they are missing or wrong),
     and so does a later use with other keys (tests, the CLI run in-process)."""
-    from worker.data_keys import keyring_of, open_data_keys  # imports the models
+    from worker.safety.data_keys import keyring_of, open_data_keys  # imports the models
 
     engine = _engines.get(settings.database_url)
     ring = keyring_of(settings)

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from worker import keyring
+from worker.safety import keyring
 from worker.states import DeliveryState, SendStatus, SubscriberStatus
 
 # BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (the rowid alias) on SQLite.
@@ -81,7 +81,7 @@ class StateColumn(TypeDecorator[E], Generic[E]):
 
 
 class EncryptedText(TypeDecorator[str]):
-    """A text that may hold a reader's address, sealed at rest (``worker.keyring``: AES-GCM under
+    """A text that may hold a reader's address, sealed at rest (``safety.keyring``: AES-GCM under
     the process's data key, the column name as associated data). Python sees the plain text.
 
     Reading a value that does not open raises ``keyring.SealedValueError``; a plain-text value
@@ -121,7 +121,7 @@ class EncryptedBytes(TypeDecorator[bytes]):
 
 
 class BlindIndex(TypeDecorator[str]):
-    """The blind index of an address (``worker.keyring.Keyring.blind_index``): bound values that
+    """The blind index of an address (``safety.keyring.Keyring.blind_index``): bound values that
     are canonical addresses (they hold an ``@``) are replaced by their HMAC, so
     ``Subscriber.email_key == address.dedupe_key`` compares indexes and the address never reaches
     the database. Values without ``@`` (an index already, an erased row's marker) pass as they
@@ -157,7 +157,7 @@ class Newsletter(Base):
 
 class DataKeyCanary(Base):
     """A known text sealed under one data key: a process whose key does not open it refuses to
-    start (``worker.data_keys.check_data_keys``). A key's row is deleted once ``newsletter keys
+    start (``safety.data_keys.check_data_keys``). A key's row is deleted once ``newsletter keys
     rotate`` has moved every value off it."""
 
     __tablename__ = "data_key_canary"

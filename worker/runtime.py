@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import keyring
 from worker.broker import BatchHints
-from worker.data_keys import keyring_of
 from worker.db import committing, engine_for
 from worker.editions.files import NewsletterProfile
 from worker.editions.store import get_newsletter, profile_of
@@ -29,6 +27,8 @@ from worker.feedback.policy import FeedbackPolicy
 from worker.feedback.refusals import RefusalFeedback
 from worker.models import Edition, Newsletter, Send
 from worker.operators.metrics import MeteredMailer, SendingCounters, install_session_hooks
+from worker.safety import keyring
+from worker.safety.data_keys import keyring_of
 from worker.sending.composer import Composer, Links
 from worker.sending.connection import ConnectionSlot
 from worker.sending.dkim import DkimSigner

@@ -88,7 +88,7 @@ class Settings:
     image_hosts: str = ""
     images_dir: str = ""  # where `edition load` copies an edition's own images, served at /images/
     secret_key: str = field(default="", repr=False)
-    # Readers' addresses are sealed under this data key (worker.keyring): base64 of 32 bytes,
+    # Readers' addresses are sealed under this data key (worker.safety.keyring): base64 of 32 bytes,
     # kept outside the database and its backups. DATA_KEY_FILE names a file holding it instead;
     # DATA_KEYS ("2:<b64>,1:<b64>", the first seals) replaces both while rotating.
     data_key: str = field(default="", repr=False)
@@ -286,7 +286,7 @@ _SMALLEST_POSITIVE = 0.001  # durations and intervals: zero would spin or never 
 # "unlimited" or "no cap" start at 0; sizes, durations and windows must be positive.
 RANGES: dict[str, tuple[float, float]] = {
     "send_batch_size": (1, 100_000),
-    "data_key_id": (1, 65_535),  # two bytes in each sealed value (worker.keyring)
+    "data_key_id": (1, 65_535),  # two bytes in each sealed value (worker.safety.keyring)
     "global_rate": (0, math.inf),
     "max_smtp_connections": (0, 10_000),
     "smtp_timeout_seconds": (_SMALLEST_POSITIVE, 3600),

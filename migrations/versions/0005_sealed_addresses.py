@@ -3,7 +3,7 @@
 Revision ID: 0005
 Revises: 0004
 
-Seals every stored copy of an address (worker.keyring: AES-256-GCM under the data key of
+Seals every stored copy of an address (worker.safety.keyring: AES-256-GCM under the data key of
 ``NEWSLETTER_DATA_KEY`` / ``_FILE`` / ``NEWSLETTER_DATA_KEYS``), replaces ``subscriber.email_key``
 by its blind index and the stored domains by provider buckets. Rows go in batches, each row in
 its own statement outside the migration's transaction, and values already sealed are skipped:
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from worker import keyring
+from worker.safety import keyring
 from worker.subscriptions.addresses import PROVIDER_BUCKETS
 
 revision: str = "0005"

@@ -30,7 +30,7 @@ class _Main(click.Group):
         from sqlalchemy.exc import OperationalError
 
         from worker.editions.store import NoNewsletter
-        from worker.keyring import DataKeyError, SealedValueError
+        from worker.safety.keyring import DataKeyError, SealedValueError
         from worker.settings import Settings, SettingsError, hide_password
 
         try:

@@ -465,7 +465,9 @@ def web(host: str, port: int) -> None:
 
     settings = Settings.from_env()
     settings.require_secret_key()  # before uvicorn starts, so the refusal is one clear line
-    engine_for(settings)  # …and the data key: missing or wrong, refused here (worker.data_keys)
+    engine_for(
+        settings
+    )  # …and the data key: missing or wrong, refused here (worker.safety.data_keys)
     configure_logging(settings)  # uvicorn's own log config is switched off below
     uvicorn.run(
         "worker.web.app:create_app",

@@ -103,8 +103,8 @@ def _env(redis_url: str, smtp_url: str, workdir: Path, web_port: int) -> dict[st
 
 
 def _data_key_env() -> dict[str, str]:
-    """The caller's data key settings, or a new data key (worker.keyring)."""
-    from worker.keyring import new_data_key
+    """The caller's data key settings, or a new data key (worker.safety.keyring)."""
+    from worker.safety.keyring import new_data_key
 
     given = {k: v for k, v in os.environ.items() if k.startswith("NEWSLETTER_DATA_KEY") and v}
     return given or {"NEWSLETTER_DATA_KEY": new_data_key()}

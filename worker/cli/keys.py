@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from worker.keyring import current, new_data_key
+from worker.safety.keyring import current, new_data_key
 
 
 @click.group()
@@ -44,8 +44,8 @@ def keys_rotate(batch_size: int) -> None:
     and may be interrupted and run again: rows already under the new key are skipped. When it
     has finished, remove the old key from the configuration.
     """
-    from worker.data_keys import rotate
     from worker.db import engine_for
+    from worker.safety.data_keys import rotate
     from worker.settings import Settings
 
     settings = Settings.from_env()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from worker.csv_cells import write_cell
+from worker.safety.csv_cells import write_cell
 from worker.settings import Settings
 from worker.subscriptions.people import EXPORT_NOTICE
 

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from worker import keyring
 from worker.models import Subscriber
+from worker.safety import keyring
 from worker.sending.ledger import Accepted, DueBatch, LeaseSweep
 from worker.sending.policy import SendPolicy
 from worker.sending.ports import NoMetrics, RefusalRecorder, SendingMetrics, SmtpOutcome

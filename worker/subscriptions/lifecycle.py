@@ -37,8 +37,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker.db import insert_rows
-from worker.keyring import blind_index
 from worker.models import Consent, FeedbackEvent, Subscriber
+from worker.safety.keyring import blind_index
 from worker.states import IllegalTransition, SubscriberStatus, check, sources
 from worker.subscriptions.addresses import Address, provider_bucket
 from worker.subscriptions.tokens import TokenError, Tokens, unsubscribe_subscriber_id

@@ -35,8 +35,8 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.csv_cells import read_cell, write_cell
 from worker.models import Subscriber, Suppression
+from worker.safety.csv_cells import read_cell, write_cell
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import dedupe_key_of
 
@@ -139,7 +139,7 @@ def entries(session: Session, *, include_removed: bool = False) -> Iterator[Supp
 
 def export_csv(session: Session, out: IO[str]) -> int:
     """Write the active suppressions as CSV (module columns) to ``out``; returns the row count.
-    Cells that a spreadsheet would run as a formula are escaped (``worker.csv_cells``)."""
+    Cells that a spreadsheet would run as a formula are escaped (``worker.safety.csv_cells``)."""
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
     count = 0

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from worker import json_documents
+from worker.safety import json_documents
 from worker.subscriptions.signups import (
     AddressRules,
     SignupRefused,

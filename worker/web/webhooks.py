@@ -12,7 +12,7 @@ are trusted). Answers:
 - ``401``: Postmark request without Basic credentials (with ``WWW-Authenticate``);
 - ``403 {"error": reason}``: bad signature or credentials, stale timestamp, untrusted SNS topic,
   a Mailgun signature already used with another body (a replay), a body nested deeper than
-  :data:`worker.json_documents.MAX_DEPTH`, or the provider is not configured (empty secret);
+  :data:`worker.safety.json_documents.MAX_DEPTH`, or the provider is not configured (empty secret);
 - ``413``: a body over ``NEWSLETTER_WEBHOOK_MAX_BYTES`` (:class:`worker.web.guards.BodyLimit`);
 - SES ``SubscriptionConfirmation`` (verified first): the SubscribeURL is visited, ``200``.
 

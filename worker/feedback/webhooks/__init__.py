@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import json_documents
 from worker.feedback.classification import Classification
 from worker.feedback.report import (
     METADATA_DELIVERY_KEY,
@@ -27,6 +26,7 @@ from worker.feedback.report import (
     FeedbackReport,
     event_id,
 )
+from worker.safety import json_documents
 
 __all__ = ["WebhookEvent", "WebhookRejected", "header", "json_body", "report", "require_fresh"]
 
@@ -67,7 +67,7 @@ def unix_time(value: str | int | float | None) -> datetime:
 
 def json_body(body: bytes) -> Any:
     """The JSON document in ``body``; :class:`WebhookRejected` if it is not UTF-8 JSON or nests
-    deeper than :data:`worker.json_documents.MAX_DEPTH` (no provider's event does)."""
+    deeper than :data:`worker.safety.json_documents.MAX_DEPTH` (no provider's event does)."""
     try:
         return json_documents.loads(body)
     except json_documents.TooDeep as exc:

@@ -34,7 +34,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from worker import json_documents
 from worker.feedback.classification import (
     Classification,
     FeedbackKind,
@@ -54,6 +53,7 @@ from worker.feedback.webhooks import (
     report,
     require_fresh,
 )
+from worker.safety import json_documents
 from worker.sending.identity import BOUNCE_PREFIX, DELIVERY_HEADER, SUBSCRIBER_HEADER
 
 SOURCE = "webhook:ses"

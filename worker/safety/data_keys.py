@@ -1,7 +1,7 @@
 """The data keys against the database: the start-up check and ``newsletter keys rotate``.
 
 ``open_data_keys`` runs when a process first opens its database (``worker.db.engine_for``):
-it installs the configured keys (``worker.keyring``) and refuses to go on — before anything is
+it installs the configured keys (``safety.keyring``) and refuses to go on — before anything is
 written — when they are not the keys the stored values were sealed with. The proof is one
 *canary* row per key id (``DataKeyCanary``) plus the first stored address: a wrong key fails
 to open them.
@@ -37,8 +37,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
-from worker import keyring
-from worker.keyring import DataKeyError, Keyring, SealedValueError, key_id_of
 from worker.models import (
     Base,
     DataKeyCanary,
@@ -46,6 +44,8 @@ from worker.models import (
     EncryptedText,
     Subscriber,
 )
+from worker.safety import keyring
+from worker.safety.keyring import DataKeyError, Keyring, SealedValueError, key_id_of
 from worker.settings import Settings
 
 CANARY_TEXT = "newsletter data key canary"
