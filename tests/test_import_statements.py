@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import Select, event
 from sqlalchemy.orm import Session
@@ -119,7 +119,7 @@ def test_an_import_sends_a_few_statements_per_chunk_never_one_per_row(rt: Runtim
     assert len(left_statements) <= 2 * 2 + 2 + 3 + 2, left_statements
 
 
-def explain(session: Session, statement: Select[Unpack[tuple[Any, ...]]]) -> str:
+def explain(session: Session, statement: Select[*tuple[Any, ...]]) -> str:
     connection = session.connection()
     compiled = statement.compile(dialect=connection.dialect)
     plan = connection.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)

@@ -132,6 +132,24 @@ def test_mailchimp_audience_export_keeps_consent_evidence_and_suppresses_the_res
     assert "language not one of the newsletter's, default used: 1" in subscribed.output
 
 
+def test_show_says_why_an_imported_reader_has_no_consent_text(rt: Runtime, cli: CliRunner) -> None:
+    # Given readers imported from Mailchimp, with and without consent evidence
+    load(cli, "mailchimp", "mailchimp_subscribed_members_export_4f2a91.csv")
+
+    # When an operator looks at them
+    alesia = run(cli, "show", "alesia@example.org").output
+    dmitry = run(cli, "show", "dmitry@example.org").output
+
+    # Then the consent line says where they came from and why no consent text is named,
+    # not a bare "(text -)"
+    assert (
+        "via import:mailchimp:mailchimp_subscribed_members_export_4f2a91.csv "
+        "(imported with its evidence; the export names no consent text)"
+    ) in alesia
+    assert "(imported without consent evidence)" in dmitry
+    assert "(text -)" not in alesia + dmitry
+
+
 def test_reimporting_changes_nothing_and_never_downgrades(rt: Runtime, cli: CliRunner) -> None:
     # Given an imported Mailchimp list, where one reader unsubscribed here since
     load(cli, "mailchimp", "mailchimp_subscribed_members_export_4f2a91.csv")

@@ -49,7 +49,7 @@ def subscribers_show(address: str) -> None:
         for c in sub["consents"]:
             click.echo(
                 f"  consent {c['event_id']}: signed up {c['signed_up_at']} from {c['ip'] or '-'} "
-                f"via {c['source'] or '-'} (text {c['consent_version'] or '-'}); "
+                f"via {c['source'] or '-'} ({_consent_text(c)}); "
                 f"confirmed {c['confirmed_at'] or '-'} from {c['confirm_ip'] or '-'}"
             )
         if sub["confirmation_error"]:
@@ -74,6 +74,22 @@ def subscribers_show(address: str) -> None:
         )
     if record["refused_signups"]:
         click.echo(f"refused signup events: {len(record['refused_signups'])}")
+
+
+_NO_CONSENT_TEXT = {
+    "import": "imported with its evidence; the export names no consent text",
+    "import_unverified": "imported without consent evidence",
+    "re_permission": "imported, asked again by a re-permission mail",
+}
+
+
+def _consent_text(consent: dict[str, Any]) -> str:
+    """Which consent text the reader agreed to: the signup's ``consent_version``, else why
+    there is none (an import: other systems' exports do not name it; a website that sent none).
+    """
+    if consent["consent_version"]:
+        return f"text {consent['consent_version']}"
+    return _NO_CONSENT_TEXT.get(consent["method"], "no consent text version sent with the signup")
 
 
 @subscribers.command("export")
