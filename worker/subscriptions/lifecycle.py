@@ -31,13 +31,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Text, Update, bindparam, delete, func, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worker.db import insert_rows
-from worker.models import Consent, FeedbackEvent, Subscriber
+from worker.models import Consent, FeedbackEvent, Newsletter, Subscriber
 from worker.safety.keyring import blind_index
 from worker.states import IllegalTransition, SubscriberStatus, check, sources
 from worker.subscriptions.addresses import Address, provider_bucket
@@ -252,8 +253,42 @@ def suppress(session: Session, dedupe_key: str, now: datetime) -> None:
 
 
 def suppress_keys(session: Session, dedupe_keys: Sequence[str], now: datetime) -> None:
-    """:func:`suppress` for many keys (bulk UPDATEs of at most 500 keys)."""
-    _suppress_among(session, Subscriber.email_key, dedupe_keys, now)
+    """:func:`suppress` for many keys, in every newsletter (bulk UPDATEs of at most 500 keys;
+    on PostgreSQL one, see :func:`suppress_keys_statement`)."""
+    if session.get_bind().dialect.name != "postgresql":
+        _suppress_among(session, Subscriber.email_key, dedupe_keys, now)
+    elif dedupe_keys:
+        session.execute(suppress_keys_statement([blind_index(k) for k in dedupe_keys], now))
+
+
+def suppress_keys_statement(indexes: Sequence[str], now: datetime) -> Update:
+    """PostgreSQL: the UPDATE that suppresses the readers whose blind index (``email_key``) is
+    in ``indexes``, in every newsletter, from the states that may become ``suppressed``.
+
+    The readers are found by one probe of the unique (newsletter_id, email_key) index per
+    newsletter and key (``unnest(:keys)``, ``LATERAL … LIMIT 1``): ``email_key IN (…)`` alone
+    cannot use that index (email_key is its second column) and read every reader of the table
+    for each 500 keys (measured on 100,000 readers: 104 ms per 500 keys, issue 14)."""
+    target = SubscriberStatus.SUPPRESSED
+    keys = (
+        func.unnest(bindparam("keys", list(indexes), type_=ARRAY(Text())))
+        .table_valued("key")
+        .render_derived("keys")
+    )
+    found = (
+        select(Subscriber.id)
+        .where(Subscriber.newsletter_id == Newsletter.id, Subscriber.email_key == keys.c.key)
+        .limit(1)
+        .lateral("found")
+    )
+    readers = select(found.c.id).select_from(
+        Newsletter.__table__.join(keys, true()).join(found, true())
+    )
+    return (
+        update(Subscriber)
+        .where(Subscriber.id.in_(readers), Subscriber.status.in_(sources(target)))
+        .values(status=target, updated_at=now)
+    )
 
 
 def suppress_ids(session: Session, subscriber_ids: Sequence[int], now: datetime) -> None:
