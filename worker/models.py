@@ -474,3 +474,53 @@ class InboundMessage(Base):
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     parsed_at: Mapped[datetime | None]
     parse_error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeskUser(Base):
+    """A person who may log into the editors' desk (``worker.desk.accounts``): an ``editor`` or
+    an ``operator``. ``password_hash`` is an argon2id PHC string; ``address`` is the user's own
+    mail address for test sends, sealed like readers' addresses."""
+
+    __tablename__ = "desk_user"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # worker.desk.accounts.Role
+    password_hash: Mapped[str] = mapped_column(String(256))
+    address: Mapped[str | None] = mapped_column(EncryptedText("desk_user.address"))
+    created_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DeskSession(Base):
+    """One login to the desk. The browser holds a random id; only its SHA-256 is stored, so a
+    copy of the database opens no session. Ends at ``expires_at`` (idle timeout, moved on by each
+    request, never past the absolute lifetime from ``created_at``) or when ``revoked_at`` is set
+    (logout, user removed or password reset)."""
+
+    __tablename__ = "desk_session"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("desk_user.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class DeskAction(Base):
+    """One line of the desk's action log (``worker.desk.audit``): who did what to which subject,
+    when. Never holds a reader's address: subjects are edition keys, send ids, user names."""
+
+    __tablename__ = "desk_action"
+    __table_args__ = (Index("ix_desk_action_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime]
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

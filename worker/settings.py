@@ -165,6 +165,13 @@ class Settings:
     operator_login_failures_per_peer: int = 10
     operator_login_failures_total: int = 100
     metrics_token: str = field(default="", repr=False)  # Bearer token of /metrics; empty = 404
+    # The editors' desk (/desk, worker.desk.accounts): a login ends after this long without a
+    # request, and at the latest this long after it began; failed logins allowed per 15 minutes
+    # per peer (IPv6 per /64) and per account name (0 = no limit).
+    desk_idle_minutes: float = 60.0
+    desk_session_hours: float = 12.0
+    desk_login_failures_per_peer: int = 10
+    desk_login_failures_per_account: int = 20
     api_docs: bool = False  # serve /openapi.json, /docs and /redoc (development only)
     # request body caps in bytes (413 beyond): POST /signup, /webhooks/*, every other route
     signup_max_bytes: int = 65_536
@@ -318,6 +325,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "inbound_retention_days": (_SMALLEST_POSITIVE, 3650),
     "operator_login_failures_per_peer": (0, 1_000_000),  # 0 = no limit
     "operator_login_failures_total": (0, 1_000_000),  # 0 = no limit
+    "desk_idle_minutes": (1, 7 * 24 * 60),
+    "desk_session_hours": (_SMALLEST_POSITIVE, 30 * 24),
+    "desk_login_failures_per_peer": (0, 1_000_000),  # 0 = no limit
+    "desk_login_failures_per_account": (0, 1_000_000),  # 0 = no limit
     "signup_max_bytes": (1024, 64 * 1024**2),
     "webhook_max_bytes": (1024, 64 * 1024**2),
     "request_max_bytes": (1024, 64 * 1024**2),

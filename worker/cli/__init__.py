@@ -18,6 +18,7 @@ from worker.cli.keys import keys
 from worker.cli.status import status
 from worker.cli.subscribers import subscribers
 from worker.cli.suppressions import suppressions
+from worker.cli.users import users
 from worker.operators.metrics import install_session_hooks
 
 
@@ -65,6 +66,7 @@ main.add_command(inbound)
 main.add_command(suppressions)
 main.add_command(status)
 main.add_command(keys)
+main.add_command(users)
 # A broken import here must fail loudly: swallowing it once removed ``newsletter edition``.
 edition.add_command(load)
 edition.add_command(test_send)

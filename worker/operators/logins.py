@@ -22,6 +22,8 @@ from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any
 
 WINDOW_SECONDS = 900
+# The dashboard's counters; the desk counts under its own prefixes (worker.web.desk.access)
+PREFIX = "newsletter:login-failures"
 
 
 def peer_group(host: str) -> str:
@@ -39,15 +41,18 @@ def peer_group(host: str) -> str:
 
 
 class _Logins:
-    def __init__(self, per_peer: int, total: int, hash_key: str, window: int) -> None:
+    def __init__(
+        self, per_peer: int, total: int, hash_key: str, window: int, prefix: str = PREFIX
+    ) -> None:
         self.per_peer = per_peer
+        self.prefix = prefix
         self.total = total
         self.window = window
         self._hash_key = hash_key.encode()
 
     def _keys(self, peer: str) -> tuple[tuple[str, int], ...]:
         digest = hmac.new(self._hash_key, peer_group(peer).encode(), hashlib.sha256).hexdigest()
-        prefix = "newsletter:login-failures"
+        prefix = self.prefix
         return ((f"{prefix}:peer:{digest[:32]}", self.per_peer), (f"{prefix}:all", self.total))
 
 
@@ -55,9 +60,15 @@ class RedisLogins(_Logins):
     """The failure counters in Redis (``INCR`` and an expiry set by the first failure)."""
 
     def __init__(
-        self, client: Any, per_peer: int, total: int, hash_key: str, window: int = WINDOW_SECONDS
+        self,
+        client: Any,
+        per_peer: int,
+        total: int,
+        hash_key: str,
+        window: int = WINDOW_SECONDS,
+        prefix: str = PREFIX,
     ) -> None:
-        super().__init__(per_peer, total, hash_key, window)
+        super().__init__(per_peer, total, hash_key, window, prefix)
         self._client = client
 
     def retry_after(self, peer: str) -> int:
@@ -82,9 +93,14 @@ class MemoryLogins(_Logins):
     """The same counters in this process only (the demo without Redis)."""
 
     def __init__(
-        self, per_peer: int, total: int, hash_key: str, window: int = WINDOW_SECONDS
+        self,
+        per_peer: int,
+        total: int,
+        hash_key: str,
+        window: int = WINDOW_SECONDS,
+        prefix: str = PREFIX,
     ) -> None:
-        super().__init__(per_peer, total, hash_key, window)
+        super().__init__(per_peer, total, hash_key, window, prefix)
         self._counts: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 

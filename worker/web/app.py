@@ -2,7 +2,8 @@
 page), the signup endpoint, the edition archive and its feed, health, the operators' endpoints and
 the provider webhooks, one router per concern.
 
-Run with ``uvicorn --factory worker.web.app:create_app``. No cookies and no sessions; no CSRF
+Run with ``uvicorn --factory worker.web.app:create_app``. No cookies and no sessions outside the
+editors' desk (``/desk``, ``worker.web.desk``: a login, its cookie and CSRF tokens); no CSRF
 tokens on the unsubscribe links: RFC 8058 one-click POSTs arrive without any (the preferences
 page's forms carry one bound to the link, see ``worker.web.preferences``). GET requests never change
 anything, because mail security gateways fetch every link in a mail within seconds of delivery.
@@ -21,6 +22,8 @@ from worker.editions.store import NoNewsletter
 from worker.logs import UVICORN_LOGGERS, redact_handlers
 from worker.runtime import Runtime, runtime
 from worker.web import archive, health, images, links, preferences, signup, subscribe
+from worker.web.desk import desk_router
+from worker.web.desk.access import DeskRefusal, refused
 from worker.web.guards import BodyLimit, SecurityHeaders
 from worker.web.operators import operator_router
 from worker.web.pages import Pages
@@ -44,8 +47,10 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     app.state.runtime = rt
     app.state.pages = Pages()
     app.add_exception_handler(NoNewsletter, _not_set_up)
+    app.add_exception_handler(DeskRefusal, refused)
     app.include_router(operator_router(rt))  # /metrics, /readyz, /dashboard
     app.include_router(webhook_router(rt, webhooks))  # /webhooks/{ses,postmark,sendgrid,mailgun}
+    app.include_router(desk_router(rt))  # /desk: the editors' desk, behind a login
     for concern in (health, links, preferences, archive, signup, subscribe, images):
         app.include_router(concern.router)
     limits = [("/signup", s.signup_max_bytes), ("/webhooks/", s.webhook_max_bytes)]
