@@ -108,10 +108,14 @@ def test_login_limit_per_account_refuses_even_the_right_password(rt: Runtime) ->
     client = client_of(rt)
     token = csrf_of(client.get("/desk/login").text)
     for _ in range(3):
-        reply = client.post("/desk/login", data={"name": "ales", "password": "nope" * 3, "csrf": token})
+        reply = client.post(
+            "/desk/login", data={"name": "ales", "password": "nope" * 3, "csrf": token}
+        )
         assert reply.status_code == 401
     reply = client.post(
-        "/desk/login", data={"name": "ales", "password": PASSWORD, "csrf": token}, follow_redirects=False
+        "/desk/login",
+        data={"name": "ales", "password": PASSWORD, "csrf": token},
+        follow_redirects=False,
     )
     assert reply.status_code == 429
     assert 1 <= int(reply.headers["retry-after"]) <= 900
@@ -139,7 +143,9 @@ def test_login_form_without_its_token_is_refused(rt: Runtime) -> None:
     client = client_of(rt)
     client.get("/desk/login")
     for token in ("", "forged-token-forged-token"):
-        reply = client.post("/desk/login", data={"name": "ales", "password": PASSWORD, "csrf": token})
+        reply = client.post(
+            "/desk/login", data={"name": "ales", "password": PASSWORD, "csrf": token}
+        )
         assert reply.status_code == 403
     assert live_sessions(rt, "ales") == 0 and actions(rt) == []
 
@@ -150,7 +156,9 @@ def test_expired_session_goes_back_to_the_login_page(rt: Runtime) -> None:
     login(client)
     assert client.get("/desk/log").status_code == 200
     with rt.session() as session:
-        session.execute(update(DeskSession).values(expires_at=rt.clock.now() - timedelta(seconds=1)))
+        session.execute(
+            update(DeskSession).values(expires_at=rt.clock.now() - timedelta(seconds=1))
+        )
     reply = client.get("/desk/log?user=ales", follow_redirects=False)
     assert reply.status_code == 303
     assert reply.headers["location"] == "/desk/login?next=/desk/log%3Fuser%3Dales"
@@ -172,7 +180,9 @@ def test_idle_expiry_moves_on_but_never_past_the_absolute_lifetime(rt: Runtime) 
         live = accounts.live_session(session, opened.token, now + timedelta(minutes=100), policy)
         assert live and live[0].expires_at == now + timedelta(hours=2)
     with rt.session() as session:
-        assert accounts.live_session(session, opened.token, now + timedelta(hours=2), policy) is None
+        assert (
+            accounts.live_session(session, opened.token, now + timedelta(hours=2), policy) is None
+        )
 
 
 def test_post_without_or_with_a_wrong_csrf_token_is_refused_and_changes_nothing(
@@ -292,15 +302,25 @@ def test_cli_users_add_list_reset_remove(rt: Runtime, monkeypatch: pytest.Monkey
     )
     assert added.exit_code == 0, added.output
     assert "desk user ales added (editor)" in added.output
-    assert runner.invoke(
-        main, ["users", "add", "olga", "--role", "operator", "--password-stdin"], input=PASSWORD
-    ).exit_code == 0
-    short = runner.invoke(main, ["users", "add", "x", "--role", "editor", "--password-stdin"], input="short")
+    assert (
+        runner.invoke(
+            main, ["users", "add", "olga", "--role", "operator", "--password-stdin"], input=PASSWORD
+        ).exit_code
+        == 0
+    )
+    short = runner.invoke(
+        main, ["users", "add", "x", "--role", "editor", "--password-stdin"], input="short"
+    )
     assert short.exit_code == 1 and "password: 10 to 1024 characters" in short.output
-    taken = runner.invoke(main, ["users", "add", "ales", "--role", "editor", "--password-stdin"], input=PASSWORD)
+    taken = runner.invoke(
+        main, ["users", "add", "ales", "--role", "editor", "--password-stdin"], input=PASSWORD
+    )
     assert "exists already" in taken.output
     listed = runner.invoke(main, ["users", "list"]).output
-    assert listed.splitlines() == ["ales\teditor\tlast login never", "olga\toperator\tlast login never"]
+    assert listed.splitlines() == [
+        "ales\teditor\tlast login never",
+        "olga\toperator\tlast login never",
+    ]
     assert "ales@example.org" in runner.invoke(main, ["users", "list", "--addresses"]).output
 
     # Given ales logged in twice
@@ -309,7 +329,9 @@ def test_cli_users_add_list_reset_remove(rt: Runtime, monkeypatch: pytest.Monkey
     login(second)
     assert "last login 20" in runner.invoke(main, ["users", "list"]).output
     # When reset: both sessions end, the old password fails, the new one works
-    reset = runner.invoke(main, ["users", "reset", "ales", "--password-stdin"], input="a new long password\n")
+    reset = runner.invoke(
+        main, ["users", "reset", "ales", "--password-stdin"], input="a new long password\n"
+    )
     assert reset.exit_code == 0 and "2 session(s) ended" in reset.output
     assert first.get("/desk/", follow_redirects=False).status_code == 303
     login(first, "ales", "a new long password")
@@ -321,3 +343,30 @@ def test_cli_users_add_list_reset_remove(rt: Runtime, monkeypatch: pytest.Monkey
     assert ("cli", "user.remove", "ales") in actions(rt)
     with rt.session() as session:
         assert session.scalar(select(func.count()).select_from(DeskSession)) == 0
+
+
+def test_bad_input_of_a_logged_in_user_or_a_guesser_never_gives_a_500(rt: Runtime) -> None:
+    add_user(rt, "olga", PASSWORD, "operator")
+    guesser = client_of(rt)
+    token = csrf_of(guesser.get("/desk/login").text)
+    form = "application/x-www-form-urlencoded"
+    for name in ("ol%00ga", "%ff%fe", "x" * 2000, ""):
+        reply = guesser.post(
+            "/desk/login",
+            content=f"name={name}&password=p%00ssword%ff&csrf={token}".encode(),
+            headers={"content-type": form},
+        )
+        assert reply.status_code in (401, 422), (name, reply.status_code)
+    client = client_of(rt)
+    login(client, "olga", PASSWORD)
+    token = csrf_of(client.get("/desk/").text)
+    for path in ("/desk/log?user=%00&action=%00", "/desk/log?action=%ff%fe", "/desk/users"):
+        assert client.get(path).status_code == 200, path
+    for name in ("%00", "%ff", "no-such-user"):
+        reply = client.post(f"/desk/users/{name}/end-sessions", data={"csrf": token})
+        assert reply.status_code == 404
+    reply = client.post(
+        "/desk/logout", content=b"\xff\x00--", headers={"content-type": "multipart/form-data"}
+    )
+    assert reply.status_code in (400, 403)
+    assert live_sessions(rt, "olga") == 1

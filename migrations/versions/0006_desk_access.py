@@ -35,9 +35,7 @@ def upgrade() -> None:
         "desk_session",
         sa.Column("id", ID, primary_key=True),
         sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
-        sa.Column(
-            "user_id", ID, sa.ForeignKey("desk_user.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("user_id", ID, sa.ForeignKey("desk_user.id", ondelete="CASCADE"), nullable=False),
         sa.Column("csrf_token", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),

@@ -123,6 +123,8 @@ def add_user(
 
 def user_named(session: Session, name: str) -> DeskUser:
     """The desk user called ``name``; :class:`AccountError` if there is none."""
+    if not NAME.match(name):
+        raise AccountError(f"no desk user {name!r}")
     user = session.scalars(select(DeskUser).where(DeskUser.name == name)).first()
     if user is None:
         raise AccountError(f"no desk user {name!r}")
@@ -157,9 +159,14 @@ def authenticate(session: Session, name: str, password: str, now: datetime) -> D
     """The user if ``password`` is theirs and the account is not disabled, else None (an
     unknown name costs the same time as a wrong password). Records the login time and rehashes
     a hash made with weaker parameters than today's."""
-    user = session.scalars(select(DeskUser).where(DeskUser.name == name)).first()
     if len(password) > MAX_PASSWORD:
         return None
+    # A name no user can have (a NUL, which PostgreSQL refuses in text) is not looked up
+    user = (
+        session.scalars(select(DeskUser).where(DeskUser.name == name)).first()
+        if NAME.match(name)
+        else None
+    )
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):

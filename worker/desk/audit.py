@@ -22,6 +22,7 @@ from worker.models import DeskAction
 
 LATEST = 200  # lines shown by /desk/log
 _ADDRESS = re.compile(r"[^\s<>\"'@]+@[^\s<>\"'@]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # PostgreSQL refuses NUL in text; the rest is noise
 _MAX_SUBJECT = 200
 _MAX_DETAIL_VALUE = 500
 
@@ -38,7 +39,7 @@ class Entry:
 
 
 def _clean(text: str, limit: int) -> str:
-    return _ADDRESS.sub("<address>", text)[:limit]
+    return _ADDRESS.sub("<address>", _CONTROL.sub("", text))[:limit]
 
 
 def record(
@@ -57,7 +58,7 @@ def record(
         DeskAction(
             at=at or datetime.now(UTC),
             user_name=_clean(user_name, 64),
-            action=action[:64],
+            action=_CONTROL.sub("", action)[:64],
             subject=_clean(subject, _MAX_SUBJECT),
             detail={str(k)[:64]: _clean(str(v), _MAX_DETAIL_VALUE) for k, v in detail.items()}
             if detail
@@ -73,9 +74,9 @@ def latest(
     (exact match)."""
     query = select(DeskAction).order_by(DeskAction.at.desc(), DeskAction.id.desc()).limit(limit)
     if user_name:
-        query = query.where(DeskAction.user_name == user_name)
+        query = query.where(DeskAction.user_name == _CONTROL.sub("", user_name))
     if action:
-        query = query.where(DeskAction.action == action)
+        query = query.where(DeskAction.action == _CONTROL.sub("", action))
     return [
         Entry(row.at, row.user_name, row.action, row.subject, _strings(row.detail))
         for row in session.scalars(query)

@@ -54,9 +54,7 @@ def editions(session: Session, newsletter_id: int | None, limit: int = 50) -> li
             .order_by(EditionContentRow.language)
         ):
             languages.setdefault(edition_id, []).append(language)
-        newest = (
-            select(func.max(Send.id)).where(Send.edition_id.in_(ids)).group_by(Send.edition_id)
-        )
+        newest = select(func.max(Send.id)).where(Send.edition_id.in_(ids)).group_by(Send.edition_id)
         for send in session.scalars(select(Send).where(Send.id.in_(newest))):
             latest[send.edition_id] = send
     return [

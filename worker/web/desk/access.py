@@ -48,6 +48,9 @@ class DeskUser:
     address: str | None  # the user's own mail address, for test sends (stored encrypted)
 
 
+FORGED = "This form has expired or did not come from the desk. Reload it."
+
+
 class DeskRefusal(Exception):
     """A desk request refused: answered with ``status`` and a page saying ``message`` (and a
     redirect to ``location`` when given). Installed in the app by ``worker.web.app``."""
@@ -119,7 +122,8 @@ def access_of(request: Request) -> DeskAccess:
         access = getattr(state, "desk_access", None)
         if access is None:
             access = state.desk_access = DeskAccess(state.runtime)
-    return access  # type: ignore[no-any-return]
+    assert isinstance(access, DeskAccess)
+    return access
 
 
 def _resolve(request: Request) -> _Found | None:
@@ -136,7 +140,9 @@ def _resolve(request: Request) -> _Found | None:
             live = accounts.live_session(session, token, rt.clock.now(), access.policy)
             if live is not None:
                 row, user = live
-                found = _Found(DeskUser(user.id, user.name, user.role, user.address), row.csrf_token)
+                found = _Found(
+                    DeskUser(user.id, user.name, user.role, user.address), row.csrf_token
+                )
     request.state.desk_found = found
     return found
 
@@ -173,7 +179,7 @@ async def csrf(request: Request) -> None:
     if found is None:
         raise DeskRefusal(401, "Your login has ended. Log in again.")
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), found.csrf.encode()):
-        raise DeskRefusal(403, "This form has expired or did not come from the desk. Reload it.")
+        raise DeskRefusal(403, FORGED)
 
 
 def language(request: Request) -> str:
@@ -269,7 +275,7 @@ def access_router() -> APIRouter:
         access = access_of(request)
         expected = request.cookies.get(access.login_cookie, "")
         if not expected or not hmac.compare_digest(csrf.encode(), expected.encode()):
-            raise DeskRefusal(403, "This form has expired or did not come from the desk. Reload it.")
+            raise DeskRefusal(403, FORGED)
         rt = access.runtime
         peer = client_ip(request, access.trusted) or "unknown"
         name = name.strip()
@@ -278,9 +284,7 @@ def access_router() -> APIRouter:
         if wait:
             with rt.session() as session:
                 audit.record(session, name, "login.limited", "", at=now)
-            raise DeskRefusal(
-                429, "Too many failed logins. Try again later.", retry_after=wait
-            )
+            raise DeskRefusal(429, "Too many failed logins. Try again later.", retry_after=wait)
         with rt.session() as session:
             user = accounts.authenticate(session, name, password, now)
             if user is None:
