@@ -154,7 +154,10 @@ def editor(request: Request) -> DeskUser:
     if found is None:
         if request.method in ("GET", "HEAD"):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise DeskRefusal(303, "log in", location=f"{LOGIN_PATH}?next={quote(target)}")
+            lang = request.query_params.get("lang", "")
+            also = f"&lang={lang}" if lang in LANGUAGES else ""
+            location = f"{LOGIN_PATH}?next={quote(target)}{also}"
+            raise DeskRefusal(303, "log in", location=location)
         raise DeskRefusal(401, "Your login has ended. Log in again.")
     return found.user
 
