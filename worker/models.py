@@ -476,7 +476,7 @@ class InboundMessage(Base):
     parse_error: Mapped[str | None] = mapped_column(Text)
 
 
-class DeskUser(Base):
+class DeskAccount(Base):
     """A person who may log into the editors' desk (``worker.desk.accounts``): an ``editor`` or
     an ``operator``. ``password_hash`` is an argon2id PHC string; ``address`` is the user's own
     mail address for test sends, sealed like readers' addresses."""

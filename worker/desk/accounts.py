@@ -29,7 +29,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.models import DeskSession, DeskUser
+from worker.models import DeskAccount, DeskSession
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 10  # characters; NIST SP 800-63B §3.1.1.2 asks for at least 8
@@ -105,7 +105,7 @@ def check_address(address: str) -> str:
 
 def add_user(
     session: Session, name: str, role: str, password: str, address: str | None, now: datetime
-) -> DeskUser:
+) -> DeskAccount:
     """Create desk user ``name`` with ``role`` (``editor`` or ``operator``), ``password``
     (hashed here) and ``address`` (their own, for test sends; may be None). Raises
     :class:`AccountError` for a taken name or an invalid name, role, password or address."""
@@ -114,9 +114,9 @@ def add_user(
         raise AccountError(f"role {role!r}: editor or operator")
     check_password(password)
     normalised = check_address(address) if address else None
-    if session.scalars(select(DeskUser.id).where(DeskUser.name == name)).first() is not None:
+    if session.scalars(select(DeskAccount.id).where(DeskAccount.name == name)).first() is not None:
         raise AccountError(f"user {name!r} exists already")
-    user = DeskUser(
+    user = DeskAccount(
         name=name,
         role=role,
         password_hash=_hasher.hash(password),
@@ -129,19 +129,19 @@ def add_user(
     return user
 
 
-def user_named(session: Session, name: str) -> DeskUser:
+def user_named(session: Session, name: str) -> DeskAccount:
     """The desk user called ``name``; :class:`AccountError` if there is none."""
     if not NAME.match(name):
         raise AccountError(f"no desk user {name!r}")
-    user = session.scalars(select(DeskUser).where(DeskUser.name == name)).first()
+    user = session.scalars(select(DeskAccount).where(DeskAccount.name == name)).first()
     if user is None:
         raise AccountError(f"no desk user {name!r}")
     return user
 
 
-def users(session: Session) -> list[DeskUser]:
+def users(session: Session) -> list[DeskAccount]:
     """Every desk user, by name."""
-    return list(session.scalars(select(DeskUser).order_by(DeskUser.name)))
+    return list(session.scalars(select(DeskAccount).order_by(DeskAccount.name)))
 
 
 def remove_user(session: Session, name: str, now: datetime) -> int:
@@ -163,7 +163,7 @@ def reset_password(session: Session, name: str, password: str, now: datetime) ->
     return end_sessions(session, user.id, now)
 
 
-def authenticate(session: Session, name: str, password: str, now: datetime) -> DeskUser | None:
+def authenticate(session: Session, name: str, password: str, now: datetime) -> DeskAccount | None:
     """The user if ``password`` is theirs and the account is not disabled, else None (an
     unknown name costs the same time as a wrong password). Records the login time and rehashes
     a hash made with weaker parameters than today's."""
@@ -171,7 +171,7 @@ def authenticate(session: Session, name: str, password: str, now: datetime) -> D
         return None
     # A name no user can have (a NUL, which PostgreSQL refuses in text) is not looked up
     user = (
-        session.scalars(select(DeskUser).where(DeskUser.name == name)).first()
+        session.scalars(select(DeskAccount).where(DeskAccount.name == name)).first()
         if NAME.match(name)
         else None
     )
@@ -193,7 +193,9 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def open_session(session: Session, user: DeskUser, now: datetime, policy: SessionPolicy) -> Login:
+def open_session(
+    session: Session, user: DeskAccount, now: datetime, policy: SessionPolicy
+) -> Login:
     """A new login of ``user``: the token for the browser and the CSRF token of its forms."""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     expires = min(now + policy.idle, now + policy.lifetime)
@@ -213,7 +215,7 @@ def open_session(session: Session, user: DeskUser, now: datetime, policy: Sessio
 
 def live_session(
     session: Session, token: str, now: datetime, policy: SessionPolicy
-) -> tuple[DeskSession, DeskUser] | None:
+) -> tuple[DeskSession, DeskAccount] | None:
     """The live session of ``token`` and its user, its idle expiry moved on (never past the
     absolute lifetime); None if the token is unknown, expired, revoked or its user disabled."""
     if not token or len(token) > 128:
@@ -223,7 +225,7 @@ def live_session(
     ).first()
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         return None
-    user = session.get(DeskUser, row.user_id)
+    user = session.get(DeskAccount, row.user_id)
     if user is None or user.disabled:
         return None
     row.last_seen_at = now
