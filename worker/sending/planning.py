@@ -3,18 +3,21 @@ that have deliveries due."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, case, func, literal, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from worker.models import Delivery, Send, Subscriber
 from worker.sending.ledger import RETRYABLE
 from worker.states import DeliveryState, SubscriberStatus
+
+log = logging.getLogger(__name__)
 
 
 def plan_deliveries(
@@ -40,6 +43,12 @@ def plan_deliveries(
     planned). Subscribers whose language the edition lacks get ``default_language``. With
     ``only_new``, readers who have a delivery of the same edition in another send (in any state:
     it may have reached them) are left out.
+
+    On PostgreSQL the two foreign keys of a delivery (its send, its subscriber) are checked
+    once per page instead of once per row when the database user may set
+    ``session_replication_role`` (a superuser, or ``GRANT SET ON PARAMETER
+    session_replication_role`` from PostgreSQL 15): see ``_checked_per_page``. Otherwise every
+    row is checked by PostgreSQL's own triggers, as before (about half the insert time).
     """
     lang_expr = (
         case(
@@ -50,7 +59,9 @@ def plan_deliveries(
         else literal(default_language)
     )
     eligible = _eligible(newsletter_id, send.edition_id, send.id, only_new)
-    insert_fn = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    insert_fn = pg_insert if postgresql else sqlite_insert
+    per_page = postgresql  # until the database refuses the setting
     after = planned_through(session, send.id)
     while True:
         page = select(Subscriber.id).where(*eligible, Subscriber.id > after).order_by(Subscriber.id)
@@ -65,6 +76,10 @@ def plan_deliveries(
             literal(DeliveryState.QUEUED.value),
             literal(0),
         ).where(*eligible, Subscriber.id > after, Subscriber.id <= last)
+        if per_page:
+            per_page = _checked_per_page(session, send.id)
+        if per_page:  # the page's readers stay until it commits, as the per-row check keeps them
+            rows = rows.with_for_update(read=True, key_share=True, of=Subscriber)
         stmt = insert_fn(Delivery).from_select(
             ["send_id", "subscriber_id", "language", "domain", "state", "attempts"], rows
         )
@@ -75,6 +90,32 @@ def plan_deliveries(
         select(func.count()).select_from(Delivery).where(Delivery.send_id == send.id)
     )
     return int(total or 0)
+
+
+def _checked_per_page(session: Session, send_id: int) -> bool:
+    """Check the page's foreign keys once instead of once per row, for the current transaction
+    (PostgreSQL). Returns False, changing nothing, when the database user may not.
+
+    PostgreSQL checks ``delivery.send_id`` and ``delivery.subscriber_id`` with a trigger per
+    inserted row (``SELECT 1 … FOR KEY SHARE`` of the send and of the subscriber): in
+    ``EXPLAIN ANALYZE`` of a 200,000-row page, 1.56 s of 3.70 s (docs/benchmarks.md).
+    ``SET LOCAL session_replication_role = replica`` turns those triggers off until the commit
+    (the unique constraint stays: it is an index, not a trigger; ``delivery`` has no other
+    trigger), and the page keeps the same guarantee with two locks: the send row here, once, and
+    every selected subscriber ``FOR KEY SHARE`` in the page's own ``SELECT`` (what the trigger
+    took row by row), so a concurrent delete of either waits for the commit and then cascades
+    to the new deliveries, and a delete that came first leaves its rows out of the page."""
+    try:
+        with session.begin_nested():
+            session.execute(text("SET LOCAL session_replication_role = replica"))
+    except DBAPIError as exc:  # not a superuser and not granted: per-row checks
+        log.info("planning checks foreign keys per row: %s", type(exc.orig).__name__)
+        return False
+    locked = select(Send.id).where(Send.id == send_id).with_for_update(read=True, key_share=True)
+    if session.scalar(locked) is None:  # gone: let PostgreSQL's own check refuse the rows
+        session.execute(text("SET LOCAL session_replication_role = origin"))
+        return False
+    return True
 
 
 def _insert_page(session: Session, stmt: Any) -> None:
