@@ -407,6 +407,20 @@ class SendTally(Base):
     counted_at: Mapped[datetime]
 
 
+class DashboardSnapshot(Base):
+    """One of the dashboard's expensive aggregates (readers by status and language, signups per
+    day, a live send's funnel, …) as computed at ``computed_at``, shared by every web process so
+    that a view within ``NEWSLETTER_DASHBOARD_CACHE_SECONDS`` of it reads one row instead of
+    counting a million (``worker.operators.snapshots``). A cache: deleting every row loses
+    nothing."""
+
+    __tablename__ = "dashboard_snapshot"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # e.g. "readers", "signups:30"
+    computed_at: Mapped[datetime]
+    value: Mapped[Any] = mapped_column(JSON)
+
+
 class FeedbackEvent(Base):
     """Anything that came back about a delivery or a subscriber, recorded once per source event."""
 

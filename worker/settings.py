@@ -115,6 +115,9 @@ class Settings:
     smtp_settle_seconds: float = 1.0
     smtp_idle_seconds: float = 1.0  # a worker thread keeps its connection this long between batches
     batch_grace_seconds: float = 120.0  # a batch message silent this long is re-enqueued
+    # the dashboard's readers, signups, unsubscribe latency, bounce reasons and a live send's
+    # funnel may be this old (the page says "as of"); 0 counts them on every view
+    dashboard_cache_seconds: float = 30.0
     confirmation_expiry_hours: float = 72.0
     smtputf8_relay: bool = True
     check_deliverability: bool = False
@@ -320,6 +323,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "replies_per_hour": (0, 1_000_000),
     "metrics_port": (1, 65534),  # a signups/transactional-only group uses port + 1
     "smtp_settle_seconds": (0, 60),
+    "dashboard_cache_seconds": (0, 3600),  # 0 = count on every view
     "smtp_idle_seconds": (0, 3600),
     "inbound_max_sessions": (1, 10_000),
     "inbound_retention_days": (_SMALLEST_POSITIVE, 3650),

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, aliased
 
 from worker.feedback.classification import BOUNCE_KINDS as FEEDBACK_BOUNCE_KINDS
 from worker.models import Consent, Delivery, Edition, FeedbackEvent, Send, SendTally, Subscriber
+from worker.operators.snapshots import remembered
 from worker.states import DeliveryState, SendStatus, SubscriberStatus
 from worker.subscriptions.imports import IMPORT_METHODS
 
@@ -194,6 +195,9 @@ class Overview:
     bounce_reasons: list[tuple[str, str, int]]
     confirmation_failures: list[tuple[str, int]]  # (reply code and status, subscribers)
     readers: Readers = field(default_factory=lambda: Readers({}, {}))
+    # the oldest moment the numbers shown were counted at (``worker.operators.snapshots``);
+    # ``now`` when everything was counted for this view
+    as_of: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -785,11 +789,28 @@ def bounce_reasons(
 
 
 def overview(
-    session: Session, now: datetime, send_id: int | None = None, days: int = 30
+    session: Session,
+    now: datetime,
+    send_id: int | None = None,
+    days: int = 30,
+    cache_seconds: float = 0,
 ) -> Overview:
     """The whole dashboard: recent sends, the detail of ``send_id`` (default: the newest send
     that has deliveries), and the window's complaint rate, unsubscribe latency, signups and
-    bounce reasons. Raises nothing for an empty database."""
+    bounce reasons. Raises nothing for an empty database.
+
+    ``cache_seconds`` (``NEWSLETTER_DASHBOARD_CACHE_SECONDS``; 0: count everything now): the
+    readers, signups per day, unsubscribe latency, bounce reasons and a live send's funnel may
+    be that old (``worker.operators.snapshots``); ``Overview.as_of`` says how old they are."""
+    counted: list[datetime] = [now]
+
+    def kept(key: str, compute: Callable[[], Any], dump: Any, load: Any) -> Any:
+        value, at = remembered(
+            session, key, now=now, seconds=cache_seconds, compute=compute, dump=dump, load=load
+        )
+        counted.append(at)
+        return value
+
     if send_id is None:  # the newest send that has started
         send_id = session.scalar(
             select(func.max(Send.id)).where(Send.status != SendStatus.SCHEDULED)
@@ -798,21 +819,60 @@ def overview(
     summary = next((s for s in sends if s.id == send_id), None)
     if summary is None and send_id is not None:
         summary = _one_send(session, send_id)
-    counts = _funnel_counts(session, summary, now) if summary is not None else Counts()
+    if summary is None:
+        counts = Counts()
+    elif summary.status in FINAL_STATUSES:  # counted once: memory or its ``SendTally``
+        counts = _funnel_counts(session, summary, now)
+    else:
+        live = summary
+        counts = kept(f"funnel:{live.id}", lambda: _count(session, live), _dump_counts, _counts)
     if summary is not None and not summary.states:
         summary.states.update(counts.states)  # one scan for both: the funnel adds up to them
+    unsubscribes = kept(
+        f"unsubscribes:{days}",
+        lambda: unsubscribe_latency(session, now, days),
+        lambda u: [u.requests, u.honoured, u.open_ages],
+        lambda v: UnsubscribeLatency(int(v[0]), list(v[1]), list(v[2])),
+    )
+    signups = kept(
+        f"signups:{days}",
+        lambda: signups_per_day(session, now, days),
+        lambda days_: [[d.day.isoformat(), d.signups, d.confirmed] for d in days_],
+        lambda v: [SignupDay(date.fromisoformat(d), int(n), int(c)) for d, n, c in v],
+    )
+    reasons = kept(
+        f"bounces:{days}",
+        lambda: bounce_reasons(session, now, days),
+        lambda rows: [list(row) for row in rows],
+        lambda v: [(str(k), str(r), int(n)) for k, r, n in v],
+    )
+    roster = kept(
+        "readers",
+        lambda: readers(session),
+        lambda r: [[[s, lang, n] for (s, lang), n in r.by_status_language.items()], r.by_source],
+        lambda v: Readers({(s, lang): int(n) for s, lang, n in v[0]}, dict(v[1])),
+    )
     return Overview(
         now=now,
         window_days=days,
         sends=sends,
         selected=send_report(session, summary, now, counts) if summary else None,
         complaints=complaint_rate(session, sends, now, days),
-        unsubscribes=unsubscribe_latency(session, now, days),
-        signups=signups_per_day(session, now, days),
-        bounce_reasons=bounce_reasons(session, now, days),
+        unsubscribes=unsubscribes,
+        signups=signups,
+        bounce_reasons=reasons,
         confirmation_failures=confirmation_failures(session, now, days),
-        readers=readers(session),
+        readers=roster,
+        as_of=min(counted),
     )
+
+
+def _dump_counts(counts: Counts) -> dict[str, Any]:
+    return {"states": counts.states, "language": counts.by_language, "domain": counts.by_domain}
+
+
+def _counts(value: dict[str, Any]) -> Counts:
+    return Counts(dict(value["states"]), value["language"], value["domain"])
 
 
 def confirmation_failures(session: Session, now: datetime, days: int) -> list[tuple[str, int]]:

@@ -126,7 +126,13 @@ def operator_router(runtime: Runtime) -> APIRouter:
     ) -> Response:
         """The dashboard page (server-rendered HTML with inline SVG charts)."""
         with session_factory() as session:
-            data = overview(session, runtime.clock.now(), send_id=send, days=days)
+            data = overview(
+                session,
+                runtime.clock.now(),
+                send_id=send,
+                days=days,
+                cache_seconds=runtime.settings.dashboard_cache_seconds,
+            )
         html = env.get_template("dashboard.html.j2").render(
             o=data,
             charts=charts,
