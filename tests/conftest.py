@@ -136,7 +136,13 @@ def settings(db_url: str, smtp: OutboxServer, redis_url: str) -> Settings:
 
 @pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
-    """A runtime on the test's database, SMTP server and Redis; installed for the actors too."""
+    """A runtime on the test's database, SMTP server and Redis; installed for the actors too.
+    The dashboard's per-process memory starts empty (the PostgreSQL database keeps its URL from
+    test to test)."""
+    from worker.operators import dashboard, snapshots
+
+    dashboard._cache.clear()
+    snapshots.forget()
     runtime = Runtime(settings)
     use_runtime(runtime)
     yield runtime

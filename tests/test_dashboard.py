@@ -486,3 +486,50 @@ def test_ledger_gauges_of_a_live_send_follow_the_ledger(rt: Runtime) -> None:
 
     # Then the gauges follow the ledger (the remembered seconds plus the newer ones)
     assert gauges() == {"sent": 5, "failed": 1, "queued": 1}
+
+
+def test_a_later_view_shows_a_change_once_the_cache_period_has_passed(rt: Runtime) -> None:
+    # Given readers counted by a view at ``now`` with the numbers kept 30 s
+    from tests.sendkit import seed
+
+    from worker.operators import snapshots
+
+    seed(rt, [f"k{n}@example.org" for n in range(3)])
+    now = rt.clock.now()
+    with rt.session() as session:
+        first = overview(session, now, cache_seconds=30)
+    assert first.readers.total("confirmed") == 3 and first.as_of == now
+
+    # When a reader unsubscribes
+    with rt.session() as session:
+        reader = session.scalars(select(Subscriber).order_by(Subscriber.id)).first()
+        assert reader is not None
+        reader.status = SubscriberStatus.UNSUBSCRIBED
+        session.commit()
+
+    # Then a view within the period shows the kept numbers and says how old they are, in this
+    # process and in a fresh one (the kept numbers are read from ``dashboard_snapshot``)
+    with rt.session() as session:
+        kept = overview(session, now + timedelta(seconds=20), cache_seconds=30)
+    assert kept.readers.total("confirmed") == 3 and kept.as_of == now
+    snapshots.forget()
+    dashboard._cache.clear()
+    with rt.session() as session:
+        fresh_process = overview(session, now + timedelta(seconds=25), cache_seconds=30)
+    assert fresh_process.readers.total("confirmed") == 3 and fresh_process.as_of == now
+
+    # And once the period has passed, the change shows, counted at that view
+    later = now + timedelta(seconds=31)
+    with rt.session() as session:
+        after = overview(session, later, cache_seconds=30)
+    assert after.readers.total("confirmed") == 2
+    assert after.readers.total("unsubscribed") == 1 and after.as_of == later
+
+    # And without a period (0) every view counts
+    with rt.session() as session:
+        reader = session.scalars(select(Subscriber).order_by(Subscriber.id.desc())).first()
+        assert reader is not None
+        reader.status = SubscriberStatus.UNSUBSCRIBED
+        session.commit()
+        now_counted = overview(session, later + timedelta(seconds=1))
+    assert now_counted.readers.total("confirmed") == 1

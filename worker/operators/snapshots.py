@@ -95,4 +95,19 @@ def forget() -> None:
     _memory.clear()
 
 
-__all__ = ["forget", "remembered"]
+def stored(session: Session, key: str) -> Any | None:
+    """The JSON value stored under ``key`` by ``store``, or None: what a view of another
+    process already counted of what can no longer change (a send's settled feedback, its
+    settled seconds), so that the first view of a fresh process reads one row instead of the
+    whole ledger."""
+    row = session.scalar(select(DashboardSnapshot).where(DashboardSnapshot.key == key))
+    return None if row is None else row.value
+
+
+def store(session: Session, key: str, now: datetime, value: Any) -> None:
+    """Store ``value`` (JSON-able) under ``key`` for other processes, best effort in a
+    transaction of its own (see ``remembered``)."""
+    _store(session, key, now, value)
+
+
+__all__ = ["forget", "remembered", "store", "stored"]
