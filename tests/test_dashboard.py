@@ -491,7 +491,6 @@ def test_ledger_gauges_of_a_live_send_follow_the_ledger(rt: Runtime) -> None:
 def test_a_later_view_shows_a_change_once_the_cache_period_has_passed(rt: Runtime) -> None:
     # Given readers counted by a view at ``now`` with the numbers kept 30 s
     from tests.sendkit import seed
-
     from worker.operators import snapshots
 
     seed(rt, [f"k{n}@example.org" for n in range(3)])

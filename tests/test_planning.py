@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy import text as text_
 
 from tests.sendkit import seed
 from worker.editions.store import find_edition
@@ -136,3 +137,65 @@ def test_a_concurrent_planner_ahead_of_this_one_plans_nobody_twice(
     with rt.session() as session:
         sent = session.scalars(select(Delivery.subscriber_id).where(Delivery.state == "sent")).all()
     assert sorted(sent) == [ids[3], ids[7]]
+
+
+def test_a_database_user_without_the_per_page_check_plans_the_same_readers(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given 9 confirmed readers and, on PostgreSQL, a planner whose database role may not set
+    # session_replication_role (not a superuser, not granted): the foreign keys are checked
+    # per row by PostgreSQL's triggers
+    if rt.settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: SQLite has no session_replication_role")
+    from sqlalchemy import text
+
+    addresses = [f"u{n}@example.org" for n in range(9)]
+    newsletter_id = seed(rt, addresses)
+    send_id = new_send(rt)
+    with rt.session() as session:
+        session.execute(
+            text(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'nl_planner')"
+                " THEN CREATE ROLE nl_planner NOSUPERUSER; END IF; END $$"
+            )
+        )
+        session.execute(text("GRANT ALL ON ALL TABLES IN SCHEMA public TO nl_planner"))
+        session.execute(text("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO nl_planner"))
+        session.commit()
+
+    # When it plans in pages of 4
+    with rt.session() as session, caplog.at_level("INFO", logger="worker.sending.planning"):
+        session.execute(text("SET ROLE nl_planner"))
+        send = session.get_one(Send, send_id)
+        total = plan_deliveries(
+            session, send, newsletter_id=newsletter_id, languages=("en",),
+            default_language="en", page_size=4,
+        )  # fmt: skip
+        session.execute(text("RESET ROLE"))
+        session.commit()
+
+    # Then every reader is planned once, and the log says why it was slower
+    assert total == 9
+    assert planned(rt, send_id) == addresses
+    assert "planning checks foreign keys per row: InsufficientPrivilege" in caplog.text
+
+
+def test_the_per_page_check_ends_with_the_page(rt: Runtime) -> None:
+    # Given 5 confirmed readers planned in pages of 2 (on PostgreSQL: the triggers off for each
+    # page's transaction, the send and the page's readers locked instead)
+    addresses = [f"p{n}@example.org" for n in range(5)]
+    newsletter_id = seed(rt, addresses)
+    send_id = new_send(rt)
+    with rt.session() as session:
+        send = session.get_one(Send, send_id)
+        total = plan_deliveries(
+            session, send, newsletter_id=newsletter_id, languages=("en",),
+            default_language="en", page_size=2,
+        )  # fmt: skip
+
+        # Then every reader is planned once, and the same connection is back to PostgreSQL's
+        # own per-row checks
+        if not rt.settings.database_url.startswith("sqlite"):
+            assert session.scalar(text_("SHOW session_replication_role")) == "origin"
+    assert total == 5
+    assert planned(rt, send_id) == addresses
