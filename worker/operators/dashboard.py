@@ -534,7 +534,7 @@ class _FeedbackCounts:
             return
         seen.add(delivery_id)
         column = _feedback_column(kind, source)
-        counted = self.counted.setdefault(column or "", set())
+        counted = self.counted.setdefault(column, set()) if column is not None else set()
         if column is not None and delivery_id not in counted:
             counted.add(delivery_id)
             for table, name in ((self.by_language, language), (self.by_domain, domain)):
