@@ -3,8 +3,11 @@
 Creates a scratch database, loads ``--readers`` confirmed readers sealed under data key 1
 (``bench.common.load_edition_and_subscribers``: email and ascii_email sealed, email_key the blind
 index), then times ``worker.safety.data_keys.rotate`` to key 2 (every row re-sealed, the blind index
-recomputed) and a second run (nothing left: every row skipped). Prints seconds, rows per second
-and peak RSS. Example::
+recomputed) and a second run (nothing left: every row skipped). Prints the machine and its load,
+seconds, rows per second, the CPU seconds of this process (reading, re-sealing, sending) and of
+the PostgreSQL backends (the updates) per 1,000 rows, peak RSS, and a reference: one UPDATE that
+rewrites the same three columns of every row inside PostgreSQL (no crypto, nothing sent: the
+floor of any rotation on this machine), with the rotation's time as a multiple of it. Example::
 
     .venv/bin/python bench/rotate_keys.py --readers 1000000
 """
@@ -20,11 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DATA_KEY, database, load_edition_and_subscribers
+from sqlalchemy import text
+
+from bench.common import DATA_KEY, database, load_edition_and_subscribers, machine, postgres_cpu
 from worker.db import dispose_engines, engine_for
 from worker.safety import keyring
 from worker.safety.data_keys import rotate
 from worker.settings import Settings
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -42,18 +51,37 @@ def main() -> None:
         )
         engine = engine_for(settings)
         ring = keyring.current()
+        print(f"machine: {machine()}; load average {_load()} before")
+        cpu, pg_cpu = time.process_time(), postgres_cpu(url)
         started = time.perf_counter()
         first = rotate(engine, ring, batch_size=args.batch_size)
         took = time.perf_counter() - started
+        cpu, pg_cpu = time.process_time() - cpu, postgres_cpu(url) - pg_cpu
+        per_k = 1000 / max(first.resealed, 1)
         print(
             f"rotate: {first.resealed:,} rows re-sealed in {took:.1f} s "
-            f"({first.resealed / took:,.0f} rows/s)"
+            f"({first.resealed / took:,.0f} rows/s); CPU per 1,000 rows: this process "
+            f"{cpu * per_k * 1000:.0f} ms, PostgreSQL {pg_cpu * per_k * 1000:.0f} ms; "
+            f"load average {_load()} after"
         )
         started = time.perf_counter()
         again = rotate(engine, ring, batch_size=args.batch_size)
         print(
             f"rotate again: {again.skipped:,} rows skipped, {again.resealed} re-sealed, "
             f"in {time.perf_counter() - started:.1f} s"
+        )
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE subscriber SET email = email || '', "
+                    "ascii_email = ascii_email || '', email_key = reverse(email_key)"
+                )
+            )
+        floor = time.perf_counter() - started
+        print(
+            f"reference, one in-database UPDATE of the same columns of every row: {floor:.1f} s; "
+            f"rotation / reference = {took / floor:.2f}"
         )
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         dispose_engines()

@@ -270,8 +270,9 @@ def test_rotation_reseals_everything_and_the_old_key_can_go(
     ring = keyring.current()
     with pytest.raises(KeyboardInterrupt):
 
-        def stop(table: str, rows: int) -> None:
-            raise KeyboardInterrupt
+        def stop(table: str, done: int, todo: int) -> None:
+            if done:
+                raise KeyboardInterrupt
 
         rotate(engine, ring, batch_size=3, progress=stop)
     # and once more to the end

@@ -7,6 +7,7 @@ import secrets
 import sys
 
 import click
+from rich.progress import TaskID
 
 from worker.safety.keyring import current, new_data_key
 
@@ -41,8 +42,9 @@ def keys_rotate(batch_size: int) -> None:
 
     Configure ``NEWSLETTER_DATA_KEYS="<new id>:<new key>,<old id>:<old key>"`` on every process
     first, then run this. It works in batches (one transaction each), may run while sends run,
-    and may be interrupted and run again: rows already under the new key are skipped. When it
-    has finished, remove the old key from the configuration.
+    and may be interrupted and run again: rows already under the new key are skipped. On a
+    terminal it shows a progress bar per table. When it has finished, remove the old key from
+    the configuration.
     """
     from worker.db import engine_for
     from worker.safety.data_keys import rotate
@@ -55,10 +57,12 @@ def keys_rotate(batch_size: int) -> None:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
-            task = bar.add_task("re-sealing", total=None)
+            tasks: dict[str, TaskID] = {}
 
-            def step(table: str, rows: int) -> None:
-                bar.update(task, advance=rows, description=f"re-sealing {table}")
+            def step(table: str, done: int, todo: int) -> None:
+                if table not in tasks:
+                    tasks[table] = bar.add_task(f"re-sealing {table}", total=todo)
+                bar.update(tasks[table], completed=done)
 
             result = rotate(engine, ring, batch_size=batch_size, progress=step)
     else:

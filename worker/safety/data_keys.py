@@ -7,14 +7,17 @@ written — when they are not the keys the stored values were sealed with. The p
 to open them.
 
 ``rotate`` re-seals every sealed column under the primary key, in batches (keyset by id, one
-transaction per batch), skipping values already under it, so it is resumable and runs beside
-sends (a batch holds its rows' locks for one short transaction). The blind index
-(``subscriber.email_key``) is recomputed from the opened address in the same update.
+transaction per batch, one UPDATE statement per batch), selecting only rows that hold a value
+under another key, so it is resumable and runs beside sends (a batch holds its rows' locks for
+one short transaction). The blind index (``subscriber.email_key``) is recomputed from the opened
+address in the same update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,17 +25,22 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Engine,
     LargeBinary,
     MetaData,
+    Row,
     Table,
     Text,
-    bindparam,
+    and_,
+    case,
+    func,
     inspect,
+    or_,
     select,
+    text,
     type_coerce,
-    update,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
@@ -45,7 +53,7 @@ from worker.models import (
     Subscriber,
 )
 from worker.safety import keyring
-from worker.safety.keyring import DataKeyError, Keyring, SealedValueError, key_id_of
+from worker.safety.keyring import DataKeyError, Keyring, SealedValueError
 from worker.settings import Settings
 
 CANARY_TEXT = "newsletter data key canary"
@@ -169,27 +177,44 @@ class Rotation:
     skipped: int = 0
 
 
+RotationProgress = Callable[[str, int, int], None]
+"""Called by ``rotate`` with a table's name, its rows re-sealed so far and its rows to re-seal
+(once with 0 before the table's first batch, then after each batch)."""
+
+
 def rotate(
     engine: Engine,
     ring: Keyring,
     *,
     batch_size: int = 5000,
-    progress: Callable[[str, int], None] | None = None,
+    progress: RotationProgress | None = None,
 ) -> Rotation:
     """Re-seal every sealed value under ``ring.primary`` and recompute the blind index; then
     delete the canaries of the other key ids (they may be removed from the configuration).
 
-    Batches of ``batch_size`` rows by id, one transaction each: safe to interrupt and run again
-    (values already under the primary key are skipped), and safe while sends run. ``progress``
-    is called with a table name and the number of rows of it just handled.
-    Raises ``SealedValueError`` when a stored value opens with none of the keys.
+    Covers every ``EncryptedText`` / ``EncryptedBytes`` column of the models
+    (``sealed_columns``). Per table: the rows that hold a value under another key id are found
+    by the stored prefix (``keyring.sealed_prefix``: nothing is opened to find them), then
+    handled ``batch_size`` at a time by id: one transaction per batch that reads the batch
+    (locked: ``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite, so a concurrent write
+    to one of its rows waits for the batch instead of being overwritten), re-seals in Python and
+    writes the batch back in ONE statement (PostgreSQL: ``UPDATE … FROM unnest(arrays)``;
+    SQLite: an executemany of one prepared UPDATE).
+
+    Safe to interrupt and run again (what is already under the primary key is not selected),
+    and safe while sends run: every stored value names its key id, so rows written under the
+    new key between batches, or before the rotation reaches them, open as they are. Every
+    process must have the new key first (``NEWSLETTER_DATA_KEYS``), or a row written under the
+    old key behind the rotation's cursor stays under it (a second run re-seals it).
+
+    ``progress`` (``RotationProgress``) is told of each table's batches. Raises
+    ``SealedValueError`` when a stored value opens with none of the keys (nothing of that
+    batch is written).
     """
     result = Rotation()
     for table in _tables_with_sealed_columns():
         columns = [c for c in sealed_columns() if c.table is table]
-        for done in _rotate_table(engine, ring, table, columns, batch_size, result):
-            if progress:
-                progress(table.name, done)
+        _rotate_table(engine, ring, table, columns, batch_size, result, progress)
     with Session(engine) as session, session.begin():
         for canary in session.scalars(select(DataKeyCanary)):
             if canary.key_id != ring.primary:
@@ -205,6 +230,21 @@ def _tables_with_sealed_columns() -> list[Table]:
     return tables
 
 
+def _not_under(shadow: Table, columns: Sequence[SealedColumn], key_id: int) -> ColumnElement[bool]:
+    """SQL: the row holds at least one value not sealed under ``key_id`` (by its prefix)."""
+    tests = []
+    for column in columns:
+        stored = shadow.c[column.name]
+        prefix: str | bytes = (
+            keyring.sealed_bytes_prefix(key_id)
+            if column.is_bytes
+            else keyring.sealed_prefix(key_id)
+        )
+        head = func.substr(stored, 1, len(prefix))
+        tests.append(and_(stored.is_not(None), head != prefix))
+    return or_(*tests)
+
+
 def _rotate_table(
     engine: Engine,
     ring: Keyring,
@@ -212,54 +252,116 @@ def _rotate_table(
     columns: list[SealedColumn],
     batch_size: int,
     result: Rotation,
-) -> Iterator[int]:
-    """Rotate ``table`` a batch at a time; yields the number of rows of each batch."""
-    shadow = raw_table(table, [c.name for c in columns])
+    progress: RotationProgress | None,
+) -> None:
+    """Rotate ``table`` a batch at a time (see ``rotate``)."""
     names = [c.name for c in columns]
+    shadow = raw_table(table, names)
+    stale = _not_under(shadow, columns, ring.primary)
+    with engine.connect() as conn:
+        total, todo = conn.execute(select(func.count(), func.count(case((stale, 1))))).one()
+    result.skipped += total - todo
+    if progress:
+        progress(table.name, 0, todo)
     with_index = table.name == Subscriber.__tablename__
-    after = 0
-    while True:
-        with engine.begin() as conn:
-            query = (
-                select(shadow.c.id, *[shadow.c[n] for n in names])
-                .where(shadow.c.id > after)
-                .order_by(shadow.c.id)
-            )
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()  # a send's update of the same row waits briefly
-            rows = conn.execute(query.limit(batch_size)).all()
-            if not rows:
-                return
-            changed = []
-            for row in rows:
-                values = dict(zip(names, row[1:], strict=True))
-                if all(v is None or key_id_of(v) == ring.primary for v in values.values()):
-                    result.skipped += 1
-                    continue
-                new = {"id": row[0]}
-                for column in columns:
-                    new[column.name] = _reseal(ring, column, values[column.name])
-                if with_index:
-                    email = ring.open(str(new["email"]), "subscriber.email")
+    fresh = (keyring.sealed_prefix(ring.primary), keyring.sealed_bytes_prefix(ring.primary))
+    labels = [c.label for c in columns]
+
+    def reseal_batch(rows: Sequence[Row[Any]]) -> list[dict[str, object]]:
+        changed = []
+        for row in rows:
+            new: dict[str, object] = {"id": row[0]}
+            stored: tuple[object, ...] = tuple(row[1:])
+            for column, label, value in zip(columns, labels, stored, strict=True):
+                new[column.name], opened = _reseal(ring, column.is_bytes, label, value, fresh)
+                if with_index and column.name == "email":
+                    # None: the blind index is left as it is (not re-sealed, or erased)
                     new["email_key"] = (
-                        ring.blind_index(email.casefold())
-                        if not email.endswith("@erased.invalid")
+                        ring.blind_index(opened.casefold())
+                        if isinstance(opened, str) and not opened.endswith("@erased.invalid")
                         else None
                     )
-                changed.append(new)
+            changed.append(new)
+        return changed
+
+    def write_and_commit(conn: Connection, changed: list[dict[str, object]]) -> int:
+        try:
             write_rows(conn, shadow, changed)
-            result.resealed += len(changed)
-            after = rows[-1][0]
-        yield len(rows)
+            conn.commit()
+        finally:
+            conn.close()
+        return len(changed)
+
+    # On PostgreSQL, batch n is written and committed (by a thread, on its own connection)
+    # while batch n + 1 is read, locked and re-sealed: the database's work and Python's
+    # overlap. Commits stay in id order (a batch is handed over only after the previous one
+    # has committed), so an interrupted run leaves a prefix done. SQLite has one writer.
+    overlap = engine.dialect.name == "postgresql"
+    after = done = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotate") as writer:
+        writing: Future[int] | None = None
+        try:
+            while True:
+                conn = engine.connect()
+                try:
+                    if conn.dialect.name == "sqlite":
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the batch's read and write
+                    query = (
+                        select(shadow.c.id, *[shadow.c[n] for n in names])
+                        .where(shadow.c.id > after, stale)
+                        .order_by(shadow.c.id)
+                        .limit(batch_size)
+                    )
+                    if conn.dialect.name == "postgresql":
+                        query = query.with_for_update()  # a send's update of a row waits
+                    rows = conn.execute(query).all()
+                    changed = reseal_batch(rows) if rows else []
+                except BaseException:
+                    conn.close()  # rolls the batch back
+                    raise
+                if writing is not None:
+                    finished, writing = writing.result(), None
+                    result.resealed += finished
+                    done += finished
+                    if progress:
+                        progress(table.name, done, todo)
+                if not rows:
+                    conn.close()
+                    return
+                after = rows[-1][0]
+                if overlap:
+                    writing = writer.submit(write_and_commit, conn, changed)
+                else:
+                    finished = write_and_commit(conn, changed)
+                    result.resealed += finished
+                    done += finished
+                    if progress:
+                        progress(table.name, done, todo)
+        finally:
+            if writing is not None and writing.exception() is None:
+                result.resealed += writing.result()
 
 
-def _reseal(ring: Keyring, column: SealedColumn, value: object) -> object:
+def _reseal(
+    ring: Keyring, is_bytes: bool, label: str, value: object, fresh: tuple[str, bytes]
+) -> tuple[object, str | bytes | None]:
+    """``value`` (as stored in the column ``label``) sealed under the primary key, and what it
+    opened to; ``value`` itself and None when it already is under the primary key (``fresh``:
+    its prefixes), or is None."""
     if value is None:
-        return None
-    if column.is_bytes:
+        return None, None
+    if is_bytes:
         assert isinstance(value, bytes | memoryview)  # LargeBinary: bytes (memoryview on PG)
-        return ring.seal_bytes(ring.open_bytes(bytes(value), column.label), column.label)
-    return ring.seal(ring.open(str(value), column.label), column.label)
+        data = bytes(value)
+        if data.startswith(fresh[1]):
+            return value, None
+        opened_bytes = ring.open_bytes(data, label)
+        return ring.seal_bytes(opened_bytes, label), opened_bytes
+    stored = str(value)
+    if stored.startswith(fresh[0]):
+        return value, None
+    opened = ring.open(stored, label)
+    return ring.seal(opened, label), opened
 
 
 def raw_table(table: Table, names: list[str]) -> Table:
@@ -277,15 +379,47 @@ def raw_table(table: Table, names: list[str]) -> Table:
 
 
 def write_rows(conn: Connection, shadow: Table, rows: list[dict[str, object]]) -> None:
-    """Update ``rows`` (dicts with ``id`` and raw values) of ``shadow``'s table. An erased
-    subscriber's ``email_key`` (None here) is left as it is."""
+    """Write ``rows`` (dicts with ``id`` and raw values for every other column of ``shadow``;
+    all with the same keys) back to ``shadow``'s table in one statement. An ``email_key`` of
+    None leaves the stored one as it is (an erased subscriber's, or one not re-sealed).
+
+    PostgreSQL: ``UPDATE t SET … FROM json_to_recordset(:rows) AS v(…) WHERE t.id = v.id``, the
+    rows one JSON parameter (``json.dumps`` in C; the statement is the same whatever the batch
+    size), or for a table with bytes ``FROM unnest(:id, :col, …)``, one array per column.
+    SQLite: one prepared UPDATE, executemany.
+    """
     if not rows:
         return
-    by_shape: dict[tuple[str, ...], list[dict[str, object]]] = {}
-    for row in rows:
-        kept = {k: v for k, v in row.items() if not (k == "email_key" and v is None)}
-        by_shape.setdefault(tuple(kept), []).append(kept)
-    for shape, group in by_shape.items():
-        sets: dict[str, Any] = {k: bindparam(f"v_{k}") for k in shape if k != "id"}
-        statement = update(shadow).where(shadow.c.id == bindparam("v_id")).values(sets)
-        conn.execute(statement, [{f"v_{k}": v for k, v in r.items()} for r in group])
+    names = [n for n in rows[0] if n != "id"]
+
+    def assign(name: str, value: str, stored: str) -> str:
+        # the blind index: None keeps the stored one
+        return f'"{name}" = ' + (f"COALESCE({value}, {stored})" if name == "email_key" else value)
+
+    if conn.dialect.name == "postgresql":
+        binary = {n for n in names if isinstance(shadow.c[n].type, LargeBinary)}
+        sets = ", ".join(assign(n, f'v."{n}"', f't."{n}"') for n in names)
+        if binary:
+            # bytes do not travel in JSON: one array per column
+            arrays = ", ".join(
+                ["CAST(:p_id AS bigint[])"]
+                + [f"CAST(:p_{n} AS {'bytea' if n in binary else 'text'}[])" for n in names]
+            )
+            as_columns = ", ".join(['"id"'] + [f'"{n}"' for n in names])
+            source = f"unnest({arrays}) AS v({as_columns})"
+            params: dict[str, object] = {
+                f"p_{n}": [bytes(v) if isinstance(v, memoryview) else v for v in column]
+                for n in ["id", *names]
+                for column in [[r[n] for r in rows]]
+            }
+        else:
+            # texts: the rows as one JSON document, written by the C encoder
+            as_types = ", ".join(['"id" bigint'] + [f'"{n}" text' for n in names])
+            source = f"json_to_recordset(CAST(:p_rows AS json)) AS v({as_types})"
+            params = {"p_rows": json.dumps(rows)}
+        sql = f'UPDATE "{shadow.name}" AS t SET {sets} FROM {source} WHERE t.id = v.id'
+        conn.execute(text(sql), params)
+        return
+    sets = ", ".join(assign(n, f":p_{n}", f'"{n}"') for n in names)
+    sql = f'UPDATE "{shadow.name}" SET {sets} WHERE id = :p_id'
+    conn.execute(text(sql), [{f"p_{k}": v for k, v in r.items()} for r in rows])

@@ -104,7 +104,7 @@ class Keyring:
 
     def seal_bytes_raw(self, data: bytes, column: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        header = bytes([VERSION]) + self.primary.to_bytes(2, "big")
+        header = _header(self.primary)
         return header + nonce + self._ciphers[self.primary].encrypt(nonce, data, column.encode())
 
     def open_bytes_raw(self, raw: bytes, column: str) -> bytes:
@@ -137,6 +137,22 @@ def index_key_of(data_key: bytes) -> bytes:
 def is_sealed(value: str) -> bool:
     """Whether a stored text is already in the sealed format (migration, rotation: skip it)."""
     return value.startswith(TEXT_PREFIX)
+
+
+def sealed_prefix(key_id: int) -> str:
+    """The first characters of every text sealed under ``key_id`` (``enc1:`` and the base64 of
+    the version byte and the key id: exactly 4 characters, whatever follows). A query can thus
+    tell, without opening anything, which rows are not yet under a key (``keys rotate``)."""
+    return TEXT_PREFIX + base64.urlsafe_b64encode(_header(key_id)).decode()
+
+
+def sealed_bytes_prefix(key_id: int) -> bytes:
+    """The first bytes of every value ``seal_bytes`` made under ``key_id``."""
+    return BYTES_MAGIC + _header(key_id)
+
+
+def _header(key_id: int) -> bytes:
+    return bytes([VERSION]) + key_id.to_bytes(2, "big")
 
 
 def key_id_of(stored: str | bytes) -> int | None:
