@@ -111,11 +111,13 @@ def _stored_key_ids(url: str) -> dict[str, set[int | None]]:
     try:
         with engine.connect() as conn:
             for column in sealed_columns():
-                storage = LargeBinary() if column.is_bytes else Text()
+                storage: LargeBinary | Text = LargeBinary() if column.is_bytes else Text()
                 stored = type_coerce(column.table.c[column.name], storage)
-                values = conn.scalars(select(stored).where(stored.is_not(None))).all()
+                values: list[str | bytes] = list(
+                    conn.scalars(select(stored).where(stored.is_not(None)))
+                )
                 found[column.label] = {
-                    key_id_of(bytes(v) if column.is_bytes else v) for v in values
+                    key_id_of(v if isinstance(v, str) else bytes(v)) for v in values
                 }
     finally:
         engine.dispose()
