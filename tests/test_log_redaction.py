@@ -25,7 +25,7 @@ import pytest
 
 from tests.samples import SAMPLE_EDITION
 from worker.devtools.outbox import free_port
-from worker.logs import Redactor, mask_ip, mask_tokens
+from worker.logs import Redactor, mask_address, mask_ip, mask_tokens
 from worker.subscriptions.tokens import Purpose, Tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +167,18 @@ def test_the_redactor_cuts_what_it_must_and_keeps_the_rest() -> None:
     once = redactor.clean(f"{ADDRESS} from {CLIENT_IP} via /u/{TOKEN}", 10)
     assert once == "a***@example.org from 203.0.113.0/24 via /u/***"
     assert redactor.clean(once, 10) == once  # cleaning twice (two handlers) changes nothing
+
+
+def test_an_address_that_is_not_valid_is_masked_too() -> None:
+    """A refused signup's event reaches dramatiq's DEBUG line "Received message handle_signup(…)"
+    as it was sent: found by tests/test_process_logs.py, where ``Vasil.Invalid@@example.org``
+    went out in clear because the address rule needs a well-formed address."""
+    event = "{'version': 1, 'email': 'Vasil.Invalid@@example.org', 'language': 'en'}"
+    assert mask_address(event) == "{'version': 1, 'email': '***', 'language': 'en'}"
+    assert mask_address('{"email": "vasil at example"}') == '{"email": "***"}'
+    assert mask_address("from Vasil.Invalid@@example.org") == "from V***@@example.org"
+    assert mask_address("to anna@ and me@localhost") == "to a***@ and me@localhost"
+    assert mask_address("a***@example.org, ч***@пошта.бел") == "a***@example.org, ч***@пошта.бел"
+    assert mask_address("smtp://relay:***@mail.example.org:587") == (
+        "smtp://relay:***@mail.example.org:587"
+    )

@@ -33,6 +33,16 @@ _ids: ContextVar[dict[str, Any] | None] = ContextVar("newsletter_log_ids", defau
 # RFC 5322 addr-spec, loosely: enough to find addresses in free text (also IDN and UTF-8 local
 # parts); the domain is kept (it is what operators group by), the local part is masked.
 ADDRESS = re.compile(r"(?<![\w.+-])([^\s@<>()\[\]\",;:]{1,64})@([\w-]+(?:\.[\w-]+)+)", re.UNICODE)
+# What the rule above leaves of an address that is not one (a refused signup's
+# ``anna@@example.org`` or ``anna@``): the run of characters before ``@@`` or before an ``@``
+# that ends a word. ``*`` is not in the run, so an address already masked stays as it is;
+# ``user@localhost`` and ``1.2@3`` are left alone (not addresses a reader gives).
+STRAY_LOCAL_PART = re.compile(
+    r"(?<![\w.+-])([^\s@<>()\[\]\",;:'*]{1,64})(?=@(?:@|(?!\w)))", re.UNICODE
+)
+# The ``email`` field of an event as logged (a dict's repr or JSON: dramatiq's DEBUG line
+# "Received message handle_signup({...})"): its value, whatever it is, valid or not.
+EMAIL_FIELD = re.compile(r"""(['"]email['"]\s*:\s*)(['"])((?:(?!\2).){1,1000})\2""")
 URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
 # The web app's token routes: /u/<token>, /confirm/<token>[/resend] (links.py), /p/<token>.
 TOKEN_PATH = re.compile(r"(/(?:u|confirm|p)/)([^/\s?#\"']+)")
@@ -68,11 +78,16 @@ def mask_tokens(text: str) -> str:
 
 
 def mask_address(text: str) -> str:
-    """``anna.k@example.org`` → ``a***@example.org`` everywhere in ``text``."""
-    return ADDRESS.sub(
+    """``anna.k@example.org`` → ``a***@example.org`` everywhere in ``text``; what only looks
+    like part of an address loses its local part too (``anna@@example.org`` →
+    ``a***@@example.org``, ``anna@`` → ``a***@``), and an event's ``email`` field its whole
+    value (``'email': 'anna at example'`` → ``'email': '***'``)."""
+    text = EMAIL_FIELD.sub(r"\1\2***\2", text)
+    text = ADDRESS.sub(
         lambda m: m.group(0) if m.group(1).startswith("*") else f"{m.group(1)[0]}***@{m.group(2)}",
         text,
     )
+    return STRAY_LOCAL_PART.sub(lambda m: f"{m.group(1)[0]}***", text)
 
 
 @contextmanager
