@@ -236,3 +236,27 @@ def test_rotation_leaves_nothing_to_do_on_a_second_run(db_url: str, restore_test
     assert ("subscriber", 0, 0) in seen
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM subscriber")) == len(READERS)
+
+
+def test_the_rotate_command_reports_what_it_did(db_url: str, restore_test_key: None) -> None:
+    # Given readers under key 1, and key 2 configured first
+    old, new = new_data_key(), new_data_key()
+    rt = Runtime(_settings(db_url, data_key=old))
+    seed(rt, READERS)
+    rt.close()
+    dispose_engines()
+    env = {
+        "NEWSLETTER_DATABASE_URL": db_url,
+        "NEWSLETTER_SECRET_KEY": SECRET,
+        "NEWSLETTER_DATA_KEY": "",
+        "NEWSLETTER_DATA_KEYS": f"2:{new},1:{old}",
+    }
+    # When `newsletter keys rotate` runs twice
+    first = CliRunner().invoke(main, ["keys", "rotate", "--batch-size", "100"], env=env)
+    dispose_engines()
+    again = CliRunner().invoke(main, ["keys", "rotate"], env=env)
+    # Then it says what it re-sealed, and then that everything already was
+    assert first.exit_code == 0, first.output
+    assert f"re-sealed {len(READERS)} rows under data key id 2 (0 were already)" in first.output
+    assert again.exit_code == 0, again.output
+    assert f"re-sealed 0 rows under data key id 2 ({len(READERS)} were already)" in again.output
