@@ -19,6 +19,7 @@ from worker.cli import main
 from worker.db import dispose_engines, engine_for, make_engine
 from worker.models import (
     Delivery,
+    DeskAccount,
     FeedbackEvent,
     InboundMessage,
     SignupRefusal,
@@ -88,6 +89,15 @@ def _fill_every_sealed_column(rt: Runtime) -> None:
                 reason="invalid_email",
                 detail="reader@@example.org",
                 payload='{"email": "reader@@example.org"}',
+            )
+        )
+        session.add(
+            DeskAccount(
+                name="editor",
+                role="editor",
+                password_hash="$argon2id$not-a-real-hash",
+                address="editor.own@example.org",
+                created_at=now,
             )
         )
         session.add(
@@ -169,7 +179,7 @@ def test_rotation_reseals_every_sealed_column_while_others_write_under_the_new_k
     # Then every stored value of every sealed column is under key 2
     after = _stored_key_ids(db_url)
     assert after == {label: {2} for label in before}, after
-    assert done.resealed == 2 * len(READERS) + 4  # readers, deliveries, one row of 4 tables
+    assert done.resealed == 2 * len(READERS) + 5  # readers, deliveries, one row of 5 tables
     # and the progress told each table's total before its first batch, then its batches
     assert ("subscriber", 0, len(READERS)) in seen
     assert seen[-1][1] == seen[-1][2]
