@@ -316,15 +316,15 @@ def _rotate_table(
                         query = query.with_for_update()  # a send's update of a row waits
                     rows = conn.execute(query).all()
                     changed = reseal_batch(rows) if rows else []
+                    if writing is not None:  # the previous batch: committed, or its error
+                        finished, writing = writing.result(), None
+                        result.resealed += finished
+                        done += finished
+                        if progress:
+                            progress(table.name, done, todo)
                 except BaseException:
-                    conn.close()  # rolls the batch back
+                    conn.close()  # rolls this batch back
                     raise
-                if writing is not None:
-                    finished, writing = writing.result(), None
-                    result.resealed += finished
-                    done += finished
-                    if progress:
-                        progress(table.name, done, todo)
                 if not rows:
                     conn.close()
                     return
