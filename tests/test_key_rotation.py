@@ -270,3 +270,26 @@ def test_the_rotate_command_reports_what_it_did(db_url: str, restore_test_key: N
     assert f"re-sealed {len(READERS)} rows under data key id 2 (0 were already)" in first.output
     assert again.exit_code == 0, again.output
     assert f"re-sealed 0 rows under data key id 2 ({len(READERS)} were already)" in again.output
+
+
+def test_a_value_that_does_not_open_stops_the_rotation_after_the_batches_before_it(
+    db_url: str, restore_test_key: None
+) -> None:
+    # Given seven readers under key 1, the fifth of which was altered in the database
+    old, new = new_data_key(), new_data_key()
+    rt = Runtime(_settings(db_url, data_key=old))
+    seed(rt, READERS)
+    rt.close()
+    dispose_engines()
+    engine = engine_for(_settings(db_url, data_keys=f"2:{new},1:{old}"))
+    with engine.begin() as conn:
+        stored = conn.scalar(text("SELECT email FROM subscriber WHERE id = 5"))
+        altered = stored[:-6] + ("AAAAAA" if not stored.endswith("AAAAAA") else "BBBBBB")
+        conn.execute(text("UPDATE subscriber SET email = :e WHERE id = 5"), {"e": altered})
+    # When the rotation runs in batches of 2
+    with pytest.raises(keyring.SealedValueError, match=r"subscriber\.email"):
+        rotate(engine, keyring.current(), batch_size=2)
+    # Then the two batches before the altered row are rotated, its batch and the rest are not
+    with engine.connect() as conn:
+        emails = list(conn.scalars(text("SELECT email FROM subscriber ORDER BY id")))
+    assert [key_id_of(e) for e in emails] == [2, 2, 2, 2, 1, 1, 1]
