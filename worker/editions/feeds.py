@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import feedparser
 import httpx
 import nh3
-from markdownify import markdownify
+from markdownify import MarkdownConverter
 
 from worker.editions.files import EditionContent, EditionImage, EditionItem, NewsletterProfile
 from worker.editions.richtext import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, URL_SCHEMES
@@ -46,7 +46,7 @@ USER_AGENT = "newsletter-worker (edition from feeds)"
 JSON_FEED_VERSIONS = ("https://jsonfeed.org/version/1", "https://jsonfeed.org/version/1.1")
 # Headings of an article: kept through cleaning (the rich-text rules demote them to h3/h4 when
 # the Markdown is rendered); figures, divs and spans drop their tags and keep their text.
-_FEED_TAGS = ALLOWED_TAGS | {"h1", "h2", "h5", "h6"}
+_FEED_TAGS = ALLOWED_TAGS | {"h1", "h2", "h5", "h6", "figure", "figcaption", "div", "b", "i"}
 _BLOCKS = re.compile(r"</?(?:p|div|br|li|h[1-6]|blockquote|figcaption)\b[^>]*>", re.I)
 
 
@@ -143,6 +143,8 @@ def parse_feed(data: bytes, url: str, content_type: str = "") -> list[FeedItem]:
     parsed = feedparser.parse(
         io.BytesIO(data),
         response_headers={"content-location": url, "content-type": content_type or "text/xml"},
+        # Relative links resolve against the article's own link (markdown_of), not the feed's.
+        resolve_relative_uris=False,
     )
     if not parsed.get("version"):
         raise NotAFeed("not RSS/Atom/JSON Feed")
@@ -154,13 +156,15 @@ def _feedparser_item(entry: Mapping[str, Any], base: str) -> FeedItem:
     contents = entry.get("content") or []
     summary = str(entry.get("summary") or "")  # not summary_detail: media:description clobbers it
     body_html = str(contents[0].get("value") or "") if contents else summary
+    if contents and summary == body_html:
+        summary = ""  # feedparser copies an Atom entry's content into a missing summary
     when = entry.get("published_parsed") or entry.get("updated_parsed")
     tags = entry.get("tags") or []
     return FeedItem(
         title=plain(str(entry.get("title") or "")),
         link=link,
         published=datetime(*when[:6]).replace(tzinfo=UTC) if when else None,
-        lead=_lead(summary if contents else "", body_html),
+        lead=_lead(summary if contents else "", body_html, link),
         body=markdown_of(body_html, link or base),
         image=_feedparser_image(entry, body_html, link or base),
         section=plain(str(tags[0].get("term") or "")) or None if tags else None,
@@ -202,6 +206,9 @@ def _json_feed(data: bytes, base: str) -> list[FeedItem]:
     items = document.get("items")
     if not isinstance(items, list):
         raise NotAFeed("JSON Feed without 'items'")
+    home = document.get("home_page_url")
+    if isinstance(home, str) and not url_problem(home):
+        base = home  # the site's own address, not the feed's, for relative article links
     return [_json_item(item, base) for item in items if isinstance(item, dict)]
 
 
@@ -235,7 +242,7 @@ def _json_item(item: Mapping[str, Any], base: str) -> FeedItem:
         title=plain(text("title")),
         link=link,
         published=_json_date(text("date_published") or text("date_modified")),
-        lead=_lead(text("summary"), body_html),
+        lead=_lead(html.escape(text("summary")), body_html),
         body=markdown_of(body_html, link or base),
         image=image,
         section=section or None,
@@ -265,9 +272,17 @@ def plain(fragment: str) -> str:
 _MORE = re.compile(r"\s*\[(?:…|\.\.\.)\]\s*$")  # WordPress's excerpt ends with "[…]"
 
 
-def _lead(summary_html: str, body_html: str) -> str:
-    """The lead: the feed's summary as plain text without WordPress's trailing ``[…]``; the
-    article's first paragraph when there is no summary."""
+def _lead(summary_html: str, body_html: str, link: str = "") -> str:
+    """The lead: the feed's summary as plain text without WordPress's trailing ``[…]`` and
+    "read more" link (a link to the article itself); the article's first paragraph when there is
+    no summary."""
+    if link:
+        summary_html = re.sub(
+            rf"""<a\b[^>]*href=["']{re.escape(html.escape(link))}["'][^>]*>.*?</a>""",
+            "",
+            summary_html,
+            flags=re.I | re.S,
+        )
     lead = plain(summary_html)
     if _MORE.search(lead):
         lead = _MORE.sub("", lead)
@@ -300,8 +315,23 @@ def markdown_of(fragment: str, base: str) -> str:
         strip_comments=True,
         link_rel=None,
     )
-    text = markdownify(cleaned, heading_style="ATX", bullets="-", escape_misc=False)
+    text = _Markdown(heading_style="ATX", bullets="-", escape_misc=False).convert(cleaned)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+_LINE_MARKER = re.compile(r"^(\s*)([#>+-]|\d+[.)])(?=\s|$)", re.M)
+
+
+class _Markdown(MarkdownConverter):  # type: ignore[misc]
+    """markdownify with the escaping an article's text needs to stay text: ``*``, ``_`` (its
+    own), ``[``, ``]``, the backquote, and a ``#``, ``>``, ``-``, ``+`` or ``1.`` that starts a line
+    (its ``escape_misc`` escapes ``&``, ``<``, ``.`` and more, which CommonMark without raw HTML
+    does not need)."""
+
+    def escape(self, text: str, parent_tags: Any) -> str:
+        text = re.sub(r"([\\\[\]`])", r"\\\1", text or "")
+        text = _LINE_MARKER.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
+        return str(super().escape(text, parent_tags))
 
 
 _IMG = re.compile(r"<img\b[^>]*>", re.I)

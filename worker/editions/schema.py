@@ -170,7 +170,7 @@ def _feeds(value: Any) -> Any:
         raise PydanticCustomError(NO_VALUE, "no value")
     if not isinstance(value, Mapping):
         raise _rule(
-            f"expected one feed address per language, like {{en: https://…}}, got {kind(value)}"
+            f"expected one feed address per language (en: https://…), got {kind(value)}"
         )
     return value
 
