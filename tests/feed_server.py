@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the feeds are data, written as sites write them
 """A website's feeds in three languages, served by http.server on loopback (a thread).
 
 ``/ru/feed/`` is a WordPress-style RSS 2.0 (content:encoded, dc:creator, categories, Media RSS
@@ -10,6 +11,7 @@ badly: ``/missing/`` (404), ``/page.html`` (an HTML page), ``/slow`` (answers af
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -177,7 +179,7 @@ PATHS = {
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = f"http://127.0.0.1:{self.server.server_address[1]!s}"  # type: ignore[index]
         if self.path == "/slow":
             time.sleep(3)
         if self.path == "/to-file":
@@ -198,12 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        try:
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client stopped reading at its size cap
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)  # the client may stop reading at its size cap
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

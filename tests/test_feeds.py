@@ -168,7 +168,7 @@ def test_fetching_is_bounded(site: str) -> None:
 def test_not_a_feed_in_json_and_too_deep_json() -> None:
     from worker.editions.feeds import NotAFeed
 
-    with pytest.raises(NotAFeed, match="without a jsonfeed.org version"):
+    with pytest.raises(NotAFeed, match=r"without a jsonfeed\.org version"):
         parse_feed(b'{"items": []}', "https://example.org/feed.json")
     with pytest.raises(NotAFeed, match="not valid JSON"):
         parse_feed(b"{" * 100_000, "https://example.org/feed.json")
@@ -290,7 +290,7 @@ def test_bad_feed_settings_are_reported_where_they_are(
 
     with pytest.raises(EditionInvalid) as raised:
         read_newsletter_profile(tmp_path / "newsletter.yaml")
-    assert [str(problem) for problem in raised.value.problems][0].startswith(expected)
+    assert str(raised.value.problems[0]).startswith(expected)
 
 
 def test_default_key_and_a_period_the_wrong_way_round(site: str) -> None:

@@ -45,7 +45,7 @@ def export(key: str, out: Path) -> None:
         try:
             data = export_bundle(session, key, settings.images_dir)
         except (LookupError, BundleProblem) as error:
-            raise click.ClickException(str(error).strip("'\"")) from None
+            raise click.ClickException(str(error)) from None
     out.write_bytes(data)
     click.echo(f"edition {key} written to {out} ({len(data) // 1024 + 1} KB)")
 

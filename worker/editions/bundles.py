@@ -63,7 +63,8 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise BundleProblem(f"{name!r}: a symbolic link is refused")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    kind = stat.S_IFMT(mode)  # 0 when the archiver recorded no file type (zipfile's writestr)
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise BundleProblem(f"{name!r}: only plain files are allowed")
     return path
 

@@ -322,7 +322,7 @@ def markdown_of(fragment: str, base: str) -> str:
 _LINE_MARKER = re.compile(r"^(\s*)([#>+-]|\d+[.)])(?=\s|$)", re.M)
 
 
-class _Markdown(MarkdownConverter):  # type: ignore[misc]
+class _Markdown(MarkdownConverter):
     """markdownify with the escaping an article's text needs to stay text: ``*``, ``_`` (its
     own), ``[``, ``]``, the backquote, and a ``#``, ``>``, ``-``, ``+`` or ``1.`` that starts a line
     (its ``escape_misc`` escapes ``&``, ``<``, ``.`` and more, which CommonMark without raw HTML
@@ -331,7 +331,7 @@ class _Markdown(MarkdownConverter):  # type: ignore[misc]
     def escape(self, text: str, parent_tags: Any) -> str:
         text = re.sub(r"([\\\[\]`])", r"\\\1", text or "")
         text = _LINE_MARKER.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
-        return str(super().escape(text, parent_tags))
+        return str(super().escape(text, parent_tags))  # type: ignore[misc]  # untyped there
 
 
 _IMG = re.compile(r"<img\b[^>]*>", re.I)

@@ -169,9 +169,7 @@ def _feeds(value: Any) -> Any:
     if value is None:
         raise PydanticCustomError(NO_VALUE, "no value")
     if not isinstance(value, Mapping):
-        raise _rule(
-            f"expected one feed address per language (en: https://…), got {kind(value)}"
-        )
+        raise _rule(f"expected one feed address per language (en: https://…), got {kind(value)}")
     return value
 
 
