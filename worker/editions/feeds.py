@@ -23,6 +23,7 @@ import html
 import io
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -392,16 +393,25 @@ def edition_from_feeds(
         raise ValueError("newsletter.yaml names no feeds (feeds: {en: https://…, …})")
     first, after = period_bounds(start, end, profile.timezone)
     result = FeedEdition(contents={})
+    urls = {
+        language: profile.feeds[language]
+        for language in profile.languages
+        if language in profile.feeds
+    }
+    # The feeds are fetched at once: a slow one costs its own timeout, not the sum of all.
+    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        pending = {
+            language: pool.submit(_items_of, language, url, fetch) for language, url in urls.items()
+        }
     for language in profile.languages:
         items: Sequence[FeedItem] = []
-        url = profile.feeds.get(language)
-        if url is None:
+        if language not in pending:
             result.problems.append(
                 FeedProblem(language, "", "no feed address in newsletter.yaml 'feeds'")
             )
         else:
             try:
-                items = _items_of(language, url, fetch)
+                items = pending[language].result()
             except FeedProblem as problem:
                 result.problems.append(problem)
         undated = [item for item in items if item.published is None]
@@ -430,6 +440,8 @@ def _items_of(language: str, url: str, fetch: Fetcher) -> list[FeedItem]:
         return parse_feed(data, url, content_type)
     except NotAFeed as error:
         raise FeedProblem(language, url, f"{error} at {url}") from None
+    except RecursionError:  # markdownify walks the article's HTML tree recursively
+        raise FeedProblem(language, url, f"an article nested too deeply at {url}") from None
 
 
 def _content(
