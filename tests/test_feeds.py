@@ -300,3 +300,23 @@ def test_default_key_and_a_period_the_wrong_way_round(site: str) -> None:
         edition_from_feeds(profile_for(site), date(2026, 11, 30), date(2026, 11, 1))
     with pytest.raises(ValueError, match="names no feeds"):
         edition_from_feeds(replace(profile_for(site), feeds={}), *WEEK)
+
+
+def test_a_feed_of_absurd_nesting_is_one_failed_feed(site: str) -> None:
+    # Given a JSON Feed whose article nests 50,000 <em> (the HTML, not the JSON, is deep)
+    deep = '{"version": "https://jsonfeed.org/version/1.1", "items": [{"title": "x", "url": '
+    deep += '"https://example.org/x", "date_published": "2026-12-01T10:00:00Z", "content_html": "'
+    deep += "<em>" * 50_000 + 'x"}]}'
+
+    def fetch(url: str) -> tuple[bytes, str]:
+        return (deep.encode(), "application/feed+json") if "deep" in url else fetch_feed(url)
+
+    profile = profile_for(site, en="https://example.org/deep.json", ru=f"{site}/ru/feed/")
+    # When the edition starts
+    started = edition_from_feeds(profile, *WEEK, fetch=fetch)
+    # Then that feed is reported, and the others are read
+    assert [str(p) for p in started.problems] == [
+        "en feed: an article nested too deeply at https://example.org/deep.json",
+        "be feed: no feed address in newsletter.yaml 'feeds'",
+    ]
+    assert len(started.contents["ru"].items) == 3
