@@ -85,6 +85,9 @@ def test_the_page_offers_three_ways_with_next_week(rt: Runtime, site: str) -> No
     assert f'value="{year}-W{week:02d}"' in page.text
     for label in ("From the website's feeds", "From a zip archive", "Empty"):
         assert label in page.text
+    belarusian = client.get("/desk/editions/new?lang=be").text
+    assert "Са стужак сайта" in belarusian and "Пачаць пусты выпуск" in belarusian
+    assert "Из лент сайта" in client.get("/desk/editions/new?lang=ru").text
     assert next_week(date(2026, 12, 3)) == (date(2026, 12, 7), date(2026, 12, 13))
     assert next_week(date(2026, 12, 7)) == (date(2026, 12, 14), date(2026, 12, 20))
     anonymous = TestClient(create_app(rt)).get("/desk/editions/new", follow_redirects=False)
@@ -211,4 +214,16 @@ def test_a_post_without_the_csrf_token_is_refused(rt: Runtime, site: str) -> Non
         "/desk/editions/new", data={"way": "empty", "key": "x1", **WEEK}, follow_redirects=False
     )
     assert answer.status_code == 403
+    assert editions(rt) == []
+
+
+def test_an_upload_over_the_cap_is_refused_before_it_is_read(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    huge = b"PK" + b"\0" * (21 * 1024 * 1024)
+    answer = post(client, {"way": "zip"}, {"bundle": ("big.zip", huge, "application/zip")})
+    assert answer.status_code == 413
+    assert "request body too large" in answer.text
+    just_over = b"PK" + b"\0" * (20 * 1024 * 1024)  # over the bundle cap, under the body cap
+    answer = post(client, {"way": "zip"}, {"bundle": ("big.zip", just_over, "application/zip")})
+    assert answer.status_code == 422 and "the archive is larger than 20 MB" in answer.text
     assert editions(rt) == []
