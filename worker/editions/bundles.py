@@ -35,6 +35,8 @@ MAX_BUNDLE_BYTES = 20 * 1024 * 1024  # the archive as uploaded
 MAX_UNPACKED_BYTES = 40 * 1024 * 1024  # all members, unpacked
 MAX_MEMBER_BYTES = 10 * 1024 * 1024  # one member, unpacked (a large photo)
 MAX_MEMBERS = 64  # three languages, the profile and a few dozen photos
+# zip's earliest date on every exported member: the same edition gives the same bytes.
+_FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 # Archivers add these; they are skipped, not refused (macOS's resource forks, Finder's notes).
 _IGNORED = re.compile(r"^(?:__MACOSX/.*|(?:.*/)?\.DS_Store|(?:.*/)?Thumbs\.db)$")
 
@@ -166,17 +168,24 @@ def _read_members(
 def bundle_of(source: EditionSource, images: Mapping[str, bytes] | None = None) -> bytes:
     """A zip of the edition ``source`` as a folder named after its key (``2024-W28/en.yaml``),
     with its own ``images`` (file name -> bytes). ``extract_bundle`` + ``read_edition`` give the
-    same ``source`` back."""
+    same ``source`` back. The same edition gives the same bytes (members carry a fixed date)."""
     buffer = io.BytesIO()
     folder = source.key
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(f"{folder}/{PROFILE_FILE}", profile_yaml(source.newsletter))
+
+    def add(archive: zipfile.ZipFile, name: str, data: str | bytes) -> None:
+        info = zipfile.ZipInfo(f"{folder}/{name}", date_time=_FIXED_DATE)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        archive.writestr(info, data)
+
+    with zipfile.ZipFile(buffer, "w") as archive:
+        add(archive, PROFILE_FILE, profile_yaml(source.newsletter))
         for language, content in source.contents.items():
-            archive.writestr(f"{folder}/{language}.yaml", content_yaml(content))
+            add(archive, f"{language}.yaml", content_yaml(content))
         for name, data in sorted((images or {}).items()):
             if not is_local_image(name):
                 raise ValueError(f"not an image file name: {name!r}")
-            archive.writestr(f"{folder}/{name}", data)
+            add(archive, name, data)
     return buffer.getvalue()
 
 
