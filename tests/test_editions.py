@@ -281,7 +281,9 @@ def test_a_language_with_no_text_is_reported(tmp_path: Path) -> None:
         read_newsletter_profile(folder / "newsletter.yaml")
 
 
-PROFILE_KEYS = "about, default_language, from, languages, name, publisher, reply_to, site"
+PROFILE_KEYS = (
+    "about, default_language, feeds, from, languages, name, publisher, reply_to, site, timezone"
+)
 
 
 def test_profile_shape_problems_name_the_field(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import click
 from worker.cli.core import db, scheduler, send, throttle, web
 from worker.cli.demo import demo
 from worker.cli.edition import edition
-from worker.cli.edition_live import load, test_send
+from worker.cli.edition_live import export, from_feeds, load, test_send
 from worker.cli.inbound import inbound
 from worker.cli.keys import keys
 from worker.cli.status import status
@@ -70,4 +70,6 @@ main.add_command(users)
 # A broken import here must fail loudly: swallowing it once removed ``newsletter edition``.
 edition.add_command(load)
 edition.add_command(test_send)
+edition.add_command(export)
+edition.add_command(from_feeds)
 main.add_command(edition)

@@ -27,6 +27,8 @@ from worker.editions.rendering import (
 from worker.editions.resources import foreign_resource_warnings, host_of
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+# `check` and `load` take an edition folder or its zip (worker/editions/bundles.py).
+FOLDER_OR_ZIP = click.Path(exists=True, dir_okay=True, file_okay=True, path_type=Path)
 
 
 @click.group()
@@ -77,16 +79,23 @@ def _own_hosts(site: str) -> list[str]:
 
 
 @edition.command("check")
-@click.argument("path", type=_FOLDER)
+@click.argument("path", type=FOLDER_OR_ZIP)
 def check(path: Path) -> None:
-    """Report every problem of the edition in PATH (file, line, field, reason); exit 1 if any."""
-    problems = check_edition(path)
-    if not problems:
-        try:
-            source = read_edition(path)
-            renditions = render_source(source, _public_url())
-        except EditionInvalid as error:
-            problems = error.problems
+    """Report every problem of the edition in PATH, a folder or a zip of one (file, line, field,
+    reason); exit 1 if any."""
+    from worker.editions.bundles import BundleProblem, edition_folder
+
+    try:
+        with edition_folder(path) as folder:
+            problems = check_edition(folder)
+            if not problems:
+                try:
+                    source = read_edition(folder)
+                    renditions = render_source(source, _public_url())
+                except EditionInvalid as error:
+                    problems = error.problems
+    except BundleProblem as error:
+        raise click.ClickException(f"{path}: {error}") from None
     if problems:
         for problem in problems:
             click.echo(str(problem), err=True)

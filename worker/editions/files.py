@@ -55,6 +55,11 @@ class NewsletterProfile:
     # The postal address / publisher line printed in every footer (CAN-SPAM 15 U.S.C. 7704(a)(5),
     # German TMG/DDG imprint); one line, the same in every language. None: the check warns.
     publisher: str | None = None
+    # The website's feed per language (``feeds:``), for starting an edition from the articles
+    # already published (worker/editions/feeds.py); a language may have none.
+    feeds: Mapping[str, str] = field(default_factory=dict)
+    # The newsletter's IANA time zone (``timezone:``); an edition's period is in its days.
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -354,6 +359,8 @@ def _check_profile(located: _Located) -> tuple[NewsletterProfile | None, list[Ed
         default_language=parsed.default_language,
         about=ordered(parsed.about),
         publisher=parsed.publisher,
+        feeds={language: url for language, url in (parsed.feeds or {}).items()},
+        timezone=parsed.timezone or "UTC",
     )
     return profile, []
 
@@ -374,6 +381,18 @@ def _language_coverage(
         reason = f"'{default}' is not in 'languages'"
         problems.append(_problem_at(PROFILE_FILE, located, "default_language", reason))
     sender = raw.get("from")
+    feeds = raw.get("feeds")
+    if isinstance(feeds, Mapping):  # a language may have no feed, but no feed without a language
+        problems += [
+            _problem_at(
+                PROFILE_FILE,
+                located,
+                f"feeds.{language}",
+                f"language '{language}' is not in 'languages' ({listing(languages)})",
+            )
+            for language in feeds
+            if language not in languages
+        ]
     texts = {
         "name": raw.get("name"),
         "about": raw.get("about"),

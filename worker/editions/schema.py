@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, get_args
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -142,6 +143,36 @@ def _image_url(value: Any) -> str:
     return _url(value)
 
 
+def _feed_url(value: Any) -> str:
+    """A feed's address: an absolute http(s) URL (see :func:`url_problem`), worded for feeds."""
+    text = _language_text(value)
+    reason = url_problem(value)
+    if reason:
+        raise _rule(f"feed address: {reason}")
+    return text
+
+
+def _time_zone(value: Any) -> str:
+    """An IANA time zone name (``Europe/Minsk``) that this machine's zone database knows."""
+    text = _text(value)
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _rule(
+            f"unknown time zone {text!r} (expected an IANA name like Europe/Minsk)"
+        ) from None
+    return text
+
+
+def _feeds(value: Any) -> Any:
+    """``value`` when it is a mapping (language code -> feed URL); entries are checked after."""
+    if value is None:
+        raise PydanticCustomError(NO_VALUE, "no value")
+    if not isinstance(value, Mapping):
+        raise _rule(f"expected one feed address per language (en: https://…), got {kind(value)}")
+    return value
+
+
 def _address(value: str) -> str:
     """An address valid by RFC 5321/5322 syntax (email-validator). No DNS: checks run offline."""
     try:
@@ -229,6 +260,8 @@ LanguagePhrases = Annotated[
     dict[str, Annotated[str, BeforeValidator(_language_text), AfterValidator(_phrase)]],
     BeforeValidator(_per_language),
 ]
+FeedUrls = Annotated[dict[str, Annotated[str, BeforeValidator(_feed_url)]], BeforeValidator(_feeds)]
+TimeZone = Annotated[str, BeforeValidator(_time_zone)]
 Languages = Annotated[
     list[Annotated[str, BeforeValidator(_language_code)]],
     _non_empty_list("language codes, like [en, be]"),
@@ -263,6 +296,11 @@ class ProfileFile(_File):
     about: LanguageTexts
     reply_to: Address | None = None
     publisher: OneLine | None = None  # postal address / publisher line of every footer
+    # The website's feed per language (RSS 2.0, Atom or JSON Feed): editions start from them
+    # (worker/editions/feeds.py). Languages without a feed are allowed; others are refused.
+    feeds: FeedUrls | None = None
+    # The newsletter's own time zone (IANA): an edition's period is in days of this zone.
+    timezone: TimeZone | None = None
 
 
 class Image(_File):

@@ -22,7 +22,7 @@ from worker.editions.store import NoNewsletter
 from worker.logs import UVICORN_LOGGERS, redact_handlers
 from worker.runtime import Runtime, runtime
 from worker.web import archive, health, images, links, preferences, signup, subscribe
-from worker.web.desk import desk_router
+from worker.web.desk import desk_router, starts
 from worker.web.desk.access import DeskRefusal, refused
 from worker.web.guards import BodyLimit, SecurityHeaders
 from worker.web.operators import operator_router
@@ -53,7 +53,11 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
     app.include_router(desk_router(rt))  # /desk: the editors' desk, behind a login
     for concern in (health, links, preferences, archive, signup, subscribe, images):
         app.include_router(concern.router)
-    limits = [("/signup", s.signup_max_bytes), ("/webhooks/", s.webhook_max_bytes)]
+    limits = [
+        ("/signup", s.signup_max_bytes),
+        ("/webhooks/", s.webhook_max_bytes),
+        ("/desk/editions/new", starts.MAX_BODY_BYTES),  # an uploaded edition zip
+    ]
     # /subscribe and /p/ are forms of a few hundred bytes: the default cap applies
     app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 of BodyLimit gets the headers too

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from worker.runtime import Runtime
-from worker.web.desk import home, log, users
+from worker.web.desk import home, log, starts, users
 from worker.web.desk.access import access_router
 
 
@@ -23,4 +23,5 @@ def desk_router(runtime: Runtime) -> APIRouter:
     router.include_router(home.router(runtime))
     router.include_router(log.router(runtime))
     router.include_router(users.router(runtime))
+    router.include_router(starts.router(runtime))  # /desk/editions/new
     return router

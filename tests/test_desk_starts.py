@@ -1,0 +1,229 @@
+"""``/desk/editions/new``: an edition started from the feeds, from a zip, or empty; each refusal
+shown on the form with nothing stored (worker/web/desk/starts.py)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.desk_kit import add_user, csrf_of, login
+from tests.feed_server import feed_server
+from worker.editions.bundles import bundle_of
+from worker.editions.files import read_edition, read_newsletter_profile
+from worker.editions.store import edition_contents, find_edition, save_newsletter
+from worker.models import DeskAction, Edition
+from worker.runtime import Runtime
+from worker.web.app import create_app
+from worker.web.desk.starts import next_week
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
+WEEK = {"start": "2026-11-30", "end": "2026-12-06"}
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    with feed_server() as base:
+        yield base
+
+
+def desk(rt: Runtime, site: str, ru: str = "/ru/feed/") -> TestClient:
+    """A logged-in editor's client; the newsletter's profile names the three feeds."""
+    profile = replace(
+        read_newsletter_profile(SAMPLE / "newsletter.yaml"),
+        timezone="Europe/Minsk",
+        feeds={"en": f"{site}/feed.json", "be": f"{site}/be/feed/atom/", "ru": f"{site}{ru}"},
+    )
+    with rt.session() as session:
+        save_newsletter(session, profile, rt.clock.now())
+    add_user(rt, "ales", role="editor")
+    client = TestClient(create_app(rt), client=("198.51.100.7", 40000))
+    login(client)
+    return client
+
+
+def post(
+    client: TestClient, data: dict[str, str], files: dict[str, tuple[str, bytes, str]] | None = None
+) -> httpx.Response:
+    token = csrf_of(client.get("/desk/editions/new").text)
+    answer: httpx.Response = client.post(
+        "/desk/editions/new",
+        data={"csrf": token, **data},
+        files=files,
+        follow_redirects=False,
+    )
+    return answer
+
+
+def editions(rt: Runtime) -> list[str]:
+    with rt.session() as session:
+        return sorted(session.scalars(select(Edition.key)))
+
+
+def actions(rt: Runtime) -> list[tuple[str, str, str, dict[str, str]]]:
+    with rt.session() as session:
+        rows = session.scalars(select(DeskAction).where(DeskAction.action == "edition.start"))
+        return [(r.user_name, r.action, r.subject, dict(r.detail or {})) for r in rows]
+
+
+def test_the_page_offers_three_ways_with_next_week(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    page = client.get("/desk/editions/new")
+    assert page.status_code == 200
+    monday, sunday = next_week(rt.clock.now().astimezone(ZoneInfo("Europe/Minsk")).date())
+    assert f'value="{monday}"' in page.text and f'value="{sunday}"' in page.text
+    year, week, _ = monday.isocalendar()
+    assert f'value="{year}-W{week:02d}"' in page.text
+    for label in ("From the website's feeds", "From a zip archive", "Empty"):
+        assert label in page.text
+    belarusian = client.get("/desk/editions/new?lang=be").text
+    assert "Са стужак сайта" in belarusian and "Пачаць пусты выпуск" in belarusian
+    assert "Из лент сайта" in client.get("/desk/editions/new?lang=ru").text
+    assert next_week(date(2026, 12, 3)) == (date(2026, 12, 7), date(2026, 12, 13))
+    assert next_week(date(2026, 12, 7)) == (date(2026, 12, 14), date(2026, 12, 20))
+    anonymous = TestClient(create_app(rt)).get("/desk/editions/new", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/desk/login")
+
+
+def test_from_the_feeds(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    answer = post(client, {"way": "feeds", "key": "2026-W49", **WEEK})
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/desk/editions/2026-W49"
+    with rt.session() as session:
+        edition = find_edition(session, "2026-W49")
+        assert edition is not None
+        counts = {lang: len(c.items) for lang, c in edition_contents(session, edition).items()}
+    assert counts == {"en": 2, "be": 2, "ru": 3}
+    assert actions(rt) == [
+        (
+            "ales",
+            "edition.start",
+            "2026-W49",
+            {
+                "way": "feeds",
+                "period": "2026-11-30..2026-12-06",
+                "notes": "the languages have different numbers of items (2 en, 2 be, 3 ru)",
+            },
+        )
+    ]
+
+
+def test_a_failed_feed_is_shown_and_nothing_stored_until_accepted(rt: Runtime, site: str) -> None:
+    client = desk(rt, site, ru="/ru/missing/")
+    refused = post(client, {"way": "feeds", "key": "2026-W49", **WEEK})
+    assert refused.status_code == 422
+    text = refused.text
+    assert f"ru feed: HTTP 404 at {site}/ru/missing/" in text
+    assert "Nothing was stored." in text and 'value="2026-W49"' in text
+    assert editions(rt) == [] and actions(rt) == []
+
+    accepted = post(client, {"way": "feeds", "key": "2026-W49", "accept_failed": "1", **WEEK})
+    assert accepted.status_code == 303
+    assert editions(rt) == ["2026-W49"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"way": "empty", "key": "2026 W49", **WEEK}, "edition key &#39;2026 W49&#39; must be"),
+        (
+            {"way": "empty", "key": "2026-W49", "start": "2026-12-06", "end": "2026-11-30"},
+            "the period ends (2026-11-30) before it starts (2026-12-06)",
+        ),
+        ({"way": "empty", "key": "2026-W49", "start": "soon", "end": ""}, "expected two dates"),
+        ({"way": "mail", "key": "2026-W49", **WEEK}, "choose one of the three ways"),
+        ({"way": "zip"}, "choose a .zip file of an edition folder"),
+        (
+            {"way": "feeds", "key": "2027-W02", "start": "2027-01-04", "end": "2027-01-10"},
+            "no article in any feed was published from 2027-01-04 to 2027-01-10",
+        ),
+    ],
+)
+def test_form_errors_store_nothing(
+    rt: Runtime, site: str, data: dict[str, str], expected: str
+) -> None:
+    client = desk(rt, site)
+    answer = post(client, data)
+    assert answer.status_code == 422
+    assert expected in answer.text
+    assert editions(rt) == [] and actions(rt) == []
+
+
+def test_empty_and_then_the_same_key_again(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    answer = post(
+        client, {"way": "empty", "key": "2026-W50", "start": "2026-12-07", "end": "2026-12-13"}
+    )
+    assert answer.headers["location"] == "/desk/editions/2026-W50"
+    with rt.session() as session:
+        edition = find_edition(session, "2026-W50")
+        assert edition is not None
+        assert all(c.items == () for c in edition_contents(session, edition).values())
+    again = post(client, {"way": "feeds", "key": "2026-W50", **WEEK})
+    assert again.status_code == 422
+    assert "edition 2026-W50 exists already" in again.text
+    assert [a[3]["way"] for a in actions(rt)] == ["empty"]
+
+
+def test_from_a_zip_and_its_refusals(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    source = read_edition(SAMPLE)
+    # An archive that tries to leave its folder
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("newsletter.yaml", (SAMPLE / "newsletter.yaml").read_bytes())
+        archive.writestr("../../etc/cron.d/x", b"* * * * * root sh")
+    evil = post(client, {"way": "zip"}, {"bundle": ("e.zip", buffer.getvalue(), "application/zip")})
+    assert evil.status_code == 422
+    assert "a path with &#39;..&#39; or &#39;.&#39; is refused" in evil.text
+    # An edition with a mistake: reported with file and line
+    broken = replace(
+        source,
+        contents={**source.contents, "ru": replace(source.contents["ru"], subject="a\nb")},
+    )
+    answer = post(
+        client, {"way": "zip"}, {"bundle": ("b.zip", bundle_of(broken), "application/zip")}
+    )
+    assert answer.status_code == 422
+    assert "ru.yaml:7: subject: must be one line" in answer.text
+    assert editions(rt) == []
+    # A good one
+    good = post(client, {"way": "zip"}, {"bundle": ("w.zip", bundle_of(source), "application/zip")})
+    assert good.status_code == 303
+    assert good.headers["location"] == "/desk/editions/2024-W28"
+    with rt.session() as session:
+        edition = find_edition(session, "2024-W28")
+        assert edition is not None
+        assert edition_contents(session, edition) == dict(source.contents)
+    assert [(a[2], a[3]) for a in actions(rt)] == [("2024-W28", {"way": "zip"})]
+
+
+def test_a_post_without_the_csrf_token_is_refused(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    answer = client.post(
+        "/desk/editions/new", data={"way": "empty", "key": "x1", **WEEK}, follow_redirects=False
+    )
+    assert answer.status_code == 403
+    assert editions(rt) == []
+
+
+def test_an_upload_over_the_cap_is_refused_before_it_is_read(rt: Runtime, site: str) -> None:
+    client = desk(rt, site)
+    huge = b"PK" + b"\0" * (21 * 1024 * 1024)
+    answer = post(client, {"way": "zip"}, {"bundle": ("big.zip", huge, "application/zip")})
+    assert answer.status_code == 413
+    assert "request body too large" in answer.text
+    just_over = b"PK" + b"\0" * (20 * 1024 * 1024)  # over the bundle cap, under the body cap
+    answer = post(client, {"way": "zip"}, {"bundle": ("big.zip", just_over, "application/zip")})
+    assert answer.status_code == 422 and "the archive is larger than 20 MB" in answer.text
+    assert editions(rt) == []

@@ -1,0 +1,154 @@
+"""Starting a new edition in the database, three ways: from the website's feeds, from an edition
+folder's zip, or empty (the desk's "New edition", ``worker/web/desk/starts.py``).
+
+Each way either stores the whole edition or nothing and raises :class:`StartRefused` with every
+reason, each tied to the form field at fault. An edition started from feeds or empty is a draft:
+it may not pass ``edition check`` yet (no items, a photo without alt text, languages with
+different numbers of items) and the desk shows what is missing; sending refuses it until then.
+An uploaded zip is stored only when ``edition check`` accepts it, as ``edition load`` does, and
+like ``edition load`` it brings its ``newsletter.yaml`` along.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from worker.editions.bundles import BundleProblem, extract_bundle
+from worker.editions.feeds import FeedEdition, Fetcher, edition_from_feeds, fetch_feed
+from worker.editions.files import (
+    EditionContent,
+    EditionSource,
+    NewsletterProfile,
+    check_edition,
+    read_edition,
+)
+from worker.editions.images import ImagesNotConfigured, copy_images
+from worker.editions.schema import EDITION_KEY
+from worker.editions.store import find_edition, save_edition
+from worker.models import Edition
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason a start was refused: ``field`` is the form field at fault (``key``,
+    ``period``, ``feeds``, ``bundle``), ``message`` says what and where."""
+
+    field: str
+    message: str
+
+
+class StartRefused(ValueError):
+    """Nothing was stored; ``refusals`` says why, field by field."""
+
+    def __init__(self, refusals: list[Refusal]) -> None:
+        self.refusals = refusals
+        super().__init__("; ".join(refusal.message for refusal in refusals))
+
+
+@dataclass(frozen=True)
+class Started:
+    """A stored new edition and what its start reported (feed problems accepted, notes)."""
+
+    edition: Edition
+    notes: list[str] = field(default_factory=list)
+
+
+def period_of(start: str, end: str) -> tuple[date, date]:
+    """The period from two ISO dates; raises :class:`StartRefused` on field ``period``."""
+    try:
+        first, last = date.fromisoformat(start.strip()), date.fromisoformat(end.strip())
+    except ValueError:
+        raise StartRefused(
+            [Refusal("period", f"expected two dates like 2026-11-30, got {start!r} and {end!r}")]
+        ) from None
+    if last < first:
+        raise StartRefused(
+            [Refusal("period", f"the period ends ({last}) before it starts ({first})")]
+        )
+    return first, last
+
+
+def _new_key(session: Session, key: str) -> str:
+    key = key.strip()
+    if not EDITION_KEY.match(key):
+        raise StartRefused(
+            [Refusal("key", f"edition key {key!r} must be letters, digits, '.', '_' or '-'")]
+        )
+    if find_edition(session, key) is not None:
+        raise StartRefused(
+            [Refusal("key", f"edition {key} exists already: open it, or choose another key")]
+        )
+    return key
+
+
+def start_empty(
+    session: Session, profile: NewsletterProfile, key: str, start: date, end: date, now: datetime
+) -> Started:
+    """Store the edition ``key`` of ``start``..``end`` with no subject and no items in each
+    language of ``profile``, to fill in at the desk. Raises :class:`StartRefused`."""
+    key = _new_key(session, key)
+    contents = {
+        language: EditionContent(key, language, start, end, "", "", ())
+        for language in profile.languages
+    }
+    edition = save_edition(session, EditionSource(profile, contents), now)
+    return Started(edition)
+
+
+def start_from_feeds(
+    session: Session,
+    profile: NewsletterProfile,
+    key: str,
+    start: date,
+    end: date,
+    now: datetime,
+    *,
+    accept_failed_feeds: bool = False,
+    fetch: Fetcher = fetch_feed,
+) -> Started:
+    """Store the edition ``key`` of ``start``..``end`` from the feeds of ``profile``
+    (:func:`worker.editions.feeds.edition_from_feeds`). A failed feed refuses the start (field
+    ``feeds``, one refusal per feed) unless ``accept_failed_feeds``, when its language starts
+    empty; no item at all in any language refuses it always. Raises :class:`StartRefused`."""
+    key = _new_key(session, key)
+    try:
+        started: FeedEdition = edition_from_feeds(profile, start, end, key=key, fetch=fetch)
+    except ValueError as error:
+        raise StartRefused([Refusal("feeds", str(error))]) from None
+    if started.problems and not accept_failed_feeds:
+        raise StartRefused([Refusal("feeds", str(problem)) for problem in started.problems])
+    if not any(content.items for content in started.contents.values()):
+        raise StartRefused(
+            [Refusal("feeds", f"no article in any feed was published from {start} to {end}")]
+            + [Refusal("feeds", str(problem)) for problem in started.problems]
+        )
+    edition = save_edition(session, EditionSource(profile, started.contents), now)
+    return Started(edition, [str(problem) for problem in started.problems] + started.notes)
+
+
+def start_from_bundle(session: Session, data: bytes, now: datetime, images_dir: str) -> Started:
+    """Store the edition in the zip ``data`` (:mod:`worker.editions.bundles`) once ``edition
+    check`` accepts it, with its images copied to ``images_dir``; its ``newsletter.yaml``
+    becomes the newsletter's profile, as with ``edition load``. Raises :class:`StartRefused`
+    (field ``bundle``: the archive's problem, or each problem of the edition with file and
+    line; field ``key`` when the edition exists already)."""
+    with tempfile.TemporaryDirectory(prefix="upload-") as scratch:
+        try:
+            folder = extract_bundle(data, Path(scratch) / "edition")
+        except BundleProblem as error:
+            raise StartRefused([Refusal("bundle", str(error))]) from None
+        problems = check_edition(folder)
+        if problems:
+            raise StartRefused([Refusal("bundle", str(problem)) for problem in problems])
+        source = read_edition(folder)
+        _new_key(session, source.key)
+        try:
+            copy_images(folder, source, images_dir)
+        except (ImagesNotConfigured, OSError) as error:
+            raise StartRefused([Refusal("bundle", str(error))]) from None
+    return Started(save_edition(session, source, now))
