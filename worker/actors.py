@@ -10,7 +10,7 @@ import logging
 from typing import Any, cast
 
 import dramatiq
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from worker import broker
@@ -134,23 +134,33 @@ def record_confirmation_outcome(
     """Keep the relay's refusal of a confirmation mail on the subscriber (``subscribers show``,
     the dashboard) and log it; a sent mail clears the last refusal. One Core UPDATE in
     ``session``'s transaction (the subscriber read by ``awaiting_confirmation`` is a copy)."""
-    table = cast(Table, Subscriber.__table__)
     if outcome.accepted:
-        values: dict[str, Any] = {
-            "confirmation_sent_at": now,
-            "confirmation_error": None,
-            "confirmation_failed_at": None,
-        }
-        session.execute(update(table).where(table.c.id == subscriber_id).values(values))
+        session.execute(_CONFIRMATION_SENT, {"subscriber_id": subscriber_id, "now": now})
         return
     reply = f"{outcome.code} {outcome.text}".strip()[:500]
-    values = {"confirmation_error": reply, "confirmation_failed_at": now}
-    session.execute(update(table).where(table.c.id == subscriber_id).values(values))
+    session.execute(
+        _CONFIRMATION_REFUSED, {"subscriber_id": subscriber_id, "now": now, "reply": reply}
+    )
     log.warning(
         "confirmation mail %s: %s",
         "refused" if outcome.permanent else "deferred, will retry",
         reply,
     )
+
+
+_SUBSCRIBER = cast(Table, Subscriber.__table__)
+# Built once: the outcome of every confirmation mail is one of these two statements.
+_CONFIRMATION_SENT = (
+    update(_SUBSCRIBER)
+    .where(_SUBSCRIBER.c.id == bindparam("subscriber_id"))
+    .values(confirmation_sent_at=bindparam("now"), confirmation_error=None)
+    .values(confirmation_failed_at=None)
+)
+_CONFIRMATION_REFUSED = (
+    update(_SUBSCRIBER)
+    .where(_SUBSCRIBER.c.id == bindparam("subscriber_id"))
+    .values(confirmation_error=bindparam("reply"), confirmation_failed_at=bindparam("now"))
+)
 
 
 @dramatiq.actor(queue_name="transactional", max_retries=10)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Table, Text, Update, bindparam, delete, func, select, true, update
@@ -84,15 +85,21 @@ def insert_pending_id(
     """:func:`insert_pending` for the signup hot path: one Core statement (no ORM object, no
     identity map); the new row's id, or None when the address's row exists already (ON
     CONFLICT DO NOTHING; the caller then reads it)."""
+    statement = _insert_pending_statement(session.get_bind().dialect.name)
+    row = session.execute(statement, _pending_values(newsletter_id, address, language, now)).first()
+    return None if row is None else int(row[0])
+
+
+@cache
+def _insert_pending_statement(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id, built once per dialect."""
     table = cast(Table, Subscriber.__table__)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
         insert(table)
         .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
         .returning(table.c.id)
     )
-    row = session.execute(statement, _pending_values(newsletter_id, address, language, now)).first()
-    return None if row is None else int(row[0])
 
 
 def _pending_values(
