@@ -33,6 +33,7 @@ from worker.devtools.outbox import OutboxServer
 from worker.models import Base, Consent, SignupRefusal, Subscriber, Suppression
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.subscriptions import signups
 from worker.subscriptions.lifecycle import purge_unconfirmed, unsubscribe_by_token
 from worker.subscriptions.signups import confirm, confirmation_token
 from worker.subscriptions.suppressions import email_hash, suppress
@@ -529,3 +530,22 @@ def test_settings_are_read_from_the_environment() -> None:
         False,
     )
     assert replace(settings, confirmation_expiry_hours=1).confirmation_expiry_hours == 1
+
+
+def test_a_signup_meeting_a_concurrent_insert_of_its_address_records_one_reader(
+    rt: Runtime, smtp: OutboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a reader already signed up, and a lookup that does not see the row (as when another
+    # worker inserts it between this signup's lookup and its insert)
+    actors.handle_signup(event(1, "race@example.net"))
+    real = signups._look_up
+    monkeypatch.setattr(signups, "_look_up", lambda *a: replace(real(*a), subscriber_id=None))
+    # When a second signup event of the same address comes
+    actors.handle_signup(event(2, "Race@example.net"))
+    # Then the Core insert meets the row (ON CONFLICT DO NOTHING) and the signup goes the general
+    # way: still one pending subscriber, and both events are recorded as consents
+    with rt.session() as session:
+        statuses = session.scalars(select(Subscriber.status)).all()
+        events = sorted(session.scalars(select(Consent.event_id)).all())
+    assert statuses == ["pending"]
+    assert len(events) == 2

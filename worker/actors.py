@@ -7,10 +7,11 @@ least once) and never raise for bad input: refusals are recorded in the database
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.orm import Session
 
 from worker import broker
 from worker.broker import batch_name
@@ -121,26 +122,45 @@ def send_confirmation(subscriber_id: int) -> None:
             now=now,
         )
         metrics.confirmation_mail(outcome)
-        record_confirmation_outcome(subscriber, outcome, now)
+        record_confirmation_outcome(session, subscriber_id, outcome, now)
     if not outcome.accepted and not outcome.permanent:
         # A 4xx, recorded above: raising makes dramatiq retry with backoff.
         raise RuntimeError(f"confirmation mail deferred: {outcome.code} {outcome.text}")
 
 
-def record_confirmation_outcome(subscriber: Subscriber, outcome: SmtpOutcome, now: Any) -> None:
+def record_confirmation_outcome(
+    session: Session, subscriber_id: int, outcome: SmtpOutcome, now: Any
+) -> None:
     """Keep the relay's refusal of a confirmation mail on the subscriber (``subscribers show``,
-    the dashboard) and log it; a sent mail clears the last refusal."""
+    the dashboard) and log it; a sent mail clears the last refusal. One Core UPDATE in
+    ``session``'s transaction (the subscriber read by ``awaiting_confirmation`` is a copy)."""
     if outcome.accepted:
-        subscriber.confirmation_sent_at = now
-        subscriber.confirmation_error = subscriber.confirmation_failed_at = None
+        session.execute(_CONFIRMATION_SENT, {"subscriber_id": subscriber_id, "now": now})
         return
     reply = f"{outcome.code} {outcome.text}".strip()[:500]
-    subscriber.confirmation_error, subscriber.confirmation_failed_at = reply, now
+    session.execute(
+        _CONFIRMATION_REFUSED, {"subscriber_id": subscriber_id, "now": now, "reply": reply}
+    )
     log.warning(
         "confirmation mail %s: %s",
         "refused" if outcome.permanent else "deferred, will retry",
         reply,
     )
+
+
+_SUBSCRIBER = cast(Table, Subscriber.__table__)
+# Built once: the outcome of every confirmation mail is one of these two statements.
+_CONFIRMATION_SENT = (
+    update(_SUBSCRIBER)
+    .where(_SUBSCRIBER.c.id == bindparam("subscriber_id"))
+    .values(confirmation_sent_at=bindparam("now"), confirmation_error=None)
+    .values(confirmation_failed_at=None)
+)
+_CONFIRMATION_REFUSED = (
+    update(_SUBSCRIBER)
+    .where(_SUBSCRIBER.c.id == bindparam("subscriber_id"))
+    .values(confirmation_error=bindparam("reply"), confirmation_failed_at=bindparam("now"))
+)
 
 
 @dramatiq.actor(queue_name="transactional", max_retries=10)

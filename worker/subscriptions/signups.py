@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from ipaddress import ip_address
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -30,12 +30,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import delete, select
+from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
 from worker.logs import mask_ip
-from worker.models import Consent, Newsletter, SignupRefusal, Subscriber
+from worker.models import Consent, Newsletter, SignupRefusal, Subscriber, Suppression
 from worker.states import SubscriberStatus
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import (
@@ -340,7 +340,14 @@ def process_signup(
     try:
         valid = validate_signup(data, rules, profile.languages)
         event = valid.event
-        if _seen(session, event.event_id):  # before the IP limit: a redelivery is not counted
+        known: _Known | None = None
+        if event.newsletter == newsletter.slug:
+            # the usual case: the event, the suppression list and the subscriber in one query
+            known = _look_up(session, valid, newsletter.id, hash_key)
+            seen = known.seen
+        else:
+            seen = _seen(session, event.event_id)
+        if seen:  # before the IP limit: a redelivery is not counted
             return SignupOutcome(None, False, "duplicate_event")
         newsletter = _newsletter(session, newsletter, event)
         if event.ip:
@@ -349,7 +356,13 @@ def process_signup(
                 detail = "too many signups from this network in the last hour"  # no IP stored
                 raise SignupRefused("ip_limit", detail, event.event_id)
         outcome = sign_up(
-            session, valid, newsletter_id=newsletter.id, now=now, hash_key=hash_key, new_event=True
+            session,
+            valid,
+            newsletter_id=newsletter.id,
+            now=now,
+            hash_key=hash_key,
+            new_event=True,
+            known=known,
         )
     except SignupRefused as refusal:
         record_refusal(session, refusal, data, now, limiter=limiter, source=_source(data))
@@ -399,6 +412,75 @@ def _seen(session: Session, event_id: str) -> bool:
     return session.scalar(select(Consent.id).where(Consent.event_id == event_id)) is not None
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the database holds about a signup before it is recorded (:func:`_look_up`)."""
+
+    seen: bool  # a consent records the event already (a queue message redelivered)
+    suppressed: bool  # an active suppression holds the address's keyed hash
+    subscriber_id: int | None  # the subscriber of this address on this newsletter, if any
+
+
+def _look_up(session: Session, valid: ValidSignup, newsletter_id: int, hash_key: str) -> _Known:
+    """The duplicate-event check, the suppression check and the subscriber lookup of one signup
+    in ONE statement (three scalar subqueries), instead of three round trips and three ORM
+    executions. Read-only: the checks still act in the order :func:`process_signup` gives."""
+    row = session.execute(
+        _LOOK_UP,
+        {
+            "event_id": valid.event.event_id,
+            "hashed": email_hash(valid.address.dedupe_key, hash_key),
+            "newsletter_id": newsletter_id,
+            "email_key": valid.address.dedupe_key,
+        },
+    ).one()
+    return _Known(row[0] is not None, row[1] is not None, row[2])
+
+
+def _look_up_statement() -> Any:
+    consent, suppression, subscriber = (
+        Consent.__table__.c,
+        Suppression.__table__.c,
+        Subscriber.__table__.c,
+    )
+    return select(
+        select(consent.id)
+        .where(consent.event_id == bindparam("event_id"))
+        .limit(1)
+        .scalar_subquery(),
+        select(suppression.id)
+        .where(suppression.email_hash == bindparam("hashed"), suppression.removed_at.is_(None))
+        .limit(1)
+        .scalar_subquery(),
+        select(subscriber.id)
+        .where(
+            subscriber.newsletter_id == bindparam("newsletter_id"),
+            subscriber.email_key == bindparam("email_key", type_=subscriber.email_key.type),
+        )
+        .scalar_subquery(),
+    )
+
+
+_LOOK_UP = _look_up_statement()
+_INSERT_CONSENT = insert(cast(Table, Consent.__table__))
+
+
+def _insert_new(
+    session: Session, valid: ValidSignup, newsletter_id: int, now: datetime
+) -> SignupOutcome | None:
+    """A new reader's pending subscriber and consent, in two Core statements (no unit of work:
+    nothing in the session tracks them; ``send_confirmation`` reads the row in its own session).
+    None when a concurrent signup of the same address inserted the subscriber first (the caller
+    goes the general way)."""
+    subscriber_id = lifecycle.insert_pending_id(
+        session, newsletter_id, valid.address, valid.event.language, now
+    )
+    if subscriber_id is None:
+        return None
+    session.execute(_INSERT_CONSENT, _consent_values(subscriber_id, valid.event, now))
+    return SignupOutcome(subscriber_id, True, "pending", repeat=True)
+
+
 def sign_up(
     session: Session,
     valid: ValidSignup,
@@ -407,6 +489,7 @@ def sign_up(
     now: datetime,
     hash_key: str,
     new_event: bool = False,
+    known: _Known | None = None,
 ) -> SignupOutcome:
     """Record a validated signup: create or refresh a pending subscriber and its consent.
 
@@ -417,12 +500,22 @@ def sign_up(
     ``change_pending``: the consent records the asked language, the reader gets a confirmation
     mail, and only :func:`confirm` applies it). A repeated event id is a no-op (at-least-once
     delivery of queue messages); ``new_event`` says the caller has just checked that in this
-    transaction (one query less per signup).
+    transaction (one query less per signup); ``known`` is what :func:`_look_up` found in this
+    transaction (then a new reader is written without the ORM's unit of work).
     """
     event, address = valid.event, valid.address
-    if not new_event and _seen(session, event.event_id):
+    if known is not None:
+        if known.seen:
+            return SignupOutcome(None, False, "duplicate_event")
+        if known.suppressed:
+            return SignupOutcome(None, False, "suppressed")
+        if known.subscriber_id is None:
+            fresh = _insert_new(session, valid, newsletter_id, now)
+            if fresh is not None:
+                return fresh
+    elif not new_event and _seen(session, event.event_id):
         return SignupOutcome(None, False, "duplicate_event")
-    if is_suppressed(session, email_hash(address.dedupe_key, hash_key)):
+    if known is None and is_suppressed(session, email_hash(address.dedupe_key, hash_key)):
         return SignupOutcome(None, False, "suppressed")
     subscriber = session.scalar(
         select(Subscriber).where(
@@ -456,40 +549,70 @@ def sign_up(
 def _add_consent(
     session: Session, subscriber: Subscriber, event: SignupEvent, now: datetime
 ) -> None:
-    session.add(
-        Consent(
-            subscriber=subscriber,
-            event_id=event.event_id,
-            signed_up_at=event.occurred_at or now,
-            ip=network_of(event.ip),
-            user_agent=agent_family(event.user_agent),
-            source=event.source,
-            consent_version=event.consent_version,
-            language=event.language,
-            method="double_opt_in",
-        )
-    )
+    values = _consent_values(subscriber.id, event, now)
+    del values["subscriber_id"]
+    session.add(Consent(subscriber=subscriber, **values))
+
+
+def _consent_values(subscriber_id: int, event: SignupEvent, now: datetime) -> dict[str, Any]:
+    """The consent row a signup event records (evidence cut to a network and a browser family)."""
+    return {
+        "subscriber_id": subscriber_id,
+        "event_id": event.event_id,
+        "signed_up_at": event.occurred_at or now,
+        "ip": network_of(event.ip),
+        "user_agent": agent_family(event.user_agent),
+        "source": event.source,
+        "consent_version": event.consent_version,
+        "language": event.language,
+        "method": "double_opt_in",
+        "confirmed_at": None,
+        "confirm_ip": None,
+        "confirm_user_agent": None,
+    }
 
 
 def awaiting_confirmation(session: Session, subscriber_id: int) -> tuple[Subscriber | None, bool]:
     """(the subscriber, whether their confirmation is a re-permission) in one query; the
     subscriber is None unless it :func:`awaits_confirmation`.
 
+    The subscriber is a transient copy holding only what a confirmation mail needs (``id``,
+    ``language``, ``email``, ``ascii_email``, ``status``, ``confirm_nonce``), read with one Core
+    statement (no ORM loading, only the two address columns decrypted) and NOT attached to
+    ``session``: changes to it are not written (see ``actors.record_confirmation_outcome``).
+
     A re-permission: a reader imported from another list without consent evidence, asked to
     confirm before any edition (``worker.subscriptions.imports``); their mail says so."""
+    row = session.execute(_AWAITING, {"subscriber_id": subscriber_id}).first()
+    if row is None:
+        return None, False
+    values = dict(row._mapping)
+    reasked = bool(values.pop("reasked"))
+    subscriber = Subscriber(**values)
+    if not awaits_confirmation(subscriber):
+        return None, False
+    return subscriber, reasked
+
+
+def _awaiting_statement() -> Any:
+    table, consent = Subscriber.__table__.c, Consent.__table__.c
     reasked = (
-        select(Consent.id)
+        select(consent.id)
         .where(
-            Consent.subscriber_id == Subscriber.id,
-            Consent.method == "re_permission",
-            Consent.confirmed_at.is_(None),
+            consent.subscriber_id == table.id,
+            consent.method == "re_permission",
+            consent.confirmed_at.is_(None),
         )
         .exists()
     )
-    row = session.execute(select(Subscriber, reasked).where(Subscriber.id == subscriber_id)).first()
-    if row is None or not awaits_confirmation(row[0]):
-        return None, False
-    return row[0], bool(row[1])
+    columns = (table[name] for name in AWAITING_COLUMNS)
+    return select(*columns, reasked.label("reasked")).where(table.id == bindparam("subscriber_id"))
+
+
+AWAITING_COLUMNS = ("id", "language", "email", "ascii_email", "status", "confirm_nonce")
+"""The subscriber's columns :func:`awaiting_confirmation` reads."""
+
+_AWAITING = _awaiting_statement()
 
 
 def awaits_confirmation(subscriber: Subscriber) -> bool:
