@@ -52,12 +52,12 @@ FORGED = "This form has expired or did not come from the desk. Reload it."
 
 
 class DeskRefusal(Exception):
-    """A desk request refused: answered with ``status`` and a page saying ``message`` (and a
+    """A desk request refused: answered with ``status_code`` and a page saying ``message`` (and a
     redirect to ``location`` when given). Installed in the app by ``worker.web.app``."""
 
     def __init__(self, status: int, message: str, location: str = "", retry_after: int = 0):
         super().__init__(message)
-        self.status = status
+        self.status_code = status
         self.message = message
         self.location = location
         self.retry_after = retry_after
@@ -232,13 +232,13 @@ async def refused(request: Request, exc: Exception) -> Response:
     """The app's handler of :class:`DeskRefusal`: a redirect, or a page with the status."""
     assert isinstance(exc, DeskRefusal)
     if exc.location:
-        return RedirectResponse(exc.location, status_code=exc.status)
+        return RedirectResponse(exc.location, status_code=exc.status_code)
     found = await run_in_threadpool(_resolve, request)
     response = page(
         request,
         found.user if found else None,
         "refused.html.j2",
-        status=exc.status,
+        status=exc.status_code,
         message=exc.message,
         retry_after=exc.retry_after,
     )
