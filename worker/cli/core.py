@@ -78,7 +78,7 @@ def send_start(
     from worker.editions.store import find_edition
     from worker.runtime import runtime
     from worker.sending.schedule import ScheduleError, describe, local_instant
-    from worker.sending.sends import DuplicateSend, Repeat, When, create_send
+    from worker.sending.sends import DuplicateSend, EditionHasProblems, Repeat, When, create_send
 
     if only_new and again:
         raise click.UsageError("--only-new and --again exclude each other")
@@ -108,7 +108,7 @@ def send_start(
                 repeat=repeat,
                 when=when,
             )
-        except DuplicateSend as exc:
+        except (DuplicateSend, EditionHasProblems) as exc:
             raise click.ClickException(str(exc)) from None
         send_id = new.id
     if when is not None:

@@ -11,19 +11,8 @@ from pathlib import Path
 
 import click
 
-from worker.editions.files import (
-    EditionInvalid,
-    EditionProblem,
-    EditionSource,
-    check_edition,
-    read_edition,
-)
-from worker.editions.rendering import (
-    RenderedMessage,
-    TemplateProblem,
-    check_templates,
-    render_edition,
-)
+from worker.editions.files import EditionInvalid, check_edition, read_edition
+from worker.editions.rendering import TemplateProblem, render_source
 from worker.editions.resources import foreign_resource_warnings, host_of
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -34,33 +23,6 @@ FOLDER_OR_ZIP = click.Path(exists=True, dir_okay=True, file_okay=True, path_type
 @click.group()
 def edition() -> None:
     """Editions: check, preview (load and send live with the database commands)."""
-
-
-def render_source(source: EditionSource, public_url: str) -> dict[str, RenderedMessage]:
-    """Render every language of ``source`` and every transactional message.
-
-    Raises :class:`EditionInvalid` with one problem per language that does not render.
-    """
-    problems: list[EditionProblem] = []
-    renditions: dict[str, RenderedMessage] = {}
-    try:
-        check_templates(source.newsletter, public_url)
-    except TemplateProblem as error:
-        # One line per MJML problem, at its line in the template file (element, attribute, allowed).
-        problems += [
-            EditionProblem(f"templates/{p.file}", "", str(p).split(" ", 1)[1], p.line)
-            for p in error.problems
-        ] or [EditionProblem("newsletter.yaml", "", f"templates: {error}")]
-    if any(problem.file.startswith("templates/") for problem in problems):
-        raise EditionInvalid(problems)  # every language would repeat them
-    for language, content in source.contents.items():
-        try:
-            renditions[language] = render_edition(source.newsletter, content, public_url=public_url)
-        except TemplateProblem as error:
-            problems.append(EditionProblem(f"{language}.yaml", "", f"does not render: {error}"))
-    if problems:
-        raise EditionInvalid(problems)
-    return renditions
 
 
 def _public_url() -> str:

@@ -16,8 +16,8 @@ _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 def _read_checked(path: Path, shown: Path | None = None):  # type: ignore[no-untyped-def]
     """The edition in ``path``, rendered once so that template errors surface before storing;
     ``shown`` is the path to name in messages (the zip the folder came from)."""
-    from worker.cli.edition import render_source
     from worker.editions.files import read_edition
+    from worker.editions.rendering import render_source
 
     try:
         source = read_edition(path)
@@ -163,12 +163,9 @@ def test_send(path: Path, to: str, language: str | None) -> None:
     """Send one copy of the edition in PATH to --to, exactly as readers would get it."""
     from datetime import UTC, datetime
 
-    from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
     from worker.editions.store import DEFAULT_SLUG
     from worker.runtime import Runtime
-    from worker.sending import identity
-    from worker.sending.composer import origin_of
-    from worker.sending.mime import origin_template, personalise
+    from worker.sending.proofs import ProofSetup, proof_message, send_proof
     from worker.sending.smtp import SmtpMailer
     from worker.subscriptions.addresses import AddressError, parse_address
 
@@ -183,40 +180,19 @@ def test_send(path: Path, to: str, language: str | None) -> None:
         address = parse_address(to)
     except AddressError as error:
         raise click.ClickException(f"--to: {error.message}") from None
-    rendered = renditions[language]
-    origin = origin_of(
-        source.newsletter,
-        language,
+    setup = ProofSetup(
         slug=DEFAULT_SLUG,
-        domain=settings.sending_domain,
-        campaign=source.key,
-        edition_key=source.key,
+        sending_domain=settings.sending_domain,
+        public_url=settings.public_url,
+        bounce_domain=settings.bounce_domain,
+        signer=Runtime(settings).dkim_signer,  # signed as the readers' copies are
     )
-    template = origin_template(
-        origin, subject=rendered.subject, html=rendered.html, text=rendered.text, language=language
-    )
-    unsubscribe = f"{settings.public_url.rstrip('/')}/u/test-copy"
-    message = personalise(
-        template,
-        to=address.ascii_email or address.normalized,
-        message_id=identity.transactional_message_id(f"test.{source.key}", settings.sending_domain),
-        date=datetime.now(UTC),
-        list_unsubscribe=[unsubscribe],
-        substitutions={
-            UNSUBSCRIBE_URL: unsubscribe,
-            PREFERENCES_URL: f"{settings.public_url.rstrip('/')}/p/test-copy",
-        },
-    )
-    signer = Runtime(settings).dkim_signer  # signed as the readers' copies are
-    if signer is not None:
-        message = signer.sign(message)
+    message = proof_message(
+        setup, source.newsletter, source.key, language, renditions[language], address,
+        datetime.now(UTC),
+    )  # fmt: skip
     mailer = SmtpMailer(settings.smtp_url, timeout=settings.smtp_timeout_seconds)
-    outcome = mailer.send(
-        identity.bounce_address(settings.bounce_domain),
-        address.ascii_email or address.normalized,
-        message,
-        smtputf8=address.ascii_email is None,
-    )
+    outcome = send_proof(setup, mailer, address, message)
     mailer.close()
     if not outcome.accepted:
         raise click.ClickException(

@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 import jinja2
 from markupsafe import Markup
 
-from worker.editions.files import EditionContent, EditionItem, NewsletterProfile
+from worker.editions.files import (
+    EditionContent,
+    EditionInvalid,
+    EditionItem,
+    EditionProblem,
+    EditionSource,
+    NewsletterProfile,
+)
 from worker.editions.includes import rebase_paths
 from worker.editions.localisation import (
     TEMPLATE_ROOT,
@@ -415,3 +422,30 @@ def render_all(
         content.language: render_edition(profile, content, public_url=public_url)
         for content in contents
     }
+
+
+def render_source(source: EditionSource, public_url: str) -> dict[str, RenderedMessage]:
+    """Render every language of ``source`` and every transactional message.
+
+    Raises :class:`EditionInvalid` with one problem per language that does not render.
+    """
+    problems: list[EditionProblem] = []
+    renditions: dict[str, RenderedMessage] = {}
+    try:
+        check_templates(source.newsletter, public_url)
+    except TemplateProblem as error:
+        # One line per MJML problem, at its line in the template file (element, attribute, allowed).
+        problems += [
+            EditionProblem(f"templates/{p.file}", "", str(p).split(" ", 1)[1], p.line)
+            for p in error.problems
+        ] or [EditionProblem("newsletter.yaml", "", f"templates: {error}")]
+    if any(problem.file.startswith("templates/") for problem in problems):
+        raise EditionInvalid(problems)  # every language would repeat them
+    for language, content in source.contents.items():
+        try:
+            renditions[language] = render_edition(source.newsletter, content, public_url=public_url)
+        except TemplateProblem as error:
+            problems.append(EditionProblem(f"{language}.yaml", "", f"does not render: {error}"))
+    if problems:
+        raise EditionInvalid(problems)
+    return renditions

@@ -27,6 +27,11 @@ class EditionLocked(ValueError):
     """The edition has a send that has started: its content can no longer change."""
 
 
+PROBLEMS_KEY = "problems"
+"""Key of the stored content JSON under which the desk keeps the problems of a draft saved with
+problems (``worker/desk/drafts.py``); a content with any is not sent (``EditionHasProblems``)."""
+
+
 def profile_to_json(profile: NewsletterProfile) -> dict[str, Any]:
     data = asdict(profile)
     data["languages"] = list(profile.languages)
@@ -107,9 +112,7 @@ def save_edition(
         )
         session.add(edition)
         session.flush()
-    elif session.scalar(
-        select(Send.id).where(Send.edition_id == edition.id, Send.status != SendStatus.CANCELLED)
-    ):
+    elif is_locked(session, edition):
         raise EditionLocked(f"edition {source.key} has a send already; it cannot change any more")
     first = next(iter(source.contents.values()))
     edition.period_start, edition.period_end = first.period_start, first.period_end
@@ -131,6 +134,25 @@ def save_edition(
         session.delete(stale)
     session.flush()
     return edition
+
+
+def is_locked(session: Session, edition: Edition) -> bool:
+    """Whether ``edition`` has a send that is not cancelled: its content can no longer change."""
+    query = select(Send.id).where(
+        Send.edition_id == edition.id, Send.status != SendStatus.CANCELLED
+    )
+    return session.scalar(query.limit(1)) is not None
+
+
+def stored_problems(session: Session, edition: Edition) -> list[dict[str, Any]]:
+    """The problems the desk stored with ``edition`` (a draft saved with problems), in
+    language order; empty when its stored content is valid (every CLI-loaded edition)."""
+    rows = session.scalars(
+        select(EditionContentRow)
+        .where(EditionContentRow.edition_id == edition.id)
+        .order_by(EditionContentRow.language)
+    )
+    return [problem for row in rows for problem in row.data.get(PROBLEMS_KEY) or []]
 
 
 def edition_contents(session: Session, edition: Edition) -> dict[str, EditionContent]:

@@ -964,6 +964,16 @@ def _one_send(session: Session, send_id: int) -> SendSummary | None:
     )  # fmt: skip
 
 
+def send_detail(session: Session, send_id: int, now: datetime) -> SendReport | None:
+    """The report of one send (what the dashboard shows for ``?send=``: its funnels per
+    language and domain, rate, bounce reasons), or None for an unknown send."""
+    summary = _one_send(session, send_id)
+    if summary is None:
+        return None
+    counts = _funnel_counts(session, summary, now)
+    return send_report(session, summary, now, counts)
+
+
 class LedgerCollector:
     """A Prometheus collector for ``/metrics``: deliveries per state of the active sends (planning,
     sending, paused), read from the ledger at scrape time (gauges, since they go down too), and

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.editions.rendering import render_edition
-from worker.editions.store import edition_contents, profile_of
+from worker.editions.store import edition_contents, profile_of, stored_problems
 from worker.models import Edition, Newsletter, Rendition, Send
 from worker.sending.composer import RenditionText
 from worker.sending.planning import plan_deliveries, readers_by_language
@@ -69,6 +69,20 @@ class DuplicateSend(ValueError):
         )
 
 
+class EditionHasProblems(ValueError):
+    """The edition was saved on the desk with problems (``newsletter edition check`` would
+    refuse it): it is not sent until a save without them."""
+
+    def __init__(self, edition_key: str, problems: list[dict[str, object]]) -> None:
+        self.problems = problems
+        first = problems[0].get("reason", "") if problems else ""
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(
+            f"edition {edition_key} has {len(problems)} {noun} (first: {first}); fix them on "
+            f"the desk (/desk/editions/{edition_key}) or load a checked folder"
+        )
+
+
 def earlier_sends(session: Session, edition_id: int) -> list[Send]:
     """The sends of ``edition_id`` that count as sent: every send not cancelled, and cancelled
     ones that had started (they may have mailed readers). Oldest first."""
@@ -105,13 +119,17 @@ def create_send(
 
     Without ``when`` the caller plans it at once (``actors.plan_send``); with it the scheduler
     starts it at ``when.at`` (``start_due_sends``). Raises ``DuplicateSend`` naming the earlier
-    send when the edition was sent before and ``repeat`` is ``REFUSE``; ``ValueError`` for a
-    ``batch_size`` below 1 or a ``when`` in the past.
+    send when the edition was sent before and ``repeat`` is ``REFUSE``; ``EditionHasProblems``
+    when the desk stored it with problems; ``ValueError`` for a ``batch_size`` below 1 or a
+    ``when`` in the past.
     """
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size}: at least 1")
     if when is not None and when.at <= now:
         raise ValueError(f"{when.at:%Y-%m-%d %H:%M} UTC is in the past")
+    problems = stored_problems(session, edition)
+    if problems:
+        raise EditionHasProblems(edition.key, problems)
     earlier = earlier_sends(session, edition.id)
     if earlier and repeat is Repeat.REFUSE:
         raise DuplicateSend(edition.key, earlier[-1])

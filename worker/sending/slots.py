@@ -8,6 +8,7 @@ so two schedulers fire a slot once and a crash leaves either both or neither.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, time
 
@@ -16,8 +17,10 @@ from sqlalchemy.orm import Session
 
 from worker.models import Edition, Send, SendSlot
 from worker.sending.schedule import WeeklyTime, zone
-from worker.sending.sends import create_send
+from worker.sending.sends import EditionHasProblems, create_send
 from worker.states import SendStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,14 @@ def fire_due_slots(session: Session, now: datetime, batch_size: int) -> list[Fir
         send_id = None
         if edition is not None:
             # due is in the past by now; the send is due at once and started by this pass
-            send = create_send(session, edition, now, batch_size)
-            send.scheduled_for, send.timezone = due, tz
-            send_id = send.id
+            try:
+                send = create_send(session, edition, now, batch_size)
+            except EditionHasProblems as exc:
+                log.warning("weekly slot %s sends nothing: %s", slot_id, exc)
+                edition = None
+            else:
+                send.scheduled_for, send.timezone = due, tz
+                send_id = send.id
         session.commit()
         fired.append(Firing(slot_id, due, send_id, edition.key if edition else None))
     return fired
