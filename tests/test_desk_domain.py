@@ -7,21 +7,30 @@ Each runs on SQLite and PostgreSQL (the ``rt`` fixture) with the sample edition 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.samples import SAMPLE_EDITION
 from tests.sendkit import seed, start_send
+from worker.cli import main
 from worker.desk import drafts, history, plans, previews
 from worker.desk.drafts import MISSING, FieldProblem
+from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
+from worker.editions.rendering import RenderedMessage
 from worker.editions.store import EditionLocked, edition_contents, find_edition, stored_problems
 from worker.models import EditionContentRow, Send
 from worker.runtime import Runtime
+from worker.sending.proofs import ProofSetup, proof_message, send_proof
 from worker.sending.schedule import WeeklyTime
 from worker.sending.sends import DuplicateSend, EditionHasProblems, Repeat, When, create_send
 from worker.sending.slots import fire_due_slots, set_slot
+from worker.sending.smtp import SmtpMailer
+from worker.subscriptions.addresses import parse_address
 
 KEY = "2024-W28"
 NOW = datetime(2024, 7, 12, 10, 0, tzinfo=UTC)
@@ -328,3 +337,50 @@ def test_the_inbox_line_cuts_like_a_list_does() -> None:
     assert len(line.desktop) <= previews.DESKTOP_LINE
     assert len(line.phone_preheader) <= previews.PHONE_PREHEADER
     assert previews.cut("short", 10) == "short"
+
+
+# --- proof copies (the desk's test-send and `newsletter edition test-send`) -----------------------
+
+
+def test_edition_test_send_mails_one_proof_in_the_language_asked(
+    smtp: OutboxServer, tmp_path: Path
+) -> None:
+    env = {
+        "NEWSLETTER_SMTP_URL": smtp.url,
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
+    }
+    args = ["edition", "test-send", str(SAMPLE_EDITION), "--to", "Editor@Example.org"]
+    result = CliRunner().invoke(main, [*args, "--lang", "ru"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "test copy (ru) sent to Editor@Example.org: 250" in result.output
+    [received] = smtp.handler.received
+    message = message_from_bytes(received.data, policy=policy.default)
+    assert received.recipients == ["Editor@example.org"]  # the domain is normalised
+    assert received.envelope_from.startswith("bounces@")
+    assert message["Content-Language"] == "ru"
+    assert message["Subject"] == read_edition(SAMPLE_EDITION).contents["ru"].subject
+    assert "http://127.0.0.1:8000/u/test-copy" in message["List-Unsubscribe"]
+
+
+def test_a_proof_is_the_stored_rendition_to_the_editor(rt: Runtime, smtp: OutboxServer) -> None:
+    seed(rt, [])
+    with rt.session() as session:
+        edition = find_edition(session, KEY)
+        assert edition is not None
+        shown = previews.previews(session, edition, rt.settings.public_url)
+    setup = ProofSetup("weekly", "news.example.org", "http://testserver", "news.example.org")
+    profile = read_edition(SAMPLE_EDITION).newsletter
+    to = parse_address("editor@example.org")
+    rendered = RenderedMessage(
+        shown["be"].subject, shown["be"].preheader, shown["be"].html, shown["be"].text, "be"
+    )
+    message = proof_message(setup, profile, KEY, "be", rendered, to, NOW)
+    mailer = SmtpMailer(rt.settings.smtp_url, timeout=10)
+    outcome = send_proof(setup, mailer, to, message)
+    mailer.close()
+    assert outcome.accepted
+    [received] = smtp.handler.received
+    parsed = message_from_bytes(received.data, policy=policy.default)
+    assert parsed["Subject"] == shown["be"].subject and parsed["Content-Language"] == "be"
+    assert "X-Newsletter-Delivery" not in parsed  # a proof is nobody's delivery
