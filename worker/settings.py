@@ -180,6 +180,7 @@ class Settings:
     signup_max_bytes: int = 65_536
     webhook_max_bytes: int = 512 * 1024
     request_max_bytes: int = 16_384
+    desk_form_max_bytes: int = 2_097_152  # the desk's edition form: three languages of items
 
     def __repr__(self) -> str:
         """Every field, with secrets left out and passwords in URLs masked."""
@@ -336,6 +337,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "signup_max_bytes": (1024, 64 * 1024**2),
     "webhook_max_bytes": (1024, 64 * 1024**2),
     "request_max_bytes": (1024, 64 * 1024**2),
+    "desk_form_max_bytes": (16 * 1024, 64 * 1024**2),
 }
 
 

@@ -68,6 +68,7 @@ REQUIRED_ITEM_FIELDS = ("title", "url", "lead", "body")
 # Stored with a draft that has problems: the row of each stored item (a language may lack rows),
 # and the period as typed when it is not a date.
 ROWS_KEY = "draft_rows"
+ROW_COUNT_KEY = "draft_row_count"  # rows may be empty in every language (an added row)
 PERIOD_KEY = "draft_period"
 
 MISSING = None
@@ -216,7 +217,8 @@ def _cell_from_json(item: Mapping[str, Any]) -> ItemCell:
 def _language_from_json(language: str, data: Mapping[str, Any]) -> LanguageDraft:
     items = [_cell_from_json(item) for item in data.get("items") or []]
     rows = data.get(ROWS_KEY) or list(range(len(items)))
-    cells: list[ItemCell | None] = [MISSING] * (max(rows, default=-1) + 1)
+    count = max(max(rows, default=-1) + 1, int(data.get(ROW_COUNT_KEY) or 0))
+    cells: list[ItemCell | None] = [MISSING] * count
     for row, cell in zip(rows, items, strict=False):
         cells[int(row)] = cell
     return LanguageDraft(
@@ -586,6 +588,7 @@ def _store_with_problems(
             "preheader": data["preheader"],
             "items": [_item_json(item) for item in data["items"]],
             ROWS_KEY: rows,
+            ROW_COUNT_KEY: draft.row_count,
             # every problem is kept once, with the first language's row
             PROBLEMS_KEY: listed if index == 0 else [],
         }

@@ -57,6 +57,7 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
         ("/signup", s.signup_max_bytes),
         ("/webhooks/", s.webhook_max_bytes),
         ("/desk/editions/new", starts.MAX_BODY_BYTES),  # an uploaded edition zip
+        ("/desk/editions/", s.desk_form_max_bytes),  # the whole edition in one form
     ]
     # /subscribe and /p/ are forms of a few hundred bytes: the default cap applies
     app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes)

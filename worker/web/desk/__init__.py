@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from worker.runtime import Runtime
-from worker.web.desk import home, log, starts, users
+from worker.web.desk import editions, home, log, sends, starts, users
 from worker.web.desk.access import access_router
 
 
@@ -24,4 +24,7 @@ def desk_router(runtime: Runtime) -> APIRouter:
     router.include_router(log.router(runtime))
     router.include_router(users.router(runtime))
     router.include_router(starts.router(runtime))  # /desk/editions/new
+    # after starts (/desk/editions/new): {key} would match "new"
+    router.include_router(editions.router(runtime))
+    router.include_router(sends.router(runtime))
     return router

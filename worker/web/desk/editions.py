@@ -155,9 +155,7 @@ def router(runtime: Runtime) -> APIRouter:
     # --- preview ------------------------------------------------------------------------------
 
     @router.get("/editions/{key}/preview")
-    def preview(
-        request: Request, key: str, user: Annotated[DeskUser, Depends(editor)]
-    ) -> Response:
+    def preview(request: Request, key: str, user: Annotated[DeskUser, Depends(editor)]) -> Response:
         """Every language at desktop and phone width, its text part, inbox line and size."""
         with runtime.session() as session:
             edition, _ = _edition(session, key)
@@ -176,9 +174,7 @@ def router(runtime: Runtime) -> APIRouter:
         return response
 
     @router.get("/editions/{key}/preview/{language}.html")
-    def rendition(
-        key: str, language: str, user: Annotated[DeskUser, Depends(editor)]
-    ) -> Response:
+    def rendition(key: str, language: str, user: Annotated[DeskUser, Depends(editor)]) -> Response:
         """One language's HTML as readers get it, for the preview's frames."""
         with runtime.session() as session:
             edition, _ = _edition(session, key)
@@ -320,9 +316,7 @@ def router(runtime: Runtime) -> APIRouter:
             )
         if step == "confirm":
             return await run_in_threadpool(_start, request, key, user, at_text.strip())
-        return await run_in_threadpool(
-            _send_page, request, key, user, at_text.strip(), True, ""
-        )
+        return await run_in_threadpool(_send_page, request, key, user, at_text.strip(), True, "")
 
     def _send_page(
         request: Request, key: str, user: DeskUser, at_text: str, confirm: bool, error: str
@@ -368,8 +362,8 @@ def router(runtime: Runtime) -> APIRouter:
                 new = create_send(
                     session, edition, now, runtime.settings.send_batch_size, when=when
                 )
-            except (ScheduleError, ValueError) as exc:
-                refused = exc
+            except ValueError as exc:  # ScheduleError, DuplicateSend, EditionHasProblems, past
+                refused: ValueError | None = exc
             else:
                 refused = None
                 send_id = new.id
@@ -390,4 +384,3 @@ def router(runtime: Runtime) -> APIRouter:
         return RedirectResponse(f"/desk/sends/{send_id}", status_code=303)
 
     return router
-

@@ -21,7 +21,11 @@ from worker.states import SendStatus
 from worker.web.desk.access import DeskRefusal, DeskUser, csrf, editor, operator, page
 
 REFRESH_SECONDS = 5
-_ACTIONS = {"pause": SendStatus.PAUSED, "resume": SendStatus.SENDING, "cancel": SendStatus.CANCELLED}
+_ACTIONS = {
+    "pause": SendStatus.PAUSED,
+    "resume": SendStatus.SENDING,
+    "cancel": SendStatus.CANCELLED,
+}
 
 
 def router(runtime: Runtime) -> APIRouter:
@@ -55,9 +59,7 @@ def router(runtime: Runtime) -> APIRouter:
         )
 
     @router.post("/sends/{send_id}/{action}", dependencies=[Depends(csrf)])
-    def change(
-        send_id: int, action: str, user: Annotated[DeskUser, Depends(operator)]
-    ) -> Response:
+    def change(send_id: int, action: str, user: Annotated[DeskUser, Depends(operator)]) -> Response:
         """Pause, resume or cancel (operators only); then back to the progress page."""
         if action not in _ACTIONS or not 1 <= send_id < 2**63:
             raise DeskRefusal(404, "There is no such action.")

@@ -1,0 +1,268 @@
+"""The desk's edition and send pages (worker/web/desk/editions.py, sends.py) through the real app:
+edit side by side, preview, test-send, send or schedule, progress, pause/resume/cancel, and the
+refusals (problems, a second send, an editor's operator action, a missing CSRF token)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from html.parser import HTMLParser
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.desk_kit import add_user, csrf_of, login
+from tests.sendkit import seed
+from worker.desk import drafts
+from worker.devtools.outbox import OutboxServer
+from worker.models import DeskAction, Send
+from worker.runtime import Runtime
+from worker.states import SendStatus
+from worker.web.app import create_app
+
+KEY = "2024-W28"
+PASSWORD = "correct horse battery"
+
+
+def desk(rt: Runtime, role: str = "editor", name: str = "ales") -> TestClient:
+    """A client logged in as a desk user ``name`` with ``role`` (address ``<name>@example.org``)."""
+    add_user(rt, name, PASSWORD, role, f"{name}@example.org")
+    client = TestClient(create_app(rt), client=("198.51.100.7", 40000))
+    login(client, name, PASSWORD)
+    return client
+
+
+class _Form(HTMLParser):
+    """The text inputs, hidden inputs and text areas of a page, by name."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.fields: dict[str, str] = {}
+        self._area: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        name = a.get("name")
+        if tag == "input" and a.get("type") in ("text", "hidden") and name:
+            self.fields[name] = a.get("value") or ""
+        elif tag == "textarea" and name:
+            self._area = name
+            self.fields[name] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "textarea":
+            self._area = None
+
+    def handle_data(self, data: str) -> None:
+        if self._area is not None:
+            self.fields[self._area] += data
+
+
+def form_of(html: str) -> dict[str, str]:
+    """The edit form as a browser posts it (without its submit buttons)."""
+    parser = _Form()
+    parser.feed(html)
+    return parser.fields
+
+
+def actions(rt: Runtime) -> list[tuple[str, str, str]]:
+    with rt.session() as session:
+        rows = session.scalars(select(DeskAction).order_by(DeskAction.id))
+        return [(r.user_name, r.action, r.subject) for r in rows]
+
+
+def test_the_edit_page_shows_three_languages_side_by_side_and_saves(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    page = client.get(f"/desk/editions/{KEY}")
+    assert page.status_code == 200
+    for name in ("en.subject", "be.items[0].title", "ru.items[0].body", "period.start"):
+        assert f'name="{name}"' in page.text
+    assert '<label for="f-be-items-0-title">' in page.text
+    form = form_of(page.text)
+    assert form["be.items[0].title"].startswith("Кітай")
+    # an error: saved, reported at its field, the send refused
+    form["ru.items[0].title"] = ""
+    saved = client.post(f"/desk/editions/{KEY}", data=form | {"save": "1"})
+    assert saved.status_code == 200
+    assert 'id="f-ru-items-0-title-error-1">is empty<' in saved.text
+    assert 'aria-invalid="true" aria-describedby="f-ru-items-0-title-error-1' in saved.text
+    refused = client.get(f"/desk/editions/{KEY}/send")
+    assert "It cannot be sent: the edition has 1 problem" in refused.text
+    # fixed
+    form["ru.items[0].title"] = "Китай не поддержал"
+    fixed = client.post(f"/desk/editions/{KEY}", data=form | {"save": "1"})
+    assert "Saved. No problems" in fixed.text
+    assert ("ales", "edition.save", KEY) in actions(rt)
+
+
+def test_a_missing_item_is_shown_missing(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    form = form_of(client.get(f"/desk/editions/{KEY}").text)
+    added = client.post(f"/desk/editions/{KEY}", data=form | {"add": "1"})
+    assert added.status_code == 200
+    assert added.text.count("— missing") == 3  # the new row, in every language
+    assert "row 2 is empty in every language" in added.text
+    removed = client.post(f"/desk/editions/{KEY}", data=form_of(added.text) | {"remove": "1"})
+    assert "— missing" not in removed.text and "Saved. No problems" in removed.text
+
+
+def test_a_post_without_the_csrf_token_changes_nothing(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    form = form_of(client.get(f"/desk/editions/{KEY}").text)
+    form["en.subject"] = "Changed"
+    for token in ("", "forged"):
+        reply = client.post(f"/desk/editions/{KEY}", data=form | {"csrf": token})
+        assert reply.status_code == 403
+    with rt.session() as session:
+        assert drafts.load_draft(session, KEY).texts["en"].subject != "Changed"
+
+
+def test_unknown_editions_and_bad_forms_are_not_a_500(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    assert client.get("/desk/editions/nope").status_code == 404
+    assert client.get("/desk/editions/nope/preview").status_code == 404
+    assert client.get(f"/desk/editions/{KEY}/preview/xx.html").status_code == 404
+    token = csrf_of(client.get(f"/desk/editions/{KEY}").text)
+    assert (
+        client.post(f"/desk/editions/{KEY}", data={"csrf": token, "rows": "x"}).status_code == 400
+    )
+    assert client.get("/desk/sends/0").status_code == 404
+    assert client.get("/desk/sends/99999").status_code == 404
+
+
+def test_the_preview_frames_the_real_renditions_under_a_strict_policy(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    page = client.get(f"/desk/editions/{KEY}/preview")
+    assert page.status_code == 200
+    assert "frame-src 'self'" in page.headers["content-security-policy"]
+    for language in ("en", "be", "ru"):
+        assert f'src="/desk/editions/{KEY}/preview/{language}.html"' in page.text
+    assert "% of the 102 KB at which Gmail clips" in page.text
+    assert "%%UNSUBSCRIBE_URL%%" in page.text  # the text part, as rendered
+    frame = client.get(f"/desk/editions/{KEY}/preview/be.html")
+    assert frame.status_code == 200 and '<html lang="be"' in frame.text
+    policy_header = frame.headers["content-security-policy"]
+    assert "sandbox" in policy_header and "script" not in policy_header
+    assert "frame-ancestors 'self'" in policy_header
+    # the frame needs a login too
+    assert (
+        TestClient(create_app(rt))
+        .get(f"/desk/editions/{KEY}/preview/be.html", follow_redirects=False)
+        .status_code
+        == 303
+    )
+
+
+def test_a_test_send_goes_to_the_users_own_address_in_every_language(
+    rt: Runtime, smtp: OutboxServer
+) -> None:
+    seed(rt, ["reader@example.org"])
+    client = desk(rt)
+    page = client.get(f"/desk/editions/{KEY}/test")
+    assert "ales@example.org" in page.text
+    sent = client.post(
+        f"/desk/editions/{KEY}/test", data={"csrf": csrf_of(page.text), "language": "all"}
+    )
+    assert sent.status_code == 200 and sent.text.count(": 250") == 3
+    received = smtp.handler.received
+    assert [r.recipients for r in received] == [["ales@example.org"]] * 3
+    languages = [
+        message_from_bytes(r.data, policy=policy.default)["Content-Language"] for r in received
+    ]
+    assert languages == ["en", "be", "ru"]
+    assert ("ales", "edition.test", KEY) in actions(rt)
+    # no send, no delivery: nobody else got anything
+    with rt.session() as session:
+        assert session.scalars(select(Send)).all() == []
+
+
+def test_schedule_then_confirm_then_progress(rt: Runtime) -> None:
+    seed(rt, [f"be{n}@example.org" for n in range(3)], language="be")
+    seed(rt, ["en@example.org"], language="en")
+    client = desk(rt)
+    page = client.get(f"/desk/editions/{KEY}/send")
+    assert "4 readers: 3 be, 1 en," in page.text
+    token = csrf_of(page.text)
+    review = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "review", "when": "later", "date": "2099-07-13",
+              "time": "09:00"},
+    )  # fmt: skip
+    assert review.status_code == 200
+    assert "4 readers: 3 be, 1 en, Monday 13 July 09:00 UTC" in review.text
+    assert 'name="step" value="confirm"' in review.text
+    with rt.session() as session:
+        assert session.scalars(select(Send)).all() == []  # nothing yet: one more click
+    done = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "confirm", "when": "later", "date": "2099-07-13",
+              "time": "09:00"},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert done.status_code == 303
+    with rt.session() as session:
+        [send] = session.scalars(select(Send)).all()
+        assert send.status == SendStatus.SCHEDULED
+        assert send.scheduled_for == datetime(2099, 7, 13, 9, 0, tzinfo=UTC)
+    assert done.headers["location"] == f"/desk/sends/{send.id}"
+    progress = client.get(done.headers["location"])
+    assert progress.status_code == 200 and "scheduled" in progress.text
+    assert '<meta http-equiv="refresh"' in progress.text
+    assert "Operator actions" not in progress.text  # an editor sees no pause/cancel
+    # a second send is refused, saying why
+    again = client.get(f"/desk/editions/{KEY}/send")
+    assert f"send {send.id} already sent it" in again.text
+    second = client.post(
+        f"/desk/editions/{KEY}/send", data={"csrf": token, "step": "confirm", "when": "now"}
+    )
+    assert second.status_code == 400 and "was already sent by send" in second.text
+    assert ("ales", "send.schedule", KEY) in actions(rt)
+    assert f"/desk/sends/{send.id}" in client.get("/desk/sends").text
+
+
+def test_a_time_in_the_past_or_that_does_not_exist_is_refused(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    token = csrf_of(client.get(f"/desk/editions/{KEY}/send").text)
+    for date, time, says in (
+        ("2001-01-01", "09:00", "is in the past"),
+        ("2099-13-01", "09:00", "expected YYYY-MM-DD HH:MM"),
+    ):
+        reply = client.post(
+            f"/desk/editions/{KEY}/send",
+            data={"csrf": token, "step": "review", "when": "later", "date": date, "time": time},
+        )
+        assert reply.status_code == 400 and says in reply.text
+
+
+def test_an_editor_may_not_pause_or_cancel_an_operator_may(rt: Runtime) -> None:
+    seed(rt, ["a@example.org"])
+    editor = desk(rt)
+    token = csrf_of(editor.get(f"/desk/editions/{KEY}/send").text)
+    editor.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "confirm", "when": "later", "date": "2099-07-13",
+              "time": "09:00"},
+    )  # fmt: skip
+    with rt.session() as session:
+        send_id = session.scalars(select(Send.id)).one()
+    for action in ("pause", "resume", "cancel"):
+        reply = editor.post(f"/desk/sends/{send_id}/{action}", data={"csrf": token})
+        assert reply.status_code == 403 and "Only operators" in reply.text
+    operator = desk(rt, "operator", "olga")
+    page = operator.get(f"/desk/sends/{send_id}")
+    assert "Operator actions" in page.text
+    cancelled = operator.post(
+        f"/desk/sends/{send_id}/cancel", data={"csrf": csrf_of(page.text)}, follow_redirects=False
+    )
+    assert cancelled.status_code == 303
+    with rt.session() as session:
+        assert session.get(Send, send_id).status == SendStatus.CANCELLED  # type: ignore[union-attr]
+    assert ("olga", "send.cancel", str(send_id)) in actions(rt)
+    # cancelled before it started: the edition may be sent (and edited) again
+    assert "It cannot be sent again" not in editor.get(f"/desk/editions/{KEY}/send").text
