@@ -1,0 +1,269 @@
+"""The desk's done-when, driven in headless Chromium (the project's DevTools driver) against the
+app served by uvicorn on PostgreSQL: an editor logs in, opens the week's edition, fixes the error
+the desk reports, previews, sends a test to their own address, schedules the send and confirms;
+the scheduler then starts it and the workers send it. The outbox holds exactly one copy per
+confirmed reader, in the reader's language, and the three proofs.
+
+The edition is loaded with the store (``save_edition``), as ``newsletter edition load`` does:
+starting one from the website's feeds is the desk-feeds page, not on main when this was written.
+
+Every screen is photographed at desktop (1280 px) and phone (375 px) width into
+``docs/images/desk-*.png`` when ``DESK_SCREENSHOTS`` names a folder (``docs/images`` to refresh
+the documentation's pictures).
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from sqlalchemy import select, update
+
+from tests.desk_kit import add_user
+from tests.samples import SAMPLE_EDITION
+from tests.sendkit import seed
+from tests.stub_worker import StubWorker
+from worker import actors
+from worker.desk import drafts
+from worker.devtools.chromium import BrowserError, HeadlessChromium, find_chromium
+from worker.devtools.outbox import OutboxServer, free_port
+from worker.editions.files import read_edition
+from worker.models import Send
+from worker.runtime import Runtime
+from worker.states import SendStatus
+from worker.web.app import create_app
+
+KEY = "2024-W28"
+PASSWORD = "correct horse battery"
+EDITOR = "ales@example.org"
+READERS = {
+    "be": [f"be{n}@example.org" for n in range(4)],
+    "ru": [f"ru{n}@example.org" for n in range(3)],
+    "en": [f"en{n}@example.org" for n in range(2)],
+}
+
+
+@pytest.fixture
+def base(rt: Runtime, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The app on a free loopback port (one database is enough for a browser journey)."""
+    if request.node.callspec.params.get("db_url") != "postgresql":
+        pytest.skip("driven once, on PostgreSQL")
+    try:
+        find_chromium()
+    except BrowserError:
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+class Tab:
+    """One Chromium tab: open a page, run an expression, wait for the next page, photograph."""
+
+    def __init__(self, browser: HeadlessChromium, shots: Path | None) -> None:
+        self.browser = browser
+        self.shots = shots
+
+    def size(self, width: int, height: int = 900) -> None:
+        self.browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+            session=True,
+        )
+
+    def open(self, url: str, width: int = 1280) -> None:
+        self.size(width)
+        self.browser.call("Page.navigate", {"url": url}, session=True)
+        self.browser.wait_for("Page.loadEventFired")
+
+    def js(self, expression: str) -> Any:
+        reply = self.browser.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=True,
+        )
+        return reply["result"].get("value")
+
+    def text(self) -> str:
+        return str(self.js("document.body.innerText"))
+
+    def then_load(self, expression: str) -> None:
+        """Run ``expression`` (a click) and wait for the page it loads."""
+        self.js(expression)
+        self.browser.wait_for("Page.loadEventFired")
+
+    def press_enter_in(self, selector: str) -> None:
+        """Focus ``selector`` and press Enter, as a keyboard user submits a form."""
+        self.js(f"document.querySelector({selector!r}).focus()")
+        for kind in ("keyDown", "keyUp"):
+            params: dict[str, Any] = {
+                "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13,
+            }  # fmt: skip
+            if kind == "keyDown":
+                params["text"] = "\r"
+            self.browser.call("Input.dispatchKeyEvent", params, session=True)
+        self.browser.wait_for("Page.loadEventFired")
+
+    def shoot(self, name: str) -> None:
+        """Photograph the page as it is at 1280 and 375 px (``desk-<name>[-phone].png``); at
+        375 px nothing may be wider than the screen, except inside a scroll box."""
+        for width, suffix in ((1280, ""), (375, "-phone")):
+            self.size(width, 1)
+            if width == 375:
+                assert self.js("document.documentElement.scrollWidth") <= 375, name
+            if self.shots is None:
+                continue
+            metrics = self.browser.call("Page.getLayoutMetrics", session=True)
+            height = min(math.ceil(metrics["cssContentSize"]["height"]), 16384)
+            self.size(width, height)
+            time.sleep(0.3)  # frames (the preview) lay out again at the new size
+            shot = self.browser.call("Page.captureScreenshot", {"format": "png"}, session=True)
+            (self.shots / f"desk-{name}{suffix}.png").write_bytes(base64.b64decode(shot["data"]))
+        self.size(1280)
+
+
+def copies(smtp: OutboxServer) -> list[tuple[str, str]]:
+    """(recipient, Content-Language) of every message the relay took, in arrival order."""
+    out = []
+    for received in smtp.handler.received:
+        message = email.message_from_bytes(received.data, policy=email.policy.default)
+        [recipient] = received.recipients
+        out.append((recipient, str(message["Content-Language"])))
+    return out
+
+
+def test_an_editor_fixes_previews_tests_and_schedules_and_every_reader_gets_one_copy(
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker, base: str
+) -> None:
+    # Given the week's edition loaded with one error in Russian (a title left empty), readers
+    # in three languages (and some who must get nothing), and an editor with their own address
+    for language, addresses in READERS.items():
+        seed(rt, addresses, language=language)
+    seed(rt, ["pending@example.org"], language="be", status="pending")
+    seed(rt, ["gone@example.org"], language="ru", status="unsubscribed")
+    with rt.session() as session:
+        draft = drafts.load_draft(session, KEY)
+        ru = draft.texts["ru"]
+        cell = ru.cells[0]
+        assert cell is not None
+        broken = drafts.ItemCell({**cell.values, "title": ""})
+        texts = {
+            **draft.texts,
+            "ru": drafts.LanguageDraft("ru", ru.subject, ru.preheader, (broken,)),
+        }
+        drafts.save_draft(
+            session,
+            drafts.Draft(draft.key, draft.languages, draft.default_language,
+                         draft.period_start, draft.period_end, texts),
+            rt.clock.now(),
+            rt.settings.public_url,
+        )  # fmt: skip
+    add_user(rt, "ales", PASSWORD, "editor", EDITOR)
+    shots_dir = os.environ.get("DESK_SCREENSHOTS")
+    shots = Path(shots_dir) if shots_dir else None
+    if shots is not None:
+        shots.mkdir(parents=True, exist_ok=True)
+    ru_title = read_edition(SAMPLE_EDITION).contents["ru"].items[0].title
+
+    with HeadlessChromium(offline=False) as browser:  # offline would cut 127.0.0.1 too
+        tab = Tab(browser, shots)
+        # When the editor logs in with the keyboard
+        tab.open(f"{base}/desk/editions/{KEY}", width=375)
+        assert "/desk/login" in tab.js("location.href")
+        tab.shoot("login")
+        tab.js("document.getElementById('name').value = 'ales'")
+        tab.js(f"document.getElementById('password').value = {PASSWORD!r}")
+        tab.press_enter_in("#password")
+        # Then they land on the edition, which says what is wrong and where
+        assert tab.js("location.pathname") == f"/desk/editions/{KEY}"
+        assert "1 problem: the edition is saved but cannot be sent" in tab.text()
+        field = "f-ru-items-0-title"
+        assert tab.js(f"document.getElementById('{field}').getAttribute('aria-invalid')") == "true"
+        assert tab.js(f"document.getElementById('{field}-error-1').textContent") == "is empty"
+        assert tab.js(
+            "[...document.querySelectorAll('input:not([type=hidden]),textarea,select')]"
+            ".every(e => e.labels.length === 1)"
+        )
+        tab.shoot("edition-problem")
+        # When they fix it and press Enter in the field (the form's first button is Save)
+        tab.js(f"document.getElementById('{field}').value = {ru_title!r}")
+        tab.press_enter_in(f"#{field}")
+        assert "Saved. No problems: the edition can be sent." in tab.text()
+        tab.shoot("edition")
+        # The preview: each language in frames at desktop and phone width, size, text part
+        tab.open(f"{base}/desk/editions/{KEY}/preview")
+        assert tab.js("document.querySelectorAll('iframe').length") == 6
+        # sandboxed without same-origin: the desk's script cannot reach into a frame
+        assert tab.js("document.querySelector('iframe').contentDocument") is None
+        framed = tab.js("[...document.querySelectorAll('iframe')].map(f => f.src.split('/').pop())")
+        assert sorted(framed) == ["be.html", "be.html", "en.html", "en.html", "ru.html", "ru.html"]
+        assert "of the 102 KB at which Gmail clips" in tab.text()
+        tab.shoot("preview")
+        # A test to their own address, in every language
+        tab.open(f"{base}/desk/editions/{KEY}/test")
+        assert EDITOR in tab.text()
+        tab.then_load("document.querySelector('form[action$=\"/test\"] button').click()")
+        assert tab.text().count(": 250") == 3
+        tab.shoot("test")
+        # Schedule: tomorrow 09:00 UTC (the newsletter has no weekly slot: its zone is UTC)
+        tab.open(f"{base}/desk/editions/{KEY}/send")
+        assert "9 readers: 4 be, 3 ru, 2 en," in tab.text()
+        tab.shoot("send")
+        day = (rt.clock.now() + timedelta(days=1)).date().isoformat()
+        tab.js("document.getElementById('when-later').checked = true")
+        tab.js(f"document.getElementById('date').value = '{day}'")
+        tab.js("document.getElementById('time').value = '09:00'")
+        tab.then_load("document.querySelector('input[name=step][value=review]').form.submit()")
+        sentence = tab.js("document.getElementById('plan').textContent")
+        assert sentence.startswith("9 readers: 4 be, 3 ru, 2 en, ") and "09:00 UTC" in sentence
+        tab.shoot("send-confirm")
+        tab.then_load("document.querySelector('input[name=step][value=confirm]').form.submit()")
+        assert tab.js("location.pathname").startswith("/desk/sends/")
+        assert "scheduled" in tab.text()
+        tab.shoot("progress-scheduled")
+
+        # When the time comes, the scheduler starts it and the workers send it
+        with rt.session() as session:
+            [send] = session.scalars(select(Send)).all()
+            assert send.scheduled_for == datetime.fromisoformat(f"{day}T09:00:00+00:00")
+            session.execute(
+                update(Send).values(scheduled_for=rt.clock.now() - timedelta(seconds=1))
+            )
+        actors.start_scheduled(rt)
+        stub_worker.join()
+        with rt.session() as session:
+            assert session.get(Send, send.id).status == SendStatus.FINISHED  # type: ignore[union-attr]
+        tab.open(f"{base}/desk/sends/{send.id}")
+        assert "finished" in tab.text() and "9 of 9 done" in tab.text()
+        tab.shoot("progress")
+        tab.open(f"{base}/desk/sends")
+        tab.shoot("sends")
+
+    # Then the outbox holds the three proofs, then exactly one copy per confirmed reader, each
+    # in the reader's language; the pending and the unsubscribed reader got nothing
+    got = copies(smtp)
+    assert got[:3] == [(EDITOR, "en"), (EDITOR, "be"), (EDITOR, "ru")]
+    readers = sorted(got[3:])
+    wanted = sorted((a, lang) for lang, addresses in READERS.items() for a in addresses)
+    assert readers == wanted
