@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from tests.desk_kit import add_user, csrf_of, login
 from tests.sendkit import seed
+from tests.stub_worker import StubWorker
 from worker.desk import drafts
 from worker.devtools.outbox import OutboxServer
 from worker.models import DeskAction, Send
@@ -266,3 +267,30 @@ def test_an_editor_may_not_pause_or_cancel_an_operator_may(rt: Runtime) -> None:
     assert ("olga", "send.cancel", str(send_id)) in actions(rt)
     # cancelled before it started: the edition may be sent (and edited) again
     assert "It cannot be sent again" not in editor.get(f"/desk/editions/{KEY}/send").text
+
+
+def test_send_now_after_the_confirmation_mails_every_confirmed_reader_once(
+    rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker
+) -> None:
+    seed(rt, ["a@example.org", "b@example.org"], language="ru")
+    seed(rt, ["c@example.org"], language="de")  # no German: gets the default, English
+    client = desk(rt)
+    token = csrf_of(client.get(f"/desk/editions/{KEY}/send").text)
+    review = client.post(
+        f"/desk/editions/{KEY}/send", data={"csrf": token, "step": "review", "when": "now"}
+    )
+    assert "3 readers: 2 ru, 1 en," in review.text and "Send it now" in review.text
+    done = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "confirm", "when": "now"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    stub_worker.join()
+    got = sorted(
+        (r.recipients[0], message_from_bytes(r.data, policy=policy.default)["Content-Language"])
+        for r in smtp.handler.received
+    )
+    assert got == [("a@example.org", "ru"), ("b@example.org", "ru"), ("c@example.org", "en")]
+    assert "finished" in client.get(done.headers["location"]).text
+    assert ("ales", "send.start", KEY) in actions(rt)
