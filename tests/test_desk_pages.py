@@ -4,6 +4,7 @@ refusals (problems, a second send, an editor's operator action, a missing CSRF t
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
@@ -12,10 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.desk_kit import add_user, csrf_of, login
+from tests.samples import SAMPLE_EDITION
 from tests.sendkit import seed
 from tests.stub_worker import StubWorker
 from worker.desk import drafts
 from worker.devtools.outbox import OutboxServer
+from worker.editions.files import EditionSource, read_edition
+from worker.editions.store import save_edition
 from worker.models import DeskAction, Send
 from worker.runtime import Runtime
 from worker.states import SendStatus
@@ -294,3 +298,26 @@ def test_send_now_after_the_confirmation_mails_every_confirmed_reader_once(
     assert got == [("a@example.org", "ru"), ("b@example.org", "ru"), ("c@example.org", "en")]
     assert "finished" in client.get(done.headers["location"]).text
     assert ("ales", "send.start", KEY) in actions(rt)
+
+
+def test_an_edition_stored_unchecked_shows_its_problems_and_is_not_sent(rt: Runtime) -> None:
+    # Given an edition stored as a start does it, without the folder's checks: empty in Russian
+    seed(rt, ["a@example.org"])
+    source = read_edition(SAMPLE_EDITION)
+    empty_ru = dataclasses.replace(source.contents["ru"], subject="", items=())
+    contents = {**source.contents, "ru": empty_ru}
+    with rt.session() as session:
+        save_edition(session, EditionSource(source.newsletter, contents), rt.clock.now())
+    client = desk(rt)
+    # Then the desk finds its problems although none were stored, and refuses to send it
+    page = client.get(f"/desk/editions/{KEY}")
+    assert "expected a non-empty list of items" in page.text
+    send_page = client.get(f"/desk/editions/{KEY}/send")
+    assert "It cannot be sent: the edition has" in send_page.text
+    reply = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": csrf_of(send_page.text), "step": "confirm", "when": "now"},
+    )
+    assert reply.status_code == 400 and "the edition has problems" in reply.text
+    with rt.session() as session:
+        assert session.scalars(select(Send)).all() == []

@@ -276,6 +276,41 @@ def _unique(problems: Iterable[FieldProblem]) -> list[FieldProblem]:
     return list(seen)
 
 
+def checked_draft(
+    session: Session,
+    key: str,
+    public_url: str,
+    *,
+    image_files: Collection[str] = (),
+    own_hosts: Iterable[str] = (),
+) -> Draft:
+    """The stored edition ``key`` as a draft, with its problems: those stored with it, else
+    those the checks of ``newsletter edition check`` find now (an edition stored by another
+    way than a checked folder or a desk save, e.g. started empty, has not been checked), and
+    the warnings. Reads only. Raises :class:`NoEdition`."""
+    draft = load_draft(session, key)
+    if draft.problems:
+        return draft
+    edition = find_edition(session, key)
+    assert edition is not None
+    newsletter = session.get(Newsletter, edition.newsletter_id)
+    assert newsletter is not None
+    checked = check_draft(
+        draft, profile_of(newsletter), public_url, image_files=image_files, own_hosts=own_hosts
+    )
+    return Draft(
+        key=draft.key,
+        languages=draft.languages,
+        default_language=draft.default_language,
+        period_start=draft.period_start,
+        period_end=draft.period_end,
+        texts=draft.texts,
+        problems=checked.problems,
+        warnings=checked.warnings,
+        locked=draft.locked,
+    )
+
+
 # --- the form ----------------------------------------------------------------------------------
 
 _ITEM_NAME = re.compile(r"^([A-Za-z0-9_-]{1,16})\.items\[(\d{1,4})\]\.([a-z.]{1,20})$")

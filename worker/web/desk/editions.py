@@ -18,6 +18,7 @@ Every change and every mail is recorded in the action log (``worker.desk.audit``
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC
 from typing import Annotated, Any
 
@@ -96,6 +97,21 @@ def router(runtime: Runtime) -> APIRouter:
     """The edition pages on ``runtime``."""
     router = APIRouter()
 
+    def _checked(key: str) -> drafts.Draft:
+        """The edition with its problems, stored or found now (``drafts.checked_draft``)."""
+        with runtime.session() as session:
+            try:
+                stored = drafts.load_draft(session, key)
+                return drafts.checked_draft(
+                    session,
+                    key,
+                    runtime.settings.public_url,
+                    image_files=_image_files(runtime, key, stored),
+                    own_hosts=_own_hosts(runtime),
+                )
+            except drafts.NoEdition:
+                raise DeskRefusal(404, f"There is no edition {key}.") from None
+
     # --- edit ---------------------------------------------------------------------------------
 
     @router.get("/editions/{key}")
@@ -103,11 +119,7 @@ def router(runtime: Runtime) -> APIRouter:
         request: Request, key: str, user: Annotated[DeskUser, Depends(editor)]
     ) -> Response:
         """The edition side by side, with the problems stored at its last save."""
-        with runtime.session() as session:
-            try:
-                draft = drafts.load_draft(session, key[:_MAX_KEY])
-            except drafts.NoEdition:
-                raise DeskRefusal(404, f"There is no edition {key[:_MAX_KEY]}.") from None
+        draft = _checked(key[:_MAX_KEY])
         return page(request, user, "edition.html.j2", draft=draft, saved=False, drafts=drafts)
 
     @router.post("/editions/{key}", dependencies=[Depends(csrf)])
@@ -336,6 +348,8 @@ def router(runtime: Runtime) -> APIRouter:
                         error = f"{describe(at, zone_name)} is in the past"
                         at, confirm = None, False
             plan = plans.plan(session, edition, at=at, zone_name=zone_name)
+        # problems stored with the edition, or found now (an edition started empty)
+        plan = replace(plan, problems=len(_checked(edition.key).problems))
         lang = language(request)
         return page(
             request,
@@ -354,6 +368,11 @@ def router(runtime: Runtime) -> APIRouter:
 
     def _start(request: Request, key: str, user: DeskUser, at_text: str) -> Response:
         now = runtime.clock.now()
+        found = _checked(key[:_MAX_KEY]).problems
+        if found:
+            return _send_page(
+                request, key, user, "", False, f"the edition has problems: {found[0].reason}"
+            )
         with runtime.session() as session:
             edition, newsletter = _edition(session, key)
             zone_name = plans.newsletter_zone(session, newsletter.id)
