@@ -321,3 +321,19 @@ def test_an_edition_stored_unchecked_shows_its_problems_and_is_not_sent(rt: Runt
     assert reply.status_code == 400 and "the edition has problems" in reply.text
     with rt.session() as session:
         assert session.scalars(select(Send)).all() == []
+
+
+def test_a_date_typed_with_now_chosen_is_asked_about_not_guessed(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    token = csrf_of(client.get(f"/desk/editions/{KEY}/send").text)
+    for when, date, says in (
+        ("now", "2099-07-13", "you typed a date (2099-07-13) but chose Now"),
+        ("later", "", "choose the date and time of the send"),
+    ):
+        reply = client.post(
+            f"/desk/editions/{KEY}/send",
+            data={"csrf": token, "step": "review", "when": when, "date": date, "time": "09:00"},
+        )
+        assert reply.status_code == 400 and says in reply.text
+        assert 'name="step" value="confirm"' not in reply.text

@@ -328,7 +328,17 @@ def router(runtime: Runtime) -> APIRouter:
             )
         if step == "confirm":
             return await run_in_threadpool(_start, request, key, user, at_text.strip())
-        return await run_in_threadpool(_send_page, request, key, user, at_text.strip(), True, "")
+        typed = date_text.strip() if isinstance(date_text, str) else ""
+        if when == "later" and not typed:
+            error = "choose the date and time of the send"
+        elif when != "later" and typed:
+            # a date typed with "Now" still chosen: ask, rather than guess either way
+            error = f"you typed a date ({typed[:10]}) but chose Now: choose one"
+        else:
+            error = ""
+        return await run_in_threadpool(
+            _send_page, request, key, user, at_text.strip(), not error, error
+        )
 
     def _send_page(
         request: Request, key: str, user: DeskUser, at_text: str, confirm: bool, error: str
