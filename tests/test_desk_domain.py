@@ -384,3 +384,19 @@ def test_a_proof_is_the_stored_rendition_to_the_editor(rt: Runtime, smtp: Outbox
     parsed = message_from_bytes(received.data, policy=policy.default)
     assert parsed["Subject"] == shown["be"].subject and parsed["Content-Language"] == "be"
     assert "X-Newsletter-Delivery" not in parsed  # a proof is nobody's delivery
+
+
+def test_a_long_edition_is_flagged_against_gmails_clipping(rt: Runtime) -> None:
+    seed(rt, [])
+    with rt.session() as session:
+        form = _form(drafts.load_draft(session, KEY))
+    form["en.items[0].body"] = "A sentence of the analysis, long enough. " * 2600  # ~104 KB
+    saved = _save(rt, form)
+    assert saved.sendable  # clipping is a warning, as in `edition check`, not a problem
+    assert any("Gmail clips" in warning for warning in saved.warnings["en"])
+    with rt.session() as session:
+        edition = find_edition(session, KEY)
+        assert edition is not None
+        shown = previews.previews(session, edition, rt.settings.public_url)
+    assert shown["en"].near_clipping and shown["en"].clipped
+    assert not shown["be"].near_clipping
