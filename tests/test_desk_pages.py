@@ -109,6 +109,7 @@ def test_a_missing_item_is_shown_missing(rt: Runtime) -> None:
     assert added.status_code == 200
     assert added.text.count("— missing") == 3  # the new row, in every language
     assert "row 2 is empty in every language" in added.text
+    assert 'href="#item-1"' in added.text and 'id="item-1"' in added.text  # the list links there
     removed = client.post(f"/desk/editions/{KEY}", data=form_of(added.text) | {"remove": "1"})
     assert "— missing" not in removed.text and "Saved. No problems" in removed.text
 
