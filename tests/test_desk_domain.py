@@ -6,6 +6,7 @@ Each runs on SQLite and PostgreSQL (the ``rt`` fixture) with the sample edition 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -22,8 +23,15 @@ from worker.desk.drafts import MISSING, FieldProblem
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
 from worker.editions.rendering import RenderedMessage
-from worker.editions.store import EditionLocked, edition_contents, find_edition, stored_problems
-from worker.models import EditionContentRow, Send
+from worker.editions.store import (
+    EditionLocked,
+    edition_contents,
+    find_edition,
+    profile_of,
+    save_newsletter,
+    stored_problems,
+)
+from worker.models import EditionContentRow, Newsletter, Send
 from worker.runtime import Runtime
 from worker.sending.proofs import ProofSetup, proof_message, send_proof
 from worker.sending.schedule import WeeklyTime
@@ -97,15 +105,32 @@ def test_a_stored_edition_reads_as_rows_of_three_languages(rt: Runtime) -> None:
     assert draft.period_start == "2024-07-08" and draft.sendable and not draft.locked
 
 
+def _with_feeds_and_zone(rt: Runtime) -> None:
+    """Give the stored newsletter feeds and a time zone (newsletter.yaml ``feeds:``,
+    ``timezone:``)."""
+    with rt.session() as session:
+        newsletter = session.scalars(select(Newsletter)).one()
+        profile = dataclasses.replace(
+            profile_of(newsletter),
+            feeds={"en": "https://example.org/en/feed.xml", "be": "https://example.org/be/feed"},
+            timezone="Europe/Minsk",
+        )
+        save_newsletter(session, profile, rt.clock.now())
+
+
 def test_saving_an_unchanged_form_stores_exactly_what_edition_load_stored(rt: Runtime) -> None:
     seed(rt, [])
+    _with_feeds_and_zone(rt)
     with rt.session() as session:
         before = {r.language: r.data for r in session.scalars(select(EditionContentRow))}
+        profile = session.scalars(select(Newsletter)).one().profile
         form = _form(drafts.load_draft(session, KEY))
     saved = _save(rt, form)
     assert saved.problems == ()
     with rt.session() as session:
         after = {r.language: r.data for r in session.scalars(select(EditionContentRow))}
+        # the newsletter's profile (feeds and time zone too) is written back unchanged
+        assert session.scalars(select(Newsletter)).one().profile == profile
     assert after == before
 
 
@@ -278,11 +303,14 @@ def test_the_plan_says_a_second_send_is_refused_as_the_cli_does(rt: Runtime) -> 
             create_send(session, edition, NOW)
 
 
-def test_the_newsletter_zone_is_the_weekly_slots(rt: Runtime) -> None:
+def test_the_newsletter_zone_is_its_own_else_the_weekly_slots(rt: Runtime) -> None:
     newsletter_id = seed(rt, [])
     with rt.session() as session:
         assert plans.newsletter_zone(session, newsletter_id) == "UTC"
-        set_slot(session, newsletter_id, WeeklyTime.parse("monday 09:00"), "Europe/Minsk", NOW)
+        set_slot(session, newsletter_id, WeeklyTime.parse("monday 09:00"), "Europe/Vilnius", NOW)
+        assert plans.newsletter_zone(session, newsletter_id) == "Europe/Vilnius"
+    _with_feeds_and_zone(rt)
+    with rt.session() as session:
         assert plans.newsletter_zone(session, newsletter_id) == "Europe/Minsk"
 
 

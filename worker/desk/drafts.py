@@ -397,6 +397,10 @@ def _profile_yaml(profile: NewsletterProfile) -> dict[str, Any]:
         data["reply_to"] = profile.reply_to
     if profile.publisher:
         data["publisher"] = profile.publisher
+    if profile.feeds:
+        data["feeds"] = dict(profile.feeds)
+    if profile.timezone != "UTC":
+        data["timezone"] = profile.timezone
     return data
 
 

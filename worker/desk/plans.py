@@ -24,7 +24,7 @@ from babel.dates import format_datetime, get_timezone_location
 from sqlalchemy.orm import Session
 
 from worker.editions.localisation import format_number, translations
-from worker.editions.store import edition_contents, stored_problems
+from worker.editions.store import edition_contents, profile_of, stored_problems
 from worker.models import Edition, Newsletter
 from worker.sending.planning import readers_by_language
 from worker.sending.schedule import zone
@@ -62,7 +62,11 @@ class Plan:
 
 
 def newsletter_zone(session: Session, newsletter_id: int) -> str:
-    """The time zone the desk shows times in: the weekly slot's, else UTC."""
+    """The time zone the desk shows and takes times in: the newsletter's (``timezone:`` in
+    newsletter.yaml), else the weekly slot's, else UTC."""
+    newsletter = session.get(Newsletter, newsletter_id)
+    if newsletter is not None and profile_of(newsletter).timezone != "UTC":
+        return profile_of(newsletter).timezone
     slot = get_slot(session, newsletter_id)
     return slot.timezone if slot is not None else "UTC"
 
