@@ -5,9 +5,12 @@ refusals (problems, a second send, an editor's operator action, a missing CSRF t
 from __future__ import annotations
 
 import dataclasses
+import io
+import zipfile
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -338,3 +341,17 @@ def test_a_date_typed_with_now_chosen_is_asked_about_not_guessed(rt: Runtime) ->
         )
         assert reply.status_code == 400 and says in reply.text
         assert 'name="step" value="confirm"' not in reply.text
+
+
+def test_the_edition_downloads_as_the_zip_edition_load_reads(rt: Runtime, tmp_path: Path) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    reply = client.get(f"/desk/editions/{KEY}/export")
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/zip"
+    assert reply.headers["content-disposition"] == f'attachment; filename="{KEY}.zip"'
+    with zipfile.ZipFile(io.BytesIO(reply.content)) as bundle:
+        bundle.extractall(tmp_path)
+    [folder] = [p.parent for p in tmp_path.rglob("newsletter.yaml")]
+    assert read_edition(folder).contents == read_edition(SAMPLE_EDITION).contents
+    assert ("ales", "edition.export", KEY) in actions(rt)
+    assert client.get("/desk/editions/nope/export").status_code == 404

@@ -9,6 +9,7 @@
   with its own policy: no script, sandboxed, only framed by the desk itself.
 - ``GET/POST /desk/editions/{key}/test``: proof copies to the logged-in user's own address, one
   language or all (``worker.sending.proofs``, the relay of the readers' copies).
+- ``GET /desk/editions/{key}/export``: the edition as a zip of its folder (``edition export``).
 - ``GET/POST /desk/editions/{key}/send``: what the send will do (``worker.desk.plans``), now or at
   a local time; one more click to confirm. Refused, with the reason, while the edition has
   problems or after it was sent.
@@ -27,6 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from worker.desk import audit, drafts, plans, previews
+from worker.editions.bundles import BundleProblem, export_bundle
 from worker.editions.images import stored_image
 from worker.editions.rendering import RenderedMessage
 from worker.editions.store import EditionLocked, find_edition, profile_of
@@ -163,6 +165,29 @@ def router(runtime: Runtime) -> APIRouter:
                 at=now,
             )
         return page(request, user, "edition.html.j2", draft=saved, saved=True, drafts=drafts)
+
+    # --- export -------------------------------------------------------------------------------
+
+    @router.get("/editions/{key}/export")
+    def export(key: str, user: Annotated[DeskUser, Depends(editor)]) -> Response:
+        """The stored edition as a zip of its folder (what ``newsletter edition export``
+        writes; ``edition load`` reads it back to the same edition)."""
+        now = runtime.clock.now()
+        with runtime.session() as session:
+            edition, _ = _edition(session, key)
+            try:
+                data = export_bundle(session, edition.key, runtime.settings.images_dir)
+            except BundleProblem as error:
+                raise DeskRefusal(409, f"The edition cannot be exported: {error}") from None
+            audit.record(session, user.name, "edition.export", edition.key, at=now)
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={
+                "Content-Disposition": f'attachment; filename="{edition.key}.zip"',
+                "Cache-Control": "no-store",
+            },
+        )
 
     # --- preview ------------------------------------------------------------------------------
 
