@@ -1,11 +1,9 @@
 """The desk's done-when, driven in headless Chromium (the project's DevTools driver) against the
-app served by uvicorn on PostgreSQL: an editor logs in, opens the week's edition, fixes the error
-the desk reports, previews, sends a test to their own address, schedules the send and confirms;
-the scheduler then starts it and the workers send it. The outbox holds exactly one copy per
-confirmed reader, in the reader's language, and the three proofs.
-
-The edition is loaded with the store (``save_edition``), as ``newsletter edition load`` does:
-starting one from the website's feeds is the desk-feeds page, not on main when this was written.
+app served by uvicorn on PostgreSQL: an editor logs in, starts the week's edition from the
+website's feeds (three languages, served by a local HTTP server), fixes the errors the desk
+reports, previews, sends a test to their own address, schedules the send and confirms; the
+scheduler then starts it and the workers send it. The outbox holds exactly one copy per confirmed
+reader, in the reader's language, and the three proofs.
 
 Every screen is photographed at desktop (1280 px) and phone (375 px) width into
 ``docs/images/desk-*.png`` when ``DESK_SCREENSHOTS`` names a folder (``docs/images`` to refresh
@@ -23,9 +21,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import uvicorn
@@ -33,20 +33,21 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from tests.desk_kit import add_user
+from tests.feed_server import feed_server
 from tests.samples import SAMPLE_EDITION
 from tests.sendkit import seed
 from tests.stub_worker import StubWorker
 from worker import actors
-from worker.desk import drafts
 from worker.devtools.chromium import BrowserError, HeadlessChromium, find_chromium
 from worker.devtools.outbox import OutboxServer, free_port
-from worker.editions.files import read_edition
+from worker.editions.files import read_newsletter_profile
+from worker.editions.store import save_newsletter
 from worker.models import Send
 from worker.runtime import Runtime
 from worker.states import SendStatus
 from worker.web.app import create_app
 
-KEY = "2024-W28"
+KEY = "2026-W49"
 PASSWORD = "correct horse battery"
 EDITOR = "ales@example.org"
 READERS = {
@@ -159,62 +160,66 @@ def copies(smtp: OutboxServer) -> list[tuple[str, str]]:
     return out
 
 
-def test_an_editor_fixes_previews_tests_and_schedules_and_every_reader_gets_one_copy(
+def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_goes_out_once(
     rt: Runtime, smtp: OutboxServer, stub_worker: StubWorker, base: str
 ) -> None:
-    # Given the week's edition loaded with one error in Russian (a title left empty), readers
-    # in three languages (and some who must get nothing), and an editor with their own address
+    # Given readers in three languages (and some who must get nothing), the website's feeds in
+    # three languages on a local HTTP server named in newsletter.yaml (Minsk time), and an
+    # editor with their own address
     for language, addresses in READERS.items():
         seed(rt, addresses, language=language)
     seed(rt, ["pending@example.org"], language="be", status="pending")
     seed(rt, ["gone@example.org"], language="ru", status="unsubscribed")
-    with rt.session() as session:
-        draft = drafts.load_draft(session, KEY)
-        ru = draft.texts["ru"]
-        cell = ru.cells[0]
-        assert cell is not None
-        broken = drafts.ItemCell({**cell.values, "title": ""})
-        texts = {
-            **draft.texts,
-            "ru": drafts.LanguageDraft("ru", ru.subject, ru.preheader, (broken,)),
-        }
-        drafts.save_draft(
-            session,
-            drafts.Draft(draft.key, draft.languages, draft.default_language,
-                         draft.period_start, draft.period_end, texts),
-            rt.clock.now(),
-            rt.settings.public_url,
-        )  # fmt: skip
     add_user(rt, "ales", PASSWORD, "editor", EDITOR)
     shots_dir = os.environ.get("DESK_SCREENSHOTS")
     shots = Path(shots_dir) if shots_dir else None
     if shots is not None:
         shots.mkdir(parents=True, exist_ok=True)
-    ru_title = read_edition(SAMPLE_EDITION).contents["ru"].items[0].title
 
-    with HeadlessChromium(offline=False) as browser:  # offline would cut 127.0.0.1 too
+    with feed_server() as site, HeadlessChromium(offline=False) as browser:
+        with rt.session() as session:
+            profile = replace(
+                read_newsletter_profile(SAMPLE_EDITION / "newsletter.yaml"),
+                timezone="Europe/Minsk",
+                feeds={"en": f"{site}/feed.json", "be": f"{site}/be/feed/atom/",
+                       "ru": f"{site}/ru/feed/"},
+            )  # fmt: skip
+            save_newsletter(session, profile, rt.clock.now())
         tab = Tab(browser, shots)
         # When the editor logs in with the keyboard
-        tab.open(f"{base}/desk/editions/{KEY}", width=375)
+        tab.open(f"{base}/desk/editions/new", width=375)
         assert "/desk/login" in tab.js("location.href")
         tab.shoot("login")
         tab.js("document.getElementById('name').value = 'ales'")
         tab.js(f"document.getElementById('password').value = {PASSWORD!r}")
         tab.press_enter_in("#password")
-        # Then they land on the edition, which says what is wrong and where
+        # and starts the week's edition from the feeds
+        assert tab.js("location.pathname") == "/desk/editions/new"
+        tab.js(f"document.getElementById('feeds-key').value = '{KEY}'")
+        tab.js("document.getElementById('feeds-start').value = '2026-11-30'")
+        tab.js("document.getElementById('feeds-end').value = '2026-12-06'")
+        tab.press_enter_in("#feeds-key")
+        # Then they land on the edition, which says what is wrong and where: a photo without
+        # its description in Belarusian, and an article the Russian feed alone has
         assert tab.js("location.pathname") == f"/desk/editions/{KEY}"
-        assert "1 problem: the edition is saved but cannot be sent" in tab.text()
-        field = "f-ru-items-0-title"
-        assert tab.js(f"document.getElementById('{field}').getAttribute('aria-invalid')") == "true"
-        assert tab.js(f"document.getElementById('{field}-error-1').textContent") == "is empty"
+        assert "4 problems: the edition is saved but cannot be sent" in tab.text()
+        alt = "f-be-items-1-image-alt"
+        assert tab.js(f"document.getElementById('{alt}').getAttribute('aria-invalid')") == "true"
+        assert tab.js(f"document.getElementById('{alt}-error-1').textContent") == (
+            "image without alt text"
+        )
+        assert tab.js("document.querySelectorAll('.cell.missing').length") == 2  # en, be
         assert tab.js(
             "[...document.querySelectorAll('input:not([type=hidden]),textarea,select')]"
             ".every(e => e.labels.length === 1)"
         )
         tab.shoot("edition-problem")
-        # When they fix it and press Enter in the field (the form's first button is Save)
-        tab.js(f"document.getElementById('{field}').value = {ru_title!r}")
-        tab.press_enter_in(f"#{field}")
+        # When they describe the photo and press Enter in the field (the first button is Save)
+        tab.js(f"document.getElementById('{alt}').value = 'Вайскоўцы на памежным пасту'")
+        tab.press_enter_in(f"#{alt}")
+        assert "3 problems" in tab.text() and "image without alt text" not in tab.text()
+        # and remove the Russian-only article in every language, with the keyboard
+        tab.press_enter_in("button[name=remove][value='2']")
         assert "Saved. No problems: the edition can be sent." in tab.text()
         tab.shoot("edition")
         # The preview: each language in frames at desktop and phone width, size, text part
@@ -232,17 +237,19 @@ def test_an_editor_fixes_previews_tests_and_schedules_and_every_reader_gets_one_
         tab.then_load("document.querySelector('form[action$=\"/test\"] button').click()")
         assert tab.text().count(": 250") == 3
         tab.shoot("test")
-        # Schedule: tomorrow 09:00 UTC (the newsletter has no weekly slot: its zone is UTC)
+        # Schedule: tomorrow 09:00 in Minsk, the newsletter's time zone
         tab.open(f"{base}/desk/editions/{KEY}/send")
         assert "9 readers: 4 be, 3 ru, 2 en," in tab.text()
         tab.shoot("send")
-        day = (rt.clock.now() + timedelta(days=1)).date().isoformat()
+        minsk = ZoneInfo("Europe/Minsk")
+        day = (rt.clock.now().astimezone(minsk) + timedelta(days=1)).date()
         tab.js("document.getElementById('when-later').checked = true")
         tab.js(f"document.getElementById('date').value = '{day}'")
         tab.js("document.getElementById('time').value = '09:00'")
         tab.then_load("document.querySelector('input[name=step][value=review]').form.submit()")
         sentence = tab.js("document.getElementById('plan').textContent")
-        assert sentence.startswith("9 readers: 4 be, 3 ru, 2 en, ") and "09:00 UTC" in sentence
+        weekday = f"{datetime(day.year, day.month, day.day):%A} {day.day} {day:%B}"
+        assert sentence == f"9 readers: 4 be, 3 ru, 2 en, {weekday} 09:00 Minsk time"
         tab.shoot("send-confirm")
         tab.then_load("document.querySelector('input[name=step][value=confirm]').form.submit()")
         assert tab.js("location.pathname").startswith("/desk/sends/")
@@ -252,7 +259,7 @@ def test_an_editor_fixes_previews_tests_and_schedules_and_every_reader_gets_one_
         # When the time comes, the scheduler starts it and the workers send it
         with rt.session() as session:
             [send] = session.scalars(select(Send)).all()
-            assert send.scheduled_for == datetime.fromisoformat(f"{day}T09:00:00+00:00")
+            assert send.scheduled_for == datetime(day.year, day.month, day.day, 9, tzinfo=minsk)
             session.execute(
                 update(Send).values(scheduled_for=rt.clock.now() - timedelta(seconds=1))
             )
