@@ -322,7 +322,7 @@ def test_an_edition_stored_unchecked_shows_its_problems_and_is_not_sent(rt: Runt
         f"/desk/editions/{KEY}/send",
         data={"csrf": csrf_of(send_page.text), "step": "confirm", "when": "now"},
     )
-    assert reply.status_code == 400 and "the edition has problems" in reply.text
+    assert reply.status_code == 400 and "The edition has problems" in reply.text
     with rt.session() as session:
         assert session.scalars(select(Send)).all() == []
 
@@ -332,8 +332,8 @@ def test_a_date_typed_with_now_chosen_is_asked_about_not_guessed(rt: Runtime) ->
     client = desk(rt)
     token = csrf_of(client.get(f"/desk/editions/{KEY}/send").text)
     for when, date, says in (
-        ("now", "2099-07-13", "you typed a date (2099-07-13) but chose Now"),
-        ("later", "", "choose the date and time of the send"),
+        ("now", "2099-07-13", "You typed a date (2099-07-13) but chose Now"),
+        ("later", "", "Choose the date and time of the send."),
     ):
         reply = client.post(
             f"/desk/editions/{KEY}/send",
@@ -355,3 +355,18 @@ def test_the_edition_downloads_as_the_zip_edition_load_reads(rt: Runtime, tmp_pa
     assert read_edition(folder).contents == read_edition(SAMPLE_EDITION).contents
     assert ("ales", "edition.export", KEY) in actions(rt)
     assert client.get("/desk/editions/nope/export").status_code == 404
+
+
+def test_refusals_are_worded_in_the_desk_language(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    token = csrf_of(client.get(f"/desk/editions/{KEY}/send").text)
+    reply = client.post(
+        f"/desk/editions/{KEY}/send?lang=ru",
+        data={"csrf": token, "step": "review", "when": "later", "date": "", "time": "09:00"},
+    )
+    assert "Выберите дату и время рассылки." in reply.text
+    reply = client.post(
+        f"/desk/editions/{KEY}/test?lang=be", data={"csrf": token, "language": "xx"}
+    )
+    assert reply.status_code == 400 and "Выберыце мову выпуску або ўсе мовы." in reply.text

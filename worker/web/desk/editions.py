@@ -245,6 +245,7 @@ def router(runtime: Runtime) -> APIRouter:
             edition_languages=languages,
             sent=[],
             error="",
+            detail="",
         )
 
     @router.post("/editions/{key}/test", dependencies=[Depends(csrf)])
@@ -266,17 +267,17 @@ def router(runtime: Runtime) -> APIRouter:
             profile = profile_of(newsletter)
             shown = previews.previews(session, edition, settings.public_url)
         languages = list(shown) if chosen == "all" else [chosen] if chosen in shown else []
-        error = ""
+        error = detail = ""
         sent: list[tuple[str, str]] = []
         if not languages:
-            error = "Choose a language of the edition, or all."
+            error = "no_language"  # the template words each code in the desk's language
         elif not user.address:
-            error = "Your desk account has no address to send proofs to. Ask an operator."
+            error = "no_address"
         else:
             try:
                 to = parse_address(user.address)
             except AddressError as exc:
-                to, error = None, f"Your address is not usable: {exc.message}"
+                to, error, detail = None, "bad_address", exc.message
             if to is not None:
                 setup = ProofSetup(
                     slug=newsletter.slug,
@@ -325,6 +326,7 @@ def router(runtime: Runtime) -> APIRouter:
             edition_languages=profile.languages,
             sent=sent,
             error=error,
+            detail=detail,
         )
 
     # --- send or schedule -----------------------------------------------------------------------
@@ -334,7 +336,7 @@ def router(runtime: Runtime) -> APIRouter:
         request: Request, key: str, user: Annotated[DeskUser, Depends(editor)]
     ) -> Response:
         """What a send now would do, the choice of now or later, and why it is refused if so."""
-        return _send_page(request, key, user, at_text="", confirm=False, error="")
+        return _send_page(request, key, user, "", False, "")
 
     @router.post("/editions/{key}/send", dependencies=[Depends(csrf)])
     async def send(
@@ -354,20 +356,30 @@ def router(runtime: Runtime) -> APIRouter:
         if step == "confirm":
             return await run_in_threadpool(_start, request, key, user, at_text.strip())
         typed = date_text.strip() if isinstance(date_text, str) else ""
+        detail = typed[:10]
         if when == "later" and not typed:
-            error = "choose the date and time of the send"
+            error = "no_date"
         elif when != "later" and typed:
             # a date typed with "Now" still chosen: ask, rather than guess either way
-            error = f"you typed a date ({typed[:10]}) but chose Now: choose one"
+            error = "date_with_now"
         else:
             error = ""
         return await run_in_threadpool(
-            _send_page, request, key, user, at_text.strip(), not error, error
+            _send_page, request, key, user, at_text.strip(), not error, error, detail
         )
 
     def _send_page(
-        request: Request, key: str, user: DeskUser, at_text: str, confirm: bool, error: str
+        request: Request,
+        key: str,
+        user: DeskUser,
+        at_text: str,
+        confirm: bool,
+        error: str,
+        detail: str = "",
     ) -> Response:
+        """The send page; ``error`` is a code the template words in the desk's language
+        (``no_date``, ``date_with_now``, ``in_past``, ``problems``; ``detail`` completes it) or
+        a reason worded by the domain (a time that does not exist, the duplicate guard)."""
         now = runtime.clock.now()
         with runtime.session() as session:
             edition, newsletter = _edition(session, key)
@@ -380,7 +392,7 @@ def router(runtime: Runtime) -> APIRouter:
                     error, confirm = str(exc), False
                 else:
                     if at <= now:
-                        error = f"{describe(at, zone_name)} is in the past"
+                        error, detail = "in_past", describe(at, zone_name)
                         at, confirm = None, False
             plan = plans.plan(session, edition, at=at, zone_name=zone_name)
         # problems stored with the edition, or found now (an edition started empty)
@@ -398,6 +410,7 @@ def router(runtime: Runtime) -> APIRouter:
             at_text=at_text if at is not None else "",
             confirm=confirm and not plan.refused,
             error=error,
+            detail=detail,
             today=now.astimezone(UTC).date().isoformat(),
         )
 
@@ -405,9 +418,7 @@ def router(runtime: Runtime) -> APIRouter:
         now = runtime.clock.now()
         found = _checked(key[:_MAX_KEY]).problems
         if found:
-            return _send_page(
-                request, key, user, "", False, f"the edition has problems: {found[0].reason}"
-            )
+            return _send_page(request, key, user, "", False, "problems", found[0].reason)
         with runtime.session() as session:
             edition, newsletter = _edition(session, key)
             zone_name = plans.newsletter_zone(session, newsletter.id)
