@@ -105,15 +105,20 @@ class Preview:
         return round(100 * self.encoded_bytes / GMAIL_CLIP_BYTES)
 
 
-def previews(session: Session, edition: Edition, public_url: str) -> dict[str, Preview]:
-    """Every language of the stored ``edition`` rendered as a send would render it, in the
-    newsletter's language order. A language that does not render has ``error`` set."""
+def previews(
+    session: Session, edition: Edition, public_url: str, only: str | None = None
+) -> dict[str, Preview]:
+    """Every language of the stored ``edition`` (or ``only`` that one, when it has it) rendered
+    as a send would render it, in the newsletter's language order. A language that does not
+    render has ``error`` set."""
     newsletter = session.get(Newsletter, edition.newsletter_id)
     assert newsletter is not None
     profile = profile_of(newsletter)
     contents = edition_contents(session, edition)
     order = [language for language in profile.languages if language in contents]
     order += sorted(language for language in contents if language not in order)
+    if only is not None:
+        order = [language for language in order if language == only]
     out: dict[str, Preview] = {}
     for language in order:
         content = contents[language]

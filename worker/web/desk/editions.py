@@ -215,7 +215,9 @@ def router(runtime: Runtime) -> APIRouter:
         """One language's HTML as readers get it, for the preview's frames."""
         with runtime.session() as session:
             edition, _ = _edition(session, key)
-            shown = previews.previews(session, edition, runtime.settings.public_url)
+            shown = previews.previews(
+                session, edition, runtime.settings.public_url, only=language[:16]
+            )
         if language not in shown or shown[language].error:
             raise DeskRefusal(404, f"Edition {edition.key} has no {language[:16]} rendition.")
         return HTMLResponse(
