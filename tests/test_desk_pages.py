@@ -370,3 +370,14 @@ def test_refusals_are_worded_in_the_desk_language(rt: Runtime) -> None:
         f"/desk/editions/{KEY}/test?lang=be", data={"csrf": token, "language": "xx"}
     )
     assert reply.status_code == 400 and "Выберыце мову выпуску або ўсе мовы." in reply.text
+
+
+def test_odd_characters_in_a_field_are_a_problem_at_the_field_never_a_500(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    form = form_of(client.get(f"/desk/editions/{KEY}").text)
+    for odd in ("a\x00b", "line\x1bescape", "tab\there", "x" * 20_000):
+        reply = client.post(f"/desk/editions/{KEY}", data=form | {"en.subject": odd})
+        assert reply.status_code == 200, (odd[:10], reply.text[:300])
+    reply = client.post(f"/desk/editions/{KEY}", data=form | {"en.subject": "a\x00b"})
+    assert "Saved. No problems" not in reply.text
