@@ -236,6 +236,45 @@ def test_a_second_send_of_an_edition_is_refused_unless_only_new_or_again(
     ]
 
 
+def test_only_new_with_nobody_new_is_refused_and_creates_no_send(
+    rt: Runtime, smtp: OutboxServer, stub_worker: Any
+) -> None:
+    from tests.sendkit import seed
+
+    # Given two confirmed readers who both had 2024-W28
+    seed(rt, ["anna@example.org", "boris@example.org"])
+    assert newsletter_cli(rt, "send", "start", "2024-W28").exit_code == 0
+    stub_worker.join()
+    assert len(smtp.handler.received) == 2
+
+    # When the operator sends --only-new now, or schedules it for later, with nobody new
+    now = newsletter_cli(rt, "send", "start", "2024-W28", "--only-new")
+    later = newsletter_cli(
+        rt, "send", "start", "2024-W28", "--only-new", "--at", "2099-01-05 09:00"
+    )
+
+    # Then both are refused (exit code 1: no send exists to watch), saying why, and no send
+    # row is created, so nothing is planned or mailed
+    expected = (
+        "nobody new to send to: every confirmed reader already has a delivery of 2024-W28"
+    )
+    for result in (now, later):
+        assert result.exit_code == 1, result.output
+        assert expected in result.output
+    stub_worker.join()
+    assert len(smtp.handler.received) == 2
+    with rt.session() as session:
+        assert session.scalar(select(func.count()).select_from(Send)) == 1
+    assert "no scheduled sends" in newsletter_cli(rt, "send", "schedule").output
+
+    # And once a reader confirms, --only-new goes ahead for that reader alone
+    seed_more(rt, "carla@example.org")
+    third = newsletter_cli(rt, "send", "start", "2024-W28", "--only-new")
+    assert third.exit_code == 0, third.output
+    stub_worker.join()
+    assert [r.recipients[0] for r in smtp.handler.received[2:]] == ["carla@example.org"]
+
+
 def test_a_cancelled_send_that_never_started_does_not_block_the_edition(
     rt: Runtime, smtp: OutboxServer, stub_worker: Any
 ) -> None:

@@ -71,14 +71,22 @@ def send_start(
 ) -> None:
     """Send the loaded edition EDITION_KEY (e.g. 2024-W28) now, or --at a later time.
 
-    A second send of an edition is refused unless --only-new or --again is given.
+    A second send of an edition is refused unless --only-new or --again is given; --only-new
+    with nobody new to send to is refused too (exit code 1, no send created).
     """
     from worker.actors import plan_send
     from worker.broker import current
     from worker.editions.store import find_edition
     from worker.runtime import runtime
     from worker.sending.schedule import ScheduleError, describe, local_instant
-    from worker.sending.sends import DuplicateSend, EditionHasProblems, Repeat, When, create_send
+    from worker.sending.sends import (
+        DuplicateSend,
+        EditionHasProblems,
+        NobodyNew,
+        Repeat,
+        When,
+        create_send,
+    )
 
     if only_new and again:
         raise click.UsageError("--only-new and --again exclude each other")
@@ -108,7 +116,9 @@ def send_start(
                 repeat=repeat,
                 when=when,
             )
-        except (DuplicateSend, EditionHasProblems) as exc:
+        except (DuplicateSend, EditionHasProblems, NobodyNew) as exc:
+            # Each exits 1: no send was created, so a script that goes on to watch or schedule
+            # around "the new send" must stop here rather than read an empty success.
             raise click.ClickException(str(exc)) from None
         send_id = new.id
     if when is not None:

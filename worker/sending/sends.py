@@ -83,6 +83,16 @@ class EditionHasProblems(ValueError):
         )
 
 
+class NobodyNew(ValueError):
+    """``--only-new`` with no reader left to plan: every confirmed reader already has a
+    delivery of the edition, so the send would be empty."""
+
+    def __init__(self, edition_key: str) -> None:
+        super().__init__(
+            f"nobody new to send to: every confirmed reader already has a delivery of {edition_key}"
+        )
+
+
 def earlier_sends(session: Session, edition_id: int) -> list[Send]:
     """The sends of ``edition_id`` that count as sent: every send not cancelled, and cancelled
     ones that had started (they may have mailed readers). Oldest first."""
@@ -120,8 +130,9 @@ def create_send(
     Without ``when`` the caller plans it at once (``actors.plan_send``); with it the scheduler
     starts it at ``when.at`` (``start_due_sends``). Raises ``DuplicateSend`` naming the earlier
     send when the edition was sent before and ``repeat`` is ``REFUSE``; ``EditionHasProblems``
-    when the desk stored it with problems; ``ValueError`` for a ``batch_size`` below 1 or a
-    ``when`` in the past.
+    when the desk stored it with problems; ``NobodyNew`` when ``repeat`` is ``ONLY_NEW`` and no
+    confirmed reader is without a delivery of the edition now (scheduled or not: an empty send
+    is never created); ``ValueError`` for a ``batch_size`` below 1 or a ``when`` in the past.
     """
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size}: at least 1")
@@ -133,6 +144,10 @@ def create_send(
     earlier = earlier_sends(session, edition.id)
     if earlier and repeat is Repeat.REFUSE:
         raise DuplicateSend(edition.key, earlier[-1])
+    if repeat is Repeat.ONLY_NEW and not any(
+        readers_by_language(session, edition.newsletter_id, edition.id, only_new=True).values()
+    ):
+        raise NobodyNew(edition.key)
     send = Send(
         edition_id=edition.id,
         status=SendStatus.SCHEDULED,
