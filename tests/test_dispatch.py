@@ -307,6 +307,39 @@ def test_reconcile_enqueues_only_due_and_stalled_batches(srt: Runtime) -> None:
     current().flush_all()
 
 
+def test_status_view_fits_80_columns_and_never_splits_a_figure() -> None:
+    from rich.console import Console
+
+    from worker.cli.core import status_view
+
+    # Given a large send's figures (30 hours left): left to rich, this wrapped between
+    # "unknown" and its count
+    states = ("sent", "deferred", "failed", "unknown", "queued", "sending", "expired", "skipped")
+    snap = {
+        "status": "sending",
+        "planned": 98_765_432,
+        "done": 1_000_005,
+        "counts": dict.fromkeys(states, 1_234_567),
+        "rate": 1234.5,
+        "eta": 30 * 3600.0,
+    }
+
+    # When it is printed on an 80-column console
+    console = Console(width=80, force_terminal=False, record=True)
+    console.print(status_view(7, snap, console.width))
+    lines = console.export_text().splitlines()
+
+    # Then no line is longer than 80, every figure keeps its name and count on one line, and the
+    # ETA counts the day
+    assert max(len(line) for line in lines) <= 80
+    assert lines[2:] == [
+        "planned 98765432  sent 1234567  deferred 1234567  failed 1234567",
+        "unknown 1234567  queued 1234567  sending 1234567  expired 1234567",
+        "skipped 1234567",
+        "rate 1234.5/s  ETA 1d 06:00:00",
+    ]
+
+
 def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
     srt: Runtime, server: ScriptServer, redis_url: str
 ) -> None:
@@ -328,9 +361,14 @@ def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
                 .values(sent_at=now - timedelta(seconds=age))
             )
         session.commit()
-    env = {"NEWSLETTER_DATABASE_URL": srt.settings.database_url, "NEWSLETTER_REDIS_URL": redis_url}
+    env = {
+        "NEWSLETTER_DATABASE_URL": srt.settings.database_url,
+        "NEWSLETTER_REDIS_URL": redis_url,
+        "COLUMNS": "80",
+    }
     result = CliRunner().invoke(main, ["send", "status", str(send_id), "--once"], env=env)
     assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
     assert f"send {send_id}: sending  2/4 done" in result.output
     assert "planned 4  sent 2  deferred 0  failed 0  unknown 0  queued 2" in result.output
     assert "rate 0.2/s  ETA 00:00:10" in result.output  # 2 left at 0.2/s take 10 s

@@ -265,34 +265,53 @@ def _rate_span(now: Any, first: Any) -> float:
     return max(1.0, min(RATE_WINDOW_SECONDS, float((now - first).total_seconds())))
 
 
-def status_view(send_id: int, snap: dict[str, Any]) -> Any:
-    """The rich renderable of ``status_snapshot``: a progress bar and one line of figures."""
+STATUS_STATES = ("sent", "deferred", "failed", "unknown", "queued", "sending", "expired", "skipped")
+ALWAYS_SHOWN = ("sent", "deferred", "failed", "unknown")
+
+
+def status_view(send_id: int, snap: dict[str, Any], width: int = 80) -> Any:
+    """The rich renderable of ``status_snapshot``: a head line, a progress bar, the figures and
+    the rate, every line at most ``width`` columns (the console's width, at least 40).
+
+    The figures ("planned N", "sent N", …) are packed into as many lines as ``width`` needs,
+    breaking only between two figures: left to rich, a long line wrapped inside a figure and
+    put a state's name and its count on different lines.
+    """
     from rich.console import Group
     from rich.text import Text
 
+    width = max(width, 40)
     counts = snap["counts"]
-    figures = "  ".join(
+    figures = [f"planned {snap['planned']}"] + [
         f"{state} {counts.get(state, 0)}"
-        for state in (
-            "sent",
-            "deferred",
-            "failed",
-            "unknown",
-            "queued",
-            "sending",
-            "expired",
-            "skipped",
-        )
-        if counts.get(state) or state in ("sent", "deferred", "failed", "unknown")
+        for state in STATUS_STATES
+        if counts.get(state) or state in ALWAYS_SHOWN
+    ]
+    lines: list[str] = []
+    for figure in figures:
+        if lines and len(lines[-1]) + 2 + len(figure) <= width:
+            lines[-1] += "  " + figure
+        else:
+            lines.append(figure)
+    head = Text(
+        f"send {send_id}: {snap['status']}  {snap['done']}/{snap['planned']} done", no_wrap=True
     )
-    eta = "—" if snap["eta"] is None else time.strftime("%H:%M:%S", time.gmtime(snap["eta"]))
-    head = Text(f"send {send_id}: {snap['status']}  {snap['done']}/{snap['planned']} done")
-    line = Text(f"planned {snap['planned']}  {figures}")
-    speed = Text(f"rate {snap['rate']:.1f}/s  ETA {eta}")
+    speed = Text(f"rate {snap['rate']:.1f}/s  ETA {_eta(snap['eta'])}", no_wrap=True)
     filled = round(40 * snap["done"] / max(snap["planned"], 1))
     bar = Text("━" * filled, style="green") + Text("━" * (40 - filled), style="grey37")
     bar.append(f" {100 * snap['done'] / max(snap['planned'], 1):.0f} %")
-    return Group(head, bar, line, speed)
+    bar.no_wrap = True
+    return Group(head, bar, *(Text(line, no_wrap=True) for line in lines), speed)
+
+
+def _eta(seconds: float | None) -> str:
+    """``seconds`` left as H:MM:SS, with days in front past 24 hours ("2d 06:00:00"); "—" for
+    None (nothing moves)."""
+    if seconds is None:
+        return "—"
+    days, rest = divmod(int(seconds), 86400)
+    clock = time.strftime("%H:%M:%S", time.gmtime(rest))
+    return f"{days}d {clock}" if days else clock
 
 
 @send.command("status")
@@ -323,13 +342,15 @@ def send_status(send_id: int, watch: bool | None, interval: float) -> None:
 
     snap = snapshot()
     if not watch:
-        console.print(status_view(send_id, snap))
+        console.print(status_view(send_id, snap, console.width))
         return
-    with Live(status_view(send_id, snap), console=console, refresh_per_second=4) as live:
+    with Live(
+        status_view(send_id, snap, console.width), console=console, refresh_per_second=4
+    ) as live:
         while snap["status"] not in ("finished", "cancelled"):
             time.sleep(interval)
             snap = snapshot()
-            live.update(status_view(send_id, snap))
+            live.update(status_view(send_id, snap, console.width))
 
 
 def _change(send_id: int, target: str) -> None:
