@@ -8,6 +8,7 @@ every line they logged is searched for the address, the token and the client's I
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import smtplib
@@ -80,10 +81,18 @@ def _process(argv: list[str], env: dict[str, str], port: int | None) -> Iterator
         lines.extend((out + err).splitlines())  # uvicorn's own config logs access to stdout
 
 
+STARTED = "Uvicorn running on http://127.0.0.1:"  # the server's own address, not a reader's
+
+
 def _leaks(lines: list[str]) -> list[str]:
     needles = [ADDRESS, "anna.reader", TOKEN, CONFIRM_TOKEN, CLIENT_IP, CLIENT_IP6, "127.0.0.1"]
     needles += [TOKEN.rsplit(".", 1)[-1]]  # the signature alone is enough to forge nothing, still
-    return [line for line in lines if any(n.lower() in line.lower() for n in needles)]
+    return [
+        line
+        for line in lines
+        if any(n.lower() in line.lower() for n in needles)
+        and not (STARTED in line and line.count("127.0.0.1") == 1)
+    ]
 
 
 def test_the_inbound_receiver_logs_no_address_token_or_ip(tmp_path: Path) -> None:
@@ -149,6 +158,9 @@ def test_the_web_app_logs_no_address_token_or_ip(argv: list[str], tmp_path: Path
     assert any("203.0.113.0/24" in line for line in access)
     assert any("2001:db8:77::/48" in line for line in access)
     assert any("/confirm/***" in line for line in lines)
+    # And the server's own listening address shows whole, not cut like a client's IP
+    assert any(f"{STARTED}{port} (Press CTRL+C to quit)" in line for line in lines), lines[:10]
+    assert not any("127.0.0.0/24" in line for line in lines)
     assert _leaks(lines) == []
 
 
@@ -167,6 +179,38 @@ def test_the_redactor_cuts_what_it_must_and_keeps_the_rest() -> None:
     once = redactor.clean(f"{ADDRESS} from {CLIENT_IP} via /u/{TOKEN}", 10)
     assert once == "a***@example.org from 203.0.113.0/24 via /u/***"
     assert redactor.clean(once, 10) == once  # cleaning twice (two handlers) changes nothing
+
+
+def test_the_servers_own_listening_address_shows_and_client_ips_stay_cut() -> None:
+    """uvicorn's start line names the address the server binds, not a reader's: it showed as
+    ``http://127.0.0.0/24:8000``, cut like a client IP."""
+    redactor = Redactor([KEY])
+
+    def logged(name: str, msg: str, *args: object) -> str:
+        record = logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
+        assert redactor.filter(record)
+        return record.getMessage()
+
+    # Given uvicorn's start lines (IPv4, IPv6) as uvicorn.config and uvicorn.server log them
+    started = "Uvicorn running on %s://%s:%d (Press CTRL+C to quit)"
+    started6 = "Uvicorn running on %s://[%s]:%d (Press CTRL+C to quit)"
+    # Then the bind address shows whole
+    assert logged("uvicorn.error", started, "http", "127.0.0.1", 8000) == (
+        "Uvicorn running on http://127.0.0.1:8000 (Press CTRL+C to quit)"
+    )
+    assert logged("uvicorn.error", started6, "http", "2001:db8:1:2::7", 8000) == (
+        "Uvicorn running on http://[2001:db8:1:2::7]:8000 (Press CTRL+C to quit)"
+    )
+    # And a client's IP is still cut, in uvicorn's other lines and in a look-alike of ours
+    assert logged("uvicorn.error", "%s - connection closed", "203.0.113.77:5123") == (
+        "203.0.113.0/24:5123 - connection closed"
+    )
+    assert logged("worker.web", started, "http", "203.0.113.77", 80) == (
+        "Uvicorn running on http://203.0.113.0/24:80 (Press CTRL+C to quit)"
+    )
+    assert logged("uvicorn.error", "Uvicorn running on 203.0.113.77 %s", "x") == (
+        "Uvicorn running on 203.0.113.0/24 x"
+    )
 
 
 def test_an_address_that_is_not_valid_is_masked_too() -> None:

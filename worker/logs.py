@@ -6,7 +6,8 @@ each worker thread and asyncio task has its own); ``extra={"delivery_id": …}``
 them to one record. At every level, DEBUG included (readers' safety outweighs debugging comfort):
 addresses are masked (``a***@example.org``), link tokens removed (``/u/***``, ``/confirm/***``
 and any itsdangerous-shaped token), IP addresses cut to their network (``203.0.113.0/24``,
-``2001:db8:1::/48``), and the configured secrets (secret key, operator password, passwords in
+``2001:db8:1::/48``; the one exception is the address our own web server listens on, in
+uvicorn's start line), and the configured secrets (secret key, operator password, passwords in
 the database, Redis and SMTP URLs) replaced by ``***``. Every process installs this
 (``configure_logging``); ``redact_handlers`` adds it to handlers another program set up
 (uvicorn's own log config).
@@ -103,6 +104,17 @@ def log_context(**ids: Any) -> Iterator[None]:
 # uvicorn's AccessFormatter unpacks ``record.args`` (client, method, path, version, status): its
 # records keep their args, each cleaned, instead of being frozen into the message.
 ARGS_KEPT = "uvicorn.access"
+# uvicorn's start line (uvicorn/config.py ``bind_socket``, uvicorn/server.py
+# ``_log_started_message``): its arguments are the scheme, the address our own server binds and
+# the port, never a reader's. Only these exact templates from uvicorn's loggers keep their
+# arguments uncut; every other line, and any other text, has its IPs cut as usual.
+OWN_ADDRESS = "uvicorn"
+OWN_ADDRESS_TEMPLATES = frozenset(
+    {
+        "Uvicorn running on %s://%s:%d (Press CTRL+C to quit)",
+        "Uvicorn running on %s://[%s]:%d (Press CTRL+C to quit)",
+    }
+)
 
 
 class Redactor(logging.Filter):
@@ -130,7 +142,15 @@ class Redactor(logging.Filter):
         for key, value in (_ids.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
-        if record.name.startswith(ARGS_KEPT) and isinstance(record.args, tuple):
+        if (
+            record.name.startswith(OWN_ADDRESS)
+            and isinstance(record.msg, str)
+            and record.msg in OWN_ADDRESS_TEMPLATES
+            and isinstance(record.args, tuple)
+        ):
+            record.msg = record.getMessage()  # the server's own bind address: shown whole
+            record.args = None
+        elif record.name.startswith(ARGS_KEPT) and isinstance(record.args, tuple):
             record.args = tuple(
                 self.clean(a, record.levelno) if isinstance(a, str) else a for a in record.args
             )
