@@ -160,7 +160,7 @@ def test_the_web_app_logs_no_address_token_or_ip(argv: list[str], tmp_path: Path
     assert any("/confirm/***" in line for line in lines)
     # And the server's own listening address shows whole, not cut like a client's IP
     assert any(f"{STARTED}{port} (Press CTRL+C to quit)" in line for line in lines), lines[:10]
-    assert not any("127.0.0.0/24" in line for line in lines)
+    assert not any("Uvicorn running on http://127.0.0.0/24" in line for line in lines)
     assert _leaks(lines) == []
 
 
