@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from tests.operator_scenario import run_send
 from tests.stub_worker import StubWorker
@@ -400,6 +400,53 @@ def test_a_final_send_is_counted_once_and_its_tally_gives_the_same_numbers(
         recounted = report_numbers(overview(session, later + SETTLE + SETTLE))
     assert counted["states"] == {"sent": 4, "failed": 1}
     assert recounted["states"] == {"sent": 4, "skipped": 1}
+
+
+def test_a_reader_erased_during_or_after_a_send_leaves_its_tally_equal_to_the_ledger(
+    operator_rt: Runtime, smtp: OutboxServer
+) -> None:
+    """Erasure rewrote the deliveries' domain (to ``erased.invalid``): a final send's stored
+    tally then counted the erased reader's delivery under the old provider bucket, one delivery
+    more than the ledger held there. Stored domains are provider buckets, which name nobody, so
+    erasure keeps them."""
+    from tests.sendkit import run_batch, seed, start_send
+    from worker.subscriptions.people import erase
+
+    rt = operator_rt
+    # Given three readers (two at gmail.com) and a send; one gmail.com reader is erased during
+    # the send, before their delivery
+    seed(rt, ["anna@gmail.com", "boris@gmail.com", "carla@example.org"])
+    send_id = start_send(rt)
+    with rt.session() as session:
+        erase(session, "anna@gmail.com", hash_key=rt.settings.secret_key, now=rt.clock.now())
+        session.commit()
+    run_batch(rt, send_id)
+
+    # When the final send is viewed (its tally stored), then the other gmail.com reader is
+    # erased and a fresh process shows the send from its tally
+    later = rt.clock.now() + SETTLE + timedelta(seconds=1)
+    with rt.session() as session:
+        counted = report_numbers(overview(session, later))
+        assert session.get(SendTally, send_id) is not None
+    with rt.session() as session:
+        erase(session, "boris@gmail.com", hash_key=rt.settings.secret_key, now=rt.clock.now())
+        session.commit()
+    dashboard._cache.clear()
+    with rt.session() as session:
+        from_tally = report_numbers(overview(session, later))
+
+    # Then the tally, and a count of the ledger itself, give the same numbers as before
+    dashboard._cache.clear()
+    with rt.session() as session:
+        session.execute(delete(SendTally))
+        session.commit()
+        recounted = report_numbers(overview(session, later))
+    domains = {name: (f["planned"], f["sent"], f["skipped"]) for name, f in counted["domains"]}
+    assert domains == {"gmail.com": (2, 1, 1), "other": (1, 1, 0)}
+    assert from_tally == counted
+    assert recounted == counted
+    with rt.session() as session:
+        assert set(session.scalars(select(Delivery.domain))) == {"gmail.com", "other"}
 
 
 def test_readers_card_counts_sources_as_the_roster_does(rt: Runtime) -> None:

@@ -4,7 +4,8 @@ An address is found through its de-duplication key in every newsletter. Erasure 
 personal data (address, consents with IP and user agent, the address in feedback events and in
 refused signup events) and keeps only a keyed hash as a suppression (reason ``erasure``), so a
 re-import or a new signup cannot add the person again. Delivery ledger rows stay for the send
-statistics, attached to an anonymised subscriber row that holds no address.
+statistics (their state, language and provider bucket unchanged, so a send's counts do not
+move), attached to an anonymised subscriber row that holds no address.
 """
 
 from __future__ import annotations
@@ -157,11 +158,10 @@ def erase(session: Session, address: str, *, hash_key: str, now: datetime) -> Er
             .where(FeedbackEvent.subscriber_id == subscriber.id)
             .values(recipient=None, detail=None)
         ).rowcount  # type: ignore[attr-defined]
-        session.execute(  # a personal domain identifies the person too
-            update(Delivery)
-            .where(Delivery.subscriber_id == subscriber.id)
-            .values(domain=ERASED_DOMAIN)
-        )
+        # The deliveries keep their ``domain``: it is a provider bucket ("gmail.com" or "other",
+        # ``addresses.provider_bucket``), which names no one. Rewriting it moved the delivery out
+        # of the bucket a final send's stored tally (``SendTally``) counts it in, leaving that
+        # bucket one delivery higher than the ledger.
         _anonymise(subscriber, email_hash(key, hash_key), now)
     for refusal in refusals:
         session.delete(refusal)
