@@ -4,13 +4,14 @@ send and delivery ids, never a secret, never a full address at INFO level or abo
 ``log_context(send_id=…)`` binds ids for the code that runs inside it (a context variable, so
 each worker thread and asyncio task has its own); ``extra={"delivery_id": …}`` on one call adds
 them to one record. At every level, DEBUG included (readers' safety outweighs debugging comfort):
-addresses are masked (``a***@example.org``), link tokens removed (``/u/***``, ``/confirm/***``
-and any itsdangerous-shaped token), IP addresses cut to their network (``203.0.113.0/24``,
-``2001:db8:1::/48``; the one exception is the address our own web server listens on, in
-uvicorn's start line), and the configured secrets (secret key, operator password, passwords in
-the database, Redis and SMTP URLs) replaced by ``***``. Every process installs this
-(``configure_logging``); ``redact_handlers`` adds it to handlers another program set up
-(uvicorn's own log config).
+addresses are masked (``a***@gmail.com``: the domain only when it is a major provider's, as the
+dashboard's provider buckets keep it, or our own, else ``a***@<other>``), link tokens removed
+(``/u/***``, ``/confirm/***`` and any itsdangerous-shaped token), IP addresses cut to their
+network (``203.0.113.0/24``, ``2001:db8:1::/48``; the one exception is the address our own web
+server listens on, in uvicorn's start line), and the configured secrets (secret key, operator
+password, passwords in the database, Redis and SMTP URLs) replaced by ``***``. Every process
+installs this (``configure_logging``); ``redact_handlers`` adds it to handlers another program
+set up (uvicorn's own log config).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from worker.settings import Settings
+from worker.subscriptions.addresses import PROVIDER_BUCKETS
 
 IDS = ("send_id", "delivery_id", "subscriber_id", "edition", "message_id")
 _ids: ContextVar[dict[str, Any] | None] = ContextVar("newsletter_log_ids", default=None)
 # RFC 5322 addr-spec, loosely: enough to find addresses in free text (also IDN and UTF-8 local
-# parts); the domain is kept (it is what operators group by), the local part is masked.
+# parts); the local part is masked, the domain kept only when it names a major provider
+# (``OTHER_DOMAIN`` otherwise: a reader's own domain can name the reader).
 ADDRESS = re.compile(r"(?<![\w.+-])([^\s@<>()\[\]\",;:]{1,64})@([\w-]+(?:\.[\w-]+)+)", re.UNICODE)
 # What the rule above leaves of an address that is not one (a refused signup's
 # ``anna@@example.org`` or ``anna@``): the run of characters before ``@@`` or before an ``@``
@@ -41,9 +44,15 @@ ADDRESS = re.compile(r"(?<![\w.+-])([^\s@<>()\[\]\",;:]{1,64})@([\w-]+(?:\.[\w-]
 STRAY_LOCAL_PART = re.compile(
     r"(?<![\w.+-])([^\s@<>()\[\]\",;:'*]{1,64})(?=@(?:@|(?!\w)))", re.UNICODE
 )
+# The domain after ``@@`` in what is left of a refused address (``anna@@kowalski.by``).
+STRAY_DOMAIN = re.compile(r"(?<=@@)([\w-]+(?:\.[\w-]+)+)", re.UNICODE)
 # The ``email`` field of an event as logged (a dict's repr or JSON: dramatiq's DEBUG line
 # "Received message handle_signup({...})"): its value, whatever it is, valid or not.
 EMAIL_FIELD = re.compile(r"""(['"]email['"]\s*:\s*)(['"])((?:(?!\2).){1,1000})\2""")
+# The local part of an address masked already (``a***``).
+MASKED_LOCAL_PART = re.compile(r".\*\*\*", re.UNICODE)
+# What a masked address shows instead of a domain that is not a major provider's.
+OTHER_DOMAIN = "<other>"
 URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
 # The web app's token routes: /u/<token>, /confirm/<token>[/resend] (links.py), /p/<token>.
 TOKEN_PATH = re.compile(r"(/(?:u|confirm|p)/)([^/\s?#\"']+)")
@@ -78,16 +87,35 @@ def mask_tokens(text: str) -> str:
     return SEALED.sub("***", SIGNED_TOKEN.sub("***", TOKEN_PATH.sub(r"\1***", text)))
 
 
-def mask_address(text: str) -> str:
-    """``anna.k@example.org`` → ``a***@example.org`` everywhere in ``text``; what only looks
-    like part of an address loses its local part too (``anna@@example.org`` →
-    ``a***@@example.org``, ``anna@`` → ``a***@``), and an event's ``email`` field its whole
-    value (``'email': 'anna at example'`` → ``'email': '***'``)."""
+def mask_address(text: str, own_domains: frozenset[str] = frozenset()) -> str:
+    """``anna.k@gmail.com`` → ``a***@gmail.com``, ``anna.k@kowalski.by`` → ``a***@<other>``
+    everywhere in ``text``.
+
+    The domain is kept when it is one of the major providers' (``PROVIDER_BUCKETS`` of
+    ``worker.subscriptions.addresses``, the rule of the dashboard's stored domains) or one of
+    ``own_domains`` (the newsletter's own: bounce, Message-ID, DKIM; lower-case); any other
+    domain may be the reader's own and becomes ``<other>``. What only looks like part of an
+    address loses its local part too, and its domain by the same rule (``anna@@kowalski.by``
+    → ``a***@@<other>``, ``anna@`` → ``a***@``); an event's ``email`` field loses its whole
+    value (``'email': 'anna at example'`` → ``'email': '***'``). Masking twice changes
+    nothing."""
     text = EMAIL_FIELD.sub(r"\1\2***\2", text)
-    text = ADDRESS.sub(
-        lambda m: m.group(0) if m.group(1).startswith("*") else f"{m.group(1)[0]}***@{m.group(2)}",
-        text,
-    )
+
+    def masked(match: re.Match[str]) -> str:
+        local, domain = match.group(1), match.group(2)
+        if local == "***":
+            return match.group(0)  # a URL's ``user:***@host`` (URL_PASSWORD): the host stays
+        if MASKED_LOCAL_PART.fullmatch(local):
+            return f"{local}@{domain_of(domain)}"  # masked already: the domain by the rule
+        return f"{local[0]}***@{domain_of(domain)}"
+
+    def domain_of(domain: str) -> str:
+        folded = domain.lower()
+        kept = folded in PROVIDER_BUCKETS or folded in own_domains
+        return domain if kept else OTHER_DOMAIN
+
+    text = ADDRESS.sub(masked, text)
+    text = STRAY_DOMAIN.sub(lambda m: domain_of(m.group(1)), text)
     return STRAY_LOCAL_PART.sub(lambda m: f"{m.group(1)[0]}***", text)
 
 
@@ -122,13 +150,20 @@ class Redactor(logging.Filter):
 
     Works on the formatted message (``record.getMessage()``), then freezes it so that handlers
     downstream see the cleaned text. Never drops a record. ``min_level``: the lowest level whose
-    addresses, tokens and IPs are masked (default: every level).
+    addresses, tokens and IPs are masked (default: every level); ``own_domains``: the
+    newsletter's own mail domains, kept in masked addresses (``own_domains_of``).
     """
 
-    def __init__(self, secrets: list[str], min_level: int = logging.NOTSET) -> None:
+    def __init__(
+        self,
+        secrets: list[str],
+        min_level: int = logging.NOTSET,
+        own_domains: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__()
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
         self.min_level = min_level
+        self.own_domains = frozenset(d.lower() for d in own_domains if d)
 
     def clean(self, text: str, level: int) -> str:
         for secret in self.secrets:
@@ -136,7 +171,7 @@ class Redactor(logging.Filter):
         text = URL_PASSWORD.sub(r"\1***\3", text)
         if level < self.min_level:
             return text
-        return mask_ip(mask_address(mask_tokens(text)))
+        return mask_ip(mask_address(mask_tokens(text), self.own_domains))
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_ids.get() or {}).items():
@@ -207,6 +242,13 @@ def secrets_of(settings: Settings) -> list[str]:
     return found
 
 
+def own_domains_of(settings: Settings) -> frozenset[str]:
+    """The newsletter's own mail domains (bounce, Message-ID, DKIM), lower-case: addresses there
+    (``unsubscribe+…@``, ``bounces+…@``) are ours, not a reader's, so masking keeps the domain."""
+    found = (settings.bounce_domain, settings.sending_domain, settings.dkim_domain)
+    return frozenset(d.strip().lower() for d in found if d and d.strip())
+
+
 def configure_logging(
     settings: Settings, stream: IO[str] | None = None, level: int | None = None
 ) -> logging.Handler:
@@ -219,7 +261,7 @@ def configure_logging(
         if not isinstance(level, int):
             raise ValueError(f"NEWSLETTER_LOG_LEVEL: unknown level {settings.log_level!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(Redactor(secrets_of(settings)))
+    handler.addFilter(Redactor(secrets_of(settings), own_domains=own_domains_of(settings)))
     if settings.log_json:
         handler.setFormatter(JsonFormatter())
     else:
@@ -251,7 +293,9 @@ def redact_handlers(settings: Settings, names: tuple[str, ...] | None = None) ->
     for logger in loggers:
         for handler in logger.handlers:
             if not any(isinstance(f, Redactor) for f in handler.filters):
-                handler.addFilter(Redactor(secrets_of(settings)))
+                handler.addFilter(
+                    Redactor(secrets_of(settings), own_domains=own_domains_of(settings))
+                )
 
 
 __all__ = [
@@ -264,6 +308,7 @@ __all__ = [
     "mask_address",
     "mask_ip",
     "mask_tokens",
+    "own_domains_of",
     "redact_handlers",
     "secrets_of",
 ]
