@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 import uvicorn
@@ -441,7 +442,8 @@ def test_a_reader_erased_during_or_after_a_send_leaves_its_tally_equal_to_the_le
         session.execute(delete(SendTally))
         session.commit()
         recounted = report_numbers(overview(session, later))
-    domains = {name: (f["planned"], f["sent"], f["skipped"]) for name, f in counted["domains"]}
+    rows = cast(list[tuple[str, dict[str, int]]], counted["domains"])
+    domains = {name: (f["planned"], f["sent"], f["skipped"]) for name, f in rows}
     assert domains == {"gmail.com": (2, 1, 1), "other": (1, 1, 0)}
     assert from_tally == counted
     assert recounted == counted

@@ -255,9 +255,7 @@ def test_only_new_with_nobody_new_is_refused_and_creates_no_send(
 
     # Then both are refused (exit code 1: no send exists to watch), saying why, and no send
     # row is created, so nothing is planned or mailed
-    expected = (
-        "nobody new to send to: every confirmed reader already has a delivery of 2024-W28"
-    )
+    expected = "nobody new to send to: every confirmed reader already has a delivery of 2024-W28"
     for result in (now, later):
         assert result.exit_code == 1, result.output
         assert expected in result.output
