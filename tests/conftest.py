@@ -131,6 +131,7 @@ def settings(db_url: str, smtp: OutboxServer, redis_url: str) -> Settings:
         bounce_domain="news.example.org",
         newsletter_path=str(SAMPLE_EDITION / "newsletter.yaml"),
         send_batch_size=10,
+        feed_allow_hosts="127.0.0.1",  # tests/feed_server.py serves the feeds on loopback
     )
 
 

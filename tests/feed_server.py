@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from worker.editions.feeds import feed_fetcher
+
 WEEK = ("2026-11-30", "2026-12-06")
+# The server is on loopback, which feed fetching refuses unless the operator allows the host
+# (NEWSLETTER_FEED_ALLOW_HOSTS, worker/safety/outbound.py): the tests allow it that way.
+LOOPBACK = ("127.0.0.1",)
+local_fetch = feed_fetcher(LOOPBACK)
 
 RU_RSS = """<?xml version="1.0" encoding="UTF-8"?>
 <rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/"

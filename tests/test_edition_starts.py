@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.feed_server import feed_server
+from tests.feed_server import feed_server, local_fetch
 from worker.editions.bundles import bundle_of
 from worker.editions.files import NewsletterProfile, read_edition, read_newsletter_profile
 from worker.editions.starts import (
@@ -45,7 +45,9 @@ def messages(raised: pytest.ExceptionInfo[StartRefused]) -> list[tuple[str, str]
 
 def test_from_feeds_stores_every_language(rt: Runtime, site: str) -> None:
     with rt.session() as session:
-        started = start_from_feeds(session, profile(site), "2026-W49", *WEEK, NOW)
+        started = start_from_feeds(
+            session, profile(site), "2026-W49", *WEEK, NOW, fetch=local_fetch
+        )
         session.commit()
     assert started.notes == ["the languages have different numbers of items (2 en, 2 be, 3 ru)"]
     with rt.session() as session:
@@ -60,12 +62,12 @@ def test_from_feeds_stores_every_language(rt: Runtime, site: str) -> None:
 def test_a_failed_feed_refuses_unless_accepted(rt: Runtime, site: str) -> None:
     broken = profile(site, ru="/ru/missing/")
     with rt.session() as session, pytest.raises(StartRefused) as raised:
-        start_from_feeds(session, broken, "2026-W49", *WEEK, NOW)
+        start_from_feeds(session, broken, "2026-W49", *WEEK, NOW, fetch=local_fetch)
     assert messages(raised) == [("feeds", f"ru feed: HTTP 404 at {site}/ru/missing/")]
     with rt.session() as session:
         assert find_edition(session, "2026-W49") is None  # nothing half-saved
         started = start_from_feeds(
-            session, broken, "2026-W49", *WEEK, NOW, accept_failed_feeds=True
+            session, broken, "2026-W49", *WEEK, NOW, accept_failed_feeds=True, fetch=local_fetch
         )
         session.commit()
         assert started.notes[0] == f"ru feed: HTTP 404 at {site}/ru/missing/"
@@ -78,7 +80,7 @@ def test_refusals_name_the_field(rt: Runtime, site: str) -> None:
         start_empty(session, profile(site), "2026-W49", *WEEK, NOW)
         session.commit()
         with pytest.raises(StartRefused) as raised:
-            start_from_feeds(session, profile(site), "2026-W49", *WEEK, NOW)
+            start_from_feeds(session, profile(site), "2026-W49", *WEEK, NOW, fetch=local_fetch)
         assert messages(raised) == [
             ("key", "edition 2026-W49 exists already: open it, or choose another key")
         ]
@@ -89,7 +91,13 @@ def test_refusals_name_the_field(rt: Runtime, site: str) -> None:
         ]
         with pytest.raises(StartRefused) as raised:
             start_from_feeds(
-                session, profile(site), "2027-W01", date(2027, 1, 4), date(2027, 1, 10), NOW
+                session,
+                profile(site),
+                "2027-W01",
+                date(2027, 1, 4),
+                date(2027, 1, 10),
+                NOW,
+                fetch=local_fetch,
             )
         assert messages(raised) == [
             ("feeds", "no article in any feed was published from 2027-01-04 to 2027-01-10")

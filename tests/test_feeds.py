@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.feed_server import feed_server
+from tests.feed_server import LOOPBACK, feed_server, local_fetch
 from worker.editions.feeds import (
     FeedEdition,
     default_key,
@@ -56,7 +56,7 @@ def test_three_feeds_give_the_items_of_the_week_in_minsk_time(site: str) -> None
     # Given a WordPress RSS (ru), an Atom feed (be) and a JSON Feed (en), each with articles
     # before, inside and after the week (Minsk time, UTC+3)
     # When the edition of the week starts from them
-    started = edition_from_feeds(profile_for(site), *WEEK)
+    started = edition_from_feeds(profile_for(site), *WEEK, fetch=local_fetch)
 
     # Then each language has the week's articles, oldest first; 29 Nov 21:30 UTC is 30 Nov in
     # Minsk (in), 29 Nov 20:00 UTC is not; 6 Dec 21:30 UTC is 7 Dec (out)
@@ -76,7 +76,7 @@ def test_three_feeds_give_the_items_of_the_week_in_minsk_time(site: str) -> None
 
 
 def test_fields_of_a_wordpress_rss_item(site: str) -> None:
-    started = edition_from_feeds(profile_for(site), *WEEK)
+    started = edition_from_feeds(profile_for(site), *WEEK, fetch=local_fetch)
     china = started.contents["ru"].items[1]
 
     assert china.url == "https://example.org/ru/2026/12/china/"
@@ -103,7 +103,7 @@ def test_fields_of_a_wordpress_rss_item(site: str) -> None:
 
 
 def test_fields_of_atom_and_json_feed_items(site: str) -> None:
-    started = edition_from_feeds(profile_for(site), *WEEK)
+    started = edition_from_feeds(profile_for(site), *WEEK, fetch=local_fetch)
     be_china, be_rouble = started.contents["be"].items[1], started.contents["be"].items[0]
     en_china, en_rouble = started.contents["en"].items[1], started.contents["en"].items[0]
 
@@ -134,7 +134,7 @@ def test_a_broken_feed_is_named_and_the_others_still_give_their_items(site: str)
         site, en=f"{site}/feed.json", be=f"{site}/missing/", ru=f"{site}/ru/feed/"
     )
     # When the edition starts
-    started = edition_from_feeds(profile, *WEEK)
+    started = edition_from_feeds(profile, *WEEK, fetch=local_fetch)
     # Then the error names the feed, and en and ru keep their items
     assert [str(problem) for problem in started.problems] == [
         f"be feed: HTTP 404 at {site}/missing/"
@@ -144,7 +144,7 @@ def test_a_broken_feed_is_named_and_the_others_still_give_their_items(site: str)
 
 def test_a_page_that_is_no_feed_and_a_language_without_feed(site: str) -> None:
     profile = profile_for(site, en=f"{site}/feed.json", be=f"{site}/page.html")
-    started = edition_from_feeds(profile, *WEEK)
+    started = edition_from_feeds(profile, *WEEK, fetch=local_fetch)
     assert [str(problem) for problem in started.problems] == [
         f"be feed: not RSS/Atom/JSON Feed at {site}/page.html",
         "ru feed: no feed address in newsletter.yaml 'feeds'",
@@ -154,14 +154,16 @@ def test_a_page_that_is_no_feed_and_a_language_without_feed(site: str) -> None:
 
 def test_fetching_is_bounded(site: str) -> None:
     with pytest.raises(ValueError, match=r"^no answer within 0.5 s from http://127"):
-        fetch_feed(f"{site}/slow", timeout=0.5)
+        fetch_feed(f"{site}/slow", timeout=0.5, allow_hosts=LOOPBACK)
     with pytest.raises(ValueError, match=r"^larger than 5120 KB at "):
-        fetch_feed(f"{site}/huge")
+        fetch_feed(f"{site}/huge", allow_hosts=LOOPBACK)
     with pytest.raises(ValueError, match=r"^cannot fetch .*/to-file"):
-        fetch_feed(f"{site}/to-file")  # a redirect to file:///etc/passwd is not followed
+        fetch_feed(
+            f"{site}/to-file", allow_hosts=LOOPBACK
+        )  # a redirect to file:///etc/passwd is not followed
     with pytest.raises(ValueError, match="must start with https://"):
         fetch_feed("file:///etc/passwd")
-    body, content_type = fetch_feed(f"{site}/feed.json")
+    body, content_type = fetch_feed(f"{site}/feed.json", allow_hosts=LOOPBACK)
     assert content_type == "application/feed+json" and body.startswith(b"{")
 
 
@@ -189,7 +191,7 @@ def test_markdown_of_keeps_text_safe() -> None:
 
 def test_the_folder_written_is_an_edition_folder(site: str, tmp_path: Path) -> None:
     # Given the three feeds, with the Russian-only article and the Belarusian image without alt
-    started = edition_from_feeds(profile_for(site), *WEEK)
+    started = edition_from_feeds(profile_for(site), *WEEK, fetch=local_fetch)
     write_edition(tmp_path, profile_for(site), started.contents)
 
     # Then `edition check` reports exactly what the editor must decide, and nothing else
@@ -239,6 +241,7 @@ def test_the_cli_writes_the_folder_and_names_a_failed_feed(site: str, tmp_path: 
             str(profile),
             str(out),
         ],
+        env={"NEWSLETTER_FEED_ALLOW_HOSTS": "127.0.0.1"},
     )
     assert result.exit_code == 1, result.output
     assert f"ru feed: HTTP 404 at {site}/ru/missing/" in result.output
@@ -297,9 +300,11 @@ def test_default_key_and_a_period_the_wrong_way_round(site: str) -> None:
     assert default_key(date(2026, 11, 30)) == "2026-W49"
     assert default_key(date(2027, 1, 1)) == "2026-W53"
     with pytest.raises(ValueError, match=r"the period ends \(2026-11-01\) before"):
-        edition_from_feeds(profile_for(site), date(2026, 11, 30), date(2026, 11, 1))
+        edition_from_feeds(
+            profile_for(site), date(2026, 11, 30), date(2026, 11, 1), fetch=local_fetch
+        )
     with pytest.raises(ValueError, match="names no feeds"):
-        edition_from_feeds(replace(profile_for(site), feeds={}), *WEEK)
+        edition_from_feeds(replace(profile_for(site), feeds={}), *WEEK, fetch=local_fetch)
 
 
 def test_a_feed_of_absurd_nesting_is_one_failed_feed(site: str) -> None:
@@ -309,7 +314,7 @@ def test_a_feed_of_absurd_nesting_is_one_failed_feed(site: str) -> None:
     deep += "<em>" * 50_000 + 'x"}]}'
 
     def fetch(url: str) -> tuple[bytes, str]:
-        return (deep.encode(), "application/feed+json") if "deep" in url else fetch_feed(url)
+        return (deep.encode(), "application/feed+json") if "deep" in url else local_fetch(url)
 
     profile = profile_for(site, en="https://example.org/deep.json", ru=f"{site}/ru/feed/")
     # When the edition starts

@@ -133,6 +133,9 @@ class Settings:
     # POST /signup: the website proves itself with an HMAC of the body under this key
     # (docs/signup-event.md); only then are its ip/user_agent/occurred_at believed.
     signup_key: str = field(default="", repr=False)
+    # hosts (names or addresses, comma-separated) whose feeds may be fetched although they are
+    # not on the public internet (worker/safety/outbound.py): a feed on the intranet
+    feed_allow_hosts: str = ""
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8,::1/128"
     stored_refusals_per_hour: int = 600  # signup refusals stored per hour overall; 0 = unlimited
     stored_refusals_per_source_per_hour: int = 20  # the same per IP (IPv6: per /64)
@@ -211,6 +214,12 @@ class Settings:
         settings = cls(**values)
         settings.check()
         return settings
+
+    @property
+    def feed_hosts(self) -> tuple[str, ...]:
+        """``feed_allow_hosts`` as a tuple of entries (``"a.example, 10.0.0.5"`` ->
+        ``("a.example", "10.0.0.5")``)."""
+        return tuple(part.strip() for part in self.feed_allow_hosts.split(",") if part.strip())
 
     def require_secret_key(self) -> str:
         """The secret key, or ``SecretKeyError`` when it is unset or obviously weak.

@@ -72,7 +72,7 @@ def from_feeds(period: str, key: str | None, profile_path: Path | None, out: Pat
     languages are still written)."""
     from datetime import date
 
-    from worker.editions.feeds import edition_from_feeds
+    from worker.editions.feeds import edition_from_feeds, feed_fetcher
     from worker.editions.files import PROFILE_FILE, read_newsletter_profile
     from worker.editions.writing import write_edition
 
@@ -93,7 +93,8 @@ def from_feeds(period: str, key: str | None, profile_path: Path | None, out: Pat
         raise click.ClickException(f"{out} is not empty; choose a new folder")
     try:
         profile = read_newsletter_profile(chosen)
-        started = edition_from_feeds(profile, start, end, key=key)
+        fetch = feed_fetcher(Settings.from_env().feed_hosts)
+        started = edition_from_feeds(profile, start, end, key=key, fetch=fetch)
     except EditionInvalid as error:
         for problem in error.problems:
             click.echo(str(problem), err=True)

@@ -1,7 +1,8 @@
 """An edition started from the website's feeds: the articles already published in its period.
 
 ``newsletter.yaml`` names one feed per language (``feeds: {en: https://…/feed.json, …}``). Each
-feed is fetched (:func:`fetch_feed`: http(s) only, a timeout, a size cap), parsed
+feed is fetched (:func:`fetch_feed`: http(s) only, public addresses only unless the operator
+allows a host, a timeout, a size cap), parsed
 (:func:`parse_feed`: RSS 2.0 and Atom with feedparser, JSON Feed 1.0/1.1 on our own) and its
 items published within the edition's period (whole days in the newsletter's time zone) become the
 edition's items in that language: title, link, lead (plain text), body (the article's HTML
@@ -22,7 +23,7 @@ from __future__ import annotations
 import html
 import io
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -39,6 +40,7 @@ from worker.editions.files import EditionContent, EditionImage, EditionItem, New
 from worker.editions.richtext import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, URL_SCHEMES
 from worker.editions.schema import url_problem
 from worker.safety import json_documents
+from worker.safety.outbound import BlockedAddress, public_client
 
 FETCH_TIMEOUT_SECONDS = 15.0  # per feed: connect, and each read
 MAX_FEED_BYTES = 5 * 1024 * 1024  # a week of full-text articles is well under 1 MB
@@ -91,26 +93,36 @@ class FeedEdition:
     notes: list[str] = field(default_factory=list)
 
 
+Fetcher = Callable[[str], tuple[bytes, str]]  # url -> (body, Content-Type); raises ValueError
+
+
 # --- fetching ------------------------------------------------------------------------------------
 
 
 def fetch_feed(
-    url: str, *, timeout: float = FETCH_TIMEOUT_SECONDS, max_bytes: int = MAX_FEED_BYTES
+    url: str,
+    *,
+    timeout: float = FETCH_TIMEOUT_SECONDS,
+    max_bytes: int = MAX_FEED_BYTES,
+    allow_hosts: Collection[str] = (),
 ) -> tuple[bytes, str]:
     """The body and ``Content-Type`` of ``url`` (http or https only, redirects followed up to
-    :data:`MAX_REDIRECTS` times, each to http(s) only). Raises ``ValueError`` worded for an
-    editor: a bad address, ``HTTP 404 at …``, a timeout, a body over ``max_bytes`` bytes."""
+    :data:`MAX_REDIRECTS` times, each to http(s) only). Only public addresses are connected to,
+    checked at every connection, redirects included, unless the host is in ``allow_hosts``
+    (``NEWSLETTER_FEED_ALLOW_HOSTS``; :mod:`worker.safety.outbound`). Raises ``ValueError``
+    worded for an editor: a bad address, ``HTTP 404 at …``, a timeout, a body over
+    ``max_bytes`` bytes, a host that is not on the public internet."""
     reason = url_problem(url)
     if reason:
         raise ValueError(reason)
     try:
         with (
-            httpx.Client(
+            public_client(
+                allow_hosts,
                 follow_redirects=True,  # httpx follows http(s) only: no file:, no ftp:
                 max_redirects=MAX_REDIRECTS,
                 timeout=timeout,
                 headers={"User-Agent": USER_AGENT},
-                trust_env=False,
             ) as client,
             client.stream("GET", url) as response,
         ):
@@ -123,12 +135,25 @@ def fetch_feed(
                     raise ValueError(f"larger than {max_bytes // 1024} KB at {url}")
                 chunks.append(chunk)
             return b"".join(chunks), response.headers.get("content-type", "")
+    except BlockedAddress as error:
+        raise ValueError(f"{url}: {error}") from None
     except httpx.TimeoutException:
         raise ValueError(f"no answer within {timeout:g} s from {url}") from None
     except httpx.TooManyRedirects:
         raise ValueError(f"more than {MAX_REDIRECTS} redirects from {url}") from None
     except httpx.HTTPError as error:
         raise ValueError(f"cannot fetch {url}: {error}") from None
+
+
+def feed_fetcher(allow_hosts: Collection[str] = ()) -> Fetcher:
+    """:func:`fetch_feed` allowing ``allow_hosts`` (host names or address literals, e.g.
+    ``Settings.feed_hosts``), as a :data:`Fetcher` for :func:`edition_from_feeds`."""
+    hosts = tuple(allow_hosts)
+
+    def fetch(url: str) -> tuple[bytes, str]:
+        return fetch_feed(url, allow_hosts=hosts)
+
+    return fetch
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -366,9 +391,6 @@ def default_key(start: date) -> str:
     """The edition key of a period starting on ``start``: its ISO week, e.g. ``2026-W49``."""
     year, week, _ = start.isocalendar()
     return f"{year}-W{week:02d}"
-
-
-Fetcher = Callable[[str], tuple[bytes, str]]
 
 
 def edition_from_feeds(

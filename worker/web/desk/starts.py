@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from worker.desk import audit
 from worker.editions.bundles import MAX_BUNDLE_BYTES
-from worker.editions.feeds import default_key
+from worker.editions.feeds import default_key, feed_fetcher
 from worker.editions.files import NewsletterProfile
 from worker.editions.starts import (
     Refusal,
@@ -157,6 +157,7 @@ def _start(
                 last,
                 now,
                 accept_failed_feeds=form.accept_failed,
+                fetch=feed_fetcher(runtime.settings.feed_hosts),
             )
         else:
             started = start_empty(session, chosen, form.key, first, last, now)
