@@ -19,8 +19,9 @@ from sqlalchemy import select
 from tests.desk_kit import add_user, csrf_of, login
 from tests.feed_server import feed_server
 from worker.editions.bundles import bundle_of
-from worker.editions.files import read_edition, read_newsletter_profile
-from worker.editions.store import edition_contents, find_edition, save_newsletter
+from worker.editions.files import NewsletterProfile, read_edition, read_newsletter_profile
+from worker.editions.starts import profile_changes
+from worker.editions.store import edition_contents, find_edition, profile_of, save_newsletter
 from worker.models import DeskAction, Edition
 from worker.runtime import Runtime
 from worker.web.app import create_app
@@ -36,16 +37,21 @@ def site() -> Iterator[str]:
         yield base
 
 
-def desk(rt: Runtime, site: str, ru: str = "/ru/feed/") -> TestClient:
-    """A logged-in editor's client; the newsletter's profile names the three feeds."""
-    profile = replace(
+def stored_profile(site: str, ru: str = "/ru/feed/") -> NewsletterProfile:
+    """The newsletter's profile in these tests: the sample's, with the three feeds."""
+    return replace(
         read_newsletter_profile(SAMPLE / "newsletter.yaml"),
         timezone="Europe/Minsk",
         feeds={"en": f"{site}/feed.json", "be": f"{site}/be/feed/atom/", "ru": f"{site}{ru}"},
     )
+
+
+def desk(rt: Runtime, site: str, ru: str = "/ru/feed/", role: str = "editor") -> TestClient:
+    """A logged-in desk user's client (an editor unless ``role``); the newsletter's profile
+    names the three feeds."""
     with rt.session() as session:
-        save_newsletter(session, profile, rt.clock.now())
-    add_user(rt, "ales", role="editor")
+        save_newsletter(session, stored_profile(site, ru), rt.clock.now())
+    add_user(rt, "ales", role=role)
     client = TestClient(create_app(rt), client=("198.51.100.7", 40000))
     login(client)
     return client
@@ -177,7 +183,7 @@ def test_empty_and_then_the_same_key_again(rt: Runtime, site: str) -> None:
 
 def test_from_a_zip_and_its_refusals(rt: Runtime, site: str) -> None:
     client = desk(rt, site)
-    source = read_edition(SAMPLE)
+    source = replace(read_edition(SAMPLE), newsletter=stored_profile(site))
     # An archive that tries to leave its folder
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -227,3 +233,73 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(rt: Runtime, site: 
     answer = post(client, {"way": "zip"}, {"bundle": ("big.zip", just_over, "application/zip")})
     assert answer.status_code == 422 and "the archive is larger than 20 MB" in answer.text
     assert editions(rt) == []
+
+
+def profile_rows(rt: Runtime) -> list[tuple[str, str, str, dict[str, str]]]:
+    with rt.session() as session:
+        rows = session.scalars(select(DeskAction).where(DeskAction.action == "newsletter.change"))
+        return [(r.user_name, r.action, r.subject, dict(r.detail or {})) for r in rows]
+
+
+def changed_profile_zip(site: str) -> bytes:
+    """The sample edition with a newsletter.yaml that changes the sender and the Russian feed."""
+    profile = replace(
+        stored_profile(site),
+        from_address="news@attacker.example",
+        feeds={**stored_profile(site).feeds, "ru": "https://attacker.example/ru.xml"},
+    )
+    return bundle_of(replace(read_edition(SAMPLE), newsletter=profile))
+
+
+def test_an_editor_zip_may_not_change_the_newsletter_profile(rt: Runtime, site: str) -> None:
+    # Given an editor, and a zip whose newsletter.yaml changes the sender and a feed
+    client = desk(rt, site)
+    upload = {"bundle": ("w.zip", changed_profile_zip(site), "application/zip")}
+    # When the editor uploads it
+    answer = post(client, {"way": "zip"}, upload)
+    # Then it is refused, naming the fields, and nothing changed
+    assert answer.status_code == 422
+    assert (
+        "newsletter.yaml changes from_address, feeds.ru: only an operator may change the "
+        "newsletter&#39;s profile" in answer.text
+    )
+    assert editions(rt) == [] and actions(rt) == [] and profile_rows(rt) == []
+    with rt.session() as session:
+        assert profile_of(rt.newsletter(session)) == stored_profile(site)
+
+
+def test_an_operator_zip_changes_the_profile_and_the_log_says_which_fields(
+    rt: Runtime, site: str
+) -> None:
+    client = desk(rt, site, role="operator")
+    upload = {"bundle": ("w.zip", changed_profile_zip(site), "application/zip")}
+    answer = post(client, {"way": "zip"}, upload)
+    assert answer.status_code == 303
+    with rt.session() as session:
+        profile = profile_of(rt.newsletter(session))
+    assert profile.from_address == "news@attacker.example"
+    assert profile.feeds["ru"] == "https://attacker.example/ru.xml"
+    assert profile_rows(rt) == [
+        (
+            "ales",
+            "newsletter.change",
+            "newsletter.yaml",
+            {"fields": "from_address, feeds.ru", "edition": "2024-W28"},
+        )
+    ]
+
+
+def test_profile_changes_name_each_field() -> None:
+    sample = read_newsletter_profile(SAMPLE / "newsletter.yaml")
+    assert profile_changes(sample, sample) == []
+    changed = replace(
+        sample,
+        reply_to="desk@example.org",
+        name={**sample.name, "be": "Іншая назва"},
+        feeds={"ru": "https://example.org/ru/feed/"},
+        timezone="Europe/Minsk",
+    )
+    assert profile_changes(sample, changed) == ["name.be", "reply_to", "feeds.ru", "timezone"]
+    assert profile_changes(changed, sample) == ["name.be", "reply_to", "feeds.ru", "timezone"]
+    # Nothing stored yet: every field with a value is a change
+    assert profile_changes(None, sample)[:3] == ["name.en", "name.be", "name.ru"]

@@ -126,9 +126,14 @@ def test_empty_edition_has_every_language_and_no_items(rt: Runtime, site: str) -
 def test_from_a_zip_checked_first(rt: Runtime, tmp_path: Path) -> None:
     source = read_edition(SAMPLE)
     with rt.session() as session:
-        started = start_from_bundle(session, bundle_of(source), NOW, "")
+        # Nothing stored yet: the zip sets the newsletter up, which only an operator may do
+        with pytest.raises(StartRefused) as raised:
+            start_from_bundle(session, bundle_of(source), NOW, "")
+        assert messages(raised)[0][1].startswith("newsletter.yaml changes name.en, name.be, ")
+        started = start_from_bundle(session, bundle_of(source), NOW, "", may_change_profile=True)
         session.commit()
         assert edition_contents(session, started.edition) == dict(source.contents)
+        assert "from_address" in started.profile_changes
         with pytest.raises(StartRefused) as raised:
             start_from_bundle(session, bundle_of(source), NOW, "")
         assert messages(raised) == [

@@ -5,22 +5,28 @@ Each way either stores the whole edition or nothing and raises :class:`StartRefu
 reason, each tied to the form field at fault. An edition started from feeds or empty is a draft:
 it may not pass ``edition check`` yet (no items, a photo without alt text, languages with
 different numbers of items) and the desk shows what is missing; sending refuses it until then.
-An uploaded zip is stored only when ``edition check`` accepts it, as ``edition load`` does, and
-like ``edition load`` it brings its ``newsletter.yaml`` along.
+An uploaded zip is stored only when ``edition check`` accepts it, as ``edition load`` does. Its
+``newsletter.yaml`` (sender, reply-to, feeds, …) is the newsletter's profile, which only an
+operator may change: a zip whose profile differs from the stored one is refused unless the
+uploader may change it (:func:`profile_changes` names the fields), then applied as ``edition
+load`` applies it.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.editions.bundles import BundleProblem, extract_bundle
 from worker.editions.feeds import FeedEdition, Fetcher, edition_from_feeds, fetch_feed
 from worker.editions.files import (
+    PROFILE_FILE,
     EditionContent,
     EditionSource,
     NewsletterProfile,
@@ -29,8 +35,8 @@ from worker.editions.files import (
 )
 from worker.editions.images import ImagesNotConfigured, copy_images
 from worker.editions.schema import EDITION_KEY
-from worker.editions.store import find_edition, save_edition
-from worker.models import Edition
+from worker.editions.store import DEFAULT_SLUG, find_edition, profile_of, save_edition
+from worker.models import Edition, Newsletter
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,27 @@ class Started:
 
     edition: Edition
     notes: list[str] = field(default_factory=list)
+    # The fields of the newsletter's profile this start changed (an operator's zip upload).
+    profile_changes: list[str] = field(default_factory=list)
+
+
+def profile_changes(stored: NewsletterProfile | None, uploaded: NewsletterProfile) -> list[str]:
+    """The fields in which ``uploaded`` differs from ``stored``, in the order of
+    :class:`NewsletterProfile`; a per-language mapping is compared key by key, in the uploaded
+    order (``["from_address", "feeds.ru"]``). With nothing stored, every field that has a value.
+    ``[]`` when they are equal."""
+    changed: list[str] = []
+    for spec in fields(NewsletterProfile):
+        new = getattr(uploaded, spec.name)
+        old = getattr(stored, spec.name) if stored is not None else None
+        if isinstance(new, Mapping):
+            before: Mapping[str, str] = old if isinstance(old, Mapping) else {}
+            for key in [*new, *(k for k in before if k not in new)]:
+                if before.get(key) != new.get(key):
+                    changed.append(f"{spec.name}.{key}")
+        elif new != old and not (stored is None and new in (None, "", ())):
+            changed.append(spec.name)
+    return changed
 
 
 def period_of(start: str, end: str) -> tuple[date, date]:
@@ -131,12 +158,21 @@ def start_from_feeds(
     return Started(edition, [str(problem) for problem in started.problems] + started.notes)
 
 
-def start_from_bundle(session: Session, data: bytes, now: datetime, images_dir: str) -> Started:
+def start_from_bundle(
+    session: Session,
+    data: bytes,
+    now: datetime,
+    images_dir: str,
+    *,
+    may_change_profile: bool = False,
+) -> Started:
     """Store the edition in the zip ``data`` (:mod:`worker.editions.bundles`) once ``edition
-    check`` accepts it, with its images copied to ``images_dir``; its ``newsletter.yaml``
-    becomes the newsletter's profile, as with ``edition load``. Raises :class:`StartRefused`
-    (field ``bundle``: the archive's problem, or each problem of the edition with file and
-    line; field ``key`` when the edition exists already)."""
+    check`` accepts it, with its images copied to ``images_dir``. Its ``newsletter.yaml`` must
+    equal the stored profile unless ``may_change_profile`` (an operator), when it becomes the
+    newsletter's profile as with ``edition load`` and ``Started.profile_changes`` names what
+    changed. Raises :class:`StartRefused` (field ``bundle``: the archive's problem, each problem
+    of the edition with file and line, or a profile change not allowed, naming its fields;
+    field ``key`` when the edition exists already)."""
     with tempfile.TemporaryDirectory(prefix="upload-") as scratch:
         try:
             folder = extract_bundle(data, Path(scratch) / "edition")
@@ -146,9 +182,23 @@ def start_from_bundle(session: Session, data: bytes, now: datetime, images_dir: 
         if problems:
             raise StartRefused([Refusal("bundle", str(problem)) for problem in problems])
         source = read_edition(folder)
+        newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == DEFAULT_SLUG))
+        changes = profile_changes(
+            profile_of(newsletter) if newsletter is not None else None, source.newsletter
+        )
+        if changes and not may_change_profile:
+            raise StartRefused([Refusal("bundle", profile_refusal(changes))])
         _new_key(session, source.key)
         try:
             copy_images(folder, source, images_dir)
         except (ImagesNotConfigured, OSError) as error:
             raise StartRefused([Refusal("bundle", str(error))]) from None
-    return Started(save_edition(session, source, now))
+    return Started(save_edition(session, source, now), profile_changes=changes)
+
+
+def profile_refusal(changes: list[str]) -> str:
+    """The refusal of a profile change by someone who may not make it, naming the fields."""
+    return (
+        f"{PROFILE_FILE} changes {', '.join(changes)}: only an operator may change the "
+        "newsletter's profile"
+    )

@@ -127,8 +127,8 @@ class PublicOnly(httpcore.SyncBackend):
                 shown = "" if bare == str(address) else f" resolves to {address}, which"
                 article = "an" if kind[0] in "aeiou" else "a"
                 raise BlockedAddress(
-                    f"{bare}{shown} is {article} {kind} address: refused (an operator may allow the "
-                    "host in NEWSLETTER_FEED_ALLOW_HOSTS)"
+                    f"{bare}{shown} is {article} {kind} address: refused (an operator may "
+                    "allow the host in NEWSLETTER_FEED_ALLOW_HOSTS)"
                 )
             if address not in addresses:
                 addresses.append(address)

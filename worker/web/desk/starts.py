@@ -3,9 +3,12 @@
 period — then open it (303 to ``/desk/editions/{key}``).
 
 The work is :mod:`worker.editions.starts`: the edition is stored whole or not at all, in the same
-transaction as its line in the action log (``edition.start``). A refusal re-shows the form with
-each reason next to the field at fault (422); nothing is stored. A feed that fails refuses the
-start until the editor ticks "start anyway", when its language starts empty.
+transaction as its line in the action log (``edition.start``). Only the edition's content comes
+from an editor's zip: a ``newsletter.yaml`` in it that differs from the stored profile is refused,
+naming the fields; an operator's is applied and logged (``newsletter.change``, the fields). A
+refusal re-shows the form with each reason next to the field at fault (422); nothing is stored.
+A feed that fails refuses the start until the editor ticks "start anyway", when its language
+starts empty.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from worker.desk import audit
+from worker.desk.accounts import Role
 from worker.editions.bundles import MAX_BUNDLE_BYTES
 from worker.editions.feeds import default_key, feed_fetcher
-from worker.editions.files import NewsletterProfile
+from worker.editions.files import PROFILE_FILE, NewsletterProfile
 from worker.editions.starts import (
     Refusal,
     StartRefused,
@@ -138,9 +142,18 @@ def _start(
     if form.way == "zip":
         data = _upload(bundle)
         with runtime.session() as session:
-            started = start_from_bundle(session, data, now, runtime.settings.images_dir)
+            started = start_from_bundle(
+                session,
+                data,
+                now,
+                runtime.settings.images_dir,
+                may_change_profile=user.role == Role.OPERATOR,
+            )
             key = started.edition.key
             audit.record(session, user.name, "edition.start", key, {"way": "zip"}, at=now)
+            if started.profile_changes:
+                changed = {"fields": ", ".join(started.profile_changes)[:500], "edition": key}
+                audit.record(session, user.name, "newsletter.change", PROFILE_FILE, changed, at=now)
         return key
     if chosen is None:
         raise StartRefused(
