@@ -3,7 +3,9 @@ shown on the form with nothing stored (worker/web/desk/starts.py)."""
 
 from __future__ import annotations
 
+import html
 import io
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,19 +15,32 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from fastapi import UploadFile
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.desk_kit import add_user, csrf_of, login
 from tests.feed_server import feed_server
+from worker.editions import starts as starts_domain
 from worker.editions.bundles import bundle_of
+from worker.editions.feeds import FeedProblem, FetchProblem, fetch_feed
 from worker.editions.files import NewsletterProfile, read_edition, read_newsletter_profile
-from worker.editions.starts import profile_changes
+from worker.editions.starts import (
+    Refusal,
+    StartRefused,
+    _feed_refusal,
+    period_of,
+    profile_changes,
+    profile_refusal,
+)
 from worker.editions.store import edition_contents, find_edition, profile_of, save_newsletter
 from worker.models import DeskAction, Edition
 from worker.runtime import Runtime
+from worker.settings import TEMPLATES_DIR
 from worker.web.app import create_app
-from worker.web.desk.starts import next_week
+from worker.web.desk import starts as starts_web
+from worker.web.desk.starts import _upload, next_week
+from worker.web.pages import Pages
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
 WEEK = {"start": "2026-11-30", "end": "2026-12-06"}
@@ -141,7 +156,7 @@ def test_a_failed_feed_is_shown_and_nothing_stored_until_accepted(rt: Runtime, s
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"way": "empty", "key": "2026 W49", **WEEK}, "edition key &#39;2026 W49&#39; must be"),
+        ({"way": "empty", "key": "2026 W49", **WEEK}, "edition key '2026 W49' must be"),
         (
             {"way": "empty", "key": "2026-W49", "start": "2026-12-06", "end": "2026-11-30"},
             "the period ends (2026-11-30) before it starts (2026-12-06)",
@@ -261,7 +276,7 @@ def test_an_editor_zip_may_not_change_the_newsletter_profile(rt: Runtime, site: 
     assert answer.status_code == 422
     assert (
         "newsletter.yaml changes from_address, feeds.ru: only an operator may change the "
-        "newsletter&#39;s profile" in answer.text
+        "newsletter's profile" in answer.text
     )
     assert editions(rt) == [] and actions(rt) == [] and profile_rows(rt) == []
     with rt.session() as session:
@@ -303,3 +318,87 @@ def test_profile_changes_name_each_field() -> None:
     assert profile_changes(changed, sample) == ["name.be", "reply_to", "feeds.ru", "timezone"]
     # Nothing stored yet: every field with a value is a change
     assert profile_changes(None, sample)[:3] == ["name.en", "name.be", "name.ru"]
+
+
+def said(refusal: Refusal, lang: str) -> str:
+    """The refusal as the start page shows it in ``lang`` (templates/desk/refusals.html.j2)."""
+    template = (
+        Pages()
+        .environment(lang)
+        .from_string('{% from "desk/refusals.html.j2" import said %}{{ said(r) }}')
+    )
+    return html.unescape(template.render(r=refusal))
+
+
+def sample_refusals() -> list[Refusal]:
+    """One refusal of each kind, made by the code that refuses."""
+    found: list[Refusal] = []
+    for start, end in (("soon", ""), ("2026-12-06", "2026-11-30")):
+        with pytest.raises(StartRefused) as raised:
+            period_of(start, end)
+        found += raised.value.refusals
+    found.append(profile_refusal(["from_address", "feeds.ru"]))
+    for url in ("http://127.0.0.1:1/feed", "http://0.0.0.0:1/feed"):
+        with pytest.raises(FetchProblem) as fetched:
+            fetch_feed(url)
+        problem = fetched.value
+        found.append(
+            _feed_refusal(FeedProblem("ru", url, str(problem), problem.code, problem.params))
+        )
+    found.append(
+        _feed_refusal(
+            FeedProblem("be", "", "no feed address in newsletter.yaml 'feeds'", "missing")
+        )
+    )
+    for upload in (None, UploadFile(io.BytesIO(b""), filename="e.zip")):
+        with pytest.raises(StartRefused) as raised:
+            _upload(upload)
+        found += raised.value.refusals
+    return found
+
+
+def test_every_refusal_reads_the_same_in_english_and_is_translated() -> None:
+    for refusal in sample_refusals():
+        assert refusal.code, refusal
+        assert said(refusal, "en") == refusal.message
+        for lang in ("be", "ru"):
+            assert said(refusal, lang) != refusal.message, (lang, refusal)
+    # Every code the start refuses with has its text in the template
+    template = (TEMPLATES_DIR / "desk" / "refusals.html.j2").read_text(encoding="utf-8")
+    sources = [Path(starts_domain.__file__), Path(starts_web.__file__)]
+    codes = {
+        c for s in sources for c in re.findall(r'Refusal\.of\(\s*"\w+",\s*"(\w+)"', s.read_text())
+    }
+    assert len(codes) >= 12
+    for code in codes | {
+        f"feed.{c}"
+        for c in (
+            "http",
+            "too_large",
+            "timeout",
+            "redirects",
+            "unreachable",
+            "blocked",
+            "missing",
+            "not_feed",
+            "too_deep",
+        )
+    }:
+        assert f'r.code == "{code}"' in template, code
+
+
+def test_refusals_in_belarusian_and_russian(rt: Runtime, site: str) -> None:
+    client = desk(rt, site, ru="/ru/missing/")
+    client.get("/desk/editions/new?lang=ru")  # the desk's language is remembered
+    answer = post(client, {"way": "feeds", "key": "2026-W49", **WEEK})
+    assert answer.status_code == 422
+    assert f"Лента ru: HTTP 404 по адресу {site}/ru/missing/" in answer.text
+    upload = {"bundle": ("w.zip", changed_profile_zip(site), "application/zip")}
+    refused = post(client, {"way": "zip"}, upload)
+    assert (
+        "newsletter.yaml меняет from_address, feeds.ru: профиль рассылки может менять только "
+        "оператор" in refused.text
+    )
+    client.get("/desk/editions/new?lang=be")
+    answer = post(client, {"way": "empty", "key": "2026 W49", **WEEK})
+    assert "ключ выпуску «2026 W49» можа складацца толькі з літар" in answer.text

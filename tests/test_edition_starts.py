@@ -148,8 +148,13 @@ def test_from_a_zip_checked_first(rt: Runtime, tmp_path: Path) -> None:
         )
         with pytest.raises(StartRefused) as raised:
             start_from_bundle(session, bundle_of(replace(broken)), NOW, "")
-        assert messages(raised) == [("bundle", "be.yaml:7: subject: must be one line")]
+        assert messages(raised) == [
+            (
+                "bundle",
+                "the edition in the archive has a mistake: be.yaml:7: subject: must be one line",
+            )
+        ]
         with pytest.raises(StartRefused) as raised:
             start_from_bundle(session, b"not a zip", NOW, "")
         assert messages(raised)[0][0] == "bundle"
-        assert messages(raised)[0][1].startswith("not a zip archive")
+        assert messages(raised)[0][1].startswith("the archive cannot be used: not a zip archive")

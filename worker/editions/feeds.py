@@ -53,12 +53,35 @@ _FEED_TAGS = ALLOWED_TAGS | {"h1", "h2", "h5", "h6", "figure", "figcaption", "di
 _BLOCKS = re.compile(r"</?(?:p|div|br|li|h[1-6]|blockquote|figcaption)\b[^>]*>", re.I)
 
 
+class FetchProblem(ValueError):
+    """A feed that could not be fetched; the message in English for logs and the CLI, ``code``
+    and ``params`` (strings) for the desk's translations: ``http`` (status, url), ``too_large``
+    (kb, url), ``timeout`` (seconds, url), ``redirects`` (count, url), ``unreachable`` (url,
+    error), ``blocked`` (url, host, address, kind: :class:`worker.safety.outbound.BlockedAddress`),
+    ``address`` (reason: an unusable address)."""
+
+    def __init__(self, code: str, message: str, **params: str) -> None:
+        self.code, self.params = code, params
+        super().__init__(message)
+
+
 class FeedProblem(ValueError):
     """One feed that gave no items: its language, its address and why, e.g.
-    ``ru feed: HTTP 404 at https://example.org/ru/feed/``."""
+    ``ru feed: HTTP 404 at https://example.org/ru/feed/``. ``code`` says what went wrong for the
+    desk's translations (a :class:`FetchProblem` code, ``missing``, ``not_feed``, ``too_deep``),
+    ``params`` its values."""
 
-    def __init__(self, language: str, url: str, reason: str) -> None:
+    def __init__(
+        self,
+        language: str,
+        url: str,
+        reason: str,
+        code: str = "",
+        params: Mapping[str, str] | None = None,
+    ) -> None:
         self.language, self.url, self.reason = language, url, reason
+        self.code = code
+        self.params = {**(params or {}), "language": language, "url": url, "reason": reason}
         super().__init__(f"{language} feed: {reason}")
 
 
@@ -111,10 +134,10 @@ def fetch_feed(
     checked at every connection, redirects included, unless the host is in ``allow_hosts``
     (``NEWSLETTER_FEED_ALLOW_HOSTS``; :mod:`worker.safety.outbound`). Raises ``ValueError``
     worded for an editor: a bad address, ``HTTP 404 at …``, a timeout, a body over
-    ``max_bytes`` bytes, a host that is not on the public internet."""
+    ``max_bytes`` bytes, a host that is not on the public internet (:class:`FetchProblem`)."""
     reason = url_problem(url)
     if reason:
-        raise ValueError(reason)
+        raise FetchProblem("address", reason, reason=reason)
     try:
         with (
             public_client(
@@ -127,22 +150,30 @@ def fetch_feed(
             client.stream("GET", url) as response,
         ):
             if response.status_code >= 400:
-                raise ValueError(f"HTTP {response.status_code} at {url}")
+                status = str(response.status_code)
+                raise FetchProblem("http", f"HTTP {status} at {url}", status=status, url=url)
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
-                    raise ValueError(f"larger than {max_bytes // 1024} KB at {url}")
+                    kb = str(max_bytes // 1024)
+                    raise FetchProblem("too_large", f"larger than {kb} KB at {url}", kb=kb, url=url)
                 chunks.append(chunk)
             return b"".join(chunks), response.headers.get("content-type", "")
     except BlockedAddress as error:
-        raise ValueError(f"{url}: {error}") from None
+        where = {"host": error.host, "address": error.address, "kind": error.kind}
+        raise FetchProblem("blocked", f"{url}: {error}", url=url, **where) from None
     except httpx.TimeoutException:
-        raise ValueError(f"no answer within {timeout:g} s from {url}") from None
+        seconds = f"{timeout:g}"
+        message = f"no answer within {seconds} s from {url}"
+        raise FetchProblem("timeout", message, seconds=seconds, url=url) from None
     except httpx.TooManyRedirects:
-        raise ValueError(f"more than {MAX_REDIRECTS} redirects from {url}") from None
+        count = str(MAX_REDIRECTS)
+        message = f"more than {count} redirects from {url}"
+        raise FetchProblem("redirects", message, count=count, url=url) from None
     except httpx.HTTPError as error:
-        raise ValueError(f"cannot fetch {url}: {error}") from None
+        message = f"cannot fetch {url}: {error}"
+        raise FetchProblem("unreachable", message, url=url, error=str(error)) from None
 
 
 def feed_fetcher(allow_hosts: Collection[str] = ()) -> Fetcher:
@@ -429,7 +460,7 @@ def edition_from_feeds(
         items: Sequence[FeedItem] = []
         if language not in pending:
             result.problems.append(
-                FeedProblem(language, "", "no feed address in newsletter.yaml 'feeds'")
+                FeedProblem(language, "", "no feed address in newsletter.yaml 'feeds'", "missing")
             )
         else:
             try:
@@ -456,14 +487,17 @@ def edition_from_feeds(
 def _items_of(language: str, url: str, fetch: Fetcher) -> list[FeedItem]:
     try:
         data, content_type = fetch(url)
-    except ValueError as error:
+    except FetchProblem as error:
+        raise FeedProblem(language, url, str(error), error.code, error.params) from None
+    except ValueError as error:  # a fetcher of the caller's
         raise FeedProblem(language, url, str(error)) from None
     try:
         return parse_feed(data, url, content_type)
     except NotAFeed as error:
-        raise FeedProblem(language, url, f"{error} at {url}") from None
+        raise FeedProblem(language, url, f"{error} at {url}", "not_feed") from None
     except RecursionError:  # markdownify walks the article's HTML tree recursively
-        raise FeedProblem(language, url, f"an article nested too deeply at {url}") from None
+        reason = f"an article nested too deeply at {url}"
+        raise FeedProblem(language, url, reason, "too_deep") from None
 
 
 def _content(

@@ -24,7 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.editions.bundles import BundleProblem, extract_bundle
-from worker.editions.feeds import FeedEdition, Fetcher, edition_from_feeds, fetch_feed
+from worker.editions.feeds import (
+    FeedEdition,
+    FeedProblem,
+    Fetcher,
+    edition_from_feeds,
+    fetch_feed,
+)
 from worker.editions.files import (
     PROFILE_FILE,
     EditionContent,
@@ -42,10 +48,21 @@ from worker.models import Edition, Newsletter
 @dataclass(frozen=True)
 class Refusal:
     """One reason a start was refused: ``field`` is the form field at fault (``key``,
-    ``period``, ``feeds``, ``bundle``), ``message`` says what and where."""
+    ``period``, ``feeds``, ``bundle``, ``way``), ``message`` says what and where in English.
+    ``code`` and ``params`` let the desk say it in the page's language
+    (``templates/desk/refusals.html.j2``, whose English text is ``message``); a refusal without
+    a code is shown as ``message``."""
 
     field: str
     message: str
+    code: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, where: str, code: str, text: str, **params: str) -> Refusal:
+        """The refusal ``code`` of field ``where``; its message is ``text % params``
+        (``text`` is the English msgid of the desk's catalogue)."""
+        return cls(where, text % params, code, params)
 
 
 class StartRefused(ValueError):
@@ -91,11 +108,27 @@ def period_of(start: str, end: str) -> tuple[date, date]:
         first, last = date.fromisoformat(start.strip()), date.fromisoformat(end.strip())
     except ValueError:
         raise StartRefused(
-            [Refusal("period", f"expected two dates like 2026-11-30, got {start!r} and {end!r}")]
+            [
+                Refusal.of(
+                    "period",
+                    "period_format",
+                    "expected two dates like 2026-11-30, got '%(start)s' and '%(end)s'",
+                    start=start,
+                    end=end,
+                )
+            ]
         ) from None
     if last < first:
         raise StartRefused(
-            [Refusal("period", f"the period ends ({last}) before it starts ({first})")]
+            [
+                Refusal.of(
+                    "period",
+                    "period_order",
+                    "the period ends (%(end)s) before it starts (%(start)s)",
+                    end=str(last),
+                    start=str(first),
+                )
+            ]
         )
     return first, last
 
@@ -104,11 +137,25 @@ def _new_key(session: Session, key: str) -> str:
     key = key.strip()
     if not EDITION_KEY.match(key):
         raise StartRefused(
-            [Refusal("key", f"edition key {key!r} must be letters, digits, '.', '_' or '-'")]
+            [
+                Refusal.of(
+                    "key",
+                    "key_format",
+                    "edition key '%(key)s' must be letters, digits, '.', '_' or '-'",
+                    key=key,
+                )
+            ]
         )
     if find_edition(session, key) is not None:
         raise StartRefused(
-            [Refusal("key", f"edition {key} exists already: open it, or choose another key")]
+            [
+                Refusal.of(
+                    "key",
+                    "key_exists",
+                    "edition %(key)s exists already: open it, or choose another key",
+                    key=key,
+                )
+            ]
         )
     return key
 
@@ -143,16 +190,34 @@ def start_from_feeds(
     ``feeds``, one refusal per feed) unless ``accept_failed_feeds``, when its language starts
     empty; no item at all in any language refuses it always. Raises :class:`StartRefused`."""
     key = _new_key(session, key)
+    if not profile.feeds:
+        raise StartRefused(
+            [
+                Refusal.of(
+                    "feeds",
+                    "feeds_none",
+                    "newsletter.yaml names no feeds: add one address per language under 'feeds'",
+                )
+            ]
+        )
     try:
         started: FeedEdition = edition_from_feeds(profile, start, end, key=key, fetch=fetch)
     except ValueError as error:
         raise StartRefused([Refusal("feeds", str(error))]) from None
     if started.problems and not accept_failed_feeds:
-        raise StartRefused([Refusal("feeds", str(problem)) for problem in started.problems])
+        raise StartRefused([_feed_refusal(problem) for problem in started.problems])
     if not any(content.items for content in started.contents.values()):
         raise StartRefused(
-            [Refusal("feeds", f"no article in any feed was published from {start} to {end}")]
-            + [Refusal("feeds", str(problem)) for problem in started.problems]
+            [
+                Refusal.of(
+                    "feeds",
+                    "no_articles",
+                    "no article in any feed was published from %(start)s to %(end)s",
+                    start=str(start),
+                    end=str(end),
+                )
+            ]
+            + [_feed_refusal(problem) for problem in started.problems]
         )
     edition = save_edition(session, EditionSource(profile, started.contents), now)
     return Started(edition, [str(problem) for problem in started.problems] + started.notes)
@@ -177,28 +242,51 @@ def start_from_bundle(
         try:
             folder = extract_bundle(data, Path(scratch) / "edition")
         except BundleProblem as error:
-            raise StartRefused([Refusal("bundle", str(error))]) from None
+            raise StartRefused([_archive_refusal(str(error))]) from None
         problems = check_edition(folder)
         if problems:
-            raise StartRefused([Refusal("bundle", str(problem)) for problem in problems])
+            raise StartRefused(
+                [
+                    Refusal.of(
+                        "bundle",
+                        "edition_problem",
+                        "the edition in the archive has a mistake: %(problem)s",
+                        problem=str(problem),
+                    )
+                    for problem in problems
+                ]
+            )
         source = read_edition(folder)
         newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == DEFAULT_SLUG))
         changes = profile_changes(
             profile_of(newsletter) if newsletter is not None else None, source.newsletter
         )
         if changes and not may_change_profile:
-            raise StartRefused([Refusal("bundle", profile_refusal(changes))])
+            raise StartRefused([profile_refusal(changes)])
         _new_key(session, source.key)
         try:
             copy_images(folder, source, images_dir)
         except (ImagesNotConfigured, OSError) as error:
-            raise StartRefused([Refusal("bundle", str(error))]) from None
+            raise StartRefused([_archive_refusal(str(error))]) from None
     return Started(save_edition(session, source, now), profile_changes=changes)
 
 
-def profile_refusal(changes: list[str]) -> str:
+def profile_refusal(changes: list[str]) -> Refusal:
     """The refusal of a profile change by someone who may not make it, naming the fields."""
-    return (
-        f"{PROFILE_FILE} changes {', '.join(changes)}: only an operator may change the "
-        "newsletter's profile"
+    return Refusal.of(
+        "bundle",
+        "profile_locked",
+        "%(file)s changes %(fields)s: only an operator may change the newsletter's profile",
+        file=PROFILE_FILE,
+        fields=", ".join(changes),
     )
+
+
+def _archive_refusal(reason: str) -> Refusal:
+    return Refusal.of("bundle", "archive", "the archive cannot be used: %(reason)s", reason=reason)
+
+
+def _feed_refusal(problem: FeedProblem) -> Refusal:
+    """A failed feed as a refusal of field ``feeds``: code ``feed.<what>``
+    (:class:`worker.editions.feeds.FeedProblem`), its message as the problem says it."""
+    return Refusal("feeds", str(problem), f"feed.{problem.code or 'other'}", problem.params)

@@ -39,8 +39,17 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class BlockedAddress(ValueError):
-    """A connection refused because the host is, or resolves to, a non-public address; the
-    message names the host, the address and its kind, and how to allow it."""
+    """A connection refused because ``host`` is, or resolves to, the non-public ``address`` of
+    ``kind`` (:func:`address_kind`); the message names them and how to allow the host."""
+
+    def __init__(self, host: str, address: str, kind: str) -> None:
+        self.host, self.address, self.kind = host, address, kind
+        article = "an" if kind[0] in "aeiou" else "a"
+        shown = "" if host == address else f" resolves to {address}, which"
+        super().__init__(
+            f"{host}{shown} is {article} {kind} address: refused (an operator may allow the "
+            "host in NEWSLETTER_FEED_ALLOW_HOSTS)"
+        )
 
 
 def address_kind(address: IPAddress) -> str | None:
@@ -124,12 +133,7 @@ class PublicOnly(httpcore.SyncBackend):
             address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
             kind = address_kind(address)
             if kind is not None:
-                shown = "" if bare == str(address) else f" resolves to {address}, which"
-                article = "an" if kind[0] in "aeiou" else "a"
-                raise BlockedAddress(
-                    f"{bare}{shown} is {article} {kind} address: refused (an operator may "
-                    "allow the host in NEWSLETTER_FEED_ALLOW_HOSTS)"
-                )
+                raise BlockedAddress(bare, str(address), kind)
             if address not in addresses:
                 addresses.append(address)
         if not addresses:

@@ -59,7 +59,7 @@ class _Form:
     start: str
     end: str
     accept_failed: bool
-    errors: dict[str, list[str]]
+    errors: dict[str, list[Refusal]]
 
 
 def router(runtime: Runtime) -> APIRouter:
@@ -114,16 +114,16 @@ def router(runtime: Runtime) -> APIRouter:
         try:
             started_key = _start(runtime, user, form, chosen, bundle, now)
         except StartRefused as refused:
-            errors: dict[str, list[str]] = {}
+            errors: dict[str, list[Refusal]] = {}
             for refusal in refused.refusals:
-                errors.setdefault(refusal.field, []).append(refusal.message)
+                errors.setdefault(refusal.field, []).append(refusal)
             return show(request, user, _with_errors(form, errors), chosen, 422)
         return RedirectResponse(f"/desk/editions/{started_key}", status_code=303)
 
     return router
 
 
-def _with_errors(form: _Form, errors: dict[str, list[str]]) -> _Form:
+def _with_errors(form: _Form, errors: dict[str, list[Refusal]]) -> _Form:
     return _Form(form.way, form.key, form.start, form.end, form.accept_failed, errors)
 
 
@@ -138,7 +138,7 @@ def _start(
     """Store the edition (and its action-log line, one transaction); its key. Raises
     :class:`StartRefused`."""
     if form.way not in WAYS:
-        raise StartRefused([Refusal("way", "choose one of the three ways")])
+        raise StartRefused([Refusal.of("way", "way_unknown", "choose one of the three ways")])
     if form.way == "zip":
         data = _upload(bundle)
         with runtime.session() as session:
@@ -157,7 +157,13 @@ def _start(
         return key
     if chosen is None:
         raise StartRefused(
-            [Refusal("way", "no newsletter is set up yet: start from a zip of an edition folder")]
+            [
+                Refusal.of(
+                    "way",
+                    "no_newsletter",
+                    "no newsletter is set up yet: start from a zip of an edition folder",
+                )
+            ]
         )
     first, last = period_of(form.start, form.end)
     with runtime.session() as session:
@@ -184,12 +190,21 @@ def _start(
 def _upload(bundle: UploadFile | None) -> bytes:
     """The uploaded archive's bytes, at most :data:`MAX_BUNDLE_BYTES`."""
     if bundle is None or not bundle.filename:
-        raise StartRefused([Refusal("bundle", "choose a .zip file of an edition folder")])
+        raise StartRefused(
+            [Refusal.of("bundle", "bundle_missing", "choose a .zip file of an edition folder")]
+        )
     data = bundle.file.read(MAX_BUNDLE_BYTES + 1)
     if len(data) > MAX_BUNDLE_BYTES:
         raise StartRefused(
-            [Refusal("bundle", f"the archive is larger than {MAX_BUNDLE_BYTES // 1024**2} MB")]
+            [
+                Refusal.of(
+                    "bundle",
+                    "bundle_too_large",
+                    "the archive is larger than %(mb)s MB",
+                    mb=str(MAX_BUNDLE_BYTES // 1024**2),
+                )
+            ]
         )
     if not data:
-        raise StartRefused([Refusal("bundle", "the file is empty")])
+        raise StartRefused([Refusal.of("bundle", "bundle_empty", "the file is empty")])
     return data
