@@ -60,7 +60,9 @@ def create_app(rt: Runtime | None = None, webhooks: WebhookAdapters | None = Non
         ("/desk/editions/", s.desk_form_max_bytes),  # the whole edition in one form
     ]
     # /subscribe and /p/ are forms of a few hundred bytes: the default cap applies
-    app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes)
+    # An upload over its cap gets the start form again, with the error, not the JSON 413
+    pages = [(starts.PATH, starts.too_large(rt))]
+    app.add_middleware(BodyLimit, limits=limits, default=s.request_max_bytes, pages=pages)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 of BodyLimit gets the headers too
     return app
 

@@ -42,12 +42,21 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 
 class BodyLimit:
     """Caps request bodies: ``limits`` are (path prefix, bytes), the first matching prefix wins,
-    ``default`` applies elsewhere. Over the cap: ``413 {"detail": "..."}`` naming the cap."""
+    ``default`` applies elsewhere. Over the cap: ``413 {"detail": "..."}`` naming the cap, or,
+    for a path with an entry in ``pages`` (path, ASGI app), that app's answer: a page for a
+    person (the desk's upload form), called with the request's scope and no body."""
 
-    def __init__(self, app: ASGIApp, limits: Sequence[tuple[str, int]], default: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Sequence[tuple[str, int]],
+        default: int,
+        pages: Sequence[tuple[str, ASGIApp]] = (),
+    ) -> None:
         self.app = app
         self.limits = tuple(limits)
         self.default = default
+        self.pages = dict(pages)
 
     def cap(self, path: str) -> int:
         """The cap in bytes for a request to ``path``."""
@@ -61,6 +70,10 @@ class BodyLimit:
         detail = f"request body too large: at most {cap} bytes on {scope['path'][:100]}"
         length = _content_length(scope)
         if length is not None and length > cap:
+            page = self.pages.get(scope["path"])
+            if page is not None:
+                await page(scope, _no_body, send)
+                return
             await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
         seen = 0
@@ -76,6 +89,10 @@ class BodyLimit:
             return message
 
         await self.app(scope, capped, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.desk import audit
 from worker.desk.accounts import Role
@@ -36,7 +38,7 @@ from worker.editions.starts import (
 )
 from worker.editions.store import NoNewsletter, get_newsletter, profile_of
 from worker.runtime import Runtime
-from worker.web.desk.access import DeskUser, csrf, editor, page
+from worker.web.desk.access import DeskRefusal, DeskUser, csrf, editor, page, refused
 
 PATH = "/desk/editions/new"
 # The body cap of this route (worker/web/app.py): the largest bundle plus the form around it.
@@ -62,39 +64,79 @@ class _Form:
     errors: dict[str, list[Refusal]]
 
 
+def _profile(runtime: Runtime, now: datetime) -> NewsletterProfile | None:
+    with runtime.session() as session:
+        try:
+            newsletter = get_newsletter(session, now, profile_path=runtime.settings.newsletter_path)
+        except NoNewsletter:
+            return None
+        return profile_of(newsletter)
+
+
+def _show(
+    request: Request, user: DeskUser, form: _Form, chosen: NewsletterProfile | None, status: int
+) -> Response:
+    context: dict[str, Any] = {
+        "form": form,
+        "profile": chosen,
+        "max_mb": MAX_BUNDLE_BYTES // (1024 * 1024),
+    }
+    return page(request, user, "start.html.j2", status=status, **context)
+
+
+def _blank(runtime: Runtime, now: datetime, chosen: NewsletterProfile | None) -> _Form:
+    """The form with next week (in the newsletter's time zone) filled in."""
+    zone = ZoneInfo(chosen.timezone if chosen else "UTC")
+    start, end = next_week(now.astimezone(zone).date())
+    return _Form("feeds", default_key(start), str(start), str(end), False, {})
+
+
+def too_large(runtime: Runtime) -> ASGIApp:
+    """The answer to an upload over :data:`MAX_BODY_BYTES` (``worker.web.guards.BodyLimit``
+    calls it instead of its JSON 413, without reading the body): the start form again, its zip
+    field saying how large an archive may be, status 413. Without a live login, the desk's usual
+    refusal (401)."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        try:
+            user = await run_in_threadpool(editor, request)
+        except DeskRefusal as exc:
+            response = await refused(request, exc)
+        else:
+            response = await run_in_threadpool(_too_large_page, runtime, request, user)
+        await response(scope, receive, send)
+
+    return answer
+
+
+def _too_large_page(runtime: Runtime, request: Request, user: DeskUser) -> Response:
+    now = runtime.clock.now()
+    chosen = _profile(runtime, now)
+    blank = _blank(runtime, now, chosen)
+    form = _Form("zip", blank.key, blank.start, blank.end, False, {"bundle": [_too_large()]})
+    return _show(request, user, form, chosen, 413)
+
+
+def _too_large() -> Refusal:
+    return Refusal.of(
+        "bundle",
+        "bundle_too_large",
+        "the archive is larger than %(mb)s MB",
+        mb=str(MAX_BUNDLE_BYTES // 1024**2),
+    )
+
+
 def router(runtime: Runtime) -> APIRouter:
     """The start page's routes on ``runtime``."""
     router = APIRouter()
-
-    def profile(now: datetime) -> NewsletterProfile | None:
-        with runtime.session() as session:
-            try:
-                newsletter = get_newsletter(
-                    session, now, profile_path=runtime.settings.newsletter_path
-                )
-            except NoNewsletter:
-                return None
-            return profile_of(newsletter)
-
-    def show(
-        request: Request, user: DeskUser, form: _Form, chosen: NewsletterProfile | None, status: int
-    ) -> Response:
-        context: dict[str, Any] = {
-            "form": form,
-            "profile": chosen,
-            "max_mb": MAX_BUNDLE_BYTES // (1024 * 1024),
-        }
-        return page(request, user, "start.html.j2", status=status, **context)
 
     @router.get("/editions/new")
     def new(request: Request, user: Annotated[DeskUser, Depends(editor)]) -> Response:
         """The three ways, with next week (in the newsletter's time zone) filled in."""
         now = runtime.clock.now()
-        chosen = profile(now)
-        zone = ZoneInfo(chosen.timezone if chosen else "UTC")
-        start, end = next_week(now.astimezone(zone).date())
-        form = _Form("feeds", default_key(start), str(start), str(end), False, {})
-        return show(request, user, form, chosen, 200)
+        chosen = _profile(runtime, now)
+        return _show(request, user, _blank(runtime, now, chosen), chosen, 200)
 
     @router.post("/editions/new", dependencies=[Depends(csrf)])
     def create(
@@ -109,7 +151,7 @@ def router(runtime: Runtime) -> APIRouter:
     ) -> Response:
         """Start the edition ``way`` says; 303 to it, or the form again with the reasons."""
         now = runtime.clock.now()
-        chosen = profile(now)
+        chosen = _profile(runtime, now)
         form = _Form(way, key.strip(), start.strip(), end.strip(), bool(accept_failed), {})
         try:
             started_key = _start(runtime, user, form, chosen, bundle, now)
@@ -117,7 +159,7 @@ def router(runtime: Runtime) -> APIRouter:
             errors: dict[str, list[Refusal]] = {}
             for refusal in refused.refusals:
                 errors.setdefault(refusal.field, []).append(refusal)
-            return show(request, user, _with_errors(form, errors), chosen, 422)
+            return _show(request, user, _with_errors(form, errors), chosen, 422)
         return RedirectResponse(f"/desk/editions/{started_key}", status_code=303)
 
     return router
@@ -195,16 +237,7 @@ def _upload(bundle: UploadFile | None) -> bytes:
         )
     data = bundle.file.read(MAX_BUNDLE_BYTES + 1)
     if len(data) > MAX_BUNDLE_BYTES:
-        raise StartRefused(
-            [
-                Refusal.of(
-                    "bundle",
-                    "bundle_too_large",
-                    "the archive is larger than %(mb)s MB",
-                    mb=str(MAX_BUNDLE_BYTES // 1024**2),
-                )
-            ]
-        )
+        raise StartRefused([_too_large()])
     if not data:
         raise StartRefused([Refusal.of("bundle", "bundle_empty", "the file is empty")])
     return data
