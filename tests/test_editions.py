@@ -122,7 +122,10 @@ def test_broken_edition_reports_every_problem_with_location(tmp_path: Path) -> N
     assert reasons[("be.yaml", "preheader")] == "missing field 'preheader'"
     assert reasons[("ru.yaml", "items[0].section")] == "key appears twice (the last one would win)"
     assert reasons[("ru.yaml", "items[1].body")] == "missing field 'body'"
-    assert reasons[("ru.yaml", "items")] == "number of items 2 differs from en.yaml: 1"
+    assert reasons[("ru.yaml", "items")] == (
+        "number of items 2 differs from en.yaml: 1; ru.yaml has 1 more: items[1] 'Second' "
+        "(the last ones: items pair up in order)"
+    )
     # And read_edition refuses it with the same list
     with pytest.raises(EditionInvalid) as raised:
         read_edition(folder)

@@ -198,7 +198,8 @@ def test_the_folder_written_is_an_edition_folder(site: str, tmp_path: Path) -> N
     problems = [str(problem) for problem in check_edition(tmp_path)]
     assert problems == [
         "be.yaml:21: items[1].image: image without alt text",
-        "ru.yaml:9: items: number of items 3 differs from en.yaml: 2",
+        "ru.yaml:9: items: number of items 3 differs from en.yaml: 2; ru.yaml has 1 more: "
+        "items[2] 'Только по-русски: «письма» из колонии' (no item of en.yaml has the same link)",
     ]
     # When the editor drops the Russian-only article and describes the photo
     text = (tmp_path / "be.yaml").read_text(encoding="utf-8")
@@ -253,7 +254,9 @@ def test_the_cli_writes_the_folder_and_names_a_failed_feed(site: str, tmp_path: 
         "ru.yaml:7: subject: is empty",
         "ru.yaml:8: preheader: is empty",
         "ru.yaml:9: items: expected a non-empty list of items",
-        "ru.yaml:9: items: number of items 0 differs from en.yaml: 2",
+        "ru.yaml:9: items: number of items 0 differs from en.yaml: 2; en.yaml has 2 more: "
+        "items[0] 'Economy: the rouble and sanctions', items[1] 'China did not back escalation' "
+        "(no item of ru.yaml has the same link)",
     ]
 
     bad = CliRunner().invoke(main, ["edition", "from-feeds", "--period", "2026-12-06", str(out)])

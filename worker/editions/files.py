@@ -12,11 +12,12 @@ against the default one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -486,6 +487,8 @@ class _Summary:
     key: Any
     period: Any
     item_count: int | None
+    # (title, url) of each item as written, for naming the items one language has more of
+    items: tuple[tuple[str, str], ...] = ()
 
 
 def _summarise(file: str, located: _Located) -> _Summary:
@@ -495,7 +498,13 @@ def _summarise(file: str, located: _Located) -> _Summary:
         period = (str(period.get("start")), str(period.get("end")))
     items = data.get("items")
     count = len(items) if isinstance(items, list) else None
-    return _Summary(file, located, data.get("edition"), period, count)
+    written = tuple(
+        (str(item.get("title") or ""), str(item.get("url") or ""))
+        if isinstance(item, Mapping)
+        else ("", "")
+        for item in (items if isinstance(items, list) else [])
+    )
+    return _Summary(file, located, data.get("edition"), period, count, written)
 
 
 def _scan(folder: Path) -> tuple[EditionSource | None, list[EditionProblem]]:
@@ -594,12 +603,48 @@ def _cross_language(
             mine, theirs = value(summary), value(reference)
             if location in broken or mine is None or theirs is None or mine == theirs:
                 continue  # a missing value is reported in its own file
-            yield EditionProblem(
-                summary.file,
-                location,
-                f"{what} {_show(mine)} differs from {reference.file}: {_show(theirs)}",
-                summary.located.line(location),
-            )
+            reason = f"{what} {_show(mine)} differs from {reference.file}: {_show(theirs)}"
+            if location == "items":
+                reason += "; " + _extra_items(summary, reference, profile.languages)
+            yield EditionProblem(summary.file, location, reason, summary.located.line(location))
+
+
+MAX_NAMED_ITEMS = 5  # items named in one "number of items" problem; the rest are counted
+
+
+def _extra_items(one: _Summary, other: _Summary, languages: Sequence[str]) -> str:
+    """Which items the language with more items has that the other lacks, by position and
+    title: the editor removes them or adds their translation. Items are paired by their link
+    once the language's own path segment is taken out (``/ru/2026/12/x/`` = ``/en/2026/12/x/``,
+    as multilingual sites name translations); when that does not account for the difference,
+    the last items are named, as ``edition`` pairs items in order."""
+    more, fewer = (one, other) if len(one.items) > len(other.items) else (other, one)
+    extra = len(more.items) - len(fewer.items)
+    theirs = {_link_key(url, languages) for _, url in fewer.items}
+    unpaired = [
+        n for n, (_, url) in enumerate(more.items) if _link_key(url, languages) not in theirs
+    ]
+    how = f"no item of {fewer.file} has the same link"
+    if len(unpaired) != extra:
+        unpaired = list(range(len(fewer.items), len(more.items)))
+        how = "the last ones: items pair up in order"
+    named = [f"items[{n}] {_short(more.items[n][0])!r}" for n in unpaired[:MAX_NAMED_ITEMS]] + (
+        [f"{len(unpaired) - MAX_NAMED_ITEMS} more"] if len(unpaired) > MAX_NAMED_ITEMS else []
+    )
+    return f"{more.file} has {extra} more: {', '.join(named)} ({how})"
+
+
+def _link_key(url: str, languages: Sequence[str]) -> str:
+    """``url`` as host and path, without scheme, query, empty segments and any segment that is
+    one of the newsletter's ``languages``: ``https://x.org/ru/2026/x/`` -> ``x.org/2026/x``."""
+    parts = urlsplit(url.strip())
+    segments = [s for s in parts.path.split("/") if s and s.lower() not in languages]
+    return f"{parts.netloc.lower()}/{'/'.join(segments)}"
+
+
+def _short(title: str, limit: int = 80) -> str:
+    title = " ".join(title.split())
+    return title if len(title) <= limit else title[: limit - 1] + "…"
 
 
 def _show(value: Any) -> str:
