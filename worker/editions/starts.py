@@ -14,6 +14,7 @@ load`` applies it.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -56,7 +57,7 @@ class Refusal:
     field: str
     message: str
     code: str = ""
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, where: str, code: str, text: str, **params: str) -> Refusal:
