@@ -4,9 +4,12 @@
 ``/ru/feed/`` is a WordPress-style RSS 2.0 (content:encoded, dc:creator, categories, Media RSS
 image with credit), ``/be/feed/atom/`` an Atom feed, ``/feed.json`` a JSON Feed 1.1. Each has two
 articles in the week 2026-11-30..2026-12-06 (Minsk time), one before and one after it; the
-Russian feed has a third article in the week that exists only in Russian. More paths answer
-badly: ``/missing/`` (404), ``/page.html`` (an HTML page), ``/slow`` (answers after 3 s),
-``/huge`` (6 MB), ``/to-file`` (a redirect to ``file:///etc/passwd``).
+Russian feed has a third article in the week that exists only in Russian.
+``/be/feed/excerpts/`` is a WordPress feed whose excerpts repeat or cut the article (see
+``BE_EXCERPTS_RSS``). ``/thursday/ru/feed/`` and ``/thursday/be/feed/excerpts/`` are two of them
+as they were on Thursday of that week. More paths answer badly: ``/missing/`` (404), ``/page.html`` (an HTML
+page), ``/slow`` (answers after 3 s), ``/huge`` (6 MB), ``/to-file`` (a redirect to
+``file:///etc/passwd``).
 """
 
 from __future__ import annotations
@@ -175,7 +178,63 @@ EN_JSON = """{{
 }}
 """
 
+# A Belarusian WordPress feed whose excerpts repeat or cut the article: the lead repeated as the
+# body's first paragraph (with a no-break space and an entity), the item's photo again inside the
+# body (in a figure whose caption is the only credit, or in a link around it), an excerpt cut
+# with "… Чытаць далей".
+BE_EXCERPTS_RSS = """<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/"
+  xmlns:media="http://search.yahoo.com/mrss/">
+<channel>
+  <title>Штотыднёвы аналіз</title>
+  <link>https://example.org/be/</link>
+  <description>Аналітыка</description>
+  <item>
+    <title>Вяртанне: новыя правілы</title>
+    <link>https://example.org/be/2026/12/return/</link>
+    <pubDate>Wed, 02 Dec 2026 09:00:00 +0000</pubDate>
+    <description><![CDATA[<p>Урад абвясціў новыя правілы для тых, хто &#8230; <a href="https://example.org/be/2026/12/return/">Чытаць далей</a></p>]]></description>
+    <content:encoded><![CDATA[<figure class="wp-block-image"><img src="https://example.org/media/2026/12/return.jpg" alt="Памежны пераход" /><figcaption>Фота: Сяргей Гудзілін</figcaption></figure>
+<p>Урад абвясціў новыя правілы для тых, хто вяртаецца з-за мяжы.</p>
+<p>Камісія разгледзіць кожную заяву.</p>]]></content:encoded>
+    <media:content url="https://example.org/media/2026/12/return.jpg" medium="image" type="image/jpeg" />
+  </item>
+  <item>
+    <title>Падаткі</title>
+    <link>https://example.org/be/2026/12/taxes/</link>
+    <pubDate>Thu, 03 Dec 2026 09:00:00 +0000</pubDate>
+    <description><![CDATA[Падаткі&nbsp;для ІП   растуць з 1&nbsp;студзеня.]]></description>
+    <content:encoded><![CDATA[<p><a href="https://example.org/media/2026/12/taxes-full.jpg"><img src="/media/2026/12/taxes.jpg" alt="Калькулятар" /></a></p>
+<p>Падаткі для <strong>ІП</strong> растуць з 1 студзеня.</p>
+<p>Міністэрства тлумачыць чаму.</p>]]></content:encoded>
+    <media:content url="https://example.org/media/2026/12/taxes.jpg" medium="image" type="image/jpeg">
+      <media:credit>фота: belta.by</media:credit>
+    </media:content>
+  </item>
+</channel>
+</rss>
+"""
+
+
+def _without(feed: str, link: str) -> str:
+    """``feed`` without the item (RSS ``<item>``) whose link is ``link``."""
+    start = feed.index(f"<link>{link}</link>")
+    first, last = feed.rindex("<item>", 0, start), feed.index("</item>", start) + len("</item>")
+    return feed[:first] + feed[last:]
+
+
+# The same feeds on Thursday 2026-12-03 at 08:00 UTC: the articles of later days not out yet.
+THURSDAY_PATHS = {
+    "/ru/feed/": _without(RU_RSS, "https://example.org/ru/2026/12/letters/"),
+    "/be/feed/excerpts/": _without(BE_EXCERPTS_RSS, "https://example.org/be/2026/12/taxes/"),
+}
+
 PATHS = {
+    **{
+        f"/thursday{path}": ("application/rss+xml; charset=UTF-8", text)
+        for path, text in THURSDAY_PATHS.items()
+    },
+    "/be/feed/excerpts/": ("application/rss+xml; charset=UTF-8", BE_EXCERPTS_RSS),
     "/ru/feed/": ("application/rss+xml; charset=UTF-8", RU_RSS),
     "/be/feed/atom/": ("application/atom+xml", BE_ATOM),
     "/feed.json": ("application/feed+json", EN_JSON),

@@ -23,7 +23,7 @@ from tests.desk_kit import add_user, csrf_of, login
 from tests.feed_server import feed_server
 from worker.editions import starts as starts_domain
 from worker.editions.bundles import bundle_of
-from worker.editions.feeds import FeedProblem, FetchProblem, fetch_feed
+from worker.editions.feeds import FeedProblem, FetchProblem, ending_week, fetch_feed
 from worker.editions.files import NewsletterProfile, read_edition, read_newsletter_profile
 from worker.editions.starts import (
     Refusal,
@@ -39,7 +39,7 @@ from worker.runtime import Runtime
 from worker.settings import TEMPLATES_DIR
 from worker.web.app import create_app
 from worker.web.desk import starts as starts_web
-from worker.web.desk.starts import _upload, next_week
+from worker.web.desk.starts import _upload, period_help
 from worker.web.pages import Pages
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "editions" / "2024-W28"
@@ -96,21 +96,35 @@ def actions(rt: Runtime) -> list[tuple[str, str, str, dict[str, str]]]:
         return [(r.user_name, r.action, r.subject, dict(r.detail or {})) for r in rows]
 
 
-def test_the_page_offers_three_ways_with_next_week(rt: Runtime, site: str) -> None:
+def test_the_page_offers_three_ways_with_the_week_that_is_ending(rt: Runtime, site: str) -> None:
     client = desk(rt, site)
     page = client.get("/desk/editions/new")
     assert page.status_code == 200
-    monday, sunday = next_week(rt.clock.now().astimezone(ZoneInfo("Europe/Minsk")).date())
+    today = rt.clock.now().astimezone(ZoneInfo("Europe/Minsk")).date()
+    monday, sunday = ending_week(today)
+    assert monday <= today <= sunday and monday.weekday() == 0
     assert f'value="{monday}"' in page.text and f'value="{sunday}"' in page.text
-    year, week, _ = monday.isocalendar()
+    year, week, _ = today.isocalendar()
     assert f'value="{year}-W{week:02d}"' in page.text
+    # The period and the sending day in words, in the desk's language
+    assert period_help(date(2026, 11, 30), date(2026, 12, 6), "en") == {
+        "first": "Monday 30 November",
+        "last": "Sunday 6 December",
+        "sent": "Monday 7 December",
+    }
+    words = period_help(monday, sunday, "en")
+    assert (
+        f"Articles published {words['first']} – {words['last']}; sent {words['sent']}." in page.text
+    )
+    russian = client.get("/desk/editions/new?lang=ru").text
+    assert "Статьи, опубликованные в период понедельник " in russian
     for label in ("From the website's feeds", "From a zip archive", "Empty"):
         assert label in page.text
     belarusian = client.get("/desk/editions/new?lang=be").text
     assert "Са стужак сайта" in belarusian and "Пачаць пусты выпуск" in belarusian
     assert "Из лент сайта" in client.get("/desk/editions/new?lang=ru").text
-    assert next_week(date(2026, 12, 3)) == (date(2026, 12, 7), date(2026, 12, 13))
-    assert next_week(date(2026, 12, 7)) == (date(2026, 12, 14), date(2026, 12, 20))
+    assert ending_week(date(2026, 12, 3)) == (date(2026, 11, 30), date(2026, 12, 6))
+    assert ending_week(date(2026, 12, 7)) == (date(2026, 12, 7), date(2026, 12, 13))
     anonymous = TestClient(create_app(rt)).get("/desk/editions/new", follow_redirects=False)
     assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/desk/login")
 

@@ -15,9 +15,12 @@ from worker.editions.feeds import (
     FeedEdition,
     default_key,
     edition_from_feeds,
+    ending_week,
     fetch_feed,
+    is_cut,
     markdown_of,
     parse_feed,
+    sending_day,
 )
 from worker.editions.files import (
     EditionImage,
@@ -81,25 +84,60 @@ def test_fields_of_a_wordpress_rss_item(site: str) -> None:
 
     assert china.url == "https://example.org/ru/2026/12/china/"
     assert china.section == "Безопасность"  # the first category
-    # The excerpt without its "read more" link and WordPress's "[…]"
-    assert china.lead == "Минску не удалось втянуть Пекин в противостояние с Киевом и НАТО …"
+    # The excerpt is cut ("НАТО … Читать далее […]"): the article's first paragraph is the lead
+    # instead, and leaves the body
+    assert china.lead == "13 июля Лукашенко объявил о «победе» — подробнее."
     # media:content with media:credit; the alt text the article gives the same picture
     assert china.image == EditionImage(
         url="https://example.org/media/2026/12/border.jpg",
         alt="Военные на пограничном посту",
         credit="фото: elements.envato.com",
     )
-    # content:encoded, cleaned (no script, no onclick, no style) and written as Markdown, with
-    # relative links made absolute against the article
-    assert china.body == (
-        "![Военные на пограничном посту](https://example.org/media/2026/12/border.jpg)\n\n"
-        "Граница, ноябрь\n\n"
-        "## Разворот\n\n"
-        "13 июля **Лукашенко** объявил о «победе» — "
-        "[подробнее](https://example.org/ru/2026/11/border/).\n\n"
-        "Угроза не исчезла: 2 \\* 3 < 7.\n\n"
-        "- первое\n- второе"
+    # content:encoded, cleaned (no script, no onclick, no style) and written as Markdown; the
+    # item's own photo (and its caption: the feed gives a credit) is not repeated in the body
+    assert china.body == ("## Разворот\n\nУгроза не исчезла: 2 \\* 3 < 7.\n\n- первое\n- второе")
+    # A cut excerpt whose article is one paragraph: that paragraph is the lead and stays the body
+    letters = started.contents["ru"].items[2]
+    assert letters.lead == "Письма политзаключённых доходят с опозданием."
+    assert letters.body == "Письма *политзаключённых* доходят с опозданием."
+
+
+def test_an_excerpt_that_repeats_or_cuts_the_article_is_cleaned(site: str) -> None:
+    # Given a WordPress feed whose articles repeat their lead and photo, one excerpt cut short
+    data, content_type = fetch_feed(f"{site}/be/feed/excerpts/")
+    returning, taxes = parse_feed(data, f"{site}/be/feed/excerpts/", content_type)
+
+    # Then the cut excerpt ("… Чытаць далей") gives way to the first paragraph, which leaves the
+    # body; the photo leaves the body with its figure, and its caption becomes the credit
+    assert returning.lead == "Урад абвясціў новыя правілы для тых, хто вяртаецца з-за мяжы."
+    assert returning.body == "Камісія разгледзіць кожную заяву."
+    assert returning.image == EditionImage(
+        "https://example.org/media/2026/12/return.jpg", "Памежны пераход", "Фота: Сяргей Гудзілін"
     )
+    # And an excerpt equal to the first paragraph once no-break spaces, entities, tags and runs
+    # of spaces are set aside stays the lead; the paragraph and the linked photo leave the body
+    assert taxes.lead == "Падаткі для ІП растуць з 1 студзеня."
+    assert taxes.body == "Міністэрства тлумачыць чаму."
+    assert taxes.image == EditionImage(
+        "https://example.org/media/2026/12/taxes.jpg", "Калькулятар", "фота: belta.by"
+    )
+
+
+@pytest.mark.parametrize(
+    ("summary", "cut"),
+    [
+        ("<p>Минску не удалось втянуть Пекин &#8230; <a href='/x'>Читать далее</a></p>", True),
+        ("Письма доходят с опозданием. [&hellip;]", True),
+        ("Letters arrive late [...]", True),
+        ("Letters arrive late...", True),
+        ('<p>Letters arrive late. <a href="/x">Read more</a></p>', True),
+        ("<p>Урад абвясціў правілы. <a href='/x'>Чытаць далей</a></p>", True),
+        ("Letters arrive months late.", False),
+        ("<p>A <a href='/x'>report</a> on letters.</p>", False),
+    ],
+)
+def test_a_cut_summary_is_recognised(summary: str, cut: bool) -> None:
+    assert is_cut(summary) is cut
 
 
 def test_fields_of_atom_and_json_feed_items(site: str) -> None:
@@ -113,6 +151,7 @@ def test_fields_of_atom_and_json_feed_items(site: str) -> None:
     assert be_china.image == EditionImage("https://example.org/media/2026/12/border.jpg", "")
     # Atom with XHTML content and no summary: the first paragraph is the lead
     assert be_rouble.lead == "Рубель трымаецца, але запасы таюць."
+    assert be_rouble.body == "Другі абзац."  # the lead is not repeated
     assert be_rouble.section == "Эканоміка"
     # JSON Feed: image with the publisher's _image credit, alt from the article, tags[0]
     assert en_china.image == EditionImage(
@@ -126,6 +165,9 @@ def test_fields_of_atom_and_json_feed_items(site: str) -> None:
     # A relative url resolves against the site's home page
     assert en_rouble.url == "https://example.org/en/2026/11/rouble/"
     assert en_rouble.lead == "The rouble holds, but reserves melt."
+    assert en_rouble.body == "Second paragraph."
+    # The item's image is not repeated inside the body
+    assert en_china.body == "On 13 July **Lukashenka** declared a *victory*.\n\nThe threat remains."
 
 
 def test_a_broken_feed_is_named_and_the_others_still_give_their_items(site: str) -> None:
@@ -197,7 +239,7 @@ def test_the_folder_written_is_an_edition_folder(site: str, tmp_path: Path) -> N
     # Then `edition check` reports exactly what the editor must decide, and nothing else
     problems = [str(problem) for problem in check_edition(tmp_path)]
     assert problems == [
-        "be.yaml:21: items[1].image: image without alt text",
+        "be.yaml:20: items[1].image: image without alt text",
         "ru.yaml:9: items: number of items 3 differs from en.yaml: 2; ru.yaml has 1 more: "
         "items[2] 'Только по-русски: «письма» из колонии' (no item of en.yaml has the same link)",
     ]
@@ -300,6 +342,12 @@ def test_bad_feed_settings_are_reported_where_they_are(
 
 
 def test_default_key_and_a_period_the_wrong_way_round(site: str) -> None:
+    # A weekly edition is made from the week that is ending, sent the Monday after
+    assert ending_week(date(2026, 12, 3)) == (date(2026, 11, 30), date(2026, 12, 6))
+    assert ending_week(date(2026, 11, 30)) == (date(2026, 11, 30), date(2026, 12, 6))
+    assert ending_week(date(2026, 12, 6)) == (date(2026, 11, 30), date(2026, 12, 6))
+    assert default_key(ending_week(date(2026, 12, 3))[0]) == "2026-W49"
+    assert sending_day(date(2026, 12, 6)) == date(2026, 12, 7)
     assert default_key(date(2026, 11, 30)) == "2026-W49"
     assert default_key(date(2027, 1, 1)) == "2026-W53"
     with pytest.raises(ValueError, match=r"the period ends \(2026-11-01\) before"):
@@ -328,3 +376,54 @@ def test_a_feed_of_absurd_nesting_is_one_failed_feed(site: str) -> None:
         "be feed: no feed address in newsletter.yaml 'feeds'",
     ]
     assert len(started.contents["ru"].items) == 3
+
+
+def test_the_cli_defaults_to_the_week_that_is_ending(site: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from worker.cli import main
+
+    profile = tmp_path / "newsletter.yaml"
+    profile.write_text(
+        (SAMPLE / "newsletter.yaml").read_text(encoding="utf-8")
+        + f"timezone: Europe/Minsk\nfeeds:\n  en: {site}/feed.json\n  be: {site}/be/feed/atom/\n"
+        f"  ru: {site}/ru/feed/\n",
+        encoding="utf-8",
+    )
+    # Given no --period
+    result = CliRunner().invoke(
+        main,
+        ["edition", "from-feeds", "--newsletter", str(profile), str(tmp_path / "out")],
+        env={"NEWSLETTER_FEED_ALLOW_HOSTS": "127.0.0.1"},
+    )
+    # Then the period is Monday..Sunday of today's week in Minsk, keyed by its ISO week
+    today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Minsk")).date()
+    monday, sunday = ending_week(today)
+    assert result.exit_code == 0, result.output
+    assert f"period {monday}..{sunday} (the week that is ending" in result.output
+    assert f"edition {default_key(monday)} written to" in result.output
+
+
+def test_the_first_paragraph_is_a_paragraph_not_a_heading_or_caption() -> None:
+    items = [
+        {"url": "https://e.org/a", "title": "A", "content_text": "One &amp; two.\n\nThree."},
+        {"url": "https://e.org/b", "title": "B", "content_html": "Loose text.<p>Para.</p>"},
+        {
+            "url": "https://e.org/c",
+            "title": "C",
+            "content_html": "<figure><img src='/x.jpg'><figcaption>Cap</figcaption></figure>"
+            "<h2>Head</h2><p>Para&nbsp;one.</p><p>Two.</p>",
+        },
+    ]
+    document = {"version": "https://jsonfeed.org/version/1.1", "items": items}
+    import json
+
+    text, loose, headed = parse_feed(json.dumps(document).encode(), "https://e.org/feed.json")
+    # JSON Feed's content_text: paragraphs by blank lines; the first is the lead, not repeated
+    assert (text.lead, text.body) == ("One &amp; two.", "Three.")
+    # Text outside a paragraph first: the old rule (the first block of text), kept in the body
+    assert (loose.lead, loose.body) == ("Loose text.", "Loose text.\n\nPara.")
+    # A heading or a figure before the first paragraph is neither the lead nor dropped
+    assert headed.lead == "Para one."
+    assert headed.body == "![](https://e.org/x.jpg)\n\nCap\n\n## Head\n\nTwo."

@@ -53,9 +53,10 @@ def export(key: str, out: Path) -> None:
 @click.command("from-feeds")
 @click.option(
     "--period",
-    required=True,
+    default=None,
     help="The edition's days, both included, in the newsletter's time zone: "
-    "2026-11-30..2026-12-06.",
+    "2026-11-30..2026-12-06 (default: Monday to Sunday of the week that is ending, today's week "
+    "in that zone; the edition is sent the Monday after).",
 )
 @click.option("--key", default=None, help="The edition key (default: the ISO week, 2026-W49).")
 @click.option(
@@ -66,23 +67,27 @@ def export(key: str, out: Path) -> None:
     help="newsletter.yaml with the feeds (default: NEWSLETTER_NEWSLETTER_PATH).",
 )
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-def from_feeds(period: str, key: str | None, profile_path: Path | None, out: Path) -> None:
+def from_feeds(period: str | None, key: str | None, profile_path: Path | None, out: Path) -> None:
     """Start an edition in the folder OUT from the website's feeds (newsletter.yaml `feeds`):
-    the articles published in the period, per language. Exit 1 when a feed failed (the other
+    the articles published in the period, per language (by default the week that is ending, key
+    its ISO week: 2026-W49 on Thursday 2026-12-03). Exit 1 when a feed failed (the other
     languages are still written)."""
-    from datetime import date
+    from datetime import UTC, date, datetime
+    from zoneinfo import ZoneInfo
 
-    from worker.editions.feeds import edition_from_feeds, feed_fetcher
+    from worker.editions.feeds import edition_from_feeds, ending_week, feed_fetcher
     from worker.editions.files import PROFILE_FILE, read_newsletter_profile
     from worker.editions.writing import write_edition
 
-    try:
-        first, _, last = period.partition("..")
-        start, end = date.fromisoformat(first.strip()), date.fromisoformat(last.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"{period!r}: expected two dates like 2026-11-30..2026-12-06", param_hint="--period"
-        ) from None
+    if period is not None:
+        try:
+            first, _, last = period.partition("..")
+            start, end = date.fromisoformat(first.strip()), date.fromisoformat(last.strip())
+        except ValueError:
+            raise click.BadParameter(
+                f"{period!r}: expected two dates like 2026-11-30..2026-12-06",
+                param_hint="--period",
+            ) from None
     chosen = profile_path or Path(Settings.from_env().newsletter_path or PROFILE_FILE)
     if not chosen.is_file():
         raise click.ClickException(
@@ -93,6 +98,10 @@ def from_feeds(period: str, key: str | None, profile_path: Path | None, out: Pat
         raise click.ClickException(f"{out} is not empty; choose a new folder")
     try:
         profile = read_newsletter_profile(chosen)
+        if period is None:
+            today = datetime.now(UTC).astimezone(ZoneInfo(profile.timezone)).date()
+            start, end = ending_week(today)
+            click.echo(f"period {start}..{end} (the week that is ending; sent the Monday after)")
         fetch = feed_fetcher(Settings.from_env().feed_hosts)
         started = edition_from_feeds(profile, start, end, key=key, fetch=fetch)
     except EditionInvalid as error:

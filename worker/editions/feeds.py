@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 import feedparser
 import httpx
 import nh3
+from bs4 import BeautifulSoup, Tag
 from markdownify import MarkdownConverter
 
 from worker.editions.files import EditionContent, EditionImage, EditionItem, NewsletterProfile
@@ -217,13 +218,15 @@ def _feedparser_item(entry: Mapping[str, Any], base: str) -> FeedItem:
         summary = ""  # feedparser copies an Atom entry's content into a missing summary
     when = entry.get("published_parsed") or entry.get("updated_parsed")
     tags = entry.get("tags") or []
+    image = _feedparser_image(entry, body_html, link or base)
+    lead, body_html, image = _cleaned(summary if contents else "", body_html, image, link or base)
     return FeedItem(
         title=plain(str(entry.get("title") or "")),
         link=link,
         published=datetime(*when[:6]).replace(tzinfo=UTC) if when else None,
-        lead=_lead(summary if contents else "", body_html, link),
+        lead=lead,
         body=markdown_of(body_html, link or base),
-        image=_feedparser_image(entry, body_html, link or base),
+        image=image,
         section=plain(str(tags[0].get("term") or "")) or None if tags else None,
         author=str(entry.get("author") or "") or None,
     )
@@ -275,7 +278,8 @@ def _json_item(item: Mapping[str, Any], base: str) -> FeedItem:
         return value if isinstance(value, str) else ""
 
     link = urljoin(base, text("url") or text("external_url"))
-    body_html = text("content_html") or html.escape(text("content_text")).replace("\n\n", "<p>")
+    paragraphs = [part.strip() for part in text("content_text").split("\n\n") if part.strip()]
+    body_html = text("content_html") or "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
     image_url = text("image") or text("banner_image")
     image = None
     if image_url and not url_problem(urljoin(link or base, image_url)):
@@ -295,11 +299,12 @@ def _json_item(item: Mapping[str, Any], base: str) -> FeedItem:
         [item["author"]] if isinstance(item.get("author"), dict) else []
     )
     names = [a["name"] for a in authors if isinstance(a, dict) and isinstance(a.get("name"), str)]
+    lead, body_html, image = _cleaned(html.escape(text("summary")), body_html, image, link or base)
     return FeedItem(
         title=plain(text("title")),
         link=link,
         published=_json_date(text("date_published") or text("date_modified")),
-        lead=_lead(html.escape(text("summary")), body_html),
+        lead=lead,
         body=markdown_of(body_html, link or base),
         image=image,
         section=section or None,
@@ -346,8 +351,101 @@ def _lead(summary_html: str, body_html: str, link: str = "") -> str:
         lead = lead if lead.endswith((".", "!", "?", "…", "»", '"')) else f"{lead}…"
     if lead:
         return lead
-    paragraphs = re.split(r"</p\s*>|<br\s*/?>\s*<br\s*/?>|\n\s*\n", body_html, flags=re.I)
+    paragraphs = re.split(r"</?p\b[^>]*>|<br\s*/?>\s*<br\s*/?>|\n\s*\n", body_html, flags=re.I)
     return next((text for text in (plain(p) for p in paragraphs) if text), "")
+
+
+# A summary that stops short: it ends with an ellipsis or WordPress's "[…]", or carries a
+# "read more" link (WordPress's excerpt does both; its wording is the site language's).
+_CUT_END = re.compile(r"(?:…|\.\.\.|\[(?:…|\.\.\.)\])\s*$")
+_READ_MORE = re.compile(
+    r"<a\b[^>]*>\s*(?:read more|continue reading|читать далее|читать дальше|чытаць далей)\b",
+    re.I,
+)
+
+
+def is_cut(summary_html: str) -> bool:
+    """Whether the feed's summary ``summary_html`` is cut short (ends with ``…``, ``...``,
+    ``[…]`` or ``[...]``, or has a "Read more" / "Continue reading" / "Читать далее" / "Чытаць
+    далей" link): such an excerpt stops mid-sentence and is no lead."""
+    return bool(_READ_MORE.search(summary_html) or _CUT_END.search(plain(summary_html)))
+
+
+def _same_text(fragment: str, text: str) -> bool:
+    """Whether the HTML ``fragment`` says the plain ``text`` once tags, entities, whitespace and
+    case are set aside."""
+    return plain(fragment).casefold() == " ".join(text.split()).casefold() != ""
+
+
+def _cleaned(
+    summary_html: str, body_html: str, image: EditionImage | None, base: str
+) -> tuple[str, str, EditionImage | None]:
+    """The lead, the body's HTML and the image of an article, its repetitions removed:
+
+    - the picture that is the item's ``image`` (same address once resolved against ``base``)
+      is dropped from the body, with its ``figure`` and caption; the caption becomes the
+      image's credit when the feed gives none;
+    - a summary that :func:`is_cut` is not the lead: the body's first paragraph is (when the
+      body has one; otherwise the summary without its "[…]" and link, as :func:`_lead`);
+    - the body's first paragraph is dropped when it says what the lead says (as text, ignoring
+      tags, entities, whitespace and case), unless it is all the body has.
+    """
+    tree = BeautifulSoup(body_html, "html.parser")
+    if image is not None:
+        caption = _drop_picture(tree, image.url, base)
+        if caption and not image.credit:
+            image = EditionImage(url=image.url, alt=image.alt, credit=caption)
+    first = _first_paragraph(tree)
+    if summary_html and is_cut(summary_html) and first is not None:
+        summary_html = ""
+    lead = _lead(summary_html, str(tree) if first is None else str(first), base)
+    if first is not None and _same_text(str(first), lead):
+        rest = [t for t in tree.find_all(string=True) if t.strip() and first not in t.parents]
+        if rest:  # the body must keep something (an edition item's body is required)
+            first.decompose()
+    return lead, str(tree), image
+
+
+_ASIDE = ("h1", "h2", "h3", "h4", "h5", "h6", "figure", "figcaption")
+
+
+def _first_paragraph(tree: BeautifulSoup) -> Tag | None:
+    """The article's first paragraph: its first ``p`` with text, unless text outside headings
+    and figures comes before it (then None: the body is not written in paragraphs)."""
+    for text in tree.find_all(string=True):
+        if not text.strip() or any(parent.name in _ASIDE for parent in text.parents):
+            continue
+        paragraph = text.find_parent("p")
+        return paragraph if paragraph is not None and plain(str(paragraph)) else None
+    return None
+
+
+def _drop_picture(tree: BeautifulSoup, url: str, base: str) -> str:
+    """Remove from ``tree`` every ``img`` of ``url`` (with the ``figure`` around it, and a
+    paragraph or link left empty); returns the first removed caption's text, or ``""``."""
+    caption = ""
+    for img in tree.find_all("img"):
+        source = img.get("src")
+        if not isinstance(source, str) or urljoin(base, source.strip()) != url:
+            continue
+        figure = img.find_parent("figure")
+        if figure is not None:
+            found = figure.find("figcaption")
+            caption = caption or (plain(str(found)) if found is not None else "")
+            figure.decompose()
+            continue
+        holder = img.parent
+        img.decompose()
+        while (
+            holder is not None
+            and holder.name in ("a", "p", "span", "div")
+            and not plain(str(holder))
+            and holder.find("img") is None
+        ):
+            parent = holder.parent
+            holder.decompose()
+            holder = parent
+    return caption
 
 
 def markdown_of(fragment: str, base: str) -> str:
@@ -416,6 +514,19 @@ def period_bounds(start: date, end: date, zone: str) -> tuple[datetime, datetime
     first = datetime.combine(start, time(), tz).astimezone(UTC)
     after = datetime.combine(end + timedelta(days=1), time(), tz).astimezone(UTC)
     return first, after
+
+
+def ending_week(today: date) -> tuple[date, date]:
+    """Monday and Sunday of the week ``today`` is in: the period a weekly edition is made from
+    while it is under way or just ended (its articles are published by then), sent the Monday
+    after (:func:`sending_day`). On Thursday 2026-12-03: 2026-11-30 and 2026-12-06."""
+    monday = today - timedelta(days=today.weekday())
+    return monday, monday + timedelta(days=6)
+
+
+def sending_day(end: date) -> date:
+    """The Monday after a period ending on ``end``: the day the weekly edition of it goes out."""
+    return end + timedelta(days=7 - end.weekday())
 
 
 def default_key(start: date) -> str:

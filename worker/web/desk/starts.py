@@ -1,32 +1,45 @@
-"""``/desk/editions/new``: start an edition three ways — from the website's feeds for a period
-(next week by default), from an uploaded zip of an edition folder, or empty from a key and a
-period — then open it (303 to ``/desk/editions/{key}``).
+"""``/desk/editions/new``: start an edition three ways — from the website's feeds for a period,
+from an uploaded zip of an edition folder, or empty from a key and a period — then open it (303
+to ``/desk/editions/{key}``). The period is by default the week that is ending (Monday to Sunday
+of today in the newsletter's time zone), for the edition sent the Monday after, keyed by its ISO
+week; the form says so in words.
 
 The work is :mod:`worker.editions.starts`: the edition is stored whole or not at all, in the same
-transaction as its line in the action log (``edition.start``). Only the edition's content comes
-from an editor's zip: a ``newsletter.yaml`` in it that differs from the stored profile is refused,
-naming the fields; an operator's is applied and logged (``newsletter.change``, the fields). A
-refusal re-shows the form with each reason next to the field at fault (422); nothing is stored.
-A feed that fails refuses the start until the editor ticks "start anyway", when its language
-starts empty.
+transaction as its line in the action log (``edition.start``), checked as a desk save checks it
+and stored with its problems (:func:`worker.desk.starts.store_checked`), so that no way of
+sending it (the desk, ``newsletter send start``, the weekly slot) takes it before it is fixed.
+Only the edition's content comes from an editor's zip: a ``newsletter.yaml`` in it that differs
+from the stored profile is refused, naming the fields; an operator's is applied and logged
+(``newsletter.change``, the fields). A refusal re-shows the form with each reason next to the
+field at fault (422); nothing is stored. A feed that fails refuses the start until the editor
+ticks "start anyway", when its language starts empty.
+
+``POST /desk/editions/{key}/refresh`` adds to an edition not yet sent the articles its period's
+feeds have now and it has not (:func:`worker.desk.starts.refresh_from_feeds`, through the same
+guarded fetcher as a start), recorded as ``edition.refresh``, and says what it added ("2 new
+articles: 1 be, 1 ru").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+from babel import Locale
+from babel.dates import format_date
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.desk import audit
+from worker.desk import audit, drafts
 from worker.desk.accounts import Role
+from worker.desk.starts import NotRefreshable, refresh_from_feeds, store_checked
 from worker.editions.bundles import MAX_BUNDLE_BYTES
-from worker.editions.feeds import default_key, feed_fetcher
+from worker.editions.feeds import default_key, ending_week, feed_fetcher, sending_day
 from worker.editions.files import PROFILE_FILE, NewsletterProfile
 from worker.editions.starts import (
     Refusal,
@@ -36,9 +49,9 @@ from worker.editions.starts import (
     start_from_bundle,
     start_from_feeds,
 )
-from worker.editions.store import NoNewsletter, get_newsletter, profile_of
+from worker.editions.store import EditionLocked, NoNewsletter, get_newsletter, profile_of
 from worker.runtime import Runtime
-from worker.web.desk.access import DeskRefusal, DeskUser, csrf, editor, page, refused
+from worker.web.desk.access import DeskRefusal, DeskUser, csrf, editor, language, page, refused
 
 PATH = "/desk/editions/new"
 # The body cap of this route (worker/web/app.py): the largest bundle plus the form around it.
@@ -46,10 +59,12 @@ MAX_BODY_BYTES = MAX_BUNDLE_BYTES + 64 * 1024
 WAYS = ("feeds", "zip", "empty")
 
 
-def next_week(today: date) -> tuple[date, date]:
-    """Monday to Sunday of the week after the one ``today`` is in."""
-    monday = today + timedelta(days=7 - today.weekday())
-    return monday, monday + timedelta(days=6)
+def period_help(start: date, end: date, language: str) -> dict[str, str]:
+    """The default period in words, in the desk's ``language`` (weekdays and months from CLDR
+    via Babel): ``first``, ``last`` and ``sent`` (the Monday after), e.g. "Monday 30 November"."""
+    locale = Locale.parse(language)
+    days = {"first": start, "last": end, "sent": sending_day(end)}
+    return {name: format_date(day, "EEEE d MMMM", locale=locale) for name, day in days.items()}
 
 
 @dataclass(frozen=True)
@@ -74,10 +89,16 @@ def _profile(runtime: Runtime, now: datetime) -> NewsletterProfile | None:
 
 
 def _show(
-    request: Request, user: DeskUser, form: _Form, chosen: NewsletterProfile | None, status: int
+    request: Request,
+    user: DeskUser,
+    form: _Form,
+    chosen: NewsletterProfile | None,
+    status: int,
+    default_period: dict[str, str] | None = None,
 ) -> Response:
     context: dict[str, Any] = {
         "form": form,
+        "default_period": default_period,
         "profile": chosen,
         "max_mb": MAX_BUNDLE_BYTES // (1024 * 1024),
     }
@@ -85,9 +106,9 @@ def _show(
 
 
 def _blank(runtime: Runtime, now: datetime, chosen: NewsletterProfile | None) -> _Form:
-    """The form with next week (in the newsletter's time zone) filled in."""
+    """The form with the week that is ending (in the newsletter's time zone) filled in."""
     zone = ZoneInfo(chosen.timezone if chosen else "UTC")
-    start, end = next_week(now.astimezone(zone).date())
+    start, end = ending_week(now.astimezone(zone).date())
     return _Form("feeds", default_key(start), str(start), str(end), False, {})
 
 
@@ -136,7 +157,10 @@ def router(runtime: Runtime) -> APIRouter:
         """The three ways, with next week (in the newsletter's time zone) filled in."""
         now = runtime.clock.now()
         chosen = _profile(runtime, now)
-        return _show(request, user, _blank(runtime, now, chosen), chosen, 200)
+        blank = _blank(runtime, now, chosen)
+        words = period_help(date.fromisoformat(blank.start), date.fromisoformat(blank.end),
+                            language(request))  # fmt: skip
+        return _show(request, user, blank, chosen, 200, words)
 
     @router.post("/editions/new", dependencies=[Depends(csrf)])
     def create(
@@ -162,7 +186,58 @@ def router(runtime: Runtime) -> APIRouter:
             return _show(request, user, _with_errors(form, errors), chosen, 422)
         return RedirectResponse(f"/desk/editions/{started_key}", status_code=303)
 
+    @router.post("/editions/{key}/refresh", dependencies=[Depends(csrf)])
+    def refresh(request: Request, key: str, user: Annotated[DeskUser, Depends(editor)]) -> Response:
+        """Add the feeds' new articles to edition ``key``; a page saying what was added."""
+        key = key[:_MAX_KEY]
+        now = runtime.clock.now()
+        settings = runtime.settings
+        with runtime.session() as session:
+            try:
+                refreshed = refresh_from_feeds(
+                    session,
+                    key,
+                    now,
+                    settings.public_url,
+                    settings.images_dir,
+                    _own_hosts(settings.image_hosts),
+                    fetch=feed_fetcher(settings.feed_hosts),
+                )
+            except drafts.NoEdition:
+                raise DeskRefusal(404, f"There is no edition {key}.") from None
+            except EditionLocked:
+                raise DeskRefusal(
+                    409,
+                    f"Edition {key} has a send already: it can no longer change. "
+                    "Cancel a scheduled send first to refresh it.",
+                ) from None
+            except NotRefreshable as error:
+                raise DeskRefusal(409, f"Edition {key} cannot be refreshed: {error}.") from None
+            detail = {"added": refreshed.summary()}
+            if refreshed.problems:
+                detail["problems"] = "; ".join(refreshed.problems)[:500]
+            audit.record(session, user.name, "edition.refresh", key, detail, at=now)
+        counts = ", ".join(f"{n} {lang}" for lang, n in refreshed.added.items() if n)
+        return page(
+            request,
+            user,
+            "refreshed.html.j2",
+            key=key,
+            total=refreshed.total,
+            counts=counts,
+            problems=refreshed.problems,
+            draft=refreshed.draft,
+        )
+
     return router
+
+
+_MAX_KEY = 64  # an edition key's length (its pattern on the forms)
+
+
+def _own_hosts(image_hosts: str) -> list[str]:
+    """``NEWSLETTER_IMAGE_HOSTS`` as a list of hosts."""
+    return [host.strip() for host in image_hosts.split(",") if host.strip()]
 
 
 def _with_errors(form: _Form, errors: dict[str, list[Refusal]]) -> _Form:
@@ -192,6 +267,7 @@ def _start(
                 may_change_profile=user.role == Role.OPERATOR,
             )
             key = started.edition.key
+            _check(runtime, session, key, now)
             audit.record(session, user.name, "edition.start", key, {"way": "zip"}, at=now)
             if started.profile_changes:
                 changed = {"fields": ", ".join(started.profile_changes)[:500], "edition": key}
@@ -225,8 +301,22 @@ def _start(
         detail = {"way": form.way, "period": f"{first}..{last}"}
         if started.notes:
             detail["notes"] = "; ".join(started.notes)[:500]
+        _check(runtime, session, started.edition.key, now)
         audit.record(session, user.name, "edition.start", started.edition.key, detail, at=now)
         return started.edition.key
+
+
+def _check(runtime: Runtime, session: Session, key: str, now: datetime) -> None:
+    """Check the edition just started and store it with its problems (see the module)."""
+    settings = runtime.settings
+    store_checked(
+        session,
+        key,
+        now,
+        settings.public_url,
+        settings.images_dir,
+        _own_hosts(settings.image_hosts),
+    )
 
 
 def _upload(bundle: UploadFile | None) -> bytes:
