@@ -104,7 +104,7 @@ def test_fields_of_a_wordpress_rss_item(site: str) -> None:
 
 def test_an_excerpt_that_repeats_or_cuts_the_article_is_cleaned(site: str) -> None:
     # Given a WordPress feed whose articles repeat their lead and photo, one excerpt cut short
-    data, content_type = fetch_feed(f"{site}/be/feed/excerpts/")
+    data, content_type = fetch_feed(f"{site}/be/feed/excerpts/", allow_hosts=LOOPBACK)
     returning, taxes = parse_feed(data, f"{site}/be/feed/excerpts/", content_type)
 
     # Then the cut excerpt ("… Чытаць далей") gives way to the first paragraph, which leaves the
