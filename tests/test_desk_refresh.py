@@ -272,3 +272,20 @@ def test_the_refresh_form_include(rt: Runtime, site: str) -> None:
     assert 'action="/desk/editions/2026-W49/refresh"' in shown
     assert 'name="csrf" value="token-1"' in shown and "Обновить из лент" in shown
     assert template.render(draft=replace(draft, locked=True), csrf="t").strip() == ""
+
+
+def test_a_period_that_is_not_one_is_refused_with_its_reason(rt: Runtime, site: str) -> None:
+    started_on_thursday(rt, site)
+    with rt.session() as session:
+        draft = drafts.load_draft(session, "2026-W49")
+        swapped = replace(draft, period_start="2026-12-06", period_end="2026-11-30")
+        drafts.save_draft(session, swapped, THURSDAY, rt.settings.public_url)
+        session.commit()
+    client = client_of(rt)
+    token = csrf_of(client.get("/desk/editions/2026-W49").text)
+    answer = client.post("/desk/editions/2026-W49/refresh", data={"csrf": token})
+    assert answer.status_code == 409
+    assert (
+        "Edition 2026-W49 cannot be refreshed: the period ends (2026-11-30) before it starts "
+        "(2026-12-06): correct it and save first." in answer.text
+    )

@@ -97,7 +97,7 @@ class Refreshed:
 
 class NotRefreshable(ValueError):
     """The edition cannot be refreshed from the feeds; the message says why (no feeds in the
-    newsletter, a period that is not two dates)."""
+    newsletter, a period that is not two dates or ends before it starts)."""
 
 
 def refresh_from_feeds(
@@ -136,7 +136,10 @@ def refresh_from_feeds(
             f"the period {draft.period_start!r}..{draft.period_end!r} is not two dates: "
             "correct it and save first"
         ) from None
-    fetched = edition_from_feeds(profile, start, end, key=key, fetch=fetch)
+    try:
+        fetched = edition_from_feeds(profile, start, end, key=key, fetch=fetch)
+    except ValueError as error:  # a period the wrong way round
+        raise NotRefreshable(f"{error}: correct it and save first") from None
     new: dict[str, list[drafts.ItemCell]] = {}
     for language in draft.languages:
         content = fetched.contents.get(language)

@@ -7,7 +7,11 @@ allows a host, a timeout, a size cap), parsed
 items published within the edition's period (whole days in the newsletter's time zone) become the
 edition's items in that language: title, link, lead (plain text), body (the article's HTML
 cleaned by the rich-text allow-list, then written as Markdown, the edition files' format), image
-with its credit, section (the first category).
+with its credit, section (the first category). What the site repeats is taken out
+(:func:`_cleaned`): a cut excerpt ("… Читать далее […]") gives way to the article's first
+paragraph as the lead, the body's first paragraph is dropped when it repeats the lead, and the
+item's own photo is dropped from the body (its caption becoming the credit when there is none).
+The default period is the week that is ending (:func:`ending_week`).
 
 Nothing is invented: an article published in one language only stays in that language (the
 languages then have different numbers of items, which ``edition check`` and the desk show), an
