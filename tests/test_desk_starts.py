@@ -118,6 +118,12 @@ def test_the_page_offers_three_ways_with_the_week_that_is_ending(rt: Runtime, si
     )
     russian = client.get("/desk/editions/new?lang=ru").text
     assert "Статьи, опубликованные в период понедельник " in russian
+    # A refused start says the period typed in words, with the reasons
+    form = {"csrf": csrf_of(page.text), "way": "empty", "key": "2026 W49", **WEEK}
+    refused = client.post("/desk/editions/new?lang=en", data=form)
+    assert refused.status_code == 422
+    said = "Articles published Monday 30 November – Sunday 6 December; sent Monday 7 December."
+    assert said in refused.text
     for label in ("From the website's feeds", "From a zip archive", "Empty"):
         assert label in page.text
     belarusian = client.get("/desk/editions/new?lang=be").text

@@ -112,6 +112,16 @@ def _blank(runtime: Runtime, now: datetime, chosen: NewsletterProfile | None) ->
     return _Form("feeds", default_key(start), str(start), str(end), False, {})
 
 
+def _words(request: Request, form: _Form) -> dict[str, str] | None:
+    """The period of ``form`` in words, in the page's language (:func:`period_help`); None
+    when it is not two dates in order (the form then says what is wrong with it)."""
+    try:
+        start, end = date.fromisoformat(form.start), date.fromisoformat(form.end)
+    except ValueError:
+        return None
+    return period_help(start, end, language(request)) if start <= end else None
+
+
 def too_large(runtime: Runtime) -> ASGIApp:
     """The answer to an upload over :data:`MAX_BODY_BYTES` (``worker.web.guards.BodyLimit``
     calls it instead of its JSON 413, without reading the body): the start form again, its zip
@@ -136,7 +146,7 @@ def _too_large_page(runtime: Runtime, request: Request, user: DeskUser) -> Respo
     chosen = _profile(runtime, now)
     blank = _blank(runtime, now, chosen)
     form = _Form("zip", blank.key, blank.start, blank.end, False, {"bundle": [_too_large()]})
-    return _show(request, user, form, chosen, 413)
+    return _show(request, user, form, chosen, 413, _words(request, blank))
 
 
 def _too_large() -> Refusal:
@@ -154,13 +164,12 @@ def router(runtime: Runtime) -> APIRouter:
 
     @router.get("/editions/new")
     def new(request: Request, user: Annotated[DeskUser, Depends(editor)]) -> Response:
-        """The three ways, with next week (in the newsletter's time zone) filled in."""
+        """The three ways, with the week that is ending (in the newsletter's time zone) filled
+        in and said in words."""
         now = runtime.clock.now()
         chosen = _profile(runtime, now)
         blank = _blank(runtime, now, chosen)
-        words = period_help(date.fromisoformat(blank.start), date.fromisoformat(blank.end),
-                            language(request))  # fmt: skip
-        return _show(request, user, blank, chosen, 200, words)
+        return _show(request, user, blank, chosen, 200, _words(request, blank))
 
     @router.post("/editions/new", dependencies=[Depends(csrf)])
     def create(
@@ -183,7 +192,8 @@ def router(runtime: Runtime) -> APIRouter:
             errors: dict[str, list[Refusal]] = {}
             for refusal in refused.refusals:
                 errors.setdefault(refusal.field, []).append(refusal)
-            return _show(request, user, _with_errors(form, errors), chosen, 422)
+            words = _words(request, form)
+            return _show(request, user, _with_errors(form, errors), chosen, 422, words)
         return RedirectResponse(f"/desk/editions/{started_key}", status_code=303)
 
     @router.post("/editions/{key}/refresh", dependencies=[Depends(csrf)])
