@@ -151,13 +151,15 @@ def refresh_from_feeds(
             if item.url and item.url not in present
         ]
     added = {language: len(cells) for language, cells in new.items()}
-    if any(added.values()):
-        draft = _with_rows(draft, new)
+    problems = [str(problem) for problem in fetched.problems]
+    if not any(added.values()):
+        return Refreshed(added, problems, draft)  # nothing new: the edition stays as stored
+    draft = _with_rows(draft, new)
     images = served_images(images_dir, key, draft) if images_dir else ()
     stored = drafts.save_draft(
         session, draft, now, public_url, image_files=images, own_hosts=own_hosts
     )
-    return Refreshed(added, [str(problem) for problem in fetched.problems], stored)
+    return Refreshed(added, problems, stored)
 
 
 def _with_rows(draft: drafts.Draft, new: dict[str, list[drafts.ItemCell]]) -> drafts.Draft:
