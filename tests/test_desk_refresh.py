@@ -272,6 +272,10 @@ def test_the_refresh_form_include(rt: Runtime, site: str) -> None:
     assert 'action="/desk/editions/2026-W49/refresh"' in shown
     assert 'name="csrf" value="token-1"' in shown and "Обновить из лент" in shown
     assert template.render(draft=replace(draft, locked=True), csrf="t").strip() == ""
+    # The edit page carries it, outside the edit form (forms do not nest)
+    page = client_of(rt).get("/desk/editions/2026-W49").text
+    assert page.count('action="/desk/editions/2026-W49/refresh"') == 1
+    assert page.index("/refresh") < page.index('action="/desk/editions/2026-W49"')
 
 
 def test_a_period_that_is_not_one_is_refused_with_its_reason(rt: Runtime, site: str) -> None:
