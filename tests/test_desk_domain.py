@@ -21,8 +21,9 @@ from worker.cli import main
 from worker.desk import drafts, history, plans, previews
 from worker.desk.drafts import MISSING, FieldProblem
 from worker.devtools.outbox import OutboxServer
-from worker.editions.files import read_edition
+from worker.editions.files import check_edition, read_edition
 from worker.editions.rendering import RenderedMessage
+from worker.editions.writing import write_edition
 from worker.editions.store import (
     EditionLocked,
     edition_contents,
@@ -177,13 +178,63 @@ def test_an_item_missing_in_one_language_is_shown_missing_not_dropped(rt: Runtim
     assert saved.rows()[1]["ru"] is MISSING
     assert saved.rows()[2]["ru"] is not MISSING  # the rows after it keep their place
     assert saved.problems_of("ru.items[1].item") == [
-        "item 2 is missing in ru: write it, or remove the row"
+        "article 2 is missing in ru: write it, mark it as not in ru, or remove the row"
     ]
-    assert any("number of items" in reason for reason in saved.problems_of("ru"))
+    # the count in the desk's words, not the file check's ("differs from en.yaml")
+    assert saved.problems_of("ru") == [
+        "en has 3 articles, ru 2 — mark the extra one as not in ru, or add it"
+    ]
+    (count,) = saved.problems_at("ru")
+    assert count.code == "count" and count.values == {
+        "more": "en", "more_count": "3", "count": "2", "extra": "1"
+    }  # fmt: skip
     # reloaded from the database: still missing at the same row
     with rt.session() as session:
         again = drafts.load_draft(session, KEY)
     assert again.rows()[1]["ru"] is MISSING and again.rows()[2]["ru"] is not MISSING
+    assert again.problems_at("ru")[0].code == "count"
+
+
+def test_an_article_marked_not_in_a_language_is_sendable_and_left_out_of_its_mail(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    form = _three_rows(rt)
+    for language in ("en", "be"):  # row 2 is a Russian-only article
+        for name in drafts.ITEM_FIELDS:
+            form[drafts.field_name(language, 1, name)] = ""
+    # one decision only: be stays a problem
+    form["en.items[1].absent"] = "1"
+    half = _save(rt, form)
+    assert half.rows()[1]["en"] is drafts.ABSENT and half.rows()[1]["be"] is MISSING
+    assert [(p.code, p.language, p.row) for p in half.problems] == [
+        ("count", "be", None), ("missing", "be", 1)
+    ]  # fmt: skip
+    with rt.session() as session:  # stored with its problems: the decision is kept
+        assert drafts.load_draft(session, KEY).rows()[1]["en"] is drafts.ABSENT
+    form["be.items[1].absent"] = "1"
+    saved = _save(rt, form)
+    assert saved.problems == () and saved.sendable
+    rows = saved.rows()
+    assert [rows[1][language] is drafts.ABSENT for language in ("en", "be", "ru")] == [
+        True, True, False
+    ]  # fmt: skip
+    assert rows[2]["en"] is not None and rows[2]["en"]["title"] == "Item 3 (en)"  # aligned
+    with rt.session() as session:
+        edition = find_edition(session, KEY)
+        assert edition is not None
+        contents = edition_contents(session, edition)
+        assert contents["en"].absent == (1,) and contents["ru"].absent == ()
+        assert [item.title for item in contents["ru"].items][1:] == ["Item 2 (ru)", "Item 3 (ru)"]
+        assert len(contents["en"].items) == 2
+        profile = profile_of(session.get(Newsletter, edition.newsletter_id))
+        rendered = previews.previews(session, edition, "https://news.example.org")
+    assert "Item 2 (ru)" in rendered["ru"].html
+    assert "Item 3 (en)" in rendered["en"].html and "Item 2 (en)" not in rendered["en"].html
+    # the folder written back (what `edition export` writes) says so, and the check accepts it
+    folder = tmp_path / "out"
+    write_edition(folder, profile, contents)
+    assert "- absent: true" in (folder / "en.yaml").read_text("utf-8")
+    assert check_edition(folder) == []
 
 
 def test_removing_a_row_removes_it_in_every_language_and_stays_valid(rt: Runtime) -> None:

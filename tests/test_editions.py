@@ -303,3 +303,76 @@ def test_profile_shape_problems_name_the_field(tmp_path: Path) -> None:
         ("from.adress", "unknown key 'adress' (expected one of: address, name)"),
         ("2024", f"unknown key '2024' (expected one of: {PROFILE_KEYS})"),
     }
+
+
+def _add_item(folder: Path, name: str, entry: str, last: bool = True) -> None:
+    """Append ``entry`` (YAML lines of one list entry, indented as in the sample) to the file's
+    ``items`` (which is the last key of the sample files)."""
+    path = folder / name
+    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n" + entry, "utf-8")
+
+
+RU_ONLY = """  - title: "Только по-русски"
+    url: https://example.org/ru/only
+    lead: "Статья только для русских читателей."
+    body: "Текст."
+"""
+
+
+def test_an_absent_placeholder_keeps_the_languages_aligned_and_is_not_rendered(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from worker.cli.edition import edition
+    from worker.editions.rendering import render_source
+
+    folder = copy_sample(tmp_path)
+    _add_item(folder, "ru.yaml", RU_ONLY)
+    # without a decision for en and be: the count differs (the file check's wording)
+    reasons = {(p.file, p.location): p.reason for p in check_edition(folder)}
+    assert reasons[("ru.yaml", "items")] == "number of items 2 differs from en.yaml: 1"
+    _add_item(folder, "en.yaml", "  - absent: true\n")
+    _add_item(folder, "be.yaml", "  - absent: true\n")
+    assert check_edition(folder) == []
+    result = CliRunner().invoke(edition, ["check", str(folder)])
+    assert result.exit_code == 0, result.output
+    source = read_edition(folder)
+    assert source.contents["en"].absent == (1,) and len(source.contents["en"].items) == 1
+    assert source.contents["ru"].absent == () and len(source.contents["ru"].items) == 2
+    assert source.contents["en"].positions() == [0]
+    back = EditionContent.from_json(json.loads(json.dumps(source.contents["be"].to_json())))
+    assert back == source.contents["be"]
+    rendered = render_source(source, "https://news.example.org")
+    assert "Только по-русски" in rendered["ru"].html
+    assert rendered["en"].html.count("<h2") == render_source(
+        read_edition(SAMPLE), "https://news.example.org"
+    )["en"].html.count("<h2")
+
+
+def test_an_absent_placeholder_has_nothing_else_and_is_not_every_item(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path)
+    _add_item(folder, "ru.yaml", RU_ONLY)
+    _add_item(folder, "en.yaml", "  - absent: true\n    title: Invented\n")
+    _add_item(folder, "be.yaml", "  - absent: false\n")
+    reasons = {(p.file, p.location, p.line): p.reason for p in check_edition(folder)}
+    assert reasons[("en.yaml", "items[1]", _last_line(folder, "en.yaml") - 1)] == (
+        "a placeholder 'absent: true' has no other fields (found: title); write the article, "
+        "or keep only 'absent: true'"
+    )
+    assert reasons[("be.yaml", "items[1]", _last_line(folder, "be.yaml"))] == (
+        "'absent' must be true (got bool False); leave it out for an article"
+    )
+    (tmp_path / "only").mkdir()
+    only = copy_sample(tmp_path / "only")
+    path = only / "en.yaml"
+    text = path.read_text("utf-8")
+    path.write_text(text[: text.index("items:")] + "items:\n  - absent: true\n", "utf-8")
+    found = {(p.file, p.location): p.reason for p in check_edition(only)}
+    assert found[("en.yaml", "items")] == (
+        "every item is 'absent: true': a language needs at least one article"
+    )
+
+
+def _last_line(folder: Path, name: str) -> int:
+    return len((folder / name).read_text("utf-8").splitlines())

@@ -3,7 +3,11 @@
 An edition folder matches its languages' items by position (``items[0]`` of ``en.yaml`` is the
 same article as ``items[0]`` of ``be.yaml``; ``newsletter edition check`` refuses files whose item
 counts differ). The desk shows that as rows: row *n* holds each language's item *n*, or
-:data:`MISSING` where a language lacks it, so a missing translation is seen, never dropped.
+:data:`MISSING` where a language lacks it, so a missing translation is seen, never dropped. An
+article that one language does not have at all is marked so by the editor ("Not in
+Belarusian"): the cell becomes :data:`ABSENT`, written to the folder as the placeholder
+``- absent: true``, which keeps the rows aligned and is left out of that language's mail; a
+missing cell without that decision stays a problem.
 
 Saving runs exactly the checks of ``newsletter edition check``: the draft is written as an edition
 folder (``newsletter.yaml`` from the stored profile, one ``<language>.yaml`` per language) into a
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from babel import Locale
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -69,6 +74,9 @@ REQUIRED_ITEM_FIELDS = ("title", "url", "lead", "body")
 # and the period as typed when it is not a date.
 ROWS_KEY = "draft_rows"
 ROW_COUNT_KEY = "draft_row_count"  # rows may be empty in every language (an added row)
+# The rows marked "not in this language" (EditionContent.to_json's "absent": file positions,
+# which are the rows when the draft is valid).
+ABSENT_KEY = "absent"
 PERIOD_KEY = "draft_period"
 
 MISSING = None
@@ -85,14 +93,20 @@ class ItemCell:
     keyed by :data:`ITEM_FIELDS`."""
 
     values: Mapping[str, str]
+    absent: bool = False  # the editor said the language has no version of this article
 
     def __getitem__(self, name: str) -> str:
         return self.values.get(name, "")
 
     @property
     def empty(self) -> bool:
-        """Whether every field is blank: the cell counts as :data:`MISSING`."""
-        return not any(value.strip() for value in self.values.values())
+        """Whether every field is blank and the cell is not :data:`ABSENT`: it counts as
+        :data:`MISSING`."""
+        return not self.absent and not any(value.strip() for value in self.values.values())
+
+
+ABSENT = ItemCell({}, absent=True)
+"""A cell of a language that does not have the row's article, by the editor's decision."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,15 @@ class FieldProblem:
     row: int | None
     field: str
     reason: str
+    # The desk's own problems (rows missing, item counts) carry a code and its values, which
+    # the page words in the desk's language; ``reason`` is their English wording.
+    code: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def values(self) -> dict[str, str]:
+        """``params`` as a mapping, for the page's wording."""
+        return dict(self.params)
 
     @property
     def name(self) -> str:
@@ -127,13 +150,17 @@ class FieldProblem:
 
     def to_json(self) -> dict[str, Any]:
         return {"language": self.language, "row": self.row, "field": self.field,
-                "reason": self.reason}  # fmt: skip
+                "reason": self.reason, "code": self.code,
+                "params": dict(self.params)}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FieldProblem:
         row = data.get("row")
+        params = data.get("params") or {}
         return cls(data.get("language"), None if row is None else int(row),
-                   str(data.get("field", "")), str(data.get("reason", "")))  # fmt: skip
+                   str(data.get("field", "")), str(data.get("reason", "")),
+                   str(data.get("code") or ""),
+                   tuple((str(k), str(v)) for k, v in params.items()))  # fmt: skip
 
 
 def field_name(language: str | None, row: int | None, name: str) -> str:
@@ -183,12 +210,30 @@ class Draft:
 
     def problems_of(self, name: str) -> list[str]:
         """The reasons reported for the form field ``name`` (see :func:`field_name`)."""
-        return [problem.reason for problem in self.problems if problem.name == name]
+        return [problem.reason for problem in self.problems_at(name)]
+
+    def problems_at(self, name: str) -> list[FieldProblem]:
+        """The problems reported for the form field ``name`` (see :func:`field_name`)."""
+        return [problem for problem in self.problems if problem.name == name]
 
     @property
     def sendable(self) -> bool:
         """Whether the edition may be sent: stored without problems."""
         return not self.problems
+
+
+def language_names(codes: Iterable[str], in_language: str) -> dict[str, str]:
+    """Each language code of ``codes`` by its name in ``in_language`` (CLDR via Babel, first
+    letter capitalised: ``{"be": "Belarusian"}`` in ``en``); a code Babel does not know stays
+    the code."""
+    names = {}
+    for code in codes:
+        try:
+            name = Locale.parse(code).get_display_name(Locale.parse(in_language)) or code
+        except (ValueError, LookupError):
+            name = code
+        names[code] = name[:1].upper() + name[1:]
+    return names
 
 
 def _cell_at(cells: tuple[ItemCell | None, ...], row: int) -> ItemCell | None:
@@ -216,11 +261,17 @@ def _cell_from_json(item: Mapping[str, Any]) -> ItemCell:
 
 def _language_from_json(language: str, data: Mapping[str, Any]) -> LanguageDraft:
     items = [_cell_from_json(item) for item in data.get("items") or []]
-    rows = data.get(ROWS_KEY) or list(range(len(items)))
-    count = max(max(rows, default=-1) + 1, int(data.get(ROW_COUNT_KEY) or 0))
+    absent = {int(row) for row in data.get(ABSENT_KEY) or ()}
+    total = len(items) + len(absent)
+    rows = data.get(ROWS_KEY) or [row for row in range(total) if row not in absent]
+    count = max(
+        max(rows, default=-1) + 1, max(absent, default=-1) + 1, int(data.get(ROW_COUNT_KEY) or 0)
+    )
     cells: list[ItemCell | None] = [MISSING] * count
     for row, cell in zip(rows, items, strict=False):
         cells[int(row)] = cell
+    for row in absent:
+        cells[row] = ABSENT
     return LanguageDraft(
         language, str(data.get("subject") or ""), str(data.get("preheader") or ""), tuple(cells)
     )
@@ -327,7 +378,8 @@ def draft_from_form(draft: Draft, form: Mapping[str, str]) -> Draft:
     areas' CRLF read as LF; values stripped).
 
     ``rows`` is the number of rows; ``remove`` a row to delete in every language; ``add`` (any
-    value) a new empty row at the end. Languages and rows not in the form keep nothing: the
+    value) a new empty row at the end; ``<language>.items[n].absent`` (any value) marks a cell
+    left empty as :data:`ABSENT` (a cell with text keeps its text). Languages and rows not in the form keep nothing: the
     form carries the whole edition. Raises :class:`FormError` for a row count that is not a
     number from 0 to :data:`MAX_ROWS`.
     """
@@ -341,6 +393,7 @@ def draft_from_form(draft: Draft, form: Mapping[str, str]) -> Draft:
         language: [dict.fromkeys(ITEM_FIELDS, "") for _ in range(count)]
         for language in draft.languages
     }
+    marked: set[tuple[str, int]] = set()
     for name, value in form.items():
         match = _ITEM_NAME.match(name)
         if match is None:
@@ -348,6 +401,8 @@ def draft_from_form(draft: Draft, form: Mapping[str, str]) -> Draft:
         language, row, item_field = match[1], int(match[2]), match[3]
         if language in cells and row < count and item_field in ITEM_FIELDS:
             cells[language][row][item_field] = _clean(value)
+        elif language in cells and row < count and item_field == "absent" and value:
+            marked.add((language, row))
     removed = form.get("remove", "")
     drop = int(removed) if removed.isdigit() and int(removed) < count else None
     texts = {}
@@ -357,6 +412,8 @@ def draft_from_form(draft: Draft, form: Mapping[str, str]) -> Draft:
             if row == drop:
                 continue
             cell = ItemCell(values)
+            if cell.empty and (language, row) in marked:
+                cell = ABSENT
             rows.append(MISSING if cell.empty else cell)
         if form.get("add"):
             rows.append(MISSING)
@@ -405,6 +462,8 @@ def _profile_yaml(profile: NewsletterProfile) -> dict[str, Any]:
 
 
 def _item_yaml(cell: ItemCell) -> dict[str, Any]:
+    if cell.absent:
+        return {"absent": True}
     item: dict[str, Any] = {}
     for name in ("section", "title", "standfirst", "url"):
         if cell[name] or name in REQUIRED_ITEM_FIELDS:
@@ -421,7 +480,8 @@ def _item_yaml(cell: ItemCell) -> dict[str, Any]:
 
 def content_yaml(draft: Draft, language: str) -> tuple[dict[str, Any], list[int]]:
     """The ``<language>.yaml`` mapping of ``language`` (what ``newsletter edition check``
-    reads) and the row of each of its items (missing cells are left out)."""
+    reads) and the row of each of its items (missing cells are left out; an :data:`ABSENT`
+    cell is the placeholder ``absent: true``)."""
     text = draft.texts[language]
     present = [(row, cell) for row, cell in enumerate(text.cells) if cell is not MISSING]
     return {
@@ -493,7 +553,13 @@ def check_draft(
                 renditions = render_source(source, public_url)
             except EditionInvalid as error:
                 source, problems = None, error.problems
-    found = [_at_field(problem, rows) for problem in problems]
+    found = [
+        _at_field(problem, rows)
+        for problem in problems
+        # the desk words a count that differs itself (_counts), with the rows it comes from
+        if not (problem.location == "items" and problem.reason.startswith("number of items"))
+    ]
+    found += _counts(draft)
     found += _missing_cells(draft)
     hosts = [host_of(profile.site), host_of(public_url), *own_hosts]
     warnings = {
@@ -503,18 +569,50 @@ def check_draft(
     return Checked(source, renditions, tuple(_unique(found)), warnings)
 
 
+def _counts(draft: Draft) -> list[FieldProblem]:
+    """Each language with fewer articles than the language with the most (an :data:`ABSENT`
+    cell counts: it is the editor's "not in this language"), worded as the desk shows it:
+    "ru has 3 articles, en 2 — mark the extra one as not in en, or add it"."""
+    counts = {
+        language: sum(1 for cell in text.cells if cell is not MISSING)
+        for language, text in draft.texts.items()
+    }
+    if not counts:
+        return []
+    most = max(counts, key=lambda language: (counts[language], -draft.languages.index(language)))
+    problems = []
+    for language, count in counts.items():
+        if count < counts[most]:
+            extra = counts[most] - count
+            reason = (
+                f"{most} has {counts[most]} articles, {language} {count} — mark the extra "
+                f"{'one' if extra == 1 else 'ones'} as not in {language}, or add "
+                f"{'it' if extra == 1 else 'them'}"
+            )
+            params = (("more", most), ("more_count", str(counts[most])),
+                      ("count", str(count)), ("extra", str(extra)))  # fmt: skip
+            problems.append(FieldProblem(language, None, "items", reason, "count", params))
+    return problems
+
+
 def _missing_cells(draft: Draft) -> list[FieldProblem]:
     problems = []
     for row, cells in enumerate(draft.rows()):
-        present = [language for language, cell in cells.items() if cell is not MISSING]
+        present = [
+            language
+            for language, cell in cells.items()
+            if cell is not MISSING and not cell.absent
+        ]
         for language, cell in cells.items():
-            if cell is MISSING:
+            if cell is MISSING and present:
                 reason = (
-                    f"item {row + 1} is missing in {language}: write it, or remove the row"
-                    if present
-                    else f"row {row + 1} is empty in every language: fill it in or remove it"
+                    f"article {row + 1} is missing in {language}: write it, mark it as not in "
+                    f"{language}, or remove the row"
                 )
-                problems.append(FieldProblem(language, row, "item", reason))
+                problems.append(FieldProblem(language, row, "item", reason, "missing"))
+            elif cell is MISSING or (not present and language == draft.languages[0]):
+                reason = f"row {row + 1} has no article in any language: fill it in or remove it"
+                problems.append(FieldProblem(language, row, "item", reason, "empty_row"))
     return problems
 
 
@@ -618,6 +716,8 @@ def _store_with_problems(
         if language not in draft.texts:
             continue
         data, rows = content_yaml(draft, language)
+        kept = [(row, item) for row, item in zip(rows, data["items"], strict=True)
+                if "absent" not in item]  # fmt: skip
         stored: dict[str, Any] = {
             "key": draft.key,
             "language": language,
@@ -625,8 +725,10 @@ def _store_with_problems(
             "period_end": end or date.min.isoformat(),
             "subject": data["subject"],
             "preheader": data["preheader"],
-            "items": [_item_json(item) for item in data["items"]],
-            ROWS_KEY: rows,
+            "items": [_item_json(item) for _, item in kept],
+            ABSENT_KEY: [row for row, item in zip(rows, data["items"], strict=True)
+                         if "absent" in item],  # fmt: skip
+            ROWS_KEY: [row for row, _ in kept],
             ROW_COUNT_KEY: draft.row_count,
             # every problem is kept once, with the first language's row
             PROBLEMS_KEY: listed if index == 0 else [],

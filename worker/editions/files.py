@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from worker.editions.schema import (
+    Absent,
     ContentFile,
     FieldError,
     Item,
@@ -87,7 +88,13 @@ class EditionItem:
 
 @dataclass(frozen=True)
 class EditionContent:
-    """One language of one edition, from ``<language>.yaml`` (e.g. ``en.yaml``)."""
+    """One language of one edition, from ``<language>.yaml`` (e.g. ``en.yaml``).
+
+    ``items`` are the articles this language has, in file order; ``absent`` the 0-based positions
+    in the file's ``items`` list of the ``absent: true`` placeholders (articles this language does
+    not have), which keep every language's items aligned by position. Renderings use ``items``
+    only; :meth:`positions` gives each item's position in the file.
+    """
 
     key: str
     language: str
@@ -96,6 +103,13 @@ class EditionContent:
     subject: str
     preheader: str
     items: tuple[EditionItem, ...]
+    absent: tuple[int, ...] = ()
+
+    def positions(self) -> list[int]:
+        """The position in the file's ``items`` list of each entry of ``items``, in order."""
+        absent = set(self.absent)
+        total = len(self.items) + len(absent)
+        return [n for n in range(total) if n not in absent]
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-safe dict (dates as ISO 8601 strings); :meth:`from_json` reverses it."""
@@ -107,6 +121,7 @@ class EditionContent:
             "subject": self.subject,
             "preheader": self.preheader,
             "items": [_item_to_json(item) for item in self.items],
+            "absent": list(self.absent),
         }
 
     @classmethod
@@ -123,6 +138,7 @@ class EditionContent:
             subject=str(data["subject"]),
             preheader=str(data["preheader"]),
             items=tuple(_item_from_json(item) for item in data["items"]),
+            absent=tuple(int(n) for n in data.get("absent") or ()),
         )
 
 
@@ -457,7 +473,8 @@ def _check_content(
         period_end=parsed.period.end,
         subject=parsed.subject,
         preheader=parsed.preheader,
-        items=tuple(_item(item) for item in parsed.items),
+        items=tuple(_item(item) for item in parsed.items if not isinstance(item, Absent)),
+        absent=tuple(n for n, item in enumerate(parsed.items) if isinstance(item, Absent)),
     )
     return content, []
 
@@ -555,7 +572,7 @@ def _missing_images(
     folder: Path, contents: Mapping[str, EditionContent], summaries: Mapping[str, _Summary]
 ) -> Iterator[EditionProblem]:
     for language, content in contents.items():
-        for n, item in enumerate(content.items):
+        for n, item in zip(content.positions(), content.items, strict=True):
             name = item.image.url if item.image is not None else ""
             if is_local_image(name) and not (folder / name).is_file():
                 where = f"items[{n}].image.url"
@@ -659,7 +676,8 @@ def check_edition(folder: Path) -> list[EditionProblem]:
     Checks: files present and valid YAML, required fields present, unknown keys, texts not empty,
     absolute http(s) URLs, images with alt text, period end not before start, subject and
     preheader on one line, every language of ``newsletter.yaml`` present with the same edition
-    key, period and item count as the default language. Rendering checks (templates, size) are
+    key, period and item count as the default language (an ``absent: true`` placeholder counts:
+    it stands for an article the language does not have, and needs no other field). Rendering checks (templates, size) are
     :func:`worker.editions.rendering.check_renditions`.
     """
     return _scan(folder)[1]

@@ -24,11 +24,14 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -326,6 +329,44 @@ class Item(_File):
     body: Text
 
 
+class Absent(_File):
+    """``- absent: true``: the language has no version of this article (it exists in another
+    language only). It keeps the items of every language aligned by position and is left out of
+    this language's rendition; nothing else may be written beside it."""
+
+    absent: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_absent(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            others = [str(key) for key in value if key != "absent"]
+            if others:
+                raise _rule(
+                    "a placeholder 'absent: true' has no other fields (found: "
+                    f"{', '.join(others)}); write the article, or keep only 'absent: true'"
+                )
+            if value.get("absent") is not True:
+                raise _rule(
+                    f"'absent' must be true (got {kind(value.get('absent'))}); leave it out "
+                    "for an article"
+                )
+        return value
+
+
+ABSENT_TAG, ITEM_TAG = "absent", "item"
+
+
+def _item_kind(value: Any) -> str:
+    """Which shape an entry of ``items`` is: a placeholder when it has an ``absent`` key."""
+    return ABSENT_TAG if isinstance(value, Mapping) and "absent" in value else ITEM_TAG
+
+
+ItemOrAbsent = Annotated[
+    Annotated[Item, Tag(ITEM_TAG)] | Annotated[Absent, Tag(ABSENT_TAG)], Discriminator(_item_kind)
+]
+
+
 class Period(_File):
     """The days an edition covers, both included."""
 
@@ -352,7 +393,14 @@ class ContentFile(_File):
     period: Period
     subject: OneLine
     preheader: OneLine
-    items: Annotated[list[Item], _non_empty_list("items")]
+    items: Annotated[list[ItemOrAbsent], _non_empty_list("items")]
+
+    @field_validator("items")
+    @classmethod
+    def _not_all_absent(cls, items: list[Item | Absent]) -> list[Item | Absent]:
+        if all(isinstance(item, Absent) for item in items):
+            raise _rule("every item is 'absent: true': a language needs at least one article")
+        return items
 
     @field_validator("language")
     @classmethod
@@ -391,8 +439,16 @@ def field_errors(error: ValidationError, model: type[BaseModel]) -> list[FieldEr
     return [_field_error(detail, model) for detail in error.errors()]
 
 
+def _untagged(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """``loc`` without the union's tag: ``("items", 0, "item", "url")`` -> ``("items", 0, "url")``."""
+    if len(loc) > 2 and loc[0] == "items" and isinstance(loc[1], int):
+        if loc[2] in (ITEM_TAG, ABSENT_TAG):
+            return loc[:2] + loc[3:]
+    return loc
+
+
 def _field_error(detail: ErrorDetails, model: type[BaseModel]) -> FieldError:
-    loc, error_type = detail["loc"], detail["type"]
+    loc, error_type = _untagged(detail["loc"]), detail["type"]
     path = field_path(loc)
     # A mapping written with nothing after it (`period:`) is YAML null: as missing as no key.
     no_mapping = error_type == "model_type" and detail["input"] is None and bool(loc)

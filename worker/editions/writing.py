@@ -83,6 +83,14 @@ def _item(item: EditionItem) -> dict[str, Any]:
     return data
 
 
+def _items(content: EditionContent) -> list[dict[str, Any]]:
+    """The file's ``items``: each article, and ``absent: true`` at the placeholders' positions."""
+    items: list[dict[str, Any]] = [{"absent": True} for _ in content.absent]
+    for position, item in zip(content.positions(), content.items, strict=True):
+        items.insert(position, _item(item))
+    return items
+
+
 def content_yaml(content: EditionContent, comment: str = "") -> str:
     """``<language>.yaml`` text for ``content``. An empty ``items`` is written as ``[]`` (which
     ``edition check`` reports: an edition needs items)."""
@@ -92,7 +100,7 @@ def content_yaml(content: EditionContent, comment: str = "") -> str:
         "period": {"start": content.period_start, "end": content.period_end},
         "subject": content.subject,
         "preheader": content.preheader,
-        "items": [_item(item) for item in content.items],
+        "items": _items(content),
     }
     return _dump(data, comment or f"Edition {content.key}, {content.language}.")
 

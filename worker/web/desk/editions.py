@@ -95,6 +95,20 @@ def _own_hosts(runtime: Runtime) -> list[str]:
     return [h.strip() for h in runtime.settings.image_hosts.split(",") if h.strip()]
 
 
+def _edition_page(request: Request, user: DeskUser, draft: drafts.Draft, saved: bool) -> Response:
+    """The edit page of ``draft``; languages named in the desk's language."""
+    names = drafts.language_names(draft.languages, language(request))
+    return page(
+        request,
+        user,
+        "edition.html.j2",
+        draft=draft,
+        saved=saved,
+        drafts=drafts,
+        language_names=names,
+    )
+
+
 def router(runtime: Runtime) -> APIRouter:
     """The edition pages on ``runtime``."""
     router = APIRouter()
@@ -122,7 +136,7 @@ def router(runtime: Runtime) -> APIRouter:
     ) -> Response:
         """The edition side by side, with the problems stored at its last save."""
         draft = _checked(key[:_MAX_KEY])
-        return page(request, user, "edition.html.j2", draft=draft, saved=False, drafts=drafts)
+        return _edition_page(request, user, draft, saved=False)
 
     @router.post("/editions/{key}", dependencies=[Depends(csrf)])
     async def edit(
@@ -164,7 +178,7 @@ def router(runtime: Runtime) -> APIRouter:
                 {"problems": str(len(saved.problems)), "rows": str(saved.row_count)},
                 at=now,
             )
-        return page(request, user, "edition.html.j2", draft=saved, saved=True, drafts=drafts)
+        return _edition_page(request, user, saved, saved=True)
 
     # --- export -------------------------------------------------------------------------------
 
