@@ -249,7 +249,7 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         tab.then_load("document.querySelector('input[name=step][value=review]').form.submit()")
         sentence = tab.js("document.getElementById('plan').textContent")
         weekday = f"{datetime(day.year, day.month, day.day):%A} {day.day} {day:%B}"
-        assert sentence == f"9 readers: 4 be, 3 ru, 2 en, {weekday} 09:00 Minsk time"
+        assert sentence == f"9 readers: 4 be, 3 ru, 2 en, {weekday} 09:00 Minsk time (06:00 UTC)"
         tab.shoot("send-confirm")
         tab.then_load("document.querySelector('input[name=step][value=confirm]').form.submit()")
         assert tab.js("location.pathname").startswith("/desk/sends/")

@@ -317,13 +317,13 @@ def test_the_plan_counts_readers_as_the_send_will_plan_them(rt: Runtime) -> None
     assert plan.readers == (("en", 6), ("be", 5), ("ru", 3)) and plan.total == 14
     assert not plan.refused
     assert plans.sentence(plan, "en", NOW) == (
-        "14 readers: 6 en, 5 be, 3 ru, Monday 15 July 09:00 Minsk time"
+        "14 readers: 6 en, 5 be, 3 ru, Monday 15 July 09:00 Minsk time (06:00 UTC)"
     )
     assert plans.sentence(plan, "ru", NOW) == (
-        "14 читателей: 6 en, 5 be, 3 ru, понедельник 15 июля 09:00, время: Минск"
+        "14 читателей: 6 en, 5 be, 3 ru, понедельник 15 июля 09:00, время: Минск (06:00 UTC)"
     )
     assert plans.sentence(plan, "be", NOW) == (
-        "14 чытачоў: 6 en, 5 be, 3 ru, панядзелак 15 ліпеня 09:00, час: Мінск"
+        "14 чытачоў: 6 en, 5 be, 3 ru, панядзелак 15 ліпеня 09:00, час: Мінск (06:00 UTC)"
     )
     # and the send plans exactly that many
     send_id = start_send(rt)

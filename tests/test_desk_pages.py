@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.desk_kit import add_user, csrf_of, login
 from tests.samples import SAMPLE_EDITION
@@ -22,9 +23,11 @@ from tests.stub_worker import StubWorker
 from worker.desk import drafts
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import EditionSource, read_edition
-from worker.editions.store import save_edition
+from worker.editions.store import find_edition, save_edition
 from worker.models import DeskAction, Send
 from worker.runtime import Runtime
+from worker.sending.schedule import WeeklyTime
+from worker.sending.slots import set_slot
 from worker.states import SendStatus
 from worker.web.app import create_app
 
@@ -111,10 +114,61 @@ def test_a_missing_item_is_shown_missing(rt: Runtime) -> None:
     added = client.post(f"/desk/editions/{KEY}", data=form | {"add": "1"})
     assert added.status_code == 200
     assert added.text.count("— missing") == 3  # the new row, in every language
-    assert "row 2 is empty in every language" in added.text
+    assert "Row 2 has no article in any language: fill it in or remove it" in added.text
     assert 'href="#item-1"' in added.text and 'id="item-1"' in added.text  # the list links there
+    # every missing cell offers the editor's decision
+    assert added.text.count('name="be.items[1].absent"') == 1
+    assert '<label for="f-be-items-1-absent">Not in Belarusian</label>' in added.text
     removed = client.post(f"/desk/editions/{KEY}", data=form_of(added.text) | {"remove": "1"})
     assert "— missing" not in removed.text and "Saved. No problems" in removed.text
+
+
+def test_an_article_in_one_language_only_is_marked_not_in_the_others(rt: Runtime) -> None:
+    seed(rt, ["a@example.org"])
+    client = desk(rt)
+    form = form_of(client.get(f"/desk/editions/{KEY}").text)
+    form["rows"] = "2"
+    for name, value in (("title", "Только по-русски"), ("url", "https://example.org/ru/only"),
+                        ("lead", "Лид."), ("body", "Текст.")):  # fmt: skip
+        form[f"ru.items[1].{name}"] = value
+    once = client.post(f"/desk/editions/{KEY}", data=form)
+    # in the desk's words, linked as the screen names the place
+    assert (
+        "Russian has 2 articles, English 1 — mark the extra one as not in English, or add it"
+        in once.text
+    )
+    assert '<a href="#item-1">Belarusian · article 2</a>: Article 2 is missing in Belarusian' in (
+        once.text
+    )
+    assert "differs from en.yaml" not in once.text
+    # the same in Belarusian
+    be = client.get(f"/desk/editions/{KEY}?lang=be").text
+    assert "Руская: артыкулаў 2; Англійская: 1" in be
+    assert ">Беларуская · артыкул 2</a>" in be and "Няма на мове: Беларуская" in be
+    client.get(f"/desk/editions/{KEY}?lang=en")
+    decided = form_of(once.text) | {"en.items[1].absent": "1", "be.items[1].absent": "1"}
+    saved = client.post(f"/desk/editions/{KEY}", data=decided)
+    assert "Saved. No problems: the edition can be sent." in saved.text
+    assert saved.text.count("— not in this language") == 2
+    assert 'name="en.items[1].absent" value="1" checked' in saved.text
+    preview = client.get(f"/desk/editions/{KEY}/preview").text
+    assert preview.count("Только по-русски") >= 1
+    english = client.get(f"/desk/editions/{KEY}/preview/en.html").text
+    assert "Только по-русски" not in english
+
+
+def test_a_problem_at_a_field_is_named_as_the_screen_names_it(rt: Runtime) -> None:
+    seed(rt, [])
+    client = desk(rt)
+    form = form_of(client.get(f"/desk/editions/{KEY}").text)
+    form["be.items[0].image.alt"] = ""
+    page = client.post(f"/desk/editions/{KEY}", data=form).text
+    assert (
+        '<a href="#f-be-items-0-image-alt">Belarusian · article 1 · Image description (alt text)'
+        "</a>: image without alt text"
+    ) in page
+    ru = client.get(f"/desk/editions/{KEY}?lang=ru").text
+    assert ">Белорусский · статья 1 · " in ru
 
 
 def test_a_post_without_the_csrf_token_changes_nothing(rt: Runtime) -> None:
@@ -152,7 +206,10 @@ def test_the_preview_frames_the_real_renditions_under_a_strict_policy(rt: Runtim
     for language in ("en", "be", "ru"):
         assert f'src="/desk/editions/{KEY}/preview/{language}.html"' in page.text
     assert "% of the 102 KB at which Gmail clips" in page.text
-    assert "%%UNSUBSCRIBE_URL%%" in page.text  # the text part, as rendered
+    # the text part, with sample links where each reader's own will be
+    assert "%%" not in page.text
+    assert f"{rt.settings.public_url.rstrip('/')}/u/sample-reader" in page.text
+    assert f"{rt.settings.public_url.rstrip('/')}/p/sample-reader" in page.text
     frame = client.get(f"/desk/editions/{KEY}/preview/be.html")
     assert frame.status_code == 200 and '<html lang="be"' in frame.text
     policy_header = frame.headers["content-security-policy"]
@@ -218,9 +275,18 @@ def test_schedule_then_confirm_then_progress(rt: Runtime) -> None:
         [send] = session.scalars(select(Send)).all()
         assert send.status == SendStatus.SCHEDULED
         assert send.scheduled_for == datetime(2099, 7, 13, 9, 0, tzinfo=UTC)
-    assert done.headers["location"] == f"/desk/sends/{send.id}"
+    assert done.headers["location"] == f"/desk/sends/{send.id}?scheduled=1"
     progress = client.get(done.headers["location"])
     assert progress.status_code == 200 and "scheduled" in progress.text
+    # said plainly: local time first, UTC second; the readers it would go to, not "0 of 0"
+    assert '<p class="ok" role="status" id="scheduled">Scheduled: Monday 13 July 09:00 UTC</p>' in (
+        progress.text
+    )
+    assert "due Monday 13 July 09:00 UTC" in progress.text
+    assert "4 readers would receive it now; the list is taken when the send starts." in (
+        progress.text
+    )
+    assert "0 of 0 done" not in progress.text and "Deliveries by state" not in progress.text
     assert '<meta http-equiv="refresh"' in progress.text
     assert "Operator actions" not in progress.text  # an editor sees no pause/cancel
     # a second send is refused, saying why
@@ -232,6 +298,105 @@ def test_schedule_then_confirm_then_progress(rt: Runtime) -> None:
     assert second.status_code == 400 and "was already sent by send" in second.text
     assert ("ales", "send.schedule", KEY) in actions(rt)
     assert f"/desk/sends/{send.id}" in client.get("/desk/sends").text
+
+
+def test_the_send_page_preselects_later_at_the_next_monday_and_says_the_slot_is_off(
+    rt: Runtime,
+) -> None:
+    seed(rt, ["a@example.org"])
+    client = desk(rt)
+    page = client.get(f"/desk/editions/{KEY}/send").text
+    monday = WeeklyTime(0, time(9, 0)).next_after(rt.clock.now(), "UTC")
+    assert monday.weekday() == 0 and monday > rt.clock.now()
+    assert 'id="when-later" name="when" value="later" checked' in page
+    assert 'id="when-now" name="when" value="now">' in page  # not checked: a deliberate choice
+    assert f'id="date" name="date" min="{rt.clock.now().date()}" value="{monday.date()}"' in page
+    assert 'id="time" name="time" value="09:00"' in page
+    assert "Weekly slot: off." in page
+    # the suggested date posted with "Now" chosen is no date of the editor's: sent now
+    token = csrf_of(page)
+    now = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "review", "when": "now", "date": str(monday.date()),
+              "time": "09:00", "suggested": str(monday.date())},
+    )  # fmt: skip
+    assert now.status_code == 200 and "Send it now" in now.text
+
+
+def test_the_send_page_shows_the_weekly_slot_and_suggests_its_next_time(rt: Runtime) -> None:
+    seed(rt, ["a@example.org"])
+    now = rt.clock.now()
+    with rt.session() as session:
+        edition = find_edition(session, KEY)
+        assert edition is not None
+        set_slot(session, edition.newsletter_id, WeeklyTime.parse("monday 09:00"),
+                 "Europe/Minsk", now)  # fmt: skip
+    client = desk(rt)
+    page = client.get(f"/desk/editions/{KEY}/send").text
+    due = WeeklyTime(0, time(9, 0)).next_after(now, "Europe/Minsk")
+    local = due.astimezone(ZoneInfo("Europe/Minsk"))
+    words = f"Monday {local.day} {local:%B} 09:00 Minsk time (06:00 UTC)"
+    assert (
+        f"Weekly slot: on, every Monday at 09:00 (Europe/Minsk). Next: {words}. It would send "
+        f"{KEY}, the newest edition not sent yet."
+    ) in page
+    assert f'value="{local.date()}"' in page and f"Suggested: {words}." in page
+    token = csrf_of(page)
+    review = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "review", "when": "later", "date": str(local.date()),
+              "time": "09:00"},
+    )  # fmt: skip
+    assert f"1 reader: 1 en, Monday {local.day} {local:%B} 09:00 Minsk time (06:00 UTC)" in (
+        review.text
+    )
+    done = client.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "confirm", "when": "later", "date": str(local.date()),
+              "time": "09:00"},
+    )  # fmt: skip
+    assert f"Scheduled: {words}" in done.text and f"due {words}" in done.text
+
+
+def test_an_editor_unschedules_a_send_that_has_not_started_and_may_edit_again(
+    rt: Runtime,
+) -> None:
+    seed(rt, ["a@example.org"])
+    editor = desk(rt)
+    token = csrf_of(editor.get(f"/desk/editions/{KEY}/send").text)
+    editor.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "confirm", "when": "later", "date": "2099-07-13",
+              "time": "09:00"},
+    )  # fmt: skip
+    with rt.session() as session:
+        send_id = session.scalars(select(Send.id)).one()
+    page = editor.get(f"/desk/sends/{send_id}").text
+    assert f'action="/desk/sends/{send_id}/unschedule"' in page
+    assert "This edition has a send" in editor.get(f"/desk/editions/{KEY}").text  # locked
+    done = editor.post(
+        f"/desk/sends/{send_id}/unschedule", data={"csrf": token}, follow_redirects=False
+    )
+    assert done.status_code == 303 and done.headers["location"].startswith(f"/desk/editions/{KEY}")
+    with rt.session() as session:
+        assert session.get(Send, send_id).status == SendStatus.CANCELLED  # type: ignore[union-attr]
+    assert ("ales", "send.unschedule", str(send_id)) in actions(rt)
+    edit = editor.get(f"/desk/editions/{KEY}").text
+    assert "This edition has a send" not in edit and 'name="save"' in edit
+    # a send that has started is the operators' to cancel
+    token = csrf_of(editor.get(f"/desk/editions/{KEY}/send").text)
+    editor.post(
+        f"/desk/editions/{KEY}/send",
+        data={"csrf": token, "step": "confirm", "when": "later", "date": "2099-07-13",
+              "time": "09:00"},
+    )  # fmt: skip
+    with rt.session() as session:
+        second = session.scalars(select(Send.id).where(Send.id != send_id)).one()
+        session.execute(update(Send).where(Send.id == second).values(status=SendStatus.SENDING))
+    refused = editor.post(f"/desk/sends/{second}/unschedule", data={"csrf": token})
+    assert refused.status_code == 409 and "only an operator may cancel it" in refused.text
+    with rt.session() as session:
+        assert session.get(Send, second).status == SendStatus.SENDING  # type: ignore[union-attr]
 
 
 def test_a_time_in_the_past_or_that_does_not_exist_is_refused(rt: Runtime) -> None:

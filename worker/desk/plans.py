@@ -15,7 +15,7 @@ weekdays, months and the time zone's city from CLDR via Babel): "12,345 readers:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, time
 from functools import cache
 
 import jinja2
@@ -27,9 +27,9 @@ from worker.editions.localisation import format_number, translations
 from worker.editions.store import edition_contents, profile_of, stored_problems
 from worker.models import Edition, Newsletter
 from worker.sending.planning import readers_by_language
-from worker.sending.schedule import zone
+from worker.sending.schedule import WeeklyTime, zone
 from worker.sending.sends import Repeat, earlier_sends
-from worker.sending.slots import get_slot
+from worker.sending.slots import get_slot, newest_unsent, weekly_time
 from worker.settings import TEMPLATES_DIR
 
 
@@ -126,7 +126,8 @@ def sentence(plan: Plan, language: str, now: datetime) -> str:
     """``plan`` in words, in ``language`` (the catalogues of ``templates/locale``; numbers,
     weekdays, months and the zone's city from CLDR): "12,345 readers: 5,210 be, 4,100 ru,
     3,035 en, Monday 15 July 09:00 Minsk time". ``now`` is shown when the plan has no time.
-    A time in UTC is said as "… 09:00 UTC"."""
+    A time in UTC is said as "… 09:00 UTC"; a planned time in another zone is followed by its
+    UTC time: "… 09:00 Minsk time (06:00 UTC)"."""
     locale = Locale.parse(language)
     tz = zone(plan.timezone)
     instant = plan.at or now
@@ -139,4 +140,70 @@ def sentence(plan: Plan, language: str, now: datetime) -> str:
         city=""
         if plan.timezone == "UTC"
         else get_timezone_location(tz, locale=locale, return_city=True),
+        # a planned local time is followed by its UTC time, so that no one reads one for the other
+        utc=f"{plan.at.astimezone(UTC):%H:%M}" if plan.at and plan.timezone != "UTC" else "",
     ).strip()
+
+
+# When the send page suggests a time and the newsletter has no weekly slot: Monday 09:00 local.
+DEFAULT_WEEKLY = WeeklyTime(0, time(9, 0))
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """The newsletter's weekly slot as the send page shows it: ``on`` (a slot exists),
+    ``weekday`` (0 = Monday) and ``local_time`` (``HH:MM``) in ``timezone``, ``next_at`` (its
+    next firing, UTC) and ``edition_key``, the edition it would send then (the newest one not
+    sent yet; None: it would send nothing)."""
+
+    on: bool
+    weekday: int | None = None
+    local_time: str | None = None
+    timezone: str | None = None
+    next_at: datetime | None = None
+    edition_key: str | None = None
+
+
+def slot_state(session: Session, newsletter_id: int) -> SlotState:
+    """The weekly slot of ``newsletter_id`` (:class:`SlotState`; ``on`` False when none).
+    Reads only."""
+    slot = get_slot(session, newsletter_id)
+    if slot is None:
+        return SlotState(on=False)
+    waiting = newest_unsent(session, newsletter_id)
+    return SlotState(
+        on=True,
+        weekday=slot.weekday,
+        local_time=slot.local_time,
+        timezone=slot.timezone,
+        next_at=slot.next_at.replace(tzinfo=UTC) if slot.next_at.tzinfo is None else slot.next_at,
+        edition_key=waiting.key if waiting is not None else None,
+    )
+
+
+def suggested_time(session: Session, newsletter_id: int, now: datetime, zone_name: str) -> datetime:
+    """The time the send page preselects (UTC, after ``now``): the weekly slot's next firing
+    when a slot is set, else the next Monday 09:00 in ``zone_name`` (:data:`DEFAULT_WEEKLY`)."""
+    slot = get_slot(session, newsletter_id)
+    if slot is not None:
+        return weekly_time(slot).next_after(now, slot.timezone)
+    return DEFAULT_WEEKLY.next_after(now, zone_name)
+
+
+def moment(instant: datetime, zone_name: str, language: str, with_utc: bool = True) -> str:
+    """``instant`` in words in ``language``, local time first: "Monday 7 December 09:00 Minsk
+    time (06:00 UTC)" (CLDR weekday, month and city via Babel; the catalogues' "… time");
+    ``with_utc`` False leaves the UTC part out; a UTC zone reads "… 06:00 UTC"."""
+    locale = Locale.parse(language)
+    tz = zone(zone_name)
+    local = format_datetime(instant, "EEEE d MMMM HH:mm", tzinfo=tz, locale=locale)
+    if zone_name == "UTC":
+        return f"{local} UTC"
+    city = get_timezone_location(tz, locale=locale, return_city=True)
+    words = translations(language).gettext("%(local)s %(city)s time") % {
+        "local": local,
+        "city": city,
+    }
+    if not with_utc:
+        return words
+    return f"{words} ({instant.astimezone(UTC):%H:%M} UTC)"

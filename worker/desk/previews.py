@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from worker.editions.placeholders import PREFERENCES_URL, UNSUBSCRIBE_URL
 from worker.editions.rendering import GMAIL_CLIP_BYTES, TemplateProblem, render_edition
 from worker.editions.store import edition_contents, profile_of
 from worker.models import Edition, Newsletter
@@ -26,6 +27,21 @@ little to every copy."""
 # Characters of subject and preheader an inbox list shows on one line: Gmail's web list at a
 # common 1280 px width shows about 100 in all, its phone app about 40 of the preheader under the
 # subject. Approximate by nature (proportional fonts): the preview shows where the cut falls.
+# What the text part's preview shows in place of each reader's own links (filled per reader at
+# send time): a link of the same shape, which no reader owns.
+SAMPLE_LINKS = {UNSUBSCRIBE_URL: "/u/sample-reader", PREFERENCES_URL: "/p/sample-reader"}
+
+
+def with_sample_links(text: str, public_url: str) -> str:
+    """``text`` with the per-reader placeholders (``%%UNSUBSCRIBE_URL%%``,
+    ``%%PREFERENCES_URL%%``) replaced by sample links under ``public_url``
+    (:data:`SAMPLE_LINKS`), as a reader's copy shows real ones."""
+    base = public_url.rstrip("/")
+    for placeholder, path in SAMPLE_LINKS.items():
+        text = text.replace(placeholder, base + path)
+    return text
+
+
 DESKTOP_LINE = 100
 PHONE_SUBJECT = 40
 PHONE_PREHEADER = 45
@@ -89,6 +105,7 @@ class Preview:
     encoded_bytes: int
     warnings: tuple[str, ...] = ()
     error: str | None = None
+    sample_text: str = ""  # ``text`` with sample links for the placeholders (with_sample_links)
 
     @property
     def near_clipping(self) -> bool:
@@ -141,5 +158,6 @@ def previews(
             html_bytes=len(rendered.html.encode("utf-8")),
             encoded_bytes=len(quoted_printable(rendered.html)),
             warnings=rendered.warnings,
+            sample_text=with_sample_links(rendered.text, public_url),
         )
     return out

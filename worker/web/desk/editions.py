@@ -23,6 +23,7 @@ from dataclasses import replace
 from datetime import UTC
 from typing import Annotated, Any
 
+from babel.dates import get_day_names
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -35,7 +36,7 @@ from worker.editions.store import EditionLocked, find_edition, profile_of
 from worker.models import Edition, Newsletter
 from worker.runtime import Runtime
 from worker.sending.proofs import ProofSetup, proof_message, send_proof
-from worker.sending.schedule import ScheduleError, describe, local_instant
+from worker.sending.schedule import ScheduleError, describe, local_instant, zone
 from worker.sending.sends import When, create_send
 from worker.sending.smtp import SmtpMailer
 from worker.subscriptions.addresses import AddressError, parse_address
@@ -372,11 +373,13 @@ def router(runtime: Runtime) -> APIRouter:
         if step == "confirm":
             return await run_in_threadpool(_start, request, key, user, at_text.strip())
         typed = date_text.strip() if isinstance(date_text, str) else ""
+        suggested = form.get("suggested")
         detail = typed[:10]
         if when == "later" and not typed:
             error = "no_date"
-        elif when != "later" and typed:
-            # a date typed with "Now" still chosen: ask, rather than guess either way
+        elif when != "later" and typed and typed != suggested:
+            # a date of the editor's own with "Now" chosen: ask, rather than guess either way
+            # (the date the page suggested is no choice of theirs)
             error = "date_with_now"
         else:
             error = ""
@@ -411,13 +414,26 @@ def router(runtime: Runtime) -> APIRouter:
                         error, detail = "in_past", describe(at, zone_name)
                         at, confirm = None, False
             plan = plans.plan(session, edition, at=at, zone_name=zone_name)
+            slot = plans.slot_state(session, newsletter.id)
+            suggested = plans.suggested_time(session, newsletter.id, now, zone_name)
         # problems stored with the edition, or found now (an edition started empty)
         plan = replace(plan, problems=len(_checked(edition.key).problems))
         lang = language(request)
+        local = suggested.astimezone(zone(zone_name))
         return page(
             request,
             user,
             "send.html.j2",
+            slot=slot,
+            slot_day=get_day_names("wide", locale=lang)[slot.weekday]
+            if slot.weekday is not None
+            else "",
+            slot_next=plans.moment(slot.next_at, slot.timezone or zone_name, lang)
+            if slot.next_at is not None
+            else "",
+            suggested_date=local.date().isoformat(),
+            suggested_time=f"{local:%H:%M}",
+            suggested_words=plans.moment(suggested, zone_name, lang),
             status=400 if error else 200,
             key=edition.key,
             plan=plan,
@@ -462,6 +478,7 @@ def router(runtime: Runtime) -> APIRouter:
             from worker.actors import plan_send
 
             plan_send.send(send_id)
-        return RedirectResponse(f"/desk/sends/{send_id}", status_code=303)
+            return RedirectResponse(f"/desk/sends/{send_id}", status_code=303)
+        return RedirectResponse(f"/desk/sends/{send_id}?scheduled=1", status_code=303)
 
     return router
