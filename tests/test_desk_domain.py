@@ -440,6 +440,14 @@ def test_edition_test_send_mails_one_proof_in_the_language_asked(
     assert message["Content-Language"] == "ru"
     assert message["Subject"] == read_edition(SAMPLE_EDITION).contents["ru"].subject
     assert "http://127.0.0.1:8000/u/test-copy" in message["List-Unsubscribe"]
+    # both parts begin by saying what it is, in the copy's language
+    note = "Тестовая копия — ссылки на настройки и отписку в ней не работают"
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert text.splitlines()[:2] == [note, ""]
+    body_at = html.index("<body")
+    assert html.index(note) > body_at
+    assert html.index(note) < html.index(read_edition(SAMPLE_EDITION).contents["ru"].items[0].title)
 
 
 def test_a_proof_is_the_stored_rendition_to_the_editor(rt: Runtime, smtp: OutboxServer) -> None:
@@ -463,6 +471,11 @@ def test_a_proof_is_the_stored_rendition_to_the_editor(rt: Runtime, smtp: Outbox
     parsed = message_from_bytes(received.data, policy=policy.default)
     assert parsed["Subject"] == shown["be"].subject and parsed["Content-Language"] == "be"
     assert "X-Newsletter-Delivery" not in parsed  # a proof is nobody's delivery
+    text = parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert text.splitlines()[0] == (
+        "Тэставая копія — спасылкі на налады і адпіску ў ёй не працуюць"
+    )
+    assert "%%" not in text and "http://testserver/p/test-copy" in text
 
 
 def test_a_long_edition_is_flagged_against_gmails_clipping(rt: Runtime) -> None:
