@@ -23,7 +23,6 @@ from worker.desk.drafts import MISSING, FieldProblem
 from worker.devtools.outbox import OutboxServer
 from worker.editions.files import check_edition, read_edition
 from worker.editions.rendering import RenderedMessage
-from worker.editions.writing import write_edition
 from worker.editions.store import (
     EditionLocked,
     edition_contents,
@@ -32,6 +31,7 @@ from worker.editions.store import (
     save_newsletter,
     stored_problems,
 )
+from worker.editions.writing import write_edition
 from worker.models import EditionContentRow, Newsletter, Send
 from worker.runtime import Runtime
 from worker.sending.proofs import ProofSetup, proof_message, send_proof
@@ -226,7 +226,9 @@ def test_an_article_marked_not_in_a_language_is_sendable_and_left_out_of_its_mai
         assert contents["en"].absent == (1,) and contents["ru"].absent == ()
         assert [item.title for item in contents["ru"].items][1:] == ["Item 2 (ru)", "Item 3 (ru)"]
         assert len(contents["en"].items) == 2
-        profile = profile_of(session.get(Newsletter, edition.newsletter_id))
+        newsletter = session.get(Newsletter, edition.newsletter_id)
+        assert newsletter is not None
+        profile = profile_of(newsletter)
         rendered = previews.previews(session, edition, "https://news.example.org")
     assert "Item 2 (ru)" in rendered["ru"].html
     assert "Item 3 (en)" in rendered["en"].html and "Item 2 (en)" not in rendered["en"].html

@@ -403,13 +403,13 @@ def test_a_time_in_the_past_or_that_does_not_exist_is_refused(rt: Runtime) -> No
     seed(rt, [])
     client = desk(rt)
     token = csrf_of(client.get(f"/desk/editions/{KEY}/send").text)
-    for date, time, says in (
+    for date, hour, says in (
         ("2001-01-01", "09:00", "is in the past"),
         ("2099-13-01", "09:00", "expected YYYY-MM-DD HH:MM"),
     ):
         reply = client.post(
             f"/desk/editions/{KEY}/send",
-            data={"csrf": token, "step": "review", "when": "later", "date": date, "time": time},
+            data={"csrf": token, "step": "review", "when": "later", "date": date, "time": hour},
         )
         assert reply.status_code == 400 and says in reply.text
 

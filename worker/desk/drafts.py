@@ -379,9 +379,9 @@ def draft_from_form(draft: Draft, form: Mapping[str, str]) -> Draft:
 
     ``rows`` is the number of rows; ``remove`` a row to delete in every language; ``add`` (any
     value) a new empty row at the end; ``<language>.items[n].absent`` (any value) marks a cell
-    left empty as :data:`ABSENT` (a cell with text keeps its text). Languages and rows not in the form keep nothing: the
-    form carries the whole edition. Raises :class:`FormError` for a row count that is not a
-    number from 0 to :data:`MAX_ROWS`.
+    left empty as :data:`ABSENT` (a cell with text keeps its text). Languages and rows not in
+    the form keep nothing: the form carries the whole edition. Raises :class:`FormError` for a
+    row count that is not a number from 0 to :data:`MAX_ROWS`.
     """
     try:
         count = int(form.get("rows", str(draft.row_count)))
@@ -599,9 +599,7 @@ def _missing_cells(draft: Draft) -> list[FieldProblem]:
     problems = []
     for row, cells in enumerate(draft.rows()):
         present = [
-            language
-            for language, cell in cells.items()
-            if cell is not MISSING and not cell.absent
+            language for language, cell in cells.items() if cell is not MISSING and not cell.absent
         ]
         for language, cell in cells.items():
             if cell is MISSING and present:
@@ -726,8 +724,9 @@ def _store_with_problems(
             "subject": data["subject"],
             "preheader": data["preheader"],
             "items": [_item_json(item) for _, item in kept],
-            ABSENT_KEY: [row for row, item in zip(rows, data["items"], strict=True)
-                         if "absent" in item],  # fmt: skip
+            ABSENT_KEY: [
+                row for row, item in zip(rows, data["items"], strict=True) if "absent" in item
+            ],
             ROWS_KEY: [row for row, _ in kept],
             ROW_COUNT_KEY: draft.row_count,
             # every problem is kept once, with the first language's row

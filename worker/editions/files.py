@@ -677,8 +677,8 @@ def check_edition(folder: Path) -> list[EditionProblem]:
     absolute http(s) URLs, images with alt text, period end not before start, subject and
     preheader on one line, every language of ``newsletter.yaml`` present with the same edition
     key, period and item count as the default language (an ``absent: true`` placeholder counts:
-    it stands for an article the language does not have, and needs no other field). Rendering checks (templates, size) are
-    :func:`worker.editions.rendering.check_renditions`.
+    it stands for an article the language does not have, and needs no other field). Rendering
+    checks (templates, size) are :func:`worker.editions.rendering.check_renditions`.
     """
     return _scan(folder)[1]
 

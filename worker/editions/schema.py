@@ -440,10 +440,11 @@ def field_errors(error: ValidationError, model: type[BaseModel]) -> list[FieldEr
 
 
 def _untagged(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """``loc`` without the union's tag: ``("items", 0, "item", "url")`` -> ``("items", 0, "url")``."""
-    if len(loc) > 2 and loc[0] == "items" and isinstance(loc[1], int):
-        if loc[2] in (ITEM_TAG, ABSENT_TAG):
-            return loc[:2] + loc[3:]
+    """``loc`` without the union's tag: ``("items", 0, "item", "url")`` ->
+    ``("items", 0, "url")``."""
+    tagged = len(loc) > 2 and loc[0] == "items" and isinstance(loc[1], int)
+    if tagged and loc[2] in (ITEM_TAG, ABSENT_TAG):
+        return loc[:2] + loc[3:]
     return loc
 
 

@@ -57,7 +57,7 @@ def _environment(language: str) -> jinja2.Environment:
 
 
 def test_copy_note(language: str) -> str:
-    """"Test copy — its preferences and unsubscribe links do not work" in ``language``
+    """ "Test copy — its preferences and unsubscribe links do not work" in ``language``
     (``templates/edition/test_copy_note.txt.j2``; English when the catalogue lacks it)."""
     return _environment(language).get_template("edition/test_copy_note.txt.j2").render().strip()
 
