@@ -202,7 +202,13 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         # Then they land on the edition, which says what is wrong and where: a photo without
         # its description in Belarusian, and an article the Russian feed alone has
         assert tab.js("location.pathname") == f"/desk/editions/{KEY}"
-        assert "4 problems: the edition is saved but cannot be sent" in tab.text()
+        assert "5 problems: the edition is saved but cannot be sent" in tab.text()
+        # worded as the screen names things, not as files
+        assert (
+            "Russian has 3 articles, English 2 — mark the extra one as not in English, or add it"
+            in tab.text()
+        )
+        assert "differs from" not in tab.text()
         alt = "f-be-items-1-image-alt"
         assert tab.js(f"document.getElementById('{alt}').getAttribute('aria-invalid')") == "true"
         assert tab.js(f"document.getElementById('{alt}-error-1').textContent") == (
@@ -217,10 +223,14 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         # When they describe the photo and press Enter in the field (the first button is Save)
         tab.js(f"document.getElementById('{alt}').value = 'Вайскоўцы на памежным пасту'")
         tab.press_enter_in(f"#{alt}")
-        assert "3 problems" in tab.text() and "image without alt text" not in tab.text()
-        # and remove the Russian-only article in every language, with the keyboard
-        tab.press_enter_in("button[name=remove][value='2']")
+        assert "4 problems" in tab.text() and "image without alt text" not in tab.text()
+        # and keep the Russian-only article for Russian readers: tick "Not in English" and
+        # "Not in Belarusian" (labelled checkboxes), then Enter in a field saves
+        for language in ("en", "be"):
+            tab.js(f"document.getElementById('f-{language}-items-2-absent').click()")
+        tab.press_enter_in("#f-en-subject")
         assert "Saved. No problems: the edition can be sent." in tab.text()
+        assert tab.js("document.querySelectorAll('.cell.absent').length") == 2
         tab.shoot("edition")
         # The preview: each language in frames at desktop and phone width, size, text part
         tab.open(f"{base}/desk/editions/{KEY}/preview")
@@ -240,6 +250,9 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         # Schedule: tomorrow 09:00 in Minsk, the newsletter's time zone
         tab.open(f"{base}/desk/editions/{KEY}/send")
         assert "9 readers: 4 be, 3 ru, 2 en," in tab.text()
+        assert tab.js("document.getElementById('when-later').checked") is True
+        assert tab.js("document.getElementById('when-now').checked") is False
+        assert "Weekly slot: off." in tab.text()
         tab.shoot("send")
         minsk = ZoneInfo("Europe/Minsk")
         day = (rt.clock.now().astimezone(minsk) + timedelta(days=1)).date()
@@ -254,6 +267,12 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         tab.then_load("document.querySelector('input[name=step][value=confirm]').form.submit()")
         assert tab.js("location.pathname").startswith("/desk/sends/")
         assert "scheduled" in tab.text()
+        assert tab.js("document.getElementById('scheduled').textContent") == (
+            f"Scheduled: {weekday} 09:00 Minsk time (06:00 UTC)"
+        )
+        assert "9 readers would receive it now; the list is taken when the send starts." in (
+            tab.text()
+        )
         tab.shoot("progress-scheduled")
 
         # When the time comes, the scheduler starts it and the workers send it
