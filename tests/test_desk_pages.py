@@ -356,6 +356,7 @@ def test_the_send_page_shows_the_weekly_slot_and_suggests_its_next_time(rt: Runt
               "time": "09:00"},
     )  # fmt: skip
     assert f"Scheduled: {words}" in done.text and f"due {words}" in done.text
+    assert f"<td>{words}</td>" in client.get("/desk/sends").text  # the list: local time first
 
 
 def test_an_editor_unschedules_a_send_that_has_not_started_and_may_edit_again(
@@ -373,7 +374,8 @@ def test_an_editor_unschedules_a_send_that_has_not_started_and_may_edit_again(
         send_id = session.scalars(select(Send.id)).one()
     page = editor.get(f"/desk/sends/{send_id}").text
     assert f'action="/desk/sends/{send_id}/unschedule"' in page
-    assert "This edition has a send" in editor.get(f"/desk/editions/{KEY}").text  # locked
+    locked = editor.get(f"/desk/editions/{KEY}").text
+    assert "This edition has a send" in locked and "can be unscheduled on its page" in locked
     done = editor.post(
         f"/desk/sends/{send_id}/unschedule", data={"csrf": token}, follow_redirects=False
     )
@@ -381,8 +383,9 @@ def test_an_editor_unschedules_a_send_that_has_not_started_and_may_edit_again(
     with rt.session() as session:
         assert session.get(Send, send_id).status == SendStatus.CANCELLED  # type: ignore[union-attr]
     assert ("ales", "send.unschedule", str(send_id)) in actions(rt)
-    edit = editor.get(f"/desk/editions/{KEY}").text
+    edit = editor.get(done.headers["location"]).text
     assert "This edition has a send" not in edit and 'name="save"' in edit
+    assert "Unscheduled: the edition can change again." in edit
     # a send that has started is the operators' to cancel
     token = csrf_of(editor.get(f"/desk/editions/{KEY}/send").text)
     editor.post(

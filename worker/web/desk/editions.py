@@ -97,7 +97,8 @@ def _own_hosts(runtime: Runtime) -> list[str]:
 
 
 def _edition_page(request: Request, user: DeskUser, draft: drafts.Draft, saved: bool) -> Response:
-    """The edit page of ``draft``; languages named in the desk's language."""
+    """The edit page of ``draft``; languages named in the desk's language; ``?unscheduled=1``
+    (where unscheduling a send leads) says the edition may change again."""
     names = drafts.language_names(draft.languages, language(request))
     return page(
         request,
@@ -107,6 +108,7 @@ def _edition_page(request: Request, user: DeskUser, draft: drafts.Draft, saved: 
         saved=saved,
         drafts=drafts,
         language_names=names,
+        unscheduled=request.query_params.get("unscheduled") == "1",
     )
 
 

@@ -41,7 +41,13 @@ def router(runtime: Runtime) -> APIRouter:
         """The 50 newest sends with their deliveries per state."""
         with runtime.session() as session:
             listed = history.past_sends(session)
-        return page(request, user, "sends.html.j2", sends=listed)
+        lang = language(request)
+        due = {
+            item.summary.id: plans.moment(item.scheduled_for, item.timezone or "UTC", lang)
+            for item in listed
+            if item.scheduled_for is not None
+        }  # local time first, then UTC, as on the send's page
+        return page(request, user, "sends.html.j2", sends=listed, due=due)
 
     @router.get("/sends/{send_id}")
     def progress(
