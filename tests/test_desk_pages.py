@@ -356,7 +356,11 @@ def test_the_send_page_shows_the_weekly_slot_and_suggests_its_next_time(rt: Runt
               "time": "09:00"},
     )  # fmt: skip
     assert f"Scheduled: {words}" in done.text and f"due {words}" in done.text
-    assert f"<td>{words}</td>" in client.get("/desk/sends").text  # the list: local time first
+    listed = client.get("/desk/sends").text
+    assert f"<td>{words}</td>" in listed  # the list: local time first
+    assert "<td>counted when it starts</td>" in listed and "0 / 0" not in listed
+    home = client.get("/desk/").text
+    assert f"scheduled ({words})" in home and "<td>counted when it starts</td>" in home
 
 
 def test_an_editor_unschedules_a_send_that_has_not_started_and_may_edit_again(

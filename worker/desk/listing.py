@@ -35,6 +35,12 @@ class SendLine:
     created_at: datetime
     scheduled_for: datetime | None
     planned_count: int
+    timezone: str | None = None  # the zone the send was scheduled in
+
+    @property
+    def planned(self) -> bool:
+        """Whether its readers are counted yet: a send takes its list when it starts."""
+        return self.status not in ("scheduled", "planning")
 
 
 def editions(session: Session, newsletter_id: int | None, limit: int = 50) -> list[EditionLine]:
@@ -89,6 +95,7 @@ def recent_sends(session: Session, newsletter_id: int | None, limit: int = 10) -
             created_at=send.created_at,
             scheduled_for=send.scheduled_for,
             planned_count=send.planned_count,
+            timezone=send.timezone,
         )
         for send, key in session.execute(query)
     ]

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from worker.desk import listing
+from worker.desk import listing, plans
 from worker.editions.store import NoNewsletter
 from worker.runtime import Runtime
-from worker.web.desk.access import DeskUser, editor, page
+from worker.web.desk.access import DeskUser, editor, language, page
 
 
 def router(runtime: Runtime) -> APIRouter:
@@ -29,6 +29,14 @@ def router(runtime: Runtime) -> APIRouter:
                 newsletter_id, set_up = None, False
             editions = listing.editions(session, newsletter_id)
             sends = listing.recent_sends(session, newsletter_id)
-        return page(request, user, "home.html.j2", editions=editions, sends=sends, set_up=set_up)
+        lang = language(request)
+        due = {
+            s.id: plans.moment(s.scheduled_for, s.timezone or "UTC", lang)
+            for s in sends
+            if s.scheduled_for is not None
+        }  # local time first, then UTC
+        return page(
+            request, user, "home.html.j2", editions=editions, sends=sends, set_up=set_up, due=due
+        )
 
     return router

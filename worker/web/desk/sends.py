@@ -63,7 +63,8 @@ def router(runtime: Runtime) -> APIRouter:
                 raise DeskRefusal(404, f"There is no send {send_id}.")
             would_receive = None
             edition = find_edition(session, shown.edition_key)
-            if not shown.planned and edition is not None:
+            waiting = shown.status in ("scheduled", "planning")
+            if waiting and not shown.planned and edition is not None:
                 # before planning, the readers it would go to now (the list is taken at the start)
                 would_receive = plans.plan(session, edition).total
         due = ""
