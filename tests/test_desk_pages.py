@@ -350,6 +350,7 @@ def test_the_send_page_shows_the_weekly_slot_and_suggests_its_next_time(rt: Runt
     assert f"1 reader: 1 en, Monday {local.day} {local:%B} 09:00 Minsk time (06:00 UTC)" in (
         review.text
     )
+    assert "The list of readers is taken when the send starts" in review.text
     done = client.post(
         f"/desk/editions/{KEY}/send",
         data={"csrf": token, "step": "confirm", "when": "later", "date": str(local.date()),
