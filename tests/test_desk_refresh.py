@@ -128,12 +128,22 @@ def test_a_start_from_the_feeds_stores_its_problems_and_the_cli_send_refuses_it(
         edition = find_edition(session, "2026-W49")
         assert edition is not None
         problems = stored_problems(session, edition)
-        assert {"language": "be", "row": 1, "field": "image.alt",
-                "reason": "image without alt text"} in problems  # fmt: skip
+        at_fields = [(p["language"], p["row"], p["field"], p["reason"]) for p in problems]
+        assert ("be", 1, "image.alt", "image without alt text") in at_fields
+        extra = "ru has 3 articles, {0} 2 — mark the extra one as not in {0}, or add it"
+        missing = "article 3 is missing in {0}: write it, mark it as not in {0}, or remove the row"
+        expected = [
+            ("be", 1, "image.alt", "image without alt text"),
+            ("be", None, "items", extra.format("be")),
+            ("en", None, "items", extra.format("en")),
+            ("be", 2, "item", missing.format("be")),
+            ("en", 2, "item", missing.format("en")),
+        ]
+        assert sorted(at_fields, key=str) == sorted(expected, key=str)
         # And `newsletter send start` (create_send) refuses it, as the desk's send page does
         with pytest.raises(
             EditionHasProblems,
-            match=r"edition 2026-W49 has 4 problems \(first: image without alt text\)",
+            match=r"edition 2026-W49 has 5 problems \(first: image without alt text\)",
         ):
             create_send(session, edition, THURSDAY)
 
@@ -216,7 +226,7 @@ def test_refresh_adds_the_new_articles_and_keeps_the_editors_changes(
         assert taxes is not None and taxes["lead"] == "Падаткі для ІП растуць з 1 студзеня."
         assert taxes["body"] == "Міністэрства тлумачыць чаму."
         # Checked and stored with the problems a save finds (en lacks the new row)
-        assert "item 3 is missing in en: write it, or remove the row" in [
+        assert "article 3 is missing in en: write it, mark it as not in en, or remove the row" in [
             p.reason for p in stored.problems
         ]
         # Recorded in the action log
