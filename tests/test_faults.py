@@ -423,6 +423,9 @@ class DownThrottle:
 
     def sent(self, token: str) -> None: ...
 
+    def unlimited(self, domains: Any) -> bool:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
     def slow_down(self, domain: str) -> None: ...
 
     def fewer_connections(self) -> int:
