@@ -278,7 +278,8 @@ def main() -> None:
             )
 
             profiled_id = common.create_send(db_url, args.batch_size)
-            profiler = cProfile.Profile(time.process_time) if args.cpu_profile else cProfile.Profile()
+            timer = time.process_time if args.cpu_profile else time.perf_counter
+            profiler = cProfile.Profile(timer)
             profiler.enable()
             sent = run_send(rt, profiled_id, args.batch_size, args.prototype)
             profiler.disable()

@@ -1,5 +1,6 @@
 """The PostgreSQL pool survives connections the server closed (a restart, an operator's
-``pg_terminate_backend``) without a ``SELECT 1`` per checkout (``worker.db._refuse_dead_connection``).
+``pg_terminate_backend``) without a ``SELECT 1`` per checkout
+(``worker.db._refuse_dead_connection``).
 
 A server restart looks, from the pool, exactly like every backend terminated: the sockets are
 closed by the server. The shared test server cannot be restarted, so its backends are terminated
@@ -13,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Engine, event, exc, text
+from sqlalchemy.pool import QueuePool
 
 from worker.db import make_engine
 
@@ -73,7 +75,7 @@ def test_connections_closed_by_the_server_are_replaced_at_checkout(
             int(one.execute(text("SELECT pg_backend_pid()")).scalar_one()),
             int(two.execute(text("SELECT pg_backend_pid()")).scalar_one()),
         }
-    assert engine.pool.checkedin() == 2
+    assert isinstance(engine.pool, QueuePool) and engine.pool.checkedin() == 2
     assert terminate_others(pg_url) >= 2
     # When sessions check connections out again, Then they work, on new backends
     for _ in range(3):
