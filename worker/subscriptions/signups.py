@@ -46,7 +46,7 @@ from worker.subscriptions.addresses import (
 )
 from worker.subscriptions.driver import AWAITING, INSERT_CONSENT, INSERT_PENDING, LOOK_UP, driver
 from worker.subscriptions.evidence import agent_family, network_of, scrub_payload
-from worker.subscriptions.limits import SignupLimiter
+from worker.subscriptions.limits import SignupLimiter, Verdict
 from worker.subscriptions.suppressions import email_hash, is_suppressed
 from worker.subscriptions.tokens import (
     Purpose,
@@ -351,8 +351,18 @@ def process_signup(
         if seen:  # before the IP limit: a redelivery is not counted
             return SignupOutcome(None, False, "duplicate_event")
         newsletter = _newsletter(session, newsletter, event)
+        mailbox: Verdict | None = None  # the mailbox's verdict, when taken with the IP's
         if event.ip:
-            verdict = limiter.allow_signup(event.ip)
+            if known is not None and known.new_reader:
+                # A new reader is mailed unless a limit refuses: both limits in one Redis call,
+                # the mailbox counted only if the IP is allowed (as two calls would). The
+                # mailbox is then counted before the writes rather than after them: a signup
+                # whose transaction fails is retried within the resend window and limited.
+                verdict, mailbox = limiter.allow_signup_and_confirmation(
+                    event.ip, valid.address.mailbox_key, repeat=True
+                )
+            else:
+                verdict = limiter.allow_signup(event.ip)
             if not verdict.allowed:
                 detail = "too many signups from this network in the last hour"  # no IP stored
                 raise SignupRefused("ip_limit", detail, event.event_id)
@@ -379,7 +389,9 @@ def process_signup(
     # Keyed on the mailbox: target+1@, target+2@ … are new subscribers but one inbox, so a new
     # subscriber counts as a repeat and waits for the mailbox's resend window (empty for a
     # mailbox never mailed, so a first signup is never held back).
-    verdict = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
+    if mailbox is None:  # taken with the IP's for a new reader (then ``outcome.repeat``)
+        mailbox = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
+    verdict = mailbox
     if verdict.allowed:
         return outcome
     detail = (
@@ -420,6 +432,12 @@ class _Known:
     seen: bool  # a consent records the event already (a queue message redelivered)
     suppressed: bool  # an active suppression holds the address's keyed hash
     subscriber_id: int | None  # the subscriber of this address on this newsletter, if any
+
+    @property
+    def new_reader(self) -> bool:
+        """A first signup of this address (nearly every signup): it will be written as a new
+        pending reader and, limits allowing, mailed (``SignupOutcome.repeat`` True)."""
+        return not (self.seen or self.suppressed) and self.subscriber_id is None
 
 
 def _look_up(session: Session, valid: ValidSignup, newsletter_id: int, hash_key: str) -> _Known:
@@ -566,18 +584,19 @@ def awaiting_confirmation(session: Session, subscriber_id: int) -> tuple[Subscri
     rows = db.rows(AWAITING, {"subscriber_id": subscriber_id})
     if not rows:
         return None, False
-    id_, language, email, ascii_email, status, nonce, reasked = rows[0]
-    subscriber = Subscriber(
-        id=id_,
-        language=language,
-        email=db.open("email", email),
-        ascii_email=db.open("ascii_email", ascii_email),
-        status=SubscriberStatus(status),
-        confirm_nonce=nonce,
-    )
+    *columns, reasked = rows[0]
+    values = dict(zip(AWAITING_COLUMNS, columns, strict=True))  # a copy as read, not a write
+    values["email"] = db.open("email", values["email"])
+    values["ascii_email"] = db.open("ascii_email", values["ascii_email"])
+    values["status"] = SubscriberStatus(values["status"])
+    subscriber = Subscriber(**values)
     if not awaits_confirmation(subscriber):
         return None, False
     return subscriber, bool(reasked)
+
+
+AWAITING_COLUMNS = ("id", "language", "email", "ascii_email", "status", "confirm_nonce")
+"""The subscriber's columns :func:`awaiting_confirmation` reads (``driver.AWAITING``)."""
 
 
 def awaits_confirmation(subscriber: Subscriber) -> bool:
