@@ -1,4 +1,5 @@
-"""Sending limits shared by every worker process: one atomic Redis script per message.
+"""Sending limits shared by every worker process: one atomic Redis script per message (none for
+a chunk whose domains have no rate: ``unlimited``, one ``HMGET`` per chunk).
 
 dramatiq's bucket and window limiters were measured letting 175–180 messages through in a sliding
 second for a limit of 100. Here one Lua script reserves a send
