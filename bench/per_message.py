@@ -1,7 +1,7 @@
 """CPU per message of the weekly send, split by stage, and render time per language.
 
 One process, one thread, the real adapters: PostgreSQL (fresh database), the Redis throttle
-(throttling off, one script call per message), SMTP into Postfix's ``smtp-sink``. The sample
+(throttling off: one rate look-up per claimed chunk), SMTP into Postfix's ``smtp-sink``. The sample
 edition goes to ``--subscribers`` readers twice: once plain (CPU and wall per message), once
 under cProfile (the split by stage, and the functions with the most own time; wall seconds,
 or CPU seconds of this process with ``--cpu-profile``; ``--profile-file FILE`` keeps it).
