@@ -24,7 +24,12 @@ from worker.models import Consent, SignupRefusal, Subscriber
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.subscriptions.evidence import network_of
-from worker.subscriptions.limits import AbuseLimits, MemorySignupLimiter, RedisSignupLimiter
+from worker.subscriptions.limits import (
+    ALLOWED,
+    AbuseLimits,
+    MemorySignupLimiter,
+    RedisSignupLimiter,
+)
 from worker.subscriptions.signups import MAX_REFUSAL_DETAIL, MAX_REFUSAL_PAYLOAD
 from worker.web.app import create_app
 from worker.web.callers import SIGNATURE_HEADER, signature
@@ -518,3 +523,32 @@ def test_a_too_long_address_is_refused_naming_the_rule(rt: Runtime) -> None:
     assert {a: (r["reason"], r["code"]) for a, r in answers.items()} == {
         a: ("invalid_address", code) for a, code in cases.items()
     }
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_the_ip_and_the_mailbox_in_one_call_count_as_two_calls_would(
+    redis_url: str, kind: str
+) -> None:
+    # Given one signup per IP and one confirmation per mailbox a day
+    settings = AbuseLimits(
+        signups_per_ip_per_hour=1, confirmations_per_address_per_day=1, resend_window_seconds=0
+    )
+    limits = (
+        RedisSignupLimiter(redis.Redis.from_url(redis_url), settings, "k")
+        if kind == "redis"
+        else MemorySignupLimiter(settings, "k")
+    )
+    # When a new reader signs up, Then both are allowed and both counted
+    assert limits.allow_signup_and_confirmation("203.0.113.9", "e@example.org") == (
+        ALLOWED,
+        ALLOWED,
+    )
+    assert limits.allow_confirmation("e@example.org").reason == "address_limit"
+    # When the IP is refused, Then the mailbox is neither checked nor counted
+    ip, mailbox = limits.allow_signup_and_confirmation("203.0.113.9", "f@example.org")
+    assert (ip.reason, mailbox) == ("ip_limit", None)
+    assert limits.allow_confirmation("f@example.org").allowed
+    # When the IP is allowed and the mailbox refused, Then the IP is counted all the same
+    ip, mailbox = limits.allow_signup_and_confirmation("198.51.100.9", "f@example.org")
+    assert ip.allowed and mailbox is not None and mailbox.reason == "address_limit"
+    assert limits.allow_signup("198.51.100.9").reason == "ip_limit"

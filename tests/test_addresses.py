@@ -140,6 +140,11 @@ class NoLimits:
     def allow_record(self, source: str | None) -> Verdict:
         return ALLOWED
 
+    def allow_signup_and_confirmation(
+        self, ip: str, address_key: str, *, repeat: bool = True
+    ) -> tuple[Verdict, Verdict | None]:
+        return ALLOWED, ALLOWED
+
 
 def run(rt: Runtime, event: dict[str, Any], rules: AddressRules | None = None) -> str:
     from worker.editions.store import profile_of

@@ -4,7 +4,7 @@ PostgreSQL (production), with the same scenarios and the same expected values.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from worker.sending.ledger import LeaseSweep
 from worker.sending.memory_ledger import MemoryLedger
 from worker.sending.planning import plan_deliveries
 from worker.sending.policy import SendPolicy
-from worker.sending.ports import SmtpOutcome
+from worker.sending.ports import Reservation, SmtpOutcome
 from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
 from worker.states import (
@@ -263,3 +263,54 @@ def test_a_slot_granted_at_once_is_not_slept_for(world: World) -> None:
     # CPU away for a scheduler turn (about 10 ms at load 10 on 2 cores)
     assert report.counts == {"sent": 3}
     assert slept == []
+
+
+class CountingThrottle(LocalThrottle):
+    """A ``LocalThrottle`` that counts the calls the batch loop makes."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.calls: list[str] = []
+
+    def reserve(self, domain: str, max_wait: float, done: str = "") -> Reservation:
+        self.calls.append("reserve")
+        return super().reserve(domain, max_wait, done)
+
+    def unlimited(self, domains: Collection[str]) -> bool:
+        self.calls.append("unlimited")
+        return super().unlimited(domains)
+
+
+def test_an_unthrottled_chunk_takes_no_slot_and_a_throttled_one_one_per_message(
+    world: World,
+) -> None:
+    # Given three confirmed subscribers in two claim chunks (of 2 and 1)
+    readers = {"a@x.example": CONFIRMED, "b@y.example": CONFIRMED, "c@x.example": CONFIRMED}
+    world.plan(readers)
+    unthrottled = CountingThrottle()
+    # When the batch runs with no rate configured
+    report = send_batch(
+        world.ledger, SEND_ID, 0, 10**9,
+        composer=FakeComposer(),  # type: ignore[arg-type]
+        mailer=ScriptedRelay(), throttle=unthrottled, clock=FakeClock(), policy=POLICY,
+        sleep=lambda _s: None,
+    )  # fmt: skip
+    # Then the throttle is asked once per chunk and no slot is taken
+    assert report.counts == {"sent": 3}
+    assert unthrottled.calls == ["unlimited", "unlimited"]
+
+
+def test_a_rate_for_one_domain_of_a_chunk_takes_a_slot_for_each_message(world: World) -> None:
+    # Given three confirmed subscribers and a rate for y.example only
+    world.plan({"a@x.example": CONFIRMED, "b@y.example": CONFIRMED, "c@x.example": CONFIRMED})
+    throttled = CountingThrottle(domain_rates={"y.example": 1000.0})
+    # When the batch runs
+    report = send_batch(
+        world.ledger, SEND_ID, 0, 10**9,
+        composer=FakeComposer(),  # type: ignore[arg-type]
+        mailer=ScriptedRelay(), throttle=throttled, clock=FakeClock(), policy=POLICY,
+        sleep=lambda _s: None,
+    )  # fmt: skip
+    # Then the chunk holding y.example reserves a slot per message; the other one none
+    assert report.counts == {"sent": 3}
+    assert throttled.calls == ["unlimited", "reserve", "reserve", "unlimited"]

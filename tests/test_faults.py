@@ -327,7 +327,7 @@ class KillingMailer:
     terminated (pg_terminate_backend): the connection dies inside the transaction.
 
     Killing idle connections is not enough: the session checks a connection out per
-    transaction and ``pool_pre_ping`` silently replaces a dead one (that case is tested too)."""
+    transaction and the pool silently replaces a dead one at checkout (that case is tested too)."""
 
     def __init__(self, inner: Any, url: str, after: int) -> None:
         self.inner, self.url, self.after, self.accepted = inner, url, after, 0
@@ -375,7 +375,7 @@ class KillingMailer:
 def kill_idle_connections(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
     return len(rows)
@@ -422,6 +422,9 @@ class DownThrottle:
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     def sent(self, token: str) -> None: ...
+
+    def unlimited(self, domains: Any) -> bool:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     def slow_down(self, domain: str) -> None: ...
 

@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.message import EmailMessage
 from typing import Any
 
@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 from mjml import mjml2html
 
 from tests.samples import CASES
-from worker.sending.mime import HeaderInjection, build_template, personalise
+from worker.sending.mime import (
+    HeaderInjection,
+    _is_plain,
+    build_template,
+    encode_unstructured,
+    personalise,
+)
 
 HEADER_CASES = CASES / "headers"
 ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -412,3 +418,14 @@ def test_each_message_has_the_required_headers() -> None:
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     for name in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe"):
         assert len(message.get_all(name) or []) == 1, name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126) | st.just("\t")))
+def test_a_plain_one_line_header_is_written_as_the_email_package_folds_it(value: str) -> None:
+    # encode_unstructured writes a plain value that fits one line as it is (issue 16: per
+    # message, X-Newsletter-Delivery); the email package's Header, used before, gives the same
+    name = "X-Newsletter-Delivery"
+    assume(_is_plain(name, value) and len(name) + 2 + len(value) <= 78)
+    expected = Header(value, "us-ascii", header_name=name).encode(linesep="\r\n")
+    assert encode_unstructured(name, value) == f"{name}: {expected}"

@@ -237,3 +237,24 @@ def test_three_processes_hold_the_configured_rates() -> None:
         # the 60 s benchmark reaches 0.74 of it, the domains 1.0.
         assert row["max_in_1s"] <= row["configured"] + 1, (name, row)
         assert row["configured"] * low <= row["achieved"] <= row["configured"] * 1.02, (name, row)
+
+
+def test_unlimited_follows_the_configured_and_the_live_rates(make: ThrottleFactory) -> None:
+    # Given no global rate and a rate for slow.example only
+    throttle = make(domain_rates={"Slow.example": 5.0})
+    # Then messages to other domains need no slot, and a chunk holding slow.example does
+    assert throttle.unlimited({"fast.example", "other.example"})
+    assert not throttle.unlimited({"fast.example", "SLOW.example"})
+    assert make(global_rate=10.0).unlimited({"fast.example"}) is False
+
+
+def test_unlimited_reads_the_overrides_of_a_running_send(client: redis.Redis) -> None:
+    # Given a throttle with no configured rate
+    throttle = RedisThrottle(client, domain_rates={"slow.example": 5.0})
+    # When an operator sets a global rate (newsletter throttle set), Then every domain is limited
+    throttle.set_rate(10.0)
+    assert not throttle.unlimited({"fast.example"})
+    # And when both are set to 0 in the live hash, nothing is
+    throttle.set_rate(0.0)
+    throttle.set_rate(0.0, "slow.example")
+    assert throttle.unlimited({"fast.example", "slow.example"})

@@ -32,6 +32,7 @@ from worker.sending.transactional import send_transactional
 from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.addresses import recipient_domain
+from worker.subscriptions.driver import CONFIRMATION_SENT, driver
 from worker.subscriptions.signups import (
     AddressRules,
     awaiting_confirmation,
@@ -132,10 +133,11 @@ def record_confirmation_outcome(
     session: Session, subscriber_id: int, outcome: SmtpOutcome, now: Any
 ) -> None:
     """Keep the relay's refusal of a confirmation mail on the subscriber (``subscribers show``,
-    the dashboard) and log it; a sent mail clears the last refusal. One Core UPDATE in
-    ``session``'s transaction (the subscriber read by ``awaiting_confirmation`` is a copy)."""
+    the dashboard) and log it; a sent mail clears the last refusal. One UPDATE in ``session``'s
+    transaction (a sent mail: on its DBAPI connection, ``subscriptions.driver``; the subscriber
+    read by ``awaiting_confirmation`` is a copy)."""
     if outcome.accepted:
-        session.execute(_CONFIRMATION_SENT, {"subscriber_id": subscriber_id, "now": now})
+        driver(session).rows(CONFIRMATION_SENT, {"subscriber_id": subscriber_id, "now": now})
         return
     reply = f"{outcome.code} {outcome.text}".strip()[:500]
     session.execute(
@@ -149,13 +151,7 @@ def record_confirmation_outcome(
 
 
 _SUBSCRIBER = cast(Table, Subscriber.__table__)
-# Built once: the outcome of every confirmation mail is one of these two statements.
-_CONFIRMATION_SENT = (
-    update(_SUBSCRIBER)
-    .where(_SUBSCRIBER.c.id == bindparam("subscriber_id"))
-    .values(confirmation_sent_at=bindparam("now"), confirmation_error=None)
-    .values(confirmation_failed_at=None)
-)
+# Built once: a refused or deferred confirmation mail's outcome (the reply is sealed).
 _CONFIRMATION_REFUSED = (
     update(_SUBSCRIBER)
     .where(_SUBSCRIBER.c.id == bindparam("subscriber_id"))

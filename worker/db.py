@@ -6,12 +6,13 @@ The schema has one Alembic history in ``migrations/``, run by ``newsletter db up
 from __future__ import annotations
 
 import json
+import select
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Row, create_engine, event
+from sqlalchemy import Engine, Row, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import MIGRATIONS_DIR, Settings
@@ -44,7 +45,29 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_size=5, max_overflow=10)
+    event.listen(engine, "checkout", _refuse_dead_connection)
+    return engine
+
+
+def _refuse_dead_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """The pool's check at each checkout, instead of ``pool_pre_ping``'s ``SELECT 1`` round
+    trip (8 % of a signup's CPU, issue 16): a pooled PostgreSQL connection is idle, so its
+    socket has nothing to read unless the server has closed it (a restart, a
+    ``pg_terminate_backend``: the server sends its FATAL notice and closes the socket). One
+    ``poll`` with a zero timeout, no round trip. Raising ``DisconnectionError`` makes the pool
+    drop this connection and check out another (a fresh one when all are gone); a connection
+    that dies after this check fails its statement, SQLAlchemy then invalidates the whole pool
+    and the message is retried by dramatiq with fresh connections."""
+    if dbapi_connection.closed or _readable(dbapi_connection.fileno()):
+        raise exc.DisconnectionError("the server closed this pooled connection")
+
+
+def _readable(fd: int) -> bool:
+    """Whether socket ``fd`` has data (or end-of-file) waiting, without blocking."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def engine_for(settings: Settings) -> Engine:

@@ -178,6 +178,9 @@ def _send_claimed(
     """Send the claimed rows in order, removing each from ``todo`` once it has an outcome (or its
     claim was lost). Returns False when the batch must stop (``report`` says why)."""
     replied = ""  # the slot of the message whose outcome was just recorded
+    # No rate for any of the chunk's domains: no slot to take per message (one Redis call per
+    # chunk instead of one per message; a rate set meanwhile applies from the next chunk).
+    free = ctx.throttle.unlimited({row.domain for row in todo})
     try:
         while todo:
             row = todo[0]
@@ -186,7 +189,7 @@ def _send_claimed(
             # The send slot is taken last, right before the SMTP transaction: whatever ran
             # before (composing) must not shift the message past its slot into the next one.
             # The previous message's reply goes to the throttle in the same call.
-            wait, token = _reserve(ctx, row.domain, replied)
+            wait, token = (None, "") if free else _reserve(ctx, row.domain, replied)
             replied = ""
             if wait is not None:
                 report.later(wait)  # the batch comes back when the slot is near

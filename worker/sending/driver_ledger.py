@@ -26,8 +26,9 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -75,8 +76,9 @@ _RELEASE = f"""UPDATE delivery SET state = '{D.QUEUED}', lease_until = NULL, upd
 _NAMED = re.compile(r":([a-z_]+)")
 
 
+@cache
 def _pyformat(sql: str) -> str:
-    """``:name`` → ``%(name)s`` (psycopg's placeholders)."""
+    """``:name`` → ``%(name)s`` (psycopg's placeholders); once per statement text."""
     return _NAMED.sub(r"%(\1)s", sql)
 
 
@@ -88,6 +90,9 @@ class LedgerConnection:
 
     driver: str
     connection: Any
+    # PostgreSQL: one cursor for every statement (a new cursor per statement, as
+    # ``Connection.execute`` makes, sets up its adapters each time: per message, twice)
+    _cursor: Any = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, url: str) -> LedgerConnection:
@@ -130,7 +135,7 @@ class LedgerConnection:
     def rows(self, sql: str, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
         """Run one statement (committed on return: autocommit) and return its rows."""
         if self.driver == "postgresql":
-            cursor = self.connection.execute(_pyformat(sql), params, prepare=True)
+            cursor = self._pg(sql, params)
             return list(cursor.fetchall()) if cursor.description else []
         cursor = self.connection.execute(sql, _sqlite_params(params))
         return list(cursor.fetchall())
@@ -138,8 +143,14 @@ class LedgerConnection:
     def count(self, sql: str, params: Mapping[str, object]) -> int:
         """Run one writing statement (committed on return); the number of rows it changed."""
         if self.driver == "postgresql":
-            return int(self.connection.execute(_pyformat(sql), params, prepare=True).rowcount)
+            return int(self._pg(sql, params).rowcount)
         return int(self.connection.execute(sql, _sqlite_params(params)).rowcount)
+
+    def _pg(self, sql: str, params: Mapping[str, object]) -> Any:
+        """One prepared statement on this connection's cursor; the cursor, for its results."""
+        if self._cursor is None or self._cursor.closed:
+            self._cursor = self.connection.cursor()
+        return self._cursor.execute(_pyformat(sql), params, prepare=True)
 
     def in_transaction(self, work: Callable[[LedgerConnection], T]) -> T:
         """``work`` in one transaction, one commit (SQLite: ``BEGIN IMMEDIATE``, so the write

@@ -116,6 +116,8 @@ def encode_unstructured(name: str, value: str) -> str:
     _check_name(name)
     _check_value(name, value)
     if _is_plain(name, value):
+        if len(name) + 2 + len(value) <= MAX_LINE:  # one line: nothing to fold (as Header's)
+            return f"{name}: {value}"
         return f"{name}: {Header(value, 'us-ascii', header_name=name).encode(linesep=CRLF)}"
     return f"{name}: {_encoded_words(value, MAX_LINE - len(name) - 2)}"
 

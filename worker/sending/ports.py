@@ -8,7 +8,7 @@ tests may pass their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -88,6 +88,12 @@ class Throttle(Protocol):
 
     def sent(self, token: str) -> None:
         """The reply to the message of reservation ``token`` has been read ("" is ignored)."""
+        ...
+
+    def unlimited(self, domains: Collection[str]) -> bool:
+        """True when no rate applies right now to a message for any of ``domains`` (the global
+        rate and each domain's rate are 0, overrides included): such a message needs no slot
+        and ``reserve`` would grant one at once without recording anything."""
         ...
 
     def slow_down(self, domain: str) -> None:

@@ -29,10 +29,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import cache
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, Text, Update, bindparam, delete, func, select, true, update
+from sqlalchemy import Text, Update, bindparam, delete, func, select, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -62,7 +61,7 @@ def insert_pending(
     nothing more to write.
     """
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    values = _pending_values(newsletter_id, address, language, now)
+    values = pending_values(newsletter_id, address, language, now)
     inserted = session.scalars(
         insert(Subscriber)
         .values(**values)
@@ -79,32 +78,11 @@ def insert_pending(
     return row, False
 
 
-def insert_pending_id(
-    session: Session, newsletter_id: int, address: Address, language: str, now: datetime
-) -> int | None:
-    """:func:`insert_pending` for the signup hot path: one Core statement (no ORM object, no
-    identity map); the new row's id, or None when the address's row exists already (ON
-    CONFLICT DO NOTHING; the caller then reads it)."""
-    statement = _insert_pending_statement(session.get_bind().dialect.name)
-    row = session.execute(statement, _pending_values(newsletter_id, address, language, now)).first()
-    return None if row is None else int(row[0])
-
-
-@cache
-def _insert_pending_statement(dialect: str) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id, built once per dialect."""
-    table = cast(Table, Subscriber.__table__)
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert(table)
-        .on_conflict_do_nothing(index_elements=["newsletter_id", "email_key"])
-        .returning(table.c.id)
-    )
-
-
-def _pending_values(
+def pending_values(
     newsletter_id: int, address: Address, language: str, now: datetime
 ) -> dict[str, Any]:
+    """A new pending subscriber's column values (plain: the column types seal the address and
+    replace its key by the blind index when bound), with a fresh confirmation nonce."""
     return {
         "newsletter_id": newsletter_id,
         "email": address.normalized,

@@ -89,6 +89,15 @@ class SignupLimiter(Protocol):
         waiting for a confirmation) or ``address_limit``."""
         ...
 
+    def allow_signup_and_confirmation(
+        self, ip: str, address_key: str, *, repeat: bool = True
+    ) -> tuple[Verdict, Verdict | None]:
+        """``allow_signup(ip)`` and, only if it allows, ``allow_confirmation(address_key,
+        repeat=repeat)``, in one call (for a new reader, whose mail is known to be due before
+        anything is written). Returns (the IP's verdict, the mailbox's or None when the IP was
+        refused: then the mailbox is neither checked nor counted)."""
+        ...
+
     def allow_record(self, source: str | None) -> Verdict:
         """One stored signup refusal from ``source`` (an IP, None when unknown); refused with
         reason ``record_limit`` (the refusal is then counted, not stored)."""
@@ -139,25 +148,35 @@ class _WindowedLimiter:
         return self._take(windows)
 
     def allow_confirmation(self, address_key: str, *, repeat: bool = True) -> Verdict:
+        return self._take(self._confirmation(address_key, repeat))
+
+    def allow_signup_and_confirmation(
+        self, ip: str, address_key: str, *, repeat: bool = True
+    ) -> tuple[Verdict, Verdict | None]:
+        limit = self.limits.signups_per_ip_per_hour
+        signup = [_Window(self._hashed("ip", ip_group(ip)), limit, HOUR, "ip_limit")]
+        first, second = self._take_groups([signup, self._confirmation(address_key, repeat)])
+        assert first is not None  # the first group is always checked
+        return first, second
+
+    def _confirmation(self, address_key: str, repeat: bool) -> list[_Window]:
         resend = self.limits.resend_window_seconds
         # A first mail is not checked against the resend window but starts it (limit -1).
         resend_limit = (1 if repeat else -1) if resend > 0 else 0
-        return self._take(
-            [
-                _Window(
-                    self._hashed("resend", address_key),
-                    resend_limit,
-                    resend,
-                    "resend_window",
-                ),
-                _Window(
-                    self._hashed("address", address_key),
-                    self.limits.confirmations_per_address_per_day,
-                    DAY,
-                    "address_limit",
-                ),
-            ]
-        )
+        return [
+            _Window(
+                self._hashed("resend", address_key),
+                resend_limit,
+                resend,
+                "resend_window",
+            ),
+            _Window(
+                self._hashed("address", address_key),
+                self.limits.confirmations_per_address_per_day,
+                DAY,
+                "address_limit",
+            ),
+        ]
 
     def allow_domain(self, domain: str) -> Verdict:
         limit = self.limits.confirmations_per_domain_per_minute
@@ -166,32 +185,48 @@ class _WindowedLimiter:
         return self._take([_Window(key, limit, MINUTE, "domain_limit")])
 
     def _take(self, windows: Sequence[_Window]) -> Verdict:
+        verdict = self._take_groups([windows])[0]
+        assert verdict is not None  # the first group is always checked
+        return verdict
+
+    def _take_groups(self, groups: Sequence[Sequence[_Window]]) -> list[Verdict | None]:
+        """Each group in turn, as one ``_take``, until one refuses: the verdict of each group
+        checked, None for the groups after a refusal (neither checked nor counted)."""
         raise NotImplementedError
 
 
-# Sliding log per key: drop entries older than the window, refuse if any key is full (with the
-# wait until its oldest entry leaves), otherwise add one entry to every key. A limit of 0 means
-# no limit (nothing stored), -1 "record only" (stored, not checked). Server time, so
-# that processes on different hosts agree.
+# Sliding log per key: drop entries older than the window, refuse if any key of a group is full
+# (with the wait until its oldest entry leaves), otherwise add one entry to every key of the
+# group and go on with the next group (a refusal ends the call: later groups are untouched). A
+# limit of 0 means no limit (nothing stored), -1 "record only" (stored, not checked). ARGV: the
+# member, then (limit, window ms, group number) per key, groups in order. Server time, so that
+# processes on different hosts agree.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
-  if limit > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-    if redis.call('ZCARD', KEYS[i]) >= limit then
-      local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-      return {i, tonumber(oldest[2]) + window - now}
+local first = 1
+while first <= #KEYS do
+  local group = ARGV[3 * first + 1]
+  local last = first
+  while last < #KEYS and ARGV[3 * (last + 1) + 1] == group do last = last + 1 end
+  for i = first, last do
+    local limit = tonumber(ARGV[3 * i - 1])
+    local window = tonumber(ARGV[3 * i])
+    if limit > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+      if redis.call('ZCARD', KEYS[i]) >= limit then
+        local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+        return {i, tonumber(oldest[2]) + window - now}
+      end
     end
   end
-end
-for i = 1, #KEYS do
-  if tonumber(ARGV[2 * i]) ~= 0 then
-    redis.call('ZADD', KEYS[i], now, ARGV[1])
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
+  for i = first, last do
+    if tonumber(ARGV[3 * i - 1]) ~= 0 then
+      redis.call('ZADD', KEYS[i], now, ARGV[1])
+      redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 * i]))
+    end
   end
+  first = last + 1
 end
 return {0, 0}
 """
@@ -206,15 +241,22 @@ class RedisSignupLimiter(_WindowedLimiter):
         super().__init__(limits, hash_key, prefix)
         self._script: Callable[..., Any] = client.register_script(_TAKE)
 
-    def _take(self, windows: Sequence[_Window]) -> Verdict:
+    def _take_groups(self, groups: Sequence[Sequence[_Window]]) -> list[Verdict | None]:
         args: list[object] = [uuid.uuid4().hex]
-        for window in windows:
-            args += [window.limit, max(1, int(window.seconds * 1000))]
-        index, wait_ms = self._script(keys=[w.key for w in windows], args=args)
+        keys: list[str] = []
+        owner: list[int] = []  # the group of each key
+        for number, windows in enumerate(groups):
+            for window in windows:
+                args += [window.limit, max(1, int(window.seconds * 1000)), number]
+                keys.append(window.key)
+                owner.append(number)
+        index, wait_ms = self._script(keys=keys, args=args)
         if int(index) == 0:
-            return ALLOWED
-        window = windows[int(index) - 1]
-        return Verdict(False, window.reason, max(0.0, int(wait_ms) / 1000))
+            return [ALLOWED for _ in groups]
+        refused = owner[int(index) - 1]
+        window = [w for windows in groups for w in windows][int(index) - 1]
+        verdict = Verdict(False, window.reason, max(0.0, int(wait_ms) / 1000))
+        return [ALLOWED] * refused + [verdict] + [None] * (len(groups) - refused - 1)
 
 
 class MemorySignupLimiter(_WindowedLimiter):
@@ -228,21 +270,29 @@ class MemorySignupLimiter(_WindowedLimiter):
         self._lock = threading.Lock()
         self._clock = clock
 
-    def _take(self, windows: Sequence[_Window]) -> Verdict:
+    def _take_groups(self, groups: Sequence[Sequence[_Window]]) -> list[Verdict | None]:
+        verdicts: list[Verdict | None] = []
         with self._lock:
-            now = self._clock()
-            for window in windows:
-                if window.limit <= 0:
-                    continue
-                log = self._logs.setdefault(window.key, deque())
-                while log and log[0] <= now - window.seconds:
-                    log.popleft()
-                if len(log) >= window.limit:
-                    return Verdict(False, window.reason, log[0] + window.seconds - now)
-            for window in windows:
-                if window.limit != 0:
-                    self._logs.setdefault(window.key, deque()).append(now)
-            return ALLOWED
+            for windows in groups:
+                verdict = self._take_one(windows, self._clock())
+                verdicts.append(verdict)
+                if not verdict.allowed:
+                    break
+        return verdicts + [None] * (len(groups) - len(verdicts))
+
+    def _take_one(self, windows: Sequence[_Window], now: float) -> Verdict:
+        for window in windows:
+            if window.limit <= 0:
+                continue
+            log = self._logs.setdefault(window.key, deque())
+            while log and log[0] <= now - window.seconds:
+                log.popleft()
+            if len(log) >= window.limit:
+                return Verdict(False, window.reason, log[0] + window.seconds - now)
+        for window in windows:
+            if window.limit != 0:
+                self._logs.setdefault(window.key, deque()).append(now)
+        return ALLOWED
 
 
 LIMIT_KEY_PURPOSE = b"newsletter abuse-limit keys v1"

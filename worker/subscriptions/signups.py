@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from ipaddress import ip_address
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,12 +30,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import Table, bindparam, delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from worker.editions.files import NewsletterProfile
 from worker.logs import mask_ip
-from worker.models import Consent, Newsletter, SignupRefusal, Subscriber, Suppression
+from worker.models import Consent, Newsletter, SignupRefusal, Subscriber
 from worker.states import SubscriberStatus
 from worker.subscriptions import lifecycle
 from worker.subscriptions.addresses import (
@@ -44,8 +44,9 @@ from worker.subscriptions.addresses import (
     load_blocked_domains,
     parse_address,
 )
+from worker.subscriptions.driver import AWAITING, INSERT_CONSENT, INSERT_PENDING, LOOK_UP, driver
 from worker.subscriptions.evidence import agent_family, network_of, scrub_payload
-from worker.subscriptions.limits import SignupLimiter
+from worker.subscriptions.limits import SignupLimiter, Verdict
 from worker.subscriptions.suppressions import email_hash, is_suppressed
 from worker.subscriptions.tokens import (
     Purpose,
@@ -350,8 +351,18 @@ def process_signup(
         if seen:  # before the IP limit: a redelivery is not counted
             return SignupOutcome(None, False, "duplicate_event")
         newsletter = _newsletter(session, newsletter, event)
+        mailbox: Verdict | None = None  # the mailbox's verdict, when taken with the IP's
         if event.ip:
-            verdict = limiter.allow_signup(event.ip)
+            if known is not None and known.new_reader:
+                # A new reader is mailed unless a limit refuses: both limits in one Redis call,
+                # the mailbox counted only if the IP is allowed (as two calls would). The
+                # mailbox is then counted before the writes rather than after them: a signup
+                # whose transaction fails is retried within the resend window and limited.
+                verdict, mailbox = limiter.allow_signup_and_confirmation(
+                    event.ip, valid.address.mailbox_key, repeat=True
+                )
+            else:
+                verdict = limiter.allow_signup(event.ip)
             if not verdict.allowed:
                 detail = "too many signups from this network in the last hour"  # no IP stored
                 raise SignupRefused("ip_limit", detail, event.event_id)
@@ -378,7 +389,9 @@ def process_signup(
     # Keyed on the mailbox: target+1@, target+2@ … are new subscribers but one inbox, so a new
     # subscriber counts as a repeat and waits for the mailbox's resend window (empty for a
     # mailbox never mailed, so a first signup is never held back).
-    verdict = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
+    if mailbox is None:  # taken with the IP's for a new reader (then ``outcome.repeat``)
+        mailbox = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
+    verdict = mailbox
     if verdict.allowed:
         return outcome
     detail = (
@@ -420,64 +433,47 @@ class _Known:
     suppressed: bool  # an active suppression holds the address's keyed hash
     subscriber_id: int | None  # the subscriber of this address on this newsletter, if any
 
+    @property
+    def new_reader(self) -> bool:
+        """A first signup of this address (nearly every signup): it will be written as a new
+        pending reader and, limits allowing, mailed (``SignupOutcome.repeat`` True)."""
+        return not (self.seen or self.suppressed) and self.subscriber_id is None
+
 
 def _look_up(session: Session, valid: ValidSignup, newsletter_id: int, hash_key: str) -> _Known:
     """The duplicate-event check, the suppression check and the subscriber lookup of one signup
-    in ONE statement (three scalar subqueries), instead of three round trips and three ORM
-    executions. Read-only: the checks still act in the order :func:`process_signup` gives."""
-    row = session.execute(
-        _LOOK_UP,
+    in ONE statement (three scalar subqueries, ``driver.LOOK_UP``, on the session's DBAPI
+    connection). Read-only: the checks still act in the order :func:`process_signup` gives."""
+    db = driver(session)
+    seen, suppressed, subscriber_id = db.rows(
+        LOOK_UP,
         {
             "event_id": valid.event.event_id,
             "hashed": email_hash(valid.address.dedupe_key, hash_key),
             "newsletter_id": newsletter_id,
-            "email_key": valid.address.dedupe_key,
+            "email_key": db.seal("email_key", valid.address.dedupe_key),
         },
-    ).one()
-    return _Known(row[0] is not None, row[1] is not None, row[2])
-
-
-def _look_up_statement() -> Any:
-    consent, suppression, subscriber = (
-        Consent.__table__.c,
-        Suppression.__table__.c,
-        Subscriber.__table__.c,
-    )
-    return select(
-        select(consent.id)
-        .where(consent.event_id == bindparam("event_id"))
-        .limit(1)
-        .scalar_subquery(),
-        select(suppression.id)
-        .where(suppression.email_hash == bindparam("hashed"), suppression.removed_at.is_(None))
-        .limit(1)
-        .scalar_subquery(),
-        select(subscriber.id)
-        .where(
-            subscriber.newsletter_id == bindparam("newsletter_id"),
-            subscriber.email_key == bindparam("email_key", type_=subscriber.email_key.type),
-        )
-        .scalar_subquery(),
-    )
-
-
-_LOOK_UP = _look_up_statement()
-_INSERT_CONSENT = insert(cast(Table, Consent.__table__))
+    )[0]
+    return _Known(seen is not None, suppressed is not None, subscriber_id)
 
 
 def _insert_new(
     session: Session, valid: ValidSignup, newsletter_id: int, now: datetime
 ) -> SignupOutcome | None:
-    """A new reader's pending subscriber and consent, in two Core statements (no unit of work:
+    """A new reader's pending subscriber and consent, in two statements on the session's DBAPI
+    connection (``driver.INSERT_PENDING``, ``driver.INSERT_CONSENT``; no unit of work:
     nothing in the session tracks them; ``send_confirmation`` reads the row in its own session).
     None when a concurrent signup of the same address inserted the subscriber first (the caller
     goes the general way)."""
-    subscriber_id = lifecycle.insert_pending_id(
-        session, newsletter_id, valid.address, valid.event.language, now
-    )
-    if subscriber_id is None:
+    db = driver(session)
+    values = lifecycle.pending_values(newsletter_id, valid.address, valid.event.language, now)
+    for column in ("email", "email_key", "ascii_email"):
+        values[column] = db.seal(column, values[column])
+    inserted = db.rows(INSERT_PENDING, values)
+    if not inserted:
         return None
-    session.execute(_INSERT_CONSENT, _consent_values(subscriber_id, valid.event, now))
+    subscriber_id = int(inserted[0][0])
+    db.rows(INSERT_CONSENT, _consent_values(subscriber_id, valid.event, now))
     return SignupOutcome(subscriber_id, True, "pending", repeat=True)
 
 
@@ -577,42 +573,30 @@ def awaiting_confirmation(session: Session, subscriber_id: int) -> tuple[Subscri
     subscriber is None unless it :func:`awaits_confirmation`.
 
     The subscriber is a transient copy holding only what a confirmation mail needs (``id``,
-    ``language``, ``email``, ``ascii_email``, ``status``, ``confirm_nonce``), read with one Core
-    statement (no ORM loading, only the two address columns decrypted) and NOT attached to
+    ``language``, ``email``, ``ascii_email``, ``status``, ``confirm_nonce``), read with one
+    statement on the session's DBAPI connection (``driver.AWAITING``; no ORM loading, only the
+    two address columns opened) and NOT attached to
     ``session``: changes to it are not written (see ``actors.record_confirmation_outcome``).
 
     A re-permission: a reader imported from another list without consent evidence, asked to
     confirm before any edition (``worker.subscriptions.imports``); their mail says so."""
-    row = session.execute(_AWAITING, {"subscriber_id": subscriber_id}).first()
-    if row is None:
+    db = driver(session)
+    rows = db.rows(AWAITING, {"subscriber_id": subscriber_id})
+    if not rows:
         return None, False
-    values = dict(row._mapping)
-    reasked = bool(values.pop("reasked"))
+    *columns, reasked = rows[0]
+    values = dict(zip(AWAITING_COLUMNS, columns, strict=True))  # a copy as read, not a write
+    values["email"] = db.open("email", values["email"])
+    values["ascii_email"] = db.open("ascii_email", values["ascii_email"])
+    values["status"] = SubscriberStatus(values["status"])
     subscriber = Subscriber(**values)
     if not awaits_confirmation(subscriber):
         return None, False
-    return subscriber, reasked
-
-
-def _awaiting_statement() -> Any:
-    table, consent = Subscriber.__table__.c, Consent.__table__.c
-    reasked = (
-        select(consent.id)
-        .where(
-            consent.subscriber_id == table.id,
-            consent.method == "re_permission",
-            consent.confirmed_at.is_(None),
-        )
-        .exists()
-    )
-    columns = (table[name] for name in AWAITING_COLUMNS)
-    return select(*columns, reasked.label("reasked")).where(table.id == bindparam("subscriber_id"))
+    return subscriber, bool(reasked)
 
 
 AWAITING_COLUMNS = ("id", "language", "email", "ascii_email", "status", "confirm_nonce")
-"""The subscriber's columns :func:`awaiting_confirmation` reads."""
-
-_AWAITING = _awaiting_statement()
+"""The subscriber's columns :func:`awaiting_confirmation` reads (``driver.AWAITING``)."""
 
 
 def awaits_confirmation(subscriber: Subscriber) -> bool:

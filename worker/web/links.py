@@ -99,14 +99,13 @@ def confirm_resend(token: str, request: Request, rt: RuntimeDep, pages: PagesDep
     with rt.session() as session:
         subscriber = resend_target(session, rt.tokens, token)
         ip = client_ip(request, trusted_networks(rt.settings.trusted_proxies))
-        if (
-            subscriber is not None
-            and rt.limiter.allow_signup(ip or "unknown-peer").allowed
-            and rt.limiter.allow_confirmation(
-                mailbox_key_of(dedupe_key_of(subscriber.email))
-            ).allowed
-        ):
-            due = subscriber.id
+        if subscriber is not None:
+            # the IP's limit, then (only if it allows) the mailbox's, in one Redis call
+            _, mailbox = rt.limiter.allow_signup_and_confirmation(
+                ip or "unknown-peer", mailbox_key_of(dedupe_key_of(subscriber.email))
+            )
+            if mailbox is not None and mailbox.allowed:
+                due = subscriber.id
         lang, ctx = newsletter_context(rt, session, subscriber)
         page = pages.render("resent", lang, **ctx)
     if due is not None:
