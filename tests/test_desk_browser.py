@@ -195,6 +195,7 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         tab.press_enter_in("#password")
         # and starts the week's edition from the feeds
         assert tab.js("location.pathname") == "/desk/editions/new"
+        tab.shoot("start")
         tab.js(f"document.getElementById('feeds-key').value = '{KEY}'")
         tab.js("document.getElementById('feeds-start').value = '2026-11-30'")
         tab.js("document.getElementById('feeds-end').value = '2026-12-06'")
@@ -291,6 +292,15 @@ def test_an_editor_starts_from_the_feeds_fixes_previews_tests_schedules_and_it_g
         tab.shoot("progress")
         tab.open(f"{base}/desk/sends")
         tab.shoot("sends")
+        tab.open(f"{base}/desk/")
+        assert KEY in tab.text()
+        tab.shoot("home")
+        # Every step is in the action log, under the editor's name
+        tab.open(f"{base}/desk/log")
+        logged = tab.text()
+        for action in ("login", "edition.start", "edition.save", "edition.test", "send.schedule"):
+            assert action in logged, action
+        tab.shoot("log")
 
     # Then the outbox holds the three proofs, then exactly one copy per confirmed reader, each
     # in the reader's language; the pending and the unsubscribed reader got nothing
