@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
+from tests.browser_kit import served_app
 from tests.desk_kit import add_user
 from tests.test_readers_pages_browser import Page
-from worker.devtools.chromium import BrowserError, HeadlessChromium, find_chromium
-from worker.devtools.outbox import free_port
+from worker.devtools.chromium import HeadlessChromium
 from worker.runtime import Runtime
-from worker.web.app import create_app
 
 
 @pytest.fixture
 def base(rt: Runtime, request: pytest.FixtureRequest) -> Iterator[str]:
     """The app on a free loopback port (one database is enough for a browser journey)."""
-    if request.node.callspec.params.get("db_url") != "postgresql":
-        pytest.skip("driven once, on PostgreSQL")
-    try:
-        find_chromium()
-    except BrowserError:
-        pytest.skip("no Chromium (apt-get install -y chromium)")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from served_app(rt, request)
 
 
 def test_an_editor_logs_in_with_the_keyboard_at_375_px(rt: Runtime, base: str) -> None:

@@ -18,7 +18,6 @@ import email.policy
 import io
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,24 +27,23 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import uvicorn
 from PIL import Image
 from sqlalchemy import select, update
 
+from tests.browser_kit import served_app
 from tests.desk_kit import add_user
 from tests.feed_server import feed_server
 from tests.samples import SAMPLE_EDITION
 from tests.sendkit import seed
 from tests.stub_worker import StubWorker
 from worker import actors
-from worker.devtools.chromium import BrowserError, HeadlessChromium, find_chromium
-from worker.devtools.outbox import OutboxServer, free_port
+from worker.devtools.chromium import HeadlessChromium
+from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_newsletter_profile
 from worker.editions.store import save_newsletter
 from worker.models import Send
 from worker.runtime import Runtime
 from worker.states import SendStatus
-from worker.web.app import create_app
 
 KEY = "2026-W49"
 PASSWORD = "correct horse battery"
@@ -60,25 +58,7 @@ READERS = {
 @pytest.fixture
 def base(rt: Runtime, request: pytest.FixtureRequest) -> Iterator[str]:
     """The app on a free loopback port (one database is enough for a browser journey)."""
-    if request.node.callspec.params.get("db_url") != "postgresql":
-        pytest.skip("driven once, on PostgreSQL")
-    try:
-        find_chromium()
-    except BrowserError:
-        pytest.skip("no Chromium (apt-get install -y chromium)")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from served_app(rt, request)
 
 
 class Tab:

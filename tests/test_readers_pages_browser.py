@@ -8,28 +8,25 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 
+from tests.browser_kit import served_app
 from tests.message_parts import body_text
 from tests.samples import SAMPLE_EDITION
 from tests.stub_worker import StubWorker
 from worker import actors
-from worker.devtools.chromium import BrowserError, HeadlessChromium, find_chromium
-from worker.devtools.outbox import OutboxServer, free_port
+from worker.devtools.chromium import HeadlessChromium
+from worker.devtools.outbox import OutboxServer
 from worker.editions.files import read_edition
 from worker.editions.store import save_edition
 from worker.models import Consent, Subscriber
 from worker.runtime import Runtime
 from worker.sending.sends import create_send
-from worker.web.app import create_app
 
 PUBLISHER = "Example Media Foundation, 1 Example Street, 01001 Vilnius, Lithuania"
 
@@ -37,25 +34,7 @@ PUBLISHER = "Example Media Foundation, 1 Example Street, 01001 Vilnius, Lithuani
 @pytest.fixture
 def base(rt: Runtime, request: pytest.FixtureRequest) -> Iterator[str]:
     """The app on a free loopback port (one database is enough for a browser journey)."""
-    if request.node.callspec.params.get("db_url") != "postgresql":
-        pytest.skip("driven once, on PostgreSQL")
-    try:
-        find_chromium()
-    except BrowserError:
-        pytest.skip("no Chromium (apt-get install -y chromium)")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from served_app(rt, request)
 
 
 class Page:
