@@ -250,3 +250,34 @@ def test_the_send_path_records_on_the_driver_and_reopens_a_closed_connection(
         assert (accepted.written, accepted.send_status) == (True, "sending")
         assert again.counts(send_id) == {"sent": 1}
         assert not session.in_transaction()  # the reads through the session were ended
+
+
+class CountingMetrics:
+    """The outcomes a ledger counted, in order."""
+
+    def __init__(self) -> None:
+        self.recorded: list[str] = []
+
+    def delivery_recorded(self, state: str) -> None:
+        self.recorded.append(state)
+
+    def render_observed(self, seconds: float) -> None:
+        """Not counted here."""
+
+
+def test_a_delivery_two_batches_skip_is_counted_once(rt: Runtime) -> None:
+    # Given a planned delivery whose reader is no longer confirmed
+    seed(rt, ["a@example.org", "b@example.org"])
+    send_id = start_send(rt)
+    with rt.session() as session:
+        first = session.scalar(select(func.min(Delivery.id)).where(Delivery.send_id == send_id))
+        assert first is not None
+        counted = CountingMetrics()
+        ledger = SqlLedger(session, metrics=counted)
+        # When two batches that both read it as ineligible skip it
+        now = rt.clock.now()
+        skips = [ledger._skip([first], now), ledger._skip([first], now)]
+        # Then it is skipped and counted once
+        assert skips == [1, 0]
+        assert counted.recorded == [DeliveryState.SKIPPED]
+        assert session.scalar(select(Delivery.state).where(Delivery.id == first)) == "skipped"

@@ -149,19 +149,22 @@ class SqlLedger:
         return DueBatch(due, skipped, min(later, default=None))
 
     def _skip(self, ids: list[int], now: datetime) -> int:
-        """Queued or deferred ``ids`` → ``skipped`` (one UPDATE, committed); returns len(ids)."""
+        """Queued or deferred ``ids`` → ``skipped`` (one UPDATE, committed); returns how many
+        rows it changed. Only those are counted: a batch that read the same rows and skipped
+        them first leaves this one nothing to count."""
         if not ids:
             return 0
-        self.session.execute(
+        result = self.session.execute(
             update(Delivery)
             .where(Delivery.id.in_(ids), Delivery.state.in_(sources_among(D.SKIPPED, *RETRYABLE)))
             .values(state=D.SKIPPED, lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         self.session.commit()
-        for _ in ids:
+        changed = int(result.rowcount)  # type: ignore[attr-defined]
+        for _ in range(changed):
             self.metrics.delivery_recorded(D.SKIPPED)
-        return len(ids)
+        return changed
 
     def claim(
         self, send_id: int, ids: list[int], now: datetime, lease_seconds: float
