@@ -20,7 +20,7 @@ from worker.models import Delivery, FeedbackEvent, Subscriber, Suppression
 from worker.operators import metrics
 from worker.runtime import Runtime
 from worker.sending.batch import send_batch
-from worker.sending.driver_ledger import DriverLedger
+from worker.sending.driver_ledger import DriverLedger, Statement
 from worker.sending.ports import Refusal, SmtpOutcome
 from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
@@ -281,3 +281,17 @@ def test_a_delivery_two_batches_skip_is_counted_once(rt: Runtime) -> None:
         assert skips == [1, 0]
         assert counted.recorded == [DeliveryState.SKIPPED]
         assert session.scalar(select(Delivery.state).where(Delivery.id == first)) == "skipped"
+
+
+def test_a_ledger_statement_numbers_each_name_once_in_order_of_first_use() -> None:
+    # Given a statement that uses :now twice
+    statement = Statement.of(
+        "UPDATE delivery SET sent_at = :now, updated_at = :now WHERE id = :id", ("now", "id")
+    )
+
+    # Then psycopg's raw form numbers each name once; sqlite3's keeps the names
+    assert statement.numbered == "UPDATE delivery SET sent_at = $1, updated_at = $1 WHERE id = $2"
+    assert statement.named.endswith("WHERE id = :id")
+    # And an argument order that is not the statement's is refused when the module loads
+    with pytest.raises(ValueError, match=r"parameters are \('now', 'id'\), not \('id', 'now'\)"):
+        Statement.of("UPDATE delivery SET updated_at = :now WHERE id = :id", ("id", "now"))

@@ -5,12 +5,14 @@ PostgreSQL, sqlite3), with no ORM session and no SQL built per message. See
 Per message the batch loop makes two writes, the fence and the outcome (with the send's status);
 on PostgreSQL each is one prepared statement (psycopg ``prepare=True``) on an autocommit
 connection: one round trip and its commit, where the ORM session took three (BEGIN, the
-statement, COMMIT) and rebuilt parameters each time. On SQLite a write that needs two statements
-runs in one ``BEGIN IMMEDIATE`` … ``COMMIT``. Claims (one UPDATE … RETURNING per chunk), releases
-and the send's status take the same path. The rest (the batch's read, judged outcomes with their
-feedback event, sweeps) runs once per batch or on errors and is delegated to ``SqlLedger`` over
-the session, whose read transactions are ended before the method returns (no transaction spans an
-SMTP exchange).
+statement, COMMIT) and rebuilt parameters each time. The statements go through psycopg's
+``RawCursor`` with ``$n`` placeholders and a tuple of arguments (``Statement``): no query
+conversion and no mapping of named parameters per execution. On SQLite (named placeholders, as
+before) a write that needs two statements runs in one ``BEGIN IMMEDIATE`` … ``COMMIT``.
+Claims (one UPDATE … RETURNING per chunk), releases and the send's status take the same path.
+The rest (the batch's read, judged outcomes with their feedback event, sweeps) runs once per
+batch or on errors and is delegated to ``SqlLedger`` over the session, whose read transactions
+are ended before the method returns (no transaction spans an SMTP exchange).
 
 Why not the outcome of one message and the fence of the next in one commit: the fence must follow
 the next RCPT's reply, and the outcome must be durable before that RCPT goes out; a worker killed
@@ -25,10 +27,9 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -45,41 +46,76 @@ from worker.states import DeliveryState as D
 T = TypeVar("T")
 
 
+_NAMED = re.compile(r":([a-z_]+)")
+
+
 def _among(states: Sequence[str]) -> str:
     """``('a', 'b')``: a state list inlined into the statement (enum values, never input)."""
     return "(" + ", ".join(f"'{state}'" for state in states) + ")"
 
 
+@dataclass(frozen=True)
+class Statement:
+    """One statement in both forms: ``named`` with ``:name`` placeholders (sqlite3) and
+    ``numbered`` with ``$n`` ones (psycopg's ``RawCursor``); ``names`` is the order of the
+    positional arguments, each name's first appearance (a name used twice is one ``$n``)."""
+
+    named: str
+    numbered: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, sql: str, names: tuple[str, ...]) -> Statement:
+        """``sql`` with ``:name`` placeholders; ``names`` must be their order of first
+        appearance (checked here, so that callers can pass plain tuples in that order).
+        Raises ``ValueError`` otherwise."""
+        found: list[str] = []
+        for name in _NAMED.findall(sql):
+            if name not in found:
+                found.append(name)
+        if tuple(found) != names:
+            raise ValueError(f"statement parameters are {tuple(found)}, not {names}")
+        numbered = _NAMED.sub(lambda m: f"${found.index(m.group(1)) + 1}", sql)
+        return cls(sql, numbered, names)
+
+
 _SENDING = (
     f"EXISTS (SELECT 1 FROM send WHERE send.id = :send AND send.status = '{SendStatus.SENDING}')"
 )
-_STATUS = "SELECT status FROM send WHERE id = :send"
+_STATUS_SQL = "SELECT status FROM send WHERE id = :send"
+_STATUS = Statement.of(_STATUS_SQL, ("send",))
 _CLAIM = f"""UPDATE delivery SET state = '{D.SENDING}', lease_until = :lease,
  attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now), updated_at = :now
  WHERE {{ids}} AND state IN {_among(sources(D.SENDING))}
  AND (next_attempt_at IS NULL OR next_attempt_at <= :now) AND {_SENDING}
  RETURNING id, attempts"""
-_CLAIM_PG = _CLAIM.replace("{ids}", "id = ANY(:ids)")
-_CLAIM_SQLITE = _CLAIM.replace("{ids}", "id IN (SELECT value FROM json_each(:ids))")
-_FENCE = f"""UPDATE delivery SET state = '{D.SUBMITTING}', lease_until = :lease, updated_at = :now
- WHERE id = :next AND attempts = :next_attempt AND state IN {_among(sources(D.SUBMITTING))}"""
-_ACCEPTED = f"""UPDATE delivery SET state = '{D.SENT}', sent_at = :now, reply_code = :code,
+_CLAIM_ARGS = ("lease", "now", "ids", "send")
+_CLAIM_PG = Statement.of(_CLAIM.replace("{ids}", "id = ANY(:ids)"), _CLAIM_ARGS)
+_CLAIM_SQLITE = Statement.of(
+    _CLAIM.replace("{ids}", "id IN (SELECT value FROM json_each(:ids))"), _CLAIM_ARGS
+)
+_FENCE = Statement.of(
+    f"""UPDATE delivery SET state = '{D.SUBMITTING}', lease_until = :lease, updated_at = :now
+ WHERE id = :next AND attempts = :next_attempt AND state IN {_among(sources(D.SUBMITTING))}""",
+    ("lease", "now", "next", "next_attempt"),
+)
+_ACCEPTED_SQL = f"""UPDATE delivery SET state = '{D.SENT}', sent_at = :now, reply_code = :code,
  reply_text = :text, lease_until = NULL, updated_at = :now
  WHERE id = :id AND attempts = :attempt AND state IN {_among(sources(D.SENT))}"""
+_ACCEPTED_ARGS = ("now", "code", "text", "id", "attempt")
+_ACCEPTED = Statement.of(_ACCEPTED_SQL, _ACCEPTED_ARGS)
 # the send's status comes back with the outcome: a pause or cancel needs no query of its own
-_ACCEPTED_STATUS = f"""WITH done AS ({_ACCEPTED} RETURNING 1)
- SELECT (SELECT count(*) FROM done), ({_STATUS})"""
-_RELEASE = f"""UPDATE delivery SET state = '{D.QUEUED}', lease_until = NULL, updated_at = :now
+_ACCEPTED_STATUS = Statement.of(
+    f"""WITH done AS ({_ACCEPTED_SQL} RETURNING 1)
+ SELECT (SELECT count(*) FROM done), ({_STATUS_SQL})""",
+    (*_ACCEPTED_ARGS, "send"),
+)
+_RELEASE = Statement.of(
+    f"""UPDATE delivery SET state = '{D.QUEUED}', lease_until = NULL, updated_at = :now
  WHERE id = :id AND attempts = :attempt
- AND state IN {_among(sources_among(D.QUEUED, D.SENDING))}"""
-
-_NAMED = re.compile(r":([a-z_]+)")
-
-
-@cache
-def _pyformat(sql: str) -> str:
-    """``:name`` → ``%(name)s`` (psycopg's placeholders); once per statement text."""
-    return _NAMED.sub(r"%(\1)s", sql)
+ AND state IN {_among(sources_among(D.QUEUED, D.SENDING))}""",
+    ("now", "id", "attempt"),
+)
 
 
 @dataclass
@@ -90,7 +126,7 @@ class LedgerConnection:
 
     driver: str
     connection: Any
-    # PostgreSQL: one cursor for every statement (a new cursor per statement, as
+    # PostgreSQL: one raw cursor for every statement (a new cursor per statement, as
     # ``Connection.execute`` makes, sets up its adapters each time: per message, twice)
     _cursor: Any = field(default=None, init=False, repr=False)
 
@@ -132,25 +168,31 @@ class LedgerConnection:
     def close(self) -> None:
         self.connection.close()
 
-    def rows(self, sql: str, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
-        """Run one statement (committed on return: autocommit) and return its rows."""
+    def rows(self, statement: Statement, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Run one statement with ``args`` in the order of ``statement.names`` (committed on
+        return: autocommit) and return its rows."""
         if self.driver == "postgresql":
-            cursor = self._pg(sql, params)
+            cursor = self._pg(statement, args)
             return list(cursor.fetchall()) if cursor.description else []
-        cursor = self.connection.execute(sql, _sqlite_params(params))
+        cursor = self.connection.execute(statement.named, _sqlite_params(statement, args))
         return list(cursor.fetchall())
 
-    def count(self, sql: str, params: Mapping[str, object]) -> int:
+    def count(self, statement: Statement, args: tuple[object, ...]) -> int:
         """Run one writing statement (committed on return); the number of rows it changed."""
         if self.driver == "postgresql":
-            return int(self._pg(sql, params).rowcount)
-        return int(self.connection.execute(sql, _sqlite_params(params)).rowcount)
+            return int(self._pg(statement, args).rowcount)
+        return int(
+            self.connection.execute(statement.named, _sqlite_params(statement, args)).rowcount
+        )
 
-    def _pg(self, sql: str, params: Mapping[str, object]) -> Any:
-        """One prepared statement on this connection's cursor; the cursor, for its results."""
+    def _pg(self, statement: Statement, args: tuple[object, ...]) -> Any:
+        """One prepared statement on this connection's raw cursor; the cursor, for its
+        results."""
         if self._cursor is None or self._cursor.closed:
-            self._cursor = self.connection.cursor()
-        return self._cursor.execute(_pyformat(sql), params, prepare=True)
+            import psycopg
+
+            self._cursor = psycopg.RawCursor(self.connection)
+        return self._cursor.execute(statement.numbered, args, prepare=True)
 
     def in_transaction(self, work: Callable[[LedgerConnection], T]) -> T:
         """``work`` in one transaction, one commit (SQLite: ``BEGIN IMMEDIATE``, so the write
@@ -168,10 +210,13 @@ class LedgerConnection:
         return result
 
 
-def _sqlite_params(params: Mapping[str, object]) -> dict[str, object]:
-    """Timestamps as SQLAlchemy stores them on SQLite (naive UTC, microseconds always written,
-    so that text comparisons order them)."""
-    return {k: _sqlite_time(v) if isinstance(v, datetime) else v for k, v in params.items()}
+def _sqlite_params(statement: Statement, args: tuple[object, ...]) -> dict[str, object]:
+    """``args`` by name, timestamps as SQLAlchemy stores them on SQLite (naive UTC,
+    microseconds always written, so that text comparisons order them)."""
+    return {
+        k: _sqlite_time(v) if isinstance(v, datetime) else v
+        for k, v in zip(statement.names, args, strict=True)
+    }
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -205,7 +250,7 @@ class DriverLedger:
 
     def send_status(self, send_id: int) -> SendStatus | None:
         """One prepared SELECT; no transaction stays open."""
-        rows = self.db.rows(_STATUS, {"send": send_id})
+        rows = self.db.rows(_STATUS, (send_id,))
         return SendStatus(rows[0][0]) if rows else None
 
     def due(self, send_id: int, first_id: int, last_id: int, now: datetime) -> DueBatch:
@@ -220,39 +265,29 @@ class DriverLedger:
         if not ids:
             return {}
         lease = now + timedelta(seconds=lease_seconds)
-        listed: object
         if self.db.driver == "postgresql":
-            sql, listed = _CLAIM_PG, ids
+            rows = self.db.rows(_CLAIM_PG, (lease, now, ids, send_id))
         else:
-            sql, listed = _CLAIM_SQLITE, json.dumps(ids)
-        params: dict[str, object] = {"ids": listed, "lease": lease, "now": now, "send": send_id}
-        rows = self.db.rows(sql, params)
+            rows = self.db.rows(_CLAIM_SQLITE, (lease, now, json.dumps(ids), send_id))
         return {int(d_id): int(attempt) for d_id, attempt in rows}
 
     def submit(self, delivery_id: int, attempt: int, now: datetime, lease_seconds: float) -> bool:
         """One prepared UPDATE, committed; True if the fence passed."""
         lease = now + timedelta(seconds=lease_seconds)
-        params = {"next": delivery_id, "next_attempt": attempt, "lease": lease, "now": now}
-        return self.db.count(_FENCE, params) == 1
+        return self.db.count(_FENCE, (lease, now, delivery_id, attempt)) == 1
 
     def record_accepted(
         self, send_id: int, delivery_id: int, attempt: int, outcome: SmtpOutcome, now: datetime
     ) -> Accepted:
         """The outcome and the send's status: one statement and its commit (PostgreSQL: a
         data-modifying CTE on an autocommit connection, one round trip)."""
-        params: dict[str, object] = {
-            "id": delivery_id,
-            "attempt": attempt,
-            "send": send_id,
-            "now": now,
-            "code": outcome.code or None,
-            # written past the column type: sealed here (a relay's reply may name the reader)
-            "text": keyring.current().seal(outcome.text[:1000], "delivery.reply_text"),
-        }
+        # the reply is written past the column type: sealed here (it may name the reader)
+        text = keyring.current().seal(outcome.text[:1000], "delivery.reply_text")
+        args = (now, outcome.code or None, text, delivery_id, attempt)  # _ACCEPTED.names
         if self.db.driver == "postgresql":
-            written, status = self.db.rows(_ACCEPTED_STATUS, params)[0]
+            written, status = self.db.rows(_ACCEPTED_STATUS, (*args, send_id))[0]
         else:
-            written, status = self.db.in_transaction(lambda db: _sqlite_accept(db, params))
+            written, status = self.db.in_transaction(lambda db: _sqlite_accept(db, args, send_id))
         if written:
             self.metrics.delivery_recorded(D.SENT)
         return Accepted(bool(written), None if status is None else SendStatus(status))
@@ -279,7 +314,7 @@ class DriverLedger:
 
         def give_back(db: LedgerConnection) -> None:
             for d_id, attempt in claims:
-                db.count(_RELEASE, {"id": d_id, "attempt": attempt, "now": now})
+                db.count(_RELEASE, (now, d_id, attempt))
 
         self.db.in_transaction(give_back)
 
@@ -305,11 +340,11 @@ class DriverLedger:
         return self._ended(self.reference.progress(send_id, since))
 
 
-def _sqlite_accept(db: LedgerConnection, params: Mapping[str, object]) -> tuple[int, Any]:
+def _sqlite_accept(db: LedgerConnection, args: tuple[object, ...], send_id: int) -> tuple[int, Any]:
     """SQLite has no data-modifying CTE: the outcome, then the status, in the caller's
     transaction."""
-    written = db.count(_ACCEPTED, params)
-    rows = db.rows(_STATUS, params)
+    written = db.count(_ACCEPTED, args)
+    rows = db.rows(_STATUS, (send_id,))
     return written, rows[0][0] if rows else None
 
 
