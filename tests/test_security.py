@@ -13,6 +13,8 @@ import base64
 import contextlib
 import email
 import email.policy
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -20,6 +22,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -34,6 +37,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -56,6 +60,7 @@ from worker.sending.mime import HeaderInjection
 from worker.sending.sends import create_send
 from worker.settings import Settings
 from worker.states import SendStatus
+from worker.subscriptions import sealed
 from worker.subscriptions.tokens import Purpose, Tokens
 from worker.web.app import create_app
 from worker.web.callers import SIGNATURE_HEADER, signature
@@ -243,6 +248,45 @@ def test_tokens_in_mail_show_no_subscriber_id(rt: Runtime) -> None:
         assert isinstance(payload[0], str) and len(payload[0]) == 26  # sealed, not the id
         assert rt.tokens.check(Purpose.CONFIRM, confirm).subscriber_id == sid
         assert rt.tokens.check(Purpose.UNSUBSCRIBE, unsubscribe).subscriber_id == sid
+
+
+def test_tokens_are_what_itsdangerous_issues_and_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The send path keeps its signers and skips zlib on short payloads: the tokens must not change
+    monkeypatch.setattr(time, "time", lambda: 1_764_000_000.0)
+    tokens = Tokens(SECRET)
+    for sid in (1, 2, 41809, 2**63 - 1):
+        for purpose, nonce in ((Purpose.PREFERENCES, None), (Purpose.CONFIRM, "ab12" * 8)):
+            hidden = sealed.seal(sid, key=SECRET, purpose=f"token.{purpose}")
+            reference = URLSafeTimedSerializer(SECRET, salt=f"newsletter.{purpose}")
+            token = tokens.issue(purpose, sid, nonce)
+            assert token == reference.dumps([hidden] if nonce is None else [hidden, nonce])
+            assert reference.loads(token)[0] == hidden
+            assert tokens.check(purpose, token).subscriber_id == sid
+
+
+def test_a_sealed_id_is_one_aes_block_of_the_id_and_its_tag_from_any_thread() -> None:
+    # An independent reference: AES-128 of (id, first 8 bytes of HMAC-SHA256(id)), base32
+    def reference(number: int, purpose: str) -> str:
+        def subkey(label: str) -> bytes:
+            message = f"newsletter-sealed:{purpose}:{label}".encode()
+            return hmac.new(SECRET.encode(), message, hashlib.sha256).digest()
+
+        plain = number.to_bytes(8, "big")
+        plain += hmac.new(subkey("mac"), plain, hashlib.sha256).digest()[:8]
+        encryptor = Cipher(algorithms.AES(subkey("aes")[:16]), modes.ECB()).encryptor()
+        block = encryptor.update(plain) + encryptor.finalize()
+        return base64.b32encode(block).decode().rstrip("=").lower()
+
+    numbers = [0, 1, 7, 41809, 2**63 - 1, *range(1000, 1400)]
+    expected = {(n, p): reference(n, p) for n in numbers for p in ("token.unsubscribe", "d")}
+
+    def seal_all(_: int) -> dict[tuple[int, str], str]:
+        return {(n, p): sealed.seal(n, key=SECRET, purpose=p) for n, p in expected}
+
+    with ThreadPoolExecutor(4) as pool:  # each thread has its own cipher contexts
+        results = list(pool.map(seal_all, range(8)))
+    assert all(result == expected for result in results)
+    assert all(sealed.unseal(v, key=SECRET, purpose=p) == n for (n, p), v in expected.items())
 
 
 JSON_VALUES = st.recursive(

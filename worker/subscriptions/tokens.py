@@ -19,8 +19,11 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
+from itsdangerous.serializer import Serializer
 
 from worker.subscriptions import sealed
 
@@ -49,6 +52,50 @@ class TokenClaims:
     nonce: str | None
 
 
+# A payload this short (a sealed id in a JSON list: 30 bytes) never deflates to fewer bytes, so
+# itsdangerous would send it as it is after spending a zlib stream on it (a fifth of a preferences
+# token, issued per message of a send). Longer payloads keep itsdangerous's choice.
+_NOT_WORTH_DEFLATING = 32
+
+
+class _Signer(TimestampSigner):
+    """itsdangerous's timestamp signer, its derived key kept (the same bytes each time: a hash
+    of the salt and the secret key). The signature, and therefore the token, is unchanged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[bytes | str | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        key = self._derived.get(secret_key)
+        if key is None:
+            key = self._derived[secret_key] = super().derive_key(secret_key)
+        return key
+
+
+class _Serializer(URLSafeTimedSerializer):
+    """``URLSafeTimedSerializer`` with its signers made once (per salt) and short payloads not
+    run through zlib; what it issues ``URLSafeTimedSerializer`` reads, and the reverse."""
+
+    default_signer = _Signer
+
+    def __init__(self, secret_key: str, salt: str) -> None:
+        super().__init__(secret_key, salt=salt)
+        self._signers: dict[str | bytes | None, Any] = {}
+
+    def make_signer(self, salt: str | bytes | None = None) -> Any:
+        signer = self._signers.get(salt)
+        if signer is None:
+            signer = self._signers[salt] = super().make_signer(salt)
+        return signer
+
+    def dump_payload(self, obj: Any) -> bytes:
+        plain = Serializer.dump_payload(self, obj)
+        if len(plain) <= _NOT_WORTH_DEFLATING:
+            return base64_encode(plain)
+        return super().dump_payload(obj)
+
+
 class Tokens:
     """Issue and check tokens with the application's secret key."""
 
@@ -58,12 +105,12 @@ class Tokens:
         self._secret = secret_key
         self._serializers: dict[Purpose, URLSafeTimedSerializer] = {}
 
-    def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
+    def _serializer(self, purpose: Purpose) -> _Serializer:
         """One per purpose (stateless once built, so shared by threads): built per token, it
         cost a fifth of a preferences token, issued per message of a send."""
         serializer = self._serializers.get(purpose)
         if serializer is None:
-            serializer = URLSafeTimedSerializer(self._secret, salt=f"newsletter.{purpose}")
+            serializer = _Serializer(self._secret, salt=f"newsletter.{purpose}")
             self._serializers[purpose] = serializer
         return serializer
 
