@@ -322,7 +322,9 @@ def test_cr_lf_in_any_header_value_raises_header_injection(field: str, bad: str)
         build(**overrides)
 
 
-@pytest.mark.parametrize("name", ["Bcc: x", "X Edition", "", "X-Édition", "X-A\r\nBcc"])
+@pytest.mark.parametrize(
+    "name", ["Bcc: x", "X Edition", "", "X-Édition", "X-A\r\nBcc", "X-Edition\n", "X-\x7f", ":"]
+)
 def test_bad_header_names_raise_header_injection(name: str) -> None:
     with pytest.raises(HeaderInjection):
         build(extra_headers={name: "1"})
