@@ -169,11 +169,12 @@ class LedgerConnection:
         self.connection.close()
 
     def rows(self, statement: Statement, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        """Run one statement with ``args`` in the order of ``statement.names`` (committed on
-        return: autocommit) and return its rows."""
+        """Run one statement that returns rows (a SELECT, or a write with RETURNING) with
+        ``args`` in the order of ``statement.names`` (committed on return: autocommit); its
+        rows."""
         if self.driver == "postgresql":
-            cursor = self._pg(statement, args)
-            return list(cursor.fetchall()) if cursor.description else []
+            # no look at ``cursor.description``: it builds its column objects on each access
+            return self._pg(statement, args).fetchall()
         cursor = self.connection.execute(statement.named, _sqlite_params(statement, args))
         return list(cursor.fetchall())
 
