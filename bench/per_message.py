@@ -228,6 +228,9 @@ def main() -> None:
     )
     parser.add_argument("--profile-file", help="also write the profile here (python -m pstats)")
     parser.add_argument(
+        "--no-profile", action="store_true", help="the plain run only (no profiled run)"
+    )
+    parser.add_argument(
         "--micro-only",
         action="store_true",
         help="only render, compose, DKIM and SMTP micro-figures (no send)",
@@ -276,6 +279,8 @@ def main() -> None:
                 "compose only, ms CPU per message:",
                 {k: round(v, 3) for k, v in compose_times(rt, plain_id).items()},
             )
+            if args.no_profile:
+                return
 
             profiled_id = common.create_send(db_url, args.batch_size)
             timer = time.process_time if args.cpu_profile else time.perf_counter
