@@ -233,3 +233,20 @@ def test_metrics_survive_a_database_outage(rt: Runtime) -> None:
     assert ("newsletter_deliveries_total", (("state", "sent"),)) in samples or any(
         name == "newsletter_smtp_transaction_duration_seconds_count" for name, _ in samples
     )
+
+
+def test_a_kept_series_counts_in_the_family_it_was_taken_from() -> None:
+    from worker.operators import metrics
+
+    family = metrics.counter("newsletter_deliveries_total")
+    before = family.labels(state="sent")._value.get()
+    # When deliveries are recorded through the kept series
+    metrics.delivery_recorded("sent")
+    metrics.delivery_recorded("sent")
+    metrics.delivery_recorded("no-such-state")  # folded into "other", as before
+    # Then the family's own series moved by the same count
+    assert family.labels(state="sent")._value.get() == before + 2
+    assert metrics._child("newsletter_deliveries_total", "state", "sent") is family.labels(
+        state="sent"
+    )
+    assert family.labels(state="other")._value.get() >= 1

@@ -139,6 +139,21 @@ def _family(name: str) -> Any:
         return family
 
 
+_children: dict[tuple[str, str], Any] = {}
+
+
+def _child(name: str, label: str, value: str) -> Any:
+    """``name``'s series for ``label`` = ``value``, kept after the first call: the send path
+    counts two per message, and each ``labels`` call checks and joins its arguments under a
+    lock. Values are bounded by the callers (``_bounded``, ``reply_class``); a family's series
+    are never removed."""
+    key = (name, value)
+    series = _children.get(key)
+    if series is None:
+        series = _children[key] = _family(name).labels(**{label: value})
+    return series
+
+
 def counter(name: str) -> Counter:
     """The counter family ``name`` (e.g. ``newsletter_signups_total``), created on first use."""
     family: Counter = _family(name)
@@ -194,7 +209,7 @@ def subscription_confirmed() -> None:
 
 def delivery_recorded(state: str) -> None:
     """Count one delivery outcome written to the ledger (``worker.models.DeliveryState``)."""
-    counter("newsletter_deliveries_total").labels(state=_bounded(state, _DELIVERY_STATES)).inc()
+    _child("newsletter_deliveries_total", "state", _bounded(state, _DELIVERY_STATES)).inc()
 
 
 def render_observed(seconds: float) -> None:
@@ -259,7 +274,7 @@ class MeteredMailer:
         histogram("newsletter_smtp_transaction_duration_seconds").observe(
             time.perf_counter() - started
         )
-        counter("newsletter_smtp_replies_total").labels(reply_class=reply_class(outcome)).inc()
+        _child("newsletter_smtp_replies_total", "reply_class", reply_class(outcome)).inc()
         return outcome
 
     def close(self) -> None:
