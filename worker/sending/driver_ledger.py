@@ -174,7 +174,8 @@ class LedgerConnection:
         rows."""
         if self.driver == "postgresql":
             # no look at ``cursor.description``: it builds its column objects on each access
-            return self._pg(statement, args).fetchall()
+            rows: list[tuple[Any, ...]] = self._pg(statement, args).fetchall()
+            return rows
         cursor = self.connection.execute(statement.named, _sqlite_params(statement, args))
         return list(cursor.fetchall())
 

@@ -103,7 +103,7 @@ class Tokens:
         if not secret_key:
             raise ValueError("a secret key is required to sign tokens")
         self._secret = secret_key
-        self._serializers: dict[Purpose, URLSafeTimedSerializer] = {}
+        self._serializers: dict[Purpose, _Serializer] = {}
 
     def _serializer(self, purpose: Purpose) -> _Serializer:
         """One per purpose (stateless once built, so shared by threads): built per token, it
