@@ -145,6 +145,11 @@ class NoLimits:
     ) -> tuple[Verdict, Verdict | None]:
         return ALLOWED, ALLOWED
 
+    def allow_new_reader(
+        self, ip: str | None, address_key: str, domain: str
+    ) -> tuple[Verdict, Verdict | None, Verdict | None]:
+        return ALLOWED, ALLOWED, ALLOWED
+
 
 def run(rt: Runtime, event: dict[str, Any], rules: AddressRules | None = None) -> str:
     from worker.editions.store import profile_of

@@ -7,6 +7,7 @@ least once) and never raise for bad input: refusals are recorded in the database
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, cast
 
 import dramatiq
@@ -15,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from worker import broker
 from worker.broker import batch_name
+from worker.editions.files import NewsletterProfile
 from worker.editions.store import profile_of
 from worker.logs import log_context
-from worker.models import Send, Subscriber
+from worker.models import Newsletter, Send, Subscriber
 from worker.operators import metrics
 from worker.runtime import Runtime, runtime
 from worker.runtime import use_runtime as use_runtime  # re-exported for the demo and tests
@@ -33,6 +35,7 @@ from worker.settings import Settings
 from worker.states import SendStatus, SubscriberStatus
 from worker.subscriptions.addresses import recipient_domain
 from worker.subscriptions.driver import CONFIRMATION_SENT, driver
+from worker.subscriptions.limits import Verdict
 from worker.subscriptions.signups import (
     AddressRules,
     awaiting_confirmation,
@@ -58,7 +61,12 @@ TRANSACTIONAL_PRIORITY = -10
 @dramatiq.actor(queue_name="signups", max_retries=10, priority=TRANSACTIONAL_PRIORITY)
 def handle_signup(event: Any) -> None:
     """A signup event from the website (see docs/signup-event.md): any JSON value. Never raises
-    for bad input: refusals and limited signups are recorded in ``signup_refusal``."""
+    for bad input: refusals and limited signups are recorded in ``signup_refusal``.
+
+    A new reader whose domain slot is free (taken with the abuse limits) is mailed here, after
+    the signup is committed, in the same session; every other due mail, and a mail this could
+    not send (no slot, the relay's 4xx), goes to ``send_confirmation``: a deferral never raises,
+    since a retried event would be a duplicate that mails nobody."""
     rt = runtime()
     newsletter, profile = rt.signup_newsletter()
     with rt.session() as session:
@@ -72,15 +80,45 @@ def handle_signup(event: Any) -> None:
             hash_key=rt.settings.secret_key,
             now=rt.clock.now(),
         )
-    metrics.signup_handled(outcome.status, outcome.reason)
-    if outcome.reason:
-        log.info("signup %s: %s", outcome.status, outcome.reason)
-    if outcome.send_confirmation and outcome.subscriber_id is not None:
-        send_confirmation.send(outcome.subscriber_id)
+        session.commit()  # the signup is kept before any mail names it
+        metrics.signup_handled(outcome.status, outcome.reason)
+        if outcome.reason:
+            log.info("signup %s: %s", outcome.status, outcome.reason)
+        subscriber_id = outcome.subscriber_id
+        if not outcome.send_confirmation or subscriber_id is None:
+            return
+        slot, reader = outcome.slot, outcome.reader
+        if slot is not None and not slot.allowed:  # the domain's slots are taken: wait for one
+            send_confirmation.send_with_options(args=(subscriber_id,), delay=_slot_delay(slot))
+            return
+        if slot is None or reader is None:  # not a new reader: the mail takes its own slot
+            send_confirmation.send(subscriber_id)
+            return
+        with log_context(subscriber_id=subscriber_id):
+            now = rt.clock.now()
+            try:  # a new reader: no re-permission (that is an imported one)
+                sent = mail_confirmation(
+                    rt, reader, newsletter=newsletter, profile=profile, repermission=False, now=now
+                )
+            except Exception:  # nothing was handed to the relay: the actor tries again
+                log.exception("confirmation mail not sent, handed to send_confirmation")
+                send_confirmation.send_with_options(args=(subscriber_id,), delay=DEFERRED_MS)
+                return
+            record_confirmation_outcome(session, subscriber_id, sent, now)
+    if not sent.accepted and not sent.permanent:  # recorded above; retried with a delay
+        send_confirmation.send_with_options(args=(subscriber_id,), delay=DEFERRED_MS)
 
 
 # Confirmation mails wait for a recipient-domain slot at most this long per hop.
 MAX_DOMAIN_WAIT_MS = 60_000
+# A confirmation mail the relay deferred from ``handle_signup`` is tried again this much later
+# by ``send_confirmation`` (dramatiq's first retry backoff, which a raise would have given).
+DEFERRED_MS = 15_000
+
+
+def _slot_delay(verdict: Verdict) -> int:
+    """Milliseconds until the domain's next slot frees (at most ``MAX_DOMAIN_WAIT_MS``)."""
+    return min(MAX_DOMAIN_WAIT_MS, int(verdict.retry_after * 1000) + 10)
 
 
 @dramatiq.actor(queue_name="transactional", max_retries=10, priority=TRANSACTIONAL_PRIORITY)
@@ -100,37 +138,60 @@ def send_confirmation(subscriber_id: int) -> None:
             recipient_domain(subscriber.ascii_email, subscriber.email)
         )
         if not verdict.allowed:
-            delay = min(MAX_DOMAIN_WAIT_MS, int(verdict.retry_after * 1000) + 10)
-            send_confirmation.send_with_options(args=(subscriber_id,), delay=delay)
+            send_confirmation.send_with_options(args=(subscriber_id,), delay=_slot_delay(verdict))
             return
-        token = confirmation_token(rt.tokens, subscriber)
         now = rt.clock.now()
-        outcome = send_transactional(
-            rt.mailer,
-            name="confirmation",
-            subscriber=subscriber,
+        outcome = mail_confirmation(
+            rt,
+            subscriber,
+            newsletter=newsletter,
             profile=profile,
-            context={
-                "confirm_url": f"{rt.links.public_url}/confirm/{token}",
-                "expires_hours": int(rt.settings.confirmation_expiry_hours),
-                "repermission": repermission,
-            },
-            public_url=rt.links.public_url,
-            bounce_address=bounce_address(rt.settings.bounce_domain),
-            message_id_domain=rt.settings.sending_domain,
-            slug=newsletter.slug,
-            signer=rt.dkim_signer,
+            repermission=repermission,
             now=now,
         )
-        metrics.confirmation_mail(outcome)
         record_confirmation_outcome(session, subscriber_id, outcome, now)
     if not outcome.accepted and not outcome.permanent:
         # A 4xx, recorded above: raising makes dramatiq retry with backoff.
         raise RuntimeError(f"confirmation mail deferred: {outcome.code} {outcome.text}")
 
 
+def mail_confirmation(
+    rt: Runtime,
+    subscriber: Subscriber,
+    *,
+    newsletter: Newsletter,
+    profile: NewsletterProfile,
+    repermission: bool,
+    now: datetime,
+) -> SmtpOutcome:
+    """Hand ``subscriber``'s confirmation mail (a pending reader or a pending change, as
+    ``awaiting_confirmation`` reads it) of ``newsletter`` to the relay, dated ``now``; returns
+    the relay's outcome, counted in the metrics. Raises only for what comes before the relay
+    (the template, the token)."""
+    token = confirmation_token(rt.tokens, subscriber)
+    outcome = send_transactional(
+        rt.mailer,
+        name="confirmation",
+        subscriber=subscriber,
+        profile=profile,
+        context={
+            "confirm_url": f"{rt.links.public_url}/confirm/{token}",
+            "expires_hours": int(rt.settings.confirmation_expiry_hours),
+            "repermission": repermission,
+        },
+        public_url=rt.links.public_url,
+        bounce_address=bounce_address(rt.settings.bounce_domain),
+        message_id_domain=rt.settings.sending_domain,
+        slug=newsletter.slug,
+        signer=rt.dkim_signer,
+        now=now,
+    )
+    metrics.confirmation_mail(outcome)
+    return outcome
+
+
 def record_confirmation_outcome(
-    session: Session, subscriber_id: int, outcome: SmtpOutcome, now: Any
+    session: Session, subscriber_id: int, outcome: SmtpOutcome, now: datetime
 ) -> None:
     """Keep the relay's refusal of a confirmation mail on the subscriber (``subscribers show``,
     the dashboard) and log it; a sent mail clears the last refusal. One UPDATE in ``session``'s

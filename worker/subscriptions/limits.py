@@ -98,6 +98,18 @@ class SignupLimiter(Protocol):
         refused: then the mailbox is neither checked nor counted)."""
         ...
 
+    def allow_new_reader(
+        self, ip: str | None, address_key: str, domain: str
+    ) -> tuple[Verdict, Verdict | None, Verdict | None]:
+        """A first signup of an address, whose confirmation mail is due unless a limit refuses,
+        in one call: ``allow_signup(ip)`` (skipped without an IP), then
+        ``allow_confirmation(address_key, repeat=True)``, then ``allow_domain(domain)`` (the
+        mail's pacing slot), each only if the one before allowed. Returns (the IP's verdict,
+        ALLOWED without an IP; the mailbox's; the domain's), None for what was neither checked
+        nor counted. A refused domain slot counts nothing and leaves the other two counted: the
+        mail is due, it only waits (``retry_after``)."""
+        ...
+
     def allow_record(self, source: str | None) -> Verdict:
         """One stored signup refusal from ``source`` (an IP, None when unknown); refused with
         reason ``record_limit`` (the refusal is then counted, not stored)."""
@@ -159,6 +171,18 @@ class _WindowedLimiter:
         assert first is not None  # the first group is always checked
         return first, second
 
+    def allow_new_reader(
+        self, ip: str | None, address_key: str, domain: str
+    ) -> tuple[Verdict, Verdict | None, Verdict | None]:
+        groups = [self._confirmation(address_key, True), [self._domain(domain)]]
+        if ip:
+            limit = self.limits.signups_per_ip_per_hour
+            groups.insert(0, [_Window(self._hashed("ip", ip_group(ip)), limit, HOUR, "ip_limit")])
+        verdicts = self._take_groups(groups)
+        first, mailbox, slot = verdicts if ip else [ALLOWED, *verdicts]
+        assert first is not None  # the first group is always checked
+        return first, mailbox, slot
+
     def _confirmation(self, address_key: str, repeat: bool) -> list[_Window]:
         resend = self.limits.resend_window_seconds
         # A first mail is not checked against the resend window but starts it (limit -1).
@@ -179,10 +203,13 @@ class _WindowedLimiter:
         ]
 
     def allow_domain(self, domain: str) -> Verdict:
+        return self._take([self._domain(domain)])
+
+    def _domain(self, domain: str) -> _Window:
         limit = self.limits.confirmations_per_domain_per_minute
         # hashed too: a reader's own domain (anna-k.by) names the reader as well as the address
         key = self._hashed("domain", domain.lower())
-        return self._take([_Window(key, limit, MINUTE, "domain_limit")])
+        return _Window(key, limit, MINUTE, "domain_limit")
 
     def _take(self, windows: Sequence[_Window]) -> Verdict:
         verdict = self._take_groups([windows])[0]

@@ -4,7 +4,8 @@ The signup event (version 1, docs/signup-event.md) is the JSON a website sends, 
 or the HTTP endpoint; both validate it with ``validate_signup``. ``process_signup`` is what the
 signup actor does: every refusal is recorded with its reason (``SignupRefusal``), never raised.
 The workflow never sends mail itself: it returns what should happen next
-(``SignupOutcome.send_confirmation``) and the caller enqueues the mail. Abuse limits come in
+(``SignupOutcome.send_confirmation``; for a new reader also the mail's pacing slot and what the
+mail needs) and the caller sends or enqueues the mail. Abuse limits come in
 through the ``worker.subscriptions.limits.SignupLimiter`` port. Status changes go through
 :mod:`worker.subscriptions.lifecycle` (also unsubscribing and the purge of unconfirmed signups).
 """
@@ -43,10 +44,11 @@ from worker.subscriptions.addresses import (
     AddressError,
     load_blocked_domains,
     parse_address,
+    recipient_domain,
 )
 from worker.subscriptions.driver import AWAITING, INSERT_CONSENT, INSERT_PENDING, LOOK_UP, driver
 from worker.subscriptions.evidence import agent_family, network_of, scrub_payload
-from worker.subscriptions.limits import SignupLimiter, Verdict
+from worker.subscriptions.limits import ALLOWED, SignupLimiter, Verdict
 from worker.subscriptions.suppressions import email_hash, is_suppressed
 from worker.subscriptions.tokens import (
     Purpose,
@@ -318,6 +320,11 @@ class SignupOutcome:
     # Checked against the mailbox's resend window: a new subscriber or one already pending (only
     # an unsubscribed reader signing up again, or a first change, starts a window afresh)
     repeat: bool = False
+    # A new reader's confirmation mail: the recipient domain's pacing slot, taken with the limits
+    # (None when not taken: the mail then takes its own), and a transient copy of the reader
+    # holding what the mail needs (as ``awaiting_confirmation`` reads it; None otherwise)
+    slot: Verdict | None = None
+    reader: Subscriber | None = None
 
 
 def process_signup(
@@ -334,9 +341,11 @@ def process_signup(
     """Everything the signup actor does with one event, as received (any JSON value).
 
     Validates, applies the per-IP limit, records the signup (``sign_up``) and the per-address
-    confirmation limits. Never raises ``SignupRefused``: a refusal is recorded and returned as
-    status ``refused`` or ``limited`` with its reason. ``newsletter`` is the default one; an
-    event naming another slug uses that one.
+    confirmation limits; for a new reader also takes the confirmation mail's domain slot
+    (``SignupOutcome.slot``, with the limits in one call) and returns the reader's copy the mail
+    needs (``SignupOutcome.reader``). Never raises ``SignupRefused``: a refusal is recorded
+    and returned as status ``refused`` or ``limited`` with its reason. ``newsletter`` is the
+    default one; an event naming another slug uses that one.
     """
     try:
         valid = validate_signup(data, rules, profile.languages)
@@ -352,20 +361,22 @@ def process_signup(
             return SignupOutcome(None, False, "duplicate_event")
         newsletter = _newsletter(session, newsletter, event)
         mailbox: Verdict | None = None  # the mailbox's verdict, when taken with the IP's
-        if event.ip:
-            if known is not None and known.new_reader:
-                # A new reader is mailed unless a limit refuses: both limits in one Redis call,
-                # the mailbox counted only if the IP is allowed (as two calls would). The
-                # mailbox is then counted before the writes rather than after them: a signup
-                # whose transaction fails is retried within the resend window and limited.
-                verdict, mailbox = limiter.allow_signup_and_confirmation(
-                    event.ip, valid.address.mailbox_key, repeat=True
-                )
-            else:
-                verdict = limiter.allow_signup(event.ip)
-            if not verdict.allowed:
-                detail = "too many signups from this network in the last hour"  # no IP stored
-                raise SignupRefused("ip_limit", detail, event.event_id)
+        slot: Verdict | None = None  # the recipient domain's, taken with them
+        verdict = ALLOWED
+        if known is not None and known.new_reader:
+            # A new reader is mailed unless a limit refuses: the IP's limit, the mailbox's and
+            # the mail's domain slot in one Redis call, each counted only if the one before
+            # allowed (as separate calls would). The mailbox is then counted before the writes
+            # rather than after them: a signup whose transaction fails is retried within the
+            # resend window and limited.
+            address = valid.address
+            domain = recipient_domain(address.ascii_email, address.normalized)
+            verdict, mailbox, slot = limiter.allow_new_reader(event.ip, address.mailbox_key, domain)
+        elif event.ip:
+            verdict = limiter.allow_signup(event.ip)
+        if not verdict.allowed:  # ALLOWED without an IP
+            detail = "too many signups from this network in the last hour"  # no IP stored
+            raise SignupRefused("ip_limit", detail, event.event_id)
         outcome = sign_up(
             session,
             valid,
@@ -393,7 +404,7 @@ def process_signup(
         mailbox = limiter.allow_confirmation(valid.address.mailbox_key, repeat=outcome.repeat)
     verdict = mailbox
     if verdict.allowed:
-        return outcome
+        return outcome if slot is None else replace(outcome, slot=slot)
     detail = (
         f"signup recorded, no confirmation mail: {verdict.reason} "
         f"(next one possible in {verdict.retry_after:.0f} s)"
@@ -462,11 +473,13 @@ def _insert_new(
 ) -> SignupOutcome | None:
     """A new reader's pending subscriber and consent, in two statements on the session's DBAPI
     connection (``driver.INSERT_PENDING``, ``driver.INSERT_CONSENT``; no unit of work:
-    nothing in the session tracks them; ``send_confirmation`` reads the row in its own session).
-    None when a concurrent signup of the same address inserted the subscriber first (the caller
-    goes the general way)."""
+    nothing in the session tracks them). The outcome carries a transient copy of the reader
+    (``SignupOutcome.reader``) for the confirmation mail, so that ``handle_signup`` need not
+    read the row back. None when a concurrent signup of the same address inserted the
+    subscriber first (the caller goes the general way)."""
     db = driver(session)
     values = lifecycle.pending_values(newsletter_id, valid.address, valid.event.language, now)
+    plain = {column: values[column] for column in _MAILED_COLUMNS}
     for column in ("email", "email_key", "ascii_email"):
         values[column] = db.seal(column, values[column])
     inserted = db.rows(INSERT_PENDING, values)
@@ -474,7 +487,14 @@ def _insert_new(
         return None
     subscriber_id = int(inserted[0][0])
     db.rows(INSERT_CONSENT, _consent_values(subscriber_id, valid.event, now))
-    return SignupOutcome(subscriber_id, True, "pending", repeat=True)
+    plain["status"] = SubscriberStatus.PENDING
+    reader = Subscriber(id=subscriber_id, **plain)  # a copy, not added to the session
+    return SignupOutcome(subscriber_id, True, "pending", repeat=True, reader=reader)
+
+
+# A new reader's columns its confirmation mail needs (with ``id`` and ``status``; as
+# ``AWAITING_COLUMNS``)
+_MAILED_COLUMNS = ("language", "email", "ascii_email", "confirm_nonce")
 
 
 def sign_up(
