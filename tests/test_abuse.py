@@ -552,3 +552,49 @@ def test_the_ip_and_the_mailbox_in_one_call_count_as_two_calls_would(
     ip, mailbox = limits.allow_signup_and_confirmation("198.51.100.9", "f@example.org")
     assert ip.allowed and mailbox is not None and mailbox.reason == "address_limit"
     assert limits.allow_signup("198.51.100.9").reason == "ip_limit"
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_new_readers_limits_and_domain_slot_in_one_call_count_as_three_calls_would(
+    redis_url: str, kind: str
+) -> None:
+    # Given one signup per IP, one confirmation per mailbox a day and one mail per domain a minute
+    settings = AbuseLimits(
+        signups_per_ip_per_hour=1,
+        confirmations_per_address_per_day=1,
+        confirmations_per_domain_per_minute=1,
+        resend_window_seconds=0,
+    )
+    limits = (
+        RedisSignupLimiter(redis.Redis.from_url(redis_url), settings, "k")
+        if kind == "redis"
+        else MemorySignupLimiter(settings, "k")
+    )
+    # When a new reader signs up, Then all three are allowed and counted
+    assert limits.allow_new_reader("203.0.113.9", "a@example.org", "example.org") == (
+        ALLOWED,
+        ALLOWED,
+        ALLOWED,
+    )
+    assert limits.allow_domain("example.org").reason == "domain_limit"
+    assert limits.allow_confirmation("a@example.org").reason == "address_limit"
+    # When the IP is refused, Then neither the mailbox nor the domain is checked or counted
+    ip, mailbox, slot = limits.allow_new_reader("203.0.113.9", "b@example.org", "example.net")
+    assert (ip.reason, mailbox, slot) == ("ip_limit", None, None)
+    # When the mailbox is refused, Then the domain's slot is not taken
+    ip, mailbox, slot = limits.allow_new_reader("198.51.100.1", "a@example.org", "example.net")
+    assert ip.allowed and mailbox is not None and mailbox.reason == "address_limit"
+    assert slot is None
+    # When only the domain is full, Then the IP and the mailbox are counted and the slot waits
+    ip, mailbox, slot = limits.allow_new_reader("198.51.100.2", "c@example.org", "example.org")
+    assert ip.allowed and mailbox == ALLOWED
+    assert slot is not None and slot.reason == "domain_limit" and 0 < slot.retry_after <= 60
+    assert limits.allow_confirmation("c@example.org").reason == "address_limit"
+    # Without an IP (an event through the queue), Then the mailbox and the domain only
+    assert limits.allow_new_reader(None, "d@example.org", "example.net") == (
+        ALLOWED,
+        ALLOWED,
+        ALLOWED,
+    )
+    assert limits.allow_domain("example.net").reason == "domain_limit"
+    # (the "example.net" slot stayed free for d@ above: the refused calls took none)
