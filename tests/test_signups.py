@@ -550,3 +550,21 @@ def test_a_signup_meeting_a_concurrent_insert_of_its_address_records_one_reader(
         events = sorted(session.scalars(select(Consent.event_id)).all())
     assert statuses == ["pending"]
     assert len(events) == 2
+
+
+def test_one_line_refuses_exactly_the_control_characters() -> None:
+    # The regex that replaced a category look-up per character refuses what it refused: every
+    # character of Unicode's category Cc, and nothing else (tabs, NUL, DEL, C1 alike)
+    import unicodedata
+
+    from worker.subscriptions.signups import _one_line
+
+    def refused(ch: str) -> bool:
+        try:
+            _one_line(f"a{ch}b")
+        except ValueError:
+            return True
+        return False
+
+    every = [chr(i) for i in range(0x110000) if not 0xD800 <= i <= 0xDFFF]
+    assert [c for c in every if refused(c)] == [c for c in every if unicodedata.category(c) == "Cc"]

@@ -99,6 +99,7 @@ class SignupDriver:
         return _column_type(column).process_result_value(value, self.dialect)
 
 
+@cache
 def _column_type(column: str) -> TypeDecorator[str]:
     """The type of ``subscriber.<column>``: ``EncryptedText`` or ``BlindIndex``."""
     return cast(TypeDecorator[str], _SUBSCRIBER.c[column].type)
@@ -106,12 +107,18 @@ def _column_type(column: str) -> TypeDecorator[str]:
 
 def driver(session: Session) -> SignupDriver:
     """The :class:`SignupDriver` of the connection ``session`` has checked out (checking one
-    out, and beginning the session's transaction, if it has none yet)."""
+    out, and beginning the session's transaction, if it has none yet). Kept in the session for
+    the rest of its transaction (one connection look-up per transaction, not per statement)."""
+    transaction = session.get_transaction()
+    kept = session.info.get(_KEY)
+    if transaction is not None and kept is not None and kept[0] is transaction:
+        return cast(SignupDriver, kept[1])
     proxied = session.connection().connection
     dbapi = proxied.driver_connection
     found = proxied.info.get(_KEY)
     if not isinstance(found, SignupDriver) or found.dbapi is not dbapi:
         found = proxied.info[_KEY] = SignupDriver(session, dbapi)
+    session.info[_KEY] = (session.get_transaction(), found)
     return found
 
 

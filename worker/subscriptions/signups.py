@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -64,9 +64,14 @@ log = logging.getLogger(__name__)
 
 def _one_line(text: str) -> str:
     """No control characters (CR/LF header injection, NUL that PostgreSQL refuses)."""
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
+    if _CONTROL.search(text):
         raise ValueError("must be one line without control characters")
     return text
+
+
+# Unicode's category Cc exactly (C0, DEL, C1): one regex search instead of a category look-up
+# per character (issue 16: 1.5 % of a signup's CPU)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _text(max_length: int, min_length: int = 0) -> Any:
