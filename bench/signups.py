@@ -12,8 +12,9 @@ limits are set to unlimited (every address is new; the limits' Redis calls still
     .venv/bin/python bench/signups.py --count 1000 --threads 4
 
 ``--inline`` runs the same work in THIS process, one event after the other, with no queue in
-between: ``actors.handle_signup(event)``, then ``actors.send_confirmation(id)`` for each message
-it enqueued (a stub broker holds them); the same Redis limits, PostgreSQL and smtp-sink. It
+between: ``actors.handle_signup(event)`` (which mails a new reader itself when the domain's slot
+is free, issue 16), then ``actors.send_confirmation(id)`` for each message it enqueued (a stub
+broker holds them; ``messages_run``); the same Redis limits, PostgreSQL and smtp-sink. It
 prints signups/s, the CPU milliseconds per signup of this process and of the PostgreSQL backend,
 and ``--profile FILE`` writes a cProfile of the run, timed in CPU seconds of this process
 (``python -m pstats FILE``).
