@@ -21,6 +21,8 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import text
 
 from tests.samples import SAMPLE_EDITION
+from worker.actors import PLANNING_PATIENCE
+from worker.broker import BatchHints
 from worker.db import make_engine
 from worker.devtools.outbox import free_port
 from worker.models import Base
@@ -180,6 +182,16 @@ def enqueue(redis_url: str, queue: str, actor: str, *args: Any) -> None:
         dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
     )
     broker.close()
+
+
+def start_planning(redis_url: str, send_id: int) -> None:
+    """Enqueue the planning of a send created now, its hint first, the way ``newsletter send
+    start`` does (``actors.start_planning``): without the hint the scheduler's reconciler would
+    take the message for lost and enqueue a second one."""
+    client = redis.Redis.from_url(redis_url)
+    BatchHints(client).alive(f"plan:{send_id}", PLANNING_PATIENCE)
+    client.close()
+    enqueue(redis_url, "sends", "plan_send", send_id)
 
 
 def dead_letters(redis_url: str) -> int:

@@ -11,6 +11,7 @@ Figures are printed (run with ``-s``); bounded to about 4 minutes.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -22,7 +23,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.queue_harness import RedisServer, dead_letters, enqueue, running, truncate, worker_env
+from tests.queue_harness import (
+    RedisServer,
+    dead_letters,
+    running,
+    start_planning,
+    truncate,
+    worker_env,
+)
 from tests.sendkit import seed, states
 from tests.smtp_script import ScriptHandler, ScriptServer
 from tests.test_queue_cases import create, finished, local_runtime
@@ -78,7 +86,10 @@ def small_rendition(rt: Runtime, send_id: int) -> None:
 
 def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Path) -> None:
     truncate(pg_url)
-    rng = random.Random()
+    # The kill schedule, the drops and the deferrals repeat from run to run (a test that fails
+    # at random is a bug); CHAOS_SEED explores other schedules, and what one finds becomes a
+    # fixed test (the lost planning message: test_dispatch.py).
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "20261203")))
     handler = ScriptHandler(chooser=chooser(0.02, rng), keep_data=False)
     redis_server = RedisServer(tmp_path)
     redis_server.start()
@@ -99,7 +110,7 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
             for name in GROUPS:
                 fleet.start_workers(name, 1, THREADS)
             fleet.start_scheduler(1.0)
-            enqueue(redis_server.url, "sends", "plan_send", send_id)
+            start_planning(redis_server.url, send_id)
             stop = threading.Event()
 
             def chaos() -> None:

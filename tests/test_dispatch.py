@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
+import dramatiq
 import pytest
 import redis
 from sqlalchemy import func, select, update
@@ -17,12 +18,13 @@ from tests.sendkit import run_batch, seed, start_send, states
 from tests.smtp_script import ScriptServer
 from worker import actors
 from worker.broker import batch_name, current
+from worker.editions.store import find_edition
 from worker.models import Delivery, FeedbackEvent, Send, Suppression
 from worker.runtime import Runtime, runtime
 from worker.sending.identity import seal_delivery
 from worker.sending.planning import pending_batches, plan_deliveries
 from worker.sending.ports import Mailer, SmtpOutcome
-from worker.sending.sends import set_status
+from worker.sending.sends import Repeat, When, create_send, set_status
 from worker.sending.sql_ledger import SqlLedger
 from worker.sending.throttle import LocalThrottle
 from worker.settings import Settings
@@ -375,3 +377,46 @@ def test_status_command_shows_progress_and_throttle_set_changes_the_live_rate(
     result = CliRunner().invoke(main, ["throttle", "set", "20", "--domain", "Gmail.com"], env=env)
     assert result.exit_code == 0 and "gmail.com rate is now 20/s" in result.output.lower()
     assert RedisThrottle(redis.Redis.from_url(redis_url)).rates() == {"domain:gmail.com": 20.0}
+
+
+def queued(queue: str) -> list[str]:
+    """The actor names of the messages waiting in ``queue`` of the stub broker."""
+    waiting = current().queues[queue].queue
+    return [dramatiq.Message.decode(data).actor_name for data in waiting]
+
+
+def test_a_send_started_now_whose_planning_message_was_lost_is_planned_by_the_reconciler(
+    srt: Runtime,
+) -> None:
+    # Found by the chaos test: Redis restarted (empty) before any worker took the planning
+    # message of a send started now, which stayed "scheduled" with no time, planned by nobody.
+    seed(srt, ["a@example.org", "b@example.org", "c@example.org"])
+    with srt.session() as session:
+        edition = find_edition(session, "2024-W28")
+        assert edition is not None
+        now_id = create_send(session, edition, srt.clock.now(), 10).id
+        later = When(srt.clock.now() + timedelta(days=1), "UTC")
+        later_id = create_send(
+            session, edition, srt.clock.now(), 10, when=later, repeat=Repeat.AGAIN
+        ).id
+        session.commit()
+    current().flush_all()
+    # Given a send started now, its planning enqueued with its hint: the reconciler leaves it
+    actors.start_planning(srt, now_id)
+    assert actors.reconcile(srt) == 0
+    assert queued("sends") == ["plan_send"]
+    # When the message is lost with Redis, and the hint with it
+    current().flush_all()
+    runtime().hints.forget(f"plan:{now_id}")
+    # Then the reconciler enqueues its planning once, and leaves the send scheduled for tomorrow
+    assert actors.reconcile(srt) == 1
+    assert actors.reconcile(srt) == 0
+    assert queued("sends") == ["plan_send"]
+    # and that message plans it
+    actors.plan_send(now_id)
+    with srt.session() as session:
+        assert session.get(Send, now_id).status == "sending"  # type: ignore[union-attr]
+        assert session.get(Send, later_id).status == "scheduled"  # type: ignore[union-attr]
+        planned = select(func.count()).where(Delivery.send_id == now_id)
+        assert session.scalar(planned) == 3
+    current().flush_all()

@@ -23,8 +23,8 @@ from tests.queue_harness import (
     SECRET,
     RedisServer,
     dead_letters,
-    enqueue,
     running,
+    start_planning,
     truncate,
     wait_for,
     worker_env,
@@ -122,7 +122,7 @@ def test_q01_worker_killed_after_250_resends_nobody(
         seed(rt, recipients)
         send_id = create(rt, given["send_batch_size"])
         fleet.start_workers("w1", given["worker_processes"], given["worker_threads"])
-        enqueue(redis_server.url, "sends", "plan_send", send_id)
+        start_planning(redis_server.url, send_id)
         wait_for(lambda: "w1" not in fleet.groups, 30, fleet, "the kill")
         assert dict(handler.accepted) == {"q001@example.com": 1, "q002@example.com": 1}
         fleet.start_workers("w2", 1, 1)  # a fresh worker process, and the reconciler
@@ -156,7 +156,7 @@ def test_q01_worker_killed_before_it_read_the_250_reports_unknown(
         seed(rt, recipients)
         send_id = create(rt, 5)
         fleet.start_workers("w1", 1, 1)
-        enqueue(redis_server.url, "sends", "plan_send", send_id)
+        start_planning(redis_server.url, send_id)
         wait_for(lambda: "w1" not in fleet.groups, 30, fleet, "the kill")
         fleet.start_workers("w2", 1, 1)
         fleet.start_scheduler(1.0)
@@ -226,7 +226,7 @@ def test_q04_rate_and_connections_held_across_worker_processes(
         send_id = create(rt, 10)
         fleet.start_workers("w", given["worker_processes"], given["worker_threads_per_process"])
         fleet.start_scheduler(1.0)
-        enqueue(redis_server.url, "sends", "plan_send", send_id)
+        start_planning(redis_server.url, send_id)
         # generous: 60 s at the full rate; a machine at load 10 may take several times that
         wait_for(lambda: finished(rt, send_id), 900, fleet, "the send to finish")
     expected = case_expected("q04")
@@ -278,7 +278,7 @@ def test_q05_transient_and_permanent_replies(
         send_id = create(rt, 10)
         fleet.start_workers("w", 1, 2)
         fleet.start_scheduler(1.0)
-        enqueue(redis_server.url, "sends", "plan_send", send_id)
+        start_planning(redis_server.url, send_id)
         wait_for(lambda: finished(rt, send_id), 45, fleet, "the send to finish")
     expected = case_expected("q05")
     ours = {"sent": "sent", "failed": "bounced_hard", "expired": "expired_soft"}
@@ -290,7 +290,13 @@ def test_q05_transient_and_permanent_replies(
         assert len(handler.attempts[recipient]) == attempts
     gaps = [b - a for times in handler.attempts.values() for a, b in itertools.pairwise(times)]
     assert min(gaps) >= expected["min_seconds_between_attempts_for_same_recipient"] / 60 * 0.99
-    assert len(handler.attempts["deferred@example.com"]) >= 3  # retried until the maximum age
+    # Retried until an attempt came at or past the maximum age, which expired it. Not a count
+    # of attempts: on a loaded machine a late retry leaves room for fewer (the suite once saw 2).
+    deferred = handler.attempts["deferred@example.com"]
+    max_age = settings["retry_max_age_seconds"]
+    assert len(deferred) >= 2
+    assert deferred[-1] - deferred[0] >= max_age - 0.5
+    assert deferred[-2] - deferred[0] < max_age + 0.5
     with rt.session() as session:
         bounced = {
             email

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import dramatiq
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker import broker
@@ -310,6 +310,15 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
 PLANNING_PATIENCE = 3600.0  # seconds a plan_send message may take before it is re-enqueued
 
 
+def start_planning(rt: Runtime, send_id: int) -> None:
+    """Enqueue the planning of send ``send_id``, committed as started now (``scheduled`` with no
+    time) or claimed by the scheduler (``planning``), its hint recorded first. Without a live
+    hint the reconciler enqueues it again (``reconcile``): the message may be lost with a Redis
+    restart before any worker took it, or never sent when the caller died after the commit."""
+    rt.hints.alive(f"plan:{send_id}", rt.settings.batch_grace_seconds + PLANNING_PATIENCE)
+    plan_send.send(send_id)
+
+
 def start_scheduled(rt: Runtime) -> list[str]:
     """The scheduler's first step: fire due weekly slots, then claim every scheduled send that is
     due and enqueue its planning. Each claim is one conditional UPDATE, committed before the
@@ -329,8 +338,7 @@ def start_scheduled(rt: Runtime) -> list[str]:
                 events.append(f"slot {firing.slot_id}: edition {firing.edition_key} scheduled")
         claimed = start_due_sends(session, now)
     for send_id in claimed:
-        rt.hints.alive(f"plan:{send_id}", rt.settings.batch_grace_seconds + PLANNING_PATIENCE)
-        plan_send.send(send_id)
+        start_planning(rt, send_id)
         log.info("scheduled send %s started", send_id)
         events.append(f"send {send_id} started (scheduled)")
     return events
@@ -338,7 +346,9 @@ def start_scheduled(rt: Runtime) -> list[str]:
 
 def reconcile(rt: Runtime) -> int:
     """Re-enqueue what the ledger says is unfinished and no live message covers (Redis may have
-    restarted empty; a killed worker's message returns only after dramatiq's heartbeat timeout).
+    restarted empty; a killed worker's message returns only after dramatiq's heartbeat timeout):
+    the planning of a send that is ``planning`` or was started now (``scheduled`` with no time),
+    and the due batches of a ``sending`` one.
 
     Settles expired claims first (``expire_leases``), then enqueues each due batch whose hint is
     missing or past its deadline, and finishes sends with nothing left. Returns the number of
@@ -351,14 +361,18 @@ def reconcile(rt: Runtime) -> int:
         ledger.expire_leases(now)
         sends = session.execute(
             select(Send.id, Send.status, Send.batch_size).where(
-                Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING])
+                or_(
+                    Send.status.in_([SendStatus.SENDING, SendStatus.PLANNING]),
+                    # started now (no time): planned by a message that may be lost
+                    and_(Send.status == SendStatus.SCHEDULED, Send.scheduled_for.is_(None)),
+                )
             )
         ).all()
         session.commit()  # what follows commits or rolls back one send at a time
         work: list[tuple[int, int, int]] = []
         for send_id, status, batch_size in sends:
             try:
-                if status == SendStatus.PLANNING:
+                if status != SendStatus.SENDING:  # planning, or started now and not yet
                     if rt.hints.stalled([f"plan:{send_id}"]):
                         plan_send.send(send_id)
                         rt.hints.alive(f"plan:{send_id}", rt.settings.batch_grace_seconds)

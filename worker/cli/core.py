@@ -74,7 +74,7 @@ def send_start(
     A second send of an edition is refused unless --only-new or --again is given; --only-new
     with nobody new to send to is refused too (exit code 1, no send created).
     """
-    from worker.actors import plan_send
+    from worker.actors import start_planning
     from worker.broker import current
     from worker.editions.store import find_edition
     from worker.runtime import runtime
@@ -127,7 +127,7 @@ def send_start(
             f"{describe(when.at, zone_name)}; `newsletter scheduler` starts it"
         )
         return
-    plan_send.send(send_id)
+    start_planning(rt, send_id)
     click.echo(f"send {send_id} of edition {edition_key} enqueued")
 
 

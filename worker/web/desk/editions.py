@@ -477,9 +477,9 @@ def router(runtime: Runtime) -> APIRouter:
         if refused is not None:  # DuplicateSend, EditionHasProblems, a time in the past
             return _send_page(request, key, user, "", False, str(refused))
         if when is None:
-            from worker.actors import plan_send
+            from worker.actors import start_planning
 
-            plan_send.send(send_id)
+            start_planning(runtime, send_id)
             return RedirectResponse(f"/desk/sends/{send_id}", status_code=303)
         return RedirectResponse(f"/desk/sends/{send_id}?scheduled=1", status_code=303)
 
