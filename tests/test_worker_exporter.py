@@ -20,7 +20,7 @@ import pytest
 from tests.services import DATA_KEY_ENV
 from tests.test_real_broker import Website, event, runtime, website, worker_env
 from worker.broker import metrics_endpoint, serve_metrics, served_queues, use_metrics_directory
-from worker.devtools.outbox import OutboxServer
+from worker.devtools.outbox import OutboxServer, free_port
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -94,9 +94,7 @@ def test_a_taken_port_is_logged_and_not_fatal(
 def free_pair() -> int:
     """A port p with p + 1 also free (the two groups' exporters)."""
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = free_port()  # below the ephemeral range: no client connection is given it
         try:
             with socket.socket() as first, socket.socket() as second:
                 first.bind(("127.0.0.1", port))

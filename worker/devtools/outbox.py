@@ -7,6 +7,7 @@ Used by ``newsletter demo`` and by the tests as the real SMTP peer. Edition mail
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 import threading
@@ -22,8 +23,38 @@ from worker.sending.identity import DELIVERY_HEADER
 _DELIVERY_LINE = rb"^" + DELIVERY_HEADER.encode() + rb": ([A-Za-z0-9]+)"
 
 
+# Linux's default ephemeral range, when /proc does not say (ip_local_port_range).
+_EPHEMERAL = (32768, 60999)
+_LOWEST = 10000  # below: well-known services (Redis 6379, PostgreSQL 5432, …)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server started next (this
+    process's or a child's); raises ``OSError`` if none is found.
+
+    Drawn below the kernel's ephemeral range: a port ``bind(0)`` hands out lies inside it, where
+    any outgoing connection (a worker's to PostgreSQL or Redis) may be given it before the server
+    binds it, which the suite saw ("Address already in use" for a worker group's metrics port
+    while two suites ran). Falls back to ``bind(0)`` if that range starts too low."""
+    low, _ = _ephemeral_range()
+    if low - _LOWEST >= 1000:
+        draw = random.SystemRandom()
+        for _ in range(50):
+            port = draw.randrange(_LOWEST, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
