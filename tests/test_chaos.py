@@ -109,8 +109,8 @@ def test_chaos_kills_redis_restart_deferrals_and_drops(pg_url: str, tmp_path: Pa
             small_rendition(rt, send_id)
             for name in GROUPS:
                 fleet.start_workers(name, 1, THREADS)
+            start_planning(redis_server.url, send_id)  # its hint before any reconciler
             fleet.start_scheduler(1.0)
-            start_planning(redis_server.url, send_id)
             stop = threading.Event()
 
             def chaos() -> None:

@@ -12,12 +12,15 @@ from datetime import timedelta
 import dramatiq
 import pytest
 import redis
-from sqlalchemy import func, select, update
+from click.testing import CliRunner
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import Session
 
 from tests.sendkit import run_batch, seed, start_send, states
 from tests.smtp_script import ScriptServer
 from worker import actors
 from worker.broker import batch_name, current
+from worker.cli import main
 from worker.editions.store import find_edition
 from worker.models import Delivery, FeedbackEvent, Send, Suppression
 from worker.runtime import Runtime, runtime
@@ -419,4 +422,52 @@ def test_a_send_started_now_whose_planning_message_was_lost_is_planned_by_the_re
         assert session.get(Send, later_id).status == "scheduled"  # type: ignore[union-attr]
         planned = select(func.count()).where(Delivery.send_id == now_id)
         assert session.scalar(planned) == 3
+    current().flush_all()
+
+
+@pytest.fixture
+def reconciled_at_each_commit(srt: Runtime) -> Iterator[list[int]]:
+    """What a second scheduler's reconciler would enqueue if it ran right after each commit in
+    this test: one count per commit (the reconciler's own commits are not checked again)."""
+    counts: list[int] = []
+    inside = False
+
+    def reconcile_now(session: Session) -> None:
+        nonlocal inside
+        if not inside:
+            inside = True
+            try:
+                counts.append(actors.reconcile(srt))
+            finally:
+                inside = False
+
+    event.listen(Session, "after_commit", reconcile_now)
+    yield counts
+    event.remove(Session, "after_commit", reconcile_now)
+
+
+def test_no_reconciler_sees_a_started_send_before_its_planning_hint(
+    srt: Runtime, reconciled_at_each_commit: list[int]
+) -> None:
+    # Found by the suite loop: of two schedulers, one claimed a due send and committed; the
+    # other's reconciler ran before the first recorded the planning hint, took the planning for
+    # lost and enqueued it, and the first enqueued it too: two plan_send messages for one send.
+    seed(srt, ["a@example.org", "b@example.org"])
+    with srt.session() as session:
+        edition = find_edition(session, "2024-W28")
+        assert edition is not None
+        day_before = srt.clock.now() - timedelta(days=1)
+        when = When(srt.clock.now() - timedelta(minutes=5), "UTC")
+        due_id = create_send(session, edition, day_before, 10, when=when).id
+    current().flush_all()
+    reconciled_at_each_commit.clear()
+    # When the scheduler claims the due send, and `send start` starts another now
+    assert actors.start_scheduled(srt) == [f"send {due_id} started (scheduled)"]
+    result = CliRunner().invoke(main, ["send", "start", "2024-W28", "--again"])
+    assert result.exit_code == 0, result.output
+    now_id = int(result.output.split()[1])
+    # Then a reconciler after any of their commits enqueues nothing: each hint came first
+    assert len(reconciled_at_each_commit) >= 2 and set(reconciled_at_each_commit) == {0}
+    assert queued("sends") == ["plan_send", "plan_send"]  # one per send, due_id and now_id
+    assert now_id == due_id + 1
     current().flush_all()

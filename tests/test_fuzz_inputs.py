@@ -33,7 +33,9 @@ from worker.feedback.webhooks import WebhookRejected, mailgun, postmark, sendgri
 
 FILES = ("newsletter.yaml", "en.yaml", "be.yaml", "ru.yaml")
 SAMPLE = {name: yaml.safe_load((SAMPLE_EDITION / name).read_text()) for name in FILES}
-PARSE_SECONDS = 2.0  # bound per inbound message; a DSN is read in about a millisecond
+# CPU seconds of this thread per inbound message (not wall-clock: another process's load must not
+# count); a DSN is read in about a millisecond, a runaway pattern would take far longer
+PARSE_SECONDS = 2.0
 
 # --- edition folders ----------------------------------------------------------------------------
 
@@ -131,9 +133,9 @@ def test_generated_edition_folders_never_raise_and_every_problem_is_located(
         for name, data in folder.items():
             if data is not None:
                 (root / name).write_bytes(data)
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU of this thread: no other process's load counts
         problems = check_edition(root)
-        assert time.perf_counter() - started < 5.0
+        assert time.thread_time() - started < 5.0
     for problem in problems:
         assert problem.file in FILES, problem  # every problem names the file
         assert problem.reason.strip(), problem  # and says why
@@ -324,10 +326,10 @@ def arf_reports(draw: st.DrawFn) -> bytes:
 
 def _read_within_bounds(raw: bytes, caplog: pytest.LogCaptureFixture) -> list[FeedbackReport]:
     caplog.clear()
-    started = time.perf_counter()
+    started = time.thread_time()
     with caplog.at_level(logging.WARNING, logger="worker.feedback.mail"):
         reports = parse_inbound(raw, envelope_recipient="bounces+d12-abc@news.example.org")
-    assert time.perf_counter() - started < PARSE_SECONDS
+    assert time.thread_time() - started < PARSE_SECONDS
     fallbacks = [r for r in caplog.records if "could not be read" in r.getMessage()]
     assert not fallbacks, fallbacks[0].exc_text
     assert reports, "a non-empty message gives at least one report"

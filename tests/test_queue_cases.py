@@ -225,8 +225,8 @@ def test_q04_rate_and_connections_held_across_worker_processes(
         seed(rt, recipients)
         send_id = create(rt, 10)
         fleet.start_workers("w", given["worker_processes"], given["worker_threads_per_process"])
+        start_planning(redis_server.url, send_id)  # its hint before any reconciler
         fleet.start_scheduler(1.0)
-        start_planning(redis_server.url, send_id)
         # generous: 60 s at the full rate; a machine at load 10 may take several times that
         wait_for(lambda: finished(rt, send_id), 900, fleet, "the send to finish")
     expected = case_expected("q04")
@@ -277,8 +277,8 @@ def test_q05_transient_and_permanent_replies(
         seed(rt, order)
         send_id = create(rt, 10)
         fleet.start_workers("w", 1, 2)
+        start_planning(redis_server.url, send_id)  # its hint before any reconciler
         fleet.start_scheduler(1.0)
-        start_planning(redis_server.url, send_id)
         wait_for(lambda: finished(rt, send_id), 45, fleet, "the send to finish")
     expected = case_expected("q05")
     ours = {"sent": "sent", "failed": "bounced_hard", "expired": "expired_soft"}

@@ -310,20 +310,31 @@ def send_batch(send_id: int, first_id: int, last_id: int) -> None:
 PLANNING_PATIENCE = 3600.0  # seconds a plan_send message may take before it is re-enqueued
 
 
-def start_planning(rt: Runtime, send_id: int) -> None:
-    """Enqueue the planning of send ``send_id``, committed as started now (``scheduled`` with no
-    time) or claimed by the scheduler (``planning``), its hint recorded first. Without a live
-    hint the reconciler enqueues it again (``reconcile``): the message may be lost with a Redis
-    restart before any worker took it, or never sent when the caller died after the commit."""
+def expect_planning(rt: Runtime, send_id: int) -> None:
+    """Record the planning hint of send ``send_id`` before the commit that starts it (started
+    now: ``scheduled`` with no time; claimed by the scheduler: ``planning``). The reconciler
+    enqueues the planning of a started send that has no live hint, so a hint written after that
+    commit left a moment in which another scheduler's reconciler enqueued it a second time
+    (found by the suite loop). A hint left by a commit that then failed names no started send
+    and runs out by itself."""
     rt.hints.alive(f"plan:{send_id}", rt.settings.batch_grace_seconds + PLANNING_PATIENCE)
+
+
+def start_planning(rt: Runtime, send_id: int) -> None:
+    """Enqueue the planning of send ``send_id``, committed as started with its hint recorded
+    before (``expect_planning``). Without a live hint the reconciler enqueues it again
+    (``reconcile``): the message may be lost with a Redis restart before any worker took it, or
+    never sent when the caller died after the commit."""
+    expect_planning(rt, send_id)  # extends, never shortens, the hint recorded before the commit
     plan_send.send(send_id)
 
 
 def start_scheduled(rt: Runtime) -> list[str]:
     """The scheduler's first step: fire due weekly slots, then claim every scheduled send that is
-    due and enqueue its planning. Each claim is one conditional UPDATE, committed before the
-    message is enqueued, so a send starts once however many schedulers run; a message lost
-    after the claim is re-enqueued by ``reconcile`` (a ``planning`` send with no live hint).
+    due and enqueue its planning. Each claim is one conditional UPDATE, committed (with its
+    planning hint recorded before) before the message is enqueued, so a send starts once however
+    many schedulers run; a message lost after the claim is re-enqueued by ``reconcile`` (a
+    ``planning`` send with no live hint).
     Returns one line per event, for the scheduler's output (ids and edition keys only)."""
     events: list[str] = []
     with rt.session() as session:
@@ -337,6 +348,9 @@ def start_scheduled(rt: Runtime) -> list[str]:
                 metrics.slot_fired("scheduled")
                 events.append(f"slot {firing.slot_id}: edition {firing.edition_key} scheduled")
         claimed = start_due_sends(session, now)
+        for send_id in claimed:
+            expect_planning(rt, send_id)
+        session.commit()
     for send_id in claimed:
         start_planning(rt, send_id)
         log.info("scheduled send %s started", send_id)

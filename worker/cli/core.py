@@ -74,7 +74,7 @@ def send_start(
     A second send of an edition is refused unless --only-new or --again is given; --only-new
     with nobody new to send to is refused too (exit code 1, no send created).
     """
-    from worker.actors import start_planning
+    from worker.actors import expect_planning, start_planning
     from worker.broker import current
     from worker.editions.store import find_edition
     from worker.runtime import runtime
@@ -121,6 +121,8 @@ def send_start(
             # around "the new send" must stop here rather than read an empty success.
             raise click.ClickException(str(exc)) from None
         send_id = new.id
+        if when is None:
+            expect_planning(rt, send_id)  # before the commit that starts it (the reconciler)
     if when is not None:
         click.echo(
             f"send {send_id} of edition {edition_key} scheduled for "

@@ -437,6 +437,7 @@ def _start_send(rt: Any, actors: Any) -> int:
             raise click.ClickException("edition 2024-W28 was not loaded")
         send = create_send(session, edition, rt.clock.now(), rt.settings.send_batch_size)
         send_id = int(send.id)
+        actors.expect_planning(rt, send_id)  # before the commit that starts it
     actors.start_planning(rt, send_id)
     click.echo(f"send {send_id} of edition 2024-W28 enqueued")
     return send_id

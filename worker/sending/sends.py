@@ -165,9 +165,9 @@ def create_send(
 def start_due_sends(session: Session, now: datetime) -> list[int]:
     """Claim the scheduled sends due at ``now``: ``scheduled`` → ``planning`` in one
     ``UPDATE … WHERE status = 'scheduled' … RETURNING``, so of two schedulers only one claims a
-    send. Commits (the claim is durable before anyone enqueues). Returns the claimed ids; the
-    caller enqueues their planning (and the reconciler re-enqueues a planning send whose message
-    was lost)."""
+    send. Does not commit: the caller records each claim's planning hint, then commits, then
+    enqueues (``actors.start_scheduled``), so the claim is durable before anyone enqueues and no
+    reconciler sees a claimed send without its hint. Returns the claimed ids, ascending."""
     claimed = session.scalars(
         update(Send)
         .where(
@@ -179,7 +179,6 @@ def start_due_sends(session: Session, now: datetime) -> list[int]:
         .returning(Send.id)
         .execution_options(synchronize_session=False)
     ).all()
-    session.commit()
     return sorted(claimed)
 
 

@@ -466,6 +466,10 @@ def router(runtime: Runtime) -> APIRouter:
             else:
                 refused = None
                 send_id = new.id
+                if when is None:
+                    from worker.actors import expect_planning
+
+                    expect_planning(runtime, send_id)  # before the commit that starts it
                 audit.record(
                     session,
                     user.name,
